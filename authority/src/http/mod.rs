@@ -1,0 +1,1 @@
+//! The transport: a mio event loop per core, rustls, httparse.

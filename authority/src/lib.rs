@@ -1,0 +1,13 @@
+//! The Latchkey authority: everything that touches the outside world.
+//!
+//! `latchkey_core` mints and verifies tokens without I/O; this crate gives it a durable home
+//! (`store`, one redb file), a transport (`http`, a hand-written mio + rustls event loop) and
+//! the command-line tool (`cmd`, glued together by `main.rs`). Errors from every layer fold into
+//! [`error::Error`], and [`error::WireError::from`] is the one place that decides what goes on
+//! the wire.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod cmd;
+pub mod error;
+pub mod http;
+pub mod store;

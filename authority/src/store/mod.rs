@@ -1,0 +1,1 @@
+//! The durable store: one redb file. See `authority/src/store/DESIGN.md`.
