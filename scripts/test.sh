@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 
 # The end-to-end tests in tests/ drive the real binary: build it first.
 cargo build --locked -p latchkey-authority --bin latchkey
+# The Node SDK interop test (tests/tests/onboarding.rs) runs the pinned MindConnect SDK.
+npm ci --prefix tests/interop --no-audit --no-fund
 cargo test --locked --workspace

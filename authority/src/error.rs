@@ -14,12 +14,42 @@ pub enum Error {
     /// A request was understood but refused by an API rule.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// A command-line tool failure, already worded for the operator (never on the wire).
+    #[error("{0}")]
+    Cli(String),
     /// The configuration (TOML file or flags) is unusable.
     #[error("configuration: {0}")]
     Config(String),
     /// Local I/O outside the store (files, sockets).
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The transport refused a request before any handler saw it.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    /// The store refused or failed an operation.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The token core refused a token or key (malformed, rejected, unusable key, fail-closed).
+    #[error(transparent)]
+    Token(#[from] latchkey_core::Error),
+}
+
+impl From<latchkey_core::RejectedError> for Error {
+    fn from(e: latchkey_core::RejectedError) -> Self {
+        Error::Token(e.into())
+    }
+}
+
+impl From<latchkey_core::MalformedError> for Error {
+    fn from(e: latchkey_core::MalformedError) -> Self {
+        Error::Token(e.into())
+    }
+}
+
+impl From<latchkey_core::KeyError> for Error {
+    fn from(e: latchkey_core::KeyError) -> Self {
+        Error::Token(e.into())
+    }
 }
 
 /// API-level refusals: the request parsed, but the rules say no.
@@ -34,6 +64,8 @@ pub enum ApiError {
     InvalidGrant(String),
     #[error("{0}")]
     UnsupportedGrantType(String),
+    #[error("{0}")]
+    InvalidScope(String),
     #[error("{0}")]
     InvalidToken(String),
     #[error("{0}")]
@@ -60,7 +92,11 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(status: u16, error: &'static str, description: impl Into<String>) -> Self {
-        Self { status, error, description: description.into() }
+        Self {
+            status,
+            error,
+            description: description.into(),
+        }
     }
 
     /// The OAuth-style JSON body: `{"error": .., "error_description": ..}`.
@@ -80,8 +116,11 @@ impl From<&Error> for WireError {
     fn from(e: &Error) -> Self {
         match e {
             Error::Api(a) => api_wire(a),
+            Error::Http(h) => http_wire(h),
+            Error::Store(s) => store_wire(s),
+            Error::Token(t) => token_wire(t),
             // Internal failures never leak their details to the client; they are logged.
-            Error::Config(_) | Error::Io(_) => {
+            Error::Config(_) | Error::Io(_) | Error::Cli(_) => {
                 WireError::new(500, "server_error", "internal error; see the server log")
             }
         }
@@ -94,6 +133,7 @@ fn api_wire(e: &ApiError) -> WireError {
         ApiError::InvalidClient(_) => (401, "invalid_client"),
         ApiError::InvalidGrant(_) => (400, "invalid_grant"),
         ApiError::UnsupportedGrantType(_) => (400, "unsupported_grant_type"),
+        ApiError::InvalidScope(_) => (400, "invalid_scope"),
         ApiError::InvalidToken(_) => (401, "invalid_token"),
         ApiError::Forbidden(_) => (403, "insufficient_scope"),
         ApiError::NotFound(_) => (404, "not_found"),
@@ -101,6 +141,50 @@ fn api_wire(e: &ApiError) -> WireError {
         ApiError::Conflict(_) => (409, "conflict"),
         ApiError::PreconditionFailed(_) => (412, "precondition_failed"),
         ApiError::UnsupportedMediaType(_) => (415, "invalid_request"),
+    };
+    WireError::new(status, code, e.to_string())
+}
+
+fn http_wire(e: &crate::http::HttpError) -> WireError {
+    use crate::http::HttpError as H;
+    let status = match e {
+        H::Malformed(_) => 400,
+        H::Timeout => 408,
+        H::BodyTooLarge => 413,
+        H::UriTooLong => 414,
+        H::ExpectationFailed => 417,
+        H::HeadersTooLarge | H::TooManyHeaders => 431,
+        H::UnsupportedTransferCoding => 501,
+        H::VersionNotSupported => 505,
+    };
+    WireError::new(status, "invalid_request", e.to_string())
+}
+
+/// Token-core errors where a handler did not choose a more specific OAuth code: unreadable
+/// input is a bad request, a refused credential an invalid token, an unusable key a bad
+/// request (keys reach the core only from requests and imports), fail-closed 503.
+fn token_wire(e: &latchkey_core::Error) -> WireError {
+    use latchkey_core::Error as T;
+    match e {
+        T::Malformed(_) => WireError::new(400, "invalid_request", e.to_string()),
+        T::Rejected(_) => WireError::new(401, "invalid_token", e.to_string()),
+        T::Key(_) => WireError::new(400, "invalid_request", e.to_string()),
+        T::Unavailable(_) => WireError::new(503, "temporarily_unavailable", e.to_string()),
+        _ => WireError::new(500, "server_error", "internal error; see the server log"),
+    }
+}
+
+/// Store refusals become 4xx with their text; store failures are internal (500, no details).
+pub fn store_wire(e: &crate::store::StoreError) -> WireError {
+    use crate::store::StoreError as S;
+    let (status, code) = match e {
+        S::NotFound { .. } => (404, "not_found"),
+        S::Conflict(_) | S::InvalidState(_) => (409, "conflict"),
+        S::PreconditionFailed { .. } => (412, "precondition_failed"),
+        S::InvalidIat(_) => (400, "invalid_grant"),
+        S::StaleRat => (401, "invalid_token"),
+        S::Invalid(_) => (400, "invalid_request"),
+        _ => return WireError::new(500, "server_error", "internal error; see the server log"),
     };
     WireError::new(status, code, e.to_string())
 }
@@ -115,6 +199,57 @@ mod tests {
         let w = WireError::from(&e);
         assert_eq!(w.status, 500);
         assert!(!w.description.contains("/etc/x"));
+    }
+
+    #[test]
+    fn store_errors_map_to_statuses() {
+        use crate::store::StoreError as S;
+        let check = |e: S, status: u16, code: &str| {
+            let w = WireError::from(&Error::Store(e));
+            assert_eq!((w.status, w.error), (status, code), "{w}");
+        };
+        check(
+            S::NotFound {
+                kind: "agent",
+                id: "a".into(),
+            },
+            404,
+            "not_found",
+        );
+        check(S::Conflict("dup".into()), 409, "conflict");
+        check(
+            S::PreconditionFailed {
+                expected: 1,
+                current: 2,
+            },
+            412,
+            "precondition_failed",
+        );
+        check(S::InvalidIat("already used"), 400, "invalid_grant");
+        check(S::StaleRat, 401, "invalid_token");
+        check(S::Poisoned, 500, "server_error");
+        let w = store_wire(&S::Corrupt {
+            table: "agents",
+            reason: "secret detail".into(),
+        });
+        assert!(!w.description.contains("secret detail"));
+    }
+
+    #[test]
+    fn token_errors_map_by_family() {
+        use latchkey_core::{MalformedError, RejectedError, UnavailableError};
+        let check = |e: latchkey_core::Error, status: u16, code: &str| {
+            let w = WireError::from(&Error::Token(e));
+            assert_eq!((w.status, w.error), (status, code), "{w}");
+        };
+        check(MalformedError::Segments.into(), 400, "invalid_request");
+        check(RejectedError::Expired.into(), 401, "invalid_token");
+        check(
+            UnavailableError::ReplayCacheFull.into(),
+            503,
+            "temporarily_unavailable",
+        );
+        check(latchkey_core::Error::Crypto, 500, "server_error");
     }
 
     #[test]

@@ -7,7 +7,11 @@
 //! the wire.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod api;
+pub mod app;
 pub mod cmd;
+pub mod config;
 pub mod error;
 pub mod http;
 pub mod store;
+pub mod tls;

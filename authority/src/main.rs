@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use latchkey_authority::cmd;
 
 #[derive(Debug, Parser)]
 #[command(name = "latchkey", version, about = "An offline credential authority")]
@@ -13,9 +14,46 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Run the authority's HTTPS server.
+    Serve(cmd::serve::ServeArgs),
+    /// Write a consistent snapshot of the database (works while the server runs).
+    Backup(cmd::backup::BackupArgs),
+    /// Check a stopped server's data directory: integrity, schema, records, counts.
+    Check(cmd::check::CheckArgs),
+    /// Print the hash of an operator client secret for the settings file.
+    HashSecret(cmd::hash_secret::HashSecretArgs),
+    /// Manage operator clients.
+    Client(cmd::client::ClientArgs),
+    /// Manage token signing keys.
+    Keys(cmd::keys::KeysArgs),
+    /// Manage agents (through a running server).
+    Agent(cmd::agent::AgentArgs),
+    /// Revoke a token, every token of an agent, or a signing key.
+    Revoke(cmd::revoke::RevokeArgs),
+    /// Read the audit log.
+    Audit(cmd::audit::AuditArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::HashSecret(args) => cmd::hash_secret::run(&args),
+        Command::Client(args) => cmd::client::run(&args),
+        Command::Keys(args) => cmd::keys::run(&args),
+        Command::Agent(args) => cmd::agent::run(&args),
+        Command::Revoke(args) => cmd::revoke::run(&args),
+        Command::Audit(args) => cmd::audit::run(&args),
+        // These choose their own exit codes (2 = could not run, 1 = problems found).
+        Command::Backup(args) => return cmd::backup::run(&args),
+        Command::Check(args) => return cmd::check::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,4 +1,10 @@
 //! End-to-end tests: each drives the real `latchkey` binary. One test binary, one module per
 //! area, shared helpers in `util`.
 
+mod hostile;
+mod http;
+mod loadgen;
+mod onboarding;
+mod operator;
+mod tls;
 mod util;

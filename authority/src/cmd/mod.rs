@@ -1,2 +1,13 @@
 //! Subcommands of the `latchkey` binary. Each module owns its clap `Args` and a `run` function;
 //! `main.rs` only dispatches.
+
+pub mod agent;
+pub mod audit;
+pub mod backup;
+pub mod check;
+pub mod client;
+pub mod hash_secret;
+pub mod keys;
+pub mod remote;
+pub mod revoke;
+pub mod serve;

@@ -1,1 +1,126 @@
-//! The transport: a mio event loop per core, rustls, httparse.
+//! The transport: one hand-written mio event loop per core, rustls for TLS, httparse for the
+//! request head.
+//!
+//! Shape (after mio's `examples/tcp_server.rs` and rustls' `tlsserver-mio.rs`): each loop owns a
+//! `Poll`, a clone of the listening socket, a `Waker` and a slab of connections. A connection is
+//! a small state machine ([`conn`]) that reads bytes, parses whole requests ([`request`],
+//! [`body`]) before anything acts on them, hands each to the [`Router`], and writes the answers
+//! back strictly in request order.
+//!
+//! Handlers never block the loop. A handler that needs a durable write returns
+//! [`Outcome::Deferred`] after taking a [`Completion`] from its [`RequestContext`]; whoever
+//! finishes the work (the store's writer thread) calls [`Completion::complete`], which sends the
+//! response to the owning loop and wakes it. Every limit an attacker controls lives in
+//! [`Limits`]; every deadline is a per-loop timer, so there is no timer thread.
+
+pub mod body;
+pub mod conn;
+pub mod date;
+pub mod event_loop;
+pub mod handler;
+pub mod metrics;
+pub mod request;
+pub mod response;
+pub mod router;
+
+use std::time::Duration;
+
+pub use event_loop::{RunningServer, Server, ServerConfig, ShutdownHandle};
+pub use handler::{Completion, Handler, Outcome, RequestContext, TlsInfo};
+pub use metrics::Metrics;
+pub use request::Request;
+pub use response::Response;
+pub use router::{RouteId, Router};
+
+/// A request the transport refuses before any handler sees it. Rendered by
+/// `error::http_wire`, like every other error.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// Syntax or framing the server will not guess at (bare LF, obs-fold, CL + TE, ...).
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// The request line is longer than `Limits::max_request_line`.
+    #[error("request line too long")]
+    UriTooLong,
+    /// The head is larger than `Limits::max_header_bytes`.
+    #[error("request header section too large")]
+    HeadersTooLarge,
+    /// More header fields than `Limits::max_headers`.
+    #[error("too many header fields")]
+    TooManyHeaders,
+    /// The body is larger than `Limits::max_body`.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// The head did not arrive within `Limits::request_head_timeout`, or the body came slower
+    /// than `Limits::min_body_rate`.
+    #[error("request not received in time")]
+    Timeout,
+    /// A transfer coding other than `chunked`.
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
+    /// An `Expect` other than `100-continue`.
+    #[error("unsupported expectation")]
+    ExpectationFailed,
+    /// HTTP/2 preface or another version httparse does not speak.
+    #[error("unsupported HTTP version")]
+    VersionNotSupported,
+}
+
+/// Every size, count and time an HTTP client controls. Defaults are conservative for an
+/// authority whose requests and responses are a few kilobytes of JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line (method, target, version). Default 8 KiB; beyond it: 414.
+    pub max_request_line: usize,
+    /// Largest request head (request line + header fields). Default 16 KiB; beyond it: 431.
+    pub max_header_bytes: usize,
+    /// Most header fields. Default 64; beyond it: 431.
+    pub max_headers: usize,
+    /// Largest request body after de-chunking. Default 1 MiB; beyond it: 413.
+    pub max_body: usize,
+    /// Time from the first byte of a request to the end of its head (slowloris). Default 10 s;
+    /// then 408 and close. Also the grace period before `min_body_rate` applies.
+    pub request_head_timeout: Duration,
+    /// Minimum average body rate in bytes per second after the grace period. Default 1024;
+    /// slower: 408 and close.
+    pub min_body_rate: u64,
+    /// Longest time queued output may wait for a client that does not read. Default 10 s; then
+    /// the connection is closed.
+    pub write_timeout: Duration,
+    /// Longest time a keep-alive connection may sit between requests. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Longest TLS handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Requests served on one connection before it is closed (`Connection: close` on the last
+    /// answer). Default 1000.
+    pub max_requests_per_connection: u64,
+    /// Open connections across all loops; further accepts are closed at once. Default 10 000.
+    pub max_connections: usize,
+    /// Concurrent TLS handshakes across all loops; further accepts are closed at once.
+    /// Default 256: handshakes cost CPU, so this bounds what a flood can take.
+    pub max_tls_handshakes: usize,
+    /// Requests parsed but not yet answered on one connection (pipelining depth). Default 32;
+    /// beyond it the connection stops reading until answers drain.
+    pub max_pipelined: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_line: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body: 1024 * 1024,
+            request_head_timeout: Duration::from_secs(10),
+            min_body_rate: 1024,
+            write_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            max_requests_per_connection: 1000,
+            max_connections: 10_000,
+            max_tls_handshakes: 256,
+            max_pipelined: 32,
+        }
+    }
+}

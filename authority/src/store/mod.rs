@@ -1,1 +1,685 @@
-//! The durable store: one redb file. See `authority/src/store/DESIGN.md`.
+//! The durable store: everything in one redb file, secrets sealed under a separate key file.
+//! See `authority/src/store/DESIGN.md` for the on-disk format.
+//!
+//! - [`Store::open_or_create`] opens `<dir>/latchkey.redb` with `<dir>/master.key`.
+//! - Writes go through one writer thread ([`Store::submit`], [`Store::write`]) that group-commits
+//!   whatever is queued, durably (two-phase commit), and answers each request on its own.
+//! - Reads use MVCC snapshots ([`Store::read`]) that never wait for the writer, or the hot
+//!   in-memory indexes ([`Store::hot`]) that the token path uses without locks.
+
+mod codec;
+mod error;
+mod hot;
+mod maintenance;
+mod ops;
+mod records;
+mod schema;
+mod seal;
+mod snapshot;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam::channel::Sender;
+use redb::{ConcurrencyMode, Database, ReadableDatabase, StorageBackend};
+
+pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
+pub use error::StoreError;
+pub use hot::{ClientAuth, HotIndex, Revocation, SigningKey};
+pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
+pub use ops::{
+    MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewIat, NewSigningKey, Registration,
+    Rotation, WriteOp, WriteOutcome,
+};
+pub use records::*;
+pub use schema::SCHEMA_VERSION;
+pub use seal::{BLAKE3_PREFIX, KeyFileOptions, PBKDF2_ITERATIONS, Secret, SecretHash};
+pub use snapshot::{AgentPage, MAX_PAGE, Snapshot};
+
+use error::DbResult;
+use seal::MasterKey;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "latchkey.redb";
+/// File name of the master key inside the data directory.
+pub const KEY_FILE: &str = "master.key";
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Master key file handling (passphrase).
+    pub key: KeyFileOptions,
+    /// Most requests committed in one transaction. 1 disables group commit (benchmarks).
+    pub max_batch: usize,
+    /// redb page cache size in bytes.
+    pub cache_bytes: usize,
+    /// Queue length in front of the writer; `submit` blocks the caller only when it is full
+    /// (an event loop should treat a long queue as overload).
+    pub queue_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            key: KeyFileOptions::default(),
+            max_batch: 512,
+            cache_bytes: 256 * 1024 * 1024,
+            queue_capacity: 16 * 1024,
+        }
+    }
+}
+
+/// The paths of a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub key: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(dir: &Path) -> Self {
+        DataDir {
+            dir: dir.to_path_buf(),
+            db: dir.join(DB_FILE),
+            key: dir.join(KEY_FILE),
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<WriteOutcome, StoreError>) + Send + 'static>;
+
+pub(crate) struct Request {
+    op: WriteOp,
+    reply: Reply,
+}
+
+/// A handle to the open store. Cheap to clone; the writer stops when the last clone drops.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    hot: Arc<HotIndex>,
+    paths: DataDir,
+    tx: Option<Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.paths.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            // A reply closure may hold the last handle and drop it on the writer thread itself;
+            // joining there would wait forever. The thread ends on its own once the queue closes.
+            if w.thread().id() != std::thread::current().id() {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating the directory, database and master key on first run.
+    /// Refuses to invent a new key for an existing database ([`StoreError::MissingKeyFile`]).
+    pub fn open_or_create(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let paths = DataDir::new(dir);
+        create_private_dir(dir)?;
+        let backend = file_backend(&paths.db, true)?;
+        Self::open_inner(paths, options, backend, true)
+    }
+
+    /// Opens an existing store; a missing directory or database is an error.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let paths = DataDir::new(dir);
+        if !paths.db.is_file() {
+            return Err(StoreError::MissingDataDir(dir.to_path_buf()));
+        }
+        let backend = file_backend(&paths.db, false)?;
+        Self::open_inner(paths, options, backend, false)
+    }
+
+    /// Opens (or creates) the store with a caller-supplied redb storage backend for the database
+    /// file; the key file still lives in `dir`. For fault-injection tests.
+    pub fn open_with_backend(
+        dir: &Path,
+        options: StoreOptions,
+        backend: impl StorageBackend,
+    ) -> Result<Store, StoreError> {
+        create_private_dir(dir)?;
+        Self::open_inner(DataDir::new(dir), options, backend, true)
+    }
+
+    fn open_inner(
+        paths: DataDir,
+        options: StoreOptions,
+        backend: impl StorageBackend,
+        create: bool,
+    ) -> Result<Store, StoreError> {
+        let db_exists = std::fs::metadata(&paths.db)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        let key = if paths.key.exists() {
+            MasterKey::load(&paths.key, &options.key)?
+        } else if db_exists || !create {
+            return Err(StoreError::MissingKeyFile(paths.key.clone()));
+        } else {
+            MasterKey::create(&paths.key, &options.key)?
+        };
+        let db = builder(options.cache_bytes)
+            .create_with_backend(backend)
+            .map_err(|e| open_error(e, &paths.db))?;
+        let db = Arc::new(db);
+        maintenance::init_schema(&db, &key)?;
+        let hot = Arc::new(HotIndex::default());
+        snapshot::load_hot(&db, &key, &hot)?;
+        let key = Arc::new(key);
+        let (tx, rx) = crossbeam::channel::bounded(options.queue_capacity.max(1));
+        let writer = writer::spawn(db.clone(), key, hot.clone(), rx, options.max_batch.max(1))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                hot,
+                paths,
+                tx: Some(tx),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    /// Queues a write. `reply` runs on the writer thread once the write is durably committed
+    /// (or refused, or failed); it must be quick and must not block (queue the answer and wake
+    /// the event loop). Never blocks on disk; blocks only while the queue is full.
+    pub fn submit(
+        &self,
+        op: WriteOp,
+        reply: impl FnOnce(Result<WriteOutcome, StoreError>) + Send + 'static,
+    ) {
+        let req = Request {
+            op,
+            reply: Box::new(reply),
+        };
+        let Some(tx) = &self.inner.tx else {
+            (req.reply)(Err(StoreError::Closed));
+            return;
+        };
+        if let Err(crossbeam::channel::SendError(req)) = tx.send(req) {
+            (req.reply)(Err(StoreError::Closed));
+        }
+    }
+
+    /// Submits a write and waits for its outcome (CLI, tests).
+    pub fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        self.submit(op, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// A consistent MVCC snapshot for reads. Never waits for the writer.
+    pub fn read(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.inner.db.begin_read().db("begin read")?;
+        Ok(Snapshot::new(txn))
+    }
+
+    /// The hot indexes (clients, operator clients, signing keys, revocations).
+    pub fn hot(&self) -> &Arc<HotIndex> {
+        &self.inner.hot
+    }
+
+    /// The data directory paths.
+    pub fn paths(&self) -> &DataDir {
+        &self.inner.paths
+    }
+
+    /// Writes a consistent copy of the database, as of now, to `out` (a new file), while the
+    /// store keeps serving. The master key is not copied (see `DESIGN.md`).
+    pub fn backup_to(&self, out: &Path) -> Result<BackupReport, StoreError> {
+        let txn = self.inner.db.begin_read().db("begin read")?;
+        maintenance::copy_snapshot(&txn, out)
+    }
+}
+
+/// Every database handle uses the same mode: one writer process, and read-only processes
+/// (`latchkey backup`) may follow its commits while it runs. Commits are two-phase in this mode.
+pub(crate) fn builder(cache_bytes: usize) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(cache_bytes)
+        .set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    b
+}
+
+pub(crate) fn file_backend(
+    path: &Path,
+    create: bool,
+) -> Result<redb::backends::FileBackend, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::MissingDataDir(path.to_path_buf()),
+            _ => StoreError::Io {
+                op: "open database file",
+                source: e,
+            },
+        })?;
+    redb::backends::FileBackend::new(file).db("open database file")
+}
+
+pub(crate) fn open_error(e: redb::DatabaseError, path: &Path) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.to_path_buf()),
+        e => StoreError::Db {
+            op: "open database",
+            source: e.into(),
+        },
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(StoreError::io("create data directory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "tenant-a";
+
+    fn open(dir: &Path) -> Store {
+        let store = Store::open_or_create(dir, StoreOptions::default()).unwrap();
+        store
+            .write(WriteOp::PutTenant(TenantRecord {
+                id: T.into(),
+                display_name: "A".into(),
+                token_alg: "RS256".into(),
+                created_at: 1,
+            }))
+            .unwrap();
+        store
+    }
+
+    fn create(store: &Store, id: &str, name: &str, jti: &str) -> Result<WriteOutcome, StoreError> {
+        store.write(WriteOp::CreateAgent(NewAgent {
+            tenant: T.into(),
+            id: id.into(),
+            name: name.into(),
+            security_profile: SecurityProfile::SharedSecret,
+            iat: Some(NewIat {
+                jti: jti.into(),
+                expires_at: 1_000,
+            }),
+            now: 10,
+        }))
+    }
+
+    fn register(store: &Store, id: &str, jti: &str, rat: &str) -> Result<WriteOutcome, StoreError> {
+        store.write(WriteOp::Register(Registration {
+            iat_jti: jti.into(),
+            tenant: T.into(),
+            client_id: id.into(),
+            auth_method: AuthMethod::ClientSecretJwt,
+            secret: Some(Secret::from("shared-secret")),
+            jwks: vec![],
+            secret_expires_at: 5_000,
+            rat: Secret::from(rat),
+            now: 20,
+        }))
+    }
+
+    fn rotate(store: &Store, id: &str, old: &str, new: &str) -> Result<WriteOutcome, StoreError> {
+        store.write(WriteOp::RotateRegistration(Rotation {
+            client_id: id.into(),
+            presented_rat: Secret::from(old),
+            new_rat: Secret::from(new),
+            new_secret: Some(Secret::from(format!("secret-{new}").as_str())),
+            new_jwks: None,
+            secret_expires_at: 6_000,
+            now: 30,
+        }))
+    }
+
+    #[test]
+    fn agent_lifecycle_register_rotate_offboard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let WriteOutcome::Boarding(agent, iat) = create(&store, "e1", "Nanobox", "iat-1").unwrap()
+        else {
+            panic!("expected boarding outcome")
+        };
+        assert_eq!(
+            (agent.state, agent.etag, iat.jti.as_str()),
+            (BoardingState::Onboarding, 2, "iat-1")
+        );
+        assert!(matches!(
+            create(&store, "e1", "Other", "iat-x"),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            create(&store, "e2", "Nanobox", "iat-y"),
+            Err(StoreError::Conflict(_))
+        ));
+
+        register(&store, "e1", "iat-1", "rat-1").unwrap();
+        assert!(matches!(
+            register(&store, "e1", "iat-1", "rat-x"),
+            Err(StoreError::InvalidIat("already used"))
+        ));
+        let client = store.hot().client("e1").unwrap();
+        assert_eq!(client.secret.as_ref().unwrap().expose(), b"shared-secret");
+        assert_eq!(client.generation, 1);
+
+        rotate(&store, "e1", "rat-1", "rat-2").unwrap();
+        assert!(matches!(
+            rotate(&store, "e1", "rat-1", "rat-3"),
+            Err(StoreError::StaleRat)
+        ));
+        let client = store.hot().client("e1").unwrap();
+        assert_eq!(
+            (client.generation, client.secret.as_ref().unwrap().expose()),
+            (2, &b"secret-rat-2"[..])
+        );
+
+        let snap = store.read().unwrap();
+        let reg = snap.registration("e1").unwrap().unwrap();
+        assert!(reg.rat_hash.verify(b"rat-2") && !reg.rat_hash.verify(b"rat-1"));
+        assert_eq!(
+            snap.agent(T, "e1").unwrap().unwrap().state,
+            BoardingState::Onboarded
+        );
+        assert!(
+            snap.agent("other-tenant", "e1").unwrap().is_none(),
+            "tenants are isolated"
+        );
+
+        store
+            .write(WriteOp::Offboard {
+                tenant: T.into(),
+                agent_id: "e1".into(),
+                by: "op".into(),
+                now: 40,
+                forget_after: 90,
+            })
+            .unwrap();
+        assert!(store.hot().client("e1").is_none());
+        assert_eq!(
+            store
+                .hot()
+                .revocation(RevocationKind::Agent, "e1")
+                .unwrap()
+                .revoked_at,
+            40
+        );
+        assert!(matches!(
+            rotate(&store, "e1", "rat-2", "rat-9"),
+            Err(StoreError::NotFound { .. })
+        ));
+        // Boarding again works after offboarding.
+        store
+            .write(WriteOp::IssueBoardingToken {
+                tenant: T.into(),
+                agent_id: "e1".into(),
+                iat: NewIat {
+                    jti: "iat-2".into(),
+                    expires_at: 1_000,
+                },
+                now: 41,
+            })
+            .unwrap();
+        register(&store, "e1", "iat-2", "rat-b").unwrap();
+
+        let audit = store.read().unwrap().audit(0, 100).unwrap();
+        let events: Vec<_> = audit
+            .iter()
+            .map(|a| (a.event.as_str(), a.outcome == AuditOutcome::Success))
+            .collect();
+        assert!(events.contains(&("agent.rotate", false)), "{events:?}");
+        assert!(events.contains(&("agent.offboard", true)), "{events:?}");
+        assert!(audit.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    }
+
+    #[test]
+    fn reopen_restores_hot_indexes_and_refuses_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            create(&store, "e1", "n1", "j1").unwrap();
+            register(&store, "e1", "j1", "r1").unwrap();
+            store
+                .write(WriteOp::AddSigningKey(NewSigningKey {
+                    kid: "k1".into(),
+                    alg: "EdDSA".into(),
+                    state: KeyState::Active,
+                    private_key: Secret::new(vec![7u8; 32]),
+                    public_key: vec![1, 2, 3],
+                    by: "test".into(),
+                    now: 5,
+                }))
+                .unwrap();
+            store
+                .write(WriteOp::Revoke {
+                    kind: RevocationKind::Token,
+                    id: "jti-1".into(),
+                    by: "op".into(),
+                    reason: "test".into(),
+                    now: 5,
+                    forget_after: 100,
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(
+            store
+                .hot()
+                .client("e1")
+                .unwrap()
+                .secret
+                .as_ref()
+                .unwrap()
+                .expose(),
+            b"shared-secret"
+        );
+        assert_eq!(
+            store.hot().signing_key("k1").unwrap().private_key.expose(),
+            &[7u8; 32]
+        );
+        assert!(
+            store
+                .hot()
+                .revocation(RevocationKind::Token, "jti-1")
+                .is_some()
+        );
+        assert!(matches!(
+            store.write(WriteOp::Forget { now: 100 }).unwrap(),
+            WriteOutcome::Forgotten {
+                revocations: 1,
+                boarding: 1
+            }
+        ));
+        assert!(
+            store
+                .hot()
+                .revocation(RevocationKind::Token, "jti-1")
+                .is_none()
+        );
+        drop(store);
+
+        std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), StoreOptions::default()),
+            Err(StoreError::MissingKeyFile(_))
+        ));
+        assert!(matches!(
+            Store::open_or_create(dir.path(), StoreOptions::default()),
+            Err(StoreError::MissingKeyFile(_))
+        ));
+        MasterKey::create(&dir.path().join(KEY_FILE), &KeyFileOptions::default()).unwrap();
+        let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::BadKeyFile { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn second_open_is_locked_and_missing_dir_is_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = open(dir.path());
+        let err = Store::open(dir.path(), StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked(_)), "{err:?}");
+        let err = Store::open(&dir.path().join("nope"), StoreOptions::default()).unwrap_err();
+        assert!(matches!(err, StoreError::MissingDataDir(_)), "{err:?}");
+    }
+
+    #[test]
+    fn etag_and_rename_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        create(&store, "e1", "n1", "j1").unwrap();
+        create(&store, "e2", "n2", "j2").unwrap();
+        let update = |if_match, name: &str| {
+            store.write(WriteOp::UpdateAgent {
+                tenant: T.into(),
+                id: "e1".into(),
+                if_match,
+                name: Some(name.into()),
+                security_profile: None,
+                now: 50,
+            })
+        };
+        assert!(matches!(
+            update(Some(1), "x"),
+            Err(StoreError::PreconditionFailed {
+                expected: 1,
+                current: 2
+            })
+        ));
+        assert!(matches!(
+            update(Some(2), "n2"),
+            Err(StoreError::Conflict(_))
+        ));
+        let WriteOutcome::Agent(a) = update(Some(2), "renamed").unwrap() else {
+            panic!()
+        };
+        assert_eq!((a.name.as_str(), a.etag), ("renamed", 3));
+        let snap = store.read().unwrap();
+        assert_eq!(snap.agent_by_name(T, "renamed").unwrap().unwrap().id, "e1");
+        assert!(snap.agent_by_name(T, "n1").unwrap().is_none());
+        let page = snap.agents(T, None, 1).unwrap();
+        assert_eq!((page.agents.len(), page.next.as_deref()), (1, Some("e1")));
+        let page2 = snap.agents(T, page.next.as_deref(), 10).unwrap();
+        assert_eq!(
+            page2
+                .agents
+                .iter()
+                .map(|a| a.id.as_str())
+                .collect::<Vec<_>>(),
+            ["e2"]
+        );
+        assert_eq!(page2.next, None);
+        store
+            .write(WriteOp::DeleteAgent {
+                tenant: T.into(),
+                id: "e1".into(),
+                if_match: Some(3),
+                by: "op".into(),
+                now: 60,
+                forget_after: 70,
+            })
+            .unwrap();
+        let snap = store.read().unwrap();
+        assert!(snap.agent(T, "e1").unwrap().is_none());
+        assert!(snap.agent_by_name(T, "renamed").unwrap().is_none());
+        assert_eq!(snap.agent_count(T).unwrap(), 1);
+    }
+
+    #[test]
+    fn refused_op_in_a_group_leaves_no_trace_and_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        create(&store, "e1", "n1", "j1").unwrap();
+        register(&store, "e1", "j1", "r0").unwrap();
+        // Many concurrent rotations presenting the same RAT: exactly one wins.
+        let (tx, rx) = crossbeam::channel::unbounded();
+        for i in 0..50 {
+            let tx = tx.clone();
+            store.submit(
+                WriteOp::RotateRegistration(Rotation {
+                    client_id: "e1".into(),
+                    presented_rat: Secret::from("r0"),
+                    new_rat: Secret::from(format!("r{i}-new").as_str()),
+                    new_secret: Some(Secret::from("s")),
+                    new_jwks: None,
+                    secret_expires_at: 1,
+                    now: 1,
+                }),
+                move |r| tx.send((i, r.is_ok())).unwrap(),
+            );
+        }
+        drop(tx);
+        let wins: Vec<_> = rx.iter().filter(|(_, ok)| *ok).map(|(i, _)| i).collect();
+        assert_eq!(wins.len(), 1, "{wins:?}");
+        let reg = store.read().unwrap().registration("e1").unwrap().unwrap();
+        assert_eq!(reg.generation, 2);
+        assert!(reg.rat_hash.verify(format!("r{}-new", wins[0]).as_bytes()));
+    }
+
+    #[test]
+    fn backup_is_a_consistent_readable_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        create(&store, "e1", "n1", "j1").unwrap();
+        register(&store, "e1", "j1", "r1").unwrap();
+        let out = dir.path().join("backup.redb");
+        // While the store is open (as a running server would have it).
+        let report = backup_data_dir(dir.path(), &out).unwrap();
+        assert!(report.rows > 5, "{report:?}");
+        assert!(
+            backup_data_dir(dir.path(), &out).is_err(),
+            "never overwrites"
+        );
+        let report2 = store.backup_to(&dir.path().join("b2.redb")).unwrap();
+        assert_eq!(report.rows, report2.rows);
+        let locked = check_data_dir(dir.path(), &KeyFileOptions::default()).unwrap_err();
+        assert!(matches!(locked, StoreError::Locked(_)), "{locked:?}");
+        drop(store);
+        // The backup plus the key file is a working data directory.
+        let restored = tempfile::tempdir().unwrap();
+        std::fs::copy(&out, restored.path().join(DB_FILE)).unwrap();
+        std::fs::copy(dir.path().join(KEY_FILE), restored.path().join(KEY_FILE)).unwrap();
+        let check = check_data_dir(restored.path(), &KeyFileOptions::default()).unwrap();
+        assert!(check.is_ok(), "{check:?}");
+        assert_eq!(
+            check
+                .tables
+                .iter()
+                .find(|t| t.name == "registrations")
+                .unwrap()
+                .rows,
+            1
+        );
+        let store = Store::open(restored.path(), StoreOptions::default()).unwrap();
+        assert!(store.hot().client("e1").is_some());
+    }
+}

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+pub mod https;
+pub mod server;
+
 /// Path of the `latchkey` binary under test. `scripts/test.sh` builds it before `cargo test`;
 /// `LATCHKEY_BIN` overrides (for testing an installed release).
 pub fn latchkey_bin() -> PathBuf {

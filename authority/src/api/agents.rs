@@ -1,0 +1,400 @@
+//! Operator-side agent management under `/api/agentmanagement/v3/agents`, in the shapes the
+//! MindSphere `AgentManagementClient` sends and reads (see `mindsphere.rs`).
+//!
+//! Every call needs an operator bearer token: `agents:read` to look, `agents:write` to change.
+//! Every lookup is scoped by the caller's tenant; another tenant's agent answers 404. Writes
+//! (create, update, delete, boarding, offboarding) defer their answer until the store has
+//! committed, and `PUT`/`DELETE` carry the agent's `eTag` in `If-Match` (412 when stale).
+//!
+//! Creating an agent also issues its first initial access token in the same transaction
+//! (`NOT_ONBOARDED` → `ONBOARDING`, as MindSphere does automatically). The boarding
+//! configuration mints the IAT JWT from the stored boarding record each time it is asked for,
+//! and issues a fresh record when the last one expired or the agent was offboarded.
+
+use std::sync::Arc;
+
+use super::auth::{self, Permission, Principal};
+use super::mindsphere::{
+    API_BASE, Agent, AgentCreate, AgentId, AgentQuery, AgentUpdate, BoardingConfiguration,
+    BoardingContent, IfMatch, OnboardingStatus, OnlineStatus, rfc3339_millis,
+};
+use super::onboarding::AgentState;
+use crate::error::{ApiError, Error};
+use crate::http::{Outcome, Request, RequestContext, Response, Router};
+use crate::store::{
+    AgentRecord, BoardingRecord, BoardingState, NewAgent, NewIat, WriteOp, WriteOutcome,
+};
+
+/// A tenant's agents are read in pages of this many to build a list answer.
+const READ_BATCH: usize = 1000;
+/// Reissue the IAT when less than this is left of it, so an agent never gets one that expires
+/// before it can use it.
+const IAT_MIN_REMAINING: u64 = 60;
+
+/// Registers the operator-side routes.
+pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
+    let base = format!("{API_BASE}/agents");
+    let s = Arc::clone(state);
+    router.post(&base, move |req: &Request<'_>, ctx: &RequestContext<'_>| {
+        s.create(req, ctx)
+    });
+    let s = Arc::clone(state);
+    router.get(&base, move |req: &Request<'_>, _: &RequestContext<'_>| {
+        s.list(req)
+    });
+    let s = Arc::clone(state);
+    router.get(
+        &format!("{base}/{{id}}"),
+        move |req: &Request<'_>, _: &RequestContext<'_>| s.show(req),
+    );
+    let s = Arc::clone(state);
+    router.put(
+        &format!("{base}/{{id}}"),
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.update(req, ctx),
+    );
+    let s = Arc::clone(state);
+    router.delete(
+        &format!("{base}/{{id}}"),
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.delete(req, ctx),
+    );
+    let s = Arc::clone(state);
+    router.get(
+        &format!("{base}/{{id}}/status"),
+        move |req: &Request<'_>, _: &RequestContext<'_>| s.online_status(req),
+    );
+    let s = Arc::clone(state);
+    router.get(
+        &format!("{base}/{{id}}/boarding/configuration"),
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.boarding_configuration(req, ctx),
+    );
+    let s = Arc::clone(state);
+    router.get(
+        &format!("{base}/{{id}}/boarding/status"),
+        move |req: &Request<'_>, _: &RequestContext<'_>| s.boarding_status(req),
+    );
+    let s = Arc::clone(state);
+    router.post(
+        &format!("{base}/{{id}}/boarding/offboard"),
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.offboard(req, ctx),
+    );
+}
+
+impl AgentState {
+    fn caller(&self, req: &Request<'_>, need: Permission) -> Result<Principal, Error> {
+        auth::operator(&self.app, req, need)
+    }
+
+    /// The caller's agent named by the path, or 404.
+    fn agent(&self, p: &Principal, req: &Request<'_>) -> Result<AgentRecord, Error> {
+        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        self.app
+            .store
+            .read()?
+            .agent(&p.tenant, id.as_str())?
+            .ok_or_else(|| ApiError::NotFound(format!("agent {:?} not found", id.as_str())).into())
+    }
+
+    fn new_iat(&self, now: u64) -> NewIat {
+        NewIat {
+            jti: self.app.jti.next_uuid(),
+            expires_at: now.saturating_add(self.app.settings.boarding_token_lifetime),
+        }
+    }
+
+    /// How long the store keeps an agent revocation: every access token issued before it has
+    /// expired by then.
+    fn revocation_lifetime(&self, now: u64) -> u64 {
+        now.saturating_add(self.app.settings.access_token_lifetime)
+            .saturating_add(self.app.settings.leeway)
+    }
+
+    fn create(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsWrite)?;
+        let new = AgentCreate::parse(req.body())?;
+        let now = self.app.now();
+        let op = WriteOp::CreateAgent(NewAgent {
+            tenant: p.tenant,
+            id: new.id.as_str().to_owned(),
+            name: new.name.as_str().to_owned(),
+            security_profile: new.security_profile,
+            iat: Some(self.new_iat(now)),
+            now,
+        });
+        let done = ctx.defer();
+        self.app.submit(op, move |result| {
+            done.complete(
+                result
+                    .map_err(Error::from)
+                    .and_then(|outcome| match outcome {
+                        WriteOutcome::Boarding(agent, _) | WriteOutcome::Agent(agent) => {
+                            Ok(agent_response(201, &agent))
+                        }
+                        other => Err(unexpected(&other)),
+                    }),
+            );
+        });
+        Ok(Outcome::Deferred)
+    }
+
+    fn list(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsRead)?;
+        let query = AgentQuery::parse(&super::Form::query(req)?)?;
+        let snap = self.app.store.read()?;
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = snap.agents(&p.tenant, after.as_deref(), READ_BATCH)?;
+            all.extend(page.agents);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        Ok(Response::json(200, &query.page(all)).into())
+    }
+
+    fn show(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsRead)?;
+        Ok(agent_response(200, &self.agent(&p, req)?).into())
+    }
+
+    fn update(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsWrite)?;
+        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        let if_match = if_match(req)?;
+        let change = AgentUpdate::parse(req.body())?;
+        let op = WriteOp::UpdateAgent {
+            tenant: p.tenant,
+            id: id.as_str().to_owned(),
+            if_match: if_match.expected(),
+            name: Some(change.name.as_str().to_owned()),
+            security_profile: Some(change.security_profile),
+            now: self.app.now(),
+        };
+        let done = ctx.defer();
+        self.app.submit(op, move |result| {
+            done.complete(
+                result
+                    .map_err(Error::from)
+                    .and_then(|outcome| match outcome {
+                        WriteOutcome::Agent(agent) => Ok(agent_response(200, &agent)),
+                        other => Err(unexpected(&other)),
+                    }),
+            );
+        });
+        Ok(Outcome::Deferred)
+    }
+
+    fn delete(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsWrite)?;
+        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        let if_match = if_match(req)?;
+        let now = self.app.now();
+        let op = WriteOp::DeleteAgent {
+            tenant: p.tenant,
+            id: id.as_str().to_owned(),
+            if_match: if_match.expected(),
+            by: p.client_id,
+            now,
+            forget_after: self.revocation_lifetime(now),
+        };
+        let done = ctx.defer();
+        let state = Arc::clone(self);
+        self.app.submit(op, move |result| {
+            done.complete(
+                result
+                    .map_err(Error::from)
+                    .and_then(|outcome| match outcome {
+                        WriteOutcome::Agent(agent) => {
+                            state.forget(&agent.id);
+                            Ok(Response::new(204))
+                        }
+                        other => Err(unexpected(&other)),
+                    }),
+            );
+        });
+        Ok(Outcome::Deferred)
+    }
+
+    /// `ONLINE` while the last access token this process issued to the agent is valid.
+    fn online_status(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsRead)?;
+        let agent = self.agent(&p, req)?;
+        let now = self.app.now();
+        let lifetime = self.app.settings.access_token_lifetime;
+        let status = match self.last_token_at(&agent.id) {
+            Some(at)
+                if agent.state == BoardingState::Onboarded && now < at.saturating_add(lifetime) =>
+            {
+                OnlineStatus {
+                    status: "ONLINE",
+                    since: rfc3339_millis(at),
+                }
+            }
+            Some(at) => OnlineStatus {
+                status: "OFFLINE",
+                since: rfc3339_millis(at.saturating_add(lifetime).max(agent.updated_at).min(now)),
+            },
+            None => OnlineStatus {
+                status: "OFFLINE",
+                since: rfc3339_millis(agent.updated_at),
+            },
+        };
+        Ok(Response::json(200, &status).into())
+    }
+
+    fn boarding_status(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsRead)?;
+        let agent = self.agent(&p, req)?;
+        Ok(Response::json(
+            200,
+            &OnboardingStatus {
+                status: agent.state.as_str(),
+            },
+        )
+        .into())
+    }
+
+    /// The boarding configuration. Reading it is an `agents:read` operation, but it may have to
+    /// issue a new IAT (first boarding after offboarding, or the last one expired): that is a
+    /// write done on the caller's behalf, like MindSphere does.
+    fn boarding_configuration(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsRead)?;
+        let agent = self.agent(&p, req)?;
+        let now = self.app.now();
+        if agent.state == BoardingState::Onboarded {
+            return Ok(Response::json(200, &self.configuration(&agent, None)?).into());
+        }
+        let current = match &agent.current_iat {
+            Some(jti) => self.app.store.read()?.boarding(jti)?,
+            None => None,
+        };
+        if let Some(rec) =
+            current.filter(|r| r.used_at.is_none() && r.expires_at > now + IAT_MIN_REMAINING)
+        {
+            return Ok(Response::json(200, &self.configuration(&agent, Some(&rec))?).into());
+        }
+        let op = WriteOp::IssueBoardingToken {
+            tenant: p.tenant,
+            agent_id: agent.id.clone(),
+            iat: self.new_iat(now),
+            now,
+        };
+        let done = ctx.defer();
+        let state = Arc::clone(self);
+        self.app.submit(op, move |result| {
+            done.complete(
+                result
+                    .map_err(Error::from)
+                    .and_then(|outcome| match outcome {
+                        WriteOutcome::Boarding(agent, rec) => Ok(Response::json(
+                            200,
+                            &state.configuration(&agent, Some(&rec))?,
+                        )),
+                        other => Err(unexpected(&other)),
+                    }),
+            );
+        });
+        Ok(Outcome::Deferred)
+    }
+
+    /// The configuration for `agent`, with the IAT of `rec` (none once onboarded).
+    fn configuration(
+        &self,
+        agent: &AgentRecord,
+        rec: Option<&BoardingRecord>,
+    ) -> Result<BoardingConfiguration, Error> {
+        let (iat, expiration) = match rec {
+            Some(rec) => (
+                Some(self.mint_iat(agent, rec)?),
+                Some(rfc3339_millis(rec.expires_at)),
+            ),
+            None => (None, None),
+        };
+        Ok(BoardingConfiguration {
+            content: BoardingContent {
+                base_url: self.app.base_url().to_owned(),
+                iat,
+                client_credential_profile: [agent.security_profile.as_str()],
+                client_id: agent.id.clone(),
+                tenant: agent.tenant.clone(),
+            },
+            expiration,
+        })
+    }
+
+    /// Revokes the registration, secret, keys, RAT and every access token issued so far; the
+    /// agent returns to `NOT_ONBOARDED` and its next boarding configuration has a fresh IAT.
+    fn offboard(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let p = self.caller(req, Permission::AgentsWrite)?;
+        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        let now = self.app.now();
+        let op = WriteOp::Offboard {
+            tenant: p.tenant,
+            agent_id: id.as_str().to_owned(),
+            by: p.client_id,
+            now,
+            forget_after: self.revocation_lifetime(now),
+        };
+        let done = ctx.defer();
+        let state = Arc::clone(self);
+        self.app.submit(op, move |result| {
+            done.complete(
+                result
+                    .map_err(Error::from)
+                    .and_then(|outcome| match outcome {
+                        WriteOutcome::Agent(agent) => {
+                            state.forget(&agent.id);
+                            Ok(Response::json(
+                                200,
+                                &OnboardingStatus {
+                                    status: agent.state.as_str(),
+                                },
+                            ))
+                        }
+                        other => Err(unexpected(&other)),
+                    }),
+            );
+        });
+        Ok(Outcome::Deferred)
+    }
+}
+
+/// The `If-Match` header, required on `PUT` and `DELETE` (the SDK always sends it): without
+/// it, two operators editing the same agent could silently overwrite each other.
+fn if_match(req: &Request<'_>) -> Result<IfMatch, Error> {
+    let v = req.header("if-match").ok_or_else(|| {
+        ApiError::InvalidRequest("If-Match with the agent's eTag is required".into())
+    })?;
+    Ok(IfMatch::parse(v)?)
+}
+
+fn agent_response(status: u16, agent: &AgentRecord) -> Response {
+    Response::json(status, &Agent::from(agent)).header("ETag", format!("\"{}\"", agent.etag))
+}
+
+fn unexpected(outcome: &WriteOutcome) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "unexpected store outcome {outcome:?}"
+    )))
+}

@@ -1,0 +1,498 @@
+//! The operator-side OAuth surface: the token endpoint for operator clients
+//! (`client_credentials` with `client_secret_basic` or `client_secret_post`), the public keys
+//! in the UAA shape the MindSphere SDK reads (`/token_keys`, `/token_key`) and as a JWKS,
+//! RFC 8414 metadata, RFC 7662 introspection and RFC 7009 revocation.
+//!
+//! Writes (audit entries, revocations) never block the event loop: the handler defers its
+//! answer and completes it from the store's reply, after the commit. A token is handed out
+//! only once its issuance is in the audit log.
+
+use std::sync::Arc;
+
+use latchkey_core::claims::{Claims, TokenType};
+use latchkey_core::jwk::Jwk;
+use latchkey_core::{Algorithm, UnverifiedToken, VerifyingKey};
+use serde_json::{Map, Value, json};
+
+use super::Form;
+use super::auth::{self, Permission, Permissions, Principal, PrincipalKind};
+use crate::app::App;
+use crate::error::{ApiError, Error};
+use crate::http::{Outcome, Request, RequestContext, Response, Router};
+use crate::store::{AuditOutcome, RevocationKind, WriteOp, WriteOutcome};
+
+/// Longest client id written to the audit log for a refused request (ids are attacker input).
+const MAX_AUDIT_ID: usize = 128;
+
+pub fn routes(router: &mut Router, app: &Arc<App>) {
+    let a = Arc::clone(app);
+    router.post(
+        "/oauth/token",
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| token(&a, req, ctx),
+    );
+    let a = Arc::clone(app);
+    router.get(
+        "/token_keys",
+        move |_: &Request<'_>, _: &RequestContext<'_>| {
+            Ok(Response::json(200, &token_keys(&a)).into())
+        },
+    );
+    let a = Arc::clone(app);
+    router.get(
+        "/token_key",
+        move |_: &Request<'_>, _: &RequestContext<'_>| {
+            let key =
+                active_key(&a).ok_or_else(|| ApiError::NotFound("no active signing key".into()))?;
+            Ok(Response::json(200, &uaa_key(&key)?).into())
+        },
+    );
+    let a = Arc::clone(app);
+    router.get(
+        "/.well-known/jwks.json",
+        move |_: &Request<'_>, _: &RequestContext<'_>| {
+            Ok(Response::json(200, &a.keys.snapshot().public_jwks()).into())
+        },
+    );
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let a = Arc::clone(app);
+        router.get(path, move |_: &Request<'_>, _: &RequestContext<'_>| {
+            Ok(Response::json(200, &metadata(&a)).into())
+        });
+    }
+    let a = Arc::clone(app);
+    router.post(
+        "/oauth/introspect",
+        move |req: &Request<'_>, _: &RequestContext<'_>| with_client_challenge(introspect(&a, req)),
+    );
+    let a = Arc::clone(app);
+    router.post(
+        "/oauth/revoke",
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| {
+            with_client_challenge(revoke(&a, req, ctx))
+        },
+    );
+}
+
+/// RFC 6749 §5.2: a 401 for client authentication carries a `WWW-Authenticate` challenge.
+fn with_client_challenge(result: Result<Outcome, Error>) -> Result<Outcome, Error> {
+    match result {
+        Err(e @ Error::Api(ApiError::InvalidClient(_))) => Ok(Response::from_error(&e)
+            .header("WWW-Authenticate", "Basic realm=\"latchkey\"")
+            .into()),
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token endpoint
+
+fn token(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let form = Form::from_request(req)?;
+    let now = app.now();
+    let (client, _) = match auth::client_credentials(app, req, &form) {
+        Ok(c) => c,
+        Err(e) => {
+            let claimed = claimed_client(req, &form);
+            audit_async(
+                app,
+                &claimed,
+                "token.refuse",
+                &claimed,
+                AuditOutcome::Refused(e.to_string()),
+                now,
+            );
+            return with_client_challenge(Err(e));
+        }
+    };
+    let issued = grant(app, &form, &client, now);
+    let (body, jti) = match issued {
+        Ok(v) => v,
+        Err(e) => {
+            audit_async(
+                app,
+                &client.id,
+                "token.refuse",
+                &client.id,
+                AuditOutcome::Refused(e.to_string()),
+                now,
+            );
+            return Err(e);
+        }
+    };
+    let completion = ctx.defer();
+    app.submit(
+        WriteOp::Audit {
+            actor: client.id.clone(),
+            event: "token.issue".into(),
+            subject: format!("jti:{jti}"),
+            outcome: AuditOutcome::Success,
+            now,
+        },
+        move |r| completion.complete(r.map(|_| Response::json(200, &body)).map_err(Error::from)),
+    );
+    Ok(Outcome::Deferred)
+}
+
+/// The checks after client authentication, and the token.
+fn grant(
+    app: &App,
+    form: &Form<'_>,
+    client: &crate::store::OperatorClientRecord,
+    now: u64,
+) -> Result<(Value, String), Error> {
+    match form.get("grant_type") {
+        None => {
+            return Err(ApiError::InvalidRequest("missing parameter \"grant_type\"".into()).into());
+        }
+        Some("client_credentials") => {}
+        Some(other) => {
+            return Err(ApiError::UnsupportedGrantType(format!(
+                "grant type {other:?} is not supported; operator clients use client_credentials"
+            ))
+            .into());
+        }
+    }
+    let granted = auth::profile_permissions(app, &client.profile)?;
+    let permissions = match form.get("scope") {
+        None => granted,
+        Some(scope) => {
+            let names: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
+            let asked = Permissions::parse(&names).map_err(ApiError::InvalidScope)?;
+            if !asked.is_subset(granted) {
+                return Err(
+                    ApiError::InvalidScope("scope exceeds the client's profile".into()).into(),
+                );
+            }
+            asked
+        }
+    };
+    let claims = auth::operator_claims(app, client, permissions, now);
+    let jti = claims.jti.clone().unwrap_or_default();
+    let token = app.mint(
+        app.settings.operator_alg,
+        TokenType::OperatorAccessToken,
+        &claims,
+    )?;
+    let body = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": app.settings.operator_token_lifetime,
+        "scope": permissions.scope(),
+        "jti": jti,
+    });
+    Ok((body, jti))
+}
+
+/// The client id a refused request claimed, for the audit log (bounded, never the secret).
+fn claimed_client(req: &Request<'_>, form: &Form<'_>) -> String {
+    let id = match super::basic(req) {
+        Ok(Some((id, _))) => id,
+        _ => form.get("client_id").unwrap_or("").to_owned(),
+    };
+    let mut id: String = id
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_AUDIT_ID)
+        .collect();
+    if id.is_empty() {
+        id.push('-');
+    }
+    id
+}
+
+/// Appends an audit entry without waiting for it (refusals: the answer does not depend on it).
+fn audit_async(
+    app: &Arc<App>,
+    actor: &str,
+    event: &str,
+    subject: &str,
+    outcome: AuditOutcome,
+    now: u64,
+) {
+    app.submit(
+        WriteOp::Audit {
+            actor: actor.into(),
+            event: event.into(),
+            subject: subject.into(),
+            outcome,
+            now,
+        },
+        |r| {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "audit write failed");
+            }
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys and metadata
+
+/// The key operator tokens are signed with now.
+fn active_key(app: &App) -> Option<Arc<VerifyingKey>> {
+    let snap = app.keys.snapshot();
+    let kid = snap
+        .minter(app.settings.operator_alg)?
+        .key()
+        .kid()
+        .to_owned();
+    snap.key(&kid).cloned()
+}
+
+/// `GET /token_keys`: every public verifying key in the UAA shape, the active operator key
+/// first — the MindSphere SDK looks only at the first entry before refetching.
+pub fn token_keys(app: &App) -> Value {
+    let snap = app.keys.snapshot();
+    let first = snap
+        .minter(app.settings.operator_alg)
+        .map(|m| m.key().kid().to_owned());
+    let mut keys: Vec<&Arc<VerifyingKey>> = snap.keys().filter(|k| !k.is_secret()).collect();
+    keys.sort_by_key(|k| (k.kid() != first.as_deref(), k.kid().map(str::to_owned)));
+    let keys: Vec<Value> = keys.into_iter().filter_map(|k| uaa_key(k).ok()).collect();
+    json!({ "keys": keys })
+}
+
+/// One key as UAA publishes it: the JWK members plus `value`, the PEM public key.
+pub fn uaa_key(key: &VerifyingKey) -> Result<Value, Error> {
+    let jwk = Jwk::from_public_key(key)?;
+    let mut v = serde_json::to_value(&jwk).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    if let Value::Object(m) = &mut v {
+        m.insert("value".into(), Value::String(key.to_pem()?));
+    }
+    Ok(v)
+}
+
+/// RFC 8414 authorization server metadata (also served as OpenID discovery).
+pub fn metadata(app: &App) -> Value {
+    let base = app.base_url();
+    let algs: Vec<&str> = Algorithm::ALL
+        .iter()
+        .filter(|a| !a.is_hmac())
+        .map(|a| a.as_str())
+        .collect();
+    let scopes: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+    json!({
+        "issuer": app.issuer(),
+        "token_endpoint": format!("{base}/oauth/token"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "introspection_endpoint": format!("{base}/oauth/introspect"),
+        "revocation_endpoint": format!("{base}/oauth/revoke"),
+        "grant_types_supported": ["client_credentials"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "bearer"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "bearer"],
+        "scopes_supported": scopes,
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": algs,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Introspection (RFC 7662)
+
+fn introspect(app: &Arc<App>, req: &Request<'_>) -> Result<Outcome, Error> {
+    let form = Form::from_request(req)?;
+    let principal = auth::caller(app, req, &form)?;
+    if principal.kind == PrincipalKind::Operator {
+        principal.require(Permission::TokensIntrospect)?;
+    }
+    let token = form.require("token")?;
+    let body = match inspect(app, token, app.now()) {
+        Some(found) if visible(&principal, &found) => active_body(found.claims),
+        _ => json!({ "active": false }),
+    };
+    Ok(Response::json(200, &body).into())
+}
+
+/// A token that verified (signature, claims, revocation), with who it belongs to.
+#[derive(Debug)]
+pub struct Inspected {
+    pub claims: Claims,
+    pub tenant: String,
+    /// The client the token was issued to.
+    pub owner: String,
+    pub operator: bool,
+}
+
+/// Verifies any access token Latchkey mints (operator or agent). `None` for malformed,
+/// expired, revoked, unknown-key or other-type tokens, and for operator tokens whose client
+/// was deleted.
+pub fn inspect(app: &App, token: &str, now: u64) -> Option<Inspected> {
+    let parsed = UnverifiedToken::parse(token).ok()?;
+    let operator = TokenType::OperatorAccessToken.accepts_header(parsed.header().typ());
+    let verified = if operator {
+        let v = auth::verify_operator_token(app, token, now).ok()?;
+        auth::principal_of(app, &v)?;
+        v
+    } else {
+        app.verify(token, &app.validation(TokenType::AccessToken), now)
+            .ok()?
+    };
+    let claims = verified.into_claims();
+    let tenant = claims.extra_str("ten")?.to_owned();
+    let owner = claims
+        .extra_str("client_id")
+        .or(claims.sub.as_deref())?
+        .to_owned();
+    Some(Inspected {
+        claims,
+        tenant,
+        owner,
+        operator,
+    })
+}
+
+/// Operators see their own tenant's tokens; agents only their own.
+fn visible(p: &Principal, t: &Inspected) -> bool {
+    match p.kind {
+        PrincipalKind::Operator => p.tenant == t.tenant,
+        PrincipalKind::Agent => p.client_id == t.owner && p.tenant == t.tenant,
+    }
+}
+
+fn active_body(claims: Claims) -> Value {
+    let mut m = match serde_json::to_value(&claims) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    if let Some(Value::Array(items)) = m.get("scope") {
+        let scope: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+        let scope = scope.join(" ");
+        m.insert("scope".into(), Value::String(scope));
+    }
+    if !m.contains_key("client_id")
+        && let Some(sub) = claims.sub
+    {
+        m.insert("client_id".into(), Value::String(sub));
+    }
+    m.insert("active".into(), Value::Bool(true));
+    m.insert("token_type".into(), Value::String("Bearer".into()));
+    Value::Object(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation (RFC 7009)
+
+fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let form = Form::from_request(req)?;
+    let principal = auth::caller(app, req, &form)?;
+    let token = form.require("token")?;
+    let now = app.now();
+    // Unknown, malformed, expired or already revoked: nothing to do, and 200 (RFC 7009 §2.2).
+    let Some(found) = inspect(app, token, now) else {
+        return Ok(Response::new(200).into());
+    };
+    let own = principal.client_id == found.owner && principal.tenant == found.tenant;
+    if !own {
+        if principal.kind == PrincipalKind::Agent || principal.tenant != found.tenant {
+            // Another tenant's token is not revealed to exist.
+            return Ok(Response::new(200).into());
+        }
+        if !principal.permissions.contains(Permission::TokensRevoke) {
+            return Err(ApiError::Forbidden(
+                "a client may revoke only its own tokens without the tokens:revoke permission"
+                    .into(),
+            )
+            .into());
+        }
+    }
+    let Some(jti) = found.claims.jti.clone() else {
+        return Ok(Response::new(200).into());
+    };
+    let forget_after = found
+        .claims
+        .exp
+        .unwrap_or(now)
+        .saturating_add(app.settings.leeway);
+    let completion = ctx.defer();
+    app.submit(
+        WriteOp::Revoke {
+            kind: RevocationKind::Token,
+            id: jti,
+            by: principal.client_id,
+            reason: "revoked through the revocation endpoint".into(),
+            now,
+            forget_after,
+        },
+        move |r| {
+            completion.complete(match r {
+                Ok(WriteOutcome::Revocation(_)) => Ok(Response::new(200)),
+                Ok(_) => Ok(Response::new(200)),
+                Err(e) => Err(e.into()),
+            })
+        },
+    );
+    Ok(Outcome::Deferred)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::AppSettings;
+    use crate::http::Metrics;
+
+    fn app() -> (tempfile::TempDir, Arc<App>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) =
+            App::open(dir.path(), AppSettings::default(), Arc::new(Metrics::new())).unwrap();
+        (dir, Arc::new(app))
+    }
+
+    #[test]
+    fn token_keys_put_the_operator_key_first_and_carry_pem() {
+        let (_dir, app) = app();
+        let keys = token_keys(&app);
+        let list = keys["keys"].as_array().unwrap();
+        assert_eq!(list.len(), 3);
+        let active = app
+            .keys
+            .snapshot()
+            .minter(Algorithm::RS256)
+            .unwrap()
+            .key()
+            .kid()
+            .to_owned();
+        assert_eq!(list[0]["kid"], active.as_str());
+        assert_eq!(list[0]["kty"], "RSA");
+        assert_eq!(list[0]["alg"], "RS256");
+        assert!(
+            list[0]["value"]
+                .as_str()
+                .unwrap()
+                .starts_with("-----BEGIN PUBLIC KEY-----\n")
+        );
+        assert!(list[0]["n"].is_string() && list[0]["e"] == "AQAB");
+        // After a rotation the new key leads and the old one is still listed.
+        let new = app.rotate_key(Algorithm::RS256, "t").unwrap();
+        let list = token_keys(&app)["keys"].as_array().unwrap().clone();
+        assert_eq!(list[0]["kid"], new.kid.as_str());
+        assert!(list.iter().any(|k| k["kid"] == active.as_str()));
+    }
+
+    #[test]
+    fn operator_tokens_introspect_with_their_claims() {
+        let (_dir, app) = app();
+        let client = app.store.hot().operator_client("admin").unwrap();
+        let now = app.now();
+        let claims = auth::operator_claims(&app, &client, Permissions::READ_ONLY, now);
+        let token = app
+            .mint(Algorithm::RS256, TokenType::OperatorAccessToken, &claims)
+            .unwrap();
+        let found = inspect(&app, &token, now).unwrap();
+        assert!(found.operator);
+        assert_eq!(
+            (found.owner.as_str(), found.tenant.as_str()),
+            ("admin", "main")
+        );
+        let body = active_body(found.claims);
+        assert_eq!(body["active"], true);
+        assert_eq!(body["scope"], Permissions::READ_ONLY.scope());
+        assert_eq!(body["client_id"], "admin");
+        assert!(inspect(&app, "not.a.token", now).is_none());
+        assert!(inspect(&app, &token, now + 7200).is_none(), "expired");
+    }
+}

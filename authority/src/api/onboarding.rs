@@ -1,0 +1,1360 @@
+//! The agent side of MindSphere onboarding: register with the initial access token (RFC 7591),
+//! read and rotate the registration with the registration access token (RFC 7592), exchange a
+//! JWT client assertion for an access token (RFC 7523), and fetch the key that signs it.
+//!
+//! # Design decisions
+//!
+//! **Credentials.** A shared secret is 256 random bits in base64url (43 characters). Agents
+//! use the *string* as the HMAC key (that is what `jsonwebtoken.sign(claims, secret)` and MCL
+//! do), so the store keeps the string's bytes. A registration access token is opaque: 256
+//! random bits in base64url; only its salted hash is stored, and the store checks it inside the
+//! write transaction, so two rotations presenting the same RAT cannot both win and the old RAT
+//! is dead the moment the new one is answered. The initial access token is a JWT of our own
+//! `typ` whose `jti` the store consumes exactly once.
+//!
+//! **Cheap refusals first.** Before a register or rotate request is queued for the writer, it
+//! is checked against a snapshot (IAT used or superseded, RAT not current): a flood of stale
+//! credentials costs reads, not commits. The store repeats every check inside the transaction.
+//!
+//! **The key decides the algorithm.** A SHARED_SECRET agent's assertion must be HS256/384/512
+//! under its secret; an RSA_3072 agent's RS256/384/512 under one of its registered keys (MCL
+//! signs RS256, the Node SDK RS384). Parsed RSA keys are cached per registration (the cache
+//! entry is tied to the hot index's `Arc`, so a rotation or re-registration replaces it).
+//!
+//! **Replay across restarts without a write per token.** Accepted assertion `jti`s live only
+//! in the in-memory [`latchkey_core::replay::ReplayCache`]. After a restart it is empty, so an
+//! assertion accepted by the previous process could be presented again. The *replay floor*
+//! closes that: assertions must carry `iat`, and `iat` must be at or after the floor, set once
+//! when the routes are built to `start + leeway`. Why `+ leeway`: the previous process accepted
+//! assertions with `iat` up to `its clock + leeway` (clients' clocks run fast), so an assertion
+//! it accepted just before stopping can carry an `iat` up to `leeway` seconds after our start;
+//! with the floor at `start + leeway` every such assertion is refused, and every assertion this
+//! process accepts is in its own cache. The price: for `leeway` seconds after a start, fresh
+//! assertions are refused with 503 `temporarily_unavailable` and `Retry-After` (clients sign a
+//! new assertion for every request, so they recover on the next try). This assumes the system
+//! clock does not move backwards across a restart by more than the downtime; nothing is written
+//! per token request.
+//!
+//! **Offboarding.** The store deletes the registration (secret, keys, RAT hash) and records an
+//! agent revocation; `App::verify` refuses every access token of the agent issued at or before
+//! it. A token request in that same second would mint a token that is dead on arrival, so it is
+//! answered 503 with `Retry-After: 1` instead.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use crossbeam_skiplist::SkipMap;
+use latchkey_core::claims::{Audience, Claims, TokenType, Validation};
+use latchkey_core::jwk::MAX_JWKS_KEYS;
+use latchkey_core::{
+    Algorithm, AlgorithmSet, Jwk, JwkSet, KeyPolicy, RejectedError, RsaPolicy, UnverifiedToken,
+    VerifiedToken, VerifyingKey,
+};
+use zeroize::Zeroizing;
+
+use super::Form;
+use super::mindsphere::{
+    API_BASE, MAX_KID, MINDSPHERE_SCHEMA, RegisterRequest, RegistrationResponse,
+    SOUTHGATE_AUDIENCE, TokenKey, TokenRequest, TokenResponse,
+};
+use crate::app::{App, generate_secret};
+use crate::error::{ApiError, Error, WireError};
+use crate::http::{Outcome, Request, RequestContext, Response, Router};
+use crate::store::{
+    AgentRecord, AuthMethod, BoardingRecord, ClientAuth, MAX_JWKS, Registration,
+    RegistrationRecord, Rotation, Secret, SecurityProfile, WriteOp, WriteOutcome,
+};
+
+/// Scopes of every agent access token.
+pub const AGENT_SCOPES: [&str; 1] = ["mdsp:core:agent"];
+/// Most keys one RSA_3072 registration may hold: MindSphere agents send one; a few allow a
+/// rollover. Bounded so a token request tries at most this many RSA verifications.
+pub const MAX_AGENT_KEYS: usize = if MAX_JWKS < 4 { MAX_JWKS } else { 4 };
+/// The algorithms an RSA_3072 agent may sign assertions with.
+pub const AGENT_RSA_ALGS: AlgorithmSet = AlgorithmSet::RSA_PKCS1;
+/// The `scope` of initial access tokens (as MindSphere writes it).
+const IAT_SCOPE: &str = "IAT";
+
+const _: () = assert!(MAX_AGENT_KEYS <= MAX_JWKS_KEYS);
+
+/// State the agent-management and onboarding handlers share.
+#[derive(Debug)]
+pub struct AgentState {
+    pub app: Arc<App>,
+    /// Assertions with `iat` before this are refused (see the module docs).
+    replay_floor: u64,
+    /// Parsed RSA keys per client, tied to the hot index entry they were parsed from.
+    rsa_keys: SkipMap<String, Arc<CachedKeys>>,
+    /// When each agent last got an access token (for `GET /agents/{id}/status`).
+    activity: SkipMap<String, AtomicU64>,
+}
+
+#[derive(Debug)]
+struct CachedKeys {
+    client: Weak<ClientAuth>,
+    keys: Vec<VerifyingKey>,
+}
+
+/// The replay floor for a process started at `start` whose validation tolerates `leeway`
+/// seconds of clock skew (see the module docs for why the skew is added).
+pub fn replay_floor(start: u64, leeway: u64) -> u64 {
+    start.saturating_add(leeway)
+}
+
+/// Why a token request was refused: an error, or "come back in a moment".
+#[derive(Debug)]
+pub enum TokenRefusal {
+    Error(Error),
+    /// 503 `temporarily_unavailable` with `Retry-After`.
+    Later {
+        seconds: u64,
+        reason: String,
+    },
+}
+
+impl<E: Into<Error>> From<E> for TokenRefusal {
+    fn from(e: E) -> Self {
+        TokenRefusal::Error(e.into())
+    }
+}
+
+impl AgentState {
+    /// State for a process that starts serving now.
+    pub fn new(app: Arc<App>) -> AgentState {
+        let floor = replay_floor(app.now(), assertion_leeway(&app));
+        AgentState::with_floor(app, floor)
+    }
+
+    /// State with an explicit replay floor (tests).
+    pub fn with_floor(app: Arc<App>, replay_floor: u64) -> AgentState {
+        AgentState {
+            app,
+            replay_floor,
+            rsa_keys: SkipMap::new(),
+            activity: SkipMap::new(),
+        }
+    }
+
+    pub fn replay_floor(&self) -> u64 {
+        self.replay_floor
+    }
+
+    /// `{baseUrl}/api/agentmanagement/v3/register/{client_id}`.
+    pub fn registration_uri(&self, client_id: &str) -> String {
+        format!("{}{API_BASE}/register/{client_id}", self.app.base_url())
+    }
+
+    /// The token endpoint URL, one of the audiences an assertion may name.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}{API_BASE}/oauth/token", self.app.base_url())
+    }
+
+    /// The audience of initial access tokens: the registration endpoint.
+    pub fn iat_audience(&self) -> String {
+        format!("{}{API_BASE}/register", self.app.base_url())
+    }
+
+    /// When `client_id` last got an access token, if this process issued it one.
+    pub fn last_token_at(&self, client_id: &str) -> Option<u64> {
+        self.activity
+            .get(client_id)
+            .map(|e| e.value().load(Ordering::Relaxed))
+    }
+
+    /// Drops what this process remembers about an agent (after offboarding or deletion).
+    pub fn forget(&self, client_id: &str) {
+        self.rsa_keys.remove(client_id);
+        self.activity.remove(client_id);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Initial access tokens
+
+    /// The initial access token for a boarding record: a JWT of type `latchkey-iat+jwt` whose
+    /// `jti` the store consumes on registration. Minting again from the same record gives a
+    /// token with the same `jti` and expiry, so it stays single-use.
+    pub fn mint_iat(&self, agent: &AgentRecord, rec: &BoardingRecord) -> Result<String, Error> {
+        let mut claims = Claims {
+            iss: Some(self.app.issuer().to_owned()),
+            sub: Some(agent.id.clone()),
+            aud: Some(Audience::Many(vec![self.iat_audience()])),
+            exp: Some(rec.expires_at),
+            nbf: None,
+            iat: Some(rec.issued_at),
+            jti: Some(rec.jti.clone()),
+            extra: Default::default(),
+        };
+        let profile = agent.security_profile.as_str();
+        claims
+            .extra
+            .insert("ten".into(), agent.tenant.clone().into());
+        claims.extra.insert("scope".into(), vec![IAT_SCOPE].into());
+        claims
+            .extra
+            .insert("client_credentials_profile".into(), vec![profile].into());
+        claims
+            .extra
+            .insert("schemas".into(), vec![MINDSPHERE_SCHEMA].into());
+        let alg = self.app.tenant_alg(&agent.tenant);
+        self.app.mint(alg, TokenType::InitialAccessToken, &claims)
+    }
+
+    /// Checks an initial access token's signature, type, issuer, audience and time; the store
+    /// decides whether it is still unused.
+    fn verify_iat(&self, token: &str, now: u64) -> Result<VerifiedToken, Error> {
+        let v = Validation {
+            audiences: vec![self.iat_audience()],
+            ..self.app.validation(TokenType::InitialAccessToken)
+        };
+        // Not `App::verify`: an agent revocation (offboarding) must not refuse the IAT issued
+        // to board again within the same second; the store's boarding table is what says an
+        // IAT is still current.
+        verify_minted(&self.app, token, &v, now).map_err(|e| {
+            ApiError::InvalidToken(format!("initial access token refused: {e}")).into()
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Register
+
+    fn register(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let token = super::bearer(req).ok_or_else(|| {
+            ApiError::InvalidToken("an initial access token (Bearer) is required".into())
+        })?;
+        let now = self.app.now();
+        let iat = self.verify_iat(token, now)?;
+        let claims = iat.claims();
+        let (Some(client_id), Some(jti), Some(tenant)) = (
+            claims.sub.clone(),
+            claims.jti.clone(),
+            claims.extra_str("ten").map(str::to_owned),
+        ) else {
+            return Err(ApiError::InvalidToken(
+                "initial access token lacks sub, jti or ten".into(),
+            )
+            .into());
+        };
+        let snap = self.app.store.read()?;
+        let agent = snap.agent(&tenant, &client_id)?.ok_or_else(|| {
+            ApiError::InvalidGrant("the agent of this initial access token no longer exists".into())
+        })?;
+        match snap.boarding(&jti)? {
+            Some(b)
+                if b.used_at.is_none() && agent.current_iat.as_deref() == Some(jti.as_str()) => {}
+            Some(b) if b.used_at.is_some() => {
+                return Err(
+                    ApiError::InvalidGrant("initial access token already used".into()).into(),
+                );
+            }
+            _ => {
+                return Err(ApiError::InvalidGrant(
+                    "initial access token superseded; fetch the boarding configuration again"
+                        .into(),
+                )
+                .into());
+            }
+        }
+        drop(snap);
+        let body = RegisterRequest::parse(req.body())?;
+        if let Some(id) = &body.client_id
+            && *id != client_id
+        {
+            return Err(ApiError::InvalidRequest(
+                "client_id does not match the initial access token".into(),
+            )
+            .into());
+        }
+        let credentials = Credentials::new(agent.security_profile, body.jwks.as_ref(), true)?;
+        let rat = generate_secret()?;
+        let expires_at = now.saturating_add(self.app.settings.client_secret_lifetime);
+        let op = WriteOp::Register(Registration {
+            iat_jti: jti,
+            tenant,
+            client_id: client_id.clone(),
+            auth_method: credentials.method,
+            secret: credentials
+                .secret
+                .as_ref()
+                .map(|s| Secret::from(s.as_str())),
+            jwks: credentials.jwks.clone().unwrap_or_default(),
+            secret_expires_at: expires_at,
+            rat: Secret::from(rat.as_str()),
+            now,
+        });
+        let done = ctx.defer();
+        let state = Arc::clone(self);
+        self.app.submit(op, move |result| {
+            done.complete(
+                result
+                    .map_err(Error::from)
+                    .and_then(|outcome| match outcome {
+                        WriteOutcome::Registration(rec) => {
+                            state.forget(&rec.client_id);
+                            Ok(registration_response(
+                                201,
+                                state.answer(&rec, credentials.secret, &rat),
+                            ))
+                        }
+                        other => Err(unexpected(&other)),
+                    }),
+            );
+        });
+        Ok(Outcome::Deferred)
+    }
+
+    fn answer(
+        &self,
+        rec: &RegistrationRecord,
+        secret: Option<Zeroizing<String>>,
+        rat: &str,
+    ) -> RegistrationResponse {
+        RegistrationResponse {
+            client_id: rec.client_id.clone(),
+            token_endpoint_auth_method: rec.auth_method.as_str(),
+            grant_types: ["client_credentials"],
+            client_secret: secret.map(|s| s.as_str().to_owned()),
+            client_secret_expires_at: rec.secret_expires_at,
+            registration_access_token: rat.to_owned(),
+            registration_client_uri: self.registration_uri(&rec.client_id),
+            jwks: None,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // RFC 7592: read and rotate
+
+    /// The registration `client_id` names, if `rat` is its current registration access token.
+    /// Unknown client and wrong RAT answer alike (401), so neither can be probed.
+    fn authorize_rat(&self, client_id: &str, rat: &str) -> Result<RegistrationRecord, Error> {
+        let refused = || {
+            ApiError::InvalidToken(
+                "registration access token is not current for this client".into(),
+            )
+        };
+        let rec = self
+            .app
+            .store
+            .read()?
+            .registration(client_id)?
+            .ok_or_else(refused)?;
+        if rec.rat_hash.verify(rat.as_bytes()) {
+            Ok(rec)
+        } else {
+            Err(refused().into())
+        }
+    }
+
+    fn read_registration(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let client_id = req.param("client_id").unwrap_or("");
+        let rat = super::bearer(req).ok_or_else(|| {
+            ApiError::InvalidToken("a registration access token (Bearer) is required".into())
+        })?;
+        let rec = self.authorize_rat(client_id, rat)?;
+        let mut answer = self.answer(&rec, None, rat);
+        if rec.auth_method == AuthMethod::PrivateKeyJwt {
+            let keys = rec
+                .jwks
+                .iter()
+                .map(|j| Jwk::from_json(j.as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| stored_key_error(&rec.client_id, &e))?;
+            answer.jwks = Some(JwkSet { keys });
+        }
+        Ok(registration_response(200, answer).into())
+    }
+
+    fn rotate(
+        self: &Arc<Self>,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let client_id = req.param("client_id").unwrap_or("").to_owned();
+        let rat = super::bearer(req).ok_or_else(|| {
+            ApiError::InvalidToken("a registration access token (Bearer) is required".into())
+        })?;
+        let rec = self.authorize_rat(&client_id, rat)?;
+        let body = RegisterRequest::parse(req.body())?;
+        if let Some(id) = &body.client_id
+            && *id != client_id
+        {
+            return Err(ApiError::InvalidRequest(
+                "client_id does not match the registration".into(),
+            )
+            .into());
+        }
+        let profile = match rec.auth_method {
+            AuthMethod::ClientSecretJwt => SecurityProfile::SharedSecret,
+            AuthMethod::PrivateKeyJwt => SecurityProfile::Rsa3072,
+            _ => {
+                return Err(ApiError::InvalidRequest(
+                    "this registration is not rotated through this endpoint".into(),
+                )
+                .into());
+            }
+        };
+        // An RSA agent may keep its keys (no `jwks`) or replace them; MCL sends a new key with
+        // a new kid every time, the Node SDK the same key under `mindconnect-key-1`.
+        let credentials = Credentials::new(profile, body.jwks.as_ref(), false)?;
+        let new_rat = generate_secret()?;
+        let now = self.app.now();
+        let op = WriteOp::RotateRegistration(Rotation {
+            client_id,
+            presented_rat: Secret::from(rat),
+            new_rat: Secret::from(new_rat.as_str()),
+            new_secret: credentials
+                .secret
+                .as_ref()
+                .map(|s| Secret::from(s.as_str())),
+            new_jwks: credentials.jwks.clone(),
+            secret_expires_at: now.saturating_add(self.app.settings.client_secret_lifetime),
+            now,
+        });
+        let done = ctx.defer();
+        let state = Arc::clone(self);
+        self.app.submit(op, move |result| {
+            done.complete(
+                result
+                    .map_err(Error::from)
+                    .and_then(|outcome| match outcome {
+                        WriteOutcome::Registration(rec) => Ok(registration_response(
+                            200,
+                            state.answer(&rec, credentials.secret, &new_rat),
+                        )),
+                        other => Err(unexpected(&other)),
+                    }),
+            );
+        });
+        Ok(Outcome::Deferred)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Token endpoint
+
+    fn token(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let now = self.app.now();
+        let result = Form::from_request(req)
+            .map_err(TokenRefusal::from)
+            .and_then(|form| Ok(TokenRequest::parse(&form)?))
+            .and_then(|request| self.issue(&request, now));
+        match result {
+            Ok(answer) => Ok(Response::json(200, &answer)
+                .header("Pragma", "no-cache")
+                .into()),
+            Err(TokenRefusal::Error(e)) => Err(e),
+            Err(TokenRefusal::Later { seconds, reason }) => {
+                let wire = WireError::new(503, "temporarily_unavailable", reason);
+                Ok(Response::from_wire(&wire)
+                    .header("Retry-After", seconds.max(1).to_string())
+                    .into())
+            }
+        }
+    }
+
+    /// Authenticates the client assertion and mints an access token (everything but HTTP).
+    pub fn issue(&self, request: &TokenRequest, now: u64) -> Result<TokenResponse, TokenRefusal> {
+        let (client, claims) = self.authenticate(&request.client_assertion, now)?;
+        if let Some(id) = &request.client_id
+            && *id != client.client_id
+        {
+            return Err(ApiError::InvalidClient(
+                "client_id does not match the assertion's issuer".into(),
+            )
+            .into());
+        }
+        if now >= client.secret_expires_at {
+            // MCL answers a 400 from this endpoint by rotating its credentials, which is
+            // exactly what it must do.
+            return Err(ApiError::InvalidGrant(format!(
+                "the agent's credentials expired at {}; rotate the registration (PUT {} with the \
+                 registration access token) and sign a new assertion",
+                client.secret_expires_at,
+                self.registration_uri(&client.client_id)
+            ))
+            .into());
+        }
+        let iat = claims
+            .iat
+            .ok_or(RejectedError::MissingClaim("iat"))
+            .map_err(|e| invalid_assertion(&e.into()))?;
+        if iat < self.replay_floor {
+            if now < self.replay_floor {
+                return Err(TokenRefusal::Later {
+                    seconds: self.replay_floor - now,
+                    reason: "the authority restarted moments ago and cannot yet tell fresh \
+                             assertions from replayed ones; sign a new assertion and retry"
+                        .into(),
+                });
+            }
+            return Err(ApiError::InvalidClient(
+                "client assertion issued before the authority restarted; sign a new one".into(),
+            )
+            .into());
+        }
+        let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
+            return Err(invalid_assertion(&RejectedError::MissingClaim("jti").into()).into());
+        };
+        match self
+            .app
+            .replay
+            .check_and_insert(&client.client_id, jti, Some(iat), exp, now)
+        {
+            Ok(()) => {}
+            Err(latchkey_core::replay::ReplayError::Full) => {
+                return Err(TokenRefusal::Later {
+                    seconds: 60,
+                    reason: "too many recent client assertions; retry later".into(),
+                });
+            }
+            Err(e) => return Err(invalid_assertion(&e.into()).into()),
+        }
+        if self.app.agent_revoked(&client.client_id, now) {
+            // Re-registered within the second of an offboarding: a token minted now would be
+            // refused as revoked. Nothing was issued; the jti is spent, so sign a new one.
+            return Err(TokenRefusal::Later {
+                seconds: 1,
+                reason: "the agent was offboarded this second; retry with a new assertion".into(),
+            });
+        }
+        let answer = self.mint_access_token(&client, now)?;
+        self.activity
+            .get_or_insert_with(client.client_id.clone(), || AtomicU64::new(0))
+            .value()
+            .store(now, Ordering::Relaxed);
+        Ok(answer)
+    }
+
+    /// Finds the client the assertion names (unverified `iss`), verifies the assertion with
+    /// that client's credentials and RFC 7523 rules. Every failure is 401 `invalid_client`.
+    fn authenticate(&self, assertion: &str, now: u64) -> Result<(Arc<ClientAuth>, Claims), Error> {
+        let parsed = UnverifiedToken::parse(assertion).map_err(|e| invalid_assertion(&e))?;
+        let issuer = latchkey_core::dangerous::insecure_issuer(&parsed)
+            .map_err(|e| invalid_assertion(&e))?
+            .ok_or_else(|| invalid_assertion(&RejectedError::MissingClaim("iss").into()))?;
+        let Some(client) = self.app.store.hot().client(&issuer) else {
+            self.rsa_keys.remove(&issuer);
+            return Err(ApiError::InvalidClient(
+                "unknown client (not registered, or offboarded)".into(),
+            )
+            .into());
+        };
+        let validation = self.assertion_validation();
+        let alg = parsed.header().alg();
+        let verified = match client.auth_method {
+            AuthMethod::ClientSecretJwt => {
+                let secret = client
+                    .secret
+                    .as_ref()
+                    .ok_or_else(|| stored_key_error(&client.client_id, &"no secret"))?;
+                if !alg.is_hmac() {
+                    return Err(invalid_assertion(&RejectedError::AlgorithmMismatch.into()));
+                }
+                let key = VerifyingKey::hmac(alg, secret.expose())
+                    .map_err(|e| stored_key_error(&client.client_id, &e))?;
+                parsed
+                    .verify(&key, &validation, now)
+                    .map_err(|e| invalid_assertion(&e))?
+            }
+            AuthMethod::PrivateKeyJwt => {
+                let cached = self.rsa_keys_of(&client)?;
+                verify_with_any(assertion, &cached.keys, &validation, now)
+                    .map_err(|e| invalid_assertion(&e))?
+            }
+            AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
+                return Err(ApiError::InvalidClient(
+                    "this client authenticates with its TLS certificate".into(),
+                )
+                .into());
+            }
+        };
+        self.app.metrics.tokens_verified(1);
+        let claims = verified.into_claims();
+        if let Some(ten) = claims.extra_str("ten")
+            && ten != client.tenant
+        {
+            return Err(ApiError::InvalidClient("assertion names another tenant".into()).into());
+        }
+        Ok((client, claims))
+    }
+
+    /// RFC 7523 §3 rules for this authority: `iss` = `sub`, `exp` and `jti` required, lifetime
+    /// at most the replay cache's bound (25 h: MCL signs 24-hour assertions), audience this
+    /// token endpoint, our issuer or MindSphere's `southgate`.
+    pub fn assertion_validation(&self) -> Validation {
+        Validation {
+            leeway: assertion_leeway(&self.app),
+            audiences: vec![
+                self.token_endpoint(),
+                self.app.issuer().to_owned(),
+                SOUTHGATE_AUDIENCE.to_owned(),
+            ],
+            max_lifetime: Some(self.app.settings.replay.max_lifetime),
+            ..Validation::new(TokenType::ClientAssertion)
+        }
+    }
+
+    fn rsa_keys_of(&self, client: &Arc<ClientAuth>) -> Result<Arc<CachedKeys>, Error> {
+        if let Some(entry) = self.rsa_keys.get(&client.client_id)
+            && std::ptr::eq(entry.value().client.as_ptr(), Arc::as_ptr(client))
+        {
+            return Ok(Arc::clone(entry.value()));
+        }
+        let keys = client
+            .jwks
+            .iter()
+            .map(|j| {
+                Jwk::from_json(j.as_bytes())
+                    .and_then(|jwk| jwk.to_verifying_key(AGENT_RSA_ALGS, &agent_key_policy()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| stored_key_error(&client.client_id, &e))?;
+        let cached = Arc::new(CachedKeys {
+            client: Arc::downgrade(client),
+            keys,
+        });
+        self.rsa_keys
+            .insert(client.client_id.clone(), Arc::clone(&cached));
+        Ok(cached)
+    }
+
+    fn mint_access_token(&self, client: &ClientAuth, now: u64) -> Result<TokenResponse, Error> {
+        let app = &self.app;
+        let lifetime = app.settings.access_token_lifetime;
+        let mut claims = app.base_claims(
+            &client.client_id,
+            Audience::Many(vec![SOUTHGATE_AUDIENCE.to_owned()]),
+            lifetime,
+            now,
+        );
+        let scope: Vec<String> = AGENT_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+        claims
+            .extra
+            .insert("ten".into(), client.tenant.clone().into());
+        claims
+            .extra
+            .insert("client_id".into(), client.client_id.clone().into());
+        claims.extra.insert("scope".into(), scope.clone().into());
+        claims
+            .extra
+            .insert("schemas".into(), vec![MINDSPHERE_SCHEMA].into());
+        let access_token = app.mint(
+            app.tenant_alg(&client.tenant),
+            TokenType::AccessToken,
+            &claims,
+        )?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: lifetime,
+            scope,
+            jti: claims.jti.unwrap_or_default(),
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Keys
+
+    /// `GET /oauth/token_key`: the key agents verify their access tokens with. Agents do not
+    /// say who they are here, so this is the active key of the default tenant's algorithm
+    /// (RS256 unless configured otherwise); `?alg=` picks another. Tenants whose agents use
+    /// the Node SDK must keep RS* or ES256 (its verifier cannot check EdDSA).
+    fn token_key(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let query = Form::query(req)?;
+        let alg = match query.get("alg") {
+            Some(name) => Algorithm::from_name(name)
+                .ok()
+                .filter(|a| !a.is_hmac())
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "alg must be RS256, RS384, RS512, ES256 or EdDSA".into(),
+                    )
+                })?,
+            None => self.app.tenant_alg(&self.app.settings.default_tenant),
+        };
+        let snap = self.app.keys.snapshot();
+        let minter = snap
+            .minter(alg)
+            .ok_or_else(|| ApiError::NotFound(format!("no active {alg} signing key")))?;
+        let key = minter.key().verifying_key();
+        let answer = TokenKey {
+            jwk: Jwk::from_public_key(&key)?,
+            value: key.to_pem_one_line()?,
+        };
+        Ok(Response::json(200, &answer).into())
+    }
+}
+
+/// Registers the agent-side routes under `/api/agentmanagement/v3`.
+pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
+    let s = Arc::clone(state);
+    router.post(
+        &format!("{API_BASE}/register"),
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.register(req, ctx),
+    );
+    let s = Arc::clone(state);
+    router.put(
+        &format!("{API_BASE}/register/{{client_id}}"),
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.rotate(req, ctx),
+    );
+    let s = Arc::clone(state);
+    router.get(
+        &format!("{API_BASE}/register/{{client_id}}"),
+        move |req: &Request<'_>, _: &RequestContext<'_>| s.read_registration(req),
+    );
+    let s = Arc::clone(state);
+    router.post(
+        &format!("{API_BASE}/oauth/token"),
+        move |req: &Request<'_>, _: &RequestContext<'_>| s.token(req),
+    );
+    let s = Arc::clone(state);
+    router.get(
+        &format!("{API_BASE}/oauth/token_key"),
+        move |req: &Request<'_>, _: &RequestContext<'_>| s.token_key(req),
+    );
+    let s = Arc::clone(state);
+    router.get(
+        &format!("{API_BASE}/oauth/jwks"),
+        move |_: &Request<'_>, _: &RequestContext<'_>| {
+            Ok(Response::json(200, &s.app.keys.snapshot().public_jwks()).into())
+        },
+    );
+}
+
+/// An agent's credentials for a register or rotate request, generated or validated.
+struct Credentials {
+    method: AuthMethod,
+    secret: Option<Zeroizing<String>>,
+    /// Canonical public JWKs; `None` keeps the registered keys (rotation only).
+    jwks: Option<Vec<String>>,
+}
+
+impl Credentials {
+    fn new(
+        profile: SecurityProfile,
+        jwks: Option<&JwkSet>,
+        first: bool,
+    ) -> Result<Credentials, Error> {
+        match profile {
+            SecurityProfile::SharedSecret => {
+                if jwks.is_some() {
+                    return Err(ApiError::InvalidRequest(
+                        "a SHARED_SECRET agent registers without jwks".into(),
+                    )
+                    .into());
+                }
+                Ok(Credentials {
+                    method: AuthMethod::ClientSecretJwt,
+                    secret: Some(generate_secret()?),
+                    jwks: None,
+                })
+            }
+            SecurityProfile::Rsa3072 => {
+                let jwks = match jwks {
+                    Some(set) => Some(validate_agent_jwks(set)?),
+                    None if first => {
+                        return Err(ApiError::InvalidRequest(
+                            "an RSA_3072 agent registers its public key in jwks".into(),
+                        )
+                        .into());
+                    }
+                    None => None,
+                };
+                Ok(Credentials {
+                    method: AuthMethod::PrivateKeyJwt,
+                    secret: None,
+                    jwks,
+                })
+            }
+        }
+    }
+}
+
+/// The key policy of the RSA_3072 profile: exactly 3072 bits, e = 65537.
+pub fn agent_key_policy() -> KeyPolicy {
+    KeyPolicy {
+        rsa: RsaPolicy::RSA_3072,
+    }
+}
+
+/// Validates an RSA_3072 agent's JWK Set: 1..=[`MAX_AGENT_KEYS`] public RSA keys of exactly
+/// 3072 bits with e = 65537, no private members, unique kids (a key without a kid gets its
+/// RFC 7638 thumbprint). Returns each key's canonical public JWK as stored.
+pub fn validate_agent_jwks(set: &JwkSet) -> Result<Vec<String>, ApiError> {
+    if set.keys.is_empty() || set.keys.len() > MAX_AGENT_KEYS {
+        return Err(ApiError::InvalidRequest(format!(
+            "jwks must hold 1 to {MAX_AGENT_KEYS} keys"
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(set.keys.len());
+    let mut kids: Vec<String> = Vec::with_capacity(set.keys.len());
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let bad = |why: String| ApiError::InvalidRequest(format!("jwks key {i}: {why}"));
+        if jwk.kty != "RSA" {
+            return Err(bad("the RSA_3072 profile needs kty RSA".into()));
+        }
+        let key = jwk
+            .to_verifying_key(AGENT_RSA_ALGS, &agent_key_policy())
+            .map_err(|e| match e {
+                // Refused on length alone, before any decoding.
+                latchkey_core::Error::Key(latchkey_core::KeyError::RsaSize { bits: 0, .. }) => {
+                    bad("RSA modulus longer than the 3072 bits of the RSA_3072 profile".into())
+                }
+                e => bad(e.to_string()),
+            })?;
+        let kid = match &jwk.kid {
+            Some(k) if k.is_empty() || k.len() > MAX_KID || k.chars().any(char::is_control) => {
+                return Err(bad(format!("kid must be 1 to {MAX_KID} characters")));
+            }
+            Some(k) => k.clone(),
+            None => key.thumbprint(),
+        };
+        if kids.contains(&kid) {
+            return Err(bad("duplicate kid".into()));
+        }
+        let public =
+            Jwk::from_public_key(&key.with_kid(kid.clone())).map_err(|e| bad(e.to_string()))?;
+        out.push(serde_json::to_string(&public).map_err(|e| bad(e.to_string()))?);
+        kids.push(kid);
+    }
+    Ok(out)
+}
+
+/// Verifies an assertion with the key its `kid` names or, without a kid, with each key in
+/// turn (at most [`MAX_AGENT_KEYS`] RSA verifications).
+fn verify_with_any(
+    token: &str,
+    keys: &[VerifyingKey],
+    v: &Validation,
+    now: u64,
+) -> Result<VerifiedToken, latchkey_core::Error> {
+    let parsed = UnverifiedToken::parse(token)?;
+    if let Some(kid) = parsed.header().kid() {
+        let key = keys
+            .iter()
+            .find(|k| k.kid() == Some(kid))
+            .ok_or(RejectedError::UnknownKey)?;
+        return parsed.verify(key, v, now);
+    }
+    // Verification consumes the parsed token; parsing again is cheap next to an RSA check.
+    let mut last = latchkey_core::Error::from(RejectedError::BadSignature);
+    for key in keys {
+        match UnverifiedToken::parse(token)?.verify(key, v, now) {
+            Ok(verified) => return Ok(verified),
+            Err(
+                e @ latchkey_core::Error::Rejected(
+                    RejectedError::BadSignature | RejectedError::AlgorithmMismatch,
+                ),
+            ) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Verification of a token Latchkey minted without the agent-revocation check.
+fn verify_minted(
+    app: &App,
+    token: &str,
+    v: &Validation,
+    now: u64,
+) -> Result<VerifiedToken, latchkey_core::Error> {
+    let parsed = UnverifiedToken::parse(token)?;
+    let snap = app.keys.snapshot();
+    let kid = parsed
+        .header()
+        .kid()
+        .ok_or(RejectedError::UnknownKey)?
+        .to_owned();
+    let key = snap.key(&kid).ok_or(RejectedError::UnknownKey)?;
+    let verified = parsed.verify(key, v, now)?;
+    app.metrics.tokens_verified(1);
+    let jti = verified.claims().jti.as_deref().unwrap_or("");
+    if app.revocations.is_revoked(jti, Some(&kid), now) {
+        return Err(RejectedError::Revoked.into());
+    }
+    Ok(verified)
+}
+
+/// The skew tolerated on assertions: the configured leeway, but never longer than the replay
+/// cache remembers a `jti` past its `exp` (else an assertion could be accepted again after the
+/// cache forgot it).
+fn assertion_leeway(app: &App) -> u64 {
+    app.settings.leeway.min(app.settings.replay.leeway)
+}
+
+fn invalid_assertion(e: &latchkey_core::Error) -> Error {
+    match e {
+        latchkey_core::Error::Unavailable(_) => Error::Token(e.clone()),
+        _ => ApiError::InvalidClient(format!("client assertion refused: {e}")).into(),
+    }
+}
+
+/// Stored credentials that do not parse are our fault: 500, details in the log only.
+fn stored_key_error(client_id: &str, e: &dyn std::fmt::Display) -> Error {
+    tracing::error!(client_id, error = %e, "stored agent credentials unreadable");
+    Error::Io(std::io::Error::other("stored agent credentials unreadable"))
+}
+
+fn registration_response(status: u16, answer: RegistrationResponse) -> Response {
+    Response::json(status, &answer).header("Pragma", "no-cache")
+}
+
+fn unexpected(outcome: &WriteOutcome) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "unexpected store outcome {outcome:?}"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{AppSettings, TenantDecl};
+    use crate::http::Metrics;
+    use crate::store::{NewAgent, NewIat};
+    use latchkey_core::SigningKey;
+    use serde_json::json;
+
+    const SECRET: &str = "ly7zmXbz0Izla6B82xlAYRVBcKDcCFatwmnHQmR8Ycw";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        state: Arc<AgentState>,
+        now: u64,
+    }
+
+    fn fixture_with(settings: AppSettings, floor_offset: i64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = App::open(dir.path(), settings, Arc::new(Metrics::new())).unwrap();
+        let app = Arc::new(app);
+        let now = app.now();
+        let floor = now.saturating_add_signed(floor_offset);
+        Fixture {
+            _dir: dir,
+            state: Arc::new(AgentState::with_floor(app, floor)),
+            now,
+        }
+    }
+
+    fn fixture() -> Fixture {
+        fixture_with(AppSettings::default(), -600)
+    }
+
+    impl Fixture {
+        fn app(&self) -> &Arc<App> {
+            &self.state.app
+        }
+
+        /// Creates and registers an agent straight through the store.
+        fn agent(
+            &self,
+            tenant: &str,
+            id: &str,
+            profile: SecurityProfile,
+            expires_at: u64,
+            jwks: Vec<String>,
+        ) {
+            let jti = format!("iat-{id}");
+            self.app()
+                .write(WriteOp::CreateAgent(NewAgent {
+                    tenant: tenant.into(),
+                    id: id.into(),
+                    name: format!("name {id}"),
+                    security_profile: profile,
+                    iat: Some(NewIat {
+                        jti: jti.clone(),
+                        expires_at: self.now + 3600,
+                    }),
+                    now: self.now,
+                }))
+                .unwrap();
+            let (method, secret) = match profile {
+                SecurityProfile::SharedSecret => {
+                    (AuthMethod::ClientSecretJwt, Some(Secret::from(SECRET)))
+                }
+                SecurityProfile::Rsa3072 => (AuthMethod::PrivateKeyJwt, None),
+            };
+            self.app()
+                .write(WriteOp::Register(Registration {
+                    iat_jti: jti,
+                    tenant: tenant.into(),
+                    client_id: id.into(),
+                    auth_method: method,
+                    secret,
+                    jwks,
+                    secret_expires_at: expires_at,
+                    rat: Secret::from("rat"),
+                    now: self.now,
+                }))
+                .unwrap();
+        }
+
+        fn issue(&self, assertion: &str) -> Result<TokenResponse, (u16, String)> {
+            let req = TokenRequest {
+                client_assertion: assertion.to_owned(),
+                client_id: None,
+            };
+            self.state.issue(&req, self.now).map_err(|r| match r {
+                TokenRefusal::Error(e) => {
+                    let w = WireError::from(&e);
+                    (w.status, format!("{} {}", w.error, w.description))
+                }
+                TokenRefusal::Later { reason, .. } => (503, reason),
+            })
+        }
+    }
+
+    /// A compact JWS over `claims` with header `{"alg", "typ":"JWT"[, "kid"]}`.
+    fn sign(key: &SigningKey, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = json!({ "alg": key.algorithm().as_str(), "typ": "JWT" });
+        if let Some(kid) = kid {
+            header["kid"] = kid.into();
+        }
+        let mut t = format!(
+            "{}.{}",
+            latchkey_core::b64::encode(header.to_string().as_bytes()),
+            latchkey_core::b64::encode(claims.to_string().as_bytes())
+        );
+        let mut sig = String::new();
+        key.sign_into(t.as_bytes(), &mut sig).unwrap();
+        t.push('.');
+        t.push_str(&sig);
+        t
+    }
+
+    fn claims(client: &str, now: u64, jti: &str) -> Value {
+        json!({
+            "iss": client, "sub": client, "aud": ["southgate"], "iat": now, "nbf": now,
+            "exp": now + 3600, "jti": jti, "schemas": ["urn:siemens:mindsphere:v1"], "ten": "main"
+        })
+    }
+
+    use serde_json::Value;
+
+    fn hs(alg: Algorithm) -> SigningKey {
+        SigningKey::hmac(alg, SECRET.as_bytes()).unwrap()
+    }
+
+    fn rsa_key(bits: aws_lc_rs::rsa::KeySize, alg: Algorithm) -> SigningKey {
+        let kp = aws_lc_rs::rsa::KeyPair::generate(bits).unwrap();
+        use aws_lc_rs::encoding::AsDer as _;
+        let der = kp.as_der().unwrap();
+        SigningKey::from_pkcs8_der(alg, der.as_ref()).unwrap()
+    }
+
+    fn jwk_of(key: &SigningKey, kid: Option<&str>) -> Jwk {
+        let mut jwk = Jwk::from_public_key(&key.verifying_key()).unwrap();
+        jwk.kid = kid.map(str::to_owned);
+        jwk.alg = None;
+        jwk
+    }
+
+    #[test]
+    fn shared_secret_assertions_get_one_token_each() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let jti = format!("j-{alg}");
+            let a = sign(&hs(alg), None, &claims("a1", f.now, &jti));
+            let t = f.issue(&a).expect("token");
+            assert_eq!((t.token_type, t.expires_in), ("Bearer", 3600));
+            assert_eq!(t.scope, AGENT_SCOPES);
+            let v = f.app().validation(TokenType::AccessToken);
+            let verified = f
+                .app()
+                .verify(&t.access_token, &v, f.now)
+                .expect("access token verifies");
+            let c = verified.claims();
+            assert_eq!(c.sub.as_deref(), Some("a1"));
+            assert_eq!(c.extra_str("ten"), Some("main"));
+            assert_eq!(c.extra_str("client_id"), Some("a1"));
+            assert_eq!(c.jti.as_deref(), Some(t.jti.as_str()));
+            assert_eq!(
+                verified.header().alg(),
+                Algorithm::RS256,
+                "RS256 by default"
+            );
+            let (status, why) = f.issue(&a).expect_err("replayed");
+            assert_eq!(status, 401, "{why}");
+            assert!(why.contains("replayed"), "{why}");
+        }
+        assert_eq!(f.state.last_token_at("a1"), Some(f.now));
+    }
+
+    #[test]
+    fn assertion_rules() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let key = hs(Algorithm::HS256);
+        let n = f.now;
+        let check = |c: Value, status: u16, needle: &str| {
+            let (s, why) = f.issue(&sign(&key, None, &c)).expect_err(needle);
+            assert_eq!(s, status, "{why}");
+            assert!(why.contains(needle), "{needle}: {why}");
+        };
+        let with = |k: &str, v: Value, jti: &str| {
+            let mut c = claims("a1", n, jti);
+            c[k] = v;
+            c
+        };
+        check(
+            with("aud", json!("https://elsewhere"), "1"),
+            401,
+            "audience",
+        );
+        check(with("exp", json!(n - 3600), "2"), 401, "expired");
+        check(with("exp", json!(n + 26 * 3600), "3"), 401, "lifetime");
+        check(with("sub", json!("other"), "4"), 401, "type");
+        check(with("ten", json!("other-tenant"), "5"), 401, "tenant");
+        let mut no_jti = claims("a1", n, "6");
+        no_jti.as_object_mut().unwrap().remove("jti");
+        check(no_jti, 401, "jti");
+        let mut no_iat = claims("a1", n, "7");
+        no_iat.as_object_mut().unwrap().remove("iat");
+        check(no_iat, 401, "iat");
+        check(claims("nobody", n, "8"), 401, "unknown client");
+        // Accepted audiences: MCL's single string, the token endpoint, the issuer; MCL's 24 h.
+        f.issue(&sign(&key, None, &with("aud", json!("southgate"), "9")))
+            .expect("string aud");
+        let endpoint = f.state.token_endpoint();
+        f.issue(&sign(&key, None, &with("aud", json!([endpoint]), "10")))
+            .expect("endpoint aud");
+        let issuer = f.app().issuer().to_owned();
+        f.issue(&sign(&key, None, &with("aud", json!(issuer), "11")))
+            .expect("issuer aud");
+        f.issue(&sign(&key, None, &with("exp", json!(n + 86_400), "12")))
+            .expect("24 h");
+        // Another secret: bad signature. An RSA-signed assertion: algorithm mismatch.
+        let other = SigningKey::hmac(Algorithm::HS256, &[7; 32]).unwrap();
+        let (s, why) = f
+            .issue(&sign(&other, None, &claims("a1", n, "13")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("signature"), "{why}");
+        let rs = SigningKey::generate(Algorithm::RS256).unwrap();
+        let (s, why) = f
+            .issue(&sign(&rs, None, &claims("a1", n, "14")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("alg"), "{why}");
+        // Our own token types are never assertions.
+        let minted = f
+            .app()
+            .mint(
+                Algorithm::RS256,
+                TokenType::AccessToken,
+                &Claims::from_json(claims("a1", n, "15").to_string().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(f.issue(&minted).unwrap_err().0, 401);
+        let req = TokenRequest {
+            client_assertion: sign(&key, None, &claims("a1", n, "16")),
+            client_id: Some("a2".into()),
+        };
+        assert!(matches!(
+            f.state.issue(&req, n),
+            Err(TokenRefusal::Error(_))
+        ));
+    }
+
+    #[test]
+    fn replay_floor_refuses_assertions_from_before_a_restart() {
+        assert_eq!(replay_floor(1000, 60), 1060);
+        // Just started: the floor is ahead of the clock.
+        let f = fixture_with(AppSettings::default(), 30);
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let key = hs(Algorithm::HS256);
+        let (s, why) = f
+            .issue(&sign(&key, None, &claims("a1", f.now, "x")))
+            .unwrap_err();
+        assert_eq!(s, 503, "{why}");
+        // An assertion issued at or after the floor is fine (a client clock ahead of ours).
+        f.issue(&sign(&key, None, &claims("a1", f.now + 30, "y")))
+            .expect("after floor");
+        // Floor passed: an old assertion is refused for good.
+        let f = fixture_with(AppSettings::default(), -10);
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let (s, why) = f
+            .issue(&sign(&key, None, &claims("a1", f.now - 20, "z")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("restarted"), "{why}");
+    }
+
+    #[test]
+    fn expired_credentials_answer_400_telling_the_agent_to_rotate() {
+        let f = fixture();
+        f.agent("main", "a1", SecurityProfile::SharedSecret, f.now, vec![]);
+        let (s, why) = f
+            .issue(&sign(
+                &hs(Algorithm::HS256),
+                None,
+                &claims("a1", f.now, "j"),
+            ))
+            .unwrap_err();
+        assert_eq!(s, 400, "{why}");
+        assert!(
+            why.contains("rotate") && why.contains("/register/a1"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn rsa_agents_sign_with_a_registered_key() {
+        let f = fixture();
+        let node = SigningKey::generate(Algorithm::RS384).unwrap();
+        let jwks = JwkSet {
+            keys: vec![jwk_of(&node, Some("mindconnect-key-1"))],
+        };
+        f.agent(
+            "main",
+            "r1",
+            SecurityProfile::Rsa3072,
+            f.now + 7 * 86_400,
+            validate_agent_jwks(&jwks).unwrap(),
+        );
+        f.issue(&sign(
+            &node,
+            Some("mindconnect-key-1"),
+            &claims("r1", f.now, "1"),
+        ))
+        .expect("Node SDK: RS384 + kid");
+        f.issue(&sign(&node, None, &claims("r1", f.now, "2")))
+            .expect("no kid: the signature decides");
+        let stranger = SigningKey::generate(Algorithm::RS256).unwrap();
+        let (s, why) = f
+            .issue(&sign(
+                &stranger,
+                Some("mindconnect-key-1"),
+                &claims("r1", f.now, "3"),
+            ))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("signature"), "{why}");
+        let (s, why) = f
+            .issue(&sign(&stranger, Some("other"), &claims("r1", f.now, "4")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("kid"), "{why}");
+        let hmac = SigningKey::hmac(Algorithm::HS256, &[1; 32]).unwrap();
+        let (s, why) = f
+            .issue(&sign(&hmac, None, &claims("r1", f.now, "5")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("alg"), "{why}");
+    }
+
+    #[test]
+    fn tenant_algorithm_signs_access_tokens() {
+        let settings = AppSettings {
+            tenants: vec![
+                TenantDecl {
+                    id: "es".into(),
+                    display_name: None,
+                    token_alg: Some("ES256".into()),
+                },
+                TenantDecl {
+                    id: "ed".into(),
+                    display_name: None,
+                    token_alg: Some("EdDSA".into()),
+                },
+            ],
+            ..AppSettings::default()
+        };
+        let f = fixture_with(settings, -600);
+        for (tenant, alg) in [("es", Algorithm::ES256), ("ed", Algorithm::EdDSA)] {
+            let id = format!("agent-{tenant}");
+            f.agent(
+                tenant,
+                &id,
+                SecurityProfile::SharedSecret,
+                f.now + 86_400 * 7,
+                vec![],
+            );
+            let mut c = claims(&id, f.now, "j");
+            c["ten"] = tenant.into();
+            let t = f
+                .issue(&sign(&hs(Algorithm::HS256), None, &c))
+                .expect("token");
+            let parsed = UnverifiedToken::parse(&t.access_token).unwrap();
+            assert_eq!(parsed.header().alg(), alg);
+        }
+    }
+
+    #[test]
+    fn agent_key_sets_are_held_to_the_rsa_3072_profile() {
+        use aws_lc_rs::rsa::KeySize;
+        let good = SigningKey::generate(Algorithm::RS256).unwrap();
+        let ok = validate_agent_jwks(&JwkSet {
+            keys: vec![jwk_of(&good, None)],
+        })
+        .unwrap();
+        let stored: Jwk = serde_json::from_str(&ok[0]).unwrap();
+        assert_eq!(
+            stored.kid,
+            Some(good.verifying_key().thumbprint()),
+            "no kid: thumbprint"
+        );
+        let check = |keys: Vec<Jwk>, needle: &str| {
+            let e = validate_agent_jwks(&JwkSet { keys }).unwrap_err();
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        };
+        check(vec![], "1 to");
+        check(vec![jwk_of(&good, Some("k")); MAX_AGENT_KEYS + 1], "1 to");
+        check(
+            vec![jwk_of(&good, Some("k")), jwk_of(&good, Some("k"))],
+            "duplicate kid",
+        );
+        check(
+            vec![jwk_of(
+                &rsa_key(KeySize::Rsa2048, Algorithm::RS256),
+                Some("k"),
+            )],
+            "2048 bits",
+        );
+        check(
+            vec![jwk_of(
+                &rsa_key(KeySize::Rsa4096, Algorithm::RS256),
+                Some("k"),
+            )],
+            "longer than the 3072 bits",
+        );
+        let mut e3 = jwk_of(&good, Some("k"));
+        e3.e = Some("Aw".into());
+        check(vec![e3], "exponent");
+        let mut private = jwk_of(&good, Some("k"));
+        private.d = Some("AQAB".into());
+        check(vec![private], "private");
+        let ed = SigningKey::generate(Algorithm::EdDSA).unwrap();
+        check(vec![jwk_of(&ed, Some("k"))], "kty RSA");
+        check(
+            vec![Jwk {
+                kty: "oct".into(),
+                k: Some("AAAA".into()),
+                ..Jwk::default()
+            }],
+            "kty RSA",
+        );
+        check(vec![jwk_of(&good, Some(""))], "kid");
+    }
+}

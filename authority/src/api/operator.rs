@@ -1,0 +1,832 @@
+//! The operator API under `/api/latchkey/v1`: operator clients and profiles, signing keys
+//! (list, rotate, import), revocations (token, agent, key) and the audit log. Every call needs
+//! an operator bearer token with the matching permission; the command-line tool drives it.
+//!
+//! Tenants: a client sees and manages only its own tenant's clients; profiles, signing keys
+//! and the audit log are global, so changing them (and reading the audit log) is reserved to
+//! clients of the authority's own tenant — to anyone else they do not exist (404).
+//!
+//! Slow work (RSA key generation, PKCS#12 decryption) runs on a short-lived thread and answers
+//! through the request's `Completion`; store writes answer from the writer's reply. Nothing
+//! here blocks an event loop.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use latchkey_core::{Algorithm, SigningKey};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::auth::{self, Permission, Permissions, Principal};
+use super::{Form, json_body};
+use crate::app::{self, App};
+use crate::error::{ApiError, Error};
+use crate::http::{Completion, Outcome, Request, RequestContext, Response, Router};
+use crate::store::{
+    AuditOutcome, AuditRecord, KeyState, OperatorClientRecord, ProfileRecord, RevocationKind,
+    SecretHash, SigningKeyRecord, WriteOp, WriteOutcome,
+};
+
+/// Prefix of every route here.
+pub const PREFIX: &str = "/api/latchkey/v1";
+/// Largest key file accepted for import (PEM or PKCS#12).
+pub const MAX_KEY_FILE: usize = 64 * 1024;
+
+type Handler = fn(&Arc<App>, &Request<'_>, &RequestContext<'_>) -> Result<Outcome, Error>;
+
+pub fn routes(router: &mut Router, app: &Arc<App>) {
+    let table: [(&str, &str, Handler); 12] = [
+        ("GET", "/clients", list_clients),
+        ("POST", "/clients", create_client),
+        ("DELETE", "/clients/{id}", delete_client),
+        ("GET", "/profiles", list_profiles),
+        ("PUT", "/profiles/{name}", put_profile),
+        ("DELETE", "/profiles/{name}", delete_profile),
+        ("GET", "/keys", list_keys),
+        ("POST", "/keys/rotate", rotate_key),
+        ("POST", "/keys/import", import_key),
+        ("POST", "/revocations", revoke),
+        ("GET", "/audit", audit),
+        ("GET", "/whoami", whoami),
+    ];
+    for (method, path, handler) in table {
+        let a = Arc::clone(app);
+        router.route(
+            method,
+            &format!("{PREFIX}{path}"),
+            move |req: &Request<'_>, ctx: &RequestContext<'_>| handler(&a, req, ctx),
+        );
+    }
+}
+
+fn not_found(what: &str) -> Error {
+    ApiError::NotFound(format!("{what} not found")).into()
+}
+
+/// Global things are managed only by the authority's own tenant; others get 404.
+fn authority(app: &App, p: &Principal, what: &str) -> Result<(), Error> {
+    if p.is_authority(app) {
+        Ok(())
+    } else {
+        Err(not_found(what))
+    }
+}
+
+/// Completes `completion` with the store's answer to `op`, mapped by `f`.
+fn submit_then(
+    app: &Arc<App>,
+    ctx: &RequestContext<'_>,
+    op: WriteOp,
+    f: impl FnOnce(WriteOutcome) -> Response + Send + 'static,
+) -> Result<Outcome, Error> {
+    let completion = ctx.defer();
+    app.submit(op, move |r| {
+        completion.complete(r.map(f).map_err(Error::from))
+    });
+    Ok(Outcome::Deferred)
+}
+
+/// Runs blocking work (key generation, PKCS#12) off the event loop.
+fn off_loop(
+    ctx: &RequestContext<'_>,
+    work: impl FnOnce() -> Result<Response, Error> + Send + 'static,
+) -> Result<Outcome, Error> {
+    let completion: Completion = ctx.defer();
+    std::thread::Builder::new()
+        .name("latchkey-keywork".into())
+        .spawn(move || completion.complete(work()))
+        .map_err(Error::Io)?;
+    Ok(Outcome::Deferred)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who am I
+
+fn whoami(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let token = super::bearer(req)
+        .ok_or_else(|| ApiError::InvalidToken("a bearer token is required".into()))?;
+    let p = auth::operator_token(app, token, app.now())?;
+    Ok(Response::json(
+        200,
+        &json!({
+            "client_id": p.client_id,
+            "tenant": p.tenant,
+            "permissions": p.permissions.iter().map(Permission::as_str).collect::<Vec<_>>(),
+        }),
+    )
+    .into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients and profiles
+
+/// An operator client as the API shows it (never the secret or its hash).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientView {
+    pub client_id: String,
+    pub tenant: String,
+    pub display_name: String,
+    pub profile: String,
+    pub hash_scheme: String,
+    pub created_at: u64,
+}
+
+impl From<&OperatorClientRecord> for ClientView {
+    fn from(c: &OperatorClientRecord) -> Self {
+        ClientView {
+            client_id: c.id.clone(),
+            tenant: c.tenant.clone(),
+            display_name: c.display_name.clone(),
+            profile: c.profile.clone(),
+            hash_scheme: c.secret_hash.scheme().to_owned(),
+            created_at: c.created_at,
+        }
+    }
+}
+
+fn list_clients(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    _: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::ClientsRead)?;
+    let all = p.is_authority(app);
+    let clients: Vec<ClientView> = app
+        .store
+        .read()?
+        .operator_clients()?
+        .iter()
+        .filter(|c| all || c.tenant == p.tenant)
+        .map(ClientView::from)
+        .collect();
+    Ok(Response::json(200, &json!({ "clients": clients })).into())
+}
+
+/// `POST /clients` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClient {
+    pub client_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// A hash made with `latchkey hash-secret`; without one a secret is generated and returned
+    /// once.
+    #[serde(default)]
+    pub hashed_secret: Option<String>,
+}
+
+fn create_client(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
+    let new: NewClient = json_body(req)?;
+    let tenant = new.tenant.unwrap_or_else(|| p.tenant.clone());
+    if tenant != p.tenant && !p.is_authority(app) {
+        return Err(not_found("tenant"));
+    }
+    if !app.tenant_exists(&tenant) {
+        return Err(ApiError::InvalidRequest(format!("tenant {tenant:?} does not exist")).into());
+    }
+    let profile = new.profile.unwrap_or_else(|| app::READ_ONLY.to_owned());
+    // A client cannot hand out more than it holds.
+    let granted = auth::profile_permissions(app, &profile)
+        .map_err(|_| ApiError::InvalidRequest(format!("profile {profile:?} does not exist")))?;
+    if !granted.is_subset(p.permissions) {
+        return Err(ApiError::Forbidden(format!(
+            "profile {profile:?} grants more than this token holds"
+        ))
+        .into());
+    }
+    let (hash, secret) = match new.hashed_secret {
+        Some(h) => (SecretHash::parse(&h)?, None),
+        None => {
+            let s = app::generate_secret()?;
+            (SecretHash::blake3(s.as_bytes())?, Some(s))
+        }
+    };
+    let record = OperatorClientRecord {
+        id: new.client_id.clone(),
+        tenant,
+        secret_hash: hash,
+        display_name: new.display_name.unwrap_or_else(|| new.client_id.clone()),
+        profile,
+        created_at: app.now(),
+    };
+    submit_then(
+        app,
+        ctx,
+        WriteOp::CreateOperatorClient {
+            record,
+            by: p.client_id,
+        },
+        move |o| match o {
+            WriteOutcome::OperatorClient(c) => {
+                let mut body = serde_json::to_value(ClientView::from(&c)).unwrap_or_default();
+                if let (Some(s), serde_json::Value::Object(m)) = (secret, &mut body) {
+                    m.insert(
+                        "client_secret".into(),
+                        serde_json::Value::String(s.to_string()),
+                    );
+                }
+                Response::json(201, &body)
+            }
+            _ => Response::new(201),
+        },
+    )
+}
+
+fn delete_client(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
+    let id = req.param("id").unwrap_or("");
+    match app.store.hot().operator_client(id) {
+        Some(c) if c.tenant == p.tenant || p.is_authority(app) => {}
+        _ => return Err(not_found("client")),
+    }
+    let op = WriteOp::DeleteOperatorClient {
+        id: id.to_owned(),
+        by: p.client_id,
+        now: app.now(),
+    };
+    submit_then(app, ctx, op, |_| Response::new(204))
+}
+
+fn list_profiles(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    _: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    auth::operator(app, req, Permission::ClientsRead)?;
+    let profiles: Vec<serde_json::Value> = app
+        .store
+        .read()?
+        .profiles()?
+        .into_iter()
+        .map(|p| json!({ "name": p.name, "permissions": p.permissions }))
+        .collect();
+    Ok(Response::json(200, &json!({ "profiles": profiles })).into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileBody {
+    permissions: Vec<String>,
+}
+
+fn put_profile(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
+    authority(app, &p, "profile")?;
+    let name = req.param("name").unwrap_or("").to_owned();
+    if name == app::ADMINISTRATOR || name == app::READ_ONLY {
+        return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
+    }
+    let body: ProfileBody = json_body(req)?;
+    let perms = Permissions::parse(&body.permissions).map_err(ApiError::InvalidRequest)?;
+    let permissions: Vec<String> = perms.iter().map(|p| p.as_str().to_owned()).collect();
+    let op = WriteOp::PutProfile(ProfileRecord {
+        name: name.clone(),
+        permissions: permissions.clone(),
+    });
+    submit_then(app, ctx, op, move |_| {
+        Response::json(200, &json!({ "name": name, "permissions": permissions }))
+    })
+}
+
+fn delete_profile(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
+    authority(app, &p, "profile")?;
+    let name = req.param("name").unwrap_or("").to_owned();
+    if name == app::ADMINISTRATOR || name == app::READ_ONLY {
+        return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
+    }
+    submit_then(app, ctx, WriteOp::DeleteProfile { name }, |_| {
+        Response::new(204)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signing keys
+
+/// A signing key as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyView {
+    pub kid: String,
+    pub alg: String,
+    pub state: String,
+    pub created_at: u64,
+    pub state_changed_at: u64,
+    /// When a retiring key stops verifying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retires_at: Option<u64>,
+}
+
+impl KeyView {
+    pub fn new(app: &App, k: &SigningKeyRecord) -> KeyView {
+        KeyView {
+            kid: k.kid.clone(),
+            alg: k.alg.clone(),
+            state: k.state.as_str().to_owned(),
+            created_at: k.created_at,
+            state_changed_at: k.state_changed_at,
+            retires_at: (k.state == KeyState::Retiring).then(|| {
+                k.state_changed_at
+                    .saturating_add(app.settings.retire_after())
+            }),
+        }
+    }
+}
+
+/// Every signing key, active first, then retiring, then retired; newest first within each.
+pub fn key_views(app: &App) -> Result<Vec<KeyView>, Error> {
+    let mut keys = app.store.read()?.signing_keys()?;
+    let rank = |s: KeyState| match s {
+        KeyState::Active => 0,
+        KeyState::Retiring => 1,
+        KeyState::Retired => 2,
+    };
+    keys.sort_by_key(|k| {
+        (
+            rank(k.state),
+            std::cmp::Reverse(k.created_at),
+            k.kid.clone(),
+        )
+    });
+    Ok(keys.iter().map(|k| KeyView::new(app, k)).collect())
+}
+
+fn list_keys(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::KeysRead)?;
+    authority(app, &p, "keys")?;
+    Ok(Response::json(200, &json!({ "keys": key_views(app)? })).into())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default)]
+    alg: Option<String>,
+}
+
+fn rotate_key(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::KeysAdmin)?;
+    authority(app, &p, "keys")?;
+    let body: RotateBody = if req.body().is_empty() {
+        RotateBody::default()
+    } else {
+        json_body(req)?
+    };
+    let alg = match body.alg.as_deref() {
+        None => app.settings.operator_alg,
+        Some(name) => {
+            app::parse_token_alg(name).map_err(|e| ApiError::InvalidRequest(e.to_string()))?
+        }
+    };
+    let app = Arc::clone(app);
+    off_loop(ctx, move || {
+        let rec = app.rotate_key(alg, &p.client_id)?;
+        Ok(Response::json(201, &KeyView::new(&app, &rec)))
+    })
+}
+
+/// Where an imported key comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// JWS algorithm; inferred from the key when absent (RSA keys default to RS256).
+    #[serde(default)]
+    pub alg: Option<String>,
+    /// A PEM private key (`PRIVATE KEY` or `RSA PRIVATE KEY`).
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// A PKCS#12 (.pfx) file, base64.
+    #[serde(default)]
+    pub pkcs12: Option<String>,
+    /// The PKCS#12 password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Key id; default: the RFC 7638 thumbprint.
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+impl std::fmt::Display for ImportBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key or the password.
+        write!(f, "key import (alg {:?})", self.alg)
+    }
+}
+
+fn import_key(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::KeysAdmin)?;
+    authority(app, &p, "keys")?;
+    let body: ImportBody = json_body(req)?;
+    let app = Arc::clone(app);
+    off_loop(ctx, move || {
+        let key = body.signing_key()?;
+        let rec = app.install_key(key, &p.client_id)?;
+        Ok(Response::json(201, &KeyView::new(&app, &rec)))
+    })
+}
+
+impl ImportBody {
+    /// Decodes the key this body carries.
+    pub fn signing_key(&self) -> Result<SigningKey, Error> {
+        let alg = match self.alg.as_deref() {
+            Some(name) => Some(
+                app::parse_token_alg(name).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let key = match (&self.pem, &self.pkcs12) {
+            (Some(pem), None) => key_from_pem(alg, pem)?,
+            (None, Some(p12)) => {
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(p12.trim())
+                    .map_err(|_| ApiError::InvalidRequest("pkcs12 must be base64".into()))?;
+                key_from_pkcs12(alg, &der, self.password.as_deref().unwrap_or(""))?
+            }
+            _ => {
+                return Err(
+                    ApiError::InvalidRequest("give exactly one of pem or pkcs12".into()).into(),
+                );
+            }
+        };
+        Ok(match &self.kid {
+            Some(kid) => key.with_kid(kid.clone()),
+            None => key,
+        })
+    }
+}
+
+/// Candidate algorithms for a key of unknown type, most likely first.
+const IMPORT_GUESSES: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+/// A private key from PEM (PKCS#8, or PKCS#1 for RSA).
+pub fn key_from_pem(alg: Option<Algorithm>, pem: &str) -> Result<SigningKey, Error> {
+    if pem.len() > MAX_KEY_FILE {
+        return Err(ApiError::InvalidRequest("key file too large".into()).into());
+    }
+    let guesses: Vec<Algorithm> = alg.map_or_else(|| IMPORT_GUESSES.to_vec(), |a| vec![a]);
+    let mut last = None;
+    for a in guesses {
+        match SigningKey::from_pem(a, pem) {
+            Ok(k) => return Ok(k),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(ApiError::InvalidRequest(format!(
+        "not a usable private key: {}",
+        last.map_or_else(|| "no algorithm fits".to_owned(), |e| e.to_string())
+    ))
+    .into())
+}
+
+/// The private key of a PKCS#12 file (the first key entry).
+pub fn key_from_pkcs12(
+    alg: Option<Algorithm>,
+    der: &[u8],
+    password: &str,
+) -> Result<SigningKey, Error> {
+    if der.len() > MAX_KEY_FILE {
+        return Err(ApiError::InvalidRequest("key file too large".into()).into());
+    }
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        der,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .map_err(|e| {
+        ApiError::InvalidRequest(format!(
+            "cannot open the PKCS#12 file: wrong password, or not a PKCS#12 file ({e})"
+        ))
+    })?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or_else(|| ApiError::InvalidRequest("the PKCS#12 file holds no private key".into()))?;
+    let pkcs8 = zeroize::Zeroizing::new(chain.key().as_der().to_vec());
+    let guesses: Vec<Algorithm> = alg.map_or_else(|| IMPORT_GUESSES.to_vec(), |a| vec![a]);
+    for a in guesses {
+        if let Ok(k) = SigningKey::from_pkcs8_der(a, &pkcs8) {
+            return Ok(k);
+        }
+    }
+    Err(ApiError::InvalidRequest(
+        "the PKCS#12 private key is not RSA, P-256 or Ed25519 (or does not fit alg)".into(),
+    )
+    .into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocations
+
+/// `POST /revocations` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    /// `token`, `agent` or `key`.
+    pub kind: String,
+    /// jti (token), agent id (agent) or kid (key).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The token itself (kind `token`), instead of its jti.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::TokensRevoke)?;
+    let body: RevokeBody = json_body(req)?;
+    let reason = body
+        .reason
+        .clone()
+        .unwrap_or_else(|| "revoked by an operator".into());
+    let now = app.now();
+    let view = |o: WriteOutcome| match o {
+        WriteOutcome::Revocation(r) => Response::json(
+            200,
+            &json!({
+                "kind": r.kind.as_str(), "id": r.id, "revoked_at": r.revoked_at, "forget_after": r.forget_after,
+            }),
+        ),
+        _ => Response::new(200),
+    };
+    match body.kind.as_str() {
+        "token" => {
+            let (jti, forget_after) = match (&body.token, &body.id) {
+                (Some(token), None) => {
+                    let found = super::oauth::inspect(app, token, now)
+                        .filter(|f| f.tenant == p.tenant)
+                        .ok_or_else(|| {
+                            ApiError::InvalidRequest(
+                                "token is not active (unknown, expired or already revoked)".into(),
+                            )
+                        })?;
+                    let jti = found
+                        .claims
+                        .jti
+                        .clone()
+                        .ok_or_else(|| ApiError::InvalidRequest("token has no jti".into()))?;
+                    (
+                        jti,
+                        found
+                            .claims
+                            .exp
+                            .unwrap_or(now)
+                            .saturating_add(app.settings.leeway),
+                    )
+                }
+                // A bare jti names no tenant: only the authority's own operators may use it.
+                (None, Some(jti)) => {
+                    authority(app, &p, "token")?;
+                    (jti.clone(), now.saturating_add(app.settings.retire_after()))
+                }
+                _ => {
+                    return Err(
+                        ApiError::InvalidRequest("give exactly one of token or id".into()).into(),
+                    );
+                }
+            };
+            let op = WriteOp::Revoke {
+                kind: RevocationKind::Token,
+                id: jti,
+                by: p.client_id,
+                reason,
+                now,
+                forget_after,
+            };
+            submit_then(app, ctx, op, view)
+        }
+        "agent" => {
+            let id = body
+                .id
+                .ok_or_else(|| ApiError::InvalidRequest("id (the agent id) is required".into()))?;
+            if app.store.read()?.agent(&p.tenant, &id)?.is_none() {
+                return Err(not_found("agent"));
+            }
+            let op = WriteOp::Revoke {
+                kind: RevocationKind::Agent,
+                id,
+                by: p.client_id,
+                reason,
+                now,
+                forget_after: now.saturating_add(app.settings.retire_after()),
+            };
+            submit_then(app, ctx, op, view)
+        }
+        "key" => {
+            p.require(Permission::KeysAdmin)?;
+            authority(app, &p, "key")?;
+            let kid = body
+                .id
+                .ok_or_else(|| ApiError::InvalidRequest("id (the kid) is required".into()))?;
+            if app.store.hot().signing_key(&kid).is_none() {
+                return Err(not_found("signing key"));
+            }
+            let app = Arc::clone(app);
+            off_loop(ctx, move || {
+                app.revoke_key(&kid, &p.client_id, &reason)
+                    .map(|r| view(WriteOutcome::Revocation(r)))
+            })
+        }
+        other => Err(ApiError::InvalidRequest(format!(
+            "unknown revocation kind {other:?} (token, agent or key)"
+        ))
+        .into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+/// Filters for the audit log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub agent: Option<String>,
+    pub client: Option<String>,
+    pub event: Option<String>,
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+}
+
+impl AuditFilter {
+    pub fn matches(&self, a: &AuditRecord) -> bool {
+        let names = |id: &str| {
+            a.actor == id || a.subject == id || a.subject.strip_prefix("agent:") == Some(id)
+        };
+        self.agent.as_deref().is_none_or(names)
+            && self.client.as_deref().is_none_or(names)
+            && self
+                .event
+                .as_deref()
+                .is_none_or(|e| a.event == e || a.event.starts_with(&format!("{e}.")))
+            && self.since.is_none_or(|s| a.at >= s)
+            && self.until.is_none_or(|u| a.at <= u)
+    }
+}
+
+/// Matching entries after `after` (a sequence number), oldest first, at most `limit`; scans
+/// at most a bounded number of entries per call and says where to continue.
+pub fn audit_page(
+    app: &App,
+    filter: &AuditFilter,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<AuditRecord>, Option<u64>), Error> {
+    const SCAN: usize = 10_000;
+    let limit = limit.clamp(1, 1000);
+    let snap = app.store.read()?;
+    let mut out = Vec::new();
+    let mut cursor = after;
+    let mut scanned = 0;
+    loop {
+        let batch = snap.audit(cursor, 1000)?;
+        let Some(last) = batch.last().map(|a| a.seq) else {
+            return Ok((out, None));
+        };
+        for a in batch {
+            cursor = a.seq;
+            scanned += 1;
+            if filter.matches(&a) {
+                out.push(a);
+                if out.len() == limit {
+                    return Ok((out, Some(cursor)));
+                }
+            }
+        }
+        if scanned >= SCAN {
+            return Ok((out, Some(last)));
+        }
+    }
+}
+
+/// An audit entry as the API shows it.
+pub fn audit_json(a: &AuditRecord) -> serde_json::Value {
+    let (outcome, reason) = match &a.outcome {
+        AuditOutcome::Success => ("success", None),
+        AuditOutcome::Refused(r) => ("refused", Some(r.as_str())),
+    };
+    json!({
+        "seq": a.seq, "at": a.at, "actor": a.actor, "event": a.event, "subject": a.subject,
+        "outcome": outcome, "reason": reason,
+    })
+}
+
+fn audit(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::AuditRead)?;
+    authority(app, &p, "audit log")?;
+    let q = Form::query(req)?;
+    let filter = AuditFilter {
+        agent: q.get("agent").map(str::to_owned),
+        client: q.get("client").map(str::to_owned),
+        event: q.get("event").map(str::to_owned),
+        since: q.number("since")?,
+        until: q.number("until")?,
+    };
+    let after = q.number("after")?.unwrap_or(0);
+    let limit = usize::try_from(q.number("limit")?.unwrap_or(100)).unwrap_or(1000);
+    let (entries, next) = audit_page(app, &filter, after, limit)?;
+    let entries: Vec<serde_json::Value> = entries.iter().map(audit_json).collect();
+    Ok(Response::json(200, &json!({ "entries": entries, "next": next })).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, at: u64, actor: &str, event: &str, subject: &str) -> AuditRecord {
+        AuditRecord {
+            seq,
+            at,
+            actor: actor.into(),
+            event: event.into(),
+            subject: subject.into(),
+            outcome: AuditOutcome::Success,
+        }
+    }
+
+    #[test]
+    fn audit_filters_by_agent_client_event_and_time() {
+        let f = |agent: Option<&str>, client: Option<&str>, event: Option<&str>, since, until| {
+            AuditFilter {
+                agent: agent.map(Into::into),
+                client: client.map(Into::into),
+                event: event.map(Into::into),
+                since,
+                until,
+            }
+        };
+        let a = entry(1, 100, "admin", "revoke", "agent:e1");
+        assert!(f(Some("e1"), None, None, None, None).matches(&a));
+        assert!(f(None, Some("admin"), Some("revoke"), Some(100), Some(100)).matches(&a));
+        assert!(!f(Some("e2"), None, None, None, None).matches(&a));
+        assert!(!f(None, None, Some("token"), None, None).matches(&a));
+        assert!(!f(None, None, None, Some(101), None).matches(&a));
+        let t = entry(2, 5, "admin", "token.issue", "jti:x");
+        assert!(
+            f(None, None, Some("token"), None, None).matches(&t),
+            "event prefix"
+        );
+        assert!(!f(None, None, Some("token.refuse"), None, None).matches(&t));
+    }
+
+    #[test]
+    fn keys_import_from_pem_and_pkcs12_with_clear_errors() {
+        let key = SigningKey::generate(Algorithm::ES256).unwrap();
+        let pem = key.to_pkcs8_pem().unwrap();
+        let imported = key_from_pem(None, &pem).unwrap();
+        assert_eq!(imported.algorithm(), Algorithm::ES256);
+        assert_eq!(imported.kid(), key.kid());
+        assert!(key_from_pem(Some(Algorithm::EdDSA), &pem).is_err());
+        let err = key_from_pem(None, "-----BEGIN NOTHING-----\n-----END NOTHING-----").unwrap_err();
+        assert!(
+            err.to_string().contains("not a usable private key"),
+            "{err}"
+        );
+
+        let ed = SigningKey::generate(Algorithm::EdDSA).unwrap();
+        let der = ed.to_pkcs8_der().unwrap();
+        let mut store = p12_keystore::KeyStore::new();
+        let pk = p12_keystore::PrivateKey::from_der(&der).unwrap();
+        let chain = p12_keystore::PrivateKeyChain::new(
+            b"id".to_vec(),
+            pk,
+            Vec::<p12_keystore::Certificate>::new(),
+        );
+        store.add_entry("k", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
+        let pfx = store.writer("pfx-pass").write().unwrap();
+        let imported = key_from_pkcs12(None, &pfx, "pfx-pass").unwrap();
+        assert_eq!(
+            (imported.algorithm(), imported.kid()),
+            (Algorithm::EdDSA, ed.kid())
+        );
+        let err = key_from_pkcs12(None, &pfx, "wrong").unwrap_err();
+        assert!(err.to_string().contains("wrong password"), "{err}");
+    }
+}

@@ -1,0 +1,1266 @@
+//! The application state every API handler shares through an `Arc<App>`.
+//!
+//! `App` ties the token core to the store: the signing keys in the store become the
+//! [`KeyRing`] (one active minter per algorithm, older keys verifying until retired), the
+//! revocations in the store feed the [`RevocationSet`] the verify path reads without locks, and
+//! the operator clients and profiles of the TOML file are reconciled into the store at open.
+//!
+//! **Writes go through [`App::submit`]** (or [`App::write`] off the event loop): it forwards to
+//! `Store::submit` and, on the writer thread right after the commit and before the caller's
+//! reply runs, applies revocations to the `RevocationSet`. So a revocation is visible to every
+//! event loop before its request is answered.
+//!
+//! **Key life cycle.** `Active` keys sign (the newest per algorithm); `Retiring` keys only
+//! verify and stay in the JWKS until every token they could have signed has expired
+//! ([`AppSettings::retire_after`]); then the maintenance thread marks them `Retired` and drops
+//! them from the ring. Rotation adds the new key before the old one stops signing, so no token
+//! minted during a rotation ever lacks a verifying key.
+//!
+//! **Time.** `now()` is Unix seconds from the system clock; everything below takes `now` as a
+//! parameter so tests can move time.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use latchkey_core::claims::{Audience, Claims, TokenType, Validation};
+use latchkey_core::jti::JtiGenerator;
+use latchkey_core::keyring::KeyRing;
+use latchkey_core::replay::{ReplayCache, ReplayConfig};
+use latchkey_core::revocation::{RevocationSet, RevocationUpdate};
+use latchkey_core::{Algorithm, RejectedError, VerifiedToken};
+
+use crate::api::auth::{Permission, Permissions};
+use crate::error::{ApiError, Error};
+use crate::http::Metrics;
+use crate::store::{
+    KeyState, NewSigningKey, OperatorClientRecord, ProfileRecord, RevocationKind, RevocationRecord,
+    Secret, SecretHash, SigningKeyRecord, Store, StoreError, StoreOptions, TenantRecord, WriteOp,
+    WriteOutcome,
+};
+use crate::tls::TrustStore;
+
+/// File name (in the data directory) of the first operator client's credentials.
+pub const ADMIN_CLIENT_FILE: &str = "admin-client.json";
+/// The built-in profile with every permission.
+pub const ADMINISTRATOR: &str = "Administrator";
+/// The built-in profile with read permissions only.
+pub const READ_ONLY: &str = "ReadOnly";
+/// Actor name for changes the authority makes on its own (first run, maintenance, config).
+pub const SYSTEM: &str = "system";
+/// Algorithms generated on first run. RS256 first: it signs operator and agent access tokens
+/// by default, because the MindSphere SDKs verify with libraries that cannot check EdDSA.
+pub const FIRST_RUN_ALGORITHMS: [Algorithm; 3] =
+    [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+/// Everything the API needs to know that is not in the store. Built from the `[tokens]`,
+/// `[keys]`, `[[tenants]]`, `[[profiles]]` and `[[clients]]` sections of the TOML file
+/// ([`AppConfig`]) or by tests directly.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// `iss` of every token; default: the public URL.
+    pub issuer: Option<String>,
+    /// The URL clients reach this server at (`baseUrl` of boarding configurations, RFC 8414
+    /// metadata); default: `https://<listen address>` once the server is bound.
+    pub public_url: Option<String>,
+    /// Tenant of the first operator client and of clients that name none.
+    pub default_tenant: String,
+    /// Lifetime of operator access tokens (seconds).
+    pub operator_token_lifetime: u64,
+    /// Lifetime of agent access tokens (seconds).
+    pub access_token_lifetime: u64,
+    /// Lifetime of initial access tokens / boarding configurations (seconds).
+    pub boarding_token_lifetime: u64,
+    /// Lifetime of agents' shared secrets (`client_secret_expires_at`, seconds).
+    pub client_secret_lifetime: u64,
+    /// Clock skew tolerated on every time claim (seconds).
+    pub leeway: u64,
+    /// Algorithm of operator access tokens.
+    pub operator_alg: Algorithm,
+    /// Rotate every active key after this long (`None`: only on request).
+    pub key_rotation_interval: Option<u64>,
+    /// How often the maintenance thread runs (key retirement, scheduled rotation, forgetting
+    /// expired revocations).
+    pub maintenance_interval: Duration,
+    /// Tenants declared in the configuration.
+    pub tenants: Vec<TenantDecl>,
+    /// Profiles declared in the configuration (besides the built-ins).
+    pub profiles: Vec<ProfileDecl>,
+    /// Operator clients declared in the configuration.
+    pub clients: Vec<ClientDecl>,
+    /// Replay cache sizing for client assertions.
+    pub replay: ReplayConfig,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            issuer: None,
+            public_url: None,
+            default_tenant: "main".into(),
+            operator_token_lifetime: 3600,
+            access_token_lifetime: 3600,
+            boarding_token_lifetime: 7 * 24 * 3600,
+            client_secret_lifetime: 7 * 24 * 3600,
+            leeway: 60,
+            operator_alg: Algorithm::RS256,
+            key_rotation_interval: None,
+            maintenance_interval: Duration::from_secs(60),
+            tenants: Vec::new(),
+            profiles: Vec::new(),
+            clients: Vec::new(),
+            replay: ReplayConfig {
+                max_lifetime: 25 * 3600,
+                ..ReplayConfig::default()
+            },
+        }
+    }
+}
+
+impl AppSettings {
+    /// How long a signing key keeps verifying after it stopped signing: the longest lifetime
+    /// of anything it may have signed, plus leeway.
+    pub fn retire_after(&self) -> u64 {
+        [
+            self.operator_token_lifetime,
+            self.access_token_lifetime,
+            self.boarding_token_lifetime,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+        .saturating_add(self.leeway)
+    }
+}
+
+/// `[[tenants]]`: a tenant and the algorithm of its agents' access tokens.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TenantDecl {
+    pub id: String,
+    #[serde(default, alias = "display_name")]
+    pub display_name: Option<String>,
+    #[serde(default, alias = "token_alg")]
+    pub token_alg: Option<String>,
+}
+
+/// `[[profiles]]`: a named permission set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileDecl {
+    pub name: String,
+    pub permissions: Vec<String>,
+}
+
+/// `[[clients]]`: an operator client, Usercube `OpenIdClient` style.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClientDecl {
+    #[serde(alias = "Identifier", alias = "id")]
+    pub identifier: String,
+    /// `lk1$blake3$...` or a Usercube base64 SHA-256 (`latchkey hash-secret`).
+    #[serde(alias = "hashed_secret", alias = "HashedSecret")]
+    pub hashed_secret: String,
+    #[serde(default, alias = "display_name", alias = "DisplayName_L1")]
+    pub display_name: Option<String>,
+    #[serde(default, alias = "Profile")]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// The operator-surface sections of the TOML settings file. Unknown top-level keys belong to
+/// the server settings (`config::Settings`) and are ignored here.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppConfig {
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub tenants: Vec<TenantDecl>,
+    #[serde(default)]
+    pub profiles: Vec<ProfileDecl>,
+    #[serde(default)]
+    pub clients: Vec<ClientDecl>,
+}
+
+/// `[tokens]`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TokensConfig {
+    pub issuer: Option<String>,
+    pub public_url: Option<String>,
+    pub default_tenant: Option<String>,
+    pub operator_lifetime: Option<crate::config::HumanDuration>,
+    pub access_lifetime: Option<crate::config::HumanDuration>,
+    pub boarding_lifetime: Option<crate::config::HumanDuration>,
+    pub secret_lifetime: Option<crate::config::HumanDuration>,
+    pub leeway: Option<crate::config::HumanDuration>,
+    pub operator_alg: Option<String>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KeysConfig {
+    pub rotation_interval: Option<crate::config::HumanDuration>,
+    pub maintenance_interval: Option<crate::config::HumanDuration>,
+}
+
+impl AppConfig {
+    /// Reads the operator sections of a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<AppConfig, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        AppConfig::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_toml(text: &str) -> Result<AppConfig, Error> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Settings with defaults filled in and values checked.
+    pub fn resolve(self) -> Result<AppSettings, Error> {
+        let d = AppSettings::default();
+        let secs = |v: Option<crate::config::HumanDuration>, default: u64, name: &str| {
+            let s = v.map_or(default, |h| h.0.as_secs());
+            if s == 0 {
+                return Err(Error::Config(format!("tokens.{name} must be at least 1s")));
+            }
+            Ok(s)
+        };
+        let t = self.tokens;
+        let operator_alg = match t.operator_alg.as_deref() {
+            None => d.operator_alg,
+            Some(name) => parse_token_alg(name)?,
+        };
+        let secret_lifetime = secs(
+            t.secret_lifetime,
+            d.client_secret_lifetime,
+            "secret-lifetime",
+        )?;
+        let leeway = t.leeway.map_or(d.leeway, |h| h.0.as_secs());
+        let settings = AppSettings {
+            issuer: t.issuer,
+            public_url: t.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            default_tenant: t.default_tenant.unwrap_or(d.default_tenant),
+            operator_token_lifetime: secs(
+                t.operator_lifetime,
+                d.operator_token_lifetime,
+                "operator-lifetime",
+            )?,
+            access_token_lifetime: secs(
+                t.access_lifetime,
+                d.access_token_lifetime,
+                "access-lifetime",
+            )?,
+            boarding_token_lifetime: secs(
+                t.boarding_lifetime,
+                d.boarding_token_lifetime,
+                "boarding-lifetime",
+            )?,
+            client_secret_lifetime: secret_lifetime,
+            leeway,
+            operator_alg,
+            key_rotation_interval: self.keys.rotation_interval.map(|h| h.0.as_secs().max(1)),
+            maintenance_interval: self
+                .keys
+                .maintenance_interval
+                .map_or(d.maintenance_interval, |h| {
+                    h.0.max(Duration::from_millis(100))
+                }),
+            tenants: self.tenants,
+            profiles: self.profiles,
+            clients: self.clients,
+            replay: d.replay,
+        };
+        for tenant in &settings.tenants {
+            if let Some(alg) = &tenant.token_alg {
+                parse_token_alg(alg)?;
+            }
+        }
+        Ok(settings)
+    }
+}
+
+/// A token-signing algorithm name from configuration (asymmetric only: HMAC keys cannot be
+/// published for verification).
+pub fn parse_token_alg(name: &str) -> Result<Algorithm, Error> {
+    match Algorithm::from_name(name) {
+        Ok(alg) if !alg.is_hmac() => Ok(alg),
+        _ => Err(Error::Config(format!(
+            "unsupported token algorithm {name:?} (use RS256, RS384, RS512, ES256 or EdDSA)"
+        ))),
+    }
+}
+
+/// What `App::open` did that the operator must know about.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FirstRun {
+    /// The first operator client was created; its credentials are in this file (mode 0600).
+    pub admin_credentials: Option<PathBuf>,
+    /// Signing keys were generated (kids).
+    pub generated_keys: Vec<String>,
+}
+
+/// URLs known once the server is bound.
+#[derive(Debug)]
+struct Urls {
+    base: String,
+    issuer: String,
+}
+
+/// The shared application state.
+#[derive(Debug)]
+pub struct App {
+    pub store: Store,
+    pub keys: Arc<KeyRing>,
+    pub revocations: Arc<RevocationSet>,
+    pub replay: ReplayCache,
+    pub jti: JtiGenerator,
+    pub metrics: Arc<Metrics>,
+    pub settings: AppSettings,
+    /// Mutual-TLS trust, if client authentication is on (set by `serve` before sharing).
+    pub trust: Option<Arc<TrustStore>>,
+    urls: OnceLock<Urls>,
+    /// Token algorithm per tenant (from the tenants table), read without locks.
+    tenant_algs: ArcSwap<HashMap<String, Algorithm>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Opens (or creates) the data directory and brings the store in line with the settings:
+    /// built-in and configured profiles, tenants, signing keys, configured clients and, on
+    /// first run, the `admin` client.
+    pub fn open(
+        data_dir: &Path,
+        settings: AppSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(App, FirstRun), Error> {
+        let store = Store::open_or_create(data_dir, StoreOptions::default())?;
+        App::with_store(store, settings, metrics)
+    }
+
+    /// Like [`App::open`] for an already open store (CLI on a stopped server, tests).
+    pub fn with_store(
+        store: Store,
+        settings: AppSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(App, FirstRun), Error> {
+        let app = App::bare(store, settings, metrics)?;
+        let mut first = FirstRun::default();
+        let now = app.now();
+        app.reconcile_profiles()?;
+        app.reconcile_tenants(now)?;
+        first.generated_keys = app.ensure_keys(now)?;
+        app.load_keys()?;
+        app.retire_expired_keys(now)?;
+        // First run is a store without operator clients, whatever the configuration declares.
+        let fresh = app.store.read()?.operator_clients()?.is_empty();
+        app.reconcile_clients(now)?;
+        if fresh {
+            first.admin_credentials = Some(app.create_admin(now)?);
+        }
+        app.load_revocations()?;
+        Ok((app, first))
+    }
+
+    /// The state of an existing store without any first-run or configuration work (the CLI on
+    /// a stopped server's data directory): keys, tenants and revocations loaded as they are.
+    pub fn offline(store: Store, settings: AppSettings, metrics: Arc<Metrics>) -> Result<App, Error> {
+        let app = App::bare(store, settings, metrics)?;
+        for t in app.store.read()?.tenants()? {
+            app.cache_tenant(&t);
+        }
+        app.load_keys()?;
+        app.load_revocations()?;
+        Ok(app)
+    }
+
+    fn bare(store: Store, settings: AppSettings, metrics: Arc<Metrics>) -> Result<App, Error> {
+        let replay = ReplayCache::with_random_key(settings.replay)
+            .map_err(|_| Error::Config("system random source failed".into()))?;
+        let jti = JtiGenerator::random()
+            .map_err(|_| Error::Config("system random source failed".into()))?;
+        let app = App {
+            store,
+            keys: Arc::new(KeyRing::new()),
+            revocations: Arc::new(RevocationSet::new()),
+            replay,
+            jti,
+            metrics,
+            settings,
+            trust: None,
+            urls: OnceLock::new(),
+            tenant_algs: ArcSwap::from_pointee(HashMap::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(app)
+    }
+
+    /// Unix seconds.
+    pub fn now(&self) -> u64 {
+        unix_now()
+    }
+
+    /// Records the address the server listens on; the public URL and issuer default to it.
+    /// Call once, after binding and before serving. Later calls are ignored.
+    pub fn set_listen_addr(&self, scheme: &str, addr: std::net::SocketAddr) {
+        let _ = self
+            .urls
+            .set(self.make_urls(Some(format!("{scheme}://{addr}"))));
+    }
+
+    /// The URL clients reach this server at, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.urls().base
+    }
+
+    /// `iss` of every token this authority mints.
+    pub fn issuer(&self) -> &str {
+        &self.urls().issuer
+    }
+
+    fn urls(&self) -> &Urls {
+        self.urls.get_or_init(|| self.make_urls(None))
+    }
+
+    fn make_urls(&self, bound: Option<String>) -> Urls {
+        let base = self
+            .settings
+            .public_url
+            .clone()
+            .or(bound)
+            .unwrap_or_else(|| "https://localhost".to_owned());
+        let issuer = self.settings.issuer.clone().unwrap_or_else(|| base.clone());
+        Urls { base, issuer }
+    }
+
+    /// The token algorithm of `tenant`'s agent access tokens (RS256 if unknown).
+    pub fn tenant_alg(&self, tenant: &str) -> Algorithm {
+        self.tenant_algs
+            .load()
+            .get(tenant)
+            .copied()
+            .unwrap_or(Algorithm::RS256)
+    }
+
+    /// Whether `tenant` exists.
+    pub fn tenant_exists(&self, tenant: &str) -> bool {
+        self.tenant_algs.load().contains_key(tenant)
+    }
+
+    /// Submits a write without blocking; `reply` runs on the store's writer thread after the
+    /// commit. Revocations it recorded are already visible to verification when `reply` runs.
+    pub fn submit(
+        self: &Arc<Self>,
+        op: WriteOp,
+        reply: impl FnOnce(Result<WriteOutcome, StoreError>) + Send + 'static,
+    ) {
+        let app = Arc::clone(self);
+        self.store.submit(op, move |result| {
+            if let Ok(outcome) = &result {
+                app.after_commit(outcome);
+            }
+            reply(result);
+        });
+    }
+
+    /// Submits a write and waits for it. Never call this on an event loop thread.
+    pub fn write(&self, op: WriteOp) -> Result<WriteOutcome, Error> {
+        let outcome = self.store.write(op)?;
+        self.after_commit(&outcome);
+        Ok(outcome)
+    }
+
+    fn after_commit(&self, outcome: &WriteOutcome) {
+        match outcome {
+            WriteOutcome::Revocation(rec) => {
+                if let Some(update) = revocation_update(rec) {
+                    self.revocations.apply(&[update]);
+                }
+            }
+            WriteOutcome::Tenant(t) => self.cache_tenant(t),
+            _ => {}
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Tokens
+
+    /// Claims Latchkey mints for `sub`: `iss`, `sub`, `aud`, `iat`, `exp`, a fresh `jti`.
+    pub fn base_claims(&self, sub: &str, aud: Audience, lifetime: u64, now: u64) -> Claims {
+        Claims {
+            iss: Some(self.issuer().to_owned()),
+            sub: Some(sub.to_owned()),
+            aud: Some(aud),
+            exp: Some(now.saturating_add(lifetime)),
+            nbf: None,
+            iat: Some(now),
+            jti: Some(self.jti.next_uuid()),
+            extra: Default::default(),
+        }
+    }
+
+    /// Mints a token of `token_type` with the active key for `alg`.
+    pub fn mint(
+        &self,
+        alg: Algorithm,
+        token_type: TokenType,
+        claims: &Claims,
+    ) -> Result<String, Error> {
+        let token = self.keys.mint(alg, token_type, claims)?;
+        self.metrics.tokens_minted(1);
+        Ok(token)
+    }
+
+    /// The validation rules for a token type Latchkey minted (issuer checked, audience left to
+    /// the caller).
+    pub fn validation(&self, token_type: TokenType) -> Validation {
+        Validation {
+            leeway: self.settings.leeway,
+            issuers: vec![self.issuer().to_owned()],
+            ..Validation::new(token_type)
+        }
+    }
+
+    /// Verifies a token Latchkey minted: signature with the key its `kid` names, the claims
+    /// under `validation`, then revocation by `jti`, by key, and — for agent tokens — by agent
+    /// (every token of an offboarded or deleted agent issued at or before the revocation).
+    /// Lock-free: key ring and revocation set are atomic snapshots, the agent index a
+    /// lock-free skip list.
+    pub fn verify(
+        &self,
+        token: &str,
+        validation: &Validation,
+        now: u64,
+    ) -> Result<VerifiedToken, Error> {
+        let parsed = latchkey_core::UnverifiedToken::parse(token)?;
+        let snapshot = self.keys.snapshot();
+        let kid = parsed.header().kid().ok_or(RejectedError::UnknownKey)?;
+        let key = Arc::clone(snapshot.key(kid).ok_or(RejectedError::UnknownKey)?);
+        drop(snapshot);
+        let verified = parsed.verify(&key, validation, now)?;
+        self.metrics.tokens_verified(1);
+        let claims = verified.claims();
+        let jti = claims.jti.as_deref().unwrap_or("");
+        if self
+            .revocations
+            .is_revoked(jti, verified.header().kid(), now)
+        {
+            return Err(RejectedError::Revoked.into());
+        }
+        if validation.token_type != TokenType::OperatorAccessToken
+            && let Some(sub) = claims.sub.as_deref()
+            && self.agent_revoked(sub, claims.iat.unwrap_or(0))
+        {
+            return Err(RejectedError::Revoked.into());
+        }
+        Ok(verified)
+    }
+
+    /// Whether every token of agent `sub` issued at `iat` is revoked (offboarded or deleted at
+    /// or after `iat`).
+    pub fn agent_revoked(&self, sub: &str, iat: u64) -> bool {
+        self.store
+            .hot()
+            .revocation(RevocationKind::Agent, sub)
+            .is_some_and(|r| iat <= r.revoked_at)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Keys
+
+    /// Generates a key for `alg`, makes it active and moves the previous active key of the
+    /// same algorithm to `Retiring`. Blocking (RSA key generation, store writes): call it off
+    /// the event loop.
+    pub fn rotate_key(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        let key = latchkey_core::SigningKey::generate(alg)?;
+        self.install_key(key, by)
+    }
+
+    /// Makes `key` (generated or imported) the active key of its algorithm; the previous one
+    /// keeps verifying until it retires.
+    pub fn install_key(
+        &self,
+        key: latchkey_core::SigningKey,
+        by: &str,
+    ) -> Result<SigningKeyRecord, Error> {
+        let now = self.now();
+        let alg = key.algorithm();
+        if alg.is_hmac() {
+            return Err(
+                ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
+            );
+        }
+        let previous: Vec<String> = self
+            .store
+            .hot()
+            .signing_keys()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Active && k.alg == alg.as_str())
+            .map(|k| k.kid.clone())
+            .collect();
+        let rec = match self.write(WriteOp::AddSigningKey(new_key_op(
+            &key,
+            KeyState::Active,
+            by,
+            now,
+        )?))? {
+            WriteOutcome::SigningKey(rec) => rec,
+            other => return Err(unexpected(&other)),
+        };
+        // The new key verifies (and signs) before the old one stops signing.
+        self.keys.rotate(key)?;
+        for kid in previous {
+            self.write(WriteOp::SetSigningKeyState {
+                kid,
+                state: KeyState::Retiring,
+                by: by.to_owned(),
+                now,
+            })?;
+        }
+        Ok(rec)
+    }
+
+    /// Retires keys whose overlap has passed and, when scheduled rotation is on, rotates
+    /// active keys older than the interval. Returns the kids retired.
+    pub fn retire_expired_keys(&self, now: u64) -> Result<Vec<String>, Error> {
+        let mut retired = Vec::new();
+        for k in self.store.hot().signing_keys() {
+            if k.state == KeyState::Retiring
+                && now
+                    >= k.state_changed_at
+                        .saturating_add(self.settings.retire_after())
+            {
+                self.write(WriteOp::SetSigningKeyState {
+                    kid: k.kid.clone(),
+                    state: KeyState::Retired,
+                    by: SYSTEM.into(),
+                    now,
+                })?;
+                self.keys.retire(&k.kid)?;
+                retired.push(k.kid.clone());
+            }
+        }
+        Ok(retired)
+    }
+
+    /// Rotates active keys older than the configured interval.
+    pub fn scheduled_rotation(&self, now: u64) -> Result<Vec<String>, Error> {
+        let Some(interval) = self.settings.key_rotation_interval else {
+            return Ok(Vec::new());
+        };
+        let mut rotated = Vec::new();
+        for k in self.store.hot().signing_keys() {
+            if k.state == KeyState::Active && now >= k.state_changed_at.saturating_add(interval) {
+                let alg = Algorithm::from_name(&k.alg)?;
+                let rec = self.rotate_key(alg, SYSTEM)?;
+                rotated.push(rec.kid);
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Revokes a signing key: it stops signing at once (a fresh key of its algorithm takes
+    /// over if it was active) and every token it signed is refused.
+    pub fn revoke_key(&self, kid: &str, by: &str, reason: &str) -> Result<RevocationRecord, Error> {
+        let key = self
+            .store
+            .hot()
+            .signing_key(kid)
+            .ok_or_else(|| ApiError::NotFound(format!("signing key {kid:?} not found")))?;
+        if key.state == KeyState::Active {
+            self.rotate_key(Algorithm::from_name(&key.alg)?, by)?;
+        }
+        let now = self.now();
+        let rec = match self.write(WriteOp::Revoke {
+            kind: RevocationKind::Key,
+            id: kid.to_owned(),
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            now,
+            forget_after: now.saturating_add(self.settings.retire_after()),
+        })? {
+            WriteOutcome::Revocation(rec) => rec,
+            other => return Err(unexpected(&other)),
+        };
+        if key.state != KeyState::Retired {
+            self.write(WriteOp::SetSigningKeyState {
+                kid: kid.to_owned(),
+                state: KeyState::Retired,
+                by: by.to_owned(),
+                now,
+            })?;
+        }
+        self.keys.retire(kid)?;
+        Ok(rec)
+    }
+
+    /// Starts the maintenance thread: key retirement, scheduled rotation, forgetting expired
+    /// revocations. It holds only a weak reference and ends when the app is dropped or
+    /// [`App::stop_maintenance`] is called.
+    pub fn start_maintenance(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak: Weak<App> = Arc::downgrade(self);
+        let interval = self.settings.maintenance_interval;
+        let stopping = Arc::clone(&self.stopping);
+        std::thread::Builder::new()
+            .name("latchkey-maintenance".into())
+            .spawn(move || {
+                loop {
+                    std::thread::park_timeout(interval);
+                    if stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Some(app) = weak.upgrade() else { return };
+                    if let Err(e) = app.maintain(app.now()) {
+                        tracing::error!(error = %e, "maintenance failed");
+                    }
+                }
+            })
+    }
+
+    /// Asks the maintenance thread to end at its next wake-up.
+    pub fn stop_maintenance(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// One maintenance pass.
+    pub fn maintain(&self, now: u64) -> Result<(), Error> {
+        for kid in self.retire_expired_keys(now)? {
+            tracing::info!(kid, "signing key retired");
+        }
+        for kid in self.scheduled_rotation(now)? {
+            tracing::info!(kid, "signing key rotated on schedule");
+        }
+        if let WriteOutcome::Forgotten { revocations, .. } = self.write(WriteOp::Forget { now })?
+            && revocations > 0
+        {
+            self.revocations.purge(now);
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Open-time reconciliation
+
+    fn reconcile_profiles(&self) -> Result<(), Error> {
+        let snap = self.store.read()?;
+        let mut wanted = vec![
+            ProfileRecord {
+                name: ADMINISTRATOR.into(),
+                permissions: names(Permissions::ALL),
+            },
+            ProfileRecord {
+                name: READ_ONLY.into(),
+                permissions: names(Permissions::READ_ONLY),
+            },
+        ];
+        for p in &self.settings.profiles {
+            if p.name == ADMINISTRATOR || p.name == READ_ONLY {
+                return Err(Error::Config(format!(
+                    "profile {:?} is built in and cannot be redefined",
+                    p.name
+                )));
+            }
+            let perms = Permissions::parse(&p.permissions)
+                .map_err(|e| Error::Config(format!("profile {:?}: {e}", p.name)))?;
+            wanted.push(ProfileRecord {
+                name: p.name.clone(),
+                permissions: names(perms),
+            });
+        }
+        for p in wanted {
+            if snap.profile(&p.name)?.as_ref() != Some(&p) {
+                self.write(WriteOp::PutProfile(p))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reconcile_tenants(&self, now: u64) -> Result<(), Error> {
+        let snap = self.store.read()?;
+        let mut wanted: Vec<(String, Option<String>, Option<String>)> =
+            vec![(self.settings.default_tenant.clone(), None, None)];
+        for t in &self.settings.tenants {
+            wanted.push((t.id.clone(), t.display_name.clone(), t.token_alg.clone()));
+        }
+        for c in &self.settings.clients {
+            if let Some(t) = &c.tenant {
+                wanted.push((t.clone(), None, None));
+            }
+        }
+        // The first declaration of a tenant wins (explicit `[[tenants]]` come before tenants
+        // that clients merely name).
+        let mut seen = std::collections::HashSet::new();
+        wanted.retain(|(id, _, _)| seen.insert(id.clone()));
+        for (id, display, alg) in wanted {
+            let existing = snap.tenant(&id)?;
+            let alg = match alg {
+                Some(a) => parse_token_alg(&a)?.as_str().to_owned(),
+                None => existing
+                    .as_ref()
+                    .map_or_else(|| "RS256".to_owned(), |t| t.token_alg.clone()),
+            };
+            let rec = TenantRecord {
+                display_name: display
+                    .or_else(|| existing.as_ref().map(|t| t.display_name.clone()))
+                    .unwrap_or_else(|| id.clone()),
+                created_at: existing.as_ref().map_or(now, |t| t.created_at),
+                id,
+                token_alg: alg,
+            };
+            if existing.as_ref() != Some(&rec) {
+                self.write(WriteOp::PutTenant(rec))?;
+            }
+        }
+        let snap = self.store.read()?;
+        for t in snap.tenants()? {
+            self.cache_tenant(&t);
+        }
+        Ok(())
+    }
+
+    fn cache_tenant(&self, t: &TenantRecord) {
+        let alg = parse_token_alg(&t.token_alg).unwrap_or(Algorithm::RS256);
+        self.tenant_algs.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(t.id.clone(), alg);
+            m
+        });
+    }
+
+    /// Generates the first-run keys for every algorithm that has no active key.
+    fn ensure_keys(&self, now: u64) -> Result<Vec<String>, Error> {
+        let keys = self.store.hot().signing_keys();
+        let mut generated = Vec::new();
+        for alg in FIRST_RUN_ALGORITHMS {
+            if keys
+                .iter()
+                .any(|k| k.state == KeyState::Active && k.alg == alg.as_str())
+            {
+                continue;
+            }
+            let key = latchkey_core::SigningKey::generate(alg)?;
+            self.write(WriteOp::AddSigningKey(new_key_op(
+                &key,
+                KeyState::Active,
+                SYSTEM,
+                now,
+            )?))?;
+            generated.push(key.kid().to_owned());
+        }
+        Ok(generated)
+    }
+
+    /// Loads every non-retired key into the ring: the newest active key per algorithm signs,
+    /// everything else only verifies.
+    fn load_keys(&self) -> Result<(), Error> {
+        let mut keys = self.store.hot().signing_keys();
+        keys.sort_by_key(|k| (k.created_at, k.kid.clone()));
+        let mut active: HashMap<Algorithm, latchkey_core::SigningKey> = HashMap::new();
+        for k in keys.iter().filter(|k| k.state != KeyState::Retired) {
+            let alg = Algorithm::from_name(&k.alg)?;
+            let key = latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
+                .with_kid(k.kid.clone());
+            if k.state == KeyState::Active {
+                if let Some(older) = active.insert(alg, key) {
+                    self.keys.add_verifying_key(older.verifying_key())?;
+                }
+            } else {
+                self.keys.add_verifying_key(key.verifying_key())?;
+            }
+        }
+        for (_, key) in active {
+            self.keys.rotate(key)?;
+        }
+        Ok(())
+    }
+
+    fn reconcile_clients(&self, now: u64) -> Result<(), Error> {
+        for c in &self.settings.clients {
+            let hash = SecretHash::parse(&c.hashed_secret)
+                .map_err(|e| Error::Config(format!("client {:?}: {e}", c.identifier)))?;
+            let rec = OperatorClientRecord {
+                id: c.identifier.clone(),
+                tenant: c
+                    .tenant
+                    .clone()
+                    .unwrap_or_else(|| self.settings.default_tenant.clone()),
+                secret_hash: hash,
+                display_name: c
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| c.identifier.clone()),
+                profile: c
+                    .profile
+                    .clone()
+                    .unwrap_or_else(|| ADMINISTRATOR.to_owned()),
+                created_at: now,
+            };
+            if let Some(existing) = self.store.hot().operator_client(&rec.id) {
+                let same = OperatorClientRecord {
+                    created_at: existing.created_at,
+                    ..rec.clone()
+                };
+                if *existing == same {
+                    continue;
+                }
+                self.write(WriteOp::DeleteOperatorClient {
+                    id: rec.id.clone(),
+                    by: "config".into(),
+                    now,
+                })?;
+            }
+            self.write(WriteOp::CreateOperatorClient {
+                record: rec,
+                by: "config".into(),
+            })
+            .map_err(|e| Error::Config(format!("client {:?}: {e}", c.identifier)))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the `admin` client (first run) and writes its credentials to
+    /// `admin-client.json` (mode 0600). Only the hash is stored.
+    fn create_admin(&self, now: u64) -> Result<PathBuf, Error> {
+        let secret = generate_secret()?;
+        let rec = OperatorClientRecord {
+            id: "admin".into(),
+            tenant: self.settings.default_tenant.clone(),
+            secret_hash: SecretHash::blake3(secret.as_bytes())?,
+            display_name: "Administrator (created on first run)".into(),
+            profile: ADMINISTRATOR.into(),
+            created_at: now,
+        };
+        let path = self.store.paths().dir.join(ADMIN_CLIENT_FILE);
+        let body = serde_json::json!({
+            "client_id": rec.id,
+            "client_secret": secret.as_str(),
+            "tenant": rec.tenant,
+        });
+        // Written before the client exists: a crash in between leaves a file for a client that
+        // was never created (first run repeats), never a client nobody has the secret of.
+        let _ = std::fs::remove_file(&path);
+        crate::tls::write_private(&path, format!("{body:#}\n").as_bytes())?;
+        self.write(WriteOp::CreateOperatorClient {
+            record: rec,
+            by: SYSTEM.into(),
+        })?;
+        Ok(path)
+    }
+
+    fn load_revocations(&self) -> Result<(), Error> {
+        let updates: Vec<RevocationUpdate> = self
+            .store
+            .read()?
+            .revocations()?
+            .iter()
+            .filter_map(revocation_update)
+            .collect();
+        self.revocations.apply(&updates);
+        Ok(())
+    }
+}
+
+/// Token and key revocations as the verify path's set holds them; agent and certificate
+/// revocations are checked elsewhere (hot index, TLS trust store).
+fn revocation_update(rec: &RevocationRecord) -> Option<RevocationUpdate> {
+    match rec.kind {
+        RevocationKind::Token => Some(RevocationUpdate::Jti {
+            jti: rec.id.clone(),
+            forget_after: rec.forget_after,
+        }),
+        RevocationKind::Key => Some(RevocationUpdate::Kid {
+            kid: rec.id.clone(),
+            forget_after: rec.forget_after,
+        }),
+        RevocationKind::Agent | RevocationKind::Certificate => None,
+    }
+}
+
+fn new_key_op(
+    key: &latchkey_core::SigningKey,
+    state: KeyState,
+    by: &str,
+    now: u64,
+) -> Result<NewSigningKey, Error> {
+    Ok(NewSigningKey {
+        kid: key.kid().to_owned(),
+        alg: key.algorithm().as_str().to_owned(),
+        state,
+        private_key: Secret::new(key.to_pkcs8_der()?.to_vec()),
+        public_key: key.verifying_key().to_spki_der()?,
+        by: by.to_owned(),
+        now,
+    })
+}
+
+fn names(p: Permissions) -> Vec<String> {
+    p.iter()
+        .map(|p: Permission| p.as_str().to_owned())
+        .collect()
+}
+
+fn unexpected(outcome: &WriteOutcome) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "unexpected store outcome {outcome:?}"
+    )))
+}
+
+/// A fresh client secret: 256 random bits, base64url without padding (43 characters).
+pub fn generate_secret() -> Result<zeroize::Zeroizing<String>, Error> {
+    use base64::Engine as _;
+    let bytes = Secret::random(32)?;
+    Ok(zeroize::Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.expose()),
+    ))
+}
+
+/// Unix seconds from the system clock (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, settings: AppSettings) -> (App, FirstRun) {
+        App::open(dir, settings, Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[test]
+    fn first_run_creates_keys_profiles_and_admin_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, first) = open(dir.path(), AppSettings::default());
+        assert_eq!(first.generated_keys.len(), 3);
+        let path = first.admin_credentials.clone().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let creds: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let secret = creds["client_secret"].as_str().unwrap();
+        assert!(secret.len() >= 43);
+        let admin = app.store.hot().operator_client("admin").unwrap();
+        assert!(admin.secret_hash.verify(secret.as_bytes()));
+        assert_eq!(admin.profile, ADMINISTRATOR);
+        for alg in FIRST_RUN_ALGORITHMS {
+            assert!(app.keys.snapshot().minter(alg).is_some(), "{alg}");
+        }
+        assert_eq!(app.tenant_alg("main"), Algorithm::RS256);
+        drop(app);
+        let (app, again) = open(dir.path(), AppSettings::default());
+        assert_eq!(again, FirstRun::default());
+        assert!(app.keys.snapshot().minter(Algorithm::RS256).is_some());
+    }
+
+    #[test]
+    fn configured_clients_profiles_and_tenants_are_reconciled() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AppConfig::from_toml(
+            r#"
+            listen = "127.0.0.1:0"
+            [tokens]
+            operator-lifetime = "10m"
+            [[tenants]]
+            id = "acme"
+            token-alg = "ES256"
+            [[profiles]]
+            name = "Auditor"
+            permissions = ["audit:read"]
+            [[clients]]
+            identifier = "Job"
+            hashed_secret = "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols="
+            display_name = "Permissions for jobs"
+            profile = "Auditor"
+            tenant = "acme"
+            "#,
+        )
+        .unwrap();
+        let settings = config.resolve().unwrap();
+        assert_eq!(settings.operator_token_lifetime, 600);
+        let (app, first) = open(dir.path(), settings.clone());
+        // First run: the configured clients and the admin.
+        assert!(first.admin_credentials.is_some());
+        assert!(app.store.hot().operator_client("admin").is_some());
+        let job = app.store.hot().operator_client("Job").unwrap();
+        assert!(job.secret_hash.verify(b"secret"));
+        assert_eq!(
+            (job.tenant.as_str(), job.profile.as_str()),
+            ("acme", "Auditor")
+        );
+        assert_eq!(app.tenant_alg("acme"), Algorithm::ES256);
+        drop(app);
+        // Changing the declared hash replaces the client.
+        let mut changed = settings;
+        changed.clients[0].hashed_secret = SecretHash::usercube(b"other").to_text();
+        let (app, _) = open(dir.path(), changed);
+        let job = app.store.hot().operator_client("Job").unwrap();
+        assert!(job.secret_hash.verify(b"other") && !job.secret_hash.verify(b"secret"));
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_clearly() {
+        let check = |toml: &str, needle: &str| {
+            let err = AppConfig::from_toml(toml)
+                .and_then(AppConfig::resolve)
+                .unwrap_err();
+            assert!(err.to_string().contains(needle), "{err}");
+        };
+        check(
+            "[tokens]\noperator-alg = \"HS256\"",
+            "unsupported token algorithm",
+        );
+        check("[tokens]\nnope = 1", "unknown field");
+        check(
+            "[[tenants]]\nid = \"a\"\ntoken-alg = \"none\"",
+            "unsupported token algorithm",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AppSettings {
+            profiles: vec![ProfileDecl {
+                name: "P".into(),
+                permissions: vec!["agents:fly".into()],
+            }],
+            ..AppSettings::default()
+        };
+        let err = App::open(dir.path(), settings, Arc::new(Metrics::new())).unwrap_err();
+        assert!(err.to_string().contains("agents:fly"), "{err}");
+    }
+
+    #[test]
+    fn rotation_keeps_old_tokens_verifying_until_retirement() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = open(dir.path(), AppSettings::default());
+        let now = app.now();
+        let claims = app.base_claims("c", Audience::One("x".into()), 3600, now);
+        let old = app
+            .mint(Algorithm::ES256, TokenType::OperatorAccessToken, &claims)
+            .unwrap();
+        let old_kid = app
+            .keys
+            .snapshot()
+            .minter(Algorithm::ES256)
+            .unwrap()
+            .key()
+            .kid()
+            .to_owned();
+        let v = app.validation(TokenType::OperatorAccessToken);
+        let new = app.rotate_key(Algorithm::ES256, "test").unwrap();
+        assert_ne!(new.kid, old_kid);
+        assert!(app.verify(&old, &v, now).is_ok());
+        assert_eq!(
+            app.store.hot().signing_key(&old_kid).unwrap().state,
+            KeyState::Retiring
+        );
+        // Not yet: the overlap has not passed.
+        assert!(app.retire_expired_keys(now + 10).unwrap().is_empty());
+        let later = now + app.settings.retire_after();
+        assert_eq!(
+            app.retire_expired_keys(later).unwrap(),
+            vec![old_kid.clone()]
+        );
+        assert!(app.verify(&old, &v, now).is_err());
+        drop(app);
+        // A reopened app does not load the retired key.
+        let (app, _) = open(dir.path(), AppSettings::default());
+        assert!(app.keys.snapshot().key(&old_kid).is_none());
+        assert_eq!(
+            app.keys
+                .snapshot()
+                .minter(Algorithm::ES256)
+                .unwrap()
+                .key()
+                .kid(),
+            new.kid
+        );
+    }
+
+    #[test]
+    fn revocations_apply_before_the_reply_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = open(dir.path(), AppSettings::default());
+        let app = Arc::new(app);
+        let now = app.now();
+        let claims = app.base_claims("c", Audience::One("x".into()), 3600, now);
+        let token = app
+            .mint(Algorithm::EdDSA, TokenType::OperatorAccessToken, &claims)
+            .unwrap();
+        let v = app.validation(TokenType::OperatorAccessToken);
+        assert!(app.verify(&token, &v, now).is_ok());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = Arc::clone(&app);
+        let t = token.clone();
+        let v2 = v.clone();
+        app.submit(
+            WriteOp::Revoke {
+                kind: RevocationKind::Token,
+                id: claims.jti.clone().unwrap(),
+                by: "t".into(),
+                reason: "r".into(),
+                now,
+                forget_after: now + 4000,
+            },
+            move |r| {
+                // Inside the reply: already refused.
+                tx.send((r.is_ok(), probe.verify(&t, &v2, now).is_err()))
+                    .unwrap();
+            },
+        );
+        assert_eq!(rx.recv().unwrap(), (true, true));
+        // The reply closure's handles drop on the writer thread just after it answered; wait
+        // for them so this test's drop closes the store.
+        while Arc::strong_count(&app) > 1 {
+            std::thread::yield_now();
+        }
+        drop(app);
+        let (app, _) = open(dir.path(), AppSettings::default());
+        assert!(matches!(
+            app.verify(&token, &v, now),
+            Err(Error::Token(latchkey_core::Error::Rejected(
+                RejectedError::Revoked
+            )))
+        ));
+    }
+
+    #[test]
+    fn revoked_key_stops_signing_and_verifying() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = open(dir.path(), AppSettings::default());
+        let now = app.now();
+        let kid = app
+            .keys
+            .snapshot()
+            .minter(Algorithm::EdDSA)
+            .unwrap()
+            .key()
+            .kid()
+            .to_owned();
+        let claims = app.base_claims("c", Audience::One("x".into()), 3600, now);
+        let token = app
+            .mint(Algorithm::EdDSA, TokenType::OperatorAccessToken, &claims)
+            .unwrap();
+        app.revoke_key(&kid, "test", "compromised").unwrap();
+        let v = app.validation(TokenType::OperatorAccessToken);
+        assert!(app.verify(&token, &v, now).is_err());
+        let fresh = app
+            .mint(Algorithm::EdDSA, TokenType::OperatorAccessToken, &claims)
+            .unwrap();
+        assert!(app.verify(&fresh, &v, now).is_ok());
+        assert_eq!(
+            app.store.hot().signing_key(&kid).unwrap().state,
+            KeyState::Retired
+        );
+    }
+}

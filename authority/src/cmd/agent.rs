@@ -1,0 +1,117 @@
+//! `latchkey agent create|list|show|offboard|delete`: agents, through a running server's
+//! MindSphere agent management API (`/api/agentmanagement/v3`). Only through the server: it
+//! mints the boarding configuration's initial access token.
+
+use serde_json::{Value, json};
+
+use super::remote::{Remote, Target, print, s};
+use crate::error::Error;
+
+const BASE: &str = "/api/agentmanagement/v3/agents";
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: AgentCommand,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Create an agent; its boarding configuration is ready at once (`agent show`).
+    Create {
+        /// The entity id (becomes the agent id and OAuth client id).
+        #[arg(long)]
+        entity_id: String,
+        /// Unique name within the tenant [default: the entity id].
+        #[arg(long)]
+        name: Option<String>,
+        /// SHARED_SECRET or RSA_3072.
+        #[arg(long, default_value = "SHARED_SECRET")]
+        security_profile: String,
+    },
+    /// List agents.
+    List,
+    /// Show an agent, its boarding status and its boarding configuration.
+    Show { id: String },
+    /// Offboard an agent: its registration, secrets and tokens are revoked.
+    Offboard { id: String },
+    /// Delete an agent (and revoke everything it holds).
+    Delete { id: String },
+}
+
+pub fn run(args: &AgentArgs) -> Result<(), Error> {
+    let json = args.target.json;
+    let r = args.target.remote("latchkey agent")?;
+    match &args.command {
+        AgentCommand::Create { entity_id, name, security_profile } => {
+            let body = json!({
+                "entityId": entity_id,
+                "name": name.as_deref().unwrap_or(entity_id),
+                "securityProfile": security_profile,
+            });
+            let v = r.call("POST", BASE, Some(&body), &[])?.ok()?;
+            print(json, &v, |v| format!("created agent {} ({})", s(v, "id"), s(v, "securityProfile")));
+        }
+        AgentCommand::List => {
+            let v = r.call("GET", &format!("{BASE}?page=0&size=100"), None, &[])?.ok()?;
+            print(json, &v, listing);
+        }
+        AgentCommand::Show { id } => {
+            let agent = r.call("GET", &format!("{BASE}/{id}"), None, &[])?.ok()?;
+            let status = r.call("GET", &format!("{BASE}/{id}/boarding/status"), None, &[])?.ok()?;
+            let config = r.call("GET", &format!("{BASE}/{id}/boarding/configuration"), None, &[])?.ok()?;
+            let v = json!({ "agent": agent, "boarding_status": status, "boarding_configuration": config });
+            print(json, &v, |v| {
+                format!(
+                    "agent {} ({}), {}\nboarding status: {}\nboarding configuration:\n{}",
+                    s(&v["agent"], "id"),
+                    s(&v["agent"], "name"),
+                    s(&v["agent"], "securityProfile"),
+                    s(&v["boarding_status"], "status"),
+                    serde_json::to_string_pretty(&v["boarding_configuration"]).unwrap_or_default()
+                )
+            });
+        }
+        AgentCommand::Offboard { id } => {
+            let v = r.call("POST", &format!("{BASE}/{id}/boarding/offboard"), None, &[])?.ok()?;
+            print(json, &v, |_| format!("offboarded agent {id}"));
+        }
+        AgentCommand::Delete { id } => {
+            let etag = etag(&r, id)?;
+            r.call("DELETE", &format!("{BASE}/{id}"), None, &[("If-Match", etag.as_str())])?.ok()?;
+            print(json, &json!({ "deleted": id }), |_| format!("deleted agent {id}"));
+        }
+    }
+    Ok(())
+}
+
+/// The agent's current eTag, for `If-Match`.
+fn etag(r: &Remote, id: &str) -> Result<String, Error> {
+    let answer = r.call("GET", &format!("{BASE}/{id}"), None, &[])?;
+    let header = answer.header("etag").map(str::to_owned);
+    let body = answer.ok()?;
+    let from_body = match body.get("eTag") {
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    from_body.or(header).ok_or_else(|| Error::Cli(format!("agent {id}: the server sent no eTag")))
+}
+
+fn listing(v: &Value) -> String {
+    let items = v
+        .get("content")
+        .or_else(|| v.get("agents"))
+        .and_then(Value::as_array)
+        .cloned()
+        .or_else(|| v.as_array().cloned())
+        .unwrap_or_default();
+    let mut out = format!("{:<36} {:<24} {:<14} STATE\n", "ID", "NAME", "PROFILE");
+    for a in &items {
+        let state = a.get("state").or_else(|| a.get("status")).and_then(Value::as_str).unwrap_or("");
+        out.push_str(&format!("{:<36} {:<24} {:<14} {state}\n", s(a, "id"), s(a, "name"), s(a, "securityProfile")));
+    }
+    out
+}

@@ -1,0 +1,125 @@
+//! `latchkey keys list|rotate|import`: token signing keys, through a running server's API or
+//! on a stopped server's data directory.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::remote::{Place, Target, print, s, time};
+use crate::api::operator::{ImportBody, KeyView, key_views};
+use crate::app::{self, App};
+use crate::error::Error;
+
+#[derive(Debug, clap::Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// List signing keys: active, retiring (still verifying), retired.
+    List,
+    /// Make a new key active; the previous one keeps verifying until its tokens expired.
+    Rotate {
+        /// Algorithm [default: the operator token algorithm, RS256].
+        #[arg(long)]
+        alg: Option<String>,
+    },
+    /// Import a private key (PEM/PKCS#8, or PKCS#12 .pfx/.p12) and make it active.
+    Import {
+        /// The key file.
+        #[arg(long)]
+        file: PathBuf,
+        /// Password of a PKCS#12 file (or set LATCHKEY_KEY_PASSWORD).
+        #[arg(long, env = "LATCHKEY_KEY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Algorithm [default: inferred; RSA keys sign RS256].
+        #[arg(long)]
+        alg: Option<String>,
+        /// Key id [default: the RFC 7638 thumbprint].
+        #[arg(long)]
+        kid: Option<String>,
+    },
+}
+
+pub fn run(args: &KeysArgs) -> Result<(), Error> {
+    let json = args.target.json;
+    let place = args.target.open()?;
+    let v = match &args.command {
+        KeysCommand::List => {
+            let v = match &place {
+                Place::Remote(r) => r.call("GET", "/api/latchkey/v1/keys", None, &[])?.ok()?,
+                Place::Local(app) => json!({ "keys": key_views(app)? }),
+            };
+            print(json, &v, listing);
+            return Ok(());
+        }
+        KeysCommand::Rotate { alg } => match &place {
+            Place::Remote(r) => r.call("POST", "/api/latchkey/v1/keys/rotate", Some(&json!({ "alg": alg })), &[])?.ok()?,
+            Place::Local(app) => {
+                let alg = match alg {
+                    Some(a) => app::parse_token_alg(a)?,
+                    None => app.settings.operator_alg,
+                };
+                view(app, &app.rotate_key(alg, "cli")?)
+            }
+        },
+        KeysCommand::Import { file, password, alg, kid } => {
+            let bytes = Zeroizing::new(
+                std::fs::read(file).map_err(|e| Error::Cli(format!("{}: {e}", file.display())))?,
+            );
+            let body = match std::str::from_utf8(&bytes) {
+                Ok(text) if text.contains("-----BEGIN") => ImportBody {
+                    alg: alg.clone(),
+                    pem: Some(text.to_owned()),
+                    pkcs12: None,
+                    password: None,
+                    kid: kid.clone(),
+                },
+                _ => ImportBody {
+                    alg: alg.clone(),
+                    pem: None,
+                    pkcs12: Some(base64::engine::general_purpose::STANDARD.encode(&*bytes)),
+                    password: Some(password.clone().unwrap_or_default()),
+                    kid: kid.clone(),
+                },
+            };
+            match &place {
+                Place::Remote(r) => {
+                    let v = serde_json::json!({
+                        "alg": body.alg, "pem": body.pem, "pkcs12": body.pkcs12,
+                        "password": body.password, "kid": body.kid,
+                    });
+                    r.call("POST", "/api/latchkey/v1/keys/import", Some(&v), &[])?.ok()?
+                }
+                Place::Local(app) => view(app, &app.install_key(body.signing_key()?, "cli")?),
+            }
+        }
+    };
+    print(json, &v, |v| format!("{} is now the active {} key", s(v, "kid"), s(v, "alg")));
+    Ok(())
+}
+
+fn view(app: &App, rec: &crate::store::SigningKeyRecord) -> Value {
+    serde_json::to_value(KeyView::new(app, rec)).unwrap_or_default()
+}
+
+fn listing(v: &Value) -> String {
+    let mut out = format!("{:<45} {:<6} {:<9} {:<21} RETIRES\n", "KID", "ALG", "STATE", "CREATED");
+    for k in v.get("keys").and_then(Value::as_array).into_iter().flatten() {
+        let retires = k.get("retires_at").and_then(Value::as_u64).map(time).unwrap_or_default();
+        out.push_str(&format!(
+            "{:<45} {:<6} {:<9} {:<21} {retires}\n",
+            s(k, "kid"),
+            s(k, "alg"),
+            s(k, "state"),
+            time(k.get("created_at").and_then(Value::as_u64).unwrap_or(0)),
+        ));
+    }
+    out
+}

@@ -1,0 +1,75 @@
+//! `latchkey revoke`: revoke one token (by value or jti), every token of an agent, or a signing
+//! key. Through a running server, or on a stopped server's data directory (not by token value:
+//! verifying it needs the server's issuer).
+
+use serde_json::{Value, json};
+
+use super::remote::{Place, Target, print, s};
+use crate::error::Error;
+use crate::store::{RevocationKind, WriteOp, WriteOutcome};
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["token", "jti", "agent", "key"])))]
+pub struct RevokeArgs {
+    /// An access token (operator or agent).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// A token id.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Every token issued so far to this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// A signing key id: it stops signing and every token it signed is refused.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Why (kept in the revocation record and the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+pub fn run(args: &RevokeArgs) -> Result<(), Error> {
+    let json = args.target.json;
+    let reason = args.reason.clone().unwrap_or_else(|| "revoked with the latchkey CLI".into());
+    let v = match args.target.open()? {
+        Place::Remote(r) => {
+            let body = match (&args.token, &args.jti, &args.agent, &args.key) {
+                (Some(t), ..) => json!({ "kind": "token", "token": t, "reason": reason }),
+                (_, Some(j), ..) => json!({ "kind": "token", "id": j, "reason": reason }),
+                (_, _, Some(a), _) => json!({ "kind": "agent", "id": a, "reason": reason }),
+                (_, _, _, Some(k)) => json!({ "kind": "key", "id": k, "reason": reason }),
+                _ => return Err(Error::Cli("say what to revoke".into())),
+            };
+            r.call("POST", "/api/latchkey/v1/revocations", Some(&body), &[])?.ok()?
+        }
+        Place::Local(app) => {
+            let now = app.now();
+            let rec = if let Some(kid) = &args.key {
+                app.revoke_key(kid, "cli", &reason)?
+            } else {
+                let (kind, id) = match (&args.jti, &args.agent) {
+                    (Some(j), _) => (RevocationKind::Token, j.clone()),
+                    (_, Some(a)) => (RevocationKind::Agent, a.clone()),
+                    _ => return Err(Error::Cli("--token needs a running server (--server); use --jti with --data-dir".into())),
+                };
+                let op = WriteOp::Revoke {
+                    kind,
+                    id,
+                    by: "cli".into(),
+                    reason,
+                    now,
+                    forget_after: now.saturating_add(app.settings.retire_after()),
+                };
+                match app.write(op)? {
+                    WriteOutcome::Revocation(rec) => rec,
+                    _ => return Err(Error::Cli("unexpected answer from the store".into())),
+                }
+            };
+            json!({ "kind": rec.kind.as_str(), "id": rec.id, "revoked_at": rec.revoked_at, "forget_after": rec.forget_after })
+        }
+    };
+    print(json, &v, |v: &Value| format!("revoked {} {}", s(v, "kind"), s(v, "id")));
+    Ok(())
+}

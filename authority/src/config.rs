@@ -1,0 +1,328 @@
+//! Server settings: a TOML file, every key overridable by the flag of the same name.
+//!
+//! One struct, [`Settings`], is both the clap argument group and the TOML schema (kebab-case
+//! keys, all optional), so a setting cannot exist in one and not the other. [`Settings::merge`]
+//! lays flags over the file; [`Settings::resolve`] fills defaults and checks ranges, producing
+//! the typed [`ServeSettings`] the server runs with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::http::Limits;
+use crate::tls::ClientAuthMode;
+
+/// Top-level TOML sections that belong to `app::AppConfig` (tokens, keys, tenants, profiles,
+/// operator clients), not to the server settings.
+pub const APP_SECTIONS: [&str; 5] = ["tokens", "keys", "tenants", "profiles", "clients"];
+
+/// Default listening address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// A duration written like `10s`, `500ms`, `2m` (humantime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every server setting. In TOML the key is the flag name without `--`.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Address and port to listen on [default: 127.0.0.1:8443; port 0 picks a free port].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Event loop threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Serve plain HTTP instead of HTTPS. Only for benchmarks and loopback tests: tokens and
+    /// secrets cross the network in clear.
+    #[arg(long, alias = "plain", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub insecure_plain_http: Option<bool>,
+    /// Extra DNS names or IP addresses for the generated server certificate (repeatable)
+    /// [default: localhost, 127.0.0.1, ::1 only].
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_names: Option<Vec<String>>,
+    /// Server certificate chain (PEM) instead of the data directory's generated one.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Ask clients for certificates (mutual TLS) [default: off].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub client_auth: Option<ClientAuthMode>,
+    /// Extra trusted CA or client certificates (PEM) for mutual TLS, besides the data
+    /// directory's CA (repeatable).
+    #[arg(long = "client-ca", value_name = "FILE")]
+    pub client_cas: Option<Vec<PathBuf>>,
+    /// Log format [default: text]. The level comes from RUST_LOG or --log-level.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `latchkey_authority=debug` [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<HumanDuration>,
+    /// Longest request line in bytes; longer gets 414 [default: 8192].
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_line: Option<usize>,
+    /// Largest request head in bytes; larger gets 431 [default: 16384].
+    #[arg(long, value_name = "BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most header fields (at most 128); more gets 431 [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_headers: Option<usize>,
+    /// Largest request body in bytes; larger gets 413 [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body: Option<usize>,
+    /// Time allowed from a request's first byte to the end of its head; then 408
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub request_head_timeout: Option<HumanDuration>,
+    /// Slowest accepted body upload in bytes/s after the head timeout's grace period; slower
+    /// gets 408 [default: 1024].
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub min_body_rate: Option<u64>,
+    /// Longest wait for a client to read our answer before the connection is closed
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub write_timeout: Option<HumanDuration>,
+    /// Longest pause between requests on a keep-alive connection [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// Longest TLS handshake [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Requests per connection before it is closed [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_requests_per_connection: Option<u64>,
+    /// Open connections; more are closed at accept [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Concurrent TLS handshakes; more are closed at accept [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_tls_handshakes: Option<usize>,
+    /// Requests parsed ahead of their answers on one connection [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_pipelined: Option<usize>,
+}
+
+/// Settings after defaults and checks.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub plain_http: bool,
+    pub server_names: Vec<String>,
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub client_auth: ClientAuthMode,
+    pub client_cas: Vec<PathBuf>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Settings {
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let err = |e: toml::de::Error| Error::Config(format!("{}: {e}", path.display()));
+        let mut table: toml::Table = toml::from_str(&text).map_err(err)?;
+        // The operator surface's sections are read by `app::AppConfig` from the same file.
+        for section in APP_SECTIONS {
+            table.remove(section);
+        }
+        table.try_into().map_err(err)
+    }
+
+    /// `self` (flags) over `file`.
+    pub fn merge(self, file: Settings) -> Settings {
+        macro_rules! over {
+            ($($f:ident),*) => { Settings { $($f: self.$f.or(file.$f)),* } };
+        }
+        over!(
+            listen,
+            threads,
+            insecure_plain_http,
+            server_names,
+            tls_cert,
+            tls_key,
+            client_auth,
+            client_cas,
+            log_format,
+            log_level,
+            drain_timeout,
+            max_request_line,
+            max_header_bytes,
+            max_headers,
+            max_body,
+            request_head_timeout,
+            min_body_rate,
+            write_timeout,
+            idle_timeout,
+            handshake_timeout,
+            max_requests_per_connection,
+            max_connections,
+            max_tls_handshakes,
+            max_pipelined
+        )
+    }
+
+    /// Fills defaults and refuses values the server cannot run with.
+    pub fn resolve(self) -> Result<ServeSettings, Error> {
+        let d = Limits::default();
+        let dur =
+            |v: Option<HumanDuration>, default: Duration, name: &str| -> Result<Duration, Error> {
+                let v = v.map_or(default, |h| h.0);
+                if v.is_zero() {
+                    return Err(Error::Config(format!("{name} must be greater than zero")));
+                }
+                Ok(v)
+            };
+        let positive = |v: Option<usize>, default: usize, name: &str| -> Result<usize, Error> {
+            match v.unwrap_or(default) {
+                0 => Err(Error::Config(format!("{name} must be greater than zero"))),
+                n => Ok(n),
+            }
+        };
+        let limits = Limits {
+            max_request_line: positive(
+                self.max_request_line,
+                d.max_request_line,
+                "max-request-line",
+            )?,
+            max_header_bytes: positive(
+                self.max_header_bytes,
+                d.max_header_bytes,
+                "max-header-bytes",
+            )?,
+            max_headers: positive(self.max_headers, d.max_headers, "max-headers")?,
+            max_body: self.max_body.unwrap_or(d.max_body),
+            request_head_timeout: dur(
+                self.request_head_timeout,
+                d.request_head_timeout,
+                "request-head-timeout",
+            )?,
+            min_body_rate: self.min_body_rate.unwrap_or(d.min_body_rate).max(1),
+            write_timeout: dur(self.write_timeout, d.write_timeout, "write-timeout")?,
+            idle_timeout: dur(self.idle_timeout, d.idle_timeout, "idle-timeout")?,
+            handshake_timeout: dur(
+                self.handshake_timeout,
+                d.handshake_timeout,
+                "handshake-timeout",
+            )?,
+            max_requests_per_connection: self
+                .max_requests_per_connection
+                .unwrap_or(d.max_requests_per_connection)
+                .max(1),
+            max_connections: positive(self.max_connections, d.max_connections, "max-connections")?,
+            max_tls_handshakes: positive(
+                self.max_tls_handshakes,
+                d.max_tls_handshakes,
+                "max-tls-handshakes",
+            )?,
+            max_pipelined: positive(self.max_pipelined, d.max_pipelined, "max-pipelined")?,
+        };
+        if limits.max_headers > crate::http::request::MAX_HEADERS_CAP {
+            return Err(Error::Config(format!(
+                "max-headers must be at most {}",
+                crate::http::request::MAX_HEADERS_CAP
+            )));
+        }
+        if limits.max_request_line > limits.max_header_bytes {
+            return Err(Error::Config(
+                "max-request-line must not exceed max-header-bytes".into(),
+            ));
+        }
+        let threads = match self.threads {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if !(1..=1024).contains(&threads) {
+            return Err(Error::Config("threads must be between 1 and 1024".into()));
+        }
+        let default_listen: SocketAddr = DEFAULT_LISTEN
+            .parse()
+            .map_err(|_| Error::Config("default listen address".into()))?;
+        Ok(ServeSettings {
+            listen: self.listen.unwrap_or(default_listen),
+            threads,
+            plain_http: self.insecure_plain_http.unwrap_or(false),
+            server_names: self.server_names.unwrap_or_default(),
+            tls_files: self.tls_cert.zip(self.tls_key),
+            client_auth: self.client_auth.unwrap_or_default(),
+            client_cas: self.client_cas.unwrap_or_default(),
+            log_format: self.log_format.unwrap_or_default(),
+            log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
+            drain_timeout: dur(self.drain_timeout, Duration::from_secs(10), "drain-timeout")?,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: Settings = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\nidle-timeout = \"5s\"\nmax-body = 10\nclient-auth = \"optional\"\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            idle_timeout: Some("2s".parse().unwrap()),
+            ..Settings::default()
+        };
+        let s = flags.merge(file).resolve().unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.limits.idle_timeout, Duration::from_secs(2));
+        assert_eq!(s.limits.max_body, 10);
+        assert_eq!(s.client_auth, ClientAuthMode::Optional);
+        assert_eq!(s.limits.max_headers, Limits::default().max_headers);
+        assert!(!s.plain_http);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(toml::from_str::<Settings>("no-such-key = 1").is_err());
+        assert!(toml::from_str::<Settings>("idle-timeout = \"soon\"").is_err());
+        let zero = Settings {
+            idle_timeout: Some("0s".parse().unwrap()),
+            ..Settings::default()
+        };
+        assert!(zero.resolve().is_err());
+        let many = Settings {
+            max_headers: Some(1000),
+            ..Settings::default()
+        };
+        assert!(many.resolve().is_err());
+    }
+}

@@ -1,0 +1,366 @@
+//! Prometheus metrics: plain atomics, no locks on the request path.
+//!
+//! Route labels are fixed when the server starts (`Metrics::init_routes`); the request path
+//! only indexes arrays. Other modules feed the token and store series through the methods
+//! below (`tokens_minted`, `tokens_verified`, `observe_commit_batch`).
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Statuses counted individually; others are counted by class (`2xx`, `4xx`, ...).
+const STATUSES: [u16; 24] = [
+    200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 412, 413, 414, 415, 417, 429, 431, 500, 501,
+    503, 505, 202, 304, 100,
+];
+const STATUS_SLOTS: usize = STATUSES.len() + 5;
+
+/// Latency buckets, seconds.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Commit batch-size buckets, requests per commit.
+const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Why the server closed a connection (or refused to keep it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed, or asked to with `Connection: close`.
+    Client,
+    IdleTimeout,
+    HeadTimeout,
+    BodyTimeout,
+    WriteTimeout,
+    HandshakeTimeout,
+    HandshakeFailed,
+    /// Refused at accept: `Limits::max_connections`.
+    ConnectionLimit,
+    /// Refused at accept: `Limits::max_tls_handshakes`.
+    HandshakeLimit,
+    /// A request the parser refused.
+    BadRequest,
+    MaxRequests,
+    Shutdown,
+    Io,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 13] = [
+        Self::Client,
+        Self::IdleTimeout,
+        Self::HeadTimeout,
+        Self::BodyTimeout,
+        Self::WriteTimeout,
+        Self::HandshakeTimeout,
+        Self::HandshakeFailed,
+        Self::ConnectionLimit,
+        Self::HandshakeLimit,
+        Self::BadRequest,
+        Self::MaxRequests,
+        Self::Shutdown,
+        Self::Io,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::IdleTimeout => "idle_timeout",
+            Self::HeadTimeout => "head_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::WriteTimeout => "write_timeout",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::ConnectionLimit => "connection_limit",
+            Self::HandshakeLimit => "handshake_limit",
+            Self::BadRequest => "bad_request",
+            Self::MaxRequests => "max_requests",
+            Self::Shutdown => "shutdown",
+            Self::Io => "io_error",
+        }
+    }
+}
+
+/// All counters of one process. Share it as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    routes: OnceLock<Box<[RouteStats]>>,
+    latency: Histogram<{ LATENCY_BUCKETS.len() + 1 }>,
+    tokens_minted: AtomicU64,
+    tokens_verified: AtomicU64,
+    open_connections: AtomicI64,
+    accepted: AtomicU64,
+    accept_errors: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    closed: [AtomicU64; CloseReason::ALL.len()],
+    commit_batch: Histogram<{ BATCH_BUCKETS.len() + 1 }>,
+}
+
+#[derive(Debug)]
+struct RouteStats {
+    method: String,
+    pattern: String,
+    counts: [AtomicU64; STATUS_SLOTS],
+}
+
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `value` (in the bucket unit) with `sum_add` (sum unit) into the first bucket
+    /// whose bound is ≥ value.
+    fn observe(&self, bounds: &[f64], value: f64, sum_add: u64) {
+        let i = bounds
+            .iter()
+            .position(|&b| value <= b)
+            .unwrap_or(bounds.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(sum_add, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, bounds: &[f64], sum_scale: f64) {
+        let mut cumulative = 0;
+        for (i, b) in bounds.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[bounds.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum.load(Relaxed) as f64 * sum_scale
+        );
+        let _ = writeln!(out, "{name}_count {}", self.count.load(Relaxed));
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            routes: OnceLock::new(),
+            latency: Histogram::new(),
+            tokens_minted: AtomicU64::new(0),
+            tokens_verified: AtomicU64::new(0),
+            open_connections: AtomicI64::new(0),
+            accepted: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            closed: std::array::from_fn(|_| AtomicU64::new(0)),
+            commit_batch: Histogram::new(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fixes the route labels, `(method, pattern)` by route index. The server calls this once
+    /// at start with the router's routes; later calls are ignored.
+    pub fn init_routes(&self, routes: Vec<(String, String)>) {
+        let stats = routes
+            .into_iter()
+            .map(|(method, pattern)| RouteStats {
+                method,
+                pattern,
+                counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            })
+            .collect();
+        let _ = self.routes.set(stats);
+    }
+
+    /// One answered request: route index (as given to `init_routes`), status, latency.
+    pub fn record_request(&self, route: usize, status: u16, latency: Duration) {
+        if let Some(r) = self.routes.get().and_then(|routes| routes.get(route)) {
+            r.counts[status_slot(status)].fetch_add(1, Relaxed);
+        }
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency
+            .observe(&LATENCY_BUCKETS, latency.as_secs_f64(), micros);
+    }
+
+    /// Access tokens minted (the token endpoints call this).
+    pub fn tokens_minted(&self, n: u64) {
+        self.tokens_minted.fetch_add(n, Relaxed);
+    }
+
+    /// Tokens verified (introspection and bearer checks call this).
+    pub fn tokens_verified(&self, n: u64) {
+        self.tokens_verified.fetch_add(n, Relaxed);
+    }
+
+    /// Requests made durable by one store commit (the store writer calls this per commit).
+    pub fn observe_commit_batch(&self, size: usize) {
+        self.commit_batch
+            .observe(&BATCH_BUCKETS, size as f64, size as u64);
+    }
+
+    pub fn connection_opened(&self) {
+        self.accepted.fetch_add(1, Relaxed);
+        self.open_connections.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.open_connections.fetch_sub(1, Relaxed);
+        self.connection_refused(reason);
+    }
+
+    /// A connection closed at accept, never counted as open.
+    pub fn connection_refused(&self, reason: CloseReason) {
+        if let Some(i) = CloseReason::ALL.iter().position(|&r| r == reason) {
+            self.closed[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn accept_error(&self) {
+        self.accept_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Connections open right now.
+    pub fn open_connections(&self) -> i64 {
+        self.open_connections.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP latchkey_http_requests_total HTTP requests answered, by route and status.\n# TYPE latchkey_http_requests_total counter\n");
+        for r in self.routes.get().map(|r| &r[..]).unwrap_or(&[]) {
+            for (slot, count) in r.counts.iter().enumerate() {
+                let n = count.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "latchkey_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{}\"}} {n}",
+                        r.method,
+                        r.pattern,
+                        slot_label(slot)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP latchkey_http_request_duration_seconds Time from a request's last byte to its answer being queued.\n# TYPE latchkey_http_request_duration_seconds histogram\n");
+        self.latency.render(
+            &mut out,
+            "latchkey_http_request_duration_seconds",
+            &LATENCY_BUCKETS,
+            1e-6,
+        );
+        let counters = [
+            (
+                "latchkey_tokens_minted_total",
+                "Access tokens minted.",
+                &self.tokens_minted,
+            ),
+            (
+                "latchkey_tokens_verified_total",
+                "Tokens verified.",
+                &self.tokens_verified,
+            ),
+            (
+                "latchkey_connections_accepted_total",
+                "Connections accepted.",
+                &self.accepted,
+            ),
+            (
+                "latchkey_accept_errors_total",
+                "Failed accept calls (e.g. out of file descriptors).",
+                &self.accept_errors,
+            ),
+            (
+                "latchkey_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out.",
+                &self.tls_handshake_failures,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_open_connections Connections open now.\n# TYPE latchkey_open_connections gauge\nlatchkey_open_connections {}",
+            self.open_connections.load(Relaxed)
+        );
+        out.push_str("# HELP latchkey_connections_closed_total Connections closed or refused, by reason.\n# TYPE latchkey_connections_closed_total counter\n");
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "latchkey_connections_closed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.closed[i].load(Relaxed)
+            );
+        }
+        out.push_str("# HELP latchkey_store_commit_batch_size Requests made durable per store commit.\n# TYPE latchkey_store_commit_batch_size histogram\n");
+        self.commit_batch.render(
+            &mut out,
+            "latchkey_store_commit_batch_size",
+            &BATCH_BUCKETS,
+            1.0,
+        );
+        out
+    }
+}
+
+fn status_slot(status: u16) -> usize {
+    match STATUSES.iter().position(|&s| s == status) {
+        Some(i) => i,
+        None => STATUSES.len() + usize::from((status / 100).clamp(1, 5) - 1),
+    }
+}
+
+fn slot_label(slot: usize) -> String {
+    match STATUSES.get(slot) {
+        Some(s) => s.to_string(),
+        None => format!("{}xx", slot - STATUSES.len() + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_routes_statuses_and_histograms() {
+        let m = Metrics::new();
+        m.init_routes(vec![("GET".into(), "/healthz".into())]);
+        m.record_request(0, 200, Duration::from_micros(300));
+        m.record_request(0, 299, Duration::from_millis(2));
+        m.observe_commit_batch(3);
+        m.tokens_minted(2);
+        let text = m.render();
+        assert!(text.contains(
+            "latchkey_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ));
+        assert!(text.contains("status=\"2xx\"} 1"));
+        assert!(text.contains("latchkey_http_request_duration_seconds_bucket{le=\"0.0005\"} 1"));
+        assert!(text.contains("latchkey_http_request_duration_seconds_count 2"));
+        assert!(text.contains("latchkey_store_commit_batch_size_bucket{le=\"4\"} 1"));
+        assert!(text.contains("latchkey_tokens_minted_total 2"));
+    }
+}

@@ -1,0 +1,295 @@
+//! A small path router: method + path segments, `{name}` segments capture.
+//!
+//! Later issues register their handlers here (`router.get("/api/.../agents/{id}", handler)`).
+//! Unknown paths answer 404, known paths with the wrong method 405 with `Allow`; both render
+//! through `error::WireError` like every other error. HEAD is served by the GET route with the
+//! body dropped. When several patterns match, the one with literal segments earliest wins, so
+//! `/agents/register` beats `/agents/{id}`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::handler::{Handler, Outcome, RequestContext};
+use super::metrics::Metrics;
+use super::request::Request;
+use super::response::Response;
+use crate::error::{ApiError, Error, WireError};
+
+/// Index of a route, used for metrics labels. `Router::unmatched` is one past the last route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteId(pub usize);
+
+/// Routes registered before the server starts.
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+struct Route {
+    method: String,
+    pattern: String,
+    segments: Vec<Segment>,
+    handler: Box<dyn Handler>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// Captured `{name}` segments: (name from the pattern, raw value from the path).
+type Params<'r, 'p> = Vec<(&'r str, &'p str)>;
+
+/// The result of looking a request up.
+pub enum Dispatch<'r, 'p> {
+    Found {
+        id: RouteId,
+        handler: &'r dyn Handler,
+        params: Vec<(&'r str, &'p str)>,
+    },
+    /// No route for this path, or the path exists with other methods: the answer is ready.
+    Refused { id: RouteId, response: Response },
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for `method` and `pattern` (`/a/{param}/b`).
+    ///
+    /// # Panics
+    /// If `pattern` does not start with `/` or has an empty `{}`: patterns are constants in
+    /// code, so this is a programming error found by the first test that builds the router.
+    pub fn route(&mut self, method: &str, pattern: &str, handler: impl Handler) -> &mut Self {
+        assert!(
+            pattern.starts_with('/'),
+            "route pattern must start with '/': {pattern}"
+        );
+        let segments = split(pattern)
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => {
+                        assert!(!name.is_empty(), "empty parameter name in {pattern}");
+                        Segment::Param(name.to_owned())
+                    }
+                    None => Segment::Literal(s.to_owned()),
+                },
+            )
+            .collect();
+        self.routes.push(Route {
+            method: method.to_ascii_uppercase(),
+            pattern: pattern.to_owned(),
+            segments,
+            handler: Box::new(handler),
+        });
+        self
+    }
+
+    pub fn get(&mut self, pattern: &str, handler: impl Handler) -> &mut Self {
+        self.route("GET", pattern, handler)
+    }
+
+    pub fn post(&mut self, pattern: &str, handler: impl Handler) -> &mut Self {
+        self.route("POST", pattern, handler)
+    }
+
+    pub fn put(&mut self, pattern: &str, handler: impl Handler) -> &mut Self {
+        self.route("PUT", pattern, handler)
+    }
+
+    pub fn delete(&mut self, pattern: &str, handler: impl Handler) -> &mut Self {
+        self.route("DELETE", pattern, handler)
+    }
+
+    /// `GET /healthz` and `GET /metrics`.
+    pub fn builtin_routes(&mut self, metrics: Arc<Metrics>) -> &mut Self {
+        self.get("/healthz", healthz);
+        self.get(
+            "/metrics",
+            move |_: &Request<'_>, _: &RequestContext<'_>| -> Result<Outcome, Error> {
+                Ok(Response::text(200, "text/plain; version=0.0.4", metrics.render()).into())
+            },
+        )
+    }
+
+    /// The metrics id for requests that matched no route.
+    pub fn unmatched(&self) -> RouteId {
+        RouteId(self.routes.len())
+    }
+
+    /// `(method, pattern)` per route id, `unmatched` last: labels for `Metrics::init_routes`.
+    pub fn labels(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .routes
+            .iter()
+            .map(|r| (r.method.clone(), r.pattern.clone()))
+            .collect();
+        v.push((String::new(), "unmatched".to_owned()));
+        v
+    }
+
+    /// Finds the route for `method` and `path`.
+    pub fn dispatch<'r, 'p>(&'r self, method: &str, path: &'p str) -> Dispatch<'r, 'p> {
+        let lookup = if method == "HEAD" { "GET" } else { method };
+        let mut best: Option<(u64, usize, Params<'r, 'p>)> = None;
+        let mut allow: Vec<&str> = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let Some((score, params)) = route.matches(path) else {
+                continue;
+            };
+            let exact = route.method == method || route.method == lookup;
+            if !exact {
+                allow.push(&route.method);
+                continue;
+            }
+            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                best = Some((score, i, params));
+            }
+        }
+        if let Some((_, i, params)) = best {
+            return Dispatch::Found {
+                id: RouteId(i),
+                handler: &*self.routes[i].handler,
+                params,
+            };
+        }
+        let id = self.unmatched();
+        if allow.is_empty() {
+            let e = Error::Api(ApiError::NotFound("no such resource".into()));
+            return Dispatch::Refused {
+                id,
+                response: Response::from_error(&e),
+            };
+        }
+        if allow.contains(&"GET") {
+            allow.push("HEAD");
+        }
+        allow.sort_unstable();
+        allow.dedup();
+        let e = Error::Api(ApiError::MethodNotAllowed(format!(
+            "method {method} not allowed"
+        )));
+        let response = Response::from_wire(&WireError::from(&e)).header("Allow", allow.join(", "));
+        Dispatch::Refused { id, response }
+    }
+}
+
+fn healthz(_: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+    Ok(Response::raw_json(200, br#"{"status":"ok"}"#.to_vec()).into())
+}
+
+impl fmt::Debug for Dispatch<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dispatch::Found { id, .. } => f
+                .debug_struct("Found")
+                .field("id", id)
+                .finish_non_exhaustive(),
+            Dispatch::Refused { id, response } => f
+                .debug_struct("Refused")
+                .field("id", id)
+                .field("response", response)
+                .finish(),
+        }
+    }
+}
+
+impl Route {
+    /// Specificity score (literal segments earlier weigh more) and captured parameters.
+    fn matches<'r, 'p>(&'r self, path: &'p str) -> Option<(u64, Vec<(&'r str, &'p str)>)> {
+        let mut parts = split(path);
+        let mut params = Vec::new();
+        let mut score = 0u64;
+        for (i, seg) in self.segments.iter().enumerate() {
+            let part = parts.next()?;
+            match seg {
+                Segment::Literal(l) if l == part => {
+                    score |= 1u64
+                        .checked_shl(63u32.saturating_sub(i as u32))
+                        .unwrap_or(0);
+                }
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if part.is_empty() => return None,
+                Segment::Param(name) => params.push((name.as_str(), part)),
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some((score, params))
+    }
+}
+
+/// Path segments after the leading `/`; `/` alone has none.
+fn split(path: &str) -> impl Iterator<Item = &str> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').filter({
+        let empty_root = rest.is_empty();
+        move |_| !empty_root
+    })
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.routes
+                    .iter()
+                    .map(|r| format!("{} {}", r.method, r.pattern)),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(
+        _: &super::super::Request<'_>,
+        _: &super::super::RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        Ok(Response::new(204).into())
+    }
+
+    fn router() -> Router {
+        let mut r = Router::new();
+        r.get("/agents/{id}", ok)
+            .post("/agents/register", ok)
+            .get("/", ok)
+            .delete("/agents/{id}", ok);
+        r
+    }
+
+    /// Route index and parameters, or status and `Allow`.
+    type Expect<'a> = Result<(usize, Params<'a, 'a>), (u16, Option<&'a str>)>;
+
+    fn check(method: &str, path: &str, expect: Expect<'_>) {
+        let r = router();
+        let got = match r.dispatch(method, path) {
+            Dispatch::Found { id, params, .. } => Ok((id.0, params)),
+            Dispatch::Refused { response, .. } => Err((
+                response.status,
+                response.header_value("allow").map(str::to_owned),
+            )),
+        };
+        let expect = expect.map_err(|(s, a)| (s, a.map(str::to_owned)));
+        assert_eq!(got, expect, "{method} {path}");
+    }
+
+    #[test]
+    fn matches_params_literals_and_methods() {
+        check("GET", "/agents/a1", Ok((0, vec![("id", "a1")])));
+        check("HEAD", "/agents/a1", Ok((0, vec![("id", "a1")])));
+        check("POST", "/agents/register", Ok((1, vec![])));
+        check("GET", "/agents/register", Ok((0, vec![("id", "register")])));
+        check("GET", "/", Ok((2, vec![])));
+        check("DELETE", "/agents/x", Ok((3, vec![("id", "x")])));
+        check("PUT", "/agents/x", Err((405, Some("DELETE, GET, HEAD"))));
+        check("GET", "/agents", Err((404, None)));
+        check("GET", "/agents/", Err((404, None)));
+        check("GET", "/agents/a/b", Err((404, None)));
+    }
+}

@@ -1,0 +1,182 @@
+//! The only user of bincode. Every stored value is `[format version byte][bincode payload]`.
+//!
+//! bincode is pinned at `=2.0.1` (3.0.0 is a deliberate compile error upstream), so its wire
+//! format cannot drift under us; the version byte is ours and says which Rust shape the payload
+//! has. A record whose version byte this release does not know is refused with
+//! [`StoreError::UnknownRecordVersion`], never guessed at. When a record's shape changes, bump
+//! its `VERSION` and keep a decoder for the old one here (the fixtures under
+//! `authority/tests/fixtures/` fail otherwise).
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+
+use super::error::StoreError;
+
+/// Largest stored record. A registration with a bounded JWKS or a certificate chain fits well
+/// below; anything larger is refused on write and treated as corrupt on read, so a damaged
+/// length prefix cannot make the decoder allocate gigabytes.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+type Config = Configuration<LittleEndian, Varint, Limit<MAX_RECORD_BYTES>>;
+
+const CONFIG: Config = bincode::config::standard().with_limit::<MAX_RECORD_BYTES>();
+
+/// A value stored in a table. `NAME` is used in errors, `VERSION` is the format version byte.
+pub trait Record: bincode::Encode + bincode::Decode<()> + Sized {
+    const NAME: &'static str;
+    const VERSION: u8;
+}
+
+/// Encodes `record` with its version byte.
+pub fn encode<R: Record>(record: &R) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![R::VERSION];
+    let body = bincode::encode_to_vec(record, CONFIG)
+        .map_err(|e| StoreError::Invalid(format!("{} record cannot be encoded: {e}", R::NAME)))?;
+    if body.len() + 1 > MAX_RECORD_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "{} record is {} bytes, more than the {MAX_RECORD_BYTES}-byte limit",
+            R::NAME,
+            body.len() + 1
+        )));
+    }
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a record, refusing unknown versions, trailing bytes and oversized input.
+pub fn decode<R: Record>(bytes: &[u8]) -> Result<R, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: R::NAME,
+        reason,
+    };
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty record".into()))?;
+    if version != R::VERSION {
+        return Err(StoreError::UnknownRecordVersion {
+            record: R::NAME,
+            found: version,
+            supported: R::VERSION,
+        });
+    }
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(corrupt(format!(
+            "{} bytes exceeds the record size limit",
+            bytes.len()
+        )));
+    }
+    let (record, used) =
+        bincode::decode_from_slice::<R, _>(body, CONFIG).map_err(|e| corrupt(e.to_string()))?;
+    if used != body.len() {
+        return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(record)
+}
+
+/// Encodes a plain `u64` (meta values) as 8 big-endian bytes.
+pub fn encode_u64(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+/// Decodes a meta `u64`, naming the key on failure.
+pub fn decode_u64(key: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        table: "meta",
+        reason: format!("{key} is {} bytes, expected 8", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, bincode::Encode, bincode::Decode)]
+    struct Thing {
+        name: String,
+        n: u64,
+        items: Vec<String>,
+    }
+    impl Record for Thing {
+        const NAME: &'static str = "thing";
+        const VERSION: u8 = 3;
+    }
+
+    fn thing() -> Thing {
+        Thing {
+            name: "a".into(),
+            n: 7,
+            items: vec!["x".into(), "y".into()],
+        }
+    }
+
+    #[test]
+    fn round_trip_starts_with_version_byte() {
+        let bytes = encode(&thing()).unwrap();
+        assert_eq!(bytes[0], 3);
+        assert_eq!(decode::<Thing>(&bytes).unwrap(), thing());
+    }
+
+    #[test]
+    fn unknown_version_is_a_clear_error() {
+        let mut bytes = encode(&thing()).unwrap();
+        bytes[0] = 4;
+        let err = decode::<Thing>(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::UnknownRecordVersion {
+                    record: "thing",
+                    found: 4,
+                    supported: 3
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("newer latchkey"), "{err}");
+    }
+
+    #[test]
+    fn truncated_trailing_and_empty_input_are_corrupt() {
+        let bytes = encode(&thing()).unwrap();
+        for cut in 0..bytes.len() {
+            let err = decode::<Thing>(&bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Corrupt { .. }),
+                "cut {cut}: {err:?}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(
+            decode::<Thing>(&long),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // Version byte, name length varint claiming u64::MAX bytes.
+        let bytes = [3u8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(matches!(
+            decode::<Thing>(&bytes),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_records_are_refused_on_write() {
+        let big = Thing {
+            name: "x".repeat(MAX_RECORD_BYTES),
+            n: 0,
+            items: vec![],
+        };
+        assert!(matches!(encode(&big), Err(StoreError::Invalid(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode::<Thing>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! In-memory indexes for the token path: registered clients with their auth material, operator
+//! clients, signing keys, revocations.
+//!
+//! Loaded at open; after that only the writer thread changes them, right after each commit and
+//! before it answers the requests of that commit, so an acknowledged write is visible here.
+//! Readers use lock-free skip lists (`crossbeam-skiplist`): no lock, no waiting for the writer,
+//! no disk. Entries are `Arc`s, replaced whole, so a reader never sees half an update.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_skiplist::SkipMap;
+
+use super::records::{
+    AuthMethod, KeyState, OperatorClientRecord, RevocationKind, RevocationRecord,
+};
+use super::seal::Secret;
+
+/// What the token endpoint needs to authenticate an agent, shared secret unsealed.
+#[derive(Debug)]
+pub struct ClientAuth {
+    pub client_id: String,
+    pub tenant: String,
+    pub auth_method: AuthMethod,
+    /// The HS256/384/512 key for `client_secret_jwt`.
+    pub secret: Option<Secret>,
+    /// Registered public keys as JWK JSON.
+    pub jwks: Vec<String>,
+    pub secret_expires_at: u64,
+    pub generation: u64,
+}
+
+/// A signing key with its private half unsealed.
+#[derive(Debug)]
+pub struct SigningKey {
+    pub kid: String,
+    pub alg: String,
+    pub state: KeyState,
+    pub private_key: Secret,
+    pub public_key: Vec<u8>,
+    pub created_at: u64,
+    pub state_changed_at: u64,
+}
+
+/// A revocation as the verify path needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revocation {
+    pub revoked_at: u64,
+    pub forget_after: u64,
+}
+
+impl From<&RevocationRecord> for Revocation {
+    fn from(r: &RevocationRecord) -> Self {
+        Revocation {
+            revoked_at: r.revoked_at,
+            forget_after: r.forget_after,
+        }
+    }
+}
+
+/// The hot indexes. Read-only outside the store.
+#[derive(Debug, Default)]
+pub struct HotIndex {
+    clients: SkipMap<String, Arc<ClientAuth>>,
+    operator_clients: SkipMap<String, Arc<OperatorClientRecord>>,
+    keys: SkipMap<String, Arc<SigningKey>>,
+    /// One map per `RevocationKind`, indexed by `kind as usize`, so lookups borrow a `&str`.
+    revocations: [SkipMap<String, Revocation>; 4],
+    commits: AtomicU64,
+}
+
+/// One change to apply after a commit.
+#[derive(Debug)]
+pub(crate) enum HotChange {
+    Client(String, Option<Arc<ClientAuth>>),
+    OperatorClient(String, Option<Arc<OperatorClientRecord>>),
+    Key(String, Option<Arc<SigningKey>>),
+    Revocation(RevocationKind, String, Option<Revocation>),
+}
+
+fn slot(kind: RevocationKind) -> usize {
+    match kind {
+        RevocationKind::Token => 0,
+        RevocationKind::Key => 1,
+        RevocationKind::Certificate => 2,
+        RevocationKind::Agent => 3,
+    }
+}
+
+impl HotIndex {
+    /// The registered client `client_id`, if any.
+    pub fn client(&self, client_id: &str) -> Option<Arc<ClientAuth>> {
+        self.clients.get(client_id).map(|e| e.value().clone())
+    }
+
+    /// The operator client `id`, if any.
+    pub fn operator_client(&self, id: &str) -> Option<Arc<OperatorClientRecord>> {
+        self.operator_clients.get(id).map(|e| e.value().clone())
+    }
+
+    /// The signing key `kid` (any state).
+    pub fn signing_key(&self, kid: &str) -> Option<Arc<SigningKey>> {
+        self.keys.get(kid).map(|e| e.value().clone())
+    }
+
+    /// All signing keys, in kid order.
+    pub fn signing_keys(&self) -> Vec<Arc<SigningKey>> {
+        self.keys.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// The revocation of `id` of the given kind, if one is recorded.
+    pub fn revocation(&self, kind: RevocationKind, id: &str) -> Option<Revocation> {
+        self.revocations[slot(kind)].get(id).map(|e| *e.value())
+    }
+
+    /// Number of registered clients (for metrics and benches).
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Number of revocations of a kind.
+    pub fn revocation_count(&self, kind: RevocationKind) -> usize {
+        self.revocations[slot(kind)].len()
+    }
+
+    /// Incremented after every commit that reached the indexes; lets a cache notice change.
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn apply(&self, change: HotChange) {
+        match change {
+            HotChange::Client(id, Some(v)) => {
+                self.clients.insert(id, v);
+            }
+            HotChange::Client(id, None) => {
+                self.clients.remove(&id);
+            }
+            HotChange::OperatorClient(id, Some(v)) => {
+                self.operator_clients.insert(id, v);
+            }
+            HotChange::OperatorClient(id, None) => {
+                self.operator_clients.remove(&id);
+            }
+            HotChange::Key(id, Some(v)) => {
+                self.keys.insert(id, v);
+            }
+            HotChange::Key(id, None) => {
+                self.keys.remove(&id);
+            }
+            HotChange::Revocation(kind, id, Some(v)) => {
+                self.revocations[slot(kind)].insert(id, v);
+            }
+            HotChange::Revocation(kind, id, None) => {
+                self.revocations[slot(kind)].remove(&id);
+            }
+        }
+    }
+
+    pub(crate) fn bump(&self) {
+        self.commits.fetch_add(1, Ordering::Release);
+    }
+}

@@ -1,0 +1,301 @@
+//! The stored records: one Rust type per table value, each with its format version.
+//!
+//! Times are Unix seconds. Secrets appear only sealed (`sealed_*`: see `seal`) or hashed
+//! ([`SecretHash`]); nothing here holds a secret in clear.
+
+use bincode::{Decode, Encode};
+
+use super::codec::Record;
+use super::seal::SecretHash;
+
+macro_rules! record {
+    ($t:ty, $name:literal, $v:literal) => {
+        impl Record for $t {
+            const NAME: &'static str = $name;
+            const VERSION: u8 = $v;
+        }
+    };
+}
+
+/// A tenant and its token policy.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TenantRecord {
+    pub id: String,
+    pub display_name: String,
+    /// JWS algorithm of access tokens minted for this tenant's agents (e.g. "RS256").
+    pub token_alg: String,
+    pub created_at: u64,
+}
+record!(TenantRecord, "tenants", 1);
+
+/// How an agent authenticates at the token endpoint (MindSphere `securityProfile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum SecurityProfile {
+    SharedSecret,
+    Rsa3072,
+}
+
+impl SecurityProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProfile::SharedSecret => "SHARED_SECRET",
+            SecurityProfile::Rsa3072 => "RSA_3072",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "SHARED_SECRET" => Some(SecurityProfile::SharedSecret),
+            "RSA_3072" => Some(SecurityProfile::Rsa3072),
+            _ => None,
+        }
+    }
+}
+
+/// MindSphere boarding states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum BoardingState {
+    NotOnboarded,
+    Onboarding,
+    Onboarded,
+}
+
+impl BoardingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoardingState::NotOnboarded => "NOT_ONBOARDED",
+            BoardingState::Onboarding => "ONBOARDING",
+            BoardingState::Onboarded => "ONBOARDED",
+        }
+    }
+}
+
+/// An agent. Its id is the entityId and, once registered, its OAuth client id.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AgentRecord {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub security_profile: SecurityProfile,
+    pub state: BoardingState,
+    /// Bumped on every change of this record; the HTTP `eTag`.
+    pub etag: u64,
+    /// `jti` of the initial access token currently offered (if any).
+    pub current_iat: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+record!(AgentRecord, "agents", 1);
+
+/// An initial access token, usable for exactly one registration before `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BoardingRecord {
+    pub jti: String,
+    pub agent_id: String,
+    pub tenant: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// Set once, by the registration that consumed it.
+    pub used_at: Option<u64>,
+}
+record!(BoardingRecord, "boarding", 1);
+
+/// RFC 7591 `token_endpoint_auth_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum AuthMethod {
+    ClientSecretJwt,
+    PrivateKeyJwt,
+    TlsClientAuth,
+    SelfSignedTlsClientAuth,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::TlsClientAuth => "tls_client_auth",
+            AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+        }
+    }
+}
+
+/// An agent's registration (RFC 7591/7592 client).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RegistrationRecord {
+    pub client_id: String,
+    pub tenant: String,
+    pub auth_method: AuthMethod,
+    /// The shared secret, sealed for (`registrations`, client id); `None` for key-based methods.
+    pub sealed_secret: Option<Vec<u8>>,
+    /// Public keys as JWK JSON objects (validated by the API before they get here).
+    pub jwks: Vec<String>,
+    pub secret_expires_at: u64,
+    /// Hash of the current registration access token; the only one that works.
+    pub rat_hash: SecretHash,
+    /// 1 at registration, +1 per rotation.
+    pub generation: u64,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+record!(RegistrationRecord, "registrations", 1);
+
+/// An operator (Usercube-style OpenID) client.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct OperatorClientRecord {
+    pub id: String,
+    pub tenant: String,
+    pub secret_hash: SecretHash,
+    pub display_name: String,
+    pub profile: String,
+    pub created_at: u64,
+}
+record!(OperatorClientRecord, "operator_clients", 1);
+
+/// A named permission set; its permissions become token scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ProfileRecord {
+    pub name: String,
+    pub permissions: Vec<String>,
+}
+record!(ProfileRecord, "profiles", 1);
+
+/// Life cycle of a signing key: active signs; retiring only verifies; retired is kept for audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum KeyState {
+    Active,
+    Retiring,
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Retiring => "retiring",
+            KeyState::Retired => "retired",
+        }
+    }
+}
+
+/// A token signing key. Key material is opaque bytes interpreted per `alg` by the token core.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// JWS algorithm name ("EdDSA", "ES256", "RS256", ...).
+    pub alg: String,
+    pub state: KeyState,
+    /// Private key (e.g. PKCS#8 DER) sealed for (`signing_keys`, kid).
+    pub sealed_private_key: Vec<u8>,
+    /// Public key bytes (e.g. SPKI DER), not secret.
+    pub public_key: Vec<u8>,
+    pub created_at: u64,
+    pub state_changed_at: u64,
+}
+record!(SigningKeyRecord, "signing_keys", 1);
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum CertificateKind {
+    /// The authority's own CA.
+    Authority,
+    /// The authority's TLS server certificate.
+    Server,
+    /// An agent certificate issued by the authority.
+    Agent,
+    /// A trusted external certificate (agent, relay, relay CA).
+    Trusted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum CertificateState {
+    Valid,
+    Revoked,
+}
+
+/// A certificate in the trust store, under a unique alias.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct CertificateRecord {
+    pub alias: String,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
+    pub subject: String,
+    pub kind: CertificateKind,
+    pub state: CertificateState,
+    pub not_after: u64,
+    pub der: Vec<u8>,
+    /// Private key, sealed for (`certificates`, alias), for certificates the authority issued.
+    pub sealed_private_key: Option<Vec<u8>>,
+    pub created_at: u64,
+}
+record!(CertificateRecord, "certificates", 1);
+
+/// What a revocation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub enum RevocationKind {
+    /// One token, by `jti`.
+    Token,
+    /// Every token signed by a key, by kid.
+    Key,
+    /// A certificate, by SHA-256 fingerprint.
+    Certificate,
+    /// Every token issued to an agent before `revoked_at`, by agent id.
+    Agent,
+}
+
+impl RevocationKind {
+    pub const ALL: [RevocationKind; 4] = [
+        RevocationKind::Token,
+        RevocationKind::Key,
+        RevocationKind::Certificate,
+        RevocationKind::Agent,
+    ];
+
+    /// The key prefix in the `revocations` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Token => "jti",
+            RevocationKind::Key => "key",
+            RevocationKind::Certificate => "cert",
+            RevocationKind::Agent => "agent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A revocation. It may be forgotten after `forget_after`, once nothing it names can still
+/// verify (the token, or every token of the key/agent, has expired by then).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RevocationRecord {
+    pub kind: RevocationKind,
+    pub id: String,
+    pub revoked_at: u64,
+    pub forget_after: u64,
+    /// Who revoked (operator client id, agent id, "system").
+    pub by: String,
+    pub reason: String,
+}
+record!(RevocationRecord, "revocations", 1);
+
+/// Outcome of an audited action.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum AuditOutcome {
+    Success,
+    /// Refused, with the refusal's text (never a secret).
+    Refused(String),
+}
+
+/// One audit log entry: who did what to what, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at: u64,
+    pub actor: String,
+    pub event: String,
+    pub subject: String,
+    pub outcome: AuditOutcome,
+}
+record!(AuditRecord, "audit", 1);

@@ -1,0 +1,382 @@
+//! Format fixtures: a data directory and encoded records written by this release, committed
+//! under `authority/tests/fixtures/v1/`. A later format change must keep reading them.
+//!
+//! Regenerate (only when adding a new fixture generation, never to "fix" a failing read):
+//! `LATCHKEY_WRITE_FIXTURES=1 cargo test -p latchkey-authority --test store fixtures`.
+
+use std::path::{Path, PathBuf};
+
+use latchkey_authority::store::*;
+
+use crate::util::*;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+/// One value of every record type, as the fixtures hold them.
+fn records() -> Vec<(&'static str, Vec<u8>)> {
+    let hash = SecretHash::parse("K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=").unwrap();
+    vec![
+        ("tenant", encode_record(&tenant()).unwrap()),
+        ("agent", encode_record(&agent()).unwrap()),
+        (
+            "boarding",
+            encode_record(&BoardingRecord {
+                jti: "iat-1".into(),
+                agent_id: "e1".into(),
+                tenant: TENANT.into(),
+                issued_at: 10,
+                expires_at: 20,
+                used_at: Some(15),
+            })
+            .unwrap(),
+        ),
+        (
+            "registration",
+            encode_record(&RegistrationRecord {
+                client_id: "e1".into(),
+                tenant: TENANT.into(),
+                auth_method: AuthMethod::PrivateKeyJwt,
+                sealed_secret: None,
+                jwks: vec![r#"{"kty":"RSA","e":"AQAB","n":"xyz","kid":"k"}"#.into()],
+                secret_expires_at: 99,
+                rat_hash: hash.clone(),
+                generation: 3,
+                created_at: 1,
+                updated_at: 2,
+            })
+            .unwrap(),
+        ),
+        (
+            "operator_client",
+            encode_record(&OperatorClientRecord {
+                id: "admin".into(),
+                tenant: TENANT.into(),
+                secret_hash: hash,
+                display_name: "Admin".into(),
+                profile: "administrator".into(),
+                created_at: 5,
+            })
+            .unwrap(),
+        ),
+        (
+            "profile",
+            encode_record(&ProfileRecord {
+                name: "ro".into(),
+                permissions: vec!["agents:read".into()],
+            })
+            .unwrap(),
+        ),
+        (
+            "signing_key",
+            encode_record(&SigningKeyRecord {
+                kid: "k1".into(),
+                alg: "ES256".into(),
+                state: KeyState::Retiring,
+                sealed_private_key: vec![1, 2, 3],
+                public_key: vec![4, 5],
+                created_at: 7,
+                state_changed_at: 8,
+            })
+            .unwrap(),
+        ),
+        (
+            "certificate",
+            encode_record(&CertificateRecord {
+                alias: "relay".into(),
+                fingerprint: "ab".repeat(32),
+                subject: "CN=relay".into(),
+                kind: CertificateKind::Trusted,
+                state: CertificateState::Revoked,
+                not_after: 1_900_000_000,
+                der: vec![0x30, 0x00],
+                sealed_private_key: None,
+                created_at: 9,
+            })
+            .unwrap(),
+        ),
+        (
+            "revocation",
+            encode_record(&RevocationRecord {
+                kind: RevocationKind::Agent,
+                id: "e1".into(),
+                revoked_at: 11,
+                forget_after: 12,
+                by: "op".into(),
+                reason: "offboarded".into(),
+            })
+            .unwrap(),
+        ),
+        (
+            "audit",
+            encode_record(&AuditRecord {
+                seq: 4,
+                at: 13,
+                actor: "e1".into(),
+                event: "agent.rotate".into(),
+                subject: "e1".into(),
+                outcome: AuditOutcome::Refused("registration access token is not current".into()),
+            })
+            .unwrap(),
+        ),
+    ]
+}
+
+fn tenant() -> TenantRecord {
+    TenantRecord {
+        id: TENANT.into(),
+        display_name: "Tenant A".into(),
+        token_alg: "RS256".into(),
+        created_at: 1,
+    }
+}
+
+fn agent() -> AgentRecord {
+    AgentRecord {
+        id: "e1".into(),
+        tenant: TENANT.into(),
+        name: "Nanobox Agent".into(),
+        security_profile: SecurityProfile::Rsa3072,
+        state: BoardingState::Onboarding,
+        etag: 2,
+        current_iat: Some("iat-1".into()),
+        created_at: 3,
+        updated_at: 4,
+    }
+}
+
+/// Builds the fixture data directory (generation mode only).
+fn write_store(dir: &Path) {
+    let store = Store::open_or_create(dir, StoreOptions::default()).unwrap();
+    store.write(tenant_op()).unwrap();
+    store
+        .write(create_op("shared", "Shared Agent", "iat-shared"))
+        .unwrap();
+    store
+        .write(register_op(
+            "shared",
+            "iat-shared",
+            "fixture-secret",
+            "fixture-rat-1",
+        ))
+        .unwrap();
+    store
+        .write(rotate_op(
+            "shared",
+            "fixture-rat-1",
+            "fixture-rat-2",
+            "fixture-secret-2",
+        ))
+        .unwrap();
+    store
+        .write(create_op("waiting", "Waiting Agent", "iat-waiting"))
+        .unwrap();
+    store
+        .write(WriteOp::PutProfile(ProfileRecord {
+            name: "administrator".into(),
+            permissions: vec!["agents:write".into()],
+        }))
+        .unwrap();
+    store
+        .write(WriteOp::CreateOperatorClient {
+            record: OperatorClientRecord {
+                id: "admin".into(),
+                tenant: TENANT.into(),
+                secret_hash: SecretHash::usercube(b"secret"),
+                display_name: "Admin".into(),
+                profile: "administrator".into(),
+                created_at: 5,
+            },
+            by: "fixture".into(),
+        })
+        .unwrap();
+    store
+        .write(WriteOp::AddSigningKey(NewSigningKey {
+            kid: "k1".into(),
+            alg: "EdDSA".into(),
+            state: KeyState::Active,
+            private_key: Secret::new(vec![42u8; 32]),
+            public_key: vec![1; 32],
+            by: "fixture".into(),
+            now: 6,
+        }))
+        .unwrap();
+    store
+        .write(WriteOp::AddCertificate(NewCertificate {
+            alias: "relay".into(),
+            fingerprint: "cd".repeat(32),
+            subject: "CN=relay".into(),
+            kind: CertificateKind::Trusted,
+            not_after: 1_900_000_000,
+            der: vec![0x30, 0x00],
+            private_key: None,
+            by: "fixture".into(),
+            now: 7,
+        }))
+        .unwrap();
+    store.write(revoke_op("tok-1")).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in [DB_FILE, KEY_FILE] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn fixtures_of_this_release_stay_readable() {
+    let fixtures = fixture_dir();
+    if std::env::var_os("LATCHKEY_WRITE_FIXTURES").is_some() {
+        let _ = std::fs::remove_dir_all(&fixtures);
+        std::fs::create_dir_all(fixtures.join("records")).unwrap();
+        for (name, bytes) in records() {
+            std::fs::write(fixtures.join("records").join(format!("{name}.bin")), bytes).unwrap();
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        write_store(tmp.path());
+        copy_dir(tmp.path(), &fixtures);
+    }
+    // Encoded records: the committed bytes decode to the same values this release encodes.
+    for (name, bytes) in records() {
+        let stored = std::fs::read(fixtures.join("records").join(format!("{name}.bin"))).unwrap();
+        assert_eq!(
+            stored, bytes,
+            "record {name} encodes differently from its fixture"
+        );
+    }
+    let stored = std::fs::read(fixtures.join("records/agent.bin")).unwrap();
+    assert_eq!(decode_record::<AgentRecord>(&stored).unwrap(), agent());
+    let stored = std::fs::read(fixtures.join("records/tenant.bin")).unwrap();
+    assert_eq!(decode_record::<TenantRecord>(&stored).unwrap(), tenant());
+
+    // The data directory (copied: opening may write).
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures, tmp.path());
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    let snap = store.read().unwrap();
+    assert_eq!(snap.tenant(TENANT).unwrap().unwrap().token_alg, "RS256");
+    let shared = snap.agent(TENANT, "shared").unwrap().unwrap();
+    assert_eq!(
+        (shared.name.as_str(), shared.state),
+        ("Shared Agent", BoardingState::Onboarded)
+    );
+    let reg = snap.registration("shared").unwrap().unwrap();
+    assert_eq!(reg.generation, 2);
+    assert!(reg.rat_hash.verify(b"fixture-rat-2") && !reg.rat_hash.verify(b"fixture-rat-1"));
+    let client = store.hot().client("shared").unwrap();
+    assert_eq!(
+        client.secret.as_ref().unwrap().expose(),
+        b"fixture-secret-2"
+    );
+    assert_eq!(
+        snap.agent(TENANT, "waiting").unwrap().unwrap().state,
+        BoardingState::Onboarding
+    );
+    assert!(
+        snap.boarding("iat-waiting")
+            .unwrap()
+            .unwrap()
+            .used_at
+            .is_none()
+    );
+    assert!(
+        store
+            .hot()
+            .operator_client("admin")
+            .unwrap()
+            .secret_hash
+            .verify(b"secret")
+    );
+    assert_eq!(
+        store.hot().signing_key("k1").unwrap().private_key.expose(),
+        &[42u8; 32]
+    );
+    assert_eq!(
+        snap.certificate_by_fingerprint(&"cd".repeat(32))
+            .unwrap()
+            .unwrap()
+            .alias,
+        "relay"
+    );
+    assert!(
+        store
+            .hot()
+            .revocation(RevocationKind::Token, "tok-1")
+            .is_some()
+    );
+    assert!(snap.audit(0, 100).unwrap().len() >= 4);
+    drop(snap);
+    drop(store);
+    let report = check_data_dir(tmp.path(), &KeyFileOptions::default()).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+#[test]
+fn unknown_record_versions_are_refused_clearly() {
+    for (name, mut bytes) in records() {
+        bytes[0] = 200;
+        let err = match name {
+            "agent" => decode_record::<AgentRecord>(&bytes).unwrap_err(),
+            "tenant" => decode_record::<TenantRecord>(&bytes).unwrap_err(),
+            "registration" => decode_record::<RegistrationRecord>(&bytes).unwrap_err(),
+            "revocation" => decode_record::<RevocationRecord>(&bytes).unwrap_err(),
+            _ => continue,
+        };
+        assert!(
+            matches!(
+                err,
+                StoreError::UnknownRecordVersion {
+                    found: 200,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("version 200"), "{err}");
+    }
+    // In a database: a registration from a "future release" makes open fail with that error,
+    // not a panic and not a silently skipped client.
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixture_dir(), tmp.path());
+    {
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .open(tmp.path().join(DB_FILE))
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            use redb::ReadableTable;
+            let def: redb::TableDefinition<&str, &[u8]> =
+                redb::TableDefinition::new("registrations");
+            let mut t = txn.open_table(def).unwrap();
+            let mut v = t.get("shared").unwrap().unwrap().value().to_vec();
+            v[0] = 2;
+            t.insert("shared", v.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = Store::open(tmp.path(), StoreOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::UnknownRecordVersion {
+                record: "registrations",
+                found: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let report = check_data_dir(tmp.path(), &KeyFileOptions::default()).unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("format version 2")),
+        "{:?}",
+        report.problems
+    );
+}

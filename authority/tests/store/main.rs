@@ -1,0 +1,7 @@
+//! Integration tests of the store: a model-based test with injected I/O faults, a kill -9
+//! crash test, and the format fixtures written by earlier releases.
+
+mod crash;
+mod fixtures;
+mod model;
+mod util;

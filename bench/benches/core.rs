@@ -1,0 +1,594 @@
+//! Latchkey's token pipeline beside the raw signature primitives and the `jsonwebtoken` crate.
+//!
+//! Every group benches one operation for one algorithm; the raw primitive runs on exactly the
+//! bytes the pipeline signs or verifies (the token's signing input), so each ratio in
+//! `bench/results/core.md` comes from a single run. Results and the command: see that file.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::{hmac, rand::SystemRandom, signature as lc};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ed25519_dalek::Signer as _;
+use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+use jsonwebtoken as jwt;
+use latchkey_core::jti::JtiGenerator;
+use latchkey_core::replay::{ReplayCache, ReplayConfig};
+use latchkey_core::revocation::RevocationSet;
+use latchkey_core::{
+    Algorithm, Audience, Claims, Jwk, KeyRing, SigningKey, TokenType, Validation, Verifier,
+    VerifyingKey, jws,
+};
+use rsa::pkcs8::DecodePrivateKey as _;
+use rsa::traits::PublicKeyParts as _;
+
+const ISSUER: &str = "https://latchkey.test";
+const AUDIENCE: &str = "https://latchkey.test/api";
+const HMAC_SECRET: [u8; 32] = [0x5a; 32];
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Everything the groups share: one key ring with an active key per algorithm, the same keys
+/// loaded into each raw backend and into `jsonwebtoken`.
+struct Fixture {
+    now: u64,
+    ring: Arc<KeyRing>,
+    verifier: Verifier,
+    claims: Claims,
+    jti: JtiGenerator,
+    ed_pkcs8: Vec<u8>,
+    ed_public: Vec<u8>,
+    es_pkcs8: Vec<u8>,
+    es_point: Vec<u8>,
+    rsa_pkcs1: Vec<u8>,
+    rsa_n: Vec<u8>,
+    rsa_e: Vec<u8>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let now = now();
+        let ring = Arc::new(KeyRing::new());
+        let ed = SigningKey::generate(Algorithm::EdDSA).expect("keygen");
+        let ed_pkcs8 = ed.to_pkcs8_der().expect("export").to_vec();
+        let ed_public = jwk_bytes(&ed.verifying_key(), |j| &j.x);
+        let es = SigningKey::generate(Algorithm::ES256).expect("keygen");
+        let es_pkcs8 = es.to_pkcs8_der().expect("export").to_vec();
+        let es_point = {
+            let jwk = Jwk::from_public_key(&es.verifying_key()).expect("public");
+            let mut p = vec![4];
+            for c in [&jwk.x, &jwk.y] {
+                p.extend(
+                    URL_SAFE_NO_PAD
+                        .decode(c.as_deref().unwrap_or(""))
+                        .expect("b64"),
+                );
+            }
+            p
+        };
+        let rs256 = SigningKey::generate(Algorithm::RS256).expect("keygen");
+        let rsa_pkcs8 = rs256.to_pkcs8_der().expect("export");
+        let rs384 = SigningKey::from_pkcs8_der(Algorithm::RS384, &rsa_pkcs8)
+            .expect("import")
+            .with_kid("rs384");
+        let rsa_private = rsa::RsaPrivateKey::from_pkcs8_der(&rsa_pkcs8).expect("rsa 0.9 import");
+        let rsa_pkcs1 = {
+            use rsa::pkcs1::EncodeRsaPrivateKey as _;
+            rsa_private
+                .to_pkcs1_der()
+                .expect("pkcs1")
+                .as_bytes()
+                .to_vec()
+        };
+        let rsa_n = rsa_private.n().to_bytes_be();
+        let rsa_e = rsa_private.e().to_bytes_be();
+        let hs = SigningKey::hmac(Algorithm::HS256, &HMAC_SECRET)
+            .expect("hmac key")
+            .with_kid("hs");
+        for key in [ed, es, rs256.with_kid("rs256"), rs384, hs] {
+            ring.rotate(key).expect("rotate");
+        }
+        let mut validation = Validation::new(TokenType::AccessToken);
+        validation.issuers = vec![ISSUER.into()];
+        validation.audiences = vec![AUDIENCE.into()];
+        validation.max_lifetime = Some(3600);
+        let verifier = Verifier::new(ring.clone(), Arc::new(RevocationSet::new()), validation);
+        let claims = Claims {
+            iss: Some(ISSUER.into()),
+            sub: Some("agent-2c0f6a7e-93b1-4d39-9f0a-1c5e0b2f3d44".into()),
+            aud: Some(Audience::One(AUDIENCE.into())),
+            exp: Some(now + 1800),
+            iat: Some(now),
+            jti: Some("2c0f6a7e93b14d399f0a1c5e0b2f3d44xyz".into()),
+            extra: [(
+                "scope".to_owned(),
+                serde_json::Value::from("mdsp:core:agent"),
+            )]
+            .into_iter()
+            .collect(),
+            ..Claims::default()
+        };
+        Fixture {
+            now,
+            ring,
+            verifier,
+            claims,
+            jti: JtiGenerator::random().expect("os rng"),
+            ed_pkcs8,
+            ed_public,
+            es_pkcs8,
+            es_point,
+            rsa_pkcs1,
+            rsa_n,
+            rsa_e,
+        }
+    }
+
+    fn mint(&self, alg: Algorithm) -> String {
+        self.ring
+            .mint(alg, TokenType::AccessToken, &self.claims)
+            .expect("mint")
+    }
+
+    /// The same claims as `self.claims`, for `jsonwebtoken`.
+    fn jwt_claims(&self) -> serde_json::Value {
+        serde_json::json!({
+            "iss": ISSUER,
+            "sub": self.claims.sub,
+            "aud": AUDIENCE,
+            "exp": self.claims.exp,
+            "iat": self.claims.iat,
+            "jti": self.claims.jti,
+            "scope": "mdsp:core:agent",
+        })
+    }
+
+    fn jwt_header(&self, alg: jwt::Algorithm) -> jwt::Header {
+        let mut h = jwt::Header::new(alg);
+        h.kid = Some("kid-of-similar-length-0123456789abcdefghijk".into());
+        h.typ = Some("at+jwt".into());
+        h
+    }
+
+    fn jwt_validation(&self, alg: jwt::Algorithm) -> jwt::Validation {
+        let mut v = jwt::Validation::new(alg);
+        v.set_issuer(&[ISSUER]);
+        v.set_audience(&[AUDIENCE]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v
+    }
+}
+
+fn jwk_bytes(key: &VerifyingKey, member: impl Fn(&Jwk) -> &Option<String>) -> Vec<u8> {
+    let jwk = Jwk::from_public_key(key).expect("public key");
+    URL_SAFE_NO_PAD
+        .decode(member(&jwk).as_deref().unwrap_or(""))
+        .expect("b64")
+}
+
+/// `(signing input, signature)` of a compact token.
+fn split(token: &str) -> (&[u8], Vec<u8>) {
+    let (input, sig) = token.rsplit_once('.').expect("compact JWS");
+    (input.as_bytes(), URL_SAFE_NO_PAD.decode(sig).expect("b64"))
+}
+
+fn eddsa(c: &mut Criterion, f: &Fixture) {
+    let token = f.mint(Algorithm::EdDSA);
+    let (input, sig) = split(&token);
+    let lc_key = lc::Ed25519KeyPair::from_pkcs8(&f.ed_pkcs8).expect("aws-lc import");
+    let dalek_key = ed25519_dalek::SigningKey::from_pkcs8_der(&f.ed_pkcs8).expect("dalek import");
+    let dalek_public = dalek_key.verifying_key();
+    let jwt_enc = jwt::EncodingKey::from_ed_der(&f.ed_pkcs8);
+    let jwt_dec = jwt::DecodingKey::from_ed_der(&f.ed_public);
+    let jwt_header = f.jwt_header(jwt::Algorithm::EdDSA);
+    let jwt_claims = f.jwt_claims();
+
+    let mut g = c.benchmark_group("eddsa_mint");
+    g.bench_function("raw_sign/aws-lc-rs", |b| {
+        b.iter(|| lc_key.sign(black_box(input)))
+    });
+    g.bench_function("raw_sign/ed25519-dalek", |b| {
+        b.iter(|| dalek_key.sign(black_box(input)))
+    });
+    g.bench_function("latchkey/mint", |b| {
+        let mut claims = f.claims.clone();
+        b.iter(|| {
+            claims.jti = Some(f.jti.next_compact());
+            f.ring
+                .mint(Algorithm::EdDSA, TokenType::AccessToken, black_box(&claims))
+                .expect("mint")
+        })
+    });
+    g.bench_function("jsonwebtoken/encode", |b| {
+        b.iter(|| jwt::encode(&jwt_header, black_box(&jwt_claims), &jwt_enc).expect("encode"))
+    });
+    g.finish();
+
+    let sig64: [u8; 64] = sig.as_slice().try_into().expect("64 bytes");
+    let dalek_sig = ed25519_dalek::Signature::from_bytes(&sig64);
+    let lc_public = lc::ParsedPublicKey::new(&lc::ED25519, &f.ed_public).expect("aws-lc public");
+    let jwt_token = jwt::encode(&jwt_header, &jwt_claims, &jwt_enc).expect("jsonwebtoken token");
+    let jwt_validation = f.jwt_validation(jwt::Algorithm::EdDSA);
+    let mut g = c.benchmark_group("eddsa_verify");
+    g.bench_function("raw_verify_strict/ed25519-dalek", |b| {
+        b.iter(|| {
+            dalek_public
+                .verify_strict(black_box(input), &dalek_sig)
+                .expect("valid")
+        })
+    });
+    g.bench_function("raw_verify/aws-lc-rs", |b| {
+        b.iter(|| lc_public.verify_sig(black_box(input), &sig).expect("valid"))
+    });
+    g.bench_function("latchkey/verify", |b| {
+        b.iter(|| f.verifier.verify(black_box(&token), f.now).expect("valid"))
+    });
+    g.bench_function("jsonwebtoken/decode", |b| {
+        b.iter(|| {
+            jwt::decode::<serde_json::Value>(black_box(&jwt_token), &jwt_dec, &jwt_validation)
+                .expect("valid")
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("eddsa_batch_verify");
+    for n in [64usize, 256] {
+        // Distinct tokens (distinct jti), as a real batch would be.
+        let tokens: Vec<String> = (0..n)
+            .map(|_| {
+                let mut claims = f.claims.clone();
+                claims.jti = Some(f.jti.next_compact());
+                f.ring
+                    .mint(Algorithm::EdDSA, TokenType::AccessToken, &claims)
+                    .expect("mint")
+            })
+            .collect();
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let parts: Vec<(&[u8], Vec<u8>)> = refs.iter().map(|t| split(t)).collect();
+        let messages: Vec<&[u8]> = parts.iter().map(|(m, _)| *m).collect();
+        let signatures: Vec<ed25519_dalek::Signature> = parts
+            .iter()
+            .map(|(_, s)| ed25519_dalek::Signature::from_slice(s).expect("64 bytes"))
+            .collect();
+        let keys = vec![dalek_public; n];
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(
+            BenchmarkId::new("raw_batch/ed25519-dalek", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    ed25519_dalek::verify_batch(black_box(&messages), &signatures, &keys)
+                        .expect("valid")
+                })
+            },
+        );
+        g.bench_with_input(BenchmarkId::new("latchkey/verify_batch", n), &n, |b, _| {
+            b.iter(|| {
+                let out = f.verifier.verify_batch(black_box(&refs), f.now);
+                assert!(out.iter().all(Result::is_ok));
+                out
+            })
+        });
+    }
+    g.finish();
+}
+
+fn hmac_group(c: &mut Criterion, f: &Fixture) {
+    // A client assertion as an agent's SDK would send it (RFC 7523, HS256, `typ: JWT`).
+    let client = "tenant-agent-0001";
+    let assertion_claims = serde_json::json!({
+        "iss": client, "sub": client, "aud": AUDIENCE,
+        "exp": f.now + 300, "iat": f.now, "jti": "5b0b4e61-2b6f-4a7e-9f3c-0d8d2f1e6a77",
+    });
+    let jwt_enc = jwt::EncodingKey::from_secret(&HMAC_SECRET);
+    let jwt_dec = jwt::DecodingKey::from_secret(&HMAC_SECRET);
+    let mut header = jwt::Header::new(jwt::Algorithm::HS256);
+    header.typ = Some("JWT".into());
+    let assertion = jwt::encode(&header, &assertion_claims, &jwt_enc).expect("encode");
+    let (input, sig) = split(&assertion);
+    let raw_key = hmac::Key::new(hmac::HMAC_SHA256, &HMAC_SECRET);
+    let key = VerifyingKey::hmac(Algorithm::HS256, &HMAC_SECRET).expect("hmac key");
+    let mut validation = Validation::new(TokenType::ClientAssertion);
+    validation.audiences = vec![AUDIENCE.into()];
+    validation.max_lifetime = Some(3600);
+    let mut jwt_validation = jwt::Validation::new(jwt::Algorithm::HS256);
+    jwt_validation.set_audience(&[AUDIENCE]);
+    jwt_validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+
+    let mut g = c.benchmark_group("hs256_assertion_verify");
+    g.bench_function("raw_hmac_verify/aws-lc-rs", |b| {
+        b.iter(|| hmac::verify(&raw_key, black_box(input), &sig).expect("valid"))
+    });
+    g.bench_function("latchkey/verify", |b| {
+        b.iter(|| jws::verify(black_box(&assertion), &key, &validation, f.now).expect("valid"))
+    });
+    // What the token endpoint does per assertion: verify, then the replay check. Time moves
+    // one second per 1000 assertions so entries expire and the cache stays at steady state.
+    let cache = ReplayCache::with_random_key(ReplayConfig {
+        capacity: 1 << 16,
+        max_lifetime: 3600,
+        leeway: 0,
+        floor: None,
+    })
+    .expect("os rng");
+    g.bench_function("latchkey/verify+replay_check", |b| {
+        let mut n = 0u64;
+        b.iter(|| {
+            let token = jws::verify(black_box(&assertion), &key, &validation, f.now).expect("ok");
+            n += 1;
+            let now = f.now + n / 1000;
+            let claims = token.claims();
+            cache
+                .check_and_insert(
+                    claims.iss.as_deref().unwrap_or(""),
+                    &f.jti.next_compact(),
+                    None,
+                    now + 10,
+                    now,
+                )
+                .expect("fresh jti")
+        })
+    });
+    g.bench_function("jsonwebtoken/decode", |b| {
+        b.iter(|| {
+            jwt::decode::<serde_json::Value>(black_box(&assertion), &jwt_dec, &jwt_validation)
+                .expect("valid")
+        })
+    });
+    g.finish();
+
+    let jwt_header = f.jwt_header(jwt::Algorithm::HS256);
+    let jwt_claims = f.jwt_claims();
+    let token = f.mint(Algorithm::HS256);
+    let (input, _) = split(&token);
+    let mut g = c.benchmark_group("hs256_mint");
+    g.bench_function("raw_hmac_sign/aws-lc-rs", |b| {
+        b.iter(|| hmac::sign(&raw_key, black_box(input)))
+    });
+    g.bench_function("latchkey/mint", |b| {
+        b.iter(|| {
+            f.ring
+                .mint(
+                    Algorithm::HS256,
+                    TokenType::AccessToken,
+                    black_box(&f.claims),
+                )
+                .expect("mint")
+        })
+    });
+    g.bench_function("jsonwebtoken/encode", |b| {
+        b.iter(|| jwt::encode(&jwt_header, black_box(&jwt_claims), &jwt_enc).expect("encode"))
+    });
+    g.finish();
+}
+
+fn rsa_group(c: &mut Criterion, f: &Fixture) {
+    let rsa_public = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(&f.rsa_n),
+        rsa::BigUint::from_bytes_be(&f.rsa_e),
+    )
+    .expect("rsa 0.9 public key");
+    let lc_components = lc::RsaPublicKeyComponents {
+        n: f.rsa_n.as_slice(),
+        e: f.rsa_e.as_slice(),
+    };
+    for (alg, lc_params, name) in [
+        (
+            Algorithm::RS256,
+            &lc::RSA_PKCS1_2048_8192_SHA256,
+            "rs256_3072_verify",
+        ),
+        (
+            Algorithm::RS384,
+            &lc::RSA_PKCS1_2048_8192_SHA384,
+            "rs384_3072_verify",
+        ),
+    ] {
+        let token = f.mint(alg);
+        let (input, sig) = split(&token);
+        let lc_key = lc_components
+            .to_parsed_public_key(lc_params)
+            .expect("aws-lc public");
+        let mut g = c.benchmark_group(name);
+        g.bench_function("raw_verify/aws-lc-rs", |b| {
+            b.iter(|| lc_key.verify_sig(black_box(input), &sig).expect("valid"))
+        });
+        g.bench_function("raw_verify/rsa-0.9", |b| {
+            b.iter(|| {
+                use rsa::sha2::Digest as _;
+                let (scheme, hashed) = if alg == Algorithm::RS256 {
+                    (
+                        rsa::Pkcs1v15Sign::new::<rsa::sha2::Sha256>(),
+                        rsa::sha2::Sha256::digest(black_box(input)).to_vec(),
+                    )
+                } else {
+                    (
+                        rsa::Pkcs1v15Sign::new::<rsa::sha2::Sha384>(),
+                        rsa::sha2::Sha384::digest(black_box(input)).to_vec(),
+                    )
+                };
+                rsa_public.verify(scheme, &hashed, &sig).expect("valid")
+            })
+        });
+        g.bench_function("latchkey/verify", |b| {
+            b.iter(|| f.verifier.verify(black_box(&token), f.now).expect("valid"))
+        });
+        if alg == Algorithm::RS256 {
+            let jwt_enc = jwt::EncodingKey::from_rsa_der(&f.rsa_pkcs1);
+            let jwt_dec = jwt::DecodingKey::from_rsa_raw_components(&f.rsa_n, &f.rsa_e);
+            let jwt_token = jwt::encode(
+                &f.jwt_header(jwt::Algorithm::RS256),
+                &f.jwt_claims(),
+                &jwt_enc,
+            )
+            .expect("encode");
+            let v = f.jwt_validation(jwt::Algorithm::RS256);
+            g.bench_function("jsonwebtoken/decode", |b| {
+                b.iter(|| {
+                    jwt::decode::<serde_json::Value>(black_box(&jwt_token), &jwt_dec, &v)
+                        .expect("valid")
+                })
+            });
+        }
+        g.finish();
+    }
+
+    let jwt_enc = jwt::EncodingKey::from_rsa_der(&f.rsa_pkcs1);
+    let jwt_header = f.jwt_header(jwt::Algorithm::RS256);
+    let jwt_claims = f.jwt_claims();
+    let lc_key = lc::RsaKeyPair::from_der(&f.rsa_pkcs1).expect("aws-lc import");
+    let rng = SystemRandom::new();
+    let token = f.mint(Algorithm::RS256);
+    let (input, _) = split(&token);
+    let mut g = c.benchmark_group("rs256_3072_mint");
+    g.bench_function("raw_sign/aws-lc-rs", |b| {
+        let mut sig = vec![0; lc_key.public_modulus_len()];
+        b.iter(|| {
+            lc_key
+                .sign(&lc::RSA_PKCS1_SHA256, &rng, black_box(input), &mut sig)
+                .expect("sign")
+        })
+    });
+    g.bench_function("latchkey/mint", |b| {
+        b.iter(|| {
+            f.ring
+                .mint(
+                    Algorithm::RS256,
+                    TokenType::AccessToken,
+                    black_box(&f.claims),
+                )
+                .expect("mint")
+        })
+    });
+    g.bench_function("jsonwebtoken/encode", |b| {
+        b.iter(|| jwt::encode(&jwt_header, black_box(&jwt_claims), &jwt_enc).expect("encode"))
+    });
+    g.finish();
+}
+
+fn es256_group(c: &mut Criterion, f: &Fixture) {
+    let token = f.mint(Algorithm::ES256);
+    let (input, sig) = split(&token);
+    let lc_key = lc::EcdsaKeyPair::from_pkcs8(&lc::ECDSA_P256_SHA256_FIXED_SIGNING, &f.es_pkcs8)
+        .expect("aws-lc import");
+    let lc_public =
+        lc::ParsedPublicKey::new(&lc::ECDSA_P256_SHA256_FIXED, &f.es_point).expect("public");
+    let rng = SystemRandom::new();
+    let jwt_enc = jwt::EncodingKey::from_ec_der(&f.es_pkcs8);
+    let jwt_dec = jwt::DecodingKey::from_ec_der(&f.es_point);
+    let jwt_header = f.jwt_header(jwt::Algorithm::ES256);
+    let jwt_claims = f.jwt_claims();
+
+    let mut g = c.benchmark_group("es256_mint");
+    g.bench_function("raw_sign/aws-lc-rs", |b| {
+        b.iter(|| lc_key.sign(&rng, black_box(input)).expect("sign"))
+    });
+    g.bench_function("latchkey/mint", |b| {
+        b.iter(|| {
+            f.ring
+                .mint(
+                    Algorithm::ES256,
+                    TokenType::AccessToken,
+                    black_box(&f.claims),
+                )
+                .expect("mint")
+        })
+    });
+    g.bench_function("jsonwebtoken/encode", |b| {
+        b.iter(|| jwt::encode(&jwt_header, black_box(&jwt_claims), &jwt_enc).expect("encode"))
+    });
+    g.finish();
+
+    let jwt_token = jwt::encode(&jwt_header, &jwt_claims, &jwt_enc).expect("encode");
+    let v = f.jwt_validation(jwt::Algorithm::ES256);
+    let mut g = c.benchmark_group("es256_verify");
+    g.bench_function("raw_verify/aws-lc-rs", |b| {
+        b.iter(|| lc_public.verify_sig(black_box(input), &sig).expect("valid"))
+    });
+    g.bench_function("latchkey/verify", |b| {
+        b.iter(|| f.verifier.verify(black_box(&token), f.now).expect("valid"))
+    });
+    g.bench_function("jsonwebtoken/decode", |b| {
+        b.iter(|| {
+            jwt::decode::<serde_json::Value>(black_box(&jwt_token), &jwt_dec, &v).expect("valid")
+        })
+    });
+    g.finish();
+}
+
+/// Tokens per second with 1 and 2 threads sharing one key ring (EdDSA). Each thread does an
+/// equal share of the iterations; the time reported is wall time, so per-"iteration" time is
+/// wall time / total tokens and the throughput is the aggregate rate.
+fn scaling(c: &mut Criterion, f: &Fixture) {
+    let token = f.mint(Algorithm::EdDSA);
+    let mut g = c.benchmark_group("scaling_eddsa");
+    g.throughput(Throughput::Elements(1));
+    for threads in [1u64, 2] {
+        g.bench_with_input(BenchmarkId::new("mint", threads), &threads, |b, &t| {
+            b.iter_custom(|iters| {
+                parallel(iters, t, || {
+                    f.ring
+                        .mint(
+                            Algorithm::EdDSA,
+                            TokenType::AccessToken,
+                            black_box(&f.claims),
+                        )
+                        .expect("mint");
+                })
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("verify", threads), &threads, |b, &t| {
+            b.iter_custom(|iters| {
+                parallel(iters, t, || {
+                    f.verifier.verify(black_box(&token), f.now).expect("valid");
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn parallel(iters: u64, threads: u64, op: impl Fn() + Sync) -> Duration {
+    let per_thread = iters.div_ceil(threads);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for _ in 0..per_thread {
+                    op();
+                }
+            });
+        }
+    });
+    // Scale back to `iters` operations when `iters` does not divide evenly.
+    start
+        .elapsed()
+        .mul_f64(iters as f64 / (per_thread * threads) as f64)
+}
+
+fn benches(c: &mut Criterion) {
+    let f = Fixture::new();
+    eddsa(c, &f);
+    hmac_group(c, &f);
+    rsa_group(c, &f);
+    es256_group(c, &f);
+    scaling(c, &f);
+}
+
+criterion_group! {
+    name = core;
+    // Short runs: the whole suite must finish in about six minutes on two cores.
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(700))
+        .measurement_time(Duration::from_secs(2));
+    targets = benches
+}
+criterion_main!(core);

@@ -1,0 +1,169 @@
+//! HTTPS: versions, ALPN, resumption, the first-run data directory, and hostile TLS clients.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use crate::util::server::{Server, read_response, read_until_closed, tls_client};
+
+#[test]
+fn first_run_creates_certificates_and_serves_https() {
+    let s = Server::tls(&[]);
+    let dir = s.data_dir();
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    assert!(
+        s.stderr()
+            .contains(&dir.join("ca.pem").display().to_string()),
+        "CA path not printed"
+    );
+    assert!(
+        s.ready_line
+            .starts_with("latchkey listening on https://127.0.0.1:")
+    );
+    let r = s.get("/healthz");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn tls_1_2_and_1_3_are_both_negotiated_with_alpn() {
+    let s = Server::tls(&[]);
+    for (version, expect) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let mut c = s.tls_connect(tls_client(&s.ca_path(), Some(version), None));
+        assert_eq!(c.conn.protocol_version(), Some(expect));
+        assert_eq!(c.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            read_response(&mut c, &mut Vec::new(), false)
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    // A client offering no ALPN still gets HTTP/1.1.
+    let mut c = s.tls_connect(tls_client(&s.ca_path(), None, Some(vec![])));
+    assert_eq!(c.conn.alpn_protocol(), None);
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut c, &mut Vec::new(), false)
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[test]
+fn sessions_resume() {
+    let s = Server::tls(&[]);
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        // One client config = one session cache, as a real client keeps it.
+        let config = tls_client(&s.ca_path(), Some(version), None);
+        for round in 0..2 {
+            let mut c = s.tls_connect(config.clone());
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert_eq!(
+                read_response(&mut c, &mut Vec::new(), false)
+                    .unwrap()
+                    .status,
+                200
+            );
+            let kind = c.conn.handshake_kind();
+            if round == 1 {
+                assert_eq!(kind, Some(rustls::HandshakeKind::Resumed), "{version:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn pipelining_and_keep_alive_over_tls() {
+    let s = Server::tls(&[]);
+    let mut c = s.connect();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\n\r\nHEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut c, &mut buf, false).unwrap().status, 200);
+    assert_eq!(read_response(&mut c, &mut buf, false).unwrap().status, 404);
+    let head = read_response(&mut c, &mut buf, true).unwrap();
+    assert_eq!((head.status, head.body.len()), (200, 0));
+}
+
+#[test]
+fn tls_garbage_is_dropped_and_others_are_served() {
+    let s = Server::tls(&[]);
+    for garbage in [
+        &b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3][..],
+        &[0u8; 64][..],
+    ] {
+        let mut c = s.tcp();
+        let _ = c.write_all(garbage);
+        // At most a TLS alert comes back, never an HTTP answer; then the connection closes.
+        let got = read_until_closed(&mut c);
+        assert!(
+            !got.starts_with(b"HTTP"),
+            "answered plaintext on the TLS port"
+        );
+        s.assert_serving();
+    }
+    s.wait_metric("latchkey_tls_handshake_failures_total", 3.0);
+}
+
+#[test]
+fn handshakes_that_stop_halfway_time_out_while_others_are_served() {
+    let s = Server::tls(&["--handshake-timeout", "500ms"]);
+    // A real ClientHello, then silence: the server's flight is never answered.
+    let config = tls_client(&s.ca_path(), None, None);
+    let mut client =
+        rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    let mut raw = s.tcp();
+    client.write_tls(&mut raw).unwrap();
+    // Meanwhile, other clients are served.
+    s.assert_serving();
+    let started = Instant::now();
+    read_until_closed(&mut raw);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    s.wait_metric(
+        "latchkey_connections_closed_total{reason=\"handshake_timeout\"}",
+        1.0,
+    );
+    // A connection that sends nothing at all is closed too.
+    let mut silent = s.tcp();
+    read_until_closed(&mut silent);
+    s.assert_serving();
+}
+
+#[test]
+fn concurrent_handshakes_are_capped() {
+    let s = Server::tls(&["--max-tls-handshakes", "1", "--handshake-timeout", "3s"]);
+    // Holds the only handshake slot: a ClientHello, the server's answer read, then silence.
+    let config = tls_client(&s.ca_path(), None, None);
+    let mut client =
+        rustls::ClientConnection::new(config, "localhost".try_into().unwrap()).unwrap();
+    let mut holder = s.tcp();
+    client.write_tls(&mut holder).unwrap();
+    let mut server_flight = [0u8; 1];
+    assert_eq!(holder.read(&mut server_flight).unwrap(), 1);
+
+    let mut refused = s.tcp();
+    let _ = refused.write_all(&[0x16, 0x03, 0x01]);
+    assert!(read_until_closed(&mut refused).is_empty());
+    drop(holder);
+    // Once the slot frees up, clients are served again.
+    s.served_soon();
+    s.wait_metric(
+        "latchkey_connections_closed_total{reason=\"handshake_limit\"}",
+        1.0,
+    );
+}

@@ -1,0 +1,227 @@
+//! An authority on a data directory the test owns (so it can be stopped and started again on
+//! the same data), and a small HTTPS JSON client for the APIs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rustls::pki_types::ServerName;
+
+use super::latchkey_bin;
+use super::server::{CLIENT_TIMEOUT, Response, read_response, tls_client};
+
+/// A `latchkey serve` over HTTPS on `127.0.0.1:0` with a data directory the caller keeps.
+#[derive(Debug)]
+pub struct Authority {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Authority {
+    /// Starts the server on `data_dir` (created on first start) with an optional TOML file.
+    pub fn start(data_dir: &Path, config: Option<&Path>) -> Authority {
+        let mut cmd = Command::new(latchkey_bin());
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+        ]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn latchkey");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("stderr lock")
+                    .extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let Some(addr) = line.trim().strip_prefix("latchkey listening on https://") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = String::from_utf8_lossy(&stderr.lock().expect("stderr lock")).into_owned();
+            panic!("no ready line (got {line:?}); stderr:\n{err}");
+        };
+        let addr = addr.parse().expect("address in the ready line");
+        let tls = tls_client(&data_dir.join("ca.pem"), None, None);
+        Authority {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            stderr,
+            tls,
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "exit {status:?}; stderr:\n{}",
+                    self.stderr()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not stop; stderr:\n{}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
+    }
+
+    /// What the server calls itself: `content.baseUrl` of boarding configurations.
+    pub fn base_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("ca.pem")
+    }
+
+    /// One request on a fresh TLS connection.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let name = ServerName::try_from("localhost").expect("name");
+        let conn =
+            rustls::ClientConnection::new(self.tls.clone(), name).expect("client connection");
+        let sock = TcpStream::connect(self.addr).expect("connect");
+        sock.set_read_timeout(Some(CLIENT_TIMEOUT))
+            .expect("timeout");
+        let mut stream = rustls::StreamOwned::new(conn, sock);
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("write head");
+        stream.write_all(body).expect("write body");
+        stream.flush().expect("flush");
+        read_response(&mut stream, &mut Vec::new(), method == "HEAD").expect("response")
+    }
+
+    /// A JSON request with an optional bearer token.
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> Response {
+        self.json_with(method, path, bearer, body, &[])
+    }
+
+    pub fn json_with(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&serde_json::Value>,
+        extra: &[(&str, &str)],
+    ) -> Response {
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = vec![("Accept", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        if !body.is_empty() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        headers.extend_from_slice(extra);
+        self.request(method, path, &headers, body.as_bytes())
+    }
+
+    /// An `application/x-www-form-urlencoded` POST.
+    pub fn form(&self, path: &str, body: &str, extra: &[(&str, &str)]) -> Response {
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        headers.extend_from_slice(extra);
+        self.request("POST", path, &headers, body.as_bytes())
+    }
+
+    /// An operator access token for the `admin` client created on first run.
+    pub fn operator_token(&self) -> String {
+        let creds: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.data_dir.join("admin-client.json")).expect("admin credentials"),
+        )
+        .expect("admin credentials JSON");
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            creds["client_id"].as_str().expect("client_id"),
+            creds["client_secret"].as_str().expect("client_secret")
+        ));
+        let r = self.form(
+            "/oauth/token",
+            "grant_type=client_credentials",
+            &[("Authorization", &format!("Basic {basic}"))],
+        );
+        assert_eq!(r.status, 200, "operator token: {}", r.text());
+        r.json()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes a form value.
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
