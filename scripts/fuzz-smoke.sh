@@ -15,6 +15,6 @@ fi
 cargo fuzz build
 for target in $(cargo fuzz list); do
     echo "== fuzz ${target} for ${seconds}s"
-    mkdir -p "corpus/${target}"
-    cargo fuzz run "${target}" "corpus/${target}" -- -max_total_time="${seconds}"
+    mkdir -p "corpus/${target}" "seeds/${target}"
+    cargo fuzz run "${target}" "corpus/${target}" "seeds/${target}" -- -max_total_time="${seconds}"
 done

@@ -3,8 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The end-to-end tests in tests/ drive the real binary: build it first.
-cargo build --locked -p latchkey-authority --bin latchkey
+# The end-to-end tests in tests/ drive the real binaries (`latchkey`, `latchkey-loadgen`):
+# build them first.
+cargo build --locked -p latchkey-authority -p latchkey-bench --bins
 # The Node SDK interop test (tests/tests/onboarding.rs) runs the pinned MindConnect SDK.
 npm ci --prefix tests/interop --no-audit --no-fund
 cargo test --locked --workspace
+# Every fuzz target builds and survives a short run (installs cargo-fuzz if missing).
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz-smoke.sh

@@ -91,7 +91,13 @@ pub struct AppSettings {
     pub profiles: Vec<ProfileDecl>,
     /// Operator clients declared in the configuration.
     pub clients: Vec<ClientDecl>,
-    /// Replay cache sizing for client assertions.
+    /// Client assertions older than this (`now - iat`, beyond the leeway) are refused, and
+    /// the replay cache remembers a `jti` at most this long. This, not the assertion's `exp`
+    /// (MCL signs 24-hour assertions), bounds the cache: both SDKs sign a fresh assertion for
+    /// every token request.
+    pub assertion_max_age: u64,
+    /// Replay cache sizing for client assertions. Size `capacity` for at least
+    /// 1.5 × peak token rate × (`assertion_max_age` + leeway).
     pub replay: ReplayConfig,
 }
 
@@ -112,8 +118,12 @@ impl Default for AppSettings {
             tenants: Vec::new(),
             profiles: Vec::new(),
             clients: Vec::new(),
+            assertion_max_age: 120,
             replay: ReplayConfig {
                 max_lifetime: 25 * 3600,
+                // 8 bytes a slot: 32 MiB, enough for ~11k assertions/s sustained at the
+                // default age limit and leeway.
+                capacity: 1 << 22,
                 ..ReplayConfig::default()
             },
         }
@@ -202,6 +212,9 @@ pub struct TokensConfig {
     pub secret_lifetime: Option<crate::config::HumanDuration>,
     pub leeway: Option<crate::config::HumanDuration>,
     pub operator_alg: Option<String>,
+    pub assertion_max_age: Option<crate::config::HumanDuration>,
+    /// Slots in the client-assertion replay cache (8 bytes each).
+    pub replay_capacity: Option<usize>,
 }
 
 /// `[keys]`.
@@ -277,7 +290,15 @@ impl AppConfig {
             tenants: self.tenants,
             profiles: self.profiles,
             clients: self.clients,
-            replay: d.replay,
+            assertion_max_age: secs(
+                t.assertion_max_age,
+                d.assertion_max_age,
+                "assertion-max-age",
+            )?,
+            replay: ReplayConfig {
+                capacity: t.replay_capacity.unwrap_or(d.replay.capacity),
+                ..d.replay
+            },
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {
@@ -327,6 +348,9 @@ pub struct App {
     pub settings: AppSettings,
     /// Mutual-TLS trust, if client authentication is on (set by `serve` before sharing).
     pub trust: Option<Arc<TrustStore>>,
+    /// The store's side of mutual-TLS trust (issue 7): rebuilt into `trust` after commits
+    /// that change certificates or certificate revocations.
+    pub mtls: crate::pki::TrustState,
     urls: OnceLock<Urls>,
     /// Token algorithm per tenant (from the tenants table), read without locks.
     tenant_algs: ArcSwap<HashMap<String, Algorithm>>,
@@ -372,7 +396,11 @@ impl App {
 
     /// The state of an existing store without any first-run or configuration work (the CLI on
     /// a stopped server's data directory): keys, tenants and revocations loaded as they are.
-    pub fn offline(store: Store, settings: AppSettings, metrics: Arc<Metrics>) -> Result<App, Error> {
+    pub fn offline(
+        store: Store,
+        settings: AppSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<App, Error> {
         let app = App::bare(store, settings, metrics)?;
         for t in app.store.read()?.tenants()? {
             app.cache_tenant(&t);
@@ -396,6 +424,7 @@ impl App {
             metrics,
             settings,
             trust: None,
+            mtls: crate::pki::TrustState::default(),
             urls: OnceLock::new(),
             tenant_algs: ArcSwap::from_pointee(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -487,6 +516,14 @@ impl App {
             }
             WriteOutcome::Tenant(t) => self.cache_tenant(t),
             _ => {}
+        }
+        let trust_changed = match outcome {
+            WriteOutcome::Certificate(_) => true,
+            WriteOutcome::Revocation(rec) => rec.kind == RevocationKind::Certificate,
+            _ => false,
+        };
+        if trust_changed && let Err(e) = self.mtls.refresh(self) {
+            tracing::error!(error = %e, "could not rebuild the TLS trust store");
         }
     }
 
@@ -785,11 +822,13 @@ impl App {
 
     fn reconcile_tenants(&self, now: u64) -> Result<(), Error> {
         let snap = self.store.read()?;
-        let mut wanted: Vec<(String, Option<String>, Option<String>)> =
-            vec![(self.settings.default_tenant.clone(), None, None)];
+        let mut wanted: Vec<(String, Option<String>, Option<String>)> = Vec::new();
         for t in &self.settings.tenants {
             wanted.push((t.id.clone(), t.display_name.clone(), t.token_alg.clone()));
         }
+        // After the explicit declarations, so a `[[tenants]]` entry for the default tenant
+        // (e.g. to pick its token algorithm) is the one that counts.
+        wanted.push((self.settings.default_tenant.clone(), None, None));
         for c in &self.settings.clients {
             if let Some(t) = &c.tenant {
                 wanted.push((t.clone(), None, None));
@@ -1035,6 +1074,24 @@ mod tests {
 
     fn open(dir: &Path, settings: AppSettings) -> (App, FirstRun) {
         App::open(dir, settings, Arc::new(Metrics::new())).unwrap()
+    }
+
+    /// Regression: the implicit default-tenant declaration used to win over an explicit
+    /// `[[tenants]]` entry for the same tenant, so its token algorithm could not be chosen.
+    #[test]
+    fn explicit_declaration_of_the_default_tenant_sets_its_algorithm() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AppSettings {
+            tenants: vec![TenantDecl {
+                id: "main".into(),
+                display_name: None,
+                token_alg: Some("ES256".into()),
+            }],
+            ..AppSettings::default()
+        };
+        let (app, _) = open(dir.path(), settings);
+        assert_eq!(app.settings.default_tenant, "main");
+        assert_eq!(app.tenant_alg("main"), Algorithm::ES256);
     }
 
     #[test]

@@ -79,10 +79,10 @@ pub struct Settings {
     /// directory's CA (repeatable).
     #[arg(long = "client-ca", value_name = "FILE")]
     pub client_cas: Option<Vec<PathBuf>>,
-    /// Log format [default: text]. The level comes from RUST_LOG or --log-level.
+    /// Log format [default: text].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `latchkey_authority=debug` [default: info].
+    /// Log filter, e.g. `info` or `latchkey_authority=debug` [default: RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM [default: 10s].
@@ -143,7 +143,8 @@ pub struct ServeSettings {
     pub client_auth: ClientAuthMode,
     pub client_cas: Vec<PathBuf>,
     pub log_format: LogFormat,
-    pub log_level: String,
+    /// Explicit log filter; `None` falls back to RUST_LOG, then `info`.
+    pub log_level: Option<String>,
     pub drain_timeout: Duration,
     pub limits: Limits,
 }
@@ -280,7 +281,7 @@ impl Settings {
             client_auth: self.client_auth.unwrap_or_default(),
             client_cas: self.client_cas.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
-            log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
+            log_level: self.log_level,
             drain_timeout: dur(self.drain_timeout, Duration::from_secs(10), "drain-timeout")?,
             limits,
         })

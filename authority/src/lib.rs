@@ -13,5 +13,6 @@ pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod pki;
 pub mod store;
 pub mod tls;

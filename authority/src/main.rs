@@ -33,6 +33,8 @@ enum Command {
     Revoke(cmd::revoke::RevokeArgs),
     /// Read the audit log.
     Audit(cmd::audit::AuditArgs),
+    /// Mutual TLS: the authority's CA, agent certificates, the trust store.
+    Cert(cmd::cert::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => cmd::agent::run(&args),
         Command::Revoke(args) => cmd::revoke::run(&args),
         Command::Audit(args) => cmd::audit::run(&args),
+        Command::Cert(args) => cmd::cert::run(&args),
         // These choose their own exit codes (2 = could not run, 1 = problems found).
         Command::Backup(args) => return cmd::backup::run(&args),
         Command::Check(args) => return cmd::check::run(&args),

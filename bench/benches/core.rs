@@ -17,10 +17,10 @@ use ed25519_dalek::pkcs8::DecodePrivateKey as _;
 use jsonwebtoken as jwt;
 use latchkey_core::jti::JtiGenerator;
 use latchkey_core::replay::{ReplayCache, ReplayConfig};
-use latchkey_core::revocation::RevocationSet;
+use latchkey_core::revocation::{RevocationSet, RevocationUpdate};
 use latchkey_core::{
-    Algorithm, Audience, Claims, Jwk, KeyRing, SigningKey, TokenType, Validation, Verifier,
-    VerifyingKey, jws,
+    Algorithm, Audience, Claims, Jwk, KeyRing, SigningKey, TokenType, UnverifiedToken, Validation,
+    Verifier, VerifyingKey, dangerous, jws,
 };
 use rsa::pkcs8::DecodePrivateKey as _;
 use rsa::traits::PublicKeyParts as _;
@@ -573,8 +573,50 @@ fn parallel(iters: u64, threads: u64, op: impl Fn() + Sync) -> Duration {
         .mul_f64(iters as f64 / (per_thread * threads) as f64)
 }
 
+/// The non-cryptographic parts of the pipeline, to see where time goes beside the signature.
+fn parts(c: &mut Criterion, f: &Fixture) {
+    let token = f.mint(Algorithm::EdDSA);
+    let mut g = c.benchmark_group("pipeline_parts");
+    g.bench_function("parse_compact_jws", |b| {
+        b.iter(|| UnverifiedToken::parse(black_box(&token)).expect("parses"))
+    });
+    g.bench_function("parse+claims_json", |b| {
+        b.iter(|| {
+            let t = UnverifiedToken::parse(black_box(&token)).expect("parses");
+            dangerous::insecure_claims(&t).expect("claims")
+        })
+    });
+    let validation = f.verifier.validation().clone();
+    g.bench_function("claims_validation", |b| {
+        b.iter(|| {
+            validation
+                .validate(Some("at+jwt"), black_box(&f.claims), f.now)
+                .expect("valid")
+        })
+    });
+    g.bench_function("claims_serialize", |b| {
+        let mut buf = Vec::with_capacity(1024);
+        b.iter(|| black_box(&f.claims).write_json(&mut buf).expect("json"))
+    });
+    g.bench_function("jti_next_compact", |b| b.iter(|| f.jti.next_compact()));
+    let revoked = RevocationSet::new();
+    revoked.apply(
+        &(0..1000)
+            .map(|i| RevocationUpdate::Jti {
+                jti: format!("revoked-{i}"),
+                forget_after: u64::MAX,
+            })
+            .collect::<Vec<_>>(),
+    );
+    g.bench_function("revocation_lookup_1000", |b| {
+        b.iter(|| revoked.is_revoked(black_box("not-revoked-jti-0123456789"), Some("kid"), f.now))
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let f = Fixture::new();
+    parts(c, &f);
     eddsa(c, &f);
     hmac_group(c, &f);
     rsa_group(c, &f);

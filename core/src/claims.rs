@@ -4,16 +4,15 @@
 //! `client_id`, …) is kept in [`Claims::extra`], parsed with duplicate member names rejected
 //! at every depth.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, RejectedError};
-use crate::json::{self, NumericDate, StrictSeed};
+use crate::error::{Error, MalformedError, Part, RejectedError};
+use crate::json::{self, Scanner};
 
 /// Registered claim names; they can never appear in [`Claims::extra`].
 pub const REGISTERED: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
@@ -66,9 +65,9 @@ impl Claims {
         self.extra.get(name).and_then(Value::as_str)
     }
 
-    /// Parses a claims set from JSON bytes (strict: duplicates, NumericDates).
+    /// Parses a claims set from JSON bytes (strict: duplicates, NumericDates, member types).
     pub fn from_json(bytes: &[u8]) -> Result<Claims, Error> {
-        Ok(json::from_slice(bytes, crate::error::Part::Payload)?)
+        Ok(ClaimsRef::parse(bytes)?.into_owned()?)
     }
 
     /// Serializes into `buf` (cleared first). Fails only if `extra` holds a registered name.
@@ -116,69 +115,100 @@ impl Serialize for Claims {
     }
 }
 
-impl<'de> Deserialize<'de> for Claims {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Claims, D::Error> {
-        d.deserialize_map(ClaimsVisitor)
-    }
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+/// A claims set borrowed from the decoded payload: what verification parses, validates and
+/// then turns into an owned [`Claims`]. Strings without escapes point into the payload;
+/// members other than the registered ones stay raw JSON text (already checked strictly:
+/// valid, no duplicate names at any depth) until [`ClaimsRef::into_owned`] builds values.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct ClaimsRef<'a> {
+    pub(crate) iss: Option<Cow<'a, str>>,
+    pub(crate) sub: Option<Cow<'a, str>>,
+    pub(crate) aud: Option<AudienceRef<'a>>,
+    pub(crate) exp: Option<u64>,
+    pub(crate) nbf: Option<u64>,
+    pub(crate) iat: Option<u64>,
+    pub(crate) jti: Option<Cow<'a, str>>,
+    /// Other members: name and raw JSON value, sorted by name.
+    pub(crate) extra: Vec<(Cow<'a, str>, &'a str)>,
 }
 
-struct ClaimsVisitor;
+/// Borrowed `aud`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AudienceRef<'a> {
+    One(Cow<'a, str>),
+    Many(Vec<Cow<'a, str>>),
+}
 
-impl<'de> Visitor<'de> for ClaimsVisitor {
-    type Value = Claims;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JWT claims object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
-        let mut c = Claims::default();
-        let seed = StrictSeed { depth: 1 };
-        // Borrowed keys avoid an allocation per registered member; escaped keys arrive owned.
-        while let Some(json::MemberName(key)) = map.next_key()? {
-            match key.as_ref() {
-                "iss" => set(&mut c.iss, string(&mut map, "iss")?)?,
-                "sub" => set(&mut c.sub, string(&mut map, "sub")?)?,
-                "jti" => set(&mut c.jti, string(&mut map, "jti")?)?,
-                "aud" => set(&mut c.aud, audience(&mut map)?)?,
-                "exp" => set(&mut c.exp, map.next_value_seed(NumericDate("exp"))?)?,
-                "nbf" => set(&mut c.nbf, map.next_value_seed(NumericDate("nbf"))?)?,
-                "iat" => set(&mut c.iat, map.next_value_seed(NumericDate("iat"))?)?,
+impl<'a> ClaimsRef<'a> {
+    /// Parses a claims set strictly: duplicate names anywhere, registered claims of the wrong
+    /// type and NumericDates that are not integers in range are all refused.
+    pub(crate) fn parse(bytes: &'a [u8]) -> Result<ClaimsRef<'a>, MalformedError> {
+        let mut s = Scanner::new(bytes, Part::Payload)?;
+        let mut c = ClaimsRef::default();
+        let mut object = s.object()?;
+        while let Some(name) = s.next_key(&mut object)? {
+            // Names compare after unescaping, so `"i\u0073s"` is `iss` (and a duplicate of it).
+            match name.as_ref() {
+                "iss" => set(&mut c.iss, s.string_member("iss")?)?,
+                "sub" => set(&mut c.sub, s.string_member("sub")?)?,
+                "jti" => set(&mut c.jti, s.string_member("jti")?)?,
+                "aud" => {
+                    let aud = if s.peek() == Some(b'"') {
+                        AudienceRef::One(s.string()?)
+                    } else {
+                        AudienceRef::Many(s.string_array("aud")?)
+                    };
+                    set(&mut c.aud, aud)?;
+                }
+                "exp" => set(&mut c.exp, s.numeric_date("exp")?)?,
+                "nbf" => set(&mut c.nbf, s.numeric_date("nbf")?)?,
+                "iat" => set(&mut c.iat, s.numeric_date("iat")?)?,
                 _ => {
-                    let v = map.next_value_seed(seed)?;
-                    json::insert_unique(&mut c.extra, key.into_owned(), v)?;
+                    let raw = s.value(1)?;
+                    c.extra.push((name, raw));
                 }
             }
         }
+        s.unique_by(&mut c.extra, |(name, _)| name)?;
+        s.finish()?;
         Ok(c)
     }
-}
 
-fn set<T, E: de::Error>(slot: &mut Option<T>, v: T) -> Result<(), E> {
-    if slot.is_some() {
-        return Err(json::duplicate());
-    }
-    *slot = Some(v);
-    Ok(())
-}
-
-fn string<'de, A: MapAccess<'de>>(map: &mut A, name: &'static str) -> Result<String, A::Error> {
-    map.next_value_seed(json::StringMember(name))
-}
-
-fn audience<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Audience, A::Error> {
-    match map.next_value_seed(StrictSeed { depth: 1 })? {
-        Value::String(s) => Ok(Audience::One(s)),
-        Value::Array(items) => items
+    /// The owned claims set. Extra members become `serde_json` values here (their text was
+    /// already validated, so this only builds them).
+    pub(crate) fn into_owned(self) -> Result<Claims, MalformedError> {
+        let extra = self
+            .extra
             .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                _ => Err(json::member_type("aud")),
+            .map(|(name, raw)| {
+                serde_json::from_str(raw)
+                    .map(|v| (name.into_owned(), v))
+                    .map_err(|_| MalformedError::Json(Part::Payload))
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Audience::Many),
-        _ => Err(json::member_type("aud")),
+            .collect::<Result<_, _>>()?;
+        Ok(Claims {
+            iss: self.iss.map(Cow::into_owned),
+            sub: self.sub.map(Cow::into_owned),
+            aud: self.aud.map(|aud| match aud {
+                AudienceRef::One(a) => Audience::One(a.into_owned()),
+                AudienceRef::Many(v) => {
+                    Audience::Many(v.into_iter().map(Cow::into_owned).collect())
+                }
+            }),
+            exp: self.exp,
+            nbf: self.nbf,
+            iat: self.iat,
+            jti: self.jti.map(Cow::into_owned),
+            extra,
+        })
     }
+}
+
+fn set<T>(slot: &mut Option<T>, v: T) -> Result<(), MalformedError> {
+    json::once(slot, v, Part::Payload)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -410,7 +440,6 @@ impl Validation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{MalformedError, Part};
     use proptest::prelude::*;
 
     fn parse(json: &str) -> Result<Claims, Error> {
@@ -453,6 +482,92 @@ mod tests {
         check(r#"{"aud":{}}"#, MalformedError::MemberType("aud"));
         check("[]", MalformedError::Json(Part::Payload));
         check(r#"{"exp":1} x"#, MalformedError::Json(Part::Payload));
+    }
+
+    #[test]
+    fn borrowed_view_borrows_plain_strings_and_unescapes_the_rest() {
+        let json = br#"{"iss":"agent","sub":"ag\u0065nt","aud":["a","\/b"],"jti":"j",
+            "exp":2,"ten":"main","schemas":["urn:x"],"cnf":{"x5t#S256":"abc"}}"#;
+        let c = ClaimsRef::parse(json).expect("parse");
+        assert!(matches!(c.iss, Some(Cow::Borrowed("agent"))));
+        assert!(matches!(&c.sub, Some(Cow::Owned(s)) if s == "agent"));
+        assert!(matches!(c.jti, Some(Cow::Borrowed("j"))));
+        match &c.aud {
+            Some(AudienceRef::Many(v)) => {
+                assert!(matches!(v[0], Cow::Borrowed("a")));
+                assert!(matches!(&v[1], Cow::Owned(s) if s == "/b"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unknown members stay raw JSON, sorted by name.
+        let extra: Vec<(&str, &str)> = c.extra.iter().map(|(n, r)| (n.as_ref(), *r)).collect();
+        assert_eq!(
+            extra,
+            [
+                ("cnf", r#"{"x5t#S256":"abc"}"#),
+                ("schemas", r#"["urn:x"]"#),
+                ("ten", r#""main""#),
+            ]
+        );
+        let owned = c.into_owned().expect("owned");
+        assert_eq!(owned, Claims::from_json(json).expect("parse"));
+        assert_eq!(owned.sub.as_deref(), Some("agent"));
+        assert_eq!(owned.extra["cnf"], serde_json::json!({"x5t#S256": "abc"}));
+    }
+
+    #[test]
+    fn escaped_member_names_are_the_names_they_spell() {
+        let check = |json: &str, want: Result<(), MalformedError>| {
+            assert_eq!(
+                ClaimsRef::parse(json.as_bytes()).map(|_| ()),
+                want,
+                "{json}"
+            );
+        };
+        let dup = Err(MalformedError::DuplicateMember(Part::Payload));
+        check(r#"{"\u0065xp":1,"exp":2}"#, dup.clone());
+        check(r#"{"t\u0065n":"a","ten":"b"}"#, dup.clone());
+        check(r#"{"ten":"a","x":1,"t\u0065n":"b"}"#, dup.clone());
+        check(r#"{"a\/b":1,"a/b":2}"#, dup);
+        // An escaped registered name is still typed.
+        check(
+            r#"{"\u0065xp":"soon"}"#,
+            Err(MalformedError::NumericDate("exp")),
+        );
+        check(r#"{"j\u0074i":7}"#, Err(MalformedError::MemberType("jti")));
+        check(r#"{"ten":"a","Ten":"b","te n":"c"}"#, Ok(()));
+        let c = ClaimsRef::parse(br#"{"\u0069ss":"x"}"#).expect("parse");
+        assert_eq!(c.iss.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn audience_forms() {
+        let aud = |json: &str| Claims::from_json(json.as_bytes()).map(|c| c.aud);
+        assert_eq!(aud(r#"{"aud":"a"}"#), Ok(Some(Audience::One("a".into()))));
+        assert_eq!(aud(r#"{"aud":[]}"#), Ok(Some(Audience::Many(vec![]))));
+        assert_eq!(
+            aud(r#"{"aud":[ "a" , "b" ]}"#),
+            Ok(Some(Audience::Many(vec!["a".into(), "b".into()])))
+        );
+        let wrong = Err(MalformedError::MemberType("aud").into());
+        for json in [
+            r#"{"aud":1}"#,
+            r#"{"aud":null}"#,
+            r#"{"aud":["a",1]}"#,
+            r#"{"aud":["a",["b"]]}"#,
+            r#"{"aud":{"a":1}}"#,
+        ] {
+            assert_eq!(aud(json), wrong, "{json}");
+        }
+        // Structure inside `aud` is still checked strictly.
+        assert_eq!(
+            aud(r#"{"aud":[{"k":1,"k":2}]}"#),
+            Err(MalformedError::DuplicateMember(Part::Payload).into())
+        );
+        assert_eq!(
+            aud(r#"{"aud":["a",]}"#),
+            Err(MalformedError::Json(Part::Payload).into())
+        );
     }
 
     #[test]

@@ -16,15 +16,14 @@
 //! - Duplicate member names are rejected (RFC 7515 §5.2 allows either that or last-wins; only
 //!   rejecting is safe against parser differentials).
 
+use std::borrow::Cow;
 use std::fmt;
-
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use crate::alg::Algorithm;
 use crate::b64;
-use crate::claims::{Claims, Validation};
+use crate::claims::{Claims, TokenType, Validation};
 use crate::error::{Error, MalformedError, Part, RejectedError};
-use crate::json::{self, MemberName, StrictSeed};
+use crate::json::{self, Scanner};
 use crate::keys::{MAX_SIGNATURE_LEN, VerifyingKey};
 
 /// Largest encoded header we decode (ours are ~100 bytes).
@@ -36,7 +35,7 @@ const MAX_SIGNATURE_B64: usize = b64::encoded_len(MAX_SIGNATURE_LEN);
 pub struct Header {
     alg: Algorithm,
     kid: Option<String>,
-    typ: Option<String>,
+    typ: Option<Cow<'static, str>>,
 }
 
 impl Header {
@@ -56,19 +55,81 @@ impl Header {
     }
 
     fn parse(bytes: &[u8]) -> Result<Header, Error> {
-        let raw: RawHeader = json::from_slice(bytes, Part::Header)?;
-        if let Some(name) = raw.forbidden {
+        let mut s = Scanner::new(bytes, Part::Header)?;
+        let (mut alg, mut kid, mut typ, mut cty, mut crit) = (None, None, None, None, None);
+        let mut forbidden = None;
+        // Names of members we skip, kept only to reject their duplicates.
+        let mut others = Vec::new();
+        let mut object = s.object()?;
+        while let Some(name) = s.next_key(&mut object)? {
+            match name.as_ref() {
+                "alg" => once(&mut alg, s.string_member("alg")?)?,
+                "kid" => once(&mut kid, s.string_member("kid")?)?,
+                "typ" => once(&mut typ, s.string_member("typ")?)?,
+                "cty" => once(&mut cty, s.string_member("cty")?)?,
+                "crit" => {
+                    s.value(1)?;
+                    once(&mut crit, ())?;
+                }
+                "jku" | "x5u" | "jwk" | "x5c" => {
+                    s.value(1)?;
+                    forbidden =
+                        forbidden.or_else(|| FORBIDDEN.iter().copied().find(|f| *f == name));
+                }
+                _ => {
+                    s.value(1)?;
+                    others.push(name);
+                }
+            }
+        }
+        s.unique_by(&mut others, |n| n)?;
+        s.finish()?;
+        if let Some(name) = forbidden {
             return Err(MalformedError::ForbiddenHeader(name).into());
         }
-        if raw.crit {
+        if crit.is_some() {
             return Err(MalformedError::Critical.into());
         }
-        let alg = raw.alg.ok_or(MalformedError::MissingAlgorithm)?;
+        let alg = alg.ok_or(MalformedError::MissingAlgorithm)?;
         Ok(Header {
             alg: Algorithm::from_name(&alg)?,
-            kid: raw.kid,
-            typ: raw.typ,
+            kid: kid.map(Cow::into_owned),
+            typ: typ.map(intern_typ),
         })
+    }
+}
+
+/// Header members that name a key or certificate to fetch or trust; always refused.
+const FORBIDDEN: [&str; 4] = ["jku", "x5u", "jwk", "x5c"];
+
+fn once<T>(slot: &mut Option<T>, v: T) -> Result<(), MalformedError> {
+    json::once(slot, v, Part::Header)
+}
+
+/// The `typ` values seen on nearly every verification are kept as `&'static str`, saving an
+/// allocation per token; anything else is copied.
+fn intern_typ(typ: Cow<'_, str>) -> Cow<'static, str> {
+    let known = TokenType::MINTED
+        .iter()
+        .filter_map(|t| t.header_typ())
+        .chain(["JWT"])
+        .find(|k| *k == typ);
+    match known {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(typ.into_owned()),
+    }
+}
+
+/// Decodes and parses the header segment. Headers are ~100 bytes, so a small stack buffer
+/// (cheap to zero) serves nearly all; larger ones, up to `MAX_HEADER_LEN`, use the heap.
+fn decode_header(header_b64: &[u8]) -> Result<Header, Error> {
+    let invalid = |_| MalformedError::Base64(Part::Header);
+    let mut small = [0u8; 256];
+    if header_b64.len() <= b64::encoded_len(small.len()) {
+        let n = b64::decode_into(header_b64, &mut small).map_err(invalid)?;
+        Header::parse(small.get(..n).unwrap_or_default())
+    } else {
+        Header::parse(&b64::decode(header_b64).map_err(invalid)?)
     }
 }
 
@@ -91,30 +152,32 @@ impl<'a> UnverifiedToken<'a> {
             }
             .into());
         }
-        let (signing_input, sig_b64) = token.rsplit_once('.').ok_or(MalformedError::Segments)?;
-        let (header_b64, payload_b64) = signing_input
-            .split_once('.')
-            .ok_or(MalformedError::Segments)?;
-        if payload_b64.contains('.') {
+        // One SIMD pass finds both dots and proves there is no third.
+        let bytes = token.as_bytes();
+        let mut dots = memchr::memchr_iter(b'.', bytes);
+        let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
             return Err(MalformedError::Segments.into());
-        }
+        };
+        let segment = |range: std::ops::Range<usize>| bytes.get(range).unwrap_or_default();
+        let header_b64 = segment(0..first);
+        let payload_b64 = segment(first + 1..second);
+        let sig_b64 = segment(second + 1..bytes.len());
+        // '.' is ASCII, so this is a char boundary; `get` just avoids a panic path.
+        let signing_input = token.get(..second).ok_or(MalformedError::Segments)?;
         if header_b64.len() > MAX_HEADER_LEN {
             return Err(MalformedError::TooLarge {
                 limit: MAX_HEADER_LEN,
             }
             .into());
         }
-        let mut header_buf = [0u8; MAX_HEADER_LEN];
-        let n = b64::decode_into(header_b64.as_bytes(), &mut header_buf)
-            .map_err(|_| MalformedError::Base64(Part::Header))?;
-        let header = Header::parse(&header_buf[..n])?;
-        let payload = b64::decode(payload_b64.as_bytes())
-            .map_err(|_| MalformedError::Base64(Part::Payload))?;
+        let header = decode_header(header_b64)?;
+        let payload =
+            b64::decode(payload_b64).map_err(|_| MalformedError::Base64(Part::Payload))?;
         if sig_b64.len() > MAX_SIGNATURE_B64 {
             return Err(MalformedError::SignatureLength.into());
         }
         let mut signature = [0u8; MAX_SIGNATURE_LEN];
-        let signature_len = b64::decode_into(sig_b64.as_bytes(), &mut signature)
+        let signature_len = b64::decode_into(sig_b64, &mut signature)
             .map_err(|_| MalformedError::Base64(Part::Signature))?;
         Ok(UnverifiedToken {
             signing_input,
@@ -225,91 +288,6 @@ pub fn verify(
     now: u64,
 ) -> Result<VerifiedToken, Error> {
     UnverifiedToken::parse(token)?.verify(key, validation, now)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Header parsing
-
-#[derive(Default)]
-struct RawHeader {
-    alg: Option<String>,
-    kid: Option<String>,
-    typ: Option<String>,
-    crit: bool,
-    forbidden: Option<&'static str>,
-}
-
-impl<'de> serde::Deserialize<'de> for RawHeader {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RawHeader, D::Error> {
-        d.deserialize_map(HeaderVisitor)
-    }
-}
-
-struct HeaderVisitor;
-
-impl<'de> Visitor<'de> for HeaderVisitor {
-    type Value = RawHeader;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JOSE header object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
-        let mut h = RawHeader::default();
-        // Names of members we skip, kept only to reject their duplicates.
-        let mut others: Vec<String> = Vec::new();
-        let mut seen_cty = false;
-        while let Some(MemberName(key)) = map.next_key()? {
-            match key.as_ref() {
-                "alg" => once(&mut h.alg, string(&mut map, "alg")?)?,
-                "kid" => once(&mut h.kid, string(&mut map, "kid")?)?,
-                "typ" => once(&mut h.typ, string(&mut map, "typ")?)?,
-                "crit" => {
-                    if h.crit {
-                        return Err(json::duplicate());
-                    }
-                    h.crit = true;
-                    map.next_value_seed(StrictSeed { depth: 1 })?;
-                }
-                "cty" => {
-                    if seen_cty {
-                        return Err(json::duplicate());
-                    }
-                    seen_cty = true;
-                    string(&mut map, "cty")?;
-                }
-                name @ ("jku" | "x5u" | "jwk" | "x5c") => {
-                    h.forbidden.get_or_insert(match name {
-                        "jku" => "jku",
-                        "x5u" => "x5u",
-                        "jwk" => "jwk",
-                        _ => "x5c",
-                    });
-                    map.next_value_seed(StrictSeed { depth: 1 })?;
-                }
-                _ => {
-                    if others.iter().any(|o| *o == key) {
-                        return Err(json::duplicate());
-                    }
-                    others.push(key.into_owned());
-                    map.next_value_seed(StrictSeed { depth: 1 })?;
-                }
-            }
-        }
-        Ok(h)
-    }
-}
-
-fn once<T, E: de::Error>(slot: &mut Option<T>, v: T) -> Result<(), E> {
-    if slot.is_some() {
-        return Err(json::duplicate());
-    }
-    *slot = Some(v);
-    Ok(())
-}
-
-fn string<'de, A: MapAccess<'de>>(map: &mut A, name: &'static str) -> Result<String, A::Error> {
-    map.next_value_seed(json::StringMember(name))
 }
 
 #[cfg(test)]
@@ -469,6 +447,35 @@ mod tests {
             r#"{"alg":"HS256"} x"#,
             MalformedError::Json(Part::Header).into(),
         );
+        // Escaped names are the names they spell: duplicates, types and rules still apply.
+        check(
+            r#"{"alg":"HS256","\u0061lg":"HS256"}"#,
+            MalformedError::DuplicateMember(Part::Header).into(),
+        );
+        check(
+            r#"{"alg":"HS256","x\u0035c":["a"]}"#,
+            MalformedError::ForbiddenHeader("x5c").into(),
+        );
+        check(
+            r#"{"alg":"HS256","\u0063rit":["exp"]}"#,
+            MalformedError::Critical.into(),
+        );
+        check(
+            r#"{"alg":"HS256","cty":"JWT","cty":"JWT"}"#,
+            MalformedError::DuplicateMember(Part::Header).into(),
+        );
+        check(
+            r#"{"alg":"HS256","cty":1}"#,
+            MalformedError::MemberType("cty").into(),
+        );
+        check(
+            r#"{"alg":"HS256","x":{"a":1,"\u0061":2}}"#,
+            MalformedError::DuplicateMember(Part::Header).into(),
+        );
+        check(
+            r#"{"alg":"HS256","x":1e400}"#,
+            MalformedError::Json(Part::Header).into(),
+        );
         // Unknown members are ignored.
         let t = token(
             r#"{"alg":"HS256","x5t#S256":"abc","cty":"JWT"}"#,
@@ -476,6 +483,55 @@ mod tests {
             &key,
         );
         assert!(UnverifiedToken::parse(&t).is_ok());
+    }
+
+    #[test]
+    fn header_strings_unescape_and_common_types_are_interned() {
+        let key = hs();
+        let parsed = |header: &str| {
+            let t = token(header, "{}", &key);
+            UnverifiedToken::parse(&t).expect(header).header().clone()
+        };
+        let h = parsed(r#"{"alg":"HS\u0032\u00356","kid":"k\/1","typ":"JWT"}"#);
+        assert_eq!(h.alg(), Algorithm::HS256);
+        assert_eq!(h.kid(), Some("k/1"));
+        assert!(matches!(h.typ, Some(Cow::Borrowed("JWT"))));
+        for t in TokenType::MINTED {
+            let typ = t.header_typ().expect("minted types have a typ");
+            let h = parsed(&format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#));
+            assert!(matches!(h.typ, Some(Cow::Borrowed(got)) if got == typ));
+        }
+        // Anything else is kept as sent (type checks compare case-insensitively later).
+        let h = parsed(r#"{"alg":"HS256","typ":"application/at+JWT"}"#);
+        assert_eq!(h.typ(), Some("application/at+JWT"));
+        let h = parsed(r#"{"alg":"HS256","typ":"\u004aWT"}"#);
+        assert_eq!(h.typ(), Some("JWT"));
+    }
+
+    #[test]
+    fn large_headers_use_the_heap_path() {
+        let key = hs();
+        let pad = "p".repeat(400);
+        let t = token(
+            &format!(r#"{{"alg":"HS256","x":"{pad}","kid":"k"}}"#),
+            "{}",
+            &key,
+        );
+        assert_eq!(
+            UnverifiedToken::parse(&t).expect("parse").header().kid(),
+            Some("k")
+        );
+        let t = token(
+            &format!(r#"{{"alg":"HS256","x":"{pad}","x":1}}"#),
+            "{}",
+            &key,
+        );
+        assert_eq!(
+            parse_err(&t),
+            MalformedError::DuplicateMember(Part::Header).into()
+        );
+        let bad = format!("{}=.e30.AAAA", b64::encode(pad.as_bytes()));
+        assert_eq!(parse_err(&bad), MalformedError::Base64(Part::Header).into());
     }
 
     #[test]

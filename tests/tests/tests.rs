@@ -4,6 +4,7 @@
 mod hostile;
 mod http;
 mod loadgen;
+mod mtls;
 mod onboarding;
 mod operator;
 mod tls;

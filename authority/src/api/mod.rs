@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod certs;
 pub mod mindsphere;
 pub mod oauth;
 pub mod onboarding;
@@ -23,6 +24,7 @@ use crate::http::{Request, Router};
 pub fn routes(router: &mut Router, app: &Arc<App>) {
     oauth::routes(router, app);
     operator::routes(router, app);
+    certs::routes(router, app);
     let agent_state = Arc::new(onboarding::AgentState::new(Arc::clone(app)));
     agents::routes(router, &agent_state);
     onboarding::routes(router, &agent_state);

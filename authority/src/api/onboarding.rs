@@ -268,7 +268,15 @@ impl AgentState {
             )
             .into());
         }
-        let credentials = Credentials::new(agent.security_profile, body.jwks.as_ref(), true)?;
+        // RFC 8705 (issue 7): a TLS method replaces the profile's JWT credentials.
+        let credentials = match super::certs::MtlsRegistration::parse(req.body())? {
+            Some(m) => Credentials {
+                method: m.method,
+                secret: None,
+                jwks: Some(m.entries),
+            },
+            None => Credentials::new(agent.security_profile, body.jwks.as_ref(), true)?,
+        };
         let rat = generate_secret()?;
         let expires_at = now.saturating_add(self.app.settings.client_secret_lifetime);
         let op = WriteOp::Register(Registration {
@@ -434,12 +442,23 @@ impl AgentState {
     // -----------------------------------------------------------------------------------------
     // Token endpoint
 
-    fn token(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+    fn token(&self, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
         let now = self.app.now();
         let result = Form::from_request(req)
             .map_err(TokenRefusal::from)
-            .and_then(|form| Ok(TokenRequest::parse(&form)?))
-            .and_then(|request| self.issue(&request, now));
+            .and_then(|form| {
+                // RFC 8705: no assertion, no secret, the TLS client certificate instead.
+                if super::certs::is_mtls_token_request(&form) && ctx.client_certificates().is_some()
+                {
+                    let (client, x5t) = super::certs::authenticate(&self.app, &form, ctx)?;
+                    return self.issue_to(&client, now, Some(x5t));
+                }
+                let request = TokenRequest::parse(&form)?;
+                // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
+                let x5t = super::certs::client_certificate(&self.app, ctx, false)?
+                    .map(|c| c.thumbprint());
+                self.issue_bound(&request, now, x5t)
+            });
         match result {
             Ok(answer) => Ok(Response::json(200, &answer)
                 .header("Pragma", "no-cache")
@@ -456,6 +475,16 @@ impl AgentState {
 
     /// Authenticates the client assertion and mints an access token (everything but HTTP).
     pub fn issue(&self, request: &TokenRequest, now: u64) -> Result<TokenResponse, TokenRefusal> {
+        self.issue_bound(request, now, None)
+    }
+
+    /// [`AgentState::issue`], binding the token to a client certificate (`cnf.x5t#S256`).
+    pub fn issue_bound(
+        &self,
+        request: &TokenRequest,
+        now: u64,
+        x5t: Option<String>,
+    ) -> Result<TokenResponse, TokenRefusal> {
         let (client, claims) = self.authenticate(&request.client_assertion, now)?;
         if let Some(id) = &request.client_id
             && *id != client.client_id
@@ -494,14 +523,30 @@ impl AgentState {
             )
             .into());
         }
+        let max_age = self.app.settings.assertion_max_age;
+        if now
+            > iat
+                .saturating_add(max_age)
+                .saturating_add(assertion_leeway(&self.app))
+        {
+            return Err(ApiError::InvalidClient(format!(
+                "client assertion was issued more than {max_age} s ago; sign a new one"
+            ))
+            .into());
+        }
         let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
             return Err(invalid_assertion(&RejectedError::MissingClaim("jti").into()).into());
         };
-        match self
-            .app
-            .replay
-            .check_and_insert(&client.client_id, jti, Some(iat), exp, now)
-        {
+        // Remember the jti only as long as the age check above would let it through again:
+        // after that a replay is refused as too old, so memory is bounded by rate × max age.
+        let remember_until = exp.min(iat.saturating_add(max_age));
+        match self.app.replay.check_and_insert(
+            &client.client_id,
+            jti,
+            Some(iat),
+            remember_until,
+            now,
+        ) {
             Ok(()) => {}
             Err(latchkey_core::replay::ReplayError::Full) => {
                 return Err(TokenRefusal::Later {
@@ -511,6 +556,16 @@ impl AgentState {
             }
             Err(e) => return Err(invalid_assertion(&e.into()).into()),
         }
+        self.issue_to(&client, now, x5t)
+    }
+
+    /// Mints for an authenticated client (after the method-specific checks).
+    fn issue_to(
+        &self,
+        client: &ClientAuth,
+        now: u64,
+        x5t: Option<String>,
+    ) -> Result<TokenResponse, TokenRefusal> {
         if self.app.agent_revoked(&client.client_id, now) {
             // Re-registered within the second of an offboarding: a token minted now would be
             // refused as revoked. Nothing was issued; the jti is spent, so sign a new one.
@@ -519,7 +574,7 @@ impl AgentState {
                 reason: "the agent was offboarded this second; retry with a new assertion".into(),
             });
         }
-        let answer = self.mint_access_token(&client, now)?;
+        let answer = self.mint_access_token(client, now, x5t)?;
         self.activity
             .get_or_insert_with(client.client_id.clone(), || AtomicU64::new(0))
             .value()
@@ -620,7 +675,12 @@ impl AgentState {
         Ok(cached)
     }
 
-    fn mint_access_token(&self, client: &ClientAuth, now: u64) -> Result<TokenResponse, Error> {
+    fn mint_access_token(
+        &self,
+        client: &ClientAuth,
+        now: u64,
+        x5t: Option<String>,
+    ) -> Result<TokenResponse, Error> {
         let app = &self.app;
         let lifetime = app.settings.access_token_lifetime;
         let mut claims = app.base_claims(
@@ -640,6 +700,12 @@ impl AgentState {
         claims
             .extra
             .insert("schemas".into(), vec![MINDSPHERE_SCHEMA].into());
+        if let Some(x5t) = x5t {
+            // RFC 8705 §3.1: the token is bound to the client certificate.
+            claims
+                .extra
+                .insert("cnf".into(), serde_json::json!({ "x5t#S256": x5t }));
+        }
         let access_token = app.mint(
             app.tenant_alg(&client.tenant),
             TokenType::AccessToken,
@@ -707,7 +773,7 @@ pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
     let s = Arc::clone(state);
     router.post(
         &format!("{API_BASE}/oauth/token"),
-        move |req: &Request<'_>, _: &RequestContext<'_>| s.token(req),
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.token(req, ctx),
     );
     let s = Arc::clone(state);
     router.get(
@@ -1087,6 +1153,45 @@ mod tests {
             assert!(why.contains("replayed"), "{why}");
         }
         assert_eq!(f.state.last_token_at("a1"), Some(f.now));
+    }
+
+    /// Regression: the replay cache filled within seconds under load because it remembered
+    /// each jti until the assertion's own `exp` (up to 25 h). Assertions must now be fresh,
+    /// and the cache holds them only for the age limit.
+    #[test]
+    fn assertion_age_bounds_the_replay_window() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let max_age = f.app().settings.assertion_max_age;
+        let leeway = assertion_leeway(f.app());
+        let key = hs(Algorithm::HS256);
+
+        // An MCL-style 24-hour assertion signed just now: accepted once, then a replay.
+        let mut c = claims("a1", f.now, "mcl-fresh");
+        c["exp"] = (f.now + 86_400).into();
+        let fresh = sign(&key, None, &c);
+        f.issue(&fresh).expect("fresh 24-hour assertion");
+        let (status, why) = f.issue(&fresh).expect_err("replayed");
+        assert_eq!(status, 401, "{why}");
+
+        // Issued just inside the age limit: still accepted.
+        let edge = f.now - max_age - leeway;
+        let mut c = claims("a1", edge, "edge");
+        c["exp"] = (f.now + 86_400).into();
+        f.issue(&sign(&key, None, &c)).expect("at the age limit");
+
+        // One second older: refused whatever its exp, with a message that says why.
+        let mut c = claims("a1", edge - 1, "too-old");
+        c["exp"] = (f.now + 86_400).into();
+        let (status, why) = f.issue(&sign(&key, None, &c)).expect_err("too old");
+        assert_eq!(status, 401, "{why}");
+        assert!(why.contains(&format!("more than {max_age} s ago")), "{why}");
     }
 
     #[test]

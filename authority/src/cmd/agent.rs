@@ -45,23 +45,40 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
     let json = args.target.json;
     let r = args.target.remote("latchkey agent")?;
     match &args.command {
-        AgentCommand::Create { entity_id, name, security_profile } => {
+        AgentCommand::Create {
+            entity_id,
+            name,
+            security_profile,
+        } => {
             let body = json!({
                 "entityId": entity_id,
                 "name": name.as_deref().unwrap_or(entity_id),
                 "securityProfile": security_profile,
             });
             let v = r.call("POST", BASE, Some(&body), &[])?.ok()?;
-            print(json, &v, |v| format!("created agent {} ({})", s(v, "id"), s(v, "securityProfile")));
+            print(json, &v, |v| {
+                format!("created agent {} ({})", s(v, "id"), s(v, "securityProfile"))
+            });
         }
         AgentCommand::List => {
-            let v = r.call("GET", &format!("{BASE}?page=0&size=100"), None, &[])?.ok()?;
+            let v = r
+                .call("GET", &format!("{BASE}?page=0&size=100"), None, &[])?
+                .ok()?;
             print(json, &v, listing);
         }
         AgentCommand::Show { id } => {
             let agent = r.call("GET", &format!("{BASE}/{id}"), None, &[])?.ok()?;
-            let status = r.call("GET", &format!("{BASE}/{id}/boarding/status"), None, &[])?.ok()?;
-            let config = r.call("GET", &format!("{BASE}/{id}/boarding/configuration"), None, &[])?.ok()?;
+            let status = r
+                .call("GET", &format!("{BASE}/{id}/boarding/status"), None, &[])?
+                .ok()?;
+            let config = r
+                .call(
+                    "GET",
+                    &format!("{BASE}/{id}/boarding/configuration"),
+                    None,
+                    &[],
+                )?
+                .ok()?;
             let v = json!({ "agent": agent, "boarding_status": status, "boarding_configuration": config });
             print(json, &v, |v| {
                 format!(
@@ -75,13 +92,23 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
             });
         }
         AgentCommand::Offboard { id } => {
-            let v = r.call("POST", &format!("{BASE}/{id}/boarding/offboard"), None, &[])?.ok()?;
+            let v = r
+                .call("POST", &format!("{BASE}/{id}/boarding/offboard"), None, &[])?
+                .ok()?;
             print(json, &v, |_| format!("offboarded agent {id}"));
         }
         AgentCommand::Delete { id } => {
             let etag = etag(&r, id)?;
-            r.call("DELETE", &format!("{BASE}/{id}"), None, &[("If-Match", etag.as_str())])?.ok()?;
-            print(json, &json!({ "deleted": id }), |_| format!("deleted agent {id}"));
+            r.call(
+                "DELETE",
+                &format!("{BASE}/{id}"),
+                None,
+                &[("If-Match", etag.as_str())],
+            )?
+            .ok()?;
+            print(json, &json!({ "deleted": id }), |_| {
+                format!("deleted agent {id}")
+            });
         }
     }
     Ok(())
@@ -97,7 +124,9 @@ fn etag(r: &Remote, id: &str) -> Result<String, Error> {
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    from_body.or(header).ok_or_else(|| Error::Cli(format!("agent {id}: the server sent no eTag")))
+    from_body
+        .or(header)
+        .ok_or_else(|| Error::Cli(format!("agent {id}: the server sent no eTag")))
 }
 
 fn listing(v: &Value) -> String {
@@ -110,8 +139,17 @@ fn listing(v: &Value) -> String {
         .unwrap_or_default();
     let mut out = format!("{:<36} {:<24} {:<14} STATE\n", "ID", "NAME", "PROFILE");
     for a in &items {
-        let state = a.get("state").or_else(|| a.get("status")).and_then(Value::as_str).unwrap_or("");
-        out.push_str(&format!("{:<36} {:<24} {:<14} {state}\n", s(a, "id"), s(a, "name"), s(a, "securityProfile")));
+        let state = a
+            .get("state")
+            .or_else(|| a.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        out.push_str(&format!(
+            "{:<36} {:<24} {:<14} {state}\n",
+            s(a, "id"),
+            s(a, "name"),
+            s(a, "securityProfile")
+        ));
     }
     out
 }

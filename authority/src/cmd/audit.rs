@@ -42,7 +42,11 @@ pub fn run(args: &AuditArgs) -> Result<(), Error> {
     let v = match args.target.open()? {
         Place::Remote(r) => {
             let mut q = format!("limit={}", args.limit);
-            for (k, v) in [("agent", &filter.agent), ("client", &filter.client), ("event", &filter.event)] {
+            for (k, v) in [
+                ("agent", &filter.agent),
+                ("client", &filter.client),
+                ("event", &filter.event),
+            ] {
                 if let Some(v) = v {
                     q.push_str(&format!("&{k}={}", encode(v)));
                 }
@@ -52,7 +56,8 @@ pub fn run(args: &AuditArgs) -> Result<(), Error> {
                     q.push_str(&format!("&{k}={v}"));
                 }
             }
-            r.call("GET", &format!("/api/latchkey/v1/audit?{q}"), None, &[])?.ok()?
+            r.call("GET", &format!("/api/latchkey/v1/audit?{q}"), None, &[])?
+                .ok()?
         }
         Place::Local(app) => {
             let (entries, next) = audit_page(&app, &filter, 0, args.limit)?;
@@ -65,8 +70,17 @@ pub fn run(args: &AuditArgs) -> Result<(), Error> {
 
 fn listing(v: &Value) -> String {
     let mut out = String::new();
-    for e in v.get("entries").and_then(Value::as_array).into_iter().flatten() {
-        let reason = e.get("reason").and_then(Value::as_str).map(|r| format!(" ({r})")).unwrap_or_default();
+    for e in v
+        .get("entries")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let reason = e
+            .get("reason")
+            .and_then(Value::as_str)
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         out.push_str(&format!(
             "{:>6} {} {:<16} {:<20} {:<40} {}{reason}\n",
             e.get("seq").and_then(Value::as_u64).unwrap_or(0),
@@ -87,7 +101,9 @@ fn listing(v: &Value) -> String {
 fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => char::from(b).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                char::from(b).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -99,12 +115,17 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
         return Ok(n);
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).map_err(|e| e.to_string());
+        return t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .map_err(|e| e.to_string());
     }
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(crate::app::unix_now().saturating_sub(d.as_secs()));
     }
-    Err(format!("{s:?} is not a time (RFC 3339, Unix seconds, or a duration ago like 1h)"))
+    Err(format!(
+        "{s:?} is not a time (RFC 3339, Unix seconds, or a duration ago like 1h)"
+    ))
 }
 
 #[cfg(test)]

@@ -44,16 +44,43 @@ pub enum ClientCommand {
 pub fn run(args: &ClientArgs) -> Result<(), Error> {
     let json = args.target.json;
     match (&args.command, args.target.open()?) {
-        (ClientCommand::Create { id, profile, display_name, tenant, hashed_secret }, Place::Remote(r)) => {
+        (
+            ClientCommand::Create {
+                id,
+                profile,
+                display_name,
+                tenant,
+                hashed_secret,
+            },
+            Place::Remote(r),
+        ) => {
             let body = json!({
                 "client_id": id, "profile": profile, "display_name": display_name,
                 "tenant": tenant, "hashed_secret": hashed_secret,
             });
-            let v = r.call("POST", "/api/latchkey/v1/clients", Some(&body), &[])?.ok()?;
+            let v = r
+                .call("POST", "/api/latchkey/v1/clients", Some(&body), &[])?
+                .ok()?;
             print(json, &v, created);
         }
-        (ClientCommand::Create { id, profile, display_name, tenant, hashed_secret }, Place::Local(app)) => {
-            let v = create_local(&app, id, profile.as_deref(), display_name.as_deref(), tenant.as_deref(), hashed_secret.as_deref())?;
+        (
+            ClientCommand::Create {
+                id,
+                profile,
+                display_name,
+                tenant,
+                hashed_secret,
+            },
+            Place::Local(app),
+        ) => {
+            let v = create_local(
+                &app,
+                id,
+                profile.as_deref(),
+                display_name.as_deref(),
+                tenant.as_deref(),
+                hashed_secret.as_deref(),
+            )?;
             print(json, &v, created);
         }
         (ClientCommand::List, Place::Remote(r)) => {
@@ -66,17 +93,34 @@ pub fn run(args: &ClientArgs) -> Result<(), Error> {
                 .read()?
                 .operator_clients()?
                 .iter()
-                .map(|c| serde_json::to_value(crate::api::operator::ClientView::from(c)).unwrap_or_default())
+                .map(|c| {
+                    serde_json::to_value(crate::api::operator::ClientView::from(c))
+                        .unwrap_or_default()
+                })
                 .collect();
             print(json, &json!({ "clients": clients }), listing);
         }
         (ClientCommand::Delete { id }, Place::Remote(r)) => {
-            r.call("DELETE", &format!("/api/latchkey/v1/clients/{id}"), None, &[])?.ok()?;
-            print(json, &json!({ "deleted": id }), |_| format!("deleted client {id}"));
+            r.call(
+                "DELETE",
+                &format!("/api/latchkey/v1/clients/{id}"),
+                None,
+                &[],
+            )?
+            .ok()?;
+            print(json, &json!({ "deleted": id }), |_| {
+                format!("deleted client {id}")
+            });
         }
         (ClientCommand::Delete { id }, Place::Local(app)) => {
-            app.write(WriteOp::DeleteOperatorClient { id: id.clone(), by: "cli".into(), now: app.now() })?;
-            print(json, &json!({ "deleted": id }), |_| format!("deleted client {id}"));
+            app.write(WriteOp::DeleteOperatorClient {
+                id: id.clone(),
+                by: "cli".into(),
+                now: app.now(),
+            })?;
+            print(json, &json!({ "deleted": id }), |_| {
+                format!("deleted client {id}")
+            });
         }
     }
     Ok(())
@@ -109,10 +153,15 @@ fn create_local(
         profile: profile.unwrap_or(app::READ_ONLY).to_owned(),
         created_at: app.now(),
     };
-    let WriteOutcome::OperatorClient(c) = app.write(WriteOp::CreateOperatorClient { record, by: "cli".into() })? else {
+    let WriteOutcome::OperatorClient(c) = app.write(WriteOp::CreateOperatorClient {
+        record,
+        by: "cli".into(),
+    })?
+    else {
         return Err(Error::Cli("unexpected answer from the store".into()));
     };
-    let mut v = serde_json::to_value(crate::api::operator::ClientView::from(&c)).unwrap_or_default();
+    let mut v =
+        serde_json::to_value(crate::api::operator::ClientView::from(&c)).unwrap_or_default();
     if let (Some(s), Value::Object(m)) = (secret, &mut v) {
         m.insert("client_secret".into(), Value::String(s.to_string()));
     }
@@ -120,7 +169,12 @@ fn create_local(
 }
 
 fn created(v: &Value) -> String {
-    let mut out = format!("created client {} (tenant {}, profile {})", s(v, "client_id"), s(v, "tenant"), s(v, "profile"));
+    let mut out = format!(
+        "created client {} (tenant {}, profile {})",
+        s(v, "client_id"),
+        s(v, "tenant"),
+        s(v, "profile")
+    );
     if let Some(secret) = v.get("client_secret").and_then(Value::as_str) {
         out.push_str(&format!("\nclient secret (shown once): {secret}"));
     }
@@ -128,8 +182,16 @@ fn created(v: &Value) -> String {
 }
 
 fn listing(v: &Value) -> String {
-    let mut out = format!("{:<24} {:<12} {:<16} {:<16} CREATED\n", "CLIENT", "TENANT", "PROFILE", "HASH");
-    for c in v.get("clients").and_then(Value::as_array).into_iter().flatten() {
+    let mut out = format!(
+        "{:<24} {:<12} {:<16} {:<16} CREATED\n",
+        "CLIENT", "TENANT", "PROFILE", "HASH"
+    );
+    for c in v
+        .get("clients")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         out.push_str(&format!(
             "{:<24} {:<12} {:<16} {:<16} {}\n",
             s(c, "client_id"),

@@ -53,7 +53,11 @@ mod tests {
         let l = hash("secret", HashFormat::Latchkey).unwrap();
         assert!(l.to_text().starts_with(crate::store::BLAKE3_PREFIX));
         assert!(SecretHash::parse(&l.to_text()).unwrap().verify(b"secret"));
-        assert_ne!(l.to_text(), hash("secret", HashFormat::Latchkey).unwrap().to_text(), "salted");
+        assert_ne!(
+            l.to_text(),
+            hash("secret", HashFormat::Latchkey).unwrap().to_text(),
+            "salted"
+        );
         assert!(hash("", HashFormat::Usercube).is_err());
     }
 }

@@ -60,7 +60,14 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
             return Ok(());
         }
         KeysCommand::Rotate { alg } => match &place {
-            Place::Remote(r) => r.call("POST", "/api/latchkey/v1/keys/rotate", Some(&json!({ "alg": alg })), &[])?.ok()?,
+            Place::Remote(r) => r
+                .call(
+                    "POST",
+                    "/api/latchkey/v1/keys/rotate",
+                    Some(&json!({ "alg": alg })),
+                    &[],
+                )?
+                .ok()?,
             Place::Local(app) => {
                 let alg = match alg {
                     Some(a) => app::parse_token_alg(a)?,
@@ -69,7 +76,12 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
                 view(app, &app.rotate_key(alg, "cli")?)
             }
         },
-        KeysCommand::Import { file, password, alg, kid } => {
+        KeysCommand::Import {
+            file,
+            password,
+            alg,
+            kid,
+        } => {
             let bytes = Zeroizing::new(
                 std::fs::read(file).map_err(|e| Error::Cli(format!("{}: {e}", file.display())))?,
             );
@@ -95,13 +107,16 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
                         "alg": body.alg, "pem": body.pem, "pkcs12": body.pkcs12,
                         "password": body.password, "kid": body.kid,
                     });
-                    r.call("POST", "/api/latchkey/v1/keys/import", Some(&v), &[])?.ok()?
+                    r.call("POST", "/api/latchkey/v1/keys/import", Some(&v), &[])?
+                        .ok()?
                 }
                 Place::Local(app) => view(app, &app.install_key(body.signing_key()?, "cli")?),
             }
         }
     };
-    print(json, &v, |v| format!("{} is now the active {} key", s(v, "kid"), s(v, "alg")));
+    print(json, &v, |v| {
+        format!("{} is now the active {} key", s(v, "kid"), s(v, "alg"))
+    });
     Ok(())
 }
 
@@ -110,9 +125,21 @@ fn view(app: &App, rec: &crate::store::SigningKeyRecord) -> Value {
 }
 
 fn listing(v: &Value) -> String {
-    let mut out = format!("{:<45} {:<6} {:<9} {:<21} RETIRES\n", "KID", "ALG", "STATE", "CREATED");
-    for k in v.get("keys").and_then(Value::as_array).into_iter().flatten() {
-        let retires = k.get("retires_at").and_then(Value::as_u64).map(time).unwrap_or_default();
+    let mut out = format!(
+        "{:<45} {:<6} {:<9} {:<21} RETIRES\n",
+        "KID", "ALG", "STATE", "CREATED"
+    );
+    for k in v
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let retires = k
+            .get("retires_at")
+            .and_then(Value::as_u64)
+            .map(time)
+            .unwrap_or_default();
         out.push_str(&format!(
             "{:<45} {:<6} {:<9} {:<21} {retires}\n",
             s(k, "kid"),

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod audit;
 pub mod backup;
+pub mod cert;
 pub mod check;
 pub mod client;
 pub mod hash_secret;

@@ -31,7 +31,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// URL of a running server, e.g. https://127.0.0.1:8443.
-    #[arg(long, global = true, env = "LATCHKEY_SERVER", value_name = "URL", conflicts_with = "data_dir")]
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_SERVER",
+        value_name = "URL",
+        conflicts_with = "data_dir"
+    )]
     pub server: Option<String>,
     /// CA certificate (PEM) the server's certificate chains to [default: ca.pem next to
     /// --credentials, if there].
@@ -41,10 +47,21 @@ pub struct Target {
     #[arg(long, global = true, env = "LATCHKEY_CREDENTIALS", value_name = "FILE")]
     pub credentials: Option<PathBuf>,
     /// Operator client id (instead of --credentials).
-    #[arg(long, global = true, env = "LATCHKEY_CLIENT_ID", requires = "client_secret")]
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_CLIENT_ID",
+        requires = "client_secret"
+    )]
     pub client_id: Option<String>,
     /// Operator client secret (prefer the environment variable: flags show in `ps`).
-    #[arg(long, global = true, env = "LATCHKEY_CLIENT_SECRET", hide_env_values = true, requires = "client_id")]
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_CLIENT_SECRET",
+        hide_env_values = true,
+        requires = "client_id"
+    )]
     pub client_secret: Option<String>,
     /// Act directly on a stopped server's data directory instead of a running server.
     #[arg(long, global = true, env = "LATCHKEY_DATA_DIR", value_name = "DIR")]
@@ -61,14 +78,17 @@ pub struct Target {
 #[derive(Debug)]
 pub enum Place {
     Remote(Remote),
-    Local(App),
+    Local(Box<App>),
 }
 
 impl Target {
     /// Connects (and authenticates) or opens the data directory.
     pub fn open(&self) -> Result<Place, Error> {
         if let Some(dir) = &self.data_dir {
-            return Ok(Place::Local(open_local(dir, self.config.as_deref())?));
+            return Ok(Place::Local(Box::new(open_local(
+                dir,
+                self.config.as_deref(),
+            )?)));
         }
         let server = self.server.clone().ok_or_else(|| {
             usage("say where to act: --server URL (with --credentials or --client-id/--client-secret) or --data-dir DIR")
@@ -83,7 +103,9 @@ impl Target {
     /// Like [`Target::open`], for commands that work only against a running server.
     pub fn remote(&self, what: &str) -> Result<Remote, Error> {
         if self.data_dir.is_some() {
-            return Err(usage(&format!("{what} needs a running server (--server), not --data-dir")));
+            return Err(usage(&format!(
+                "{what} needs a running server (--server), not --data-dir"
+            )));
         }
         match self.open()? {
             Place::Remote(r) => Ok(r),
@@ -99,7 +121,8 @@ impl Target {
             usage(&format!("an operator credential is needed: --credentials <{ADMIN_CLIENT_FILE}> or --client-id and --client-secret"))
         })?;
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| usage(&format!("{}: {e}", path.display())))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| usage(&format!("{}: {e}", path.display())))?,
         );
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| usage(&format!("{}: not a credentials file: {e}", path.display())))?;
@@ -109,8 +132,15 @@ impl Target {
                 .map(str::to_owned)
                 .ok_or_else(|| usage(&format!("{}: missing {name:?}", path.display())))
         };
-        let ca = path.parent().map(|d| d.join("ca.pem")).filter(|p| p.is_file());
-        Ok((field("client_id")?, Zeroizing::new(field("client_secret")?), ca))
+        let ca = path
+            .parent()
+            .map(|d| d.join("ca.pem"))
+            .filter(|p| p.is_file());
+        Ok((
+            field("client_id")?,
+            Zeroizing::new(field("client_secret")?),
+            ca,
+        ))
     }
 }
 
@@ -163,7 +193,10 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body if the status is 2xx, else an error with the server's description.
@@ -177,8 +210,15 @@ impl Answer {
             .and_then(Value::as_str)
             .or_else(|| self.body.get("message").and_then(Value::as_str))
             .unwrap_or("");
-        let code = self.body.get("error").and_then(Value::as_str).unwrap_or("error");
-        Err(Error::Cli(format!("server refused ({} {code}): {desc}", self.status)))
+        let code = self
+            .body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        Err(Error::Cli(format!(
+            "server refused ({} {code}): {desc}",
+            self.status
+        )))
     }
 }
 
@@ -189,21 +229,30 @@ impl Remote {
         } else if let Some(rest) = url.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(usage(&format!("{url}: the server URL must start with https:// (or http://)")));
+            return Err(usage(&format!(
+                "{url}: the server URL must start with https:// (or http://)"
+            )));
         };
         let authority = rest.split('/').next().unwrap_or("");
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse().map_err(|_| usage(&format!("{url}: bad port")))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse().map_err(|_| usage(&format!("{url}: bad port")))?,
+            ),
             _ => (authority, if tls { 443 } else { 80 }),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let tls = if tls {
-            let ca = ca.ok_or_else(|| usage("--ca FILE is needed to trust the server's certificate"))?;
+            let ca =
+                ca.ok_or_else(|| usage("--ca FILE is needed to trust the server's certificate"))?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in crate::tls::load_certs(ca)? {
-                roots.add(cert).map_err(|e| usage(&format!("{}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| usage(&format!("{}: {e}", ca.display())))?;
             }
             let config = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::aws_lc_rs::default_provider(),
@@ -216,7 +265,12 @@ impl Remote {
         } else {
             None
         };
-        Ok(Remote { tls, host, port, token: None })
+        Ok(Remote {
+            tls,
+            host,
+            port,
+            token: None,
+        })
     }
 
     /// Gets an operator token with the client's secret (`client_secret_basic`).
@@ -226,10 +280,15 @@ impl Remote {
         let answer = self.send(
             "POST",
             "/oauth/token",
-            &[("Authorization", auth.as_str()), ("Content-Type", "application/x-www-form-urlencoded")],
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
             b"grant_type=client_credentials",
         )?;
-        let body = answer.ok().map_err(|e| Error::Cli(format!("could not log in as {id:?}: {e}")))?;
+        let body = answer
+            .ok()
+            .map_err(|e| Error::Cli(format!("could not log in as {id:?}: {e}")))?;
         let token = body
             .get("access_token")
             .and_then(Value::as_str)
@@ -239,8 +298,17 @@ impl Remote {
     }
 
     /// A request with the operator token.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>, extra: &[(&str, &str)]) -> Result<Answer, Error> {
-        let bearer = Zeroizing::new(format!("Bearer {}", self.token.as_deref().map_or("", |t| t.as_str())));
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> Result<Answer, Error> {
+        let bearer = Zeroizing::new(format!(
+            "Bearer {}",
+            self.token.as_deref().map_or("", |t| t.as_str())
+        ));
         let mut headers = vec![("Authorization", bearer.as_str())];
         headers.extend_from_slice(extra);
         let bytes = match body {
@@ -253,12 +321,25 @@ impl Remote {
         self.send(method, path, &headers, &bytes)
     }
 
-    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Answer, Error> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .map_err(|e| usage(&format!("cannot connect to {}:{}: {e}", self.host, self.port)))?;
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer, Error> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).map_err(|e| {
+            usage(&format!(
+                "cannot connect to {}:{}: {e}",
+                self.host, self.port
+            ))
+        })?;
         tcp.set_read_timeout(Some(TIMEOUT))?;
         tcp.set_write_timeout(Some(TIMEOUT))?;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.host_header());
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.host_header()
+        );
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -287,7 +368,11 @@ impl Remote {
     }
 
     fn host_header(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -303,7 +388,9 @@ fn read_all(stream: &mut impl std::io::Read, out: &mut Vec<u8>) -> Result<(), Er
                 }
             }
             // The server closes after `Connection: close`; some TLS stacks skip close_notify.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {
+                return Ok(());
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
@@ -315,7 +402,8 @@ fn parse_response(raw: &[u8]) -> Result<Answer, Error> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| usage("malformed HTTP response from the server"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| usage("malformed HTTP response head"))?;
+    let head =
+        std::str::from_utf8(&raw[..end]).map_err(|_| usage("malformed HTTP response head"))?;
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -328,13 +416,20 @@ fn parse_response(raw: &[u8]) -> Result<Answer, Error> {
         .collect();
     let body = &raw[end + 4..];
     let body = serde_json::from_slice(body).unwrap_or(Value::Null);
-    Ok(Answer { status, body, headers })
+    Ok(Answer {
+        status,
+        body,
+        headers,
+    })
 }
 
 /// Prints `value` as JSON, or `human` as text.
 pub fn print(json: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         let text = human(value);
         if !text.is_empty() {
@@ -361,9 +456,15 @@ mod tests {
     fn responses_parse_and_errors_carry_the_description() {
         let raw = b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n\r\n{\"error\":\"insufficient_scope\",\"error_description\":\"no\"}";
         let a = parse_response(raw).unwrap();
-        assert_eq!((a.status, a.header("content-type")), (403, Some("application/json")));
+        assert_eq!(
+            (a.status, a.header("content-type")),
+            (403, Some("application/json"))
+        );
         let err = a.ok().unwrap_err().to_string();
-        assert!(err.contains("403 insufficient_scope") && err.contains("no"), "{err}");
+        assert!(
+            err.contains("403 insufficient_scope") && err.contains("no"),
+            "{err}"
+        );
         assert!(parse_response(b"garbage").is_err());
         let ok = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
         assert_eq!(ok.ok().unwrap(), Value::Null);
@@ -371,8 +472,18 @@ mod tests {
 
     #[test]
     fn urls_need_a_scheme_and_https_needs_a_ca() {
-        assert!(Remote::new("127.0.0.1:8443", None).unwrap_err().to_string().contains("https://"));
-        assert!(Remote::new("https://127.0.0.1:8443", None).unwrap_err().to_string().contains("--ca"));
+        assert!(
+            Remote::new("127.0.0.1:8443", None)
+                .unwrap_err()
+                .to_string()
+                .contains("https://")
+        );
+        assert!(
+            Remote::new("https://127.0.0.1:8443", None)
+                .unwrap_err()
+                .to_string()
+                .contains("--ca")
+        );
         let r = Remote::new("http://[::1]:8080/x", None).unwrap();
         assert_eq!((r.host.as_str(), r.port), ("::1", 8080));
         let r = Remote::new("http://localhost", None).unwrap();

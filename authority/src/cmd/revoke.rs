@@ -32,7 +32,10 @@ pub struct RevokeArgs {
 
 pub fn run(args: &RevokeArgs) -> Result<(), Error> {
     let json = args.target.json;
-    let reason = args.reason.clone().unwrap_or_else(|| "revoked with the latchkey CLI".into());
+    let reason = args
+        .reason
+        .clone()
+        .unwrap_or_else(|| "revoked with the latchkey CLI".into());
     let v = match args.target.open()? {
         Place::Remote(r) => {
             let body = match (&args.token, &args.jti, &args.agent, &args.key) {
@@ -42,18 +45,23 @@ pub fn run(args: &RevokeArgs) -> Result<(), Error> {
                 (_, _, _, Some(k)) => json!({ "kind": "key", "id": k, "reason": reason }),
                 _ => return Err(Error::Cli("say what to revoke".into())),
             };
-            r.call("POST", "/api/latchkey/v1/revocations", Some(&body), &[])?.ok()?
+            r.call("POST", "/api/latchkey/v1/revocations", Some(&body), &[])?
+                .ok()?
         }
         Place::Local(app) => {
             let now = app.now();
             let rec = if let Some(kid) = &args.key {
                 app.revoke_key(kid, "cli", &reason)?
             } else {
-                let (kind, id) = match (&args.jti, &args.agent) {
-                    (Some(j), _) => (RevocationKind::Token, j.clone()),
-                    (_, Some(a)) => (RevocationKind::Agent, a.clone()),
-                    _ => return Err(Error::Cli("--token needs a running server (--server); use --jti with --data-dir".into())),
-                };
+                let (kind, id) =
+                    match (&args.jti, &args.agent) {
+                        (Some(j), _) => (RevocationKind::Token, j.clone()),
+                        (_, Some(a)) => (RevocationKind::Agent, a.clone()),
+                        _ => return Err(Error::Cli(
+                            "--token needs a running server (--server); use --jti with --data-dir"
+                                .into(),
+                        )),
+                    };
                 let op = WriteOp::Revoke {
                     kind,
                     id,
@@ -70,6 +78,8 @@ pub fn run(args: &RevokeArgs) -> Result<(), Error> {
             json!({ "kind": rec.kind.as_str(), "id": rec.id, "revoked_at": rec.revoked_at, "forget_after": rec.forget_after })
         }
     };
-    print(json, &v, |v: &Value| format!("revoked {} {}", s(v, "kind"), s(v, "id")));
+    print(json, &v, |v: &Value| {
+        format!("revoked {} {}", s(v, "kind"), s(v, "id"))
+    });
     Ok(())
 }

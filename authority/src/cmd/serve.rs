@@ -58,6 +58,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         (Some(config), trust)
     };
     app.trust = trust;
+    if app.trust.is_some() {
+        // Issue 7: the store's trust store (imports, revocations) on top of the files.
+        let files = crate::pki::TrustState::file_anchors(&args.data_dir, &settings.client_cas)?;
+        app.mtls.set_base(files);
+        app.mtls.refresh(&app)?;
+    }
     let state = Arc::new(app);
     let router = router(&state);
 
@@ -179,9 +185,12 @@ fn tls_config(
 }
 
 fn init_logging(s: &ServeSettings) -> Result<(), Error> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&s.log_level))
-        .map_err(|e| Error::Config(format!("log level: {e}")))?;
+    let filter = match &s.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| Error::Config(format!("log level: {e}")))?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

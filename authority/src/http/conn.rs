@@ -307,7 +307,7 @@ impl Connection {
             if self.handshake_slot.is_some()
                 && self.tls.as_ref().is_some_and(|t| !t.is_handshaking())
             {
-                self.finish_handshake(now);
+                self.finish_handshake(env.metrics, now);
                 progress = true;
             }
             let was_blocked = self.backpressured(env.limits);
@@ -344,7 +344,7 @@ impl Connection {
             d = min_opt(d, Some(since + limits.write_timeout));
         }
         if self.is_idle() {
-            d = min_opt(d, Some(self.idle_since + limits.idle_timeout));
+            d = min_opt(d, Some(self.idle_since + self.idle_limit(limits)));
         }
         d
     }
@@ -356,7 +356,7 @@ impl Connection {
         {
             return Status::Done(CloseReason::WriteTimeout);
         }
-        if self.is_idle() && now >= self.idle_since + env.limits.idle_timeout {
+        if self.is_idle() && now >= self.idle_since + self.idle_limit(env.limits) {
             return Status::Done(CloseReason::IdleTimeout);
         }
         match self.phase.deadline(env.limits) {
@@ -408,6 +408,16 @@ impl Connection {
                 };
             }
             _ => {}
+        }
+    }
+
+    /// A connection that has not sent its first request gets only the head timeout: holding
+    /// sockets open without a word is the cheapest slowloris.
+    fn idle_limit(&self, limits: &Limits) -> Duration {
+        if self.requests == 0 {
+            limits.idle_timeout.min(limits.request_head_timeout)
+        } else {
+            limits.idle_timeout
         }
     }
 
@@ -553,9 +563,10 @@ impl Connection {
         self.out_pos < self.out.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    fn finish_handshake(&mut self, now: Instant) {
+    fn finish_handshake(&mut self, metrics: &Metrics, now: Instant) {
         self.handshake_slot = None;
         if let Some(tls) = &self.tls {
+            metrics.tls_handshake_done(tls.handshake_kind());
             self.tls_info = Some(TlsInfo {
                 version: tls.protocol_version(),
                 alpn: tls.alpn_protocol().map(<[u8]>::to_vec),

@@ -654,7 +654,10 @@ mod tests {
     fn a_full_pipeline_resumes_when_deferred_answers_arrive() {
         // Regression: with the pipeline full of parked requests, buffered requests must be
         // parsed once answers drain, without a new readiness event.
-        let (addr, running) = start_with(Limits { max_pipelined: 2, ..Limits::default() });
+        let (addr, running) = start_with(Limits {
+            max_pipelined: 2,
+            ..Limits::default()
+        });
         let mut c = TcpStream::connect(addr).unwrap();
         let mut all = Vec::new();
         for path in ["/slow/50", "/slow/20", "/fast", "/slow/5", "/fast", "/fast"] {
@@ -662,7 +665,17 @@ mod tests {
         }
         c.write_all(&all).unwrap();
         let got = bodies(&mut c, 6);
-        assert_eq!(got, ["200 slow 50", "200 slow 20", "200 fast", "200 slow 5", "200 fast", "200 fast"]);
+        assert_eq!(
+            got,
+            [
+                "200 slow 50",
+                "200 slow 20",
+                "200 fast",
+                "200 slow 5",
+                "200 fast",
+                "200 fast"
+            ]
+        );
         running.shutdown_handle().shutdown();
         running.wait();
     }

@@ -95,6 +95,8 @@ pub struct Metrics {
     accepted: AtomicU64,
     accept_errors: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    tls_full_handshakes: AtomicU64,
+    tls_resumed_handshakes: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     commit_batch: Histogram<{ BATCH_BUCKETS.len() + 1 }>,
 }
@@ -162,6 +164,8 @@ impl Default for Metrics {
             accepted: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
+            tls_full_handshakes: AtomicU64::new(0),
+            tls_resumed_handshakes: AtomicU64::new(0),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             commit_batch: Histogram::new(),
         }
@@ -238,6 +242,15 @@ impl Metrics {
         self.tls_handshake_failures.fetch_add(1, Relaxed);
     }
 
+    /// A completed TLS handshake: full, or resumed from a ticket or the session cache.
+    pub fn tls_handshake_done(&self, kind: Option<rustls::HandshakeKind>) {
+        match kind {
+            Some(rustls::HandshakeKind::Resumed) => &self.tls_resumed_handshakes,
+            _ => &self.tls_full_handshakes,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
     /// Connections open right now.
     pub fn open_connections(&self) -> i64 {
         self.open_connections.load(Relaxed)
@@ -302,6 +315,12 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_tls_handshakes_total Completed TLS handshakes, full or resumed.\n# TYPE latchkey_tls_handshakes_total counter\nlatchkey_tls_handshakes_total{{kind=\"full\"}} {}\nlatchkey_tls_handshakes_total{{kind=\"resumed\"}} {}",
+            self.tls_full_handshakes.load(Relaxed),
+            self.tls_resumed_handshakes.load(Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP latchkey_open_connections Connections open now.\n# TYPE latchkey_open_connections gauge\nlatchkey_open_connections {}",

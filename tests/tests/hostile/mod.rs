@@ -353,3 +353,11 @@ fn running_out_of_file_descriptors_pauses_accepting_but_keeps_serving() {
     drop(flood);
     s.served_soon();
 }
+
+#[test]
+fn connections_that_never_send_a_request_are_closed_at_the_head_timeout() {
+    let s = Server::plain(&["--request-head-timeout", "300ms", "--idle-timeout", "1h"]);
+    let mut silent = s.tcp();
+    assert!(read_until_closed(&mut silent).is_empty());
+    s.assert_serving();
+}

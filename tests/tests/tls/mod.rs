@@ -2,6 +2,9 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject as _;
 use std::time::{Duration, Instant};
 
 use crate::util::server::{Server, read_response, read_until_closed, tls_client};
@@ -85,6 +88,7 @@ fn sessions_resume() {
             }
         }
     }
+    s.wait_metric("latchkey_tls_handshakes_total{kind=\"resumed\"}", 2.0);
 }
 
 #[test]
@@ -166,4 +170,71 @@ fn concurrent_handshakes_are_capped() {
         "latchkey_connections_closed_total{reason=\"handshake_limit\"}",
         1.0,
     );
+}
+
+/// A client certificate for `agent`, issued by the server's own CA (as `latchkey cert` will).
+fn client_identity(
+    s: &Server,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let dir = s.data_dir();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["agent".to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    (vec![cert.der().clone()], key)
+}
+
+fn mtls_client(s: &Server, identity: bool) -> Arc<rustls::ClientConfig> {
+    let base = tls_client(&s.ca_path(), None, None);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(s.ca_path()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = if identity {
+        let (chain, key) = client_identity(s);
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = base.alpn_protocols.clone();
+    Arc::new(config)
+}
+
+/// Handshake and one request; `Err` if the server refuses.
+fn try_request(s: &Server, config: Arc<rustls::ClientConfig>) -> std::io::Result<u16> {
+    let conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap())
+        .map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(conn, s.tcp());
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    Ok(read_response(&mut stream, &mut Vec::new(), false)?.status)
+}
+
+#[test]
+fn mutual_tls_required_refuses_clients_without_a_trusted_certificate() {
+    let s = Server::tls(&["--client-auth", "required"]);
+    assert_eq!(try_request(&s, mtls_client(&s, true)).unwrap(), 200);
+    assert!(try_request(&s, mtls_client(&s, false)).is_err());
+    // The refusal cost nothing but that connection.
+    assert_eq!(try_request(&s, mtls_client(&s, true)).unwrap(), 200);
+}
+
+#[test]
+fn mutual_tls_optional_accepts_both() {
+    let s = Server::tls(&["--client-auth", "optional"]);
+    assert_eq!(try_request(&s, mtls_client(&s, true)).unwrap(), 200);
+    assert_eq!(try_request(&s, mtls_client(&s, false)).unwrap(), 200);
 }

@@ -1,0 +1,462 @@
+//! `latchkey cert ...`: the mutual-TLS trust store in a few commands, where UrbanCode takes a
+//! page of `keytool` steps (issue 7).
+//!
+//! ```text
+//! latchkey cert init --data-dir D                      # CA + server certificate (or --ca-cert/--ca-key)
+//! latchkey cert export-ca --out ca.pem                 # what agents trust
+//! latchkey cert issue agent-1 --cn agent-1 --out agent-1   # key made here, CSR signed by the CA
+//! latchkey cert trust relay-ca --file relay-ca.pem     # trust an external agent or relay (CA)
+//! latchkey cert list
+//! latchkey cert revoke agent-1                         # or a SHA-256 fingerprint
+//! latchkey cert renew agent-1 --out agent-1-new        # new key, same subject; no downtime
+//! latchkey cert pkcs12 --cert a.pem --key a.key --out a.p12   # a keystore for Java agents
+//! ```
+//!
+//! Against a running server (`--server`) changes apply to the next handshake; with
+//! `--data-dir` they apply when the server starts.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::remote::{Place, Target, print, s, time, usage};
+use crate::api::certs::{self, ImportBody, IssueBody, RenewBody};
+use crate::app::App;
+use crate::error::Error;
+use crate::pki;
+use crate::store::WriteOp;
+
+#[derive(Debug, clap::Args)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    pub command: CertCommand,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertCommand {
+    /// Create (or import) the authority's CA and issue a new server certificate from it.
+    /// Needs --data-dir; restart the server afterwards.
+    Init {
+        /// An existing CA certificate (PEM) to use instead of generating one.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// Its private key (PEM, PKCS#8).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Extra DNS names or IP addresses for the server certificate.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Replace an existing CA (the old files are kept as *.old).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Print (or write) the CA certificate agents must trust.
+    ExportCa {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Issue an agent certificate. The key is generated here unless --csr is given.
+    Issue {
+        /// Unique alias in the trust store.
+        alias: String,
+        /// Subject common name [default: the alias, or the CSR's subject].
+        #[arg(long)]
+        cn: Option<String>,
+        /// Subject alternative names (DNS names, IP addresses, uri:..., email:...).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = certs::DEFAULT_DAYS)]
+        days: u32,
+        /// Sign this CSR (PEM) instead of generating a key.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Trust an external agent or relay certificate (self-signed, or a CA) under an alias.
+    Trust {
+        alias: String,
+        /// PEM file, or PKCS#12 with --password.
+        #[arg(long)]
+        file: PathBuf,
+        /// Password of a PKCS#12 file (or LATCHKEY_P12_PASSWORD).
+        #[arg(long, env = "LATCHKEY_P12_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// List the trust store: aliases, subjects, fingerprints, expiry, state.
+    List,
+    /// Revoke a certificate by alias or SHA-256 fingerprint: it stops authenticating at the
+    /// next handshake or request, and stops anchoring chains.
+    Revoke { alias_or_fingerprint: String },
+    /// Issue a replacement for an agent certificate (same subject and SANs, new key) under a
+    /// new alias; the old one keeps working until it expires or is revoked.
+    Renew {
+        alias: String,
+        #[arg(long)]
+        new_alias: Option<String>,
+        #[arg(long)]
+        days: Option<u32>,
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Bundle a certificate chain and its key into a password-protected PKCS#12 keystore.
+    Pkcs12 {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "latchkey")]
+        alias: String,
+        #[arg(long, env = "LATCHKEY_P12_PASSWORD", hide_env_values = true)]
+        password: String,
+    },
+}
+
+/// Where issued material goes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutArgs {
+    /// Write PREFIX.pem (chain), PREFIX.key (0600, when generated here) [default: the alias].
+    #[arg(long, value_name = "PREFIX")]
+    pub out: Option<PathBuf>,
+    /// Also write PREFIX.p12 protected by this password (or LATCHKEY_P12_PASSWORD).
+    #[arg(long, env = "LATCHKEY_P12_PASSWORD", hide_env_values = true)]
+    pub p12_password: Option<String>,
+}
+
+pub fn run(args: &CertArgs) -> Result<(), Error> {
+    let json_out = args.target.json;
+    match &args.command {
+        CertCommand::Init {
+            ca_cert,
+            ca_key,
+            server_names,
+            replace,
+        } => {
+            let dir = args
+                .target
+                .data_dir
+                .as_ref()
+                .ok_or_else(|| usage("cert init needs --data-dir (then restart the server)"))?;
+            let ca = match (ca_cert, ca_key) {
+                (Some(c), Some(k)) => Some((read(c)?, Zeroizing::new(read(k)?))),
+                _ => None,
+            };
+            let files = pki::install_ca(
+                dir,
+                ca.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+                server_names,
+                *replace,
+            )?;
+            let v = json!({ "ca": files.ca_cert, "server_certificate": files.server_cert });
+            print(json_out, &v, |_| {
+                format!(
+                    "CA at {}; server certificate at {}. Agents trust the CA (`latchkey cert export-ca`).",
+                    files.ca_cert.display(),
+                    files.server_cert.display()
+                )
+            });
+            return Ok(());
+        }
+        CertCommand::Pkcs12 {
+            cert,
+            key,
+            out,
+            alias,
+            password,
+        } => {
+            let chain: Vec<_> = pki::pem_chain(&read(cert)?)?
+                .into_iter()
+                .map(|c| c.der)
+                .collect();
+            let key = Zeroizing::new(read(key)?);
+            std::fs::write(out, pki::to_pkcs12(alias, &chain, &key, password)?)?;
+            println!("wrote {}", out.display());
+            return Ok(());
+        }
+        _ => {}
+    }
+    let place = args.target.open()?;
+    let v = match &args.command {
+        CertCommand::List => {
+            let v = match &place {
+                Place::Remote(r) => r
+                    .call("GET", "/api/latchkey/v1/certificates", None, &[])?
+                    .ok()?,
+                Place::Local(app) => json!({ "certificates": certs::views(app)? }),
+            };
+            print(json_out, &v, listing);
+            return Ok(());
+        }
+        CertCommand::ExportCa { out } => {
+            let pem = match &place {
+                Place::Remote(r) => s(
+                    &r.call("GET", "/api/latchkey/v1/certificates/ca", None, &[])?
+                        .ok()?,
+                    "pem",
+                )
+                .to_owned(),
+                Place::Local(app) => {
+                    read(&crate::tls::CertFiles::in_dir(&app.store.paths().dir).ca_cert)?
+                }
+            };
+            match out {
+                Some(p) => {
+                    std::fs::write(p, &pem)?;
+                    println!("wrote {}", p.display());
+                }
+                None => print!("{pem}"),
+            }
+            return Ok(());
+        }
+        CertCommand::Trust {
+            alias,
+            file,
+            password,
+        } => {
+            let bytes = std::fs::read(file).map_err(|e| file_error(file, &e))?;
+            let pem = match std::str::from_utf8(&bytes) {
+                Ok(t) if t.contains("-----BEGIN") => t.to_owned(),
+                _ => {
+                    let (chain, _key) =
+                        pki::from_pkcs12(&bytes, password.as_deref().unwrap_or(""))?;
+                    chain.iter().map(pki::CertInfo::pem).collect()
+                }
+            };
+            let body = ImportBody {
+                alias: alias.clone(),
+                pem,
+            };
+            match &place {
+                Place::Remote(r) => r
+                    .call(
+                        "POST",
+                        "/api/latchkey/v1/certificates",
+                        Some(&json!({ "alias": body.alias, "pem": body.pem })),
+                        &[],
+                    )?
+                    .ok()?,
+                Place::Local(app) => local(app, certs::plan_import(app, &body, "cli")?)?,
+            }
+        }
+        CertCommand::Revoke {
+            alias_or_fingerprint,
+        } => match &place {
+            Place::Remote(r) => r
+                .call(
+                    "POST",
+                    &format!(
+                        "/api/latchkey/v1/certificates/{}/revoke",
+                        alias_or_fingerprint
+                    ),
+                    None,
+                    &[],
+                )?
+                .ok()?,
+            Place::Local(app) => local(app, certs::plan_revoke(app, alias_or_fingerprint, "cli")?)?,
+        },
+        CertCommand::Issue {
+            alias,
+            cn,
+            sans,
+            days,
+            csr,
+            out,
+        } => {
+            let cn = cn.clone().unwrap_or_else(|| alias.clone());
+            let (key, csr) = csr_or_key(csr.as_deref(), &cn, sans)?;
+            let body = IssueBody {
+                alias: alias.clone(),
+                csr,
+                common_name: key.as_ref().map(|_| cn.clone()),
+                sans: sans.clone(),
+                days: Some(*days),
+            };
+            let v = match &place {
+                Place::Remote(r) => r
+                    .call(
+                        "POST",
+                        "/api/latchkey/v1/certificates/issue",
+                        Some(&json!({
+                            "alias": body.alias, "csr": body.csr, "common_name": body.common_name,
+                            "sans": body.sans, "days": body.days,
+                        })),
+                        &[],
+                    )?
+                    .ok()?,
+                Place::Local(app) => {
+                    let (op, pem) = certs::plan_issue(app, &body, "cli")?;
+                    with_pem(local(app, op)?, &pem)
+                }
+            };
+            write_out(&v, alias, out, key.as_ref().map(|k| k.as_str()))?
+        }
+        CertCommand::Renew {
+            alias,
+            new_alias,
+            days,
+            csr,
+            out,
+        } => {
+            let (key, csr) = csr_or_key(csr.as_deref(), alias, &[])?;
+            let body = RenewBody {
+                csr,
+                new_alias: new_alias.clone(),
+                days: *days,
+            };
+            let v = match &place {
+                Place::Remote(r) => r
+                    .call(
+                        "POST",
+                        &format!(
+                            "/api/latchkey/v1/certificates/{}/renew",
+                            alias
+                        ),
+                        Some(&json!({ "csr": body.csr, "new_alias": body.new_alias, "days": body.days })),
+                        &[],
+                    )?
+                    .ok()?,
+                Place::Local(app) => {
+                    let (op, pem) = certs::plan_renew(app, alias, &body, "cli")?;
+                    with_pem(local(app, op)?, &pem)
+                }
+            };
+            let new = s(&v, "alias").to_owned();
+            write_out(&v, &new, out, key.as_ref().map(|k| k.as_str()))?
+        }
+        CertCommand::Init { .. } | CertCommand::Pkcs12 { .. } => Value::Null,
+    };
+    print(json_out, &v, |v| {
+        let mut line = format!(
+            "{} {} ({}), fingerprint {}, expires {}",
+            s(v, "alias"),
+            s(v, "state"),
+            s(v, "subject"),
+            s(v, "fingerprint"),
+            v.get("not_after")
+                .and_then(Value::as_u64)
+                .map(time)
+                .unwrap_or_default()
+        );
+        if let Some(files) = v.get("files").and_then(Value::as_array) {
+            for f in files.iter().filter_map(Value::as_str) {
+                line.push_str(&format!("\nwrote {f}"));
+            }
+        }
+        line
+    });
+    Ok(())
+}
+
+fn read(p: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(p).map_err(|e| file_error(p, &e))
+}
+
+fn file_error(p: &Path, e: &std::io::Error) -> Error {
+    Error::Cli(format!("{}: {e}", p.display()))
+}
+
+fn local(app: &App, op: WriteOp) -> Result<Value, Error> {
+    let outcome = app.write(op)?;
+    Ok(match outcome {
+        crate::store::WriteOutcome::Certificate(rec) => {
+            serde_json::to_value(certs::CertView::new(app, &rec, false)).unwrap_or_default()
+        }
+        crate::store::WriteOutcome::Revocation(r) => {
+            json!({ "fingerprint": r.id, "state": "revoked", "alias": "", "subject": "" })
+        }
+        _ => Value::Null,
+    })
+}
+
+fn with_pem(mut v: Value, pem: &str) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.insert("pem".into(), Value::String(pem.to_owned()));
+    }
+    v
+}
+
+/// The CSR to send: read from a file, or made here with a fresh key (returned, to be saved).
+fn csr_or_key(
+    csr: Option<&Path>,
+    cn: &str,
+    sans: &[String],
+) -> Result<(Option<Zeroizing<String>>, String), Error> {
+    match csr {
+        Some(p) => Ok((None, read(p)?)),
+        None => {
+            let (key, csr) = pki::key_and_csr(cn, sans)?;
+            Ok((Some(key), csr))
+        }
+    }
+}
+
+/// Writes PREFIX.pem, PREFIX.key (0600) and PREFIX.p12; returns the view with the file list.
+fn write_out(v: &Value, alias: &str, out: &OutArgs, key: Option<&str>) -> Result<Value, Error> {
+    let prefix = out.out.clone().unwrap_or_else(|| PathBuf::from(alias));
+    let with_ext = |ext: &str| {
+        let mut p = prefix.clone().into_os_string();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let pem = s(v, "pem");
+    let mut files = Vec::new();
+    let cert_path = with_ext(".pem");
+    std::fs::write(&cert_path, pem)?;
+    files.push(cert_path.display().to_string());
+    if let Some(key) = key {
+        let key_path = with_ext(".key");
+        crate::tls::write_private(&key_path, key.as_bytes())
+            .map_err(|e| Error::Cli(format!("{}: {e}", key_path.display())))?;
+        files.push(key_path.display().to_string());
+        if let Some(pw) = &out.p12_password {
+            let chain: Vec<_> = pki::pem_chain(pem)?.into_iter().map(|c| c.der).collect();
+            let p12_path = with_ext(".p12");
+            std::fs::write(&p12_path, pki::to_pkcs12(alias, &chain, key, pw)?)?;
+            files.push(p12_path.display().to_string());
+        }
+    } else if out.p12_password.is_some() {
+        return Err(usage(
+            "--p12-password needs the private key: without --csr the key is generated here",
+        ));
+    }
+    let mut v = v.clone();
+    if let Value::Object(m) = &mut v {
+        m.remove("pem");
+        m.insert("files".into(), json!(files));
+    }
+    Ok(v)
+}
+
+fn listing(v: &Value) -> String {
+    let mut out = format!(
+        "{:<24} {:<9} {:<8} {:<20} {:<30} FINGERPRINT (SHA-256)\n",
+        "ALIAS", "KIND", "STATE", "EXPIRES", "SUBJECT"
+    );
+    for c in v
+        .get("certificates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push_str(&format!(
+            "{:<24} {:<9} {:<8} {:<20} {:<30} {}\n",
+            s(c, "alias"),
+            s(c, "kind"),
+            s(c, "state"),
+            c.get("not_after")
+                .and_then(Value::as_u64)
+                .map(time)
+                .unwrap_or_default(),
+            s(c, "subject"),
+            s(c, "fingerprint"),
+        ));
+    }
+    out
+}

@@ -1,0 +1,835 @@
+//! Certificates for mutual TLS: reading them, issuing them, exporting them, and turning the
+//! store's trust store into what the TLS layer checks.
+//!
+//! # Design decisions
+//!
+//! **Parse once, then act.** Every certificate that enters (an import, a CSR's result, a JWKS
+//! `x5c`) becomes a [`CertInfo`] first: subject, SANs, validity, SHA-256 fingerprint. A
+//! certificate that does not parse, has expired, or is not yet valid is refused with a message
+//! that says which.
+//!
+//! **Keys stay where they are made.** `latchkey cert issue` generates the agent's key in the
+//! CLI process and sends the authority a CSR; the authority signs it with its CA and records the
+//! certificate (never a private key). A CSR can also come from the agent itself.
+//!
+//! **What is trusted.** The TLS layer's [`TrustStore`] is rebuilt from: the data directory's CA
+//! and `--client-ca` files (the *base*), plus every `Trusted` certificate in the store that is
+//! valid and not revoked (relay CAs, self-signed agent certificates). Revoked fingerprints are
+//! the `cert:` revocations plus certificates marked `Revoked`. [`TrustState::refresh`] runs after
+//! every commit that changes any of that, before the request that caused it is answered, so the
+//! next handshake sees it.
+//!
+//! **Two verifiers.** A self-signed agent certificate imported as a trust anchor could sign
+//! other certificates (webpki does not check an anchor's basic constraints). So
+//! `tls_client_auth` (subject/SAN match) re-verifies the client's chain against the *CA anchors
+//! only* (certificates that are CAs), while `self_signed_tls_client_auth` matches the exact
+//! certificate by thumbprint. Neither can be satisfied by a certificate that another agent's
+//! self-signed key minted.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use base64::Engine as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use sha2::Digest as _;
+use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+
+use crate::app::App;
+use crate::error::{ApiError, Error};
+use crate::store::{CertificateKind, CertificateRecord, CertificateState, RevocationKind};
+use crate::tls::{self, ClientAuthMode, TrustStore};
+
+/// Largest PEM or PKCS#12 input (a chain of a few certificates).
+pub const MAX_CERT_INPUT: usize = 64 * 1024;
+/// Most certificates in one PEM chain.
+pub const MAX_CHAIN: usize = 8;
+/// Longest validity an issued certificate may ask for.
+pub const MAX_DAYS: u32 = 3 * 366;
+
+fn bad(msg: impl Into<String>) -> Error {
+    ApiError::InvalidRequest(msg.into()).into()
+}
+
+/// A parsed X.509 certificate: what the trust store shows and matches on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub der: CertificateDer<'static>,
+    /// RFC 4514-style, e.g. `CN=agent-1, O=Acme`.
+    pub subject: String,
+    pub issuer: String,
+    /// Subject alternative names as `dns:..`, `uri:..`, `ip:..`, `email:..`.
+    pub sans: Vec<String>,
+    pub not_before: u64,
+    pub not_after: u64,
+    /// SHA-256 of the DER, lower-case hex.
+    pub fingerprint: String,
+    pub is_ca: bool,
+}
+
+impl CertInfo {
+    /// Parses one DER certificate (trailing bytes refused).
+    pub fn parse(der: CertificateDer<'static>) -> Result<CertInfo, Error> {
+        let (rest, cert) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| bad(format!("malformed certificate: {e}")))?;
+        if !rest.is_empty() {
+            return Err(bad("malformed certificate: trailing bytes"));
+        }
+        let mut sans = Vec::new();
+        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+            for name in &ext.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => sans.push(format!("dns:{d}")),
+                    GeneralName::URI(u) => sans.push(format!("uri:{u}")),
+                    GeneralName::RFC822Name(m) => sans.push(format!("email:{m}")),
+                    GeneralName::IPAddress(ip) => {
+                        if let Some(ip) = ip_text(ip) {
+                            sans.push(format!("ip:{ip}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+        Ok(CertInfo {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            sans,
+            not_before: secs(cert.validity().not_before.timestamp()),
+            not_after: secs(cert.validity().not_after.timestamp()),
+            fingerprint: fingerprint_hex(&der),
+            is_ca: cert.is_ca(),
+            der,
+        })
+    }
+
+    pub fn self_signed(&self) -> bool {
+        self.subject == self.issuer
+    }
+
+    /// Refuses a certificate that is expired or not yet valid at `now`.
+    pub fn check_current(&self, now: u64) -> Result<(), Error> {
+        if now > self.not_after {
+            return Err(bad(format!(
+                "certificate {:?} expired at {}",
+                self.subject,
+                crate::cmd::remote::time(self.not_after)
+            )));
+        }
+        if now + 300 < self.not_before {
+            return Err(bad(format!(
+                "certificate {:?} is not valid before {}",
+                self.subject,
+                crate::cmd::remote::time(self.not_before)
+            )));
+        }
+        Ok(())
+    }
+
+    /// RFC 8705 `x5t#S256`: base64url SHA-256 of the DER.
+    pub fn thumbprint(&self) -> String {
+        x5t_s256(&self.der)
+    }
+
+    pub fn pem(&self) -> String {
+        pem(&self.der)
+    }
+}
+
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+        _ => None,
+    }
+}
+
+/// SHA-256 of a certificate's DER, lower-case hex (the trust store's key).
+pub fn fingerprint_hex(der: &[u8]) -> String {
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Parses a lower-case or upper-case hex SHA-256 fingerprint (colons allowed, as openssl
+/// prints them).
+pub fn parse_fingerprint(text: &str) -> Option<String> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_lowercase())
+}
+
+fn fingerprint_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// RFC 8705 §3.1 `x5t#S256`: base64url (no padding) SHA-256 of the certificate's DER.
+pub fn x5t_s256(der: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der))
+}
+
+/// One certificate as PEM.
+pub fn pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Every certificate in PEM text, parsed; at least one, at most [`MAX_CHAIN`].
+pub fn pem_chain(text: &str) -> Result<Vec<CertInfo>, Error> {
+    if text.len() > MAX_CERT_INPUT {
+        return Err(bad("certificate file too large"));
+    }
+    let ders = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("malformed PEM: {e}")))?;
+    if ders.is_empty() {
+        return Err(bad("no certificate in the PEM input"));
+    }
+    if ders.len() > MAX_CHAIN {
+        return Err(bad(format!("more than {MAX_CHAIN} certificates")));
+    }
+    ders.into_iter().map(CertInfo::parse).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issuing
+
+/// What an issued agent certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueRequest {
+    /// Subject CN [default: the CSR's subject].
+    pub common_name: Option<String>,
+    /// Subject alternative names (DNS names or IP addresses) [default: the CSR's].
+    pub sans: Vec<String>,
+    pub days: u32,
+}
+
+/// The authority's CA, able to sign.
+pub struct CaSigner {
+    cert_pem: String,
+    key: rcgen::KeyPair,
+}
+
+impl std::fmt::Debug for CaSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaSigner").finish_non_exhaustive()
+    }
+}
+
+impl CaSigner {
+    /// The CA of a data directory (`ca.pem`, `ca.key`).
+    pub fn load(data_dir: &Path) -> Result<CaSigner, Error> {
+        let files = tls::CertFiles::in_dir(data_dir);
+        let cert_pem = std::fs::read_to_string(&files.ca_cert).map_err(|e| {
+            Error::Config(format!(
+                "{}: {e} (run `latchkey cert init` or start the server once)",
+                files.ca_cert.display()
+            ))
+        })?;
+        let key_pem = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&files.ca_key)
+                .map_err(|e| Error::Config(format!("{}: {e}", files.ca_key.display())))?,
+        );
+        CaSigner::from_pem(&cert_pem, &key_pem)
+    }
+
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CaSigner, Error> {
+        let key =
+            rcgen::KeyPair::from_pem(key_pem).map_err(|e| bad(format!("CA private key: {e}")))?;
+        let chain = pem_chain(cert_pem)?;
+        let ca = chain.first().ok_or_else(|| bad("no CA certificate"))?;
+        if !ca.is_ca {
+            return Err(bad(format!("{:?} is not a CA certificate", ca.subject)));
+        }
+        // The key must be the certificate's: sign a probe and check it chains.
+        let signer = CaSigner {
+            cert_pem: ca.pem(),
+            key,
+        };
+        let probe = signer.sign_new("probe", &[], 1)?;
+        let roots = {
+            let mut r = rustls::RootCertStore::empty();
+            r.add(ca.der.clone())
+                .map_err(|e| bad(format!("CA certificate: {e}")))?;
+            r
+        };
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build()
+        .map_err(|e| bad(format!("CA certificate: {e}")))?;
+        verifier
+            .verify_client_cert(&probe.0, &[], UnixTime::now())
+            .map_err(|_| bad("the CA private key does not belong to the CA certificate"))?;
+        Ok(signer)
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    fn issuer(&self) -> Result<rcgen::Issuer<'_, &rcgen::KeyPair>, Error> {
+        rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
+            .map_err(|e| bad(format!("CA certificate: {e}")))
+    }
+
+    /// Signs a CSR (PEM) as a client certificate: never a CA, `clientAuth` only, whatever the
+    /// CSR asked for.
+    pub fn sign_csr(&self, csr_pem: &str, req: &IssueRequest) -> Result<CertInfo, Error> {
+        if csr_pem.len() > MAX_CERT_INPUT {
+            return Err(bad("CSR too large"));
+        }
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| bad(format!("malformed or unsigned CSR: {e}")))?;
+        client_params(&mut csr.params, req)?;
+        let cert = csr
+            .signed_by(&self.issuer()?)
+            .map_err(|e| bad(format!("cannot sign: {e}")))?;
+        CertInfo::parse(cert.der().clone())
+    }
+
+    /// Generates a key and a certificate for it (tests, `cert init` server certificates).
+    fn sign_new(
+        &self,
+        cn: &str,
+        sans: &[String],
+        days: u32,
+    ) -> Result<(CertificateDer<'static>, rcgen::KeyPair), Error> {
+        let key = new_key()?;
+        let mut params = rcgen::CertificateParams::default();
+        client_params(
+            &mut params,
+            &IssueRequest {
+                common_name: Some(cn.to_owned()),
+                sans: sans.to_vec(),
+                days,
+            },
+        )?;
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|e| bad(format!("cannot sign: {e}")))?;
+        Ok((cert.der().clone(), key))
+    }
+}
+
+fn new_key() -> Result<rcgen::KeyPair, Error> {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| Error::Config(format!("key generation: {e}")))
+}
+
+fn client_params(params: &mut rcgen::CertificateParams, req: &IssueRequest) -> Result<(), Error> {
+    if req.days == 0 || req.days > MAX_DAYS {
+        return Err(bad(format!("days must be 1..={MAX_DAYS}")));
+    }
+    if let Some(cn) = &req.common_name {
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, cn.as_str());
+        params.distinguished_name = dn;
+    }
+    if !req.sans.is_empty() {
+        params.subject_alt_names = req
+            .sans
+            .iter()
+            .map(|s| san(s))
+            .collect::<Result<Vec<_>, _>>()?;
+    }
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    // Valid from yesterday (clock skew between agents and the authority).
+    set_days(params, -1, i64::from(req.days))
+}
+
+/// Validity from midnight UTC `from` days after today to `to` days after today (rcgen takes
+/// calendar dates; `civil_from_days` only yields real ones, so `date_time_ymd` cannot panic).
+fn set_days(params: &mut rcgen::CertificateParams, from: i64, to: i64) -> Result<(), Error> {
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| Error::Config(e.to_string()))?
+        .as_secs()
+        / 86_400;
+    let date = |offset: i64| {
+        let (y, m, d) = crate::http::date::civil_from_days(today as i64 + offset);
+        rcgen::date_time_ymd(y as i32, m as u8, d as u8)
+    };
+    params.not_before = date(from);
+    params.not_after = date(to);
+    Ok(())
+}
+
+fn san(s: &str) -> Result<rcgen::SanType, Error> {
+    let invalid = |e: rcgen::Error| bad(format!("subject alternative name {s:?}: {e}"));
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(rcgen::SanType::IpAddress(ip));
+    }
+    if let Some(uri) = s.strip_prefix("uri:") {
+        return Ok(rcgen::SanType::URI(uri.try_into().map_err(invalid)?));
+    }
+    if let Some(mail) = s.strip_prefix("email:") {
+        return Ok(rcgen::SanType::Rfc822Name(
+            mail.try_into().map_err(invalid)?,
+        ));
+    }
+    let dns = s.strip_prefix("dns:").unwrap_or(s);
+    Ok(rcgen::SanType::DnsName(dns.try_into().map_err(invalid)?))
+}
+
+fn random_serial() -> Result<rcgen::SerialNumber, Error> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| Error::Config("system random source failed".into()))?;
+    bytes[0] &= 0x7f; // positive
+    Ok(rcgen::SerialNumber::from_slice(&bytes))
+}
+
+/// A fresh ECDSA P-256 key (PKCS#8 PEM) and a CSR for `cn` and `sans`: what `latchkey cert
+/// issue` makes locally so the key never leaves the machine.
+pub fn key_and_csr(
+    cn: &str,
+    sans: &[String],
+) -> Result<(zeroize::Zeroizing<String>, String), Error> {
+    let key = new_key()?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| bad(format!("CSR: {e}")))?
+        .pem()
+        .map_err(|e| bad(format!("CSR: {e}")))?;
+    Ok((zeroize::Zeroizing::new(key.serialize_pem()), csr))
+}
+
+/// A new self-signed CA certificate and key (PEM): `latchkey cert init` and relay CAs.
+pub fn new_ca(cn: &str, years: u32) -> Result<(String, zeroize::Zeroizing<String>), Error> {
+    let key = new_key()?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial()?);
+    set_days(&mut params, -1, 365 * i64::from(years.max(1)))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| bad(format!("CA: {e}")))?;
+    Ok((cert.pem(), zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// Installs a CA in a data directory (`ca.pem`, `ca.key`) and issues a new server certificate
+/// from it. An existing CA is replaced only with `replace` (old files are kept as `*.old`).
+pub fn install_ca(
+    data_dir: &Path,
+    ca: Option<(&str, &str)>,
+    server_names: &[String],
+    replace: bool,
+) -> Result<tls::CertFiles, Error> {
+    let files = tls::CertFiles::in_dir(data_dir);
+    std::fs::create_dir_all(data_dir)?;
+    if files.ca_cert.exists() && !replace {
+        return Err(Error::Cli(format!(
+            "{} exists; pass --replace to replace the authority's CA (every agent must then \
+             trust the new one)",
+            files.ca_cert.display()
+        )));
+    }
+    let (cert_pem, key_pem) = match ca {
+        Some((c, k)) => {
+            // Checks that the key belongs to the certificate and that it is a CA.
+            CaSigner::from_pem(c, k)?;
+            (c.to_owned(), zeroize::Zeroizing::new(k.to_owned()))
+        }
+        None => new_ca("Latchkey local CA", 10)?,
+    };
+    for p in [
+        &files.ca_cert,
+        &files.ca_key,
+        &files.server_cert,
+        &files.server_key,
+    ] {
+        if p.exists() {
+            let mut old = p.clone().into_os_string();
+            old.push(".old");
+            std::fs::rename(p, old)?;
+        }
+    }
+    tls::write_private(&files.ca_key, key_pem.as_bytes())?;
+    std::fs::write(&files.ca_cert, cert_pem.as_bytes())?;
+    tls::ensure_certificates(data_dir, server_names)?;
+    Ok(files)
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKCS#12
+
+/// A PKCS#12 keystore with `key_pem` (PKCS#8) and `chain` (leaf first) under `alias`.
+pub fn to_pkcs12(
+    alias: &str,
+    chain: &[CertificateDer<'_>],
+    key_pem: &str,
+    password: &str,
+) -> Result<Vec<u8>, Error> {
+    if password.is_empty() {
+        return Err(bad("a PKCS#12 export needs a non-empty password"));
+    }
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad(format!("private key (PKCS#8 PEM expected): {e}")))?;
+    let key = p12_keystore::PrivateKey::from_der(key.secret_pkcs8_der())
+        .map_err(|e| bad(format!("private key: {e}")))?;
+    let certs = chain
+        .iter()
+        .map(|c| p12_keystore::Certificate::from_der(c.as_ref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("certificate: {e}")))?;
+    let local_id = sha2::Sha256::digest(chain.first().map_or(&[][..], |c| c.as_ref())).to_vec();
+    let mut store = p12_keystore::KeyStore::new();
+    store.add_entry(
+        alias,
+        p12_keystore::KeyStoreEntry::PrivateKeyChain(p12_keystore::PrivateKeyChain::new(
+            local_id, key, certs,
+        )),
+    );
+    store
+        .writer(password)
+        .write()
+        .map_err(|e| bad(format!("PKCS#12: {e}")))
+}
+
+/// The certificates (leaf first) and PKCS#8 private key (PEM) of a PKCS#12 file.
+pub fn from_pkcs12(
+    der: &[u8],
+    password: &str,
+) -> Result<(Vec<CertInfo>, Option<zeroize::Zeroizing<String>>), Error> {
+    if der.len() > MAX_CERT_INPUT {
+        return Err(bad("PKCS#12 file too large"));
+    }
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        der,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .map_err(|e| {
+        bad(format!(
+            "cannot open the PKCS#12 file: wrong password, or not a PKCS#12 file ({e})"
+        ))
+    })?;
+    if let Some((_, chain)) = store.private_key_chain() {
+        let certs = chain
+            .certs()
+            .iter()
+            .map(|c| CertInfo::parse(CertificateDer::from(c.as_der().to_vec())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(chain.key().as_der());
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        return Ok((certs, Some(zeroize::Zeroizing::new(pem))));
+    }
+    let certs = store
+        .entries()
+        .filter_map(|(_, e)| match e {
+            p12_keystore::KeyStoreEntry::Certificate(c) => Some(c.as_der().to_vec()),
+            _ => None,
+        })
+        .map(|d| CertInfo::parse(CertificateDer::from(d)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(bad("the PKCS#12 file holds no certificate"));
+    }
+    Ok((certs, None))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The live trust state
+
+/// What the TLS layer trusts, rebuilt from the store after every relevant commit.
+#[derive(Debug, Default)]
+pub struct TrustState {
+    /// Anchors from files (the data directory's CA, `--client-ca`).
+    base: Mutex<Vec<CertificateDer<'static>>>,
+    /// The same trust restricted to CA anchors (see the module docs): what `tls_client_auth`
+    /// chains must verify against.
+    ca_only: ArcSwapOption<TrustStore>,
+}
+
+/// The anchors and revoked fingerprints the store says, with the base added.
+#[derive(Debug, Default)]
+pub struct TrustMaterial {
+    pub anchors: Vec<CertInfo>,
+    pub revoked: HashSet<[u8; 32]>,
+}
+
+impl TrustState {
+    /// Sets the file anchors (once, at `serve`).
+    pub fn set_base(&self, anchors: Vec<CertificateDer<'static>>) {
+        if let Ok(mut b) = self.base.lock() {
+            *b = anchors;
+        }
+    }
+
+    /// The data directory's CA and the `--client-ca` files.
+    pub fn file_anchors(
+        data_dir: &Path,
+        client_cas: &[std::path::PathBuf],
+    ) -> Result<Vec<CertificateDer<'static>>, Error> {
+        let mut anchors = Vec::new();
+        let own = tls::CertFiles::in_dir(data_dir).ca_cert;
+        if own.exists() {
+            anchors.extend(tls::load_certs(&own)?);
+        }
+        for p in client_cas {
+            anchors.extend(tls::load_certs(p)?);
+        }
+        Ok(anchors)
+    }
+
+    /// What the store and files say is trusted now.
+    pub fn material(&self, app: &App) -> Result<TrustMaterial, Error> {
+        let snap = app.store.read()?;
+        let now = app.now();
+        let mut revoked: HashSet<[u8; 32]> = snap
+            .revocations()?
+            .iter()
+            .filter(|r| r.kind == RevocationKind::Certificate)
+            .filter_map(|r| fingerprint_bytes(&r.id))
+            .collect();
+        let records = snap.certificates()?;
+        revoked.extend(
+            records
+                .iter()
+                .filter(|r| r.state == CertificateState::Revoked)
+                .filter_map(|r| fingerprint_bytes(&r.fingerprint)),
+        );
+        let base = self.base.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut anchors = Vec::new();
+        let mut seen = HashSet::new();
+        let stored = records
+            .iter()
+            .filter(|r| is_anchor(r, now))
+            .map(|r| CertificateDer::from(r.der.clone()));
+        for der in base.into_iter().chain(stored) {
+            let fp = tls::fingerprint(&der);
+            if revoked.contains(&fp) || !seen.insert(fp) {
+                continue;
+            }
+            match CertInfo::parse(der) {
+                Ok(info) => anchors.push(info),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable trust anchor"),
+            }
+        }
+        Ok(TrustMaterial { anchors, revoked })
+    }
+
+    /// Rebuilds the TLS trust store from [`TrustState::material`]. A no-op without mutual TLS.
+    pub fn refresh(&self, app: &App) -> Result<(), Error> {
+        let Some(trust) = &app.trust else {
+            return Ok(());
+        };
+        let m = self.material(app)?;
+        let all: Vec<_> = m.anchors.iter().map(|a| a.der.clone()).collect();
+        let cas: Vec<_> = m
+            .anchors
+            .iter()
+            .filter(|a| a.is_ca)
+            .map(|a| a.der.clone())
+            .collect();
+        // Revocations first: a certificate that was just revoked and also stops being an
+        // anchor must not verify in between.
+        trust.replace_revoked(m.revoked.iter().copied());
+        trust.replace_anchors(all)?;
+        let ca_only = TrustStore::new(cas, m.revoked, ClientAuthMode::Required)?;
+        self.ca_only.store(Some(ca_only));
+        Ok(())
+    }
+
+    /// Re-verifies a client chain against the current trust (revocations, removed anchors,
+    /// expiry): a live connection outlives its handshake. `ca_only` for `tls_client_auth`.
+    pub fn verify_chain(
+        &self,
+        app: &App,
+        chain: &[CertificateDer<'static>],
+        ca_only: bool,
+    ) -> Result<(), Error> {
+        let refused = |why: &str| -> Error {
+            ApiError::InvalidClient(format!("client certificate refused: {why}")).into()
+        };
+        let (ee, rest) = chain
+            .split_first()
+            .ok_or_else(|| refused("no certificate"))?;
+        let store = if ca_only {
+            self.ca_only.load_full()
+        } else {
+            app.trust.clone()
+        };
+        let store = store.ok_or_else(|| refused("mutual TLS is off"))?;
+        store
+            .verifier()
+            .verify_client_cert(ee, rest, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| refused(&e.to_string()))
+    }
+}
+
+/// Whether a stored certificate anchors chains: trusted imports and the authority's CA, valid,
+/// not expired.
+fn is_anchor(r: &CertificateRecord, now: u64) -> bool {
+    matches!(
+        r.kind,
+        CertificateKind::Trusted | CertificateKind::Authority
+    ) && r.state == CertificateState::Valid
+        && r.not_after >= now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer() -> CaSigner {
+        let (c, k) = new_ca("Test CA", 1).unwrap();
+        CaSigner::from_pem(&c, &k).unwrap()
+    }
+
+    #[test]
+    fn csr_becomes_a_client_certificate_that_is_never_a_ca() {
+        let ca = signer();
+        let (_key, csr) = key_and_csr("agent-1", &["agent-1.example".into()]).unwrap();
+        let req = IssueRequest {
+            common_name: None,
+            sans: vec![],
+            days: 30,
+        };
+        let cert = ca.sign_csr(&csr, &req).unwrap();
+        assert_eq!(cert.subject, "CN=agent-1");
+        assert_eq!(cert.issuer, "CN=Test CA");
+        assert_eq!(cert.sans, vec!["dns:agent-1.example".to_owned()]);
+        assert!(!cert.is_ca);
+        assert!(cert.not_after > cert.not_before + 29 * 86_400);
+        assert_eq!(cert.fingerprint.len(), 64);
+        assert_eq!(cert.thumbprint().len(), 43);
+
+        // A CSR asking to be a CA still yields a leaf.
+        let key = new_key().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["evil".to_owned()]).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+        let cert = ca.sign_csr(&csr, &req).unwrap();
+        assert!(!cert.is_ca);
+    }
+
+    #[test]
+    fn clear_errors_for_bad_input() {
+        let ca = signer();
+        let req = IssueRequest {
+            common_name: None,
+            sans: vec![],
+            days: 30,
+        };
+        let msg = |r: Result<CertInfo, Error>| r.unwrap_err().to_string();
+        assert!(msg(ca.sign_csr("nonsense", &req)).contains("CSR"));
+        assert!(
+            pem_chain("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
+        assert!(
+            pem_chain("")
+                .unwrap_err()
+                .to_string()
+                .contains("no certificate")
+        );
+        let (_k, csr) = key_and_csr("a", &[]).unwrap();
+        let zero = IssueRequest { days: 0, ..req };
+        assert!(msg(ca.sign_csr(&csr, &zero)).contains("days"));
+
+        // An expired certificate says so.
+        let chain = pem_chain(ca.cert_pem()).unwrap();
+        let info = &chain[0];
+        assert!(info.check_current(info.not_after + 1).is_err());
+        info.check_current(info.not_before + 1).unwrap();
+
+        // A CA key that does not belong to the certificate.
+        let (c, _) = new_ca("A", 1).unwrap();
+        let (_, k2) = new_ca("B", 1).unwrap();
+        assert!(
+            CaSigner::from_pem(&c, &k2)
+                .unwrap_err()
+                .to_string()
+                .contains("does not belong")
+        );
+    }
+
+    #[test]
+    fn pkcs12_round_trip_and_wrong_password() {
+        let ca = signer();
+        let (key, csr) = key_and_csr("agent-p12", &[]).unwrap();
+        let cert = ca
+            .sign_csr(
+                &csr,
+                &IssueRequest {
+                    common_name: None,
+                    sans: vec![],
+                    days: 1,
+                },
+            )
+            .unwrap();
+        let p12 = to_pkcs12("agent", std::slice::from_ref(&cert.der), &key, "s3cret").unwrap();
+        let (certs, back) = from_pkcs12(&p12, "s3cret").unwrap();
+        assert_eq!(certs[0].fingerprint, cert.fingerprint);
+        assert!(back.unwrap().contains("PRIVATE KEY"));
+        assert!(
+            from_pkcs12(&p12, "wrong")
+                .unwrap_err()
+                .to_string()
+                .contains("wrong password")
+        );
+        assert!(to_pkcs12("agent", &[cert.der], &key, "").is_err());
+    }
+
+    #[test]
+    fn fingerprints_parse_in_openssl_and_plain_form() {
+        let fp = fingerprint_hex(b"x");
+        assert_eq!(parse_fingerprint(&fp), Some(fp.clone()));
+        let colons: Vec<String> = fp
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).to_uppercase())
+            .collect();
+        assert_eq!(parse_fingerprint(&colons.join(":")), Some(fp.clone()));
+        assert_eq!(parse_fingerprint("abc"), None);
+        assert_eq!(fingerprint_bytes(&fp).map(|b| b.len()), Some(32));
+    }
+}
