@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 # The end-to-end tests in tests/ drive the real binaries (`latchkey`, `latchkey-loadgen`):
 # build them first.
 cargo build --locked -p latchkey-authority -p latchkey-bench --bins
+# The mutual-TLS tests also use real curl and openssl clients.
+if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq curl openssl
+fi
 # The Node SDK interop test (tests/tests/onboarding.rs) runs the pinned MindConnect SDK.
 npm ci --prefix tests/interop --no-audit --no-fund
 cargo test --locked --workspace
