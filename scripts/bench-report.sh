@@ -3,10 +3,11 @@
 # the server bench script, the load generator's scenarios) and assembles the report from the
 # sections in bench/results/*.md, with the machine, the date and the load.
 #
-# Sections: core.md, store.md, server.md and onboarding.md are curated by the benches' owners
-# from the raw output this script saves under target/bench-report/ (their headers name the
-# exact commands); loadgen.md is written by bench/scripts/loadgen-report.sh. A section that
-# does not exist yet is listed as missing, not invented.
+# Sections: core.md, store.md and server.md are curated by the benches' owners from the raw
+# output this script saves under target/bench-report/ (their headers name the exact commands);
+# onboarding.md, mtls.md and loadgen.md are written by bench/scripts/onboarding-bench.sh,
+# mtls-bench.sh and loadgen-report.sh. A section that does not exist yet is listed as missing,
+# not invented.
 #
 # Measure on a quiet machine: the script warns when the 1-minute load average is above 1.5.
 # `--assemble-only` skips the runs and only rebuilds RESULTS.md from the sections.
@@ -32,6 +33,10 @@ if [ "${1:-}" != --assemble-only ]; then
     else
         echo "bench-report: bench/scripts/server-bench.sh not found; server section not rerun" >&2
     fi
+    echo "== onboarding token bench (load $(load))" >&2
+    bench/scripts/onboarding-bench.sh 2>&1 | tee "$RAW/onboarding.log"
+    echo "== mutual TLS bench (load $(load))" >&2
+    bench/scripts/mtls-bench.sh 2>&1 | tee "$RAW/mtls.log"
     echo "== load generator scenarios (load $(load))" >&2
     bench/scripts/loadgen-report.sh 2>&1 | tee "$RAW/loadgen.log"
 fi
@@ -53,7 +58,7 @@ fi
     echo "rustc: $(rustc --version)"
     echo "node: $(node --version 2>/dev/null || echo none)"
     echo '```'
-    for section in core store server onboarding loadgen; do
+    for section in core store server onboarding mtls loadgen; do
         echo
         if [ -f "bench/results/$section.md" ]; then
             # Demote the section's headings one level under this document's title (not lines

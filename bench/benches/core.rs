@@ -318,11 +318,13 @@ fn hmac_group(c: &mut Criterion, f: &Fixture) {
         floor: None,
     })
     .expect("os rng");
+    // Criterion calls the closure once per sample: the clock must live outside it, or time
+    // would restart while earlier entries are still live.
+    let clock = std::sync::atomic::AtomicU64::new(0);
     g.bench_function("latchkey/verify+replay_check", |b| {
-        let mut n = 0u64;
         b.iter(|| {
             let token = jws::verify(black_box(&assertion), &key, &validation, f.now).expect("ok");
-            n += 1;
+            let n = clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let now = f.now + n / 1000;
             let claims = token.claims();
             cache

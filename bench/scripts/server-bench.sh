@@ -33,7 +33,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts `latchkey serve` and prints its port once the ready line appears.
+# Starts `latchkey serve` and sets PORT once the ready line appears. Not called in `$(..)`:
+# a subshell would lose the PID and leak the server.
 start_latchkey() { # name, extra flags...
     local name=$1
     shift
@@ -42,7 +43,7 @@ start_latchkey() { # name, extra flags...
     PIDS+=($!)
     for _ in $(seq 100); do
         if grep -q "listening on" "$WORK/$name.out" 2>/dev/null; then
-            sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/$name.out"
+            PORT=$(sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/$name.out")
             return
         fi
         sleep 0.1
@@ -52,8 +53,10 @@ start_latchkey() { # name, extra flags...
     exit 1
 }
 
-LK_PLAIN=$(start_latchkey plain --insecure-plain-http)
-LK_TLS=$(start_latchkey tls)
+start_latchkey plain --insecure-plain-http
+LK_PLAIN=$PORT
+start_latchkey tls
+LK_TLS=$PORT
 
 # nginx with the certificate Latchkey generated, so both servers sign with the same key type.
 mkdir -p "$WORK/nginx/html" "$WORK/nginx/logs"
@@ -114,5 +117,20 @@ for c in 1 64; do
     run latchkey "TLS keep-alive" "https://127.0.0.1:$LK_TLS/healthz" "$c"
     run nginx "TLS keep-alive" "https://127.0.0.1:$NG_TLS/healthz" "$c"
 done
-run latchkey "new TLS connection per request" "https://127.0.0.1:$LK_TLS/healthz" 16 -H 'Connection: close'
-run nginx "new TLS connection per request" "https://127.0.0.1:$NG_TLS/healthz" 16 -H 'Connection: close'
+# wrk 4.1 caches the TLS session, so these are new TCP connections with *resumed* handshakes.
+run latchkey "new TLS connection per request (resumed)" "https://127.0.0.1:$LK_TLS/healthz" 16 -H 'Connection: close'
+run nginx "new TLS connection per request (resumed)" "https://127.0.0.1:$NG_TLS/healthz" 16 -H 'Connection: close'
+
+# Full handshakes: `openssl s_time -new` never resumes; one client process, so it measures
+# latency-bound handshakes/s rather than server saturation.
+stime() { # server, port
+    local secs=${DURATION%s} start end out count
+    start=$(date +%s.%N)
+    out=$(openssl s_time -connect "127.0.0.1:$2" -new -time "$secs" -www /healthz 2>&1 || true)
+    end=$(date +%s.%N)
+    count=$(awk '/connections in [0-9]+ real seconds/ {print $1; exit}' <<<"$out")
+    printf '| %s | full TLS handshake per connection (openssl s_time -new) | 1 | %s | | | |\n' \
+        "$1" "$(awk -v n="${count:-0}" -v a="$start" -v b="$end" 'BEGIN {printf "%.0f", n / (b - a)}')"
+}
+stime latchkey "$LK_TLS"
+stime nginx "$NG_TLS"

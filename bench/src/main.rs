@@ -57,6 +57,16 @@ pub struct Args {
     /// CA certificate (PEM) the server's certificate must chain to, e.g. <data-dir>/ca.pem.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) to present: mutual TLS (e.g. from `latchkey cert issue`).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Never resume TLS sessions: with --new-connection-per-request every connection does a
+    /// full handshake (the default resumes, as real clients do).
+    #[arg(long)]
+    pub no_resumption: bool,
     /// Allow an http:// target (Latchkey's --insecure-plain-http, or a plain peer).
     #[arg(long)]
     pub insecure_plain: bool,
@@ -80,6 +90,14 @@ pub struct Args {
     /// Distinct RSA-3072 keys the RSA agents share (each costs a key generation).
     #[arg(long, default_value_t = 2)]
     pub rsa_keys: usize,
+    /// tls_client_auth agents to have for `token-mtls`, registered (RFC 8705) with
+    /// --mtls-subject-dn [default: --agents].
+    #[arg(long)]
+    pub mtls_agents: Option<usize>,
+    /// Subject DN the `token-mtls` agents are registered with: the subject of --client-cert,
+    /// e.g. `CN=lg-agent`.
+    #[arg(long, value_name = "DN")]
+    pub mtls_subject_dn: Option<String>,
     /// Keep agents across runs: load this file, create only the missing agents, save it back
     /// (it holds live credentials; written with mode 0600).
     #[arg(long, value_name = "FILE")]

@@ -94,6 +94,16 @@ pub struct SecretAgent {
     pub registration_path: String,
 }
 
+/// A `tls_client_auth` agent (RFC 8705): it authenticates with the client certificate whose
+/// subject it was registered with, and holds no secret.
+#[derive(Debug, Clone)]
+pub struct MtlsAgent {
+    pub id: String,
+    pub subject_dn: String,
+    pub rat: String,
+    pub registration_path: String,
+}
+
 /// An RSA_3072 agent: its key is `keys[key]` of the [`Agents`].
 #[derive(Clone)]
 pub struct RsaAgent {
@@ -126,6 +136,7 @@ impl std::fmt::Debug for RsaAgent {
 pub struct Agents {
     pub secret: Vec<SecretAgent>,
     pub rsa: Vec<RsaAgent>,
+    pub mtls: Vec<MtlsAgent>,
     pub keys: Vec<SigningKey>,
     /// The tenant the agents belong to (`ten` of their assertions).
     pub tenant: Option<String>,
@@ -139,7 +150,19 @@ pub struct PrepareConfig {
     /// Distinct RSA-3072 keys shared round-robin by the RSA agents (key generation costs
     /// about a second each; the server keeps one registration per agent either way).
     pub rsa_keys: usize,
+    /// tls_client_auth agents, and the certificate subject they are registered with.
+    pub mtls_agents: usize,
+    pub mtls_subject_dn: Option<String>,
     pub threads: usize,
+}
+
+/// How one planned agent registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Secret,
+    /// RSA_3072 with the shared key of this index.
+    Rsa(usize),
+    Mtls,
 }
 
 /// Creates and registers agents until `agents` holds as many as `cfg` asks for.
@@ -154,13 +177,32 @@ pub fn prepare(
 ) -> Result<(), Error> {
     let want_secret = cfg.secret_agents.saturating_sub(agents.secret.len());
     let want_rsa = cfg.rsa_agents.saturating_sub(agents.rsa.len());
+    // Agents registered for another subject would fail every request: only matching ones count.
+    let have_mtls = agents
+        .mtls
+        .iter()
+        .filter(|a| Some(&a.subject_dn) == cfg.mtls_subject_dn.as_ref())
+        .count();
+    let want_mtls = cfg.mtls_agents.saturating_sub(have_mtls);
+    let mtls_body = match (&cfg.mtls_subject_dn, want_mtls) {
+        (_, 0) => String::new(),
+        (Some(dn), _) => json!({ "token_endpoint_auth_method": "tls_client_auth",
+                                 "tls_client_auth_subject_dn": dn })
+        .to_string(),
+        (None, _) => {
+            return Err(Error::Usage(
+                "tls_client_auth agents need --mtls-subject-dn (the subject of --client-cert)"
+                    .into(),
+            ));
+        }
+    };
     if want_rsa > 0 {
         while agents.keys.len() < cfg.rsa_keys.max(1) {
             let key = SigningKey::generate(Algorithm::RS256)?;
             agents.keys.push(key);
         }
     }
-    if want_secret + want_rsa == 0 {
+    if want_secret + want_rsa + want_mtls == 0 {
         return Ok(());
     }
     let jwks: Vec<String> = agents
@@ -175,9 +217,12 @@ pub fn prepare(
         })
         .collect::<Result<_, latchkey_core::Error>>()?;
     let run = random_tag()?;
-    let plan: Vec<(String, Option<usize>)> = (0..want_secret)
-        .map(|i| (format!("lg{run}-s{i}"), None))
-        .chain((0..want_rsa).map(|i| (format!("lg{run}-r{i}"), Some(i % jwks.len().max(1)))))
+    let plan: Vec<(String, Profile)> = (0..want_secret)
+        .map(|i| (format!("lg{run}-s{i}"), Profile::Secret))
+        .chain(
+            (0..want_rsa).map(|i| (format!("lg{run}-r{i}"), Profile::Rsa(i % jwks.len().max(1)))),
+        )
+        .chain((0..want_mtls).map(|i| (format!("lg{run}-m{i}"), Profile::Mtls)))
         .collect();
     let done = AtomicU64::new(0);
     let threads = cfg.threads.clamp(1, plan.len());
@@ -186,17 +231,21 @@ pub fn prepare(
         let handles: Vec<_> = plan
             .chunks(chunk)
             .map(|part| {
-                let (done, jwks) = (&done, &jwks);
+                let (done, jwks, mtls_body) = (&done, &jwks, &mtls_body);
                 scope.spawn(move || {
                     let mut client = Client::new(Arc::clone(target), tls.cloned());
                     let mut token = String::new();
                     let mut out = Vec::with_capacity(part.len());
-                    for (i, (id, key)) in part.iter().enumerate() {
+                    for (i, (id, profile)) in part.iter().enumerate() {
                         if i % AGENTS_PER_LOGIN == 0 {
                             token = operator.login(&mut client)?;
                         }
-                        let body = key.map(|k| jwks[k].as_str());
-                        out.push(onboard(&mut client, &token, id, *key, body)?);
+                        let body = match profile {
+                            Profile::Secret => "{}",
+                            Profile::Rsa(k) => jwks[*k].as_str(),
+                            Profile::Mtls => mtls_body.as_str(),
+                        };
+                        out.push(onboard(&mut client, &token, id, *profile, body)?);
                         progress(done.fetch_add(1, Ordering::Relaxed) + 1);
                     }
                     Ok(out)
@@ -216,14 +265,20 @@ pub fn prepare(
             if agents.tenant.is_none() {
                 agents.tenant = Some(p.tenant.clone());
             }
-            match p.key {
-                None => agents.secret.push(SecretAgent {
+            match p.profile {
+                Profile::Secret => agents.secret.push(SecretAgent {
                     id: p.id,
                     secret: p.secret.unwrap_or_default(),
                     rat: p.rat,
                     registration_path: p.registration_path,
                 }),
-                Some(key) => agents.rsa.push(RsaAgent {
+                Profile::Mtls => agents.mtls.push(MtlsAgent {
+                    id: p.id,
+                    subject_dn: cfg.mtls_subject_dn.clone().unwrap_or_default(),
+                    rat: p.rat,
+                    registration_path: p.registration_path,
+                }),
+                Profile::Rsa(key) => agents.rsa.push(RsaAgent {
                     id: p.id,
                     key,
                     rat: p.rat,
@@ -238,28 +293,28 @@ pub fn prepare(
 /// One agent as registration left it.
 struct Prepared {
     id: String,
-    key: Option<usize>,
+    profile: Profile,
     secret: Option<String>,
     rat: String,
     registration_path: String,
     tenant: String,
 }
 
-/// Creates one agent, reads its boarding configuration and registers it.
+/// Creates one agent, reads its boarding configuration and registers it with `register_body`.
 fn onboard(
     client: &mut Client,
     token: &str,
     id: &str,
-    key: Option<usize>,
-    jwks_body: Option<&str>,
+    profile: Profile,
+    register_body: &str,
 ) -> Result<Prepared, Error> {
     let bearer = format!("Authorization: Bearer {token}");
-    let profile = if key.is_some() {
-        "RSA_3072"
-    } else {
-        "SHARED_SECRET"
+    // tls_client_auth is registration metadata of an ordinary (SHARED_SECRET) agent.
+    let security = match profile {
+        Profile::Rsa(_) => "RSA_3072",
+        Profile::Secret | Profile::Mtls => "SHARED_SECRET",
     };
-    let body = json!({ "entityId": id, "name": id, "securityProfile": profile }).to_string();
+    let body = json!({ "entityId": id, "name": id, "securityProfile": security }).to_string();
     let r = client.request(&Request {
         method: "POST",
         path: &format!("{API_BASE}/agents"),
@@ -285,20 +340,20 @@ fn onboard(
         path: &format!("{API_BASE}/register"),
         headers: &[&iat_header],
         content_type: Some("application/json"),
-        body: jwks_body.unwrap_or("{}").as_bytes(),
+        body: register_body.as_bytes(),
     })?;
     let reg = expect_json(&r, 201, "register")?;
     let uri = str_member(&reg, "registration_client_uri", "register")?;
     let registration_path = path_of(&uri)
         .ok_or_else(|| Error::Protocol(format!("register: bad registration_client_uri {uri:?}")))?
         .to_owned();
-    let secret = match key {
-        None => Some(str_member(&reg, "client_secret", "register")?),
-        Some(_) => None,
+    let secret = match profile {
+        Profile::Secret => Some(str_member(&reg, "client_secret", "register")?),
+        Profile::Rsa(_) | Profile::Mtls => None,
     };
     Ok(Prepared {
         id: id.to_owned(),
-        key,
+        profile,
         secret,
         rat: str_member(&reg, "registration_access_token", "register")?,
         registration_path,
@@ -382,6 +437,12 @@ pub fn load(path: &Path) -> Result<Agents, Error> {
                     registration_path: s("registration_path")?,
                 });
             }
+            Some("mtls") => agents.mtls.push(MtlsAgent {
+                id: s("id")?,
+                subject_dn: s("subject_dn")?,
+                rat: s("rat")?,
+                registration_path: s("registration_path")?,
+            }),
             _ => return Err(bad(n, "unknown record kind")),
         }
     }
@@ -415,6 +476,11 @@ pub fn save(path: &Path, agents: &Agents) -> Result<(), Error> {
     }
     for a in &agents.rsa {
         let line = json!({"kind": "rsa", "id": a.id, "key": a.key, "rat": a.rat,
+                          "registration_path": a.registration_path});
+        writeln!(w, "{line}").map_err(io)?;
+    }
+    for a in &agents.mtls {
+        let line = json!({"kind": "mtls", "id": a.id, "subject_dn": a.subject_dn, "rat": a.rat,
                           "registration_path": a.registration_path});
         writeln!(w, "{line}").map_err(io)?;
     }
@@ -453,6 +519,12 @@ mod tests {
                 rat: "rat2".into(),
                 registration_path: "/api/agentmanagement/v3/register/r1".into(),
             }],
+            mtls: vec![MtlsAgent {
+                id: "m1".into(),
+                subject_dn: "CN=lg-agent".into(),
+                rat: "rat3".into(),
+                registration_path: "/api/agentmanagement/v3/register/m1".into(),
+            }],
             keys: vec![key],
             tenant: Some("main".into()),
         };
@@ -468,6 +540,10 @@ mod tests {
             agents.secret[0].registration_path
         );
         assert_eq!(back.rsa[0].id, "r1");
+        assert_eq!(
+            (back.mtls[0].id.as_str(), back.mtls[0].subject_dn.as_str()),
+            ("m1", "CN=lg-agent")
+        );
         assert_eq!(back.keys.len(), 1);
         assert_eq!(
             back.keys[0].verifying_key().to_jwk().unwrap().n,
@@ -476,6 +552,55 @@ mod tests {
         let _ = kid;
         fs::write(&path, "{\"kind\":\"rsa\",\"id\":\"x\",\"key\":3,\"rat\":\"r\",\"registration_path\":\"/p\"}\n").unwrap();
         assert!(load(&path).unwrap_err().to_string().contains("key index"));
+    }
+
+    #[test]
+    fn mtls_agents_need_a_subject_before_anything_is_sent() {
+        use crate::target::Reach;
+        // Port 1 on loopback: nothing listens, so reaching the network would fail differently.
+        let target = Arc::new(Target::parse("http://127.0.0.1:1", Reach::LoopbackOnly).unwrap());
+        let cfg = PrepareConfig {
+            secret_agents: 0,
+            rsa_agents: 0,
+            rsa_keys: 1,
+            mtls_agents: 2,
+            mtls_subject_dn: None,
+            threads: 1,
+        };
+        let mut agents = Agents::default();
+        let err = prepare(
+            &target,
+            None,
+            &Operator::new("a", "b"),
+            &cfg,
+            &mut agents,
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--mtls-subject-dn"), "{err}");
+        // Agents registered for another subject do not count as prepared.
+        agents.mtls.push(MtlsAgent {
+            id: "m0".into(),
+            subject_dn: "CN=other".into(),
+            rat: "r".into(),
+            registration_path: "/p".into(),
+        });
+        let cfg = PrepareConfig {
+            mtls_subject_dn: Some("CN=lg-agent".into()),
+            ..cfg
+        };
+        let err = prepare(
+            &target,
+            None,
+            &Operator::new("a", "b"),
+            &cfg,
+            &mut agents,
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("127.0.0.1:1"), "tried to create agents: {err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::prepare::{self, Agents, Operator, PrepareConfig, SecretAgent, str_mem
 use crate::scenario::{Endpoints, Op, Scenario, Workload, agent_key, connection_mode, unix_now};
 use crate::stats::{Stats, Summary};
 use crate::target::{Reach, Scheme, Target};
+use crate::tls::{ClientTls, Resumption};
 
 /// Access tokens fetched for the introspection scenario.
 const INTROSPECT_TOKENS: usize = 16;
@@ -34,10 +35,23 @@ pub fn run(args: &Args) -> Result<(), Error> {
     };
     let target = Arc::new(Target::parse(&args.target, reach)?);
     let tls = match (target.scheme, &args.ca) {
-        (Scheme::Https, Some(ca)) => Some(crate::tls::client_config(ca)?),
+        (Scheme::Https, Some(ca)) => Some(crate::tls::client_config(&ClientTls {
+            ca: ca.clone(),
+            identity: args.client_cert.clone().zip(args.client_key.clone()),
+            resumption: if args.no_resumption {
+                Resumption::Off
+            } else {
+                Resumption::On
+            },
+        })?),
         (Scheme::Https, None) => {
             return Err(Error::Usage(
                 "an https:// target needs --ca <ca.pem> (Latchkey writes <data-dir>/ca.pem)".into(),
+            ));
+        }
+        (Scheme::Http, _) if args.client_cert.is_some() => {
+            return Err(Error::Usage(
+                "--client-cert needs an https:// target".into(),
             ));
         }
         (Scheme::Http, _) if !args.insecure_plain => {
@@ -95,10 +109,22 @@ pub fn run(args: &Args) -> Result<(), Error> {
             },
             rsa_agents,
             rsa_keys: args.rsa_keys,
+            mtls_agents: if needs.mtls_agents {
+                args.mtls_agents.unwrap_or(args.agents)
+            } else {
+                0
+            },
+            mtls_subject_dn: args.mtls_subject_dn.clone(),
             threads: args.prepare_threads,
         };
+        let mtls_have = agents
+            .mtls
+            .iter()
+            .filter(|a| Some(&a.subject_dn) == cfg.mtls_subject_dn.as_ref())
+            .count();
         let missing = cfg.secret_agents.saturating_sub(agents.secret.len())
-            + cfg.rsa_agents.saturating_sub(agents.rsa.len());
+            + cfg.rsa_agents.saturating_sub(agents.rsa.len())
+            + cfg.mtls_agents.saturating_sub(mtls_have);
         if missing > 0 {
             let op = operator.as_ref().ok_or_else(|| {
                 Error::Usage(format!(
@@ -121,6 +147,35 @@ pub fn run(args: &Args) -> Result<(), Error> {
             notes.push(format!(
                 "prepared {missing} agent(s) in {secs:.1} s ({:.0} agents/s: create + boarding configuration + register)",
                 missing as f64 / secs
+            ));
+        }
+    }
+    if needs.mtls_agents {
+        if args.client_cert.is_none() {
+            return Err(Error::Usage(
+                "token-mtls authenticates with a certificate: pass --client-cert and --client-key"
+                    .into(),
+            ));
+        }
+        // The workload only uses the ids of these agents; they have no secret.
+        agents.secret = agents
+            .mtls
+            .iter()
+            .filter(|a| {
+                args.mtls_subject_dn
+                    .as_ref()
+                    .is_none_or(|dn| *dn == a.subject_dn)
+            })
+            .map(|a| SecretAgent {
+                id: a.id.clone(),
+                secret: String::new(),
+                rat: a.rat.clone(),
+                registration_path: a.registration_path.clone(),
+            })
+            .collect();
+        if agents.secret.is_empty() {
+            return Err(Error::Usage(
+                "no tls_client_auth agents to request tokens for".into(),
             ));
         }
     }

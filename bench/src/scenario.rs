@@ -23,6 +23,12 @@ pub enum Scenario {
     TokenSecretJwt,
     /// Agent token requests, `private_key_jwt` (RS256 assertions from a pre-minted pool).
     TokenPrivateKeyJwt,
+    /// Agent token requests authenticated by the TLS client certificate alone
+    /// (`tls_client_auth`, RFC 8705): `client_id` and no secret. Needs --client-cert.
+    TokenMtls,
+    /// `GET /healthz`: the cheapest request; with --new-connection-per-request and
+    /// --no-resumption it measures full TLS handshakes.
+    Healthz,
     /// Operator token requests, `client_secret_basic` at `POST /oauth/token`.
     TokenBasic,
     /// RFC 7662 introspection of agent access tokens, operator Basic credentials.
@@ -38,6 +44,8 @@ impl Scenario {
         match self {
             Scenario::TokenSecretJwt => "token-secret-jwt",
             Scenario::TokenPrivateKeyJwt => "token-private-key-jwt",
+            Scenario::TokenMtls => "token-mtls",
+            Scenario::Healthz => "healthz",
             Scenario::TokenBasic => "token-basic",
             Scenario::Introspect => "introspect",
             Scenario::RegisterRotate => "register-rotate",
@@ -50,6 +58,8 @@ impl Scenario {
         match self {
             Scenario::TokenSecretJwt => vec![Op::SecretJwt],
             Scenario::TokenPrivateKeyJwt => vec![Op::PrivateKeyJwt],
+            Scenario::TokenMtls => vec![Op::Mtls],
+            Scenario::Healthz => vec![Op::Healthz],
             Scenario::TokenBasic => vec![Op::Basic],
             Scenario::Introspect => vec![Op::Introspect],
             Scenario::RegisterRotate => vec![Op::Rotate],
@@ -75,6 +85,7 @@ impl Scenario {
         Needs {
             secret_agents: ops.iter().any(|o| matches!(o, Op::SecretJwt | Op::Rotate)),
             rsa_agents: ops.contains(&Op::PrivateKeyJwt),
+            mtls_agents: ops.contains(&Op::Mtls),
             operator: ops.iter().any(|o| matches!(o, Op::Basic | Op::Introspect)),
             introspect_tokens: ops.contains(&Op::Introspect),
             rotation: ops.contains(&Op::Rotate),
@@ -87,6 +98,7 @@ impl Scenario {
 pub struct Needs {
     pub secret_agents: bool,
     pub rsa_agents: bool,
+    pub mtls_agents: bool,
     pub operator: bool,
     pub introspect_tokens: bool,
     pub rotation: bool,
@@ -97,6 +109,8 @@ pub struct Needs {
 pub enum Op {
     SecretJwt,
     PrivateKeyJwt,
+    Mtls,
+    Healthz,
     Basic,
     Introspect,
     Rotate,
@@ -148,7 +162,8 @@ pub struct Workload {
     endpoints: Endpoints,
     minter: AssertionMinter,
     hs_header: String,
-    /// Agents used for token requests, picked at random per request.
+    /// Agents used for token requests, picked at random per request (for `Op::Mtls`, the
+    /// tls_client_auth agents: only their ids are used).
     token_agents: Vec<SecretAgent>,
     /// Agents used for rotations (disjoint from `token_agents` in the mix, so a rotation
     /// never invalidates a token request's secret in flight).
@@ -241,6 +256,38 @@ impl Workload {
                 self.write_token_request(&assertion, out);
                 Tag { op, agent: 0 }
             }
+            Op::Mtls => {
+                if self.token_agents.is_empty() {
+                    return Err(Error::Usage(
+                        "no tls_client_auth agents to request tokens for".into(),
+                    ));
+                }
+                let i = (self.next_rand() % self.token_agents.len() as u64) as usize;
+                self.form.clear();
+                self.form
+                    .push_str("grant_type=client_credentials&client_id=");
+                form_encode(&self.token_agents[i].id, &mut self.form);
+                Request {
+                    method: "POST",
+                    path: &self.endpoints.token_path,
+                    headers: &[],
+                    content_type: Some("application/x-www-form-urlencoded"),
+                    body: self.form.as_bytes(),
+                }
+                .write(&self.endpoints.host, self.endpoints.connection, out);
+                Tag { op, agent: i }
+            }
+            Op::Healthz => {
+                Request {
+                    method: "GET",
+                    path: "/healthz",
+                    headers: &[],
+                    content_type: None,
+                    body: b"",
+                }
+                .write(&self.endpoints.host, self.endpoints.connection, out);
+                Tag { op, agent: 0 }
+            }
             Op::Basic => {
                 let basic = self.endpoints.operator_basic.as_deref().unwrap_or("");
                 Request {
@@ -327,7 +374,7 @@ impl Workload {
         };
         let ok = (200..300).contains(&r.status);
         let verdict = match tag.op {
-            Op::SecretJwt | Op::PrivateKeyJwt | Op::Basic => {
+            Op::SecretJwt | Op::PrivateKeyJwt | Op::Mtls | Op::Basic => {
                 if !ok {
                     Some(ErrorKind::Status(r.status))
                 } else if !http::contains(&r.body, b"\"access_token\"") {
@@ -345,6 +392,7 @@ impl Workload {
                     None
                 }
             }
+            Op::Healthz => (!ok).then_some(ErrorKind::Status(r.status)),
             Op::Rotate => self.rotated(tag.agent, r),
         };
         if tag.op == Op::Rotate {
@@ -526,6 +574,45 @@ mod tests {
         let mut w = workload(Scenario::TokenBasic, vec![]);
         let (_, text) = request_text(&mut w);
         assert!(text.ends_with("\r\n\r\ngrant_type=client_credentials"));
+    }
+
+    #[test]
+    fn mtls_token_requests_carry_only_the_client_id() {
+        let mut w = workload(Scenario::TokenMtls, vec![]);
+        let (tag, text) = request_text(&mut w);
+        assert_eq!(tag.op, Op::Mtls);
+        assert!(text.starts_with("POST /api/agentmanagement/v3/oauth/token HTTP/1.1\r\n"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        assert!(
+            body == "grant_type=client_credentials&client_id=a"
+                || body == "grant_type=client_credentials&client_id=b",
+            "{body}"
+        );
+        assert!(!text.contains("client_assertion"));
+        assert_eq!(
+            w.complete(tag, Some(&response(200, r#"{"access_token":"x"}"#))),
+            None
+        );
+        assert_eq!(
+            w.complete(tag, Some(&response(401, "{}"))),
+            Some(ErrorKind::Status(401))
+        );
+        let needs = Scenario::TokenMtls.needs();
+        assert!(needs.mtls_agents && !needs.secret_agents && !needs.operator);
+    }
+
+    #[test]
+    fn healthz_needs_nothing_and_wants_200() {
+        let mut w = workload(Scenario::Healthz, vec![]);
+        let (tag, text) = request_text(&mut w);
+        assert!(text.starts_with("GET /healthz HTTP/1.1\r\n"));
+        assert_eq!(w.complete(tag, Some(&response(200, "ok"))), None);
+        assert_eq!(
+            w.complete(tag, Some(&response(503, ""))),
+            Some(ErrorKind::Status(503))
+        );
+        let needs = Scenario::Healthz.needs();
+        assert!(!(needs.secret_agents || needs.rsa_agents || needs.mtls_agents || needs.operator));
     }
 
     #[test]

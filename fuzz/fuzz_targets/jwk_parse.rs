@@ -14,7 +14,13 @@ fuzz_target!(|data: &[u8]| {
     // Serialization round trip of the parsed document (`d` is never serialized).
     let json = serde_json::to_vec(&jwk).expect("a parsed JWK serializes");
     let again = Jwk::from_json(&json).expect("our own JSON parses");
-    assert_eq!(again, Jwk { d: None, ..jwk.clone() });
+    assert_eq!(
+        again,
+        Jwk {
+            d: None,
+            ..jwk.clone()
+        }
+    );
 
     let policy = KeyPolicy::default();
     let Ok(key) = jwk.to_verifying_key(AlgorithmSet::RSA_PKCS1, &policy) else {
@@ -31,5 +37,8 @@ fuzz_target!(|data: &[u8]| {
         .expect("an exported key imports");
     assert!(reimported == key, "JWK round trip changed the key");
     assert_eq!(reimported.thumbprint(), key.thumbprint());
-    assert_eq!(VerifyingKey::thumbprint(&key), exported.thumbprint().expect("complete JWK"));
+    assert_eq!(
+        VerifyingKey::thumbprint(&key),
+        exported.thumbprint().expect("complete JWK")
+    );
 });

@@ -24,5 +24,9 @@ fuzz_target!(|data: &[u8]| {
     }
     // Claims parsing (strict JSON, NumericDates) must not panic either.
     let _ = dangerous::insecure_claims(&parsed);
-    let _ = (parsed.header().alg(), parsed.header().kid(), parsed.header().typ());
+    let _ = (
+        parsed.header().alg(),
+        parsed.header().kid(),
+        parsed.header().typ(),
+    );
 });

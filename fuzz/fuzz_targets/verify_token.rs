@@ -38,7 +38,11 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
     let rsa = include_bytes!("../keys/rsa3072.pk8");
     let ring = Arc::new(KeyRing::new());
     for k in [
-        key(Algorithm::EdDSA, include_bytes!("../keys/ed25519.pk8"), "ed"),
+        key(
+            Algorithm::EdDSA,
+            include_bytes!("../keys/ed25519.pk8"),
+            "ed",
+        ),
         key(Algorithm::ES256, include_bytes!("../keys/p256.pk8"), "es"),
         key(Algorithm::RS256, rsa, "rs256"),
         key(Algorithm::RS384, rsa, "rs384"),
@@ -77,7 +81,11 @@ fn arbitrary(s: &Setup, data: &[u8]) {
     let batch = s.verifier.verify_batch(&[token, token], NOW);
     assert_eq!(batch.len(), 2);
     for b in &batch {
-        assert_eq!(b.is_ok(), single.is_ok(), "batch and single verification disagree");
+        assert_eq!(
+            b.is_ok(),
+            single.is_ok(),
+            "batch and single verification disagree"
+        );
     }
     // The one-call assertion path, with every key (the key decides the algorithm).
     let snapshot = s.ring.snapshot();

@@ -23,7 +23,7 @@ pub struct ServeArgs {
     /// Data directory: database, master key, certificates. Created on first run.
     #[arg(long, value_name = "DIR", default_value = "latchkey-data")]
     pub data_dir: PathBuf,
-    /// TOML settings file [default: <data-dir>/latchkey.toml if it exists].
+    /// TOML settings file [default: DIR/latchkey.toml in --data-dir, if it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]

@@ -1,9 +1,9 @@
 //! One connection: bytes in, whole requests to the router, answers out in request order.
 //!
-//! The protocol state is a [`Phase`] that moves by value (`Phase::step`), as rustls' handshake
+//! The protocol state is a `Phase` that moves by value (`Phase::step`), as rustls' handshake
 //! states do; the connection around it owns the socket, the optional rustls session, the read
 //! buffer, and the queue of answers (some still waiting for a deferred [`Completion`]). The
-//! event loop calls [`Connection::drive`] on readiness, on completions and on timer expiry;
+//! event loop calls `Connection::drive` on readiness, on completions and on timer expiry;
 //! `drive` reports whether the connection is done.
 //!
 //! [`Completion`]: super::handler::Completion

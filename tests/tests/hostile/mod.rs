@@ -344,6 +344,7 @@ fn running_out_of_file_descriptors_pauses_accepting_but_keeps_serving() {
         errors >= 1.0,
         "accept never failed; the fd limit did not bite"
     );
+    assert!(s.wait_stderr("accept failed"));
     assert_eq!(
         s.stderr().matches("accept failed").count(),
         1,

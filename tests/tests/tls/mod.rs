@@ -22,8 +22,7 @@ fn first_run_creates_certificates_and_serves_https() {
         assert_eq!(mode, 0o600, "{key}");
     }
     assert!(
-        s.stderr()
-            .contains(&dir.join("ca.pem").display().to_string()),
+        s.wait_stderr(&dir.join("ca.pem").display().to_string()),
         "CA path not printed"
     );
     assert!(

@@ -154,6 +154,19 @@ impl Server {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
     }
 
+    /// Waits up to five seconds for the server's stderr to contain `needle` (a reader thread
+    /// collects it, so a line written before the ready line may still be on its way).
+    pub fn wait_stderr(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.stderr().contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Sends a signal with `kill(1)` (the test crate forbids `unsafe`, so no `libc::kill`).
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
