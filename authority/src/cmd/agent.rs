@@ -61,10 +61,32 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
             });
         }
         AgentCommand::List => {
-            let v = r
-                .call("GET", &format!("{BASE}?page=0&size=100"), None, &[])?
-                .ok()?;
-            print(json, &v, listing);
+            // Every page (the API caps a page at 100), each agent with its boarding status,
+            // which the MindSphere `Agent` shape does not carry.
+            let mut agents = Vec::new();
+            for page in 0.. {
+                let v = r
+                    .call("GET", &format!("{BASE}?page={page}&size=100"), None, &[])?
+                    .ok()?;
+                let items = v
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let last = v.get("last").and_then(Value::as_bool).unwrap_or(true);
+                for mut agent in items {
+                    let id = s(&agent, "id").to_owned();
+                    let status = r
+                        .call("GET", &format!("{BASE}/{id}/boarding/status"), None, &[])?
+                        .ok()?;
+                    agent["boardingStatus"] = status.get("status").cloned().unwrap_or(Value::Null);
+                    agents.push(agent);
+                }
+                if last {
+                    break;
+                }
+            }
+            print(json, &json!({ "agents": agents }), listing);
         }
         AgentCommand::Show { id } => {
             let agent = r.call("GET", &format!("{BASE}/{id}"), None, &[])?.ok()?;
@@ -131,19 +153,13 @@ fn etag(r: &Remote, id: &str) -> Result<String, Error> {
 
 fn listing(v: &Value) -> String {
     let items = v
-        .get("content")
-        .or_else(|| v.get("agents"))
+        .get("agents")
         .and_then(Value::as_array)
         .cloned()
-        .or_else(|| v.as_array().cloned())
         .unwrap_or_default();
     let mut out = format!("{:<36} {:<24} {:<14} STATE\n", "ID", "NAME", "PROFILE");
     for a in &items {
-        let state = a
-            .get("state")
-            .or_else(|| a.get("status"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let state = s(a, "boardingStatus");
         out.push_str(&format!(
             "{:<36} {:<24} {:<14} {state}\n",
             s(a, "id"),

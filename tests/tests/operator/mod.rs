@@ -1126,3 +1126,32 @@ fn node_sdk_credential_client_manages_agents() {
     );
     assert!(!audit["entries"].as_array().expect("entries").is_empty());
 }
+
+/// Regression: `latchkey agent list` showed only the first page (100 agents) and an empty
+/// state column, because the MindSphere `Agent` shape carries no boarding state.
+#[test]
+fn cli_agent_list_pages_through_everything_with_boarding_status() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    let token = auth.operator_token();
+    for i in 0..103 {
+        let body = json!({"entityId": format!("cli-{i:03}"), "name": format!("CLI agent {i}"),
+                          "securityProfile": "SHARED_SECRET"});
+        let r = auth.json("POST", AGENTS, Some(&token), Some(&body));
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+
+    let listed = cli_json(&auth, &["agent", "list"]);
+    let agents = listed["agents"].as_array().expect("agents");
+    assert_eq!(agents.len(), 103);
+    assert!(agents.iter().all(|a| a["boardingStatus"] == "ONBOARDING"), "{listed}");
+
+    let mut args = vec!["agent".to_owned(), "list".to_owned()];
+    args.extend(remote(&auth));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cli(&refs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().find(|l| l.starts_with("cli-102")).expect("last agent listed");
+    assert!(row.trim_end().ends_with("ONBOARDING"), "{row}");
+}
