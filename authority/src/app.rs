@@ -37,9 +37,9 @@ use crate::api::auth::{Permission, Permissions};
 use crate::error::{ApiError, Error};
 use crate::http::Metrics;
 use crate::store::{
-    KeyState, NewSigningKey, OperatorClientRecord, ProfileRecord, RevocationKind, RevocationRecord,
-    Secret, SecretHash, SigningKeyRecord, Store, StoreError, StoreOptions, TenantRecord, WriteOp,
-    WriteOutcome,
+    KeyFileOptions, KeyState, NewSigningKey, OperatorClientRecord, ProfileRecord, RevocationKind,
+    RevocationRecord, Secret, SecretHash, SigningKeyRecord, Store, StoreError, StoreOptions,
+    TenantRecord, WriteOp, WriteOutcome,
 };
 use crate::tls::TrustStore;
 
@@ -96,6 +96,9 @@ pub struct AppSettings {
     /// (MCL signs 24-hour assertions), bounds the cache: both SDKs sign a fresh assertion for
     /// every token request.
     pub assertion_max_age: u64,
+    /// How to unlock the master key file (its passphrase). Never from the TOML file: set by
+    /// `serve` from `--passphrase-file` or `LATCHKEY_PASSPHRASE`.
+    pub master_key: KeyFileOptions,
     /// Replay cache sizing for client assertions. Size `capacity` for at least
     /// 1.5 × peak token rate × (`assertion_max_age` + leeway).
     pub replay: ReplayConfig,
@@ -119,6 +122,7 @@ impl Default for AppSettings {
             profiles: Vec::new(),
             clients: Vec::new(),
             assertion_max_age: 120,
+            master_key: KeyFileOptions::default(),
             replay: ReplayConfig {
                 max_lifetime: 25 * 3600,
                 // 8 bytes a slot: 32 MiB, enough for ~11k assertions/s sustained at the
@@ -295,6 +299,7 @@ impl AppConfig {
                 d.assertion_max_age,
                 "assertion-max-age",
             )?,
+            master_key: KeyFileOptions::default(),
             replay: ReplayConfig {
                 capacity: t.replay_capacity.unwrap_or(d.replay.capacity),
                 ..d.replay
@@ -366,7 +371,11 @@ impl App {
         settings: AppSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(App, FirstRun), Error> {
-        let store = Store::open_or_create(data_dir, StoreOptions::default())?;
+        let options = StoreOptions {
+            key: settings.master_key.clone(),
+            ..StoreOptions::default()
+        };
+        let store = Store::open_or_create(data_dir, options)?;
         App::with_store(store, settings, metrics)
     }
 

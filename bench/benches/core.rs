@@ -616,6 +616,69 @@ fn parts(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// Paired measurements for the two ratio targets closest to 1: each benchmark times only its
+/// own operation but runs interleaved with its partner, so frequency drift and noisy
+/// neighbours (this is a shared 2-core VM) hit both sides equally.
+fn paired(c: &mut Criterion, f: &Fixture) {
+    let token = f.mint(Algorithm::EdDSA);
+    let (input, sig) = split(&token);
+    let sig64: [u8; 64] = sig.as_slice().try_into().expect("64 bytes");
+    let dalek_sig = ed25519_dalek::Signature::from_bytes(&sig64);
+    let dalek_public = ed25519_dalek::SigningKey::from_pkcs8_der(&f.ed_pkcs8)
+        .expect("dalek import")
+        .verifying_key();
+    let lc_key = lc::Ed25519KeyPair::from_pkcs8(&f.ed_pkcs8).expect("aws-lc import");
+    let raw_verify = || {
+        dalek_public
+            .verify_strict(black_box(input), &dalek_sig)
+            .expect("valid")
+    };
+    let latchkey_verify = || {
+        f.verifier.verify(black_box(&token), f.now).expect("valid");
+    };
+    let raw_sign = || {
+        black_box(lc_key.sign(black_box(input)));
+    };
+    let latchkey_mint = || {
+        black_box(
+            f.ring
+                .mint(
+                    Algorithm::EdDSA,
+                    TokenType::AccessToken,
+                    black_box(&f.claims),
+                )
+                .expect("mint"),
+        );
+    };
+    let mut g = c.benchmark_group("eddsa_paired");
+    g.bench_function("verify/raw_verify_strict", |b| {
+        b.iter_custom(|iters| timed_pair(iters, &raw_verify, &latchkey_verify))
+    });
+    g.bench_function("verify/latchkey", |b| {
+        b.iter_custom(|iters| timed_pair(iters, &latchkey_verify, &raw_verify))
+    });
+    g.bench_function("mint/raw_sign_aws-lc-rs", |b| {
+        b.iter_custom(|iters| timed_pair(iters, &raw_sign, &latchkey_mint))
+    });
+    g.bench_function("mint/latchkey", |b| {
+        b.iter_custom(|iters| timed_pair(iters, &latchkey_mint, &raw_sign))
+    });
+    g.finish();
+}
+
+/// Runs `measured` and `partner` alternately `iters` times; returns the time spent in
+/// `measured` only.
+fn timed_pair(iters: u64, measured: &impl Fn(), partner: &impl Fn()) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        measured();
+        total += start.elapsed();
+        partner();
+    }
+    total
+}
+
 fn benches(c: &mut Criterion) {
     let f = Fixture::new();
     parts(c, &f);
@@ -624,6 +687,7 @@ fn benches(c: &mut Criterion) {
     rsa_group(c, &f);
     es256_group(c, &f);
     scaling(c, &f);
+    paired(c, &f);
 }
 
 criterion_group! {

@@ -9,6 +9,7 @@ pub mod check;
 pub mod client;
 pub mod hash_secret;
 pub mod keys;
+pub mod passphrase;
 pub mod remote;
 pub mod revoke;
 pub mod serve;

@@ -148,7 +148,14 @@ impl Target {
 /// without first-run work: nothing is generated or reconciled.
 pub fn open_local(dir: &Path, config: Option<&Path>) -> Result<App, Error> {
     let settings = settings_for(dir, config)?;
-    let store = Store::open(dir, StoreOptions::default()).map_err(|e| match e {
+    let options = StoreOptions {
+        key: crate::store::KeyFileOptions {
+            passphrase: super::passphrase::from_env(),
+            pbkdf2_iterations: None,
+        },
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir, options).map_err(|e| match e {
         crate::store::StoreError::Locked(p) => usage(&format!(
             "{} is in use by a running server; act through it with --server instead",
             p.display()

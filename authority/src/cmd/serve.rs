@@ -15,6 +15,7 @@ use crate::app::{App, AppConfig};
 use crate::config::{LogFormat, ServeSettings, Settings};
 use crate::error::Error;
 use crate::http::{Metrics, Router, Server, ServerConfig};
+use crate::store::KeyFileOptions;
 use crate::tls::{self, ClientAuthMode, Created, TrustStore};
 
 /// `latchkey serve` arguments. Every setting can also be set in the TOML file (same names).
@@ -26,6 +27,8 @@ pub struct ServeArgs {
     /// TOML settings file [default: DIR/latchkey.toml in --data-dir, if it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: super::passphrase::PassphraseArgs,
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -47,7 +50,8 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     init_logging(&settings)?;
 
     let metrics = Arc::new(Metrics::new());
-    let mut app = open_state(&args.data_dir, config_path.as_deref(), metrics.clone())?;
+    let key = args.passphrase.key_options()?;
+    let mut app = open_state(&args.data_dir, config_path.as_deref(), key, metrics.clone())?;
     let (tls, trust) = if settings.plain_http {
         tracing::warn!(
             "serving plain HTTP: credentials cross the network unencrypted (use only on loopback)"
@@ -118,12 +122,19 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
 /// Opens the application state in the data directory (creating it on first run: signing keys,
 /// profiles, the `admin` operator client). The first client's credentials go to a file whose
 /// path, never the secret, is printed.
-fn open_state(data_dir: &Path, config: Option<&Path>, metrics: Arc<Metrics>) -> Result<App, Error> {
+fn open_state(
+    data_dir: &Path,
+    config: Option<&Path>,
+    key: KeyFileOptions,
+    metrics: Arc<Metrics>,
+) -> Result<App, Error> {
     let app_config = match config {
         Some(path) => AppConfig::from_file(path)?,
         None => AppConfig::default(),
     };
-    let (app, first_run) = App::open(data_dir, app_config.resolve()?, metrics)?;
+    let mut settings = app_config.resolve()?;
+    settings.master_key = key;
+    let (app, first_run) = App::open(data_dir, settings, metrics)?;
     if let Some(path) = &first_run.admin_credentials {
         eprintln!(
             "latchkey: created operator client `admin`; its credentials are in {}",

@@ -1144,7 +1144,10 @@ fn cli_agent_list_pages_through_everything_with_boarding_status() {
     let listed = cli_json(&auth, &["agent", "list"]);
     let agents = listed["agents"].as_array().expect("agents");
     assert_eq!(agents.len(), 103);
-    assert!(agents.iter().all(|a| a["boardingStatus"] == "ONBOARDING"), "{listed}");
+    assert!(
+        agents.iter().all(|a| a["boardingStatus"] == "ONBOARDING"),
+        "{listed}"
+    );
 
     let mut args = vec!["agent".to_owned(), "list".to_owned()];
     args.extend(remote(&auth));
@@ -1152,6 +1155,9 @@ fn cli_agent_list_pages_through_everything_with_boarding_status() {
     let out = cli(&refs);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    let row = text.lines().find(|l| l.starts_with("cli-102")).expect("last agent listed");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("cli-102"))
+        .expect("last agent listed");
     assert!(row.trim_end().ends_with("ONBOARDING"), "{row}");
 }
