@@ -420,6 +420,7 @@ impl App {
     }
 
     fn bare(store: Store, settings: AppSettings, metrics: Arc<Metrics>) -> Result<App, Error> {
+        store.set_commit_observer(metrics.clone());
         let replay = ReplayCache::with_random_key(settings.replay)
             .map_err(|_| Error::Config("system random source failed".into()))?;
         let jti = JtiGenerator::random()
@@ -1075,6 +1076,13 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// `/metrics` shows how many requests each store commit made durable.
+impl crate::store::CommitObserver for Metrics {
+    fn committed(&self, ops: usize) {
+        self.observe_commit_batch(ops);
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,15 @@ pub const DB_FILE: &str = "latchkey.redb";
 /// File name of the master key inside the data directory.
 pub const KEY_FILE: &str = "master.key";
 
+/// Told the size of every committed group, on the writer thread right after the commit
+/// (metrics). It must not block.
+pub trait CommitObserver: Send + Sync + 'static {
+    fn committed(&self, ops: usize);
+}
+
+/// Where the writer finds the observer; set at most once, after open.
+pub(crate) type ObserverSlot = std::sync::OnceLock<Arc<dyn CommitObserver>>;
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -105,6 +114,7 @@ pub struct Store {
 struct Inner {
     db: Arc<Database>,
     hot: Arc<HotIndex>,
+    observer: Arc<ObserverSlot>,
     paths: DataDir,
     tx: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
@@ -187,11 +197,20 @@ impl Store {
         snapshot::load_hot(&db, &key, &hot)?;
         let key = Arc::new(key);
         let (tx, rx) = crossbeam::channel::bounded(options.queue_capacity.max(1));
-        let writer = writer::spawn(db.clone(), key, hot.clone(), rx, options.max_batch.max(1))?;
+        let observer = Arc::new(ObserverSlot::new());
+        let writer = writer::spawn(
+            db.clone(),
+            key,
+            hot.clone(),
+            observer.clone(),
+            rx,
+            options.max_batch.max(1),
+        )?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
                 hot,
+                observer,
                 paths,
                 tx: Some(tx),
                 writer: Some(writer),
@@ -236,6 +255,12 @@ impl Store {
     }
 
     /// The hot indexes (clients, operator clients, signing keys, revocations).
+    /// Reports every committed group's size to `observer` from now on. Only the first call
+    /// takes effect (there is one metrics registry per process).
+    pub fn set_commit_observer(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
     pub fn hot(&self) -> &Arc<HotIndex> {
         &self.inner.hot
     }

@@ -20,22 +20,30 @@ use super::error::{DbResult, StoreError};
 use super::hot::{HotChange, HotIndex};
 use super::ops::{self, Tables};
 use super::seal::MasterKey;
-use super::{Request, WriteOutcome};
+use super::{ObserverSlot, Request, WriteOutcome};
 
 pub(crate) fn spawn(
     db: Arc<Database>,
     key: Arc<MasterKey>,
     hot: Arc<HotIndex>,
+    observer: Arc<ObserverSlot>,
     rx: Receiver<Request>,
     max_batch: usize,
 ) -> Result<JoinHandle<()>, StoreError> {
     std::thread::Builder::new()
         .name("latchkey-store-writer".into())
-        .spawn(move || run(&db, &key, &hot, &rx, max_batch))
+        .spawn(move || run(&db, &key, &hot, &observer, &rx, max_batch))
         .map_err(StoreError::io("spawn store writer"))
 }
 
-fn run(db: &Database, key: &MasterKey, hot: &HotIndex, rx: &Receiver<Request>, max_batch: usize) {
+fn run(
+    db: &Database,
+    key: &MasterKey,
+    hot: &HotIndex,
+    observer: &ObserverSlot,
+    rx: &Receiver<Request>,
+    max_batch: usize,
+) {
     let mut poisoned = false;
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
@@ -58,8 +66,12 @@ fn run(db: &Database, key: &MasterKey, hot: &HotIndex, rx: &Receiver<Request>, m
             replies.push(r.reply);
             ops.push(r.op);
         }
+        let size = ops.len();
         match commit_group(db, key, ops) {
             Ok(results) => {
+                if let Some(o) = observer.get() {
+                    o.committed(size);
+                }
                 let mut answers = Vec::with_capacity(results.len());
                 for applied in results {
                     for change in applied.hot {

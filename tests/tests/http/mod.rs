@@ -305,4 +305,7 @@ fn metrics_count_requests_by_route_and_status() {
     ] {
         assert!(text.contains(series), "missing {series}");
     }
+    // Regression: the store never fed this histogram. First run commits signing keys,
+    // profiles and the admin client, so it has counted something by now.
+    assert!(s.metric("latchkey_store_commit_batch_size_count") >= 1.0, "{text}");
 }
