@@ -54,7 +54,7 @@ pub struct Args {
     /// Server to load: https://127.0.0.1:8443 (with --ca) or http://… (with --insecure-plain).
     #[arg(long, value_name = "URL")]
     pub target: String,
-    /// CA certificate (PEM) the server's certificate must chain to, e.g. <data-dir>/ca.pem.
+    /// CA certificate (PEM) the server's certificate must chain to, e.g. DATA_DIR/ca.pem.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Client certificate chain (PEM) to present: mutual TLS (e.g. from `latchkey cert issue`).
@@ -77,7 +77,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "token-secret-jwt")]
     pub scenario: Scenario,
 
-    /// Operator credentials ({"client_id","client_secret"}), e.g. <data-dir>/admin-client.json.
+    /// Operator credentials ({"client_id","client_secret"}), e.g. DATA_DIR/admin-client.json.
     /// Needed to create agents and for token-basic / introspect.
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,

@@ -5,12 +5,12 @@
 //! and rejecting is the only choice that cannot be exploited by two parsers disagreeing.
 //!
 //! Two parsers live here, with the same rules:
-//! - [`Scanner`], a small hand-written RFC 8259 scanner for the token verify path (JOSE
+//! - `Scanner`, a small hand-written RFC 8259 scanner for the token verify path (JOSE
 //!   headers and claims sets). It borrows every string without escapes straight from the
 //!   decoded bytes, validates nested values without building them, and returns unknown
 //!   members as raw JSON slices, so a typical claims set costs no allocation beyond the
 //!   strings the caller keeps. It is the hot path of every verification.
-//! - [`StrictValue`] / [`strict_object`] on top of serde_json for everything else (JWKs,
+//! - [`StrictValue`] / `strict_object` on top of serde_json for everything else (JWKs,
 //!   request bodies), where speed does not matter.
 //!
 //! Neither puts token content into an error: errors are [`MalformedError`] values.

@@ -66,7 +66,7 @@ pub struct Target {
     /// Act directly on a stopped server's data directory instead of a running server.
     #[arg(long, global = true, env = "LATCHKEY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// TOML settings file for --data-dir [default: <data-dir>/latchkey.toml if it exists].
+    /// TOML settings file for --data-dir [default: DATA_DIR/latchkey.toml if it exists].
     #[arg(long, global = true, value_name = "FILE", requires = "data_dir")]
     pub config: Option<PathBuf>,
     /// Print JSON instead of text.

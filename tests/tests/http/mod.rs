@@ -307,5 +307,8 @@ fn metrics_count_requests_by_route_and_status() {
     }
     // Regression: the store never fed this histogram. First run commits signing keys,
     // profiles and the admin client, so it has counted something by now.
-    assert!(s.metric("latchkey_store_commit_batch_size_count") >= 1.0, "{text}");
+    assert!(
+        s.metric("latchkey_store_commit_batch_size_count") >= 1.0,
+        "{text}"
+    );
 }
