@@ -12,6 +12,12 @@ if ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
 fi
 # The Node SDK interop test (tests/tests/onboarding.rs) runs the pinned MindConnect SDK.
 npm ci --prefix tests/interop --no-audit --no-fund
-cargo test --locked --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --locked --workspace 2>&1 | tee "$log"
 # Every fuzz target builds and survives a short run (installs cargo-fuzz if missing).
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz-smoke.sh
+# One closing line with the totals of every cargo test binary above.
+grep -E '^test result:' "$log" | awk '{
+    for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed;/) p += $i; if ($(i + 1) ~ /^failed;/) f += $i }
+} END { printf "tests: %d passed, %d failed\n", p, f }'
