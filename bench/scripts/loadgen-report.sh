@@ -201,12 +201,11 @@ header='| run | requests | errors | ok/s | p50 µs | p90 µs | p99 µs | p99.9 �
     echo
     echo "## How to read these numbers"
     echo
-    echo "- Every run is bounded by request count, and every run starts the server afresh on the same"
-    echo "  data directory. Reason: the authority's client-assertion replay cache has a fixed 65 536"
-    echo "  slots and keeps each accepted \`jti\` until \`exp\` + 60 s, refusing (503) at about 80 % full;"
-    echo "  at 10 000 tokens/s it is full within seconds even with 5-second assertions. The capacity"
-    echo "  is not configurable yet, so a sustained run at these rates would measure the cache, not"
-    echo "  the server."
+    echo "- Every run is bounded by request count and starts the server afresh on the same data"
+    echo "  directory. The client-assertion replay cache holds each \`jti\` for at most"
+    echo "  \`assertion-max-age\` (120 s) plus leeway in 2^22 slots by default (\`[tokens]"
+    echo "  replay-capacity\`), enough for ~11k assertions/s sustained; size it for"
+    echo "  1.5 × peak rate × (max age + leeway) before a longer run at higher rates."
     echo "- \`load\` is the 1-minute load average when the run ended; the machine has 2 cores shared by"
     echo "  the server, the load generator and whatever else runs (other builds, when it is above 1)."
     echo "- RS256 access tokens cost one RSA-3072 signature (~2.5 ms) per token: that row measures the"
