@@ -19,6 +19,7 @@ use super::mindsphere::{
     BoardingContent, IfMatch, OnboardingStatus, OnlineStatus, rfc3339_millis,
 };
 use super::onboarding::AgentState;
+use super::{Route, register};
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
 use crate::store::{
@@ -33,50 +34,24 @@ const IAT_MIN_REMAINING: u64 = 60;
 
 /// Registers the operator-side routes.
 pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
-    let base = format!("{API_BASE}/agents");
-    let s = Arc::clone(state);
-    router.post(&base, move |req: &Request<'_>, ctx: &RequestContext<'_>| {
-        s.create(req, ctx)
-    });
-    let s = Arc::clone(state);
-    router.get(&base, move |req: &Request<'_>, _: &RequestContext<'_>| {
-        s.list(req)
-    });
-    let s = Arc::clone(state);
-    router.get(
-        &format!("{base}/{{id}}"),
-        move |req: &Request<'_>, _: &RequestContext<'_>| s.show(req),
-    );
-    let s = Arc::clone(state);
-    router.put(
-        &format!("{base}/{{id}}"),
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.update(req, ctx),
-    );
-    let s = Arc::clone(state);
-    router.delete(
-        &format!("{base}/{{id}}"),
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.delete(req, ctx),
-    );
-    let s = Arc::clone(state);
-    router.get(
-        &format!("{base}/{{id}}/status"),
-        move |req: &Request<'_>, _: &RequestContext<'_>| s.online_status(req),
-    );
-    let s = Arc::clone(state);
-    router.get(
-        &format!("{base}/{{id}}/boarding/configuration"),
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.boarding_configuration(req, ctx),
-    );
-    let s = Arc::clone(state);
-    router.get(
-        &format!("{base}/{{id}}/boarding/status"),
-        move |req: &Request<'_>, _: &RequestContext<'_>| s.boarding_status(req),
-    );
-    let s = Arc::clone(state);
-    router.post(
-        &format!("{base}/{{id}}/boarding/offboard"),
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.offboard(req, ctx),
-    );
+    let table: [(&str, &str, Route<AgentState>); 9] = [
+        ("POST", "", |s, req, ctx| s.create(req, ctx)),
+        ("GET", "", |s, req, _| s.list(req)),
+        ("GET", "/{id}", |s, req, _| s.show(req)),
+        ("PUT", "/{id}", |s, req, ctx| s.update(req, ctx)),
+        ("DELETE", "/{id}", |s, req, ctx| s.delete(req, ctx)),
+        ("GET", "/{id}/status", |s, req, _| s.online_status(req)),
+        ("GET", "/{id}/boarding/configuration", |s, req, ctx| {
+            s.boarding_configuration(req, ctx)
+        }),
+        ("GET", "/{id}/boarding/status", |s, req, _| {
+            s.boarding_status(req)
+        }),
+        ("POST", "/{id}/boarding/offboard", |s, req, ctx| {
+            s.offboard(req, ctx)
+        }),
+    ];
+    register(router, state, &format!("{API_BASE}/agents"), &table);
 }
 
 impl AgentState {

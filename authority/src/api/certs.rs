@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::auth::{self, Permission};
-use super::json_body;
 use super::operator::PREFIX;
+use super::{Route, json_body};
 use crate::app::App;
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
@@ -42,10 +42,8 @@ pub const DEFAULT_DAYS: u32 = 365;
 /// Most matching rules or `x5c` keys one registration may hold.
 const MAX_MTLS_ENTRIES: usize = 4;
 
-type Handler = fn(&Arc<App>, &Request<'_>, &RequestContext<'_>) -> Result<Outcome, Error>;
-
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Handler); 6] = [
+    let table: [(&str, &str, Route<App>); 6] = [
         ("GET", "/certificates", list),
         ("POST", "/certificates", import),
         ("GET", "/certificates/ca", ca),
@@ -53,14 +51,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
         ("POST", "/certificates/{alias}/renew", renew),
         ("POST", "/certificates/{alias}/revoke", revoke),
     ];
-    for (method, path, handler) in table {
-        let a = Arc::clone(app);
-        router.route(
-            method,
-            &format!("{PREFIX}{path}"),
-            move |req: &Request<'_>, ctx: &RequestContext<'_>| handler(&a, req, ctx),
-        );
-    }
+    super::register(router, app, PREFIX, &table);
 }
 
 fn bad(msg: impl Into<String>) -> Error {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::error::{ApiError, Error};
-use crate::http::{Request, Router};
+use crate::http::{Outcome, Request, RequestContext, Router};
 
 /// Registers every API route.
 pub fn routes(router: &mut Router, app: &Arc<App>) {
@@ -28,6 +28,27 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
     let agent_state = Arc::new(onboarding::AgentState::new(Arc::clone(app)));
     agents::routes(router, &agent_state);
     onboarding::routes(router, &agent_state);
+}
+
+/// A route handler over state `S` shared by a module's routes.
+pub type Route<S> = fn(&Arc<S>, &Request<'_>, &RequestContext<'_>) -> Result<Outcome, Error>;
+
+/// Registers a module's `(method, path, handler)` table under `prefix`, every handler sharing
+/// `state`.
+pub fn register<S: Send + Sync + 'static>(
+    router: &mut Router,
+    state: &Arc<S>,
+    prefix: &str,
+    table: &[(&str, &str, Route<S>)],
+) {
+    for &(method, path, handler) in table {
+        let s = Arc::clone(state);
+        router.route(
+            method,
+            &format!("{prefix}{path}"),
+            move |req: &Request<'_>, ctx: &RequestContext<'_>| handler(&s, req, ctx),
+        );
+    }
 }
 
 /// Most parameters one form or query string may carry.

@@ -14,8 +14,8 @@ use latchkey_core::jwk::Jwk;
 use latchkey_core::{Algorithm, UnverifiedToken, VerifyingKey};
 use serde_json::{Map, Value, json};
 
-use super::Form;
 use super::auth::{self, Permission, Permissions, Principal, PrincipalKind};
+use super::{Form, Route};
 use crate::app::App;
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
@@ -25,55 +25,35 @@ use crate::store::{AuditOutcome, RevocationKind, WriteOp, WriteOutcome};
 const MAX_AUDIT_ID: usize = 128;
 
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let a = Arc::clone(app);
-    router.post(
-        "/oauth/token",
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| token(&a, req, ctx),
-    );
-    let a = Arc::clone(app);
-    router.get(
-        "/token_keys",
-        move |_: &Request<'_>, _: &RequestContext<'_>| {
-            Ok(Response::json(200, &token_keys(&a)).into())
-        },
-    );
-    let a = Arc::clone(app);
-    router.get(
-        "/token_key",
-        move |_: &Request<'_>, _: &RequestContext<'_>| {
+    let table: [(&str, &str, Route<App>); 8] = [
+        ("POST", "/oauth/token", token),
+        ("GET", "/token_keys", |a, _, _| {
+            Ok(Response::json(200, &token_keys(a)).into())
+        }),
+        ("GET", "/token_key", |a, _, _| {
             let key =
-                active_key(&a).ok_or_else(|| ApiError::NotFound("no active signing key".into()))?;
+                active_key(a).ok_or_else(|| ApiError::NotFound("no active signing key".into()))?;
             Ok(Response::json(200, &uaa_key(&key)?).into())
-        },
-    );
-    let a = Arc::clone(app);
-    router.get(
-        "/.well-known/jwks.json",
-        move |_: &Request<'_>, _: &RequestContext<'_>| {
+        }),
+        ("GET", "/.well-known/jwks.json", |a, _, _| {
             Ok(Response::json(200, &a.keys.snapshot().public_jwks()).into())
-        },
-    );
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
-        let a = Arc::clone(app);
-        router.get(path, move |_: &Request<'_>, _: &RequestContext<'_>| {
-            Ok(Response::json(200, &metadata(&a)).into())
-        });
-    }
-    let a = Arc::clone(app);
-    router.post(
-        "/oauth/introspect",
-        move |req: &Request<'_>, _: &RequestContext<'_>| with_client_challenge(introspect(&a, req)),
-    );
-    let a = Arc::clone(app);
-    router.post(
-        "/oauth/revoke",
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| {
-            with_client_challenge(revoke(&a, req, ctx))
-        },
-    );
+        }),
+        (
+            "GET",
+            "/.well-known/oauth-authorization-server",
+            |a, _, _| Ok(Response::json(200, &metadata(a)).into()),
+        ),
+        ("GET", "/.well-known/openid-configuration", |a, _, _| {
+            Ok(Response::json(200, &metadata(a)).into())
+        }),
+        ("POST", "/oauth/introspect", |a, req, _| {
+            with_client_challenge(introspect(a, req))
+        }),
+        ("POST", "/oauth/revoke", |a, req, ctx| {
+            with_client_challenge(revoke(a, req, ctx))
+        }),
+    ];
+    super::register(router, app, "", &table);
 }
 
 /// RFC 6749 §5.2: a 401 for client authentication carries a `WWW-Authenticate` challenge.

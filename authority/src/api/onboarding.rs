@@ -52,11 +52,11 @@ use latchkey_core::{
 };
 use zeroize::Zeroizing;
 
-use super::Form;
 use super::mindsphere::{
     API_BASE, MAX_KID, MINDSPHERE_SCHEMA, RegisterRequest, RegistrationResponse,
     SOUTHGATE_AUDIENCE, TokenKey, TokenRequest, TokenResponse,
 };
+use super::{Form, Route, register};
 use crate::app::{App, generate_secret};
 use crate::error::{ApiError, Error, WireError};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
@@ -755,38 +755,21 @@ impl AgentState {
 
 /// Registers the agent-side routes under `/api/agentmanagement/v3`.
 pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
-    let s = Arc::clone(state);
-    router.post(
-        &format!("{API_BASE}/register"),
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.register(req, ctx),
-    );
-    let s = Arc::clone(state);
-    router.put(
-        &format!("{API_BASE}/register/{{client_id}}"),
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.rotate(req, ctx),
-    );
-    let s = Arc::clone(state);
-    router.get(
-        &format!("{API_BASE}/register/{{client_id}}"),
-        move |req: &Request<'_>, _: &RequestContext<'_>| s.read_registration(req),
-    );
-    let s = Arc::clone(state);
-    router.post(
-        &format!("{API_BASE}/oauth/token"),
-        move |req: &Request<'_>, ctx: &RequestContext<'_>| s.token(req, ctx),
-    );
-    let s = Arc::clone(state);
-    router.get(
-        &format!("{API_BASE}/oauth/token_key"),
-        move |req: &Request<'_>, _: &RequestContext<'_>| s.token_key(req),
-    );
-    let s = Arc::clone(state);
-    router.get(
-        &format!("{API_BASE}/oauth/jwks"),
-        move |_: &Request<'_>, _: &RequestContext<'_>| {
+    let table: [(&str, &str, Route<AgentState>); 6] = [
+        ("POST", "/register", |s, req, ctx| s.register(req, ctx)),
+        ("PUT", "/register/{client_id}", |s, req, ctx| {
+            s.rotate(req, ctx)
+        }),
+        ("GET", "/register/{client_id}", |s, req, _| {
+            s.read_registration(req)
+        }),
+        ("POST", "/oauth/token", |s, req, ctx| s.token(req, ctx)),
+        ("GET", "/oauth/token_key", |s, req, _| s.token_key(req)),
+        ("GET", "/oauth/jwks", |s, _, _| {
             Ok(Response::json(200, &s.app.keys.snapshot().public_jwks()).into())
-        },
-    );
+        }),
+    ];
+    register(router, state, API_BASE, &table);
 }
 
 /// An agent's credentials for a register or rotate request, generated or validated.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{self, Permission, Permissions, Principal};
-use super::{Form, json_body};
+use super::{Form, Route, json_body};
 use crate::app::{self, App};
 use crate::error::{ApiError, Error};
 use crate::http::{Completion, Outcome, Request, RequestContext, Response, Router};
@@ -32,10 +32,8 @@ pub const PREFIX: &str = "/api/latchkey/v1";
 /// Largest key file accepted for import (PEM or PKCS#12).
 pub const MAX_KEY_FILE: usize = 64 * 1024;
 
-type Handler = fn(&Arc<App>, &Request<'_>, &RequestContext<'_>) -> Result<Outcome, Error>;
-
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Handler); 12] = [
+    let table: [(&str, &str, Route<App>); 12] = [
         ("GET", "/clients", list_clients),
         ("POST", "/clients", create_client),
         ("DELETE", "/clients/{id}", delete_client),
@@ -49,14 +47,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
         ("GET", "/audit", audit),
         ("GET", "/whoami", whoami),
     ];
-    for (method, path, handler) in table {
-        let a = Arc::clone(app);
-        router.route(
-            method,
-            &format!("{PREFIX}{path}"),
-            move |req: &Request<'_>, ctx: &RequestContext<'_>| handler(&a, req, ctx),
-        );
-    }
+    super::register(router, app, PREFIX, &table);
 }
 
 fn not_found(what: &str) -> Error {
