@@ -64,6 +64,23 @@ fn y_of(point: &[u8; 32]) -> [u8; 32] {
     y
 }
 
+/// The group order L = 2²⁵² + 27742317777372353535851937790883648493, little-endian.
+const L: [u8; 32] = [
+    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+
+/// The rules of `verify_strict` that only need the signature's bytes: `R` canonical and not
+/// of small order, `s` < L. With these (and the key's rules, checked at import) any backend
+/// that tests the cofactorless equation by comparing `R`'s bytes agrees with `verify_strict`.
+pub(crate) fn strict_encoding(signature: &[u8; 64]) -> bool {
+    let (r, s) = signature.split_at(32);
+    let (Ok(r), Ok(s)) = (<&[u8; 32]>::try_from(r), <&[u8; 32]>::try_from(s)) else {
+        return false;
+    };
+    is_canonical_point(r) && !is_small_order(r) && less_than(s, &L)
+}
+
 /// Little-endian comparison a < b.
 fn less_than(a: &[u8; 32], b: &[u8; 32]) -> bool {
     for i in (0..32).rev() {
@@ -114,10 +131,7 @@ pub struct BatchItem<'a> {
 pub fn verify_batch(items: &[BatchItem<'_>]) -> Vec<bool> {
     let mut ok = vec![false; items.len()];
     let candidates: Vec<usize> = (0..items.len())
-        .filter(|&i| {
-            let r: &[u8; 32] = items[i].signature.first_chunk().unwrap_or(&[0; 32]);
-            is_canonical_point(r) && !is_small_order(r)
-        })
+        .filter(|&i| strict_encoding(items[i].signature))
         .collect();
     bisect(items, &candidates, &mut ok);
     ok
@@ -127,10 +141,7 @@ fn bisect(items: &[BatchItem<'_>], idx: &[usize], ok: &mut [bool]) {
     if idx.len() <= SINGLE_BELOW {
         for &i in idx {
             let it = &items[i];
-            ok[i] = it
-                .key
-                .verify_strict(it.message, &Signature::from_bytes(it.signature))
-                .is_ok();
+            ok[i] = crate::keys::ed25519_dalek_strict(it.key, it.message, it.signature);
         }
         return;
     }
@@ -154,7 +165,7 @@ fn bisect(items: &[BatchItem<'_>], idx: &[usize], ok: &mut [bool]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::Signer as _;
+    use ed25519_dalek::{Signer as _, Verifier as _};
 
     #[test]
     fn small_order_table_matches_dalek() {
@@ -186,6 +197,94 @@ mod tests {
         let mut neg_identity = SMALL_ORDER_Y[1];
         neg_identity[31] |= 0x80;
         assert!(!is_canonical_point(&neg_identity));
+    }
+
+    fn add_l_to_s(sig: &mut [u8; 64]) {
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = u16::from(sig[32 + i]) + u16::from(L[i]) + carry;
+            sig[32 + i] = v as u8;
+            carry = v >> 8;
+        }
+    }
+
+    /// A signature with R = identity that passes the cofactorless equation: s = k·a with
+    /// k = H(R‖A‖M). Only the key holder can make one; `verify_strict` refuses it, plain
+    /// cofactorless verification (and aws-lc on its own) accepts it.
+    fn identity_r_signature(key: &ed25519_dalek::SigningKey, msg: &[u8]) -> [u8; 64] {
+        use curve25519_dalek::Scalar;
+        use sha2::{Digest as _, Sha512};
+        let h = Sha512::digest(key.to_bytes());
+        let mut a = [0u8; 32];
+        a.copy_from_slice(&h[..32]);
+        a[0] &= 248;
+        a[31] &= 127;
+        a[31] |= 64;
+        let a = Scalar::from_bytes_mod_order(a);
+        let r = SMALL_ORDER_Y[1];
+        let mut hasher = Sha512::new();
+        hasher.update(r);
+        hasher.update(key.verifying_key().as_bytes());
+        hasher.update(msg);
+        let k = Scalar::from_bytes_mod_order_wide(&hasher.finalize().into());
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r);
+        sig[32..].copy_from_slice((k * a).as_bytes());
+        sig
+    }
+
+    /// Both single-verification backends must accept exactly what dalek's `verify_strict`
+    /// accepts, including the signatures a cofactorless check alone lets in.
+    #[test]
+    fn single_backends_are_verify_strict() {
+        use crate::alg::Algorithm;
+        use crate::keys::{ed25519_aws_lc_strict, ed25519_dalek_strict};
+        use aws_lc_rs::signature::{ED25519, ParsedPublicKey};
+        let (keys, msgs, sigs) = items_for(6);
+        for ((key, msg), sig) in keys.iter().zip(&msgs).zip(&sigs) {
+            let ours =
+                crate::keys::VerifyingKey::ed25519(key.verifying_key().as_bytes()).expect("key");
+            let dalek = key.verifying_key();
+            let lc = ParsedPublicKey::new(&ED25519, dalek.as_bytes()).expect("aws-lc key");
+            let crafted = identity_r_signature(key, msg);
+            assert!(
+                dalek.verify(msg, &Signature::from_bytes(&crafted)).is_ok(),
+                "the crafted signature must pass the cofactorless equation"
+            );
+            let mut cases = vec![*sig, crafted];
+            let mut plus_l = *sig;
+            add_l_to_s(&mut plus_l);
+            cases.push(plus_l);
+            for y in SMALL_ORDER_Y {
+                let mut small = *sig;
+                small[..32].copy_from_slice(&y);
+                cases.push(small);
+            }
+            for bit in [0usize, 7, 100, 255, 256, 300, 511] {
+                let mut flipped = *sig;
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                cases.push(flipped);
+            }
+            for (n, case) in cases.iter().enumerate() {
+                let strict = dalek
+                    .verify_strict(msg, &Signature::from_bytes(case))
+                    .is_ok();
+                assert_eq!(strict, n == 0, "case {n}");
+                assert_eq!(
+                    ed25519_dalek_strict(&dalek, msg, case),
+                    strict,
+                    "dalek, case {n}"
+                );
+                assert_eq!(
+                    ed25519_aws_lc_strict(&lc, msg, case),
+                    strict,
+                    "aws-lc, case {n}"
+                );
+                // And whichever backend this process picked.
+                let picked = ours.verify(Algorithm::EdDSA, msg, case).is_ok();
+                assert_eq!(picked, strict, "picked backend, case {n}");
+            }
+        }
     }
 
     fn items_for(n: usize) -> (Vec<ed25519_dalek::SigningKey>, Vec<Vec<u8>>, Vec<[u8; 64]>) {
@@ -225,16 +324,7 @@ mod tests {
     fn batch_rejects_non_canonical_s() {
         let (keys, msgs, mut sigs) = items_for(8);
         // s + L is the same scalar mod L but non-canonical; strict and batch must refuse.
-        const L: [u8; 32] = [
-            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
-            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-        ];
-        let mut carry = 0u16;
-        for i in 0..32 {
-            let v = u16::from(sigs[5][32 + i]) + u16::from(L[i]) + carry;
-            sigs[5][32 + i] = v as u8;
-            carry = v >> 8;
-        }
+        add_l_to_s(&mut sigs[5]);
         let vks: Vec<VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
         let items: Vec<BatchItem<'_>> = (0..8)
             .map(|i| BatchItem {

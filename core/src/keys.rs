@@ -6,9 +6,14 @@
 //!
 //! Backends, chosen by measurement on the reference machine (2 cores):
 //! - Ed25519 signing: aws-lc-rs (12 µs vs 29 µs for ed25519-dalek).
-//! - Ed25519 verification: ed25519-dalek `verify_strict` (same ~47 µs as aws-lc-rs, but it has
-//!   the strict malleability rules and batch verification; the decompressed point is kept in
-//!   the key so nothing is decompressed per call).
+//! - Ed25519 single verification, chosen once per process ([`ed25519_backend`]): ed25519-dalek
+//!   where its AVX-512 IFMA backend runs, otherwise aws-lc-rs (which beats dalek's AVX2
+//!   backend). Either way the `verify_strict` rules that need only bytes are checked first
+//!   ([`crate::batch::strict_encoding`]; the key's own rules at import), so neither
+//!   decompresses R; both accept exactly what dalek's `verify_strict` accepts (differential
+//!   test in `batch`). Numbers: bench/results/core.md.
+//! - Ed25519 batch verification: ed25519-dalek (aws-lc has none), with the point decompressed
+//!   once, at import.
 //! - RSA sign/verify: aws-lc-rs with a cached `ParsedPublicKey` per allowed algorithm
 //!   (0.05 ms vs 0.5–0.7 ms verify with `rsa` 0.9; 2.5 ms vs 7 ms sign).
 //! - RSA import and policy: the `rsa` crate (PKCS#1/PKCS#8/SPKI DER structure, PKCS#1 PEM,
@@ -303,31 +308,41 @@ impl SigningKey {
         Ok(Zeroizing::new(pem_encode("PRIVATE KEY", &der)))
     }
 
-    /// Signs `message` into `sig` (at least [`SigningKey::signature_len`] bytes; use a
-    /// `[u8; MAX_SIGNATURE_LEN]`), returning the signature length. Allocation-free.
+    /// Signs `message` into `sig` (at least [`SigningKey::signature_len`] bytes), returning
+    /// the signature length.
     pub fn sign(&self, message: &[u8], sig: &mut [u8]) -> Result<usize, Error> {
-        let len = self.signature_len();
-        let out = sig.get_mut(..len).ok_or(Error::Crypto)?;
-        match &self.inner {
-            SigningInner::Ed25519(kp) => out.copy_from_slice(kp.sign(message).as_ref()),
-            SigningInner::Es256(kp, rng) => {
-                let s = kp.sign(rng, message).map_err(|_| Error::Crypto)?;
-                out.copy_from_slice(s.as_ref());
-            }
-            SigningInner::Rsa(kp, rng) => kp
-                .sign(rsa_encoding(self.alg)?, rng, message, out)
-                .map_err(|_| Error::Crypto)?,
-            SigningInner::Hmac(key) => out.copy_from_slice(hmac::sign(key, message).as_ref()),
-        }
-        Ok(len)
+        let made = self.signature(message)?;
+        let bytes = made.as_ref();
+        sig.get_mut(..bytes.len())
+            .ok_or(Error::Crypto)?
+            .copy_from_slice(bytes);
+        Ok(bytes.len())
     }
 
     /// Signs `message` and appends the base64url signature to `out`.
     pub fn sign_into(&self, message: &[u8], out: &mut String) -> Result<(), Error> {
-        let mut sig = [0u8; MAX_SIGNATURE_LEN];
-        let n = self.sign(message, &mut sig)?;
-        b64::encode_into(&sig[..n], out);
+        let sig = self.signature(message)?;
+        b64::encode_into(sig.as_ref(), out);
         Ok(())
+    }
+
+    /// Signs `message`, returning the signature by value: the fixed-size algorithms need no
+    /// zeroed `MAX_SIGNATURE_LEN` buffer (the minting hot path), RSA (milliseconds per
+    /// signature) takes one allocation.
+    pub fn signature(&self, message: &[u8]) -> Result<Signature, Error> {
+        Ok(Signature(match &self.inner {
+            SigningInner::Ed25519(kp) => SignatureInner::short(kp.sign(message).as_ref())?,
+            SigningInner::Es256(kp, rng) => {
+                SignatureInner::short(kp.sign(rng, message).map_err(|_| Error::Crypto)?.as_ref())?
+            }
+            SigningInner::Rsa(kp, rng) => {
+                let mut out = vec![0u8; kp.public_modulus_len()];
+                kp.sign(rsa_encoding(self.alg)?, rng, message, &mut out)
+                    .map_err(|_| Error::Crypto)?;
+                SignatureInner::Heap(out)
+            }
+            SigningInner::Hmac(key) => SignatureInner::short(hmac::sign(key, message).as_ref())?,
+        }))
     }
 
     /// Length in bytes of this key's signatures.
@@ -353,6 +368,95 @@ impl fmt::Debug for SigningKey {
 // ---------------------------------------------------------------------------------------------
 // Verifying keys
 
+/// Which library checks single Ed25519 signatures in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ed25519Backend {
+    /// ed25519-dalek `verify_strict`, on its AVX-512 IFMA backend.
+    Dalek,
+    /// aws-lc-rs after [`crate::batch::strict_encoding`].
+    AwsLc,
+}
+
+/// The faster of the two on this CPU: dalek when it was built with its IFMA backend (see
+/// `.cargo/config.toml`) and the CPU has AVX-512 IFMA, aws-lc-rs otherwise.
+pub fn ed25519_backend() -> Ed25519Backend {
+    static CHOICE: std::sync::OnceLock<Ed25519Backend> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512"))]
+        if std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return Ed25519Backend::Dalek;
+        }
+        Ed25519Backend::AwsLc
+    })
+}
+
+/// `verify_strict` without its cost: dalek's `verify_strict` decompresses R (a field
+/// exponentiation, ~30 % of the call) only to test it for small order. The byte-level rules
+/// in [`crate::batch::strict_encoding`] decide the same thing, and the plain `verify` then
+/// checks the same cofactorless equation (R compared by its bytes, s < L) that
+/// `verify_strict` checks; A was vetted at import.
+pub(crate) fn ed25519_dalek_strict(
+    key: &ed25519_dalek::VerifyingKey,
+    message: &[u8],
+    sig: &[u8; 64],
+) -> bool {
+    use ed25519_dalek::Verifier as _;
+    crate::batch::strict_encoding(sig)
+        && key
+            .verify(message, &ed25519_dalek::Signature::from_bytes(sig))
+            .is_ok()
+}
+
+/// aws-lc checks the cofactorless equation [s]B = R + [k]A by comparing R's bytes with the
+/// canonical encoding of the computed point; with the encoding rules checked first and A
+/// vetted at import, that is `verify_strict`.
+pub(crate) fn ed25519_aws_lc_strict(
+    key: &lc::ParsedPublicKey,
+    message: &[u8],
+    sig: &[u8; 64],
+) -> bool {
+    crate::batch::strict_encoding(sig) && key.verify_sig(message, sig).is_ok()
+}
+
+/// A signature made by [`SigningKey::signature`]; its bytes via `as_ref()`.
+pub struct Signature(SignatureInner);
+
+// aws-lc-rs's own `Signature` is 4.6 KiB (sized for post-quantum schemes); the 64 bytes that
+// matter are copied out of it at once.
+enum SignatureInner {
+    /// Ed25519, ES256, HS256/384/512: at most 64 bytes.
+    Short([u8; 64], usize),
+    /// RSA.
+    Heap(Vec<u8>),
+}
+
+impl SignatureInner {
+    fn short(bytes: &[u8]) -> Result<SignatureInner, Error> {
+        let mut out = [0u8; 64];
+        out.get_mut(..bytes.len())
+            .ok_or(Error::Crypto)?
+            .copy_from_slice(bytes);
+        Ok(SignatureInner::Short(out, bytes.len()))
+    }
+}
+
+impl AsRef<[u8]> for Signature {
+    fn as_ref(&self) -> &[u8] {
+        match &self.0 {
+            SignatureInner::Short(s, n) => s.get(..*n).unwrap_or_default(),
+            SignatureInner::Heap(v) => v,
+        }
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({} bytes)", self.as_ref().len())
+    }
+}
+
 /// A key that checks signatures, with the algorithms it may be used with.
 #[derive(Clone)]
 pub struct VerifyingKey {
@@ -363,7 +467,12 @@ pub struct VerifyingKey {
 
 #[derive(Clone)]
 enum VerifyingInner {
-    Ed25519(ed25519_dalek::VerifyingKey),
+    Ed25519 {
+        /// For batch verification.
+        dalek: ed25519_dalek::VerifyingKey,
+        /// For single verification when dalek has no IFMA backend here.
+        parsed: lc::ParsedPublicKey,
+    },
     Es256 {
         parsed: lc::ParsedPublicKey,
         point: [u8; 65],
@@ -403,10 +512,12 @@ impl VerifyingKey {
         if key.is_weak() || !crate::batch::is_canonical_point(bytes) {
             return Err(KeyError::WeakEd25519.into());
         }
+        let parsed =
+            lc::ParsedPublicKey::new(&lc::ED25519, bytes).map_err(|_| KeyError::Encoding)?;
         Ok(VerifyingKey {
             kid: None,
             algorithms: AlgorithmSet::one(Algorithm::EdDSA),
-            inner: VerifyingInner::Ed25519(key),
+            inner: VerifyingInner::Ed25519 { dalek: key, parsed },
         })
     }
 
@@ -584,7 +695,7 @@ impl VerifyingKey {
     /// The key type.
     pub fn kind(&self) -> KeyKind {
         match &self.inner {
-            VerifyingInner::Ed25519(_) => KeyKind::Ed25519,
+            VerifyingInner::Ed25519 { .. } => KeyKind::Ed25519,
             VerifyingInner::Es256 { .. } => KeyKind::P256,
             VerifyingInner::Rsa { .. } => KeyKind::Rsa,
             VerifyingInner::Hmac { .. } => KeyKind::Hmac,
@@ -612,12 +723,14 @@ impl VerifyingKey {
             return Err(RejectedError::AlgorithmMismatch.into());
         }
         let ok = match &self.inner {
-            VerifyingInner::Ed25519(key) => {
+            VerifyingInner::Ed25519 { dalek, parsed } => {
                 let sig: &[u8; 64] = signature
                     .try_into()
                     .map_err(|_| MalformedError::SignatureLength)?;
-                key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(sig))
-                    .is_ok()
+                match ed25519_backend() {
+                    Ed25519Backend::Dalek => ed25519_dalek_strict(dalek, message, sig),
+                    Ed25519Backend::AwsLc => ed25519_aws_lc_strict(parsed, message, sig),
+                }
             }
             VerifyingInner::Es256 { parsed, .. } => {
                 if signature.len() != 64 {
@@ -652,7 +765,7 @@ impl VerifyingKey {
     /// The dalek key, for batch verification.
     pub(crate) fn ed25519_key(&self) -> Option<&ed25519_dalek::VerifyingKey> {
         match &self.inner {
-            VerifyingInner::Ed25519(key) => Some(key),
+            VerifyingInner::Ed25519 { dalek, .. } => Some(dalek),
             _ => None,
         }
     }
@@ -660,7 +773,9 @@ impl VerifyingKey {
     /// SubjectPublicKeyInfo DER. Not for HMAC keys.
     pub fn to_spki_der(&self) -> Result<Vec<u8>, Error> {
         match &self.inner {
-            VerifyingInner::Ed25519(key) => Ok([&ED25519_SPKI_PREFIX[..], key.as_bytes()].concat()),
+            VerifyingInner::Ed25519 { dalek, .. } => {
+                Ok([&ED25519_SPKI_PREFIX[..], dalek.as_bytes()].concat())
+            }
             VerifyingInner::Es256 { point, .. } => Ok([&P256_SPKI_PREFIX[..], point].concat()),
             VerifyingInner::Rsa { n, e, .. } => {
                 let key = rsa::RsaPublicKey::new_with_max_size(
@@ -695,7 +810,9 @@ impl VerifyingKey {
     /// Public components for JWK export.
     pub(crate) fn components(&self) -> Components<'_> {
         match &self.inner {
-            VerifyingInner::Ed25519(key) => Components::Okp { x: key.as_bytes() },
+            VerifyingInner::Ed25519 { dalek, .. } => Components::Okp {
+                x: dalek.as_bytes(),
+            },
             VerifyingInner::Es256 { point, .. } => Components::Ec {
                 x: &point[1..33],
                 y: &point[33..65],

@@ -66,6 +66,8 @@ pub use error::{Error, KeyError, MalformedError, Part, RejectedError, Unavailabl
 pub use jwk::{Jwk, JwkSet};
 pub use jws::{Header, UnverifiedToken, VerifiedToken};
 pub use keyring::{KeyRing, KeySnapshot};
-pub use keys::{KeyKind, KeyPolicy, RsaPolicy, SigningKey, VerifyingKey};
+pub use keys::{
+    Ed25519Backend, KeyKind, KeyPolicy, RsaPolicy, SigningKey, VerifyingKey, ed25519_backend,
+};
 pub use mint::Minter;
 pub use verify::{NoRevocations, Revocations, Verifier};

@@ -7,7 +7,7 @@ use std::fmt;
 use crate::b64;
 use crate::claims::{Claims, TokenType};
 use crate::error::{Error, KeyError};
-use crate::keys::{MAX_SIGNATURE_LEN, SigningKey};
+use crate::keys::SigningKey;
 
 thread_local! {
     /// Claims JSON scratch space; per thread, so minting takes no lock.
@@ -84,10 +84,9 @@ impl Minter {
         out.push_str(header);
         out.push('.');
         b64::encode_into(payload, &mut out);
-        let mut sig = [0u8; MAX_SIGNATURE_LEN];
-        let n = self.key.sign(out.as_bytes(), &mut sig)?;
+        let sig = self.key.signature(out.as_bytes())?;
         out.push('.');
-        b64::encode_into(&sig[..n], &mut out);
+        b64::encode_into(sig.as_ref(), &mut out);
         Ok(out)
     }
 }
