@@ -607,6 +607,7 @@ mod tests {
             jwks: vec![entry.to_string()],
             secret_expires_at: 0,
             generation: 1,
+            hmac_keys: Default::default(),
         }
     }
 

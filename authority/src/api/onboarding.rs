@@ -41,7 +41,7 @@
 //! answered 503 with `Retry-After: 1` instead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use crossbeam_skiplist::SkipMap;
 use latchkey_core::claims::{Audience, Claims, TokenType, Validation};
@@ -87,6 +87,9 @@ pub struct AgentState {
     rsa_keys: SkipMap<String, Arc<CachedKeys>>,
     /// When each agent last got an access token (for `GET /agents/{id}/status`).
     activity: SkipMap<String, AtomicU64>,
+    /// The client-assertion rules, built on first use: they name the token endpoint, whose
+    /// URL is only known once the server has bound its address (`App::set_listen_addr`).
+    assertion_validation: OnceLock<Validation>,
 }
 
 #[derive(Debug)]
@@ -132,6 +135,7 @@ impl AgentState {
             replay_floor,
             rsa_keys: SkipMap::new(),
             activity: SkipMap::new(),
+            assertion_validation: OnceLock::new(),
         }
     }
 
@@ -575,10 +579,17 @@ impl AgentState {
             });
         }
         let answer = self.mint_access_token(client, now, x5t)?;
-        self.activity
-            .get_or_insert_with(client.client_id.clone(), || AtomicU64::new(0))
-            .value()
-            .store(now, Ordering::Relaxed);
+        // Look up before inserting: the insert path clones the id and walks the skip list
+        // for a write, and all but an agent's first token find the entry.
+        match self.activity.get(client.client_id.as_str()) {
+            Some(entry) => entry.value().store(now, Ordering::Relaxed),
+            None => {
+                self.activity
+                    .get_or_insert_with(client.client_id.clone(), || AtomicU64::new(0))
+                    .value()
+                    .store(now, Ordering::Relaxed);
+            }
+        }
         Ok(answer)
     }
 
@@ -600,22 +611,23 @@ impl AgentState {
         let alg = parsed.header().alg();
         let verified = match client.auth_method {
             AuthMethod::ClientSecretJwt => {
-                let secret = client
-                    .secret
-                    .as_ref()
-                    .ok_or_else(|| stored_key_error(&client.client_id, &"no secret"))?;
+                if client.secret.is_none() {
+                    return Err(stored_key_error(&client.client_id, &"no secret"));
+                }
                 if !alg.is_hmac() {
                     return Err(invalid_assertion(&RejectedError::AlgorithmMismatch.into()));
                 }
-                let key = VerifyingKey::hmac(alg, secret.expose())
+                // Built from the secret once per entry and algorithm, not per request.
+                let key = client
+                    .hmac_key(alg)
                     .map_err(|e| stored_key_error(&client.client_id, &e))?;
                 parsed
-                    .verify(&key, &validation, now)
+                    .verify(key, validation, now)
                     .map_err(|e| invalid_assertion(&e))?
             }
             AuthMethod::PrivateKeyJwt => {
                 let cached = self.rsa_keys_of(&client)?;
-                verify_with_any(assertion, &cached.keys, &validation, now)
+                verify_with_any(assertion, &cached.keys, validation, now)
                     .map_err(|e| invalid_assertion(&e))?
             }
             AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
@@ -637,9 +649,10 @@ impl AgentState {
 
     /// RFC 7523 §3 rules for this authority: `iss` = `sub`, `exp` and `jti` required, lifetime
     /// at most the replay cache's bound (25 h: MCL signs 24-hour assertions), audience this
-    /// token endpoint, our issuer or MindSphere's `southgate`.
-    pub fn assertion_validation(&self) -> Validation {
-        Validation {
+    /// token endpoint, our issuer or MindSphere's `southgate`. Built once: everything it
+    /// depends on (settings, base URL, issuer) is fixed once the server serves.
+    pub fn assertion_validation(&self) -> &Validation {
+        self.assertion_validation.get_or_init(|| Validation {
             leeway: assertion_leeway(&self.app),
             audiences: vec![
                 self.token_endpoint(),
@@ -648,7 +661,7 @@ impl AgentState {
             ],
             max_lifetime: Some(self.app.settings.replay.max_lifetime),
             ..Validation::new(TokenType::ClientAssertion)
-        }
+        })
     }
 
     fn rsa_keys_of(&self, client: &Arc<ClientAuth>) -> Result<Arc<CachedKeys>, Error> {
@@ -1136,6 +1149,42 @@ mod tests {
             assert!(why.contains("replayed"), "{why}");
         }
         assert_eq!(f.state.last_token_at("a1"), Some(f.now));
+    }
+
+    /// The HMAC key cached in the hot index entry dies with the secret: after a rotation the
+    /// old secret's assertions fail and the new secret's pass.
+    #[test]
+    fn cached_hmac_key_follows_secret_rotation() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let old = hs(Algorithm::HS256);
+        f.issue(&sign(&old, None, &claims("a1", f.now, "before")))
+            .expect("old secret, key now cached");
+        let new_secret = "Zq1zmXbz0Izla6B82xlAYRVBcKDcCFatwmnHQmR8Yc0";
+        f.app()
+            .write(WriteOp::RotateRegistration(Rotation {
+                client_id: "a1".into(),
+                presented_rat: Secret::from("rat"),
+                new_rat: Secret::from("rat2"),
+                new_secret: Some(Secret::from(new_secret)),
+                new_jwks: None,
+                secret_expires_at: f.now + 7 * 86_400,
+                now: f.now,
+            }))
+            .unwrap();
+        let (s, why) = f
+            .issue(&sign(&old, None, &claims("a1", f.now, "after-old")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("signature"), "{why}");
+        let new = SigningKey::hmac(Algorithm::HS256, new_secret.as_bytes()).unwrap();
+        f.issue(&sign(&new, None, &claims("a1", f.now, "after-new")))
+            .expect("new secret");
     }
 
     /// Regression: the replay cache filled within seconds under load because it remembered

@@ -6,6 +6,7 @@
 //! body dropped. When several patterns match, the one with literal segments earliest wins, so
 //! `/agents/register` beats `/agents/{id}`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,6 +24,10 @@ pub struct RouteId(pub usize);
 #[derive(Default)]
 pub struct Router {
     routes: Vec<Route>,
+    /// Routes whose pattern has no `{param}`, by pattern, then `(method, index)` (the first
+    /// registered per method): a request path equal to such a pattern is found without
+    /// scanning every route. See [`Router::dispatch`] for why the answer is the same.
+    literal: HashMap<String, Vec<(String, usize)>>,
 }
 
 struct Route {
@@ -77,9 +82,18 @@ impl Router {
                     None => Segment::Literal(s.to_owned()),
                 },
             )
-            .collect();
+            .collect::<Vec<_>>();
+        let method = method.to_ascii_uppercase();
+        // Beyond 63 segments specificity bits are shared (see `Route::matches`), so a
+        // parameter route could tie with a literal one; such patterns take the scan only.
+        if segments.len() < 64 && segments.iter().all(|s| matches!(s, Segment::Literal(_))) {
+            let methods = self.literal.entry(pattern.to_owned()).or_default();
+            if !methods.iter().any(|(m, _)| *m == method) {
+                methods.push((method.clone(), self.routes.len()));
+            }
+        }
         self.routes.push(Route {
-            method: method.to_ascii_uppercase(),
+            method,
             pattern: pattern.to_owned(),
             segments,
             handler: Box::new(handler),
@@ -132,6 +146,28 @@ impl Router {
 
     /// Finds the route for `method` and `path`.
     pub fn dispatch<'r, 'p>(&'r self, method: &str, path: &'p str) -> Dispatch<'r, 'p> {
+        // Fast path, same answer as the scan: a path equal to a literal pattern has exactly
+        // that pattern's segments, every one matching a literal, which is the highest score
+        // any pattern can reach on it; another route with that score has the same pattern,
+        // and the first registered wins ties in both. HEAD (two methods to look for) scans.
+        if method != "HEAD"
+            && let Some(&(_, i)) = self
+                .literal
+                .get(path)
+                .and_then(|methods| methods.iter().find(|(m, _)| m == method))
+        {
+            return Dispatch::Found {
+                id: RouteId(i),
+                handler: &*self.routes[i].handler,
+                params: Vec::new(),
+            };
+        }
+        self.dispatch_scan(method, path)
+    }
+
+    /// [`Router::dispatch`] by trying every route: the best-scoring match, else 405 with the
+    /// methods the path has, else 404.
+    fn dispatch_scan<'r, 'p>(&'r self, method: &str, path: &'p str) -> Dispatch<'r, 'p> {
         let lookup = if method == "HEAD" { "GET" } else { method };
         let mut best: Option<(u64, usize, Params<'r, 'p>)> = None;
         let mut allow: Vec<&str> = Vec::new();
@@ -259,7 +295,10 @@ mod tests {
         r.get("/agents/{id}", ok)
             .post("/agents/register", ok)
             .get("/", ok)
-            .delete("/agents/{id}", ok);
+            .delete("/agents/{id}", ok)
+            .get("/agents/{id}/status", ok)
+            .get("/agents/all/status", ok)
+            .post("/agents/register", ok);
         r
     }
 
@@ -291,5 +330,57 @@ mod tests {
         check("GET", "/agents", Err((404, None)));
         check("GET", "/agents/", Err((404, None)));
         check("GET", "/agents/a/b", Err((404, None)));
+        // Literal patterns (the indexed fast path) agree with the scan: the literal route
+        // beats a parameter one, the first of two identical routes wins, the method must
+        // match, and a path that is not spelled exactly like the pattern still matches.
+        check("GET", "/agents/all/status", Ok((5, vec![])));
+        check("GET", "/agents/x/status", Ok((4, vec![("id", "x")])));
+        check("HEAD", "/agents/all/status", Ok((5, vec![])));
+        check("PUT", "/agents/all/status", Err((405, Some("GET, HEAD"))));
+        check("POST", "/agents/register", Ok((1, vec![])));
+        check("POST", "agents/register", Ok((1, vec![])));
+        check(
+            "DELETE",
+            "/agents/register",
+            Ok((3, vec![("id", "register")])),
+        );
+    }
+
+    /// The fast path returns what the full scan returns, for every route and a few near
+    /// misses, with every method.
+    #[test]
+    fn literal_index_agrees_with_the_scan() {
+        let r = router();
+        let paths = [
+            "/",
+            "/agents",
+            "/agents/register",
+            "/agents/all/status",
+            "/agents/a1",
+            "/agents/a1/status",
+            "/agents/register/",
+            "//agents/register",
+        ];
+        for method in ["GET", "HEAD", "POST", "PUT", "DELETE"] {
+            for path in paths {
+                let fast = summary(r.dispatch(method, path));
+                let slow = summary(r.dispatch_scan(method, path));
+                assert_eq!(fast, slow, "{method} {path}");
+            }
+        }
+    }
+
+    fn summary(d: Dispatch<'_, '_>) -> (usize, Vec<(String, String)>, u16) {
+        match d {
+            Dispatch::Found { id, params, .. } => (
+                id.0,
+                params
+                    .into_iter()
+                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .collect(),
+                0,
+            ),
+            Dispatch::Refused { id, response } => (id.0, vec![], response.status),
+        }
     }
 }

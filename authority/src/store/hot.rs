@@ -6,10 +6,11 @@
 //! Readers use lock-free skip lists (`crossbeam-skiplist`): no lock, no waiting for the writer,
 //! no disk. Entries are `Arc`s, replaced whole, so a reader never sees half an update.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_skiplist::SkipMap;
+use latchkey_core::{Algorithm, KeyError, VerifyingKey};
 
 use super::records::{
     AuthMethod, KeyState, OperatorClientRecord, RevocationKind, RevocationRecord,
@@ -28,6 +29,37 @@ pub struct ClientAuth {
     pub jwks: Vec<String>,
     pub secret_expires_at: u64,
     pub generation: u64,
+    /// Verifying keys built from `secret`; see [`ClientAuth::hmac_key`].
+    pub hmac_keys: HmacKeys,
+}
+
+/// One lazily built HMAC verifying key per HS256/384/512. Building one costs a key setup, an
+/// allocation and a zeroizing copy of the secret, which the token endpoint would otherwise
+/// pay on every request. The keys live in the [`ClientAuth`] entry, and the entry is replaced
+/// whole when the secret changes (rotation, re-registration) or removed (offboarding), so a
+/// key never outlives the secret it was built from.
+#[derive(Debug, Default)]
+pub struct HmacKeys([OnceLock<VerifyingKey>; 3]);
+
+impl ClientAuth {
+    /// The key that checks this client's `client_secret_jwt` assertions signed with `alg`
+    /// (HS256, HS384 or HS512), built from `secret` on first use and then reused.
+    pub fn hmac_key(&self, alg: Algorithm) -> Result<&VerifyingKey, latchkey_core::Error> {
+        let slot = match alg {
+            Algorithm::HS256 => 0,
+            Algorithm::HS384 => 1,
+            Algorithm::HS512 => 2,
+            _ => return Err(KeyError::AlgorithmNotAllowed.into()),
+        };
+        let cell = &self.hmac_keys.0[slot];
+        if let Some(key) = cell.get() {
+            return Ok(key);
+        }
+        let secret = self.secret.as_ref().ok_or(KeyError::NotPossible)?;
+        let key = VerifyingKey::hmac(alg, secret.expose())?;
+        // Two threads may build it at once; both keys are equal, the first one stays.
+        Ok(cell.get_or_init(|| key))
+    }
 }
 
 /// A signing key with its private half unsealed.

@@ -1163,6 +1163,7 @@ pub(crate) fn hot_client(rec: &RegistrationRecord, secret: Option<Secret>) -> Cl
         jwks: rec.jwks.clone(),
         secret_expires_at: rec.secret_expires_at,
         generation: rec.generation,
+        hmac_keys: Default::default(),
     }
 }
 
