@@ -9,7 +9,7 @@
 //! - Ed25519 single verification, chosen once per process ([`ed25519_backend`]): ed25519-dalek
 //!   where its AVX-512 IFMA backend runs, otherwise aws-lc-rs (which beats dalek's AVX2
 //!   backend). Either way the `verify_strict` rules that need only bytes are checked first
-//!   ([`crate::batch::strict_encoding`]; the key's own rules at import), so neither
+//!   (`batch::strict_encoding`; the key's own rules at import), so neither
 //!   decompresses R; both accept exactly what dalek's `verify_strict` accepts (differential
 //!   test in `batch`). Numbers: bench/results/core.md.
 //! - Ed25519 batch verification: ed25519-dalek (aws-lc has none), with the point decompressed
@@ -373,7 +373,7 @@ impl fmt::Debug for SigningKey {
 pub enum Ed25519Backend {
     /// ed25519-dalek `verify_strict`, on its AVX-512 IFMA backend.
     Dalek,
-    /// aws-lc-rs after [`crate::batch::strict_encoding`].
+    /// aws-lc-rs after `batch::strict_encoding` (the byte-level `verify_strict` rules).
     AwsLc,
 }
 
