@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use latchkey_authority::http::drain::DrainTracker;
+
 use crate::error::Error;
 use crate::http::{self, Connection, Response};
 use crate::scenario::{Pause, Tag, Workload};
@@ -209,8 +211,9 @@ impl Conn {
         Ok(())
     }
 
-    /// Handles readiness: finishes a connect, writes, reads until `WouldBlock`.
-    fn ready(&mut self) -> Result<Read, ErrorKind> {
+    /// Handles readiness: finishes a connect, writes, reads until the socket is drained
+    /// (`read_closed`: the event said the peer closed, so read to EOF).
+    fn ready(&mut self, read_closed: bool) -> Result<Read, ErrorKind> {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(Read::Nothing);
         };
@@ -230,7 +233,7 @@ impl Conn {
             }
         }
         self.flush()?;
-        let eof = self.read_available()?;
+        let eof = self.read_available(read_closed)?;
         // A TLS handshake step may have produced records to send.
         self.flush()?;
         if self.inflight.is_none() {
@@ -251,11 +254,14 @@ impl Conn {
         }
     }
 
-    /// Reads everything the socket has; `true` at end of stream.
-    fn read_available(&mut self) -> Result<bool, ErrorKind> {
+    /// Reads everything the socket has; `true` at end of stream. A short read ends it without
+    /// the read that only says `WouldBlock` (see `latchkey_authority::http::drain`): the client
+    /// must not spend the CPU it shares with the server on system calls it can skip.
+    fn read_available(&mut self, read_closed: bool) -> Result<bool, ErrorKind> {
         let Some(sock) = self.sock.as_mut() else {
             return Ok(true);
         };
+        let mut sock = DrainTracker::new(sock, read_closed);
         let mut chunk = [0u8; 16 * 1024];
         match &mut self.tls {
             None => loop {
@@ -263,15 +269,18 @@ impl Conn {
                     Ok(0) => return Ok(true),
                     Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(io_kind(&e)),
                 }
                 if self.inbuf.len() > http::MAX_HEAD + http::MAX_BODY {
                     return Err(ErrorKind::Malformed);
                 }
+                if sock.drained() {
+                    return Ok(false);
+                }
             },
             Some(tls) => loop {
-                let eof = match tls.read_tls(sock) {
+                let eof = match tls.read_tls(&mut sock) {
                     Ok(0) => true,
                     Ok(_) => false,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -297,9 +306,16 @@ impl Conn {
                 if eof || state.peer_has_closed() {
                     return Ok(true);
                 }
+                if sock.drained() {
+                    return Ok(false);
+                }
             },
         }
     }
+}
+
+fn read_closed(ev: &mio::event::Event) -> bool {
+    ev.is_read_closed() || ev.is_error()
 }
 
 fn io_kind(e: &io::Error) -> ErrorKind {
@@ -385,7 +401,7 @@ impl Worker<'_> {
             for ev in events.iter() {
                 let i = ev.token().0;
                 if let Some(c) = self.conns.get_mut(i)
-                    && let Err(k) = c.ready()
+                    && let Err(k) = c.ready(read_closed(ev))
                 {
                     return Err(Error::Protocol(format!("connection {i}: {k}")));
                 }
@@ -467,7 +483,7 @@ impl Worker<'_> {
                 .poll(&mut events, Some(wait))
                 .map_err(|e| Error::io("polling", e))?;
             for ev in events.iter() {
-                self.on_ready(ev.token().0);
+                self.on_ready(ev.token().0, read_closed(ev));
             }
             let now = Instant::now();
             if now >= next_timeout_scan {
@@ -499,11 +515,11 @@ impl Worker<'_> {
         })
     }
 
-    fn on_ready(&mut self, slot: usize) {
+    fn on_ready(&mut self, slot: usize, read_closed: bool) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        match conn.ready() {
+        match conn.ready(read_closed) {
             Ok(Read::Nothing) => {}
             Ok(Read::IdleClose) => conn.close(&self.poll),
             Ok(Read::Response(resp)) => {

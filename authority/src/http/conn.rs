@@ -20,6 +20,7 @@ use mio::net::TcpStream;
 
 use super::body::BodyDecoder;
 use super::date::DateCache;
+use super::drain::DrainTracker;
 use super::handler::{LoopHandle, Outcome, RequestContext, Slot, TlsInfo};
 use super::metrics::{CloseReason, Metrics};
 use super::request::{Head, Parsed, Request, parse_head};
@@ -221,8 +222,11 @@ pub(crate) struct Connection {
     queue: VecDeque<Answer>,
     next_seq: u64,
     requests: u64,
-    /// The socket may have unread bytes (mio is edge-triggered: true until WouldBlock).
+    /// The socket may have unread bytes (mio is edge-triggered: true until a read shows it
+    /// drained, see [`DrainTracker`]).
     readable: bool,
+    /// The last event said the peer half-closed: read until EOF, whatever read sizes say.
+    read_closed: bool,
     peer_eof: bool,
     draining: bool,
     /// Since when output has been waiting for the client.
@@ -265,6 +269,7 @@ impl Connection {
             next_seq: 0,
             requests: 0,
             readable: true,
+            read_closed: false,
             peer_eof: false,
             draining: false,
             write_since: None,
@@ -272,9 +277,11 @@ impl Connection {
         }
     }
 
-    /// Called on readiness events: remembers that the socket may be readable again.
-    pub fn on_event(&mut self, readable: bool) {
+    /// Called on readiness events: remembers that the socket may be readable again, and
+    /// whether the peer has closed its side (then the EOF is already queued behind the data).
+    pub fn on_event(&mut self, readable: bool, read_closed: bool) {
         self.readable |= readable;
+        self.read_closed |= read_closed;
     }
 
     /// Does all the work that can be done now without blocking.
@@ -477,8 +484,14 @@ impl Connection {
     /// the handshake).
     fn read_plain(&mut self, buf: &mut [u8]) -> Result<usize, ReadErr> {
         let Some(tls) = self.tls.as_mut() else {
+            if !self.readable {
+                return Err(ReadErr::WouldBlock);
+            }
             loop {
-                return match self.socket.read(buf) {
+                let mut socket = DrainTracker::new(&mut self.socket, self.read_closed);
+                let result = socket.read(buf);
+                self.readable &= !socket.drained();
+                return match result {
                     Ok(n) => Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.readable = false;
@@ -499,7 +512,10 @@ impl Connection {
             if !self.readable {
                 return Err(ReadErr::WouldBlock);
             }
-            match tls.read_tls(&mut self.socket) {
+            let mut socket = DrainTracker::new(&mut self.socket, self.read_closed);
+            let result = tls.read_tls(&mut socket);
+            self.readable &= !socket.drained();
+            match result {
                 Ok(0) => return Ok(0),
                 Ok(_) => {
                     if tls.process_new_packets().is_err() {

@@ -16,6 +16,7 @@
 pub mod body;
 pub mod conn;
 pub mod date;
+pub mod drain;
 pub mod event_loop;
 pub mod handler;
 pub mod metrics;
