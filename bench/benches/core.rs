@@ -137,6 +137,19 @@ impl Fixture {
             .expect("mint")
     }
 
+    /// `n` EdDSA access tokens with distinct `jti`s, as a real batch would be.
+    fn distinct_tokens(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let mut claims = self.claims.clone();
+                claims.jti = Some(format!("batch-{i}"));
+                self.ring
+                    .mint(Algorithm::EdDSA, TokenType::AccessToken, &claims)
+                    .expect("mint")
+            })
+            .collect()
+    }
+
     /// The same claims as `self.claims`, for `jsonwebtoken`.
     fn jwt_claims(&self) -> serde_json::Value {
         serde_json::json!({
@@ -240,16 +253,7 @@ fn eddsa(c: &mut Criterion, f: &Fixture) {
 
     let mut g = c.benchmark_group("eddsa_batch_verify");
     for n in [64usize, 256] {
-        // Distinct tokens (distinct jti), as a real batch would be.
-        let tokens: Vec<String> = (0..n)
-            .map(|_| {
-                let mut claims = f.claims.clone();
-                claims.jti = Some(f.jti.next_compact());
-                f.ring
-                    .mint(Algorithm::EdDSA, TokenType::AccessToken, &claims)
-                    .expect("mint")
-            })
-            .collect();
+        let tokens = f.distinct_tokens(n);
         let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
         let parts: Vec<(&[u8], Vec<u8>)> = refs.iter().map(|t| split(t)).collect();
         let messages: Vec<&[u8]> = parts.iter().map(|(m, _)| *m).collect();
@@ -680,25 +684,9 @@ fn ratios(f: &Fixture) {
     let jwt_enc = jwt::EncodingKey::from_ed_der(&f.ed_pkcs8);
     let jwt_header = f.jwt_header(jwt::Algorithm::EdDSA);
     let jwt_claims = f.jwt_claims();
-    let batch: Vec<String> = (0..64)
-        .map(|i| {
-            let mut claims = f.claims.clone();
-            claims.jti = Some(format!("batch-{i}"));
-            f.ring
-                .mint(Algorithm::EdDSA, TokenType::AccessToken, &claims)
-                .expect("mint")
-        })
-        .collect();
+    let batch = f.distinct_tokens(64);
     let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
-    let batch_256: Vec<String> = (0..256)
-        .map(|i| {
-            let mut claims = f.claims.clone();
-            claims.jti = Some(format!("batch-{i}"));
-            f.ring
-                .mint(Algorithm::EdDSA, TokenType::AccessToken, &claims)
-                .expect("mint")
-        })
-        .collect();
+    let batch_256 = f.distinct_tokens(256);
     let batch_256: Vec<&str> = batch_256.iter().map(String::as_str).collect();
 
     let raw_verify_strict = || {

@@ -1,27 +1,52 @@
 //! Ed25519 batch verification with strict-verification pre-checks.
 //!
-//! dalek's `verify_batch` checks one random linear combination of all the verification
-//! equations. It rejects non-canonical `s` (s ≥ L) like `verify_strict`, but unlike it does not
-//! reject small-order or non-canonical `R`, and it tests the equation without requiring each
-//! signature's error term to vanish on its own. So before batching, every signature is
-//! pre-checked here with byte comparisons only (no point decompression):
+//! The batch equation is the one dalek's `verify_batch` checks, a random linear combination
+//! of all the verification equations,
+//!
+//! ```text
+//! −(∑ zᵢ·sᵢ)·B + ∑ zᵢ·Rᵢ + ∑ⱼ (∑_{i signed by Aⱼ} zᵢ·kᵢ)·Aⱼ = 0,   kᵢ = H(Rᵢ‖Aⱼ‖Mᵢ)
+//! ```
+//!
+//! computed here with the terms of each distinct key `Aⱼ` summed into one coefficient before
+//! the multiscalar multiplication. dalek multiplies every `Aᵢ` separately (2n + 1 points); the
+//! tokens a verifier checks are signed by one or two keys, so this is n + 2 points, about half
+//! the point arithmetic. Each signature is decoded once (R decompressed, s, k); a failed
+//! batch is bisected with fresh coefficients over those decoded values, and groups of
+//! [`SINGLE_BELOW`] or fewer fall back to strict single verification, so each bad token is
+//! reported on its own.
+//!
+//! The coefficients zᵢ are 128-bit, drawn from a BLAKE3 stream keyed with fresh system
+//! randomness and fed every signature and kᵢ, so they are unpredictable to whoever chose the
+//! signatures (and still bound to the batch, as dalek's transcript-derived ones are, should
+//! the system generator ever fail).
+//!
+//! Like dalek's equation, this one does not reject small-order or non-canonical `R`, and it
+//! tests the sum rather than each equation on its own. So before batching, every signature is
+//! pre-checked with byte comparisons only:
 //! - `R` is a canonical encoding (y < p, and no sign bit on the x = 0 points),
 //! - `R` is not one of the eight small-order points,
+//! - `s` < L,
 //! - `A` (the key) was refused at import if weak or non-canonical ([`VerifyingKey::ed25519`]).
 //!
 //! **What is guaranteed.** A token accepted by the batch path has canonical, non-small-order
 //! `R` and `A`, canonical `s`, and satisfies the Ed25519 group equation up to a torsion term
-//! (with probability 1 − 2⁻¹²⁸ over dalek's transcript-derived coefficients). The only
-//! signatures it can accept that `verify_strict` refuses are ones whose `R` carries a torsion
-//! component, and producing those requires the private key (R depends on H(R‖A‖M)). Such a
-//! signature is therefore never a forgery; at worst the key holder minted a second encoding
-//! of a token it could mint anyway. Every token Latchkey mints passes both paths. A failed
-//! batch is bisected, and groups of [`SINGLE_BELOW`] or fewer fall back to `verify_strict`,
-//! so each bad token is reported individually.
+//! (with probability 1 − 2⁻¹²⁸ over the coefficients). The only signatures it can accept that
+//! `verify_strict` refuses are ones whose `R` carries a torsion component, and producing those
+//! requires the private key (R depends on H(R‖A‖M)). Such a signature is therefore never a
+//! forgery; at worst the key holder minted a second encoding of a token it could mint anyway.
+//! Every token Latchkey mints passes both paths.
 //!
 //! [`VerifyingKey::ed25519`]: crate::keys::VerifyingKey::ed25519
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use std::collections::HashMap;
+
+use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::{IsIdentity as _, VartimeMultiscalarMul as _};
+use sha2::{Digest as _, Sha512};
+
+use ed25519_dalek::VerifyingKey;
 
 /// Groups this small are verified one by one instead of bisected further.
 pub const SINGLE_BELOW: usize = 4;
@@ -130,42 +155,142 @@ pub struct BatchItem<'a> {
 /// the exact guarantee of the batch path).
 pub fn verify_batch(items: &[BatchItem<'_>]) -> Vec<bool> {
     let mut ok = vec![false; items.len()];
-    let candidates: Vec<usize> = (0..items.len())
-        .filter(|&i| strict_encoding(items[i].signature))
-        .collect();
-    bisect(items, &candidates, &mut ok);
+    let mut keys = Keys::default();
+    let decoded: Vec<Option<Decoded>> = items.iter().map(|it| decode(it, &mut keys)).collect();
+    let candidates: Vec<usize> = (0..items.len()).filter(|&i| decoded[i].is_some()).collect();
+    let batch = Batch {
+        items,
+        decoded: &decoded,
+        keys: &keys.points,
+    };
+    batch.bisect(&candidates, &mut ok);
     ok
 }
 
-fn bisect(items: &[BatchItem<'_>], idx: &[usize], ok: &mut [bool]) {
-    if idx.len() <= SINGLE_BELOW {
-        for &i in idx {
-            let it = &items[i];
-            ok[i] = crate::keys::ed25519_dalek_strict(it.key, it.message, it.signature);
-        }
-        return;
+/// One signature in the form the batch equation needs; made once per item.
+struct Decoded {
+    r: EdwardsPoint,
+    s: Scalar,
+    /// k = H(R‖A‖M) mod L.
+    k: Scalar,
+    /// Index of the item's key in [`Keys::points`].
+    key: usize,
+}
+
+/// The distinct keys of a batch.
+#[derive(Default)]
+struct Keys {
+    index: HashMap<[u8; 32], usize>,
+    points: Vec<EdwardsPoint>,
+}
+
+/// Decodes an item that passes the byte-level rules; `None` means it is invalid.
+fn decode(item: &BatchItem<'_>, keys: &mut Keys) -> Option<Decoded> {
+    if !strict_encoding(item.signature) {
+        return None;
     }
-    let messages: Vec<&[u8]> = idx.iter().map(|&i| items[i].message).collect();
-    let signatures: Vec<Signature> = idx
-        .iter()
-        .map(|&i| Signature::from_bytes(items[i].signature))
-        .collect();
-    let keys: Vec<VerifyingKey> = idx.iter().map(|&i| *items[i].key).collect();
-    if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-        for &i in idx {
-            ok[i] = true;
+    let (r_bytes, s_bytes) = item.signature.split_at(32);
+    let r = CompressedEdwardsY::from_slice(r_bytes).ok()?.decompress()?;
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes.try_into().ok()?))?;
+    let a = item.key.as_bytes();
+    let mut h = Sha512::new();
+    h.update(r_bytes);
+    h.update(a);
+    h.update(item.message);
+    let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+    let key = *keys.index.entry(*a).or_insert_with(|| {
+        keys.points.push(item.key.to_edwards());
+        keys.points.len() - 1
+    });
+    Some(Decoded { r, s, k, key })
+}
+
+struct Batch<'a, 'i> {
+    items: &'a [BatchItem<'i>],
+    decoded: &'a [Option<Decoded>],
+    keys: &'a [EdwardsPoint],
+}
+
+impl Batch<'_, '_> {
+    fn bisect(&self, idx: &[usize], ok: &mut [bool]) {
+        if idx.len() <= SINGLE_BELOW {
+            for &i in idx {
+                let it = &self.items[i];
+                ok[i] = crate::keys::ed25519_dalek_strict(it.key, it.message, it.signature);
+            }
+            return;
         }
-        return;
+        if self.equation_holds(idx) {
+            for &i in idx {
+                ok[i] = true;
+            }
+            return;
+        }
+        let (left, right) = idx.split_at(idx.len() / 2);
+        self.bisect(left, ok);
+        self.bisect(right, ok);
     }
-    let (left, right) = idx.split_at(idx.len() / 2);
-    bisect(items, left, ok);
-    bisect(items, right, ok);
+
+    /// The batch equation over the items `idx` (all decoded), with fresh coefficients.
+    fn equation_holds(&self, idx: &[usize]) -> bool {
+        let decoded: Vec<&Decoded> = idx
+            .iter()
+            .filter_map(|&i| self.decoded[i].as_ref())
+            .collect();
+        if decoded.len() != idx.len() {
+            return false;
+        }
+        let zs = self.coefficients(idx, &decoded);
+        let mut b_coefficient = Scalar::ZERO;
+        let mut key_coefficients: Vec<Option<Scalar>> = vec![None; self.keys.len()];
+        for (d, z) in decoded.iter().zip(&zs) {
+            b_coefficient += z * d.s;
+            *key_coefficients[d.key].get_or_insert(Scalar::ZERO) += z * d.k;
+        }
+        // Both sides as vectors of one length: dalek asserts the iterators' sizes agree.
+        let mut scalars = Vec::with_capacity(1 + zs.len() + self.keys.len());
+        let mut points = Vec::with_capacity(scalars.capacity());
+        scalars.push(-b_coefficient);
+        points.push(ED25519_BASEPOINT_POINT);
+        scalars.extend_from_slice(&zs);
+        points.extend(decoded.iter().map(|d| d.r));
+        for (c, a) in key_coefficients.iter().zip(self.keys) {
+            if let Some(c) = c {
+                scalars.push(*c);
+                points.push(*a);
+            }
+        }
+        EdwardsPoint::vartime_multiscalar_mul(scalars, points).is_identity()
+    }
+
+    /// 128-bit coefficients from a BLAKE3 stream keyed with fresh randomness and fed every
+    /// signature of the group and its k.
+    fn coefficients(&self, idx: &[usize], decoded: &[&Decoded]) -> Vec<Scalar> {
+        let mut seed = [0u8; 32];
+        // If the system generator failed, the stream is still bound to the batch (as dalek's
+        // transcript-derived coefficients are), just no longer secret.
+        let _ = aws_lc_rs::rand::fill(&mut seed);
+        let mut h = blake3::Hasher::new_keyed(&seed);
+        for (&i, d) in idx.iter().zip(decoded) {
+            h.update(self.items[i].signature);
+            h.update(d.k.as_bytes());
+        }
+        let mut stream = h.finalize_xof();
+        decoded
+            .iter()
+            .map(|_| {
+                let mut z = [0u8; 16];
+                stream.fill(&mut z);
+                Scalar::from(u128::from_le_bytes(z))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::{Signer as _, Verifier as _};
+    use ed25519_dalek::{Signature, Signer as _, Verifier as _};
 
     #[test]
     fn small_order_table_matches_dalek() {
@@ -335,6 +460,97 @@ mod tests {
             .collect();
         let ok = verify_batch(&items);
         assert_eq!(ok, (0..8).map(|i| i != 5).collect::<Vec<_>>());
+    }
+
+    /// Tokens as a verifier sees them: many signatures under one or two keys, so the key terms
+    /// are aggregated.
+    fn same_key_items(n: usize, keys: usize) -> (Vec<VerifyingKey>, Vec<Vec<u8>>, Vec<[u8; 64]>) {
+        let signers: Vec<_> = (0..keys)
+            .map(|i| ed25519_dalek::SigningKey::from_bytes(&[i as u8 + 40; 32]))
+            .collect();
+        let msgs: Vec<Vec<u8>> = (0..n)
+            .map(|i| format!("access token {i}").into_bytes())
+            .collect();
+        let sigs = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| signers[i % keys].sign(m).to_bytes())
+            .collect();
+        (
+            signers.iter().map(|k| k.verifying_key()).collect(),
+            msgs,
+            sigs,
+        )
+    }
+
+    fn run(vks: &[VerifyingKey], msgs: &[Vec<u8>], sigs: &[[u8; 64]]) -> Vec<bool> {
+        let items: Vec<BatchItem<'_>> = (0..msgs.len())
+            .map(|i| BatchItem {
+                message: &msgs[i],
+                signature: &sigs[i],
+                key: &vks[i % vks.len()],
+            })
+            .collect();
+        verify_batch(&items)
+    }
+
+    #[test]
+    fn aggregated_keys_accept_good_batches_and_find_bad_items() {
+        for keys in [1, 2, 3] {
+            let (vks, msgs, sigs) = same_key_items(96, keys);
+            assert!(run(&vks, &msgs, &sigs).iter().all(|&g| g), "{keys} key(s)");
+            // A signature over another message, and one of another key of the batch.
+            let mut bad = sigs.clone();
+            bad[7] = bad[8];
+            if keys > 1 {
+                bad[50] = ed25519_dalek::SigningKey::from_bytes(&[200; 32])
+                    .sign(&msgs[50])
+                    .to_bytes();
+            }
+            let ok = run(&vks, &msgs, &bad);
+            for (i, good) in ok.iter().enumerate() {
+                let expect_bad = i == 7 || (keys > 1 && i == 50);
+                assert_eq!(*good, !expect_bad, "{keys} key(s), item {i}");
+            }
+        }
+    }
+
+    /// Errors that cancel in the plain sum must not cancel in the batch: with s₁ + δ and
+    /// s₂ − δ under one key, ∑ sᵢ is unchanged, and only the random coefficients catch it.
+    #[test]
+    fn cancelling_errors_under_one_key_are_caught() {
+        let (vks, msgs, mut sigs) = same_key_items(64, 1);
+        let delta = Scalar::from(12345u64);
+        let shift = |sig: &mut [u8; 64], by: Scalar| {
+            let s = Scalar::from_canonical_bytes(sig[32..].try_into().unwrap()).unwrap();
+            sig[32..].copy_from_slice((s + by).as_bytes());
+        };
+        shift(&mut sigs[10], delta);
+        shift(&mut sigs[20], -delta);
+        let ok = run(&vks, &msgs, &sigs);
+        for (i, good) in ok.iter().enumerate() {
+            assert_eq!(*good, i != 10 && i != 20, "item {i}");
+        }
+    }
+
+    /// The batch path agrees with dalek's own batch equation and with `verify_strict` on
+    /// everything both accept or refuse.
+    #[test]
+    fn agrees_with_dalek_batch_and_strict() {
+        let (keys, msgs, sigs) = items_for(24);
+        let vks: Vec<VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
+        let dsigs: Vec<Signature> = sigs.iter().map(Signature::from_bytes).collect();
+        let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        assert!(ed25519_dalek::verify_batch(&refs, &dsigs, &vks).is_ok());
+        let ok = run(&vks, &msgs, &sigs);
+        assert!(ok.iter().all(|&g| g));
+        for (i, sig) in sigs.iter().enumerate() {
+            assert!(
+                vks[i]
+                    .verify_strict(&msgs[i], &Signature::from_bytes(sig))
+                    .is_ok()
+            );
+        }
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn mint_then_tamper(s: &Setup, data: &[u8]) {
     let verified = s.verifier.verify(&token, NOW).expect("own token verifies");
     assert_eq!(verified.claims(), &claims);
 
-    let mut bytes = token.into_bytes();
+    let mut bytes = token.clone().into_bytes();
     let pos = usize::from(u16::from_be_bytes([*pos_hi, *pos_lo])) % bytes.len();
     let new = value & 0x7f; // stays ASCII, so stays UTF-8
     if bytes[pos] == new {
@@ -130,4 +130,10 @@ fn mint_then_tamper(s: &Setup, data: &[u8]) {
         s.verifier.verify(&tampered, NOW).is_err(),
         "a one-byte change still verified: {tampered}"
     );
+    // More tokens than `batch::SINGLE_BELOW`, so EdDSA ones meet the batch equation (with
+    // the key's terms summed): it must refuse exactly the tampered one.
+    let batch = [&token, &token, &token, &tampered, &token, &token].map(String::as_str);
+    for (i, r) in s.verifier.verify_batch(&batch, NOW).iter().enumerate() {
+        assert_eq!(r.is_ok(), i != 3, "batch verdict {i} wrong for {tampered}");
+    }
 }
