@@ -28,10 +28,12 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use base64::Engine as _;
+use crossbeam_skiplist::SkipMap;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use sha2::Digest as _;
@@ -583,7 +585,24 @@ pub struct TrustState {
     /// The same trust restricted to CA anchors (see the module docs): what `tls_client_auth`
     /// chains must verify against.
     ca_only: ArcSwapOption<TrustStore>,
+    /// Bumped by every rebuild once the new stores are in place; a verdict checked against an
+    /// older generation is not used.
+    generation: AtomicU64,
+    /// Chains that verified, by content (see [`TrustState::verify_chain`]).
+    verified: SkipMap<[u8; 32], Verdict>,
 }
+
+/// A chain that verified against trust generation `generation`; good until `until` (Unix
+/// seconds), when its first certificate expires.
+#[derive(Debug)]
+struct Verdict {
+    generation: u64,
+    until: u64,
+}
+
+/// Chains remembered at most; past it the cache starts over. Only chains that verified get in,
+/// so filling it takes that many trusted certificates, not just traffic.
+const VERIFIED_CAP: usize = 16 * 1024;
 
 /// The anchors and revoked fingerprints the store says, with the base added.
 #[derive(Debug, Default)]
@@ -658,6 +677,15 @@ impl TrustState {
         let Some(trust) = &app.trust else {
             return Ok(());
         };
+        let result = self.rebuild(app, trust);
+        // After the swaps, and also after a rebuild that failed half-way: no verdict from
+        // before this point counts any more.
+        self.generation.fetch_add(1, Ordering::Release);
+        self.verified.clear();
+        result
+    }
+
+    fn rebuild(&self, app: &App, trust: &TrustStore) -> Result<(), Error> {
         let m = self.material(app)?;
         let all: Vec<_> = m.anchors.iter().map(|a| a.der.clone()).collect();
         let cas: Vec<_> = m
@@ -677,6 +705,10 @@ impl TrustState {
 
     /// Re-verifies a client chain against the current trust (revocations, removed anchors,
     /// expiry): a live connection outlives its handshake. `ca_only` for `tls_client_auth`.
+    ///
+    /// A chain that verified is remembered until the trust changes (any rebuild) or its first
+    /// certificate expires, so a keep-alive connection pays for path building and signature
+    /// checks once, not on every request.
     pub fn verify_chain(
         &self,
         app: &App,
@@ -689,6 +721,17 @@ impl TrustState {
         let (ee, rest) = chain
             .split_first()
             .ok_or_else(|| refused("no certificate"))?;
+        // Read before the stores: a rebuild bumps it only after swapping them, so a verdict is
+        // never filed under a generation newer than the trust it was checked against.
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = UnixTime::now();
+        let key = chain_key(chain, ca_only);
+        if let Some(entry) = self.verified.get(&key) {
+            let v = entry.value();
+            if v.generation == generation && now.as_secs() < v.until {
+                return Ok(());
+            }
+        }
         let store = if ca_only {
             self.ca_only.load_full()
         } else {
@@ -697,10 +740,39 @@ impl TrustState {
         let store = store.ok_or_else(|| refused("mutual TLS is off"))?;
         store
             .verifier()
-            .verify_client_cert(ee, rest, UnixTime::now())
-            .map(|_| ())
-            .map_err(|e| refused(&e.to_string()))
+            .verify_client_cert(ee, rest, now)
+            .map_err(|e| refused(&e.to_string()))?;
+        if let Some(until) = earliest_expiry(chain) {
+            if self.verified.len() >= VERIFIED_CAP {
+                self.verified.clear();
+            }
+            self.verified.insert(key, Verdict { generation, until });
+        }
+        Ok(())
     }
+}
+
+/// What a verdict is filed under: the verifier used and every certificate of the chain.
+fn chain_key(chain: &[CertificateDer<'_>], ca_only: bool) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update([u8::from(ca_only)]);
+    for c in chain {
+        // Length-prefixed, so no two chains hash the same bytes.
+        h.update((c.len() as u64).to_be_bytes());
+        h.update(c.as_ref());
+    }
+    h.finalize().into()
+}
+
+/// When the first certificate of `chain` expires (Unix seconds); `None` if one does not parse.
+fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<u64> {
+    chain
+        .iter()
+        .map(|c| {
+            let (_, cert) = X509Certificate::from_der(c.as_ref()).ok()?;
+            u64::try_from(cert.validity().not_after.timestamp()).ok()
+        })
+        .try_fold(u64::MAX, |min, t| Some(min.min(t?)))
 }
 
 /// Whether a stored certificate anchors chains: trusted imports and the authority's CA, valid,
@@ -720,6 +792,71 @@ mod tests {
     fn signer() -> CaSigner {
         let (c, k) = new_ca("Test CA", 1).unwrap();
         CaSigner::from_pem(&c, &k).unwrap()
+    }
+
+    #[test]
+    fn verdicts_are_filed_under_the_whole_chain_and_the_verifier() {
+        let ca = signer();
+        let req = IssueRequest {
+            common_name: None,
+            sans: vec![],
+            days: 30,
+        };
+        let leaf = |cn: &str| {
+            let (_key, csr) = key_and_csr(cn, &[]).unwrap();
+            ca.sign_csr(&csr, &req).unwrap().der
+        };
+        let (a, b) = (leaf("a"), leaf("b"));
+        let key = |chain: &[CertificateDer<'static>], ca_only| chain_key(chain, ca_only);
+        let one = [a.clone()];
+        let two = [a.clone(), b.clone()];
+        // The same bytes, wherever they come from, find the same verdict.
+        assert_eq!(
+            key(&one, true),
+            key(&[CertificateDer::from(a.to_vec())], true)
+        );
+        assert_ne!(
+            key(&one, true),
+            key(&one, false),
+            "the verifier is part of the key"
+        );
+        assert_ne!(key(&one, true), key(&two, true), "so is every certificate");
+        assert_ne!(
+            key(&two, true),
+            key(&[b.clone(), a.clone()], true),
+            "in order"
+        );
+        // Lengths are hashed too: moving bytes between certificates changes the key.
+        let joined = CertificateDer::from([a.as_ref(), b.as_ref()].concat());
+        assert_ne!(key(&two, true), key(&[joined], true));
+    }
+
+    #[test]
+    fn a_verdict_lasts_until_the_first_certificate_of_the_chain_expires() {
+        let (ca_pem, ca_key) = new_ca("Test CA", 1).unwrap();
+        let ca = CaSigner::from_pem(&ca_pem, &ca_key).unwrap();
+        let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+        let ca_expiry = CertInfo::parse(ca_der.clone()).unwrap().not_after;
+        let (_key, csr) = key_and_csr("agent", &[]).unwrap();
+        let leaf = ca
+            .sign_csr(
+                &csr,
+                &IssueRequest {
+                    common_name: None,
+                    sans: vec![],
+                    days: 3,
+                },
+            )
+            .unwrap();
+        assert!(leaf.not_after < ca_expiry);
+        assert_eq!(
+            earliest_expiry(&[leaf.der.clone(), ca_der.clone()]),
+            Some(leaf.not_after)
+        );
+        assert_eq!(earliest_expiry(&[ca_der]), Some(ca_expiry));
+        // Something that does not parse is never cached.
+        let junk = CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]);
+        assert_eq!(earliest_expiry(&[leaf.der, junk]), None);
     }
 
     #[test]
