@@ -43,7 +43,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use crossbeam_skiplist::SkipMap;
 use latchkey_core::claims::{Audience, Claims, TokenType, Validation};
 use latchkey_core::jwk::MAX_JWKS_KEYS;
 use latchkey_core::{
@@ -84,9 +83,11 @@ pub struct AgentState {
     /// Assertions with `iat` before this are refused (see the module docs).
     replay_floor: u64,
     /// Parsed RSA keys per client, tied to the hot index entry they were parsed from.
-    rsa_keys: SkipMap<String, Arc<CachedKeys>>,
+    /// Per-agent maps are hash maps: they grow with the fleet and are read on every token
+    /// request (see `store::hot`).
+    rsa_keys: papaya::HashMap<String, Arc<CachedKeys>>,
     /// When each agent last got an access token (for `GET /agents/{id}/status`).
-    activity: SkipMap<String, AtomicU64>,
+    activity: papaya::HashMap<String, AtomicU64>,
     /// The client-assertion rules, built on first use: they name the token endpoint, whose
     /// URL is only known once the server has bound its address (`App::set_listen_addr`).
     assertion_validation: OnceLock<Validation>,
@@ -133,8 +134,8 @@ impl AgentState {
         AgentState {
             app,
             replay_floor,
-            rsa_keys: SkipMap::new(),
-            activity: SkipMap::new(),
+            rsa_keys: papaya::HashMap::new(),
+            activity: papaya::HashMap::new(),
             assertion_validation: OnceLock::new(),
         }
     }
@@ -161,14 +162,15 @@ impl AgentState {
     /// When `client_id` last got an access token, if this process issued it one.
     pub fn last_token_at(&self, client_id: &str) -> Option<u64> {
         self.activity
+            .pin()
             .get(client_id)
-            .map(|e| e.value().load(Ordering::Relaxed))
+            .map(|at| at.load(Ordering::Relaxed))
     }
 
     /// Drops what this process remembers about an agent (after offboarding or deletion).
     pub fn forget(&self, client_id: &str) {
-        self.rsa_keys.remove(client_id);
-        self.activity.remove(client_id);
+        self.rsa_keys.pin().remove(client_id);
+        self.activity.pin().remove(client_id);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -579,16 +581,14 @@ impl AgentState {
             });
         }
         let answer = self.mint_access_token(client, now, x5t)?;
-        // Look up before inserting: the insert path clones the id and walks the skip list
-        // for a write, and all but an agent's first token find the entry.
-        match self.activity.get(client.client_id.as_str()) {
-            Some(entry) => entry.value().store(now, Ordering::Relaxed),
-            None => {
-                self.activity
-                    .get_or_insert_with(client.client_id.clone(), || AtomicU64::new(0))
-                    .value()
-                    .store(now, Ordering::Relaxed);
-            }
+        // Look up before inserting: the insert path clones the id, and all but an agent's
+        // first token find the entry.
+        let activity = self.activity.pin();
+        match activity.get(client.client_id.as_str()) {
+            Some(at) => at.store(now, Ordering::Relaxed),
+            None => activity
+                .get_or_insert_with(client.client_id.clone(), || AtomicU64::new(0))
+                .store(now, Ordering::Relaxed),
         }
         Ok(answer)
     }
@@ -601,7 +601,7 @@ impl AgentState {
             .map_err(|e| invalid_assertion(&e))?
             .ok_or_else(|| invalid_assertion(&RejectedError::MissingClaim("iss").into()))?;
         let Some(client) = self.app.store.hot().client(&issuer) else {
-            self.rsa_keys.remove(&issuer);
+            self.rsa_keys.pin().remove(&issuer);
             return Err(ApiError::InvalidClient(
                 "unknown client (not registered, or offboarded)".into(),
             )
@@ -665,10 +665,10 @@ impl AgentState {
     }
 
     fn rsa_keys_of(&self, client: &Arc<ClientAuth>) -> Result<Arc<CachedKeys>, Error> {
-        if let Some(entry) = self.rsa_keys.get(&client.client_id)
-            && std::ptr::eq(entry.value().client.as_ptr(), Arc::as_ptr(client))
+        if let Some(cached) = self.rsa_keys.pin().get(&client.client_id)
+            && std::ptr::eq(cached.client.as_ptr(), Arc::as_ptr(client))
         {
-            return Ok(Arc::clone(entry.value()));
+            return Ok(Arc::clone(cached));
         }
         let keys = client
             .jwks
@@ -684,6 +684,7 @@ impl AgentState {
             keys,
         });
         self.rsa_keys
+            .pin()
             .insert(client.client_id.clone(), Arc::clone(&cached));
         Ok(cached)
     }
