@@ -789,6 +789,15 @@ fn is_anchor(r: &CertificateRecord, now: u64) -> bool {
 mod tests {
     use super::*;
 
+    /// An issue request that only sets the lifetime.
+    fn valid_for(days: u32) -> IssueRequest {
+        IssueRequest {
+            common_name: None,
+            sans: vec![],
+            days,
+        }
+    }
+
     fn signer() -> CaSigner {
         let (c, k) = new_ca("Test CA", 1).unwrap();
         CaSigner::from_pem(&c, &k).unwrap()
@@ -797,11 +806,7 @@ mod tests {
     #[test]
     fn verdicts_are_filed_under_the_whole_chain_and_the_verifier() {
         let ca = signer();
-        let req = IssueRequest {
-            common_name: None,
-            sans: vec![],
-            days: 30,
-        };
+        let req = valid_for(30);
         let leaf = |cn: &str| {
             let (_key, csr) = key_and_csr(cn, &[]).unwrap();
             ca.sign_csr(&csr, &req).unwrap().der
@@ -838,16 +843,7 @@ mod tests {
         let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
         let ca_expiry = CertInfo::parse(ca_der.clone()).unwrap().not_after;
         let (_key, csr) = key_and_csr("agent", &[]).unwrap();
-        let leaf = ca
-            .sign_csr(
-                &csr,
-                &IssueRequest {
-                    common_name: None,
-                    sans: vec![],
-                    days: 3,
-                },
-            )
-            .unwrap();
+        let leaf = ca.sign_csr(&csr, &valid_for(3)).unwrap();
         assert!(leaf.not_after < ca_expiry);
         assert_eq!(
             earliest_expiry(&[leaf.der.clone(), ca_der.clone()]),
@@ -863,11 +859,7 @@ mod tests {
     fn csr_becomes_a_client_certificate_that_is_never_a_ca() {
         let ca = signer();
         let (_key, csr) = key_and_csr("agent-1", &["agent-1.example".into()]).unwrap();
-        let req = IssueRequest {
-            common_name: None,
-            sans: vec![],
-            days: 30,
-        };
+        let req = valid_for(30);
         let cert = ca.sign_csr(&csr, &req).unwrap();
         assert_eq!(cert.subject, "CN=agent-1");
         assert_eq!(cert.issuer, "CN=Test CA");
@@ -889,11 +881,7 @@ mod tests {
     #[test]
     fn clear_errors_for_bad_input() {
         let ca = signer();
-        let req = IssueRequest {
-            common_name: None,
-            sans: vec![],
-            days: 30,
-        };
+        let req = valid_for(30);
         let msg = |r: Result<CertInfo, Error>| r.unwrap_err().to_string();
         assert!(msg(ca.sign_csr("nonsense", &req)).contains("CSR"));
         assert!(
@@ -933,16 +921,7 @@ mod tests {
     fn pkcs12_round_trip_and_wrong_password() {
         let ca = signer();
         let (key, csr) = key_and_csr("agent-p12", &[]).unwrap();
-        let cert = ca
-            .sign_csr(
-                &csr,
-                &IssueRequest {
-                    common_name: None,
-                    sans: vec![],
-                    days: 1,
-                },
-            )
-            .unwrap();
+        let cert = ca.sign_csr(&csr, &valid_for(1)).unwrap();
         let p12 = to_pkcs12("agent", std::slice::from_ref(&cert.der), &key, "s3cret").unwrap();
         let (certs, back) = from_pkcs12(&p12, "s3cret").unwrap();
         assert_eq!(certs[0].fingerprint, cert.fingerprint);
