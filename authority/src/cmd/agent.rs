@@ -22,10 +22,10 @@ pub enum AgentCommand {
     /// Create an agent; its boarding configuration is ready at once (`agent show`).
     Create {
         /// The entity id (becomes the agent id and OAuth client id).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         entity_id: String,
         /// Unique name within the tenant [default: the entity id].
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         name: Option<String>,
         /// SHARED_SECRET or RSA_3072.
         #[arg(long, default_value = "SHARED_SECRET")]

@@ -10,13 +10,13 @@ use crate::error::Error;
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
     /// Entries naming this agent (as actor or subject).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub agent: Option<String>,
     /// Entries naming this client (as actor or subject).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub client: Option<String>,
     /// Event name or prefix: token, token.issue, client.create, key, revoke, agent.offboard, ...
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub event: Option<String>,
     /// From this time: RFC 3339, Unix seconds, or a duration ago (`1h`).
     #[arg(long, value_parser = parse_time)]

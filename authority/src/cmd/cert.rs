@@ -63,7 +63,7 @@ pub enum CertCommand {
         /// Unique alias in the trust store.
         alias: String,
         /// Subject common name [default: the alias, or the CSR's subject].
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         cn: Option<String>,
         /// Subject alternative names (DNS names, IP addresses, uri:..., email:...).
         #[arg(long = "san")]
@@ -83,7 +83,12 @@ pub enum CertCommand {
         #[arg(long)]
         file: PathBuf,
         /// Password of a PKCS#12 file (or LATCHKEY_P12_PASSWORD).
-        #[arg(long, env = "LATCHKEY_P12_PASSWORD", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LATCHKEY_P12_PASSWORD",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         password: Option<String>,
     },
     /// List the trust store: aliases, subjects, fingerprints, expiry, state.
@@ -95,7 +100,7 @@ pub enum CertCommand {
     /// new alias; the old one keeps working until it expires or is revoked.
     Renew {
         alias: String,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         new_alias: Option<String>,
         #[arg(long)]
         days: Option<u32>,
@@ -112,9 +117,14 @@ pub enum CertCommand {
         key: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "latchkey")]
+        #[arg(long, default_value = "latchkey", allow_hyphen_values = true)]
         alias: String,
-        #[arg(long, env = "LATCHKEY_P12_PASSWORD", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LATCHKEY_P12_PASSWORD",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         password: String,
     },
 }
@@ -126,7 +136,12 @@ pub struct OutArgs {
     #[arg(long, value_name = "PREFIX")]
     pub out: Option<PathBuf>,
     /// Also write PREFIX.p12 protected by this password (or LATCHKEY_P12_PASSWORD).
-    #[arg(long, env = "LATCHKEY_P12_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LATCHKEY_P12_PASSWORD",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub p12_password: Option<String>,
 }
 

@@ -16,7 +16,12 @@ pub struct CheckArgs {
     #[arg(long, env = "LATCHKEY_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Passphrase of a wrapped master key file.
-    #[arg(long, env = "LATCHKEY_PASSPHRASE", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LATCHKEY_PASSPHRASE",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub passphrase: Option<String>,
 }
 

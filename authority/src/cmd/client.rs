@@ -26,13 +26,13 @@ pub enum ClientCommand {
         /// Profile (permission set) [default: ReadOnly].
         #[arg(long)]
         profile: Option<String>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         display_name: Option<String>,
         /// Tenant [default: the caller's].
         #[arg(long)]
         tenant: Option<String>,
         /// A hash from `latchkey hash-secret` (the secret then stays with you).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         hashed_secret: Option<String>,
     },
     /// List operator clients.

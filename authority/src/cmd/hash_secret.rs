@@ -11,7 +11,12 @@ use crate::store::SecretHash;
 #[derive(Debug, clap::Args)]
 pub struct HashSecretArgs {
     /// The secret to hash (or set LATCHKEY_CLIENT_SECRET: flags are visible in `ps`).
-    #[arg(long, env = "LATCHKEY_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LATCHKEY_CLIENT_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub client_secret: String,
     /// Hash format.
     #[arg(long, value_enum, default_value = "latchkey")]

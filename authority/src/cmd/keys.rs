@@ -36,13 +36,18 @@ pub enum KeysCommand {
         #[arg(long)]
         file: PathBuf,
         /// Password of a PKCS#12 file (or set LATCHKEY_KEY_PASSWORD).
-        #[arg(long, env = "LATCHKEY_KEY_PASSWORD", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LATCHKEY_KEY_PASSWORD",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         password: Option<String>,
         /// Algorithm [default: inferred; RSA keys sign RS256].
         #[arg(long)]
         alg: Option<String>,
         /// Key id [default: the RFC 7638 thumbprint].
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         kid: Option<String>,
     },
 }

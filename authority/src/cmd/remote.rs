@@ -51,7 +51,8 @@ pub struct Target {
         long,
         global = true,
         env = "LATCHKEY_CLIENT_ID",
-        requires = "client_secret"
+        requires = "client_secret",
+        allow_hyphen_values = true
     )]
     pub client_id: Option<String>,
     /// Operator client secret (prefer the environment variable: flags show in `ps`).
@@ -60,7 +61,8 @@ pub struct Target {
         global = true,
         env = "LATCHKEY_CLIENT_SECRET",
         hide_env_values = true,
-        requires = "client_id"
+        requires = "client_id",
+        allow_hyphen_values = true
     )]
     pub client_secret: Option<String>,
     /// Act directly on a stopped server's data directory instead of a running server.

@@ -12,19 +12,19 @@ use crate::store::{RevocationKind, WriteOp, WriteOutcome};
 #[command(group(clap::ArgGroup::new("what").required(true).args(["token", "jti", "agent", "key"])))]
 pub struct RevokeArgs {
     /// An access token (operator or agent).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub token: Option<String>,
     /// A token id.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub jti: Option<String>,
     /// Every token issued so far to this agent.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub agent: Option<String>,
     /// A signing key id: it stops signing and every token it signed is refused.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub key: Option<String>,
     /// Why (kept in the revocation record and the audit log).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub reason: Option<String>,
     #[command(flatten)]
     pub target: Target,
@@ -82,4 +82,36 @@ pub fn run(args: &RevokeArgs) -> Result<(), Error> {
         format!("revoked {} {}", s(v, "kind"), s(v, "id"))
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RevokeArgs,
+    }
+
+    /// Regression: key ids are base64url RFC 7638 thumbprints and jtis are base64url too, so one
+    /// in 64 starts with `-`; clap used to take `--key -3kUt…` for an unknown flag.
+    #[test]
+    fn identifiers_may_start_with_a_hyphen() {
+        let id = "-3kUtxGZg_D5JB551SjzFgs4kzQs4-2thHNrymYgVuo";
+        let parse = |flag: &str| {
+            Cli::try_parse_from(["latchkey", flag, id, "--reason", "-x", "--json"])
+                .unwrap_or_else(|e| panic!("{flag}: {e}"))
+                .args
+        };
+        assert_eq!(parse("--key").key.as_deref(), Some(id));
+        assert_eq!(parse("--jti").jti.as_deref(), Some(id));
+        assert_eq!(parse("--agent").agent.as_deref(), Some(id));
+        let args = parse("--token");
+        assert_eq!(args.token.as_deref(), Some(id));
+        assert_eq!(args.reason.as_deref(), Some("-x"));
+        assert!(args.target.json, "flags after the values still parse");
+    }
 }
