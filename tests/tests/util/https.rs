@@ -1,10 +1,10 @@
 //! An authority on a data directory the test owns (so it can be stopped and started again on
 //! the same data), and a small HTTPS JSON client for the APIs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use base64::Engine as _;
 use rustls::pki_types::ServerName;
 
 use super::latchkey_bin;
-use super::server::{CLIENT_TIMEOUT, Response, read_response, tls_client};
+use super::server::{CLIENT_TIMEOUT, Response, Spawned, read_response, spawn_serve, tls_client};
 
 /// A `latchkey serve` over HTTPS on `127.0.0.1:0` with a data directory the caller keeps.
 #[derive(Debug)]
@@ -37,37 +37,12 @@ impl Authority {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn latchkey");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().expect("stderr piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("stderr lock")
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
-        let Some(addr) = line.trim().strip_prefix("latchkey listening on https://") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&stderr.lock().expect("stderr lock")).into_owned();
-            panic!("no ready line (got {line:?}); stderr:\n{err}");
-        };
-        let addr = addr.parse().expect("address in the ready line");
+        let Spawned {
+            child,
+            addr,
+            stderr,
+            ..
+        } = spawn_serve(cmd, "https");
         let tls = tls_client(&data_dir.join("ca.pem"), None, None);
         Authority {
             child,

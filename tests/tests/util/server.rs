@@ -44,6 +44,62 @@ impl Options {
     }
 }
 
+/// A `latchkey serve` child that has printed its ready line.
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Everything the child wrote to stderr so far (a thread keeps collecting it).
+    pub stderr: Arc<Mutex<Vec<u8>>>,
+    pub ready_line: String,
+}
+
+/// Spawns `cmd` (a `latchkey serve …` command line), collects its stderr on a thread, and
+/// waits for the ready line `latchkey listening on SCHEME://ADDR`; panics with the child's
+/// stderr if it never comes.
+pub fn spawn_serve(mut cmd: Command, scheme: &str) -> Spawned {
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn latchkey");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .expect("stderr lock")
+                .extend_from_slice(&buf[..n]);
+        }
+    });
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut line = String::new();
+    let _ = stdout.read_line(&mut line);
+    let Some(addr) = line
+        .trim()
+        .strip_prefix(&format!("latchkey listening on {scheme}://"))
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = String::from_utf8_lossy(&stderr.lock().expect("stderr lock")).into_owned();
+        panic!("no ready line (got {line:?}); stderr:\n{err}");
+    };
+    let addr = addr.parse().expect("address in the ready line");
+    Spawned {
+        child,
+        addr,
+        stderr,
+        ready_line: line,
+    }
+}
+
 /// A running `latchkey serve`.
 #[derive(Debug)]
 pub struct Server {
@@ -81,7 +137,7 @@ impl Server {
             args.push("--insecure-plain-http".into());
         }
         args.extend(opts.args);
-        let mut cmd = match opts.fd_limit {
+        let cmd = match opts.fd_limit {
             Some(n) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
@@ -96,48 +152,20 @@ impl Server {
                 c
             }
         };
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn latchkey");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stderr.take().expect("stderr piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("stderr lock")
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
-        let mut line = String::new();
-        let _ = stdout.read_line(&mut line);
         let scheme = if opts.tls { "https" } else { "http" };
-        let Some(addr) = line
-            .trim()
-            .strip_prefix(&format!("latchkey listening on {scheme}://"))
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&stderr.lock().expect("stderr lock")).into_owned();
-            panic!("no ready line (got {line:?}); stderr:\n{err}");
-        };
-        let addr = addr.parse().expect("address in the ready line");
+        let Spawned {
+            child,
+            addr,
+            stderr,
+            ready_line,
+        } = spawn_serve(cmd, scheme);
         Self {
             child,
             addr,
             tls: opts.tls,
             dir,
             stderr,
-            ready_line: line,
+            ready_line,
         }
     }
 
