@@ -22,66 +22,24 @@ SECTIONS=${LOADGEN_SECTIONS:-compare,tls,scenarios,scale}
 section() { [[ ",$SECTIONS," == *",$1,"* ]]; }
 OUT=${LOADGEN_OUT:-bench/results/loadgen.md}
 BIN=target/release
-for tool in jq node openssl; do
-    command -v "$tool" >/dev/null || { echo "loadgen-report: needs $tool" >&2; exit 2; }
-done
-[ -x "$BIN/latchkey" ] && [ -x "$BIN/latchkey-loadgen" ] || {
-    echo "loadgen-report: build first: cargo build --release --locked -p latchkey-authority -p latchkey-bench --bins" >&2
-    exit 2
-}
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
+bench_require loadgen-report jq node openssl
 [ -d bench/peer/node_modules/oidc-provider ] || npm ci --prefix bench/peer --no-audit --no-fund
 
-if [ -n "${LOADGEN_WORK:-}" ]; then
-    WORK=$LOADGEN_WORK
-    mkdir -p "$WORK"
-else
-    WORK=$(mktemp -d)
-fi
-DATA=$WORK/data
-AGENTS=$WORK/agents.jsonl
-RESULTS=$WORK/results.jsonl
-COMMANDS=$WORK/commands.txt
-LK_PID=
-PEER_PID=
-cleanup() {
-    [ -n "$LK_PID" ] && kill "$LK_PID" 2>/dev/null && wait "$LK_PID" 2>/dev/null
-    [ -n "$PEER_PID" ] && kill "$PEER_PID" 2>/dev/null && wait "$PEER_PID" 2>/dev/null
-    [ -n "${LOADGEN_WORK:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-: > "$RESULTS"
-: > "$COMMANDS"
-# A Usercube-style operator client from the configuration (base64 SHA-256 hash, see the
-# operator docs); its credentials file has the shape of admin-client.json.
-if [ -s "$WORK/operator.json" ]; then
-    OPERATOR_SECRET=$(jq -r .client_secret "$WORK/operator.json")
-else
-    OPERATOR_SECRET=$(openssl rand -hex 24)
-    printf '{"client_id":"bench-operator","client_secret":"%s"}\n' "$OPERATOR_SECRET" > "$WORK/operator.json"
-fi
+bench_workdir "${LOADGEN_WORK:-}"
 
 # start_latchkey ALG THREADS plain|tls — sets LK_URL and LK_TLS (loadgen flags).
 start_latchkey() {
     local alg=$1 threads=$2 scheme=$3 extra=()
     # The agents live in tenant `bench`, whose access tokens use ALG, created by an operator
-    # client of that tenant. (The default tenant's algorithm cannot be set from the file: a
-    # `[[tenants]]` entry for it loses to the implicit default declaration.)
-    printf '[tokens]\nleeway = "1s"\n\n[[tenants]]\nid = "bench"\ntoken-alg = "%s"\n\n[[clients]]\nidentifier = "bench-operator"\nhashed-secret = "%s"\nprofile = "Administrator"\ntenant = "bench"\n' \
-        "$alg" "$(printf %s "$OPERATOR_SECRET" | openssl dgst -sha256 -binary | base64)" > "$WORK/latchkey.toml"
+    # client of that tenant.
+    bench_config "$alg"
     [ "$scheme" = plain ] && extra=(--insecure-plain-http)
-    "$BIN/latchkey" serve --data-dir "$DATA" --listen 127.0.0.1:0 --threads "$threads" \
-        --config "$WORK/latchkey.toml" "${extra[@]}" > "$WORK/lk.out" 2> "$WORK/lk.err" &
-    LK_PID=$!
-    for _ in $(seq 100); do
-        grep -qs '^latchkey listening on' "$WORK/lk.out" && break
-        sleep 0.1
-    done
-    LK_URL=$(sed -n 's/^latchkey listening on //p' "$WORK/lk.out")
-    [ -n "$LK_URL" ] || { cat "$WORK/lk.err" >&2; exit 1; }
+    serve_latchkey --threads "$threads" "${extra[@]}"
     if [ "$scheme" = plain ]; then LK_TLS=(--insecure-plain); else LK_TLS=(--ca "$DATA/ca.pem"); fi
     echo "$BIN/latchkey serve --data-dir DATA --listen 127.0.0.1:0 --threads $threads --config (leeway 1s, tenant bench token-alg $alg, operator client bench-operator) ${extra[*]}" >> "$COMMANDS"
 }
-stop_latchkey() { kill "$LK_PID"; wait "$LK_PID" 2>/dev/null || true; LK_PID=; }
 
 # start_peer ALG WORKERS — sets PEER_URL.
 start_peer() {

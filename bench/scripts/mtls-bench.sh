@@ -21,48 +21,19 @@ REQ=${MTLS_REQUESTS:-20000}
 HS=${MTLS_HANDSHAKES:-3000}
 OUT=${MTLS_OUT:-bench/results/mtls.md}
 BIN=target/release
-for tool in jq openssl; do
-    command -v "$tool" >/dev/null || { echo "mtls-bench: needs $tool" >&2; exit 2; }
-done
-[ -x "$BIN/latchkey" ] && [ -x "$BIN/latchkey-loadgen" ] || {
-    echo "mtls-bench: build first: cargo build --release --locked -p latchkey-authority -p latchkey-bench --bins" >&2
-    exit 2
-}
-
-WORK=$(mktemp -d)
-DATA=$WORK/data
-AGENTS=$WORK/agents.jsonl
-RESULTS=$WORK/results.jsonl
-COMMANDS=$WORK/commands.txt
-LOADS=$WORK/loads.txt
-LK_PID=
-cleanup() {
-    if [ -n "$LK_PID" ]; then kill "$LK_PID" 2>/dev/null || true; wait "$LK_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-: > "$RESULTS"; : > "$COMMANDS"; : > "$LOADS"
-OPERATOR_SECRET=$(openssl rand -hex 24)
-printf '{"client_id":"bench-operator","client_secret":"%s"}\n' "$OPERATOR_SECRET" > "$WORK/operator.json"
-printf '[tokens]\nleeway = "1s"\n\n[[tenants]]\nid = "bench"\ntoken-alg = "ES256"\n\n[[clients]]\nidentifier = "bench-operator"\nhashed-secret = "%s"\nprofile = "Administrator"\ntenant = "bench"\n' \
-    "$(printf %s "$OPERATOR_SECRET" | openssl dgst -sha256 -binary | base64)" > "$WORK/latchkey.toml"
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
+bench_require mtls-bench jq openssl
+bench_workdir
+bench_config ES256
 LOAD_BEFORE=$(uptime)
 
 
 # start_latchkey off|optional|required — one server thread, HTTPS, ES256 access tokens.
 start_latchkey() {
-    "$BIN/latchkey" serve --data-dir "$DATA" --listen 127.0.0.1:0 --threads 1 --client-auth "$1" \
-        --config "$WORK/latchkey.toml" > "$WORK/lk.out" 2> "$WORK/lk.err" &
-    LK_PID=$!
-    for _ in $(seq 100); do
-        grep -qs '^latchkey listening on' "$WORK/lk.out" && break
-        sleep 0.1
-    done
-    LK_URL=$(sed -n 's/^latchkey listening on //p' "$WORK/lk.out")
-    [ -n "$LK_URL" ] || { cat "$WORK/lk.err" >&2; exit 1; }
+    serve_latchkey --threads 1 --client-auth "$1"
     echo "$BIN/latchkey serve --data-dir DATA --listen 127.0.0.1:0 --threads 1 --client-auth $1 --config (leeway 1s; [[tenants]] id=bench token-alg=ES256; operator client bench-operator)" >> "$COMMANDS"
 }
-stop_latchkey() { kill "$LK_PID"; wait "$LK_PID" 2>/dev/null || true; LK_PID=; }
 
 # measure GROUP LABEL LOADGEN-ARGS… — one run, its JSON summary appended to $RESULTS.
 measure() {

@@ -19,48 +19,19 @@ cd "$(dirname "$0")/../.."
 REQ=${ONBOARDING_REQUESTS:-20000}
 OUT=${ONBOARDING_OUT:-bench/results/onboarding.md}
 BIN=target/release
-for tool in jq openssl; do
-    command -v "$tool" >/dev/null || { echo "onboarding-bench: needs $tool" >&2; exit 2; }
-done
-[ -x "$BIN/latchkey" ] && [ -x "$BIN/latchkey-loadgen" ] || {
-    echo "onboarding-bench: build first: cargo build --release --locked -p latchkey-authority -p latchkey-bench --bins" >&2
-    exit 2
-}
-
-WORK=$(mktemp -d)
-DATA=$WORK/data
-AGENTS=$WORK/agents.jsonl
-RESULTS=$WORK/results.jsonl
-COMMANDS=$WORK/commands.txt
-LOADS=$WORK/loads.txt
-LK_PID=
-cleanup() {
-    if [ -n "$LK_PID" ]; then kill "$LK_PID" 2>/dev/null || true; wait "$LK_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-: > "$RESULTS"; : > "$COMMANDS"; : > "$LOADS"
-OPERATOR_SECRET=$(openssl rand -hex 24)
-printf '{"client_id":"bench-operator","client_secret":"%s"}\n' "$OPERATOR_SECRET" > "$WORK/operator.json"
+# shellcheck source=bench/scripts/lib.sh
+. bench/scripts/lib.sh
+bench_require onboarding-bench jq openssl
+bench_workdir
 LOAD_BEFORE=$(uptime)
 
 # start_latchkey ALG — one server thread, HTTPS; the agents live in tenant `bench` whose
 # access tokens use ALG (a `[[tenants]]` token-alg), created by an operator client of it.
 start_latchkey() {
-    printf '[tokens]\nleeway = "1s"\n\n[[tenants]]\nid = "bench"\ntoken-alg = "%s"\n\n[[clients]]\nidentifier = "bench-operator"\nhashed-secret = "%s"\nprofile = "Administrator"\ntenant = "bench"\n' \
-        "$1" "$(printf %s "$OPERATOR_SECRET" | openssl dgst -sha256 -binary | base64)" > "$WORK/latchkey.toml"
-    "$BIN/latchkey" serve --data-dir "$DATA" --listen 127.0.0.1:0 --threads 1 \
-        --config "$WORK/latchkey.toml" > "$WORK/lk.out" 2> "$WORK/lk.err" &
-    LK_PID=$!
-    for _ in $(seq 100); do
-        grep -qs '^latchkey listening on' "$WORK/lk.out" && break
-        sleep 0.1
-    done
-    LK_URL=$(sed -n 's/^latchkey listening on //p' "$WORK/lk.out")
-    [ -n "$LK_URL" ] || { cat "$WORK/lk.err" >&2; exit 1; }
+    bench_config "$1"
+    serve_latchkey --threads 1
     echo "$BIN/latchkey serve --data-dir DATA --listen 127.0.0.1:0 --threads 1 --config (leeway 1s; [[tenants]] id=bench token-alg=$1; operator client bench-operator)" >> "$COMMANDS"
 }
-stop_latchkey() { kill "$LK_PID"; wait "$LK_PID" 2>/dev/null || true; LK_PID=; }
 
 # measure LABEL ALG LOADGEN-ARGS… — one run, its JSON summary appended to $RESULTS.
 measure() {
