@@ -65,12 +65,20 @@ serve_latchkey() {
     "$BIN/latchkey" serve --data-dir "$DATA" --listen 127.0.0.1:0 --config "$WORK/latchkey.toml" "$@" \
         > "$WORK/lk.out" 2> "$WORK/lk.err" &
     LK_PID=$!
+    LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err")
+}
+
+# wait_ready OUT PREFIX ERR — waits up to 10 s for a line starting with PREFIX in the file OUT
+# and prints the rest of it (the URL); otherwise shows the file ERR and fails.
+wait_ready() {
+    local out=$1 prefix=$2 err=$3 url
     for _ in $(seq 100); do
-        grep -qs '^latchkey listening on' "$WORK/lk.out" && break
+        grep -qs "^$prefix" "$out" && break
         sleep 0.1
     done
-    LK_URL=$(sed -n 's/^latchkey listening on //p' "$WORK/lk.out")
-    [ -n "$LK_URL" ] || { cat "$WORK/lk.err" >&2; exit 1; }
+    url=$(sed -n "s|^$prefix||p" "$out")
+    [ -n "$url" ] || { cat "$err" >&2; return 1; }
+    printf '%s' "$url"
 }
 
 stop_latchkey() { kill "$LK_PID"; wait "$LK_PID" 2>/dev/null || true; LK_PID=; }

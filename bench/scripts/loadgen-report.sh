@@ -45,12 +45,7 @@ start_latchkey() {
 start_peer() {
     PEER_ALG=$1 PEER_WORKERS=$2 node bench/peer/server.mjs > "$WORK/peer.out" 2> "$WORK/peer.err" &
     PEER_PID=$!
-    for _ in $(seq 100); do
-        grep -qs '^peer listening on' "$WORK/peer.out" && break
-        sleep 0.1
-    done
-    PEER_URL=$(sed -n 's/^peer listening on //p' "$WORK/peer.out")
-    [ -n "$PEER_URL" ] || { cat "$WORK/peer.err" >&2; exit 1; }
+    PEER_URL=$(wait_ready "$WORK/peer.out" 'peer listening on ' "$WORK/peer.err")
     echo "PEER_ALG=$1 PEER_WORKERS=$2 node bench/peer/server.mjs" >> "$COMMANDS"
 }
 stop_peer() { kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true; PEER_PID=; }
