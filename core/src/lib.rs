@@ -35,8 +35,8 @@
 //!   IFMA backend where the CPU has it (~20–24 µs), otherwise aws-lc-rs (~40–50 µs); never a
 //!   decompression of R. Keys hold the decompressed point.
 //! - Ed25519 batch verify: one random linear combination on curve25519-dalek's vartime
-//!   multiscalar multiplication, each distinct key's terms summed first (~11 µs/token at
-//!   n = 64, ~10 µs at n = 256). See [`batch`] for exactly what the batch path guarantees.
+//!   multiscalar multiplication, each distinct key's terms summed first (~9–10 µs/token at
+//!   n = 64, ~8.5–9 µs at n = 256). See [`batch`] for exactly what the batch path guarantees.
 //! - RSA verify/sign: aws-lc-rs with a cached parsed key per allowed algorithm (0.05 ms vs
 //!   0.5–0.7 ms verify with `rsa` 0.9; 2.5 ms vs 7 ms sign).
 //! - RSA import and policy: the `rsa` crate (PKCS#1/SPKI structure, PKCS#1 PEM, key
