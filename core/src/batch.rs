@@ -156,11 +156,14 @@ pub struct BatchItem<'a> {
 pub fn verify_batch(items: &[BatchItem<'_>]) -> Vec<bool> {
     let mut ok = vec![false; items.len()];
     let mut keys = Keys::default();
-    let decoded: Vec<Option<Decoded>> = items.iter().map(|it| decode(it, &mut keys)).collect();
-    let candidates: Vec<usize> = (0..items.len()).filter(|&i| decoded[i].is_some()).collect();
+    // Items that do not decode stay refused; the rest go to the equation with their index.
+    let candidates: Vec<(usize, Decoded)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, it)| Some((i, decode(it, &mut keys)?)))
+        .collect();
     let batch = Batch {
         items,
-        decoded: &decoded,
         keys: &keys.points,
     };
     batch.bisect(&candidates, &mut ok);
@@ -207,43 +210,37 @@ fn decode(item: &BatchItem<'_>, keys: &mut Keys) -> Option<Decoded> {
 
 struct Batch<'a, 'i> {
     items: &'a [BatchItem<'i>],
-    decoded: &'a [Option<Decoded>],
     keys: &'a [EdwardsPoint],
 }
 
 impl Batch<'_, '_> {
-    fn bisect(&self, idx: &[usize], ok: &mut [bool]) {
-        if idx.len() <= SINGLE_BELOW {
-            for &i in idx {
+    /// Settles `group` (item index, decoded signature): the equation for all of them, or each
+    /// half again, down to single verification.
+    fn bisect(&self, group: &[(usize, Decoded)], ok: &mut [bool]) {
+        if group.len() <= SINGLE_BELOW {
+            for &(i, _) in group {
                 let it = &self.items[i];
                 ok[i] = crate::keys::ed25519_dalek_strict(it.key, it.message, it.signature);
             }
             return;
         }
-        if self.equation_holds(idx) {
-            for &i in idx {
+        if self.equation_holds(group) {
+            for &(i, _) in group {
                 ok[i] = true;
             }
             return;
         }
-        let (left, right) = idx.split_at(idx.len() / 2);
+        let (left, right) = group.split_at(group.len() / 2);
         self.bisect(left, ok);
         self.bisect(right, ok);
     }
 
-    /// The batch equation over the items `idx` (all decoded), with fresh coefficients.
-    fn equation_holds(&self, idx: &[usize]) -> bool {
-        let decoded: Vec<&Decoded> = idx
-            .iter()
-            .filter_map(|&i| self.decoded[i].as_ref())
-            .collect();
-        if decoded.len() != idx.len() {
-            return false;
-        }
-        let zs = self.coefficients(idx, &decoded);
+    /// The batch equation over `group`, with fresh coefficients.
+    fn equation_holds(&self, group: &[(usize, Decoded)]) -> bool {
+        let zs = self.coefficients(group);
         let mut b_coefficient = Scalar::ZERO;
         let mut key_coefficients: Vec<Option<Scalar>> = vec![None; self.keys.len()];
-        for (d, z) in decoded.iter().zip(&zs) {
+        for ((_, d), z) in group.iter().zip(&zs) {
             b_coefficient += z * d.s;
             *key_coefficients[d.key].get_or_insert(Scalar::ZERO) += z * d.k;
         }
@@ -253,7 +250,7 @@ impl Batch<'_, '_> {
         scalars.push(-b_coefficient);
         points.push(ED25519_BASEPOINT_POINT);
         scalars.extend_from_slice(&zs);
-        points.extend(decoded.iter().map(|d| d.r));
+        points.extend(group.iter().map(|(_, d)| d.r));
         for (c, a) in key_coefficients.iter().zip(self.keys) {
             if let Some(c) = c {
                 scalars.push(*c);
@@ -265,18 +262,18 @@ impl Batch<'_, '_> {
 
     /// 128-bit coefficients from a BLAKE3 stream keyed with fresh randomness and fed every
     /// signature of the group and its k.
-    fn coefficients(&self, idx: &[usize], decoded: &[&Decoded]) -> Vec<Scalar> {
+    fn coefficients(&self, group: &[(usize, Decoded)]) -> Vec<Scalar> {
         let mut seed = [0u8; 32];
         // If the system generator failed, the stream is still bound to the batch (as dalek's
         // transcript-derived coefficients are), just no longer secret.
         let _ = aws_lc_rs::rand::fill(&mut seed);
         let mut h = blake3::Hasher::new_keyed(&seed);
-        for (&i, d) in idx.iter().zip(decoded) {
-            h.update(self.items[i].signature);
+        for (i, d) in group {
+            h.update(self.items[*i].signature);
             h.update(d.k.as_bytes());
         }
         let mut stream = h.finalize_xof();
-        decoded
+        group
             .iter()
             .map(|_| {
                 let mut z = [0u8; 16];
