@@ -2,9 +2,10 @@
 //!
 //! Operators authenticate at `POST /oauth/token` with their client secret and then call the
 //! APIs with the bearer token they got; its `scope` is their profile's permissions at issue
-//! time. [`operator`] turns a bearer token into a [`Principal`] or refuses: 401 when the token
-//! is missing or does not verify (or its client was deleted since), 403 when it lacks the
-//! permission. Tenant isolation is the handlers' job: every lookup is scoped by
+//! time, and what it may do is that scope intersected with the profile as it is now.
+//! [`operator`] turns a bearer token into a [`Principal`] or refuses: 401 when the token is
+//! missing or does not verify (or its client was deleted or re-created since: the token's
+//! `gen` must match the client record's generation), 403 when it lacks the permission. Tenant isolation is the handlers' job: every lookup is scoped by
 //! `Principal::tenant`, and another tenant's object answers 404, never 403, so its existence
 //! does not leak.
 
