@@ -5,7 +5,8 @@
 //! time, and what it may do is that scope intersected with the profile as it is now.
 //! [`operator`] turns a bearer token into a [`Principal`] or refuses: 401 when the token is
 //! missing or does not verify (or its client was deleted or re-created since: the token's
-//! `gen` must match the client record's generation), 403 when it lacks the permission. Tenant isolation is the handlers' job: every lookup is scoped by
+//! `gen` must match the client record's generation), 403 when it lacks the permission.
+//! Tenant isolation is the handlers' job: every lookup is scoped by
 //! `Principal::tenant`, and another tenant's object answers 404, never 403, so its existence
 //! does not leak.
 

@@ -240,9 +240,17 @@ fn delete_client(
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsAdmin)?;
     let id = req.param("id").unwrap_or("");
-    match app.store.hot().operator_client(id) {
-        Some(c) if c.tenant == p.tenant || p.is_authority(app) => {}
+    let client = match app.store.hot().operator_client(id) {
+        Some(c) if c.tenant == p.tenant || p.is_authority(app) => c,
         _ => return Err(not_found("client")),
+    };
+    // Like profiles: a client that holds more than the caller is out of its reach.
+    let held = auth::profile_permissions(app, &client.profile).unwrap_or(Permissions::EMPTY);
+    if !held.is_subset(p.permissions) {
+        return Err(ApiError::Forbidden(format!(
+            "client {id:?} holds more than this token; only a client holding as much may delete it"
+        ))
+        .into());
     }
     let op = WriteOp::DeleteOperatorClient {
         id: id.to_owned(),

@@ -1269,6 +1269,15 @@ fn profile_edits_cannot_grant_more_than_the_caller_holds() {
         None,
     );
     assert_error(&r, 403, "insufficient_scope");
+    // Nor can it remove a client holding more than it does (the administrator).
+    let r = auth.json(
+        "DELETE",
+        &format!("{V1}/clients/admin"),
+        Some(&delegate),
+        None,
+    );
+    assert_error(&r, 403, "insufficient_scope");
+    assert_eq!(whoami(&auth, &admin), 200);
     // Nor assigned to a client it creates.
     let r = auth.json(
         "POST",
@@ -1285,6 +1294,13 @@ fn profile_edits_cannot_grant_more_than_the_caller_holds() {
         permissions(&auth, &token_for(&auth, "reader", &reader)),
         ["clients:read"]
     );
+    let r = auth.json(
+        "DELETE",
+        &format!("{V1}/clients/reader"),
+        Some(&delegate),
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
     // Nothing it tried reached its next token, or the profiles.
     assert_eq!(
         permissions(&auth, &token_for(&auth, "delegate", &secret)),
