@@ -951,10 +951,14 @@ impl App {
                     .clone()
                     .unwrap_or_else(|| ADMINISTRATOR.to_owned()),
                 created_at: now,
+                generation: 0, // drawn by the store
             };
             if let Some(existing) = self.store.hot().operator_client(&rec.id) {
+                // Any change (a new secret above all) re-creates the client: a new
+                // generation, so tokens issued under the old settings stop working.
                 let same = OperatorClientRecord {
                     created_at: existing.created_at,
+                    generation: existing.generation,
                     ..rec.clone()
                 };
                 if *existing == same {
@@ -986,6 +990,7 @@ impl App {
             display_name: "Administrator (created on first run)".into(),
             profile: ADMINISTRATOR.into(),
             created_at: now,
+            generation: 0, // drawn by the store
         };
         let path = self.store.paths().dir.join(ADMIN_CLIENT_FILE);
         let body = serde_json::json!({

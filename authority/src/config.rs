@@ -48,6 +48,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Who may read `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// Anyone who reaches the listener serving it.
+    #[default]
+    Public,
+    /// Only an operator bearer token of the authority's own tenant with `metrics:read`.
+    Operator,
+}
+
 /// Every server setting. In TOML the key is the flag name without `--`.
 #[derive(Debug, Clone, Default, PartialEq, clap::Args, serde::Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -130,6 +141,15 @@ pub struct Settings {
     /// Requests parsed ahead of their answers on one connection [default: 32].
     #[arg(long, value_name = "N")]
     pub max_pipelined: Option<usize>,
+    /// Who may read `/metrics`: `public`, or `operator` (a bearer token of the authority's
+    /// own tenant with `metrics:read`) [default: public, as the default --listen is loopback].
+    /// An internet-facing deployment should set this or --metrics-listen.
+    #[arg(long, value_enum, value_name = "ACCESS")]
+    pub metrics_access: Option<MetricsAccess>,
+    /// Serve `/metrics` on this address (same TLS as --listen, one thread) instead of on
+    /// --listen, e.g. on a private interface [default: on --listen].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Settings after defaults and checks.
@@ -147,6 +167,9 @@ pub struct ServeSettings {
     pub log_level: Option<String>,
     pub drain_timeout: Duration,
     pub limits: Limits,
+    pub metrics_access: MetricsAccess,
+    /// A separate listener for `/metrics`; `None` serves it on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -192,7 +215,9 @@ impl Settings {
             max_requests_per_connection,
             max_connections,
             max_tls_handshakes,
-            max_pipelined
+            max_pipelined,
+            metrics_access,
+            metrics_listen
         )
     }
 
@@ -284,6 +309,8 @@ impl Settings {
             log_level: self.log_level,
             drain_timeout: dur(self.drain_timeout, Duration::from_secs(10), "drain-timeout")?,
             limits,
+            metrics_access: self.metrics_access.unwrap_or_default(),
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -309,6 +336,17 @@ mod tests {
         assert_eq!(s.client_auth, ClientAuthMode::Optional);
         assert_eq!(s.limits.max_headers, Limits::default().max_headers);
         assert!(!s.plain_http);
+        assert_eq!(
+            (s.metrics_access, s.metrics_listen),
+            (MetricsAccess::Public, None)
+        );
+        let file: Settings =
+            toml::from_str("metrics-access = \"operator\"\nmetrics-listen = \"127.0.0.1:9100\"\n")
+                .unwrap();
+        let s = Settings::default().merge(file).resolve().unwrap();
+        assert_eq!(s.metrics_access, MetricsAccess::Operator);
+        assert_eq!(s.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(toml::from_str::<Settings>("metrics-access = \"everyone\"").is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Operator-side agent management under `/api/agentmanagement/v3/agents`, in the shapes the
 //! MindSphere `AgentManagementClient` sends and reads (see `mindsphere.rs`).
 //!
-//! Every call needs an operator bearer token: `agents:read` to look, `agents:write` to change.
+//! Every call needs an operator bearer token: `agents:read` to look, `agents:write` to change
+//! and to obtain a boarding configuration (its initial access token boards the agent).
 //! Every lookup is scoped by the caller's tenant; another tenant's agent answers 404. Writes
 //! (create, update, delete, boarding, offboarding) defer their answer until the store has
 //! committed, and `PUT`/`DELETE` carry the agent's `eTag` in `If-Match` (412 when stale).
@@ -242,15 +243,18 @@ impl AgentState {
         .into())
     }
 
-    /// The boarding configuration. Reading it is an `agents:read` operation, but it may have to
-    /// issue a new IAT (first boarding after offboarding, or the last one expired): that is a
-    /// write done on the caller's behalf, like MindSphere does.
+    /// The boarding configuration. It needs `agents:write`, not `agents:read`: its IAT is the
+    /// credential that registers the agent (whoever holds it can take the agent over), and
+    /// it may have to issue a new one (first boarding after offboarding, or the last one
+    /// expired), which is a write. A read-only caller gets 403 `insufficient_scope` rather
+    /// than a configuration without `iat`, which MindSphere clients would retry forever; the
+    /// boarding state stays readable at `GET …/boarding/status` with `agents:read`.
     fn boarding_configuration(
         self: &Arc<Self>,
         req: &Request<'_>,
         ctx: &RequestContext<'_>,
     ) -> Result<Outcome, Error> {
-        let p = self.caller(req, Permission::AgentsRead)?;
+        let p = self.caller(req, Permission::AgentsWrite)?;
         let agent = self.agent(&p, req)?;
         let now = self.app.now();
         if agent.state == BoardingState::Onboarded {

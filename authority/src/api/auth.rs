@@ -2,9 +2,11 @@
 //!
 //! Operators authenticate at `POST /oauth/token` with their client secret and then call the
 //! APIs with the bearer token they got; its `scope` is their profile's permissions at issue
-//! time. [`operator`] turns a bearer token into a [`Principal`] or refuses: 401 when the token
-//! is missing or does not verify (or its client was deleted since), 403 when it lacks the
-//! permission. Tenant isolation is the handlers' job: every lookup is scoped by
+//! time, and what it may do is that scope intersected with the profile as it is now.
+//! [`operator`] turns a bearer token into a [`Principal`] or refuses: 401 when the token is
+//! missing or does not verify (or its client was deleted or re-created since: the token's
+//! `gen` must match the client record's generation), 403 when it lacks the permission.
+//! Tenant isolation is the handlers' job: every lookup is scoped by
 //! `Principal::tenant`, and another tenant's object answers 404, never 403, so its existence
 //! does not leak.
 
@@ -16,15 +18,16 @@ use latchkey_core::jws::VerifiedToken;
 use super::{Form, basic, bearer, form_unescape};
 use crate::app::App;
 use crate::error::{ApiError, Error};
-use crate::http::Request;
+use crate::http::{Request, RequestContext};
 use crate::store::{OperatorClientRecord, SecretHash};
 
 /// One thing an operator token may do. The names are the token scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Permission {
-    /// List and read agents, their status and boarding configuration.
+    /// List and read agents, their online and boarding status.
     AgentsRead,
-    /// Create, update, delete and offboard agents.
+    /// Create, update, delete and offboard agents; obtain boarding configurations (their
+    /// initial access token is the credential that registers the agent).
     AgentsWrite,
     /// List operator clients and profiles.
     ClientsRead,
@@ -40,10 +43,12 @@ pub enum Permission {
     TokensRevoke,
     /// Read the audit log.
     AuditRead,
+    /// Read `/metrics` when it is served with `metrics-access = "operator"`.
+    MetricsRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 10] = [
         Permission::AgentsRead,
         Permission::AgentsWrite,
         Permission::ClientsRead,
@@ -53,6 +58,7 @@ impl Permission {
         Permission::TokensIntrospect,
         Permission::TokensRevoke,
         Permission::AuditRead,
+        Permission::MetricsRead,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -66,6 +72,7 @@ impl Permission {
             Permission::TokensIntrospect => "tokens:introspect",
             Permission::TokensRevoke => "tokens:revoke",
             Permission::AuditRead => "audit:read",
+            Permission::MetricsRead => "metrics:read",
         }
     }
 
@@ -105,7 +112,8 @@ impl Permissions {
             | Permission::ClientsRead.bit()
             | Permission::KeysRead.bit()
             | Permission::TokensIntrospect.bit()
-            | Permission::AuditRead.bit(),
+            | Permission::AuditRead.bit()
+            | Permission::MetricsRead.bit(),
     );
 
     pub fn contains(self, p: Permission) -> bool {
@@ -114,6 +122,10 @@ impl Permissions {
 
     pub fn with(self, p: Permission) -> Permissions {
         Permissions(self.0 | p.bit())
+    }
+
+    pub fn intersect(self, other: Permissions) -> Permissions {
+        Permissions(self.0 & other.0)
     }
 
     pub fn is_subset(self, other: Permissions) -> bool {
@@ -217,22 +229,31 @@ pub fn verify_operator_token(app: &App, token: &str, now: u64) -> Result<Verifie
 }
 
 /// The principal a verified operator token names, if its client still exists in the same
-/// tenant (deleting a client ends its tokens at once).
+/// tenant and generation: deleting a client, re-creating it under the same id or changing its
+/// secret ends its tokens at once. Its permissions are the token's scopes that the client's
+/// profile still grants, so narrowing a profile (or moving the client to a weaker one) narrows
+/// tokens already out.
 pub fn principal_of(app: &App, verified: &VerifiedToken) -> Option<Principal> {
     let claims = verified.claims();
     let sub = claims.sub.as_deref()?;
     let tenant = claims.extra_str("ten")?;
+    let generation = claims.extra.get(GENERATION_CLAIM)?.as_u64()?;
     let client = app.store.hot().operator_client(sub)?;
-    if client.tenant != tenant {
+    if client.tenant != tenant || client.generation != generation {
         return None;
     }
+    // A used profile cannot be deleted; should it be missing anyway, the token grants nothing.
+    let profile = profile_permissions(app, &client.profile).unwrap_or(Permissions::EMPTY);
     Some(Principal {
         client_id: sub.to_owned(),
         tenant: tenant.to_owned(),
-        permissions: scopes(claims),
+        permissions: scopes(claims).intersect(profile),
         kind: PrincipalKind::Operator,
     })
 }
+
+/// The operator token claim holding the client's generation ([`OperatorClientRecord`]).
+pub const GENERATION_CLAIM: &str = "gen";
 
 /// The permissions in a token's `scope` claim (array or space-separated string).
 pub fn scopes(claims: &Claims) -> Permissions {
@@ -272,6 +293,9 @@ pub fn operator_claims(
     claims
         .extra
         .insert("ten".into(), client.tenant.clone().into());
+    claims
+        .extra
+        .insert(GENERATION_CLAIM.into(), client.generation.into());
     claims
         .extra
         .insert("scope".into(), serde_json::Value::Array(scope));
@@ -367,14 +391,30 @@ fn dummy_hash() -> &'static SecretHash {
 }
 
 /// A caller of introspection or revocation: an operator client (secret or bearer token) or
-/// an agent presenting its own access token.
-pub fn caller(app: &App, req: &Request<'_>, form: &Form<'_>) -> Result<Principal, Error> {
+/// an agent presenting its own access token. A certificate-bound bearer token (RFC 8705
+/// `cnf`) counts only on a connection that presents that certificate.
+pub fn caller(
+    app: &App,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+    form: &Form<'_>,
+) -> Result<Principal, Error> {
     if let Some(token) = bearer(req) {
         let now = app.now();
-        if let Ok(p) = operator_token(app, token, now) {
-            return Ok(p);
+        let refused = || invalid_token("bearer token refused");
+        let (verified, principal) = match verify_operator_token(app, token, now) {
+            Ok(v) => {
+                let p = principal_of(app, &v).ok_or_else(refused)?;
+                (v, p)
+            }
+            Err(_) => agent_token(app, token, now).ok_or_else(refused)?,
+        };
+        if !bound_to_connection(app, verified.claims(), ctx) {
+            return Err(invalid_token(
+                "this token is bound to a client certificate that this connection did not present",
+            ));
         }
-        return agent_token(app, token, now).ok_or_else(|| invalid_token("bearer token refused"));
+        return Ok(principal);
     }
     let (client, _) = client_credentials(app, req, form)?;
     let permissions = profile_permissions(app, &client.profile)?;
@@ -387,7 +427,7 @@ pub fn caller(app: &App, req: &Request<'_>, form: &Form<'_>) -> Result<Principal
 }
 
 /// An agent's access token as a principal (no operator permissions).
-fn agent_token(app: &App, token: &str, now: u64) -> Option<Principal> {
+fn agent_token(app: &App, token: &str, now: u64) -> Option<(VerifiedToken, Principal)> {
     let verified = app
         .verify(token, &app.validation(TokenType::AccessToken), now)
         .ok()?;
@@ -397,12 +437,31 @@ fn agent_token(app: &App, token: &str, now: u64) -> Option<Principal> {
         .or(claims.sub.as_deref())?
         .to_owned();
     let tenant = claims.extra_str("ten")?.to_owned();
-    Some(Principal {
+    let principal = Principal {
         client_id,
         tenant,
         permissions: Permissions::EMPTY,
         kind: PrincipalKind::Agent,
-    })
+    };
+    Some((verified, principal))
+}
+
+/// RFC 8705 §3: a token with a `cnf` claim is usable only by the holder of the certificate
+/// whose `x5t#S256` it names, i.e. on a connection that presented that certificate (still
+/// trusted: re-checked like at the token endpoint). A token without `cnf` is a plain bearer
+/// token; a `cnf` of any other shape is refused rather than ignored.
+fn bound_to_connection(app: &App, claims: &Claims, ctx: &RequestContext<'_>) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let Some(cnf) = claims.extra.get("cnf") else {
+        return true;
+    };
+    let Some(want) = cnf.get("x5t#S256").and_then(serde_json::Value::as_str) else {
+        return false;
+    };
+    match super::certs::client_certificate(app, ctx, false) {
+        Ok(Some(cert)) => bool::from(cert.thumbprint().as_bytes().ct_eq(want.as_bytes())),
+        _ => false,
+    }
 }
 
 /// The permissions of a profile now (from a store snapshot).

@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod auth;
 pub mod certs;
+pub mod metrics;
 pub mod mindsphere;
 pub mod oauth;
 pub mod onboarding;

@@ -46,8 +46,8 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
         ("GET", "/.well-known/openid-configuration", |a, _, _| {
             Ok(Response::json(200, &metadata(a)).into())
         }),
-        ("POST", "/oauth/introspect", |a, req, _| {
-            with_client_challenge(introspect(a, req))
+        ("POST", "/oauth/introspect", |a, req, ctx| {
+            with_client_challenge(introspect(a, req, ctx))
         }),
         ("POST", "/oauth/revoke", |a, req, ctx| {
             with_client_challenge(revoke(a, req, ctx))
@@ -274,9 +274,13 @@ pub fn metadata(app: &App) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Introspection (RFC 7662)
 
-fn introspect(app: &Arc<App>, req: &Request<'_>) -> Result<Outcome, Error> {
+fn introspect(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
     let form = Form::from_request(req)?;
-    let principal = auth::caller(app, req, &form)?;
+    let principal = auth::caller(app, req, ctx, &form)?;
     if principal.kind == PrincipalKind::Operator {
         principal.require(Permission::TokensIntrospect)?;
     }
@@ -304,15 +308,22 @@ pub struct Inspected {
 pub fn inspect(app: &App, token: &str, now: u64) -> Option<Inspected> {
     let parsed = UnverifiedToken::parse(token).ok()?;
     let operator = TokenType::OperatorAccessToken.accepts_header(parsed.header().typ());
-    let verified = if operator {
+    let (verified, effective) = if operator {
         let v = auth::verify_operator_token(app, token, now).ok()?;
-        auth::principal_of(app, &v)?;
-        v
+        let p = auth::principal_of(app, &v)?;
+        (v, Some(p.permissions))
     } else {
-        app.verify(token, &app.validation(TokenType::AccessToken), now)
-            .ok()?
+        let v = app
+            .verify(token, &app.validation(TokenType::AccessToken), now)
+            .ok()?;
+        (v, None)
     };
-    let claims = verified.into_claims();
+    let mut claims = verified.into_claims();
+    // An operator token can do only what its client's profile still grants: say that.
+    if let Some(perms) = effective {
+        let scope = perms.iter().map(|p| Value::from(p.as_str())).collect();
+        claims.extra.insert("scope".into(), Value::Array(scope));
+    }
     let tenant = claims.extra_str("ten")?.to_owned();
     let owner = claims
         .extra_str("client_id")
@@ -330,8 +341,15 @@ pub fn inspect(app: &App, token: &str, now: u64) -> Option<Inspected> {
 fn visible(p: &Principal, t: &Inspected) -> bool {
     match p.kind {
         PrincipalKind::Operator => p.tenant == t.tenant,
-        PrincipalKind::Agent => p.client_id == t.owner && p.tenant == t.tenant,
+        PrincipalKind::Agent => owns(p, t),
     }
+}
+
+/// Whether `t` was issued to `p` itself. Agent ids and operator client ids are separate
+/// namespaces, so the kind must match as well as the id and tenant.
+fn owns(p: &Principal, t: &Inspected) -> bool {
+    let operator_token = p.kind == PrincipalKind::Operator;
+    t.operator == operator_token && p.client_id == t.owner && p.tenant == t.tenant
 }
 
 fn active_body(claims: Claims) -> Value {
@@ -359,14 +377,14 @@ fn active_body(claims: Claims) -> Value {
 
 fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let form = Form::from_request(req)?;
-    let principal = auth::caller(app, req, &form)?;
+    let principal = auth::caller(app, req, ctx, &form)?;
     let token = form.require("token")?;
     let now = app.now();
     // Unknown, malformed, expired or already revoked: nothing to do, and 200 (RFC 7009 §2.2).
     let Some(found) = inspect(app, token, now) else {
         return Ok(Response::new(200).into());
     };
-    let own = principal.client_id == found.owner && principal.tenant == found.tenant;
+    let own = owns(&principal, &found);
     if !own {
         if principal.kind == PrincipalKind::Agent || principal.tenant != found.tenant {
             // Another tenant's token is not revealed to exist.
@@ -414,6 +432,7 @@ mod tests {
     use super::*;
     use crate::app::AppSettings;
     use crate::http::Metrics;
+    use crate::store::OperatorClientRecord;
 
     fn app() -> (tempfile::TempDir, Arc<App>) {
         let dir = tempfile::tempdir().unwrap();
@@ -474,5 +493,126 @@ mod tests {
         assert_eq!(body["client_id"], "admin");
         assert!(inspect(&app, "not.a.token", now).is_none());
         assert!(inspect(&app, &token, now + 7200).is_none(), "expired");
+    }
+
+    fn create_client(app: &App, id: &str, profile: &str) -> Arc<OperatorClientRecord> {
+        app.write(WriteOp::CreateOperatorClient {
+            record: OperatorClientRecord {
+                id: id.into(),
+                tenant: "main".into(),
+                secret_hash: crate::store::SecretHash::usercube(b"secret"),
+                display_name: id.into(),
+                profile: profile.into(),
+                created_at: 1,
+                generation: 0,
+            },
+            by: "test".into(),
+        })
+        .unwrap();
+        app.store.hot().operator_client(id).unwrap()
+    }
+
+    fn token_of(app: &App, client: &OperatorClientRecord, perms: Permissions) -> String {
+        let claims = auth::operator_claims(app, client, perms, app.now());
+        app.mint(Algorithm::RS256, TokenType::OperatorAccessToken, &claims)
+            .unwrap()
+    }
+
+    #[test]
+    fn operator_tokens_end_with_their_client_generation() {
+        let (_dir, app) = app();
+        let first = create_client(&app, "ops", crate::app::ADMINISTRATOR);
+        assert_ne!(first.generation, 0);
+        let token = token_of(&app, &first, Permissions::ALL);
+        let now = app.now();
+        assert!(inspect(&app, &token, now).is_some());
+        // Deleted, then re-created under the same id (even with a weaker profile).
+        app.write(WriteOp::DeleteOperatorClient {
+            id: "ops".into(),
+            by: "test".into(),
+            now,
+        })
+        .unwrap();
+        assert!(inspect(&app, &token, now).is_none());
+        let second = create_client(&app, "ops", crate::app::READ_ONLY);
+        assert_ne!(second.generation, first.generation);
+        assert!(inspect(&app, &token, now).is_none(), "old generation");
+        assert!(auth::operator_token(&app, &token, now).is_err());
+        assert!(inspect(&app, &token_of(&app, &second, Permissions::READ_ONLY), now).is_some());
+        // A token without the claim (minted before generations existed) binds to nothing.
+        let mut claims = auth::operator_claims(&app, &second, Permissions::READ_ONLY, now);
+        claims.extra.remove(auth::GENERATION_CLAIM);
+        let bare = app
+            .mint(Algorithm::RS256, TokenType::OperatorAccessToken, &claims)
+            .unwrap();
+        assert!(inspect(&app, &bare, now).is_none());
+    }
+
+    #[test]
+    fn operator_token_scopes_shrink_with_the_client_profile() {
+        let (_dir, app) = app();
+        let both = Permissions::parse(&["agents:read", "agents:write"]).unwrap();
+        let put = |perms: &[&str]| {
+            app.write(WriteOp::PutProfile(crate::store::ProfileRecord {
+                name: "Ops".into(),
+                permissions: perms.iter().map(|p| p.to_string()).collect(),
+            }))
+            .unwrap();
+        };
+        put(&["agents:read", "agents:write"]);
+        let client = create_client(&app, "ops", "Ops");
+        let token = token_of(&app, &client, both);
+        let now = app.now();
+        assert_eq!(
+            auth::operator_token(&app, &token, now).unwrap().permissions,
+            both
+        );
+        put(&["agents:read"]);
+        let p = auth::operator_token(&app, &token, now).unwrap();
+        assert_eq!(p.permissions.scope(), "agents:read");
+        assert!(p.require(Permission::AgentsWrite).is_err());
+        let body = active_body(inspect(&app, &token, now).unwrap().claims);
+        assert_eq!(
+            body["scope"], "agents:read",
+            "introspection shows what it can do"
+        );
+        // Scopes never grow past the token's, whatever the profile grants later.
+        put(&["agents:read", "agents:write", "keys:admin"]);
+        assert_eq!(
+            auth::operator_token(&app, &token, now).unwrap().permissions,
+            both
+        );
+    }
+
+    #[test]
+    fn own_tokens_are_matched_by_kind_as_well_as_id() {
+        let token = |operator| Inspected {
+            claims: Claims::default(),
+            tenant: "main".into(),
+            owner: "x".into(),
+            operator,
+        };
+        let principal = |kind| Principal {
+            client_id: "x".into(),
+            tenant: "main".into(),
+            permissions: Permissions::EMPTY,
+            kind,
+        };
+        let agent = principal(PrincipalKind::Agent);
+        let operator = principal(PrincipalKind::Operator);
+        assert!(owns(&agent, &token(false)) && owns(&operator, &token(true)));
+        assert!(
+            !owns(&agent, &token(true)),
+            "an agent named like an operator client"
+        );
+        assert!(
+            !owns(&operator, &token(false)),
+            "an operator client named like an agent"
+        );
+        assert!(!visible(&agent, &token(true)));
+        assert!(
+            visible(&operator, &token(false)),
+            "operators see their tenant's tokens"
+        );
     }
 }

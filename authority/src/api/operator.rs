@@ -208,6 +208,7 @@ fn create_client(
         display_name: new.display_name.unwrap_or_else(|| new.client_id.clone()),
         profile,
         created_at: app.now(),
+        generation: 0, // drawn by the store
     };
     submit_then(
         app,
@@ -239,9 +240,17 @@ fn delete_client(
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsAdmin)?;
     let id = req.param("id").unwrap_or("");
-    match app.store.hot().operator_client(id) {
-        Some(c) if c.tenant == p.tenant || p.is_authority(app) => {}
+    let client = match app.store.hot().operator_client(id) {
+        Some(c) if c.tenant == p.tenant || p.is_authority(app) => c,
         _ => return Err(not_found("client")),
+    };
+    // Like profiles: a client that holds more than the caller is out of its reach.
+    let held = auth::profile_permissions(app, &client.profile).unwrap_or(Permissions::EMPTY);
+    if !held.is_subset(p.permissions) {
+        return Err(ApiError::Forbidden(format!(
+            "client {id:?} holds more than this token; only a client holding as much may delete it"
+        ))
+        .into());
     }
     let op = WriteOp::DeleteOperatorClient {
         id: id.to_owned(),
@@ -267,6 +276,32 @@ fn list_profiles(
     Ok(Response::json(200, &json!({ "profiles": profiles })).into())
 }
 
+/// Whether `p` may edit or delete profile `name`: not the one its own client uses (that would
+/// change its own permissions), and not one that grants more than its token holds (it could
+/// not have created it, so it may not reshape it either, e.g. to demote a stronger client).
+fn may_change_profile(app: &App, p: &Principal, name: &str) -> Result<(), Error> {
+    let own = app
+        .store
+        .hot()
+        .operator_client(&p.client_id)
+        .is_some_and(|c| c.profile == name);
+    if own {
+        return Err(ApiError::Forbidden(format!(
+            "profile {name:?} is this client's own profile; another administrator must change it"
+        ))
+        .into());
+    }
+    if let Some(existing) = app.store.read()?.profile(name)?
+        && !Permissions::lenient(&existing.permissions).is_subset(p.permissions)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "profile {name:?} grants more than this token holds"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileBody {
@@ -286,6 +321,13 @@ fn put_profile(
     }
     let body: ProfileBody = json_body(req)?;
     let perms = Permissions::parse(&body.permissions).map_err(ApiError::InvalidRequest)?;
+    may_change_profile(app, &p, &name)?;
+    if !perms.is_subset(p.permissions) {
+        return Err(ApiError::Forbidden(format!(
+            "profile {name:?} would grant more than this token holds"
+        ))
+        .into());
+    }
     let permissions: Vec<String> = perms.iter().map(|p| p.as_str().to_owned()).collect();
     let op = WriteOp::PutProfile(ProfileRecord {
         name: name.clone(),
@@ -307,6 +349,7 @@ fn delete_profile(
     if name == app::ADMINISTRATOR || name == app::READ_ONLY {
         return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
     }
+    may_change_profile(app, &p, &name)?;
     submit_then(app, ctx, WriteOp::DeleteProfile { name }, |_| {
         Response::new(204)
     })

@@ -152,6 +152,7 @@ fn create_local(
         display_name: display_name.unwrap_or(id).to_owned(),
         profile: profile.unwrap_or(app::READ_ONLY).to_owned(),
         created_at: app.now(),
+        generation: 0, // drawn by the store
     };
     let WriteOutcome::OperatorClient(c) = app.write(WriteOp::CreateOperatorClient {
         record,

@@ -69,8 +69,24 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         app.mtls.refresh(&app)?;
     }
     let state = Arc::new(app);
-    let router = router(&state);
+    let router = router(&state, &settings);
 
+    // `/metrics` on its own listener: same TLS, one thread, its own request counters (the
+    // page it serves is the main server's).
+    let metrics_server = match settings.metrics_listen {
+        Some(listen) => {
+            let mut r = Router::new();
+            crate::api::metrics::route(&mut r, &state, settings.metrics_access);
+            let config = ServerConfig {
+                threads: 1,
+                limits: settings.limits.clone(),
+                tls: tls.clone(),
+                drain_timeout: settings.drain_timeout,
+            };
+            Some(Server::bind(listen, config, r, Arc::new(Metrics::new()))?)
+        }
+        None => None,
+    };
     let config = ServerConfig {
         threads: settings.threads,
         limits: settings.limits.clone(),
@@ -85,18 +101,31 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])?;
+    let scheme = if settings.plain_http { "http" } else { "https" };
+    let metrics_running = match metrics_server {
+        Some(m) => {
+            let maddr = m.local_addr()?;
+            tracing::info!(addr = %maddr, "metrics listening");
+            eprintln!("latchkey: metrics listening on {scheme}://{maddr}");
+            Some(m.start()?)
+        }
+        None => None,
+    };
     let running = server.start()?;
     let shutdown = running.shutdown_handle();
+    let metrics_shutdown = metrics_running.as_ref().map(|m| m.shutdown_handle());
     let signal_thread = std::thread::Builder::new()
         .name("latchkey-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
                 shutdown.shutdown();
+                if let Some(m) = &metrics_shutdown {
+                    m.shutdown();
+                }
             }
         })?;
 
-    let scheme = if settings.plain_http { "http" } else { "https" };
     tracing::info!(%addr, threads = settings.threads, scheme, "listening");
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "latchkey listening on {scheme}://{addr}")?;
@@ -104,6 +133,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     drop(stdout);
 
     running.wait();
+    if let Some(m) = metrics_running {
+        m.wait();
+    }
     drop(signal_thread);
     state.stop_maintenance();
     maintenance.thread().unpark();
@@ -147,10 +179,13 @@ fn open_state(
     Ok(app)
 }
 
-/// The routes: built-ins, then every API.
-fn router(state: &Arc<State>) -> Router {
+/// The routes: built-ins (`/metrics` unless it has a listener of its own), then every API.
+fn router(state: &Arc<State>, settings: &ServeSettings) -> Router {
     let mut router = Router::new();
-    router.builtin_routes(state.metrics.clone());
+    router.health_route();
+    if settings.metrics_listen.is_none() {
+        crate::api::metrics::route(&mut router, state, settings.metrics_access);
+    }
     crate::api::routes(&mut router, state);
     router
 }

@@ -119,7 +119,16 @@ impl Router {
 
     /// `GET /healthz` and `GET /metrics`.
     pub fn builtin_routes(&mut self, metrics: Arc<Metrics>) -> &mut Self {
-        self.get("/healthz", healthz);
+        self.health_route().metrics_route(metrics)
+    }
+
+    /// `GET /healthz`.
+    pub fn health_route(&mut self) -> &mut Self {
+        self.get("/healthz", healthz)
+    }
+
+    /// `GET /metrics`, open to whoever reaches the listener.
+    pub fn metrics_route(&mut self, metrics: Arc<Metrics>) -> &mut Self {
         self.get(
             "/metrics",
             move |_: &Request<'_>, _: &RequestContext<'_>| -> Result<Outcome, Error> {

@@ -24,6 +24,13 @@ const CONFIG: Config = bincode::config::standard().with_limit::<MAX_RECORD_BYTES
 pub trait Record: bincode::Encode + bincode::Decode<()> + Sized {
     const NAME: &'static str;
     const VERSION: u8;
+
+    /// Decodes a payload written at an older format `version`, or `None` if this record never
+    /// had that version. Records that changed shape override it (see [`legacy`]).
+    fn decode_older(version: u8, body: &[u8]) -> Option<Result<Self, StoreError>> {
+        let _ = (version, body);
+        None
+    }
 }
 
 /// Encodes `record` with its version byte.
@@ -51,25 +58,72 @@ pub fn decode<R: Record>(bytes: &[u8]) -> Result<R, StoreError> {
     let (&version, body) = bytes
         .split_first()
         .ok_or_else(|| corrupt("empty record".into()))?;
-    if version != R::VERSION {
-        return Err(StoreError::UnknownRecordVersion {
-            record: R::NAME,
-            found: version,
-            supported: R::VERSION,
-        });
-    }
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(corrupt(format!(
             "{} bytes exceeds the record size limit",
             bytes.len()
         )));
     }
+    if version != R::VERSION {
+        return R::decode_older(version, body).unwrap_or(Err(StoreError::UnknownRecordVersion {
+            record: R::NAME,
+            found: version,
+            supported: R::VERSION,
+        }));
+    }
+    decode_body(R::NAME, body)
+}
+
+/// Decodes one payload (no version byte) as `T`, refusing trailing bytes.
+fn decode_body<T: bincode::Decode<()>>(table: &'static str, body: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { table, reason };
     let (record, used) =
-        bincode::decode_from_slice::<R, _>(body, CONFIG).map_err(|e| corrupt(e.to_string()))?;
+        bincode::decode_from_slice::<T, _>(body, CONFIG).map_err(|e| corrupt(e.to_string()))?;
     if used != body.len() {
         return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
     }
     Ok(record)
+}
+
+/// Decoders for the older shapes of records whose format changed. Each old shape stays here,
+/// frozen, for as long as data directories written with it may still be opened.
+pub(crate) mod legacy {
+    use bincode::{Decode, Encode};
+
+    use super::super::records::OperatorClientRecord;
+    use super::super::seal::SecretHash;
+    use super::{StoreError, decode_body};
+
+    /// `operator_clients` version 1: no `generation`. Such a client reads as generation 0;
+    /// the store never draws 0, so re-creating it (or changing its secret) still moves it on.
+    #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+    pub(crate) struct OperatorClientRecordV1 {
+        pub id: String,
+        pub tenant: String,
+        pub secret_hash: SecretHash,
+        pub display_name: String,
+        pub profile: String,
+        pub created_at: u64,
+    }
+
+    pub(crate) fn operator_client(
+        version: u8,
+        body: &[u8],
+    ) -> Option<Result<OperatorClientRecord, StoreError>> {
+        (version == 1).then(|| {
+            decode_body::<OperatorClientRecordV1>("operator_clients", body).map(|v1| {
+                OperatorClientRecord {
+                    id: v1.id,
+                    tenant: v1.tenant,
+                    secret_hash: v1.secret_hash,
+                    display_name: v1.display_name,
+                    profile: v1.profile,
+                    created_at: v1.created_at,
+                    generation: 0,
+                }
+            })
+        })
+    }
 }
 
 /// Encodes a plain `u64` (meta values) as 8 big-endian bytes.

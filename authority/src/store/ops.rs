@@ -656,15 +656,17 @@ fn plan_op(
             p.put(StrTable::Agents, &agent_id, &agent)?;
             Ok(WriteOutcome::Agent(agent))
         }
-        WriteOp::CreateOperatorClient { record, by: _ } => {
+        WriteOp::CreateOperatorClient { mut record, by: _ } => {
             check_id("client id", &record.id)?;
+            record.generation = new_generation()?;
             if t.operator_clients
                 .get(record.id.as_str())
                 .db("read")?
                 .is_some()
             {
+                // Global like agent ids: the same answer whichever tenant holds it.
                 return Err(StoreError::Conflict(format!(
-                    "client {:?} exists",
+                    "client id {:?} is not available; client ids are unique across all tenants",
                     record.id
                 )));
             }
@@ -842,8 +844,10 @@ fn create_agent(t: &Tables<'_>, p: &mut Plan, new: NewAgent) -> Result<WriteOutc
         return Err(not_found("tenant", &new.tenant));
     }
     if t.agents.get(new.id.as_str()).db("read")?.is_some() {
+        // Agent ids are global (the token endpoint finds a client by id alone): the same
+        // answer whichever tenant holds it, so it does not say where.
         return Err(StoreError::Conflict(format!(
-            "an agent for entity {:?} exists",
+            "entity id {:?} is not available; agent ids are unique across all tenants",
             new.id
         )));
     }
@@ -1152,6 +1156,15 @@ fn forget(
         revocations,
         boarding,
     })
+}
+
+/// A fresh operator client generation: random, so a client re-created under the same id
+/// (whose old record, and generation, are gone) does not land on its old value; never 0, the
+/// generation version 1 records read as.
+fn new_generation() -> Result<u64, StoreError> {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| StoreError::Invalid("system RNG failed".into()))?;
+    Ok(u64::from_le_bytes(b).max(1))
 }
 
 pub(crate) fn hot_client(rec: &RegistrationRecord, secret: Option<Secret>) -> ClientAuth {

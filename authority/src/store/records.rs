@@ -149,8 +149,20 @@ pub struct OperatorClientRecord {
     pub display_name: String,
     pub profile: String,
     pub created_at: u64,
+    /// Drawn by the store (random, never 0) each time the client is created; its operator
+    /// tokens carry it (`gen`) and stop working when it changes. Changing a client's secret
+    /// re-creates it. Version 1 records had none and read as 0.
+    pub generation: u64,
 }
-record!(OperatorClientRecord, "operator_clients", 1);
+
+impl Record for OperatorClientRecord {
+    const NAME: &'static str = "operator_clients";
+    const VERSION: u8 = 2;
+
+    fn decode_older(version: u8, body: &[u8]) -> Option<Result<Self, super::StoreError>> {
+        super::codec::legacy::operator_client(version, body)
+    }
+}
 
 /// A named permission set; its permissions become token scopes.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

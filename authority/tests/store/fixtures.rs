@@ -1,8 +1,9 @@
-//! Format fixtures: a data directory and encoded records written by this release, committed
-//! under `authority/tests/fixtures/v1/`. A later format change must keep reading them.
+//! Format fixtures: a data directory and encoded records per fixture generation, committed
+//! under `authority/tests/fixtures/v<N>/`. `v2` is this release's (operator clients carry a
+//! generation); `v1` was written before, and must keep reading.
 //!
-//! Regenerate (only when adding a new fixture generation, never to "fix" a failing read):
-//! `LATCHKEY_WRITE_FIXTURES=1 cargo test -p latchkey-authority --test store fixtures`.
+//! Regenerate this release's (only when adding a new fixture generation, never to "fix" a
+//! failing read): `LATCHKEY_WRITE_FIXTURES=1 cargo test -p latchkey-authority --test store fixtures`.
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +11,15 @@ use latchkey_authority::store::*;
 
 use crate::util::*;
 
+/// This release's fixture generation.
+const CURRENT: u32 = 2;
+
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+    fixture_dir_of(CURRENT)
+}
+
+fn fixture_dir_of(generation: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{generation}"))
 }
 
 /// One value of every record type, as the fixtures hold them.
@@ -57,6 +65,7 @@ fn records() -> Vec<(&'static str, Vec<u8>)> {
                 display_name: "Admin".into(),
                 profile: "administrator".into(),
                 created_at: 5,
+                generation: OPERATOR_CLIENT_GENERATION,
             })
             .unwrap(),
         ),
@@ -123,6 +132,9 @@ fn records() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// The generation of the fixture operator client (version 1 records read as 0).
+const OPERATOR_CLIENT_GENERATION: u64 = 0x5eed_0001;
+
 fn tenant() -> TenantRecord {
     TenantRecord {
         id: TENANT.into(),
@@ -187,6 +199,7 @@ fn write_store(dir: &Path) {
                 display_name: "Admin".into(),
                 profile: "administrator".into(),
                 created_at: 5,
+                generation: 0,
             },
             by: "fixture".into(),
         })
@@ -249,10 +262,68 @@ fn fixtures_of_this_release_stay_readable() {
     assert_eq!(decode_record::<AgentRecord>(&stored).unwrap(), agent());
     let stored = std::fs::read(fixtures.join("records/tenant.bin")).unwrap();
     assert_eq!(decode_record::<TenantRecord>(&stored).unwrap(), tenant());
+    let stored = std::fs::read(fixtures.join("records/operator_client.bin")).unwrap();
+    assert_eq!(
+        decode_record::<OperatorClientRecord>(&stored)
+            .unwrap()
+            .generation,
+        OPERATOR_CLIENT_GENERATION
+    );
+    let (_dir, store) = check_fixture_store(&fixtures);
+    assert_ne!(
+        store.hot().operator_client("admin").unwrap().generation,
+        0,
+        "the store draws a non-zero generation"
+    );
+}
 
-    // The data directory (copied: opening may write).
+#[test]
+fn fixtures_of_version_1_stay_readable() {
+    let fixtures = fixture_dir_of(1);
+    // Every record but the operator client kept its format: same bytes as this release's.
+    for (name, bytes) in records() {
+        let stored = std::fs::read(fixtures.join("records").join(format!("{name}.bin"))).unwrap();
+        if name != "operator_client" {
+            assert_eq!(stored, bytes, "record {name} changed format");
+            continue;
+        }
+        assert_eq!(stored[0], 1);
+        let client = decode_record::<OperatorClientRecord>(&stored).unwrap();
+        assert_eq!(
+            client,
+            OperatorClientRecord {
+                id: "admin".into(),
+                tenant: TENANT.into(),
+                secret_hash: SecretHash::parse("K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=")
+                    .unwrap(),
+                display_name: "Admin".into(),
+                profile: "administrator".into(),
+                created_at: 5,
+                generation: 0,
+            },
+            "a version 1 operator client reads as generation 0"
+        );
+        // Truncated or padded version 1 payloads are corrupt, never misread.
+        assert!(matches!(
+            decode_record::<OperatorClientRecord>(&stored[..stored.len() - 1]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut long = stored.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_record::<OperatorClientRecord>(&long),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+    let (_dir, store) = check_fixture_store(&fixtures);
+    assert_eq!(store.hot().operator_client("admin").unwrap().generation, 0);
+}
+
+/// Opens a copy of a fixture data directory (opening may write), checks what it holds, and
+/// runs the offline check on it; returns the store, open again, with its directory.
+fn check_fixture_store(fixtures: &Path) -> (tempfile::TempDir, Store) {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixtures, tmp.path());
+    copy_dir(fixtures, tmp.path());
     let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
     let snap = store.read().unwrap();
     assert_eq!(snap.tenant(TENANT).unwrap().unwrap().token_alg, "RS256");
@@ -310,6 +381,8 @@ fn fixtures_of_this_release_stay_readable() {
     drop(store);
     let report = check_data_dir(tmp.path(), &KeyFileOptions::default()).unwrap();
     assert!(report.is_ok(), "{report:?}");
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    (tmp, store)
 }
 
 #[test]
@@ -336,6 +409,19 @@ fn unknown_record_versions_are_refused_clearly() {
         );
         assert!(err.to_string().contains("version 200"), "{err}");
     }
+    let (_, mut bytes) = records()
+        .into_iter()
+        .find(|(name, _)| *name == "operator_client")
+        .unwrap();
+    bytes[0] = 200;
+    assert!(matches!(
+        decode_record::<OperatorClientRecord>(&bytes),
+        Err(StoreError::UnknownRecordVersion {
+            found: 200,
+            supported: 2,
+            ..
+        })
+    ));
     // In a database: a registration from a "future release" makes open fail with that error,
     // not a panic and not a silently skipped client.
     let tmp = tempfile::tempdir().unwrap();

@@ -709,3 +709,199 @@ fn relay_ca_chains_self_signed_agents_bad_imports_and_renewal() {
         200
     );
 }
+
+/// A form POST on `s` (kept alive) with optional extra headers.
+fn post_form(s: &mut Stream, path: &str, body: &str, headers: &[(&str, &str)]) -> Response {
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: \
+         application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(body.as_bytes()).expect("write body");
+    s.flush().expect("flush");
+    read_response(s, &mut Vec::new(), false).expect("response")
+}
+
+fn token_of(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["access_token"].as_str().expect("token").to_owned()
+}
+
+#[test]
+fn certificate_bound_tokens_need_their_certificate_at_introspection_and_revocation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    let (a_pem, a_key) = issue(&auth, dir.path(), "bound-a", &["--cn", "bound-a"]);
+    let (b_pem, b_key) = issue(&auth, dir.path(), "bound-b", &["--cn", "bound-b"]);
+    board(
+        &auth,
+        &op,
+        "bound1",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=bound-a"}),
+    );
+    let mut with_a = connect(&auth, client(&auth, Some(identity(&a_pem, &a_key)))).expect("A");
+    let token = token_of(&mtls_token(&mut with_a, "bound1").expect("token"));
+    let bearer = format!("Bearer {token}");
+    let ask = format!("token={}", form_encode(&token));
+    let active = |auth: &Authority| {
+        let r = auth.form(
+            "/oauth/introspect",
+            &ask,
+            &[("Authorization", &format!("Bearer {op}"))],
+        );
+        r.json()["active"].as_bool().expect("active")
+    };
+
+    // Without the certificate (plain TLS) or with another one, the token is not a credential.
+    let stolen = [
+        auth.form("/oauth/introspect", &ask, &[("Authorization", &bearer)]),
+        auth.form("/oauth/revoke", &ask, &[("Authorization", &bearer)]),
+    ];
+    let mut with_b = connect(&auth, client(&auth, Some(identity(&b_pem, &b_key)))).expect("B");
+    let wrong = [
+        post_form(
+            &mut with_b,
+            "/oauth/introspect",
+            &ask,
+            &[("Authorization", &bearer)],
+        ),
+        post_form(
+            &mut with_b,
+            "/oauth/revoke",
+            &ask,
+            &[("Authorization", &bearer)],
+        ),
+    ];
+    for r in stolen.iter().chain(&wrong) {
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert_eq!(r.json()["error"], "invalid_token", "{}", r.text());
+    }
+    assert!(active(&auth), "the refused revocation did nothing");
+
+    // With it, both work: the agent sees its own token, then revokes it.
+    let r = post_form(
+        &mut with_a,
+        "/oauth/introspect",
+        &ask,
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["active"], true, "{}", r.text());
+    let r = post_form(
+        &mut with_a,
+        "/oauth/revoke",
+        &ask,
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!active(&auth));
+}
+
+#[test]
+fn agents_and_operator_clients_with_the_same_id_do_not_own_each_others_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    // An operator client `twin` (ReadOnly: tokens:introspect, no tokens:revoke) and an agent
+    // `twin` of the same tenant.
+    let r = auth.json(
+        "POST",
+        "/api/latchkey/v1/clients",
+        Some(&op),
+        Some(&json!({"client_id": "twin", "profile": "ReadOnly"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let secret = r.json()["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let twin_basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("twin:{secret}"))
+    );
+    let operator_token = {
+        let r = auth.form(
+            "/oauth/token",
+            "grant_type=client_credentials",
+            &[("Authorization", &twin_basic)],
+        );
+        token_of(&r)
+    };
+    let (pem, key) = issue(&auth, dir.path(), "twin", &["--cn", "twin"]);
+    board(
+        &auth,
+        &op,
+        "twin",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=twin"}),
+    );
+    let mut agent = connect(&auth, client(&auth, Some(identity(&pem, &key)))).expect("agent");
+    let agent_token = token_of(&mtls_token(&mut agent, "twin").expect("token"));
+    let agent_bearer = format!("Bearer {agent_token}");
+    let active = |token: &str| {
+        let r = auth.form(
+            "/oauth/introspect",
+            &format!("token={}", form_encode(token)),
+            &[("Authorization", &format!("Bearer {op}"))],
+        );
+        r.json()["active"].as_bool().expect("active")
+    };
+
+    // The agent cannot read or revoke the operator client's token.
+    let ask = format!("token={}", form_encode(&operator_token));
+    let r = post_form(
+        &mut agent,
+        "/oauth/introspect",
+        &ask,
+        &[("Authorization", &agent_bearer)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"active": false}));
+    let r = post_form(
+        &mut agent,
+        "/oauth/revoke",
+        &ask,
+        &[("Authorization", &agent_bearer)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        active(&operator_token),
+        "the agent revoked an operator token"
+    );
+
+    // The operator client, without tokens:revoke, cannot revoke the agent's token as its own.
+    let ask = format!("token={}", form_encode(&agent_token));
+    let r = auth.form("/oauth/revoke", &ask, &[("Authorization", &twin_basic)]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "insufficient_scope");
+    let r = auth.form(
+        "/oauth/revoke",
+        &ask,
+        &[("Authorization", &format!("Bearer {operator_token}"))],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        active(&agent_token),
+        "an operator client revoked an agent's token"
+    );
+    // Each still revokes its own.
+    let r = post_form(
+        &mut agent,
+        "/oauth/revoke",
+        &ask,
+        &[("Authorization", &agent_bearer)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!active(&agent_token));
+    let ask = format!("token={}", form_encode(&operator_token));
+    let r = auth.form("/oauth/revoke", &ask, &[("Authorization", &twin_basic)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!active(&operator_token));
+}

@@ -1161,3 +1161,455 @@ fn cli_agent_list_pages_through_everything_with_boarding_status() {
         .expect("last agent listed");
     assert!(row.trim_end().ends_with("ONBOARDING"), "{row}");
 }
+
+/// Creates profile `name` with `permissions` as `token`'s client; returns the answer.
+fn put_profile(auth: &Authority, token: &str, name: &str, permissions: &[&str]) -> Response {
+    auth.json(
+        "PUT",
+        &format!("{V1}/profiles/{name}"),
+        Some(token),
+        Some(&json!({ "permissions": permissions })),
+    )
+}
+
+/// Creates operator client `id` with `profile` as `token`'s client; returns its secret.
+fn create_client(auth: &Authority, token: &str, id: &str, profile: &str) -> String {
+    let r = auth.json(
+        "POST",
+        &format!("{V1}/clients"),
+        Some(token),
+        Some(&json!({"client_id": id, "profile": profile})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned()
+}
+
+fn permissions(auth: &Authority, token: &str) -> Vec<String> {
+    let me = auth.json("GET", &format!("{V1}/whoami"), Some(token), None);
+    assert_eq!(me.status, 200, "{}", me.text());
+    me.json()["permissions"]
+        .as_array()
+        .expect("permissions")
+        .iter()
+        .map(|p| p.as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[test]
+fn profile_edits_cannot_grant_more_than_the_caller_holds() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    let admin = auth.operator_token();
+    let r = put_profile(
+        &auth,
+        &admin,
+        "Delegate",
+        &["clients:admin", "clients:read"],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = put_profile(&auth, &admin, "Strong", &["agents:write", "clients:read"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let secret = create_client(&auth, &admin, "delegate", "Delegate");
+    let delegate = token_for(&auth, "delegate", &secret);
+    let all = [
+        "agents:read",
+        "agents:write",
+        "clients:read",
+        "clients:admin",
+        "keys:read",
+        "keys:admin",
+        "tokens:introspect",
+        "tokens:revoke",
+        "audit:read",
+        "metrics:read",
+    ];
+
+    // Its own profile: neither widened, nor narrowed, nor deleted.
+    assert_error(
+        &put_profile(&auth, &delegate, "Delegate", &all),
+        403,
+        "insufficient_scope",
+    );
+    assert_error(
+        &put_profile(&auth, &delegate, "Delegate", &["clients:read"]),
+        403,
+        "insufficient_scope",
+    );
+    let r = auth.json(
+        "DELETE",
+        &format!("{V1}/profiles/Delegate"),
+        Some(&delegate),
+        None,
+    );
+    assert_error(&r, 403, "insufficient_scope");
+    // Another profile with more than it holds, new or existing.
+    assert_error(
+        &put_profile(&auth, &delegate, "Wide", &["agents:write"]),
+        403,
+        "insufficient_scope",
+    );
+    assert_error(
+        &put_profile(&auth, &delegate, "Wide", &all),
+        403,
+        "insufficient_scope",
+    );
+    // A profile granting more than it holds cannot be reshaped or deleted either.
+    assert_error(
+        &put_profile(&auth, &delegate, "Strong", &["clients:read"]),
+        403,
+        "insufficient_scope",
+    );
+    let r = auth.json(
+        "DELETE",
+        &format!("{V1}/profiles/Strong"),
+        Some(&delegate),
+        None,
+    );
+    assert_error(&r, 403, "insufficient_scope");
+    // Nor can it remove a client holding more than it does (the administrator).
+    let r = auth.json(
+        "DELETE",
+        &format!("{V1}/clients/admin"),
+        Some(&delegate),
+        None,
+    );
+    assert_error(&r, 403, "insufficient_scope");
+    assert_eq!(whoami(&auth, &admin), 200);
+    // Nor assigned to a client it creates.
+    let r = auth.json(
+        "POST",
+        &format!("{V1}/clients"),
+        Some(&delegate),
+        Some(&json!({"client_id": "puppet", "profile": "Strong"})),
+    );
+    assert_error(&r, 403, "insufficient_scope");
+    // Within what it holds, it may.
+    let r = put_profile(&auth, &delegate, "Reader", &["clients:read"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reader = create_client(&auth, &delegate, "reader", "Reader");
+    assert_eq!(
+        permissions(&auth, &token_for(&auth, "reader", &reader)),
+        ["clients:read"]
+    );
+    let r = auth.json(
+        "DELETE",
+        &format!("{V1}/clients/reader"),
+        Some(&delegate),
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    // Nothing it tried reached its next token, or the profiles.
+    assert_eq!(
+        permissions(&auth, &token_for(&auth, "delegate", &secret)),
+        ["clients:read", "clients:admin"]
+    );
+    let profiles = auth
+        .json("GET", &format!("{V1}/profiles"), Some(&admin), None)
+        .json();
+    let by_name = |n: &str| {
+        profiles["profiles"]
+            .as_array()
+            .expect("profiles")
+            .iter()
+            .find(|p| p["name"] == n)
+            .map(|p| p["permissions"].clone())
+    };
+    assert_eq!(
+        by_name("Strong"),
+        Some(json!(["agents:write", "clients:read"]))
+    );
+    assert_eq!(by_name("Wide"), None);
+    // An administrator (holding everything) still edits other profiles freely.
+    let r = put_profile(&auth, &admin, "Delegate", &["clients:read"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        permissions(&auth, &delegate),
+        ["clients:read"],
+        "narrowing a profile narrows tokens already issued"
+    );
+}
+
+#[test]
+fn operator_tokens_die_with_their_client_generation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let settings = |secret: &str, profile: &str, ops: &str| {
+        let text = format!(
+            r#"
+[tokens]
+issuer = "https://latchkey.test"
+
+[[profiles]]
+name = "Ops"
+permissions = {ops}
+
+[[clients]]
+identifier = "cfg"
+hashed_secret = "{}"
+profile = "{profile}"
+"#,
+            hash(secret, "latchkey")
+        );
+        let path = dir.path().join("latchkey.toml");
+        std::fs::write(&path, text).expect("settings");
+        path
+    };
+    let cfg = settings(
+        "first",
+        "Administrator",
+        r#"["agents:read", "agents:write"]"#,
+    );
+    let auth = Authority::start(&data, Some(&cfg));
+    let admin = auth.operator_token();
+
+    // Deleted and re-created under the same id, with a weaker profile: the old token is dead.
+    create_client(&auth, &admin, "temp", "Administrator");
+    let secret = {
+        let r = auth.json("DELETE", &format!("{V1}/clients/temp"), Some(&admin), None);
+        assert_eq!(r.status, 204, "{}", r.text());
+        create_client(&auth, &admin, "temp", "Administrator")
+    };
+    let old = token_for(&auth, "temp", &secret);
+    assert_eq!(whoami(&auth, &old), 200);
+    let r = auth.json("DELETE", &format!("{V1}/clients/temp"), Some(&admin), None);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        whoami(&auth, &old),
+        401,
+        "deleting a client ends its tokens"
+    );
+    let secret = create_client(&auth, &admin, "temp", "ReadOnly");
+    assert_eq!(
+        whoami(&auth, &old),
+        401,
+        "and re-creating it does not revive them"
+    );
+    assert_eq!(
+        introspect(&auth, &format!("Bearer {admin}"), &old).json()["active"],
+        false
+    );
+    let r = auth.json(
+        "POST",
+        AGENTS,
+        Some(&old),
+        Some(&json!({"entityId": "e1", "name": "e1", "securityProfile": "SHARED_SECRET"})),
+    );
+    assert_error(&r, 401, "invalid_token");
+    let new = token_for(&auth, "temp", &secret);
+    assert!(!permissions(&auth, &new).contains(&"agents:write".to_owned()));
+
+    // A configured client: its token works across a restart with unchanged settings...
+    let token = token_for(&auth, "cfg", "first");
+    let ops_secret = create_client(&auth, &admin, "ops", "Ops");
+    let ops = token_for(&auth, "ops", &ops_secret);
+    auth.stop();
+    let auth = Authority::start(&data, Some(&cfg));
+    assert_eq!(whoami(&auth, &token), 200);
+    // ...but a narrowed profile narrows the tokens already out (scopes ∩ profile)...
+    auth.stop();
+    let cfg = settings("first", "Administrator", r#"["agents:read"]"#);
+    let auth = Authority::start(&data, Some(&cfg));
+    assert_eq!(permissions(&auth, &ops), ["agents:read"]);
+    let r = auth.json(
+        "POST",
+        AGENTS,
+        Some(&ops),
+        Some(&json!({"entityId": "e2", "name": "e2", "securityProfile": "SHARED_SECRET"})),
+    );
+    assert_error(&r, 403, "insufficient_scope");
+    // ...and a new secret (and weaker profile) ends them.
+    auth.stop();
+    let cfg = settings("second", "ReadOnly", r#"["agents:read"]"#);
+    let auth = Authority::start(&data, Some(&cfg));
+    assert_eq!(whoami(&auth, &token), 401);
+    let r = auth.json(
+        "POST",
+        &format!("{V1}/clients"),
+        Some(&token),
+        Some(&json!({"client_id": "x", "profile": "Administrator"})),
+    );
+    assert_error(&r, 401, "invalid_token");
+    let fresh = token_for(&auth, "cfg", "second");
+    assert!(!permissions(&auth, &fresh).contains(&"clients:admin".to_owned()));
+}
+
+#[test]
+fn read_only_operators_cannot_obtain_initial_access_tokens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), "");
+    let auth = Authority::start(&dir.path().join("data"), Some(&cfg));
+    let admin = auth.operator_token();
+    let job = token_for(&auth, "Job", "secret");
+    let r = auth.json(
+        "POST",
+        AGENTS,
+        Some(&admin),
+        Some(&json!({"entityId": "e-ro", "name": "ro", "securityProfile": "SHARED_SECRET"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let config_path = format!("{AGENTS}/e-ro/boarding/configuration");
+    let status_path = format!("{AGENTS}/e-ro/boarding/status");
+    let status = |t: &str| {
+        let r = auth.json("GET", &status_path, Some(t), None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["status"].as_str().expect("status").to_owned()
+    };
+
+    // agents:read sees the boarding status, never the IAT.
+    assert_error(
+        &auth.json("GET", &config_path, Some(&job), None),
+        403,
+        "insufficient_scope",
+    );
+    assert_eq!(status(&job), "ONBOARDING");
+    let r = auth.json("GET", &config_path, Some(&admin), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["content"]["iat"].is_string());
+
+    // After an offboard, asking would mint a new IAT: a write, refused to agents:read.
+    let r = auth.json(
+        "POST",
+        &format!("{AGENTS}/e-ro/boarding/offboard"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(status(&job), "NOT_ONBOARDED");
+    let r = auth.json("GET", &config_path, Some(&job), None);
+    assert_error(&r, 403, "insufficient_scope");
+    assert!(!r.text().contains("iat"), "{}", r.text());
+    assert_eq!(status(&job), "NOT_ONBOARDED", "nothing was issued");
+    let r = auth.json("GET", &config_path, Some(&admin), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["content"]["iat"].is_string());
+    assert_eq!(status(&job), "ONBOARDING");
+}
+
+#[test]
+fn taken_ids_get_the_same_answer_in_every_tenant() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), "");
+    let auth = Authority::start(&dir.path().join("data"), Some(&cfg));
+    let admin = auth.operator_token();
+    let acme = token_for(&auth, "acme-admin", "acme-secret");
+    let agent = json!({"entityId": "e-taken", "name": "Taken", "securityProfile": "SHARED_SECRET"});
+    let r = auth.json("POST", AGENTS, Some(&admin), Some(&agent));
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // Taken in the caller's own tenant, or in another: the same status and body.
+    let other = json!({"entityId": "e-taken", "name": "Other", "securityProfile": "SHARED_SECRET"});
+    let own = auth.json("POST", AGENTS, Some(&admin), Some(&other));
+    let foreign = auth.json("POST", AGENTS, Some(&acme), Some(&other));
+    assert_error(&own, 409, "conflict");
+    assert_eq!(
+        (foreign.status, foreign.json()),
+        (own.status, own.json()),
+        "an id taken in another tenant answers exactly like one taken in this tenant"
+    );
+    for tenant in ["main", "acme"] {
+        assert!(!own.text().contains(tenant), "{}", own.text());
+    }
+
+    // Operator client ids likewise (`Job` lives in `main`, `acme-admin` in `acme`).
+    let create = |token: &str, id: &str| {
+        auth.json(
+            "POST",
+            &format!("{V1}/clients"),
+            Some(token),
+            Some(&json!({"client_id": id, "profile": "ReadOnly"})),
+        )
+    };
+    let own = create(&acme, "acme-admin");
+    let foreign = create(&acme, "Job");
+    assert_error(&own, 409, "conflict");
+    let norm = |r: &Response| r.text().replace("acme-admin", "ID").replace("Job", "ID");
+    assert_eq!(
+        (foreign.status, norm(&foreign)),
+        (own.status, norm(&own)),
+        "only the id itself differs"
+    );
+    assert!(!foreign.text().contains("main"), "{}", foreign.text());
+}
+
+/// The address the server's separate metrics listener bound (from its stderr).
+fn metrics_addr(auth: &Authority) -> std::net::SocketAddr {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = auth.stderr();
+        if let Some(rest) = err.split("latchkey: metrics listening on https://").nth(1) {
+            let addr = rest.lines().next().expect("line").trim();
+            return addr.parse().expect("metrics address");
+        }
+        assert!(Instant::now() < end, "no metrics listener; stderr:\n{err}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn metrics_are_public_by_default_or_behind_operators_or_on_their_own_listener() {
+    let get = |auth: &Authority, token: Option<&str>| auth.json("GET", "/metrics", token, None);
+    let is_metrics = |r: &Response| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.text().contains("latchkey_"), "{}", r.text());
+    };
+
+    // Default: public on the (loopback by default) listener, as before.
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    is_metrics(&get(&auth, None));
+    auth.stop();
+
+    // metrics-access = "operator": an operator token of the authority's tenant with
+    // metrics:read; no token is 401, without the permission 403, another tenant 404.
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), "metrics-access = \"operator\"");
+    let auth = Authority::start(&dir.path().join("data"), Some(&cfg));
+    let admin = auth.operator_token();
+    assert_error(&get(&auth, None), 401, "invalid_token");
+    assert_error(&get(&auth, Some("x.y.z")), 401, "invalid_token");
+    is_metrics(&get(&auth, Some(&admin)));
+    is_metrics(&get(&auth, Some(&token_for(&auth, "Job", "secret"))));
+    let r = put_profile(&auth, &admin, "AgentsOnly", &["agents:read"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let secret = create_client(&auth, &admin, "agents-only", "AgentsOnly");
+    let limited = token_for(&auth, "agents-only", &secret);
+    assert_error(&get(&auth, Some(&limited)), 403, "insufficient_scope");
+    let acme = token_for(&auth, "acme-admin", "acme-secret");
+    assert_error(&get(&auth, Some(&acme)), 404, "not_found");
+    auth.stop();
+
+    // metrics-listen: /metrics moves to its own listener and leaves the main one.
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), "metrics-listen = \"127.0.0.1:0\"");
+    let auth = Authority::start(&dir.path().join("data"), Some(&cfg));
+    let addr = metrics_addr(&auth);
+    assert_ne!(addr, auth.addr);
+    assert_error(&get(&auth, None), 404, "not_found");
+    assert_error(&get(&auth, Some(&auth.operator_token())), 404, "not_found");
+    let r = auth.request_to(addr, "GET", "/metrics", &[], b"");
+    is_metrics(&r);
+    assert!(
+        r.text().contains("/oauth/token"),
+        "the page counts the main listener's routes"
+    );
+    let r = auth.request_to(addr, "GET", "/oauth/token_keys", &[], b"");
+    assert_eq!(r.status, 404, "the metrics listener serves nothing else");
+    auth.stop();
+
+    // Both: its own listener, behind operators.
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(
+        dir.path(),
+        "metrics-listen = \"127.0.0.1:0\"\nmetrics-access = \"operator\"",
+    );
+    let auth = Authority::start(&dir.path().join("data"), Some(&cfg));
+    let addr = metrics_addr(&auth);
+    let r = auth.request_to(addr, "GET", "/metrics", &[], b"");
+    assert_error(&r, 401, "invalid_token");
+    let bearer = format!("Bearer {}", auth.operator_token());
+    is_metrics(&auth.request_to(addr, "GET", "/metrics", &[("Authorization", &bearer)], b""));
+    auth.stop();
+}

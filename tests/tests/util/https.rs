@@ -97,10 +97,22 @@ impl Authority {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
+        self.request_to(self.addr, method, path, headers, body)
+    }
+
+    /// One request on a fresh TLS connection to another listener of this server (same CA).
+    pub fn request_to(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let name = ServerName::try_from("localhost").expect("name");
         let conn =
             rustls::ClientConnection::new(self.tls.clone(), name).expect("client connection");
-        let sock = TcpStream::connect(self.addr).expect("connect");
+        let sock = TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(CLIENT_TIMEOUT))
             .expect("timeout");
         let mut stream = rustls::StreamOwned::new(conn, sock);
