@@ -22,7 +22,7 @@ pub enum ClientCommand {
     /// Create an operator client. Without --hashed-secret a secret is generated and printed
     /// once.
     Create {
-        /// The client id.
+        /// The client id: 1 to 128 characters of A-Z, a-z, 0-9 and - _ . ~ @ :
         id: String,
         /// Profile (permission set) [default: ReadOnly].
         #[arg(long)]
