@@ -1214,9 +1214,7 @@ mod tests {
         let check = |toml: &str, needle: &str| {
             let dir = tempfile::tempdir().unwrap();
             let settings = AppConfig::from_toml(toml).unwrap().resolve().unwrap();
-            let err = App::open(dir.path(), settings, Arc::new(Metrics::new()))
-                .err()
-                .expect(toml);
+            let err = App::open(dir.path(), settings, Arc::new(Metrics::new())).expect_err(toml);
             assert!(
                 matches!(&err, Error::Config(m) if m.contains(needle)),
                 "{toml}: {err}"
