@@ -589,9 +589,9 @@ fn audit_info(op: &WriteOp) -> Option<AuditInfo> {
 /// validation, sealing, encoding every record (`Plan::put`), bounding every key
 /// (`Plan::check_keys`) and encoding the audit entry. So an oversize or unencodable value
 /// refuses its own op and nothing else; the writes that follow can only fail with a redb
-/// storage error, which is rightly fatal to the group. This ordering is preferred over redb
-/// savepoints: they would undo a half-applied op too, but cost a page allocation per op and
-/// cannot be taken while the group's tables are open.
+/// storage error, which is rightly fatal to the group. redb savepoints cannot do this job: one
+/// can be taken only while a transaction is not dirty (no table opened yet), so not between the
+/// ops of a group; and a group per op would give up group commit.
 pub(crate) fn apply(
     t: &mut Tables<'_>,
     key: &MasterKey,
