@@ -34,6 +34,7 @@ use latchkey_core::revocation::{RevocationSet, RevocationUpdate};
 use latchkey_core::{Algorithm, RejectedError, VerifiedToken};
 
 use crate::api::auth::{Permission, Permissions};
+use crate::api::validate;
 use crate::error::{ApiError, Error};
 use crate::http::Metrics;
 use crate::store::{
@@ -809,6 +810,7 @@ impl App {
             },
         ];
         for p in &self.settings.profiles {
+            settings_field(validate::PROFILE, "profile", &p.name)?;
             if p.name == ADMINISTRATOR || p.name == READ_ONLY {
                 return Err(Error::Config(format!(
                     "profile {:?} is built in and cannot be redefined",
@@ -849,6 +851,10 @@ impl App {
         let mut seen = std::collections::HashSet::new();
         wanted.retain(|(id, _, _)| seen.insert(id.clone()));
         for (id, display, alg) in wanted {
+            settings_field(validate::TENANT, "tenant", &id)?;
+            if let Some(d) = &display {
+                settings_field(validate::DISPLAY_NAME, &format!("tenant {id}"), d)?;
+            }
             let existing = snap.tenant(&id)?;
             let alg = match alg {
                 Some(a) => parse_token_alg(&a)?.as_str().to_owned(),
@@ -933,6 +939,14 @@ impl App {
 
     fn reconcile_clients(&self, now: u64) -> Result<(), Error> {
         for c in &self.settings.clients {
+            settings_field(validate::CLIENT_ID, "client", &c.identifier)?;
+            let what = format!("client {}", c.identifier);
+            if let Some(d) = &c.display_name {
+                settings_field(validate::DISPLAY_NAME, &what, d)?;
+            }
+            if let Some(p) = &c.profile {
+                settings_field(validate::PROFILE, &what, p)?;
+            }
             let hash = SecretHash::parse(&c.hashed_secret)
                 .map_err(|e| Error::Config(format!("client {:?}: {e}", c.identifier)))?;
             let rec = OperatorClientRecord {
@@ -1068,6 +1082,15 @@ fn unexpected(outcome: &WriteOutcome) -> Error {
 }
 
 /// A fresh client secret: 256 random bits, base64url without padding (43 characters).
+/// A settings-file value held to the API's rule for its field (`api::validate`): what an
+/// operator configures is stored and audited like what a request sends.
+fn settings_field(field: validate::Field, what: &str, value: &str) -> Result<(), Error> {
+    field
+        .check(value)
+        .map(|_| ())
+        .map_err(|e| Error::Config(format!("{what}: {e}")))
+}
+
 pub fn generate_secret() -> Result<zeroize::Zeroizing<String>, Error> {
     use base64::Engine as _;
     let bytes = Secret::random(32)?;
@@ -1187,6 +1210,37 @@ mod tests {
         let (app, _) = open(dir.path(), changed);
         let job = app.store.hot().operator_client("Job").unwrap();
         assert!(job.secret_hash.verify(b"other") && !job.secret_hash.verify(b"secret"));
+    }
+
+    /// Configured ids are stored and audited like requested ones, so they follow the same
+    /// rules (`api::validate`), refused at start naming what is wrong.
+    #[test]
+    fn configured_ids_follow_the_api_rules() {
+        let check = |toml: &str, needle: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = AppConfig::from_toml(toml).unwrap().resolve().unwrap();
+            let err = App::open(dir.path(), settings, Arc::new(Metrics::new())).expect_err(toml);
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains(needle)),
+                "{toml}: {err}"
+            );
+        };
+        let hash = "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=";
+        check(
+            &format!("[[clients]]\nidentifier = \"evil/x\"\nhashed_secret = \"{hash}\""),
+            "client: client_id: ",
+        );
+        check(
+            &format!(
+                "[[clients]]\nidentifier = \"ok\"\nhashed_secret = \"{hash}\"\nprofile = \"a b\""
+            ),
+            "client ok: profile: ",
+        );
+        check("[[tenants]]\nid = \"t/1\"", "tenant: tenant: ");
+        check(
+            "[[profiles]]\nname = \"x y\"\npermissions = []",
+            "profile: profile: ",
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::mindsphere::{
     BoardingContent, IfMatch, OnboardingStatus, OnlineStatus, rfc3339_millis,
 };
 use super::onboarding::AgentState;
-use super::{Route, register};
+use super::{Route, register, validate};
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
 use crate::store::{
@@ -62,7 +62,7 @@ impl AgentState {
 
     /// The caller's agent named by the path, or 404.
     fn agent(&self, p: &Principal, req: &Request<'_>) -> Result<AgentRecord, Error> {
-        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        let id = path_id(req)?;
         self.app
             .store
             .read()?
@@ -144,7 +144,7 @@ impl AgentState {
         ctx: &RequestContext<'_>,
     ) -> Result<Outcome, Error> {
         let p = self.caller(req, Permission::AgentsWrite)?;
-        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        let id = path_id(req)?;
         let if_match = if_match(req)?;
         let change = AgentUpdate::parse(req.body())?;
         let op = WriteOp::UpdateAgent {
@@ -175,7 +175,7 @@ impl AgentState {
         ctx: &RequestContext<'_>,
     ) -> Result<Outcome, Error> {
         let p = self.caller(req, Permission::AgentsWrite)?;
-        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        let id = path_id(req)?;
         let if_match = if_match(req)?;
         let now = self.app.now();
         let op = WriteOp::DeleteAgent {
@@ -326,7 +326,7 @@ impl AgentState {
         ctx: &RequestContext<'_>,
     ) -> Result<Outcome, Error> {
         let p = self.caller(req, Permission::AgentsWrite)?;
-        let id = AgentId::parse(req.param("id").unwrap_or(""))?;
+        let id = path_id(req)?;
         let now = self.app.now();
         let op = WriteOp::Offboard {
             tenant: p.tenant,
@@ -357,6 +357,14 @@ impl AgentState {
         });
         Ok(Outcome::Deferred)
     }
+}
+
+/// The agent id a path names (`{id}`).
+fn path_id(req: &Request<'_>) -> Result<AgentId, ApiError> {
+    AgentId::parse_as(
+        validate::ENTITY_ID.named("id"),
+        req.param("id").unwrap_or(""),
+    )
 }
 
 /// The `If-Match` header, required on `PUT` and `DELETE` (the SDK always sends it): without

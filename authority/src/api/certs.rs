@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Permission};
 use super::operator::PREFIX;
-use super::{Route, json_body};
+use super::{Route, json_body, validate};
 use crate::app::App;
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
@@ -254,18 +254,8 @@ fn new_cert_op(alias: &str, c: CertInfo, kind: CertificateKind, by: &str, now: u
 }
 
 fn check_alias(alias: &str) -> Result<(), Error> {
-    let ok = !alias.is_empty()
-        && alias.len() <= 128
-        && alias
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@:".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "alias {alias:?}: 1-128 characters of letters, digits and -_.@:"
-        )))
-    }
+    validate::ALIAS.check(alias)?;
+    Ok(())
 }
 
 /// `POST /certificates/issue`: sign a CSR with the authority's CA.
@@ -285,6 +275,16 @@ pub struct IssueBody {
 /// The op recording the certificate, and the PEM chain (leaf, CA) for the agent.
 pub fn plan_issue(app: &App, body: &IssueBody, by: &str) -> Result<(WriteOp, String), Error> {
     check_alias(&body.alias)?;
+    validate::COMMON_NAME.check_opt(body.common_name.as_deref())?;
+    if body.sans.len() > validate::MAX_SANS {
+        return Err(bad(format!(
+            "sans: at most {} names per certificate",
+            validate::MAX_SANS
+        )));
+    }
+    for san in &body.sans {
+        validate::SAN.check(san)?;
+    }
     let signer = CaSigner::load(&app.store.paths().dir)?;
     let req = IssueRequest {
         common_name: body.common_name.clone(),
@@ -318,6 +318,8 @@ pub fn plan_renew(
     body: &RenewBody,
     by: &str,
 ) -> Result<(WriteOp, String), Error> {
+    validate::ALIAS.lookup(alias)?;
+    validate::NEW_ALIAS.check_opt(body.new_alias.as_deref())?;
     let old = app
         .store
         .read()?
@@ -351,6 +353,7 @@ pub fn plan_renew(
 /// Revokes by alias, or by SHA-256 fingerprint (also certificates not in the store, such as an
 /// agent certificate a trusted relay CA issued).
 pub fn plan_revoke(app: &App, alias_or_fp: &str, by: &str) -> Result<WriteOp, Error> {
+    validate::ALIAS.lookup(alias_or_fp)?;
     let snap = app.store.read()?;
     let now = app.now();
     let rec = match snap.certificate(alias_or_fp)? {

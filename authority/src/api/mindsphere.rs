@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::Form;
+use super::validate::{self, Field};
 use crate::error::ApiError;
 use crate::store::{AgentRecord, SecurityProfile};
 
@@ -28,11 +29,11 @@ pub const MINDSPHERE_SCHEMA: &str = "urn:siemens:mindsphere:v1";
 /// `client_assertion_type` for RFC 7523 client authentication.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Longest agent id (= entityId = client id).
-pub const MAX_AGENT_ID: usize = 64;
+pub const MAX_AGENT_ID: usize = validate::ENTITY_ID.max;
 /// Longest agent name, in characters.
-pub const MAX_AGENT_NAME: usize = 128;
-/// Longest key id we accept in an agent's JWK.
-pub const MAX_KID: usize = 128;
+pub const MAX_AGENT_NAME: usize = validate::AGENT_NAME.max;
+/// Longest key id we accept in an agent's JWK, in characters.
+pub const MAX_KID: usize = validate::AGENT_KID.max;
 /// Largest page size for `GET /agents`.
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// Page size when the request names none (Spring's default).
@@ -42,25 +43,20 @@ pub const DEFAULT_PAGE_SIZE: u32 = 10;
 // Identifiers
 
 /// An agent id: MindSphere's `entityId`, which is also the agent's OAuth `client_id` and the
-/// initial access token's `sub`. 1..=64 characters of `[A-Za-z0-9_-]`, so it can sit in a URL
-/// path segment, a store key and a JWT claim without any escaping.
+/// initial access token's `sub`. 1..=64 characters of `[A-Za-z0-9_-]` ([`validate::ENTITY_ID`]),
+/// so it can sit in a URL path segment, a store key and a JWT claim without any escaping.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AgentId(String);
 
 impl AgentId {
-    /// Recognises an agent id, refusing anything else with 400.
+    /// Recognises an agent id sent as `entityId`, refusing anything else with 400.
     pub fn parse(s: &str) -> Result<AgentId, ApiError> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_AGENT_ID
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if ok {
-            Ok(AgentId(s.to_owned()))
-        } else {
-            Err(ApiError::InvalidRequest(format!(
-                "agent ids are 1 to {MAX_AGENT_ID} characters of A-Z, a-z, 0-9, '-' and '_'"
-            )))
-        }
+        AgentId::parse_as(validate::ENTITY_ID, s)
+    }
+
+    /// Recognises an agent id sent under another name (`id` in a path, `client_id`).
+    pub fn parse_as(field: Field, s: &str) -> Result<AgentId, ApiError> {
+        field.check(s).map(|s| AgentId(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -68,22 +64,16 @@ impl AgentId {
     }
 }
 
-/// An agent name: 1..=128 characters, no control characters, not only whitespace.
+/// An agent name: 1..=128 characters, no control characters, not only whitespace
+/// ([`validate::AGENT_NAME`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentName(String);
 
 impl AgentName {
     pub fn parse(s: &str) -> Result<AgentName, ApiError> {
-        let ok = !s.trim().is_empty()
-            && s.chars().count() <= MAX_AGENT_NAME
-            && !s.chars().any(char::is_control);
-        if ok {
-            Ok(AgentName(s.to_owned()))
-        } else {
-            Err(ApiError::InvalidRequest(format!(
-                "agent names are 1 to {MAX_AGENT_NAME} characters without control characters"
-            )))
-        }
+        validate::AGENT_NAME
+            .check(s)
+            .map(|s| AgentName(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

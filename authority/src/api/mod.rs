@@ -13,6 +13,7 @@ pub mod mindsphere;
 pub mod oauth;
 pub mod onboarding;
 pub mod operator;
+pub mod validate;
 
 use std::borrow::Cow;
 use std::sync::Arc;

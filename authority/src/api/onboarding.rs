@@ -52,10 +52,10 @@ use latchkey_core::{
 use zeroize::Zeroizing;
 
 use super::mindsphere::{
-    API_BASE, MAX_KID, MINDSPHERE_SCHEMA, RegisterRequest, RegistrationResponse,
+    API_BASE, AgentId, MINDSPHERE_SCHEMA, RegisterRequest, RegistrationResponse,
     SOUTHGATE_AUDIENCE, TokenKey, TokenRequest, TokenResponse,
 };
-use super::{Form, Route, register};
+use super::{Form, Route, register, validate};
 use crate::app::{App, generate_secret};
 use crate::error::{ApiError, Error, WireError};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
@@ -363,7 +363,8 @@ impl AgentState {
     }
 
     fn read_registration(&self, req: &Request<'_>) -> Result<Outcome, Error> {
-        let client_id = req.param("client_id").unwrap_or("");
+        let client_id = path_client_id(req)?;
+        let client_id = client_id.as_str();
         let rat = super::bearer(req).ok_or_else(|| {
             ApiError::InvalidToken("a registration access token (Bearer) is required".into())
         })?;
@@ -386,7 +387,7 @@ impl AgentState {
         req: &Request<'_>,
         ctx: &RequestContext<'_>,
     ) -> Result<Outcome, Error> {
-        let client_id = req.param("client_id").unwrap_or("").to_owned();
+        let client_id = path_client_id(req)?.as_str().to_owned();
         let rat = super::bearer(req).ok_or_else(|| {
             ApiError::InvalidToken("a registration access token (Bearer) is required".into())
         })?;
@@ -868,10 +869,10 @@ pub fn validate_agent_jwks(set: &JwkSet) -> Result<Vec<String>, ApiError> {
                 e => bad(e.to_string()),
             })?;
         let kid = match &jwk.kid {
-            Some(k) if k.is_empty() || k.len() > MAX_KID || k.chars().any(char::is_control) => {
-                return Err(bad(format!("kid must be 1 to {MAX_KID} characters")));
-            }
-            Some(k) => k.clone(),
+            Some(k) => validate::AGENT_KID
+                .check(k)
+                .map_err(|e| bad(e.to_string()))?
+                .to_owned(),
             None => key.thumbprint(),
         };
         if kids.contains(&kid) {
@@ -883,6 +884,14 @@ pub fn validate_agent_jwks(set: &JwkSet) -> Result<Vec<String>, ApiError> {
         kids.push(kid);
     }
     Ok(out)
+}
+
+/// The client id a registration path names (`{client_id}`): an agent id.
+fn path_client_id(req: &Request<'_>) -> Result<AgentId, ApiError> {
+    AgentId::parse_as(
+        validate::ENTITY_ID.named("client_id"),
+        req.param("client_id").unwrap_or(""),
+    )
 }
 
 /// Verifies an assertion with the key its `kid` names or, without a kid, with each key in

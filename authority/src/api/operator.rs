@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::{self, Permission, Permissions, Principal};
-use super::{Form, Route, json_body};
+use super::mindsphere::AgentId;
+use super::{Form, Route, json_body, validate};
 use crate::app::{self, App};
 use crate::error::{ApiError, Error};
 use crate::http::{Completion, Outcome, Request, RequestContext, Response, Router};
@@ -170,6 +171,17 @@ pub struct NewClient {
     pub hashed_secret: Option<String>,
 }
 
+impl NewClient {
+    /// Every field that reaches the store or the audit log has its documented shape.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        validate::CLIENT_ID.check(&self.client_id)?;
+        validate::DISPLAY_NAME.check_opt(self.display_name.as_deref())?;
+        validate::PROFILE.check_opt(self.profile.as_deref())?;
+        validate::TENANT.check_opt(self.tenant.as_deref())?;
+        Ok(())
+    }
+}
+
 fn create_client(
     app: &Arc<App>,
     req: &Request<'_>,
@@ -177,6 +189,7 @@ fn create_client(
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsAdmin)?;
     let new: NewClient = json_body(req)?;
+    new.validate()?;
     let tenant = new.tenant.unwrap_or_else(|| p.tenant.clone());
     if tenant != p.tenant && !p.is_authority(app) {
         return Err(not_found("tenant"));
@@ -239,7 +252,7 @@ fn delete_client(
     ctx: &RequestContext<'_>,
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsAdmin)?;
-    let id = req.param("id").unwrap_or("");
+    let id = validate::CLIENT_ID.lookup(req.param("id").unwrap_or(""))?;
     let client = match app.store.hot().operator_client(id) {
         Some(c) if c.tenant == p.tenant || p.is_authority(app) => c,
         _ => return Err(not_found("client")),
@@ -315,7 +328,9 @@ fn put_profile(
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsAdmin)?;
     authority(app, &p, "profile")?;
-    let name = req.param("name").unwrap_or("").to_owned();
+    let name = validate::PROFILE
+        .check(req.param("name").unwrap_or(""))?
+        .to_owned();
     if name == app::ADMINISTRATOR || name == app::READ_ONLY {
         return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
     }
@@ -345,7 +360,9 @@ fn delete_profile(
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsAdmin)?;
     authority(app, &p, "profile")?;
-    let name = req.param("name").unwrap_or("").to_owned();
+    let name = validate::PROFILE
+        .lookup(req.param("name").unwrap_or(""))?
+        .to_owned();
     if name == app::ADMINISTRATOR || name == app::READ_ONLY {
         return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
     }
@@ -479,6 +496,7 @@ fn import_key(
     let p = auth::operator(app, req, Permission::KeysAdmin)?;
     authority(app, &p, "keys")?;
     let body: ImportBody = json_body(req)?;
+    validate::KID.check_opt(body.kid.as_deref())?;
     let app = Arc::clone(app);
     off_loop(ctx, move || {
         let key = body.signing_key()?;
@@ -511,7 +529,7 @@ impl ImportBody {
             }
         };
         Ok(match &self.kid {
-            Some(kid) => key.with_kid(kid.clone()),
+            Some(kid) => key.with_kid(validate::KID.check(kid)?.to_owned()),
             None => key,
         })
     }
@@ -597,10 +615,10 @@ pub struct RevokeBody {
 fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::TokensRevoke)?;
     let body: RevokeBody = json_body(req)?;
-    let reason = body
-        .reason
-        .clone()
-        .unwrap_or_else(|| "revoked by an operator".into());
+    let reason = validate::REASON
+        .check_opt(body.reason.as_deref())?
+        .unwrap_or("revoked by an operator")
+        .to_owned();
     let now = app.now();
     let view = |o: WriteOutcome| match o {
         WriteOutcome::Revocation(r) => Response::json(
@@ -638,6 +656,7 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
                 }
                 // A bare jti names no tenant: only the authority's own operators may use it.
                 (None, Some(jti)) => {
+                    validate::JTI.check(jti)?;
                     authority(app, &p, "token")?;
                     (jti.clone(), now.saturating_add(app.settings.retire_after()))
                 }
@@ -661,6 +680,7 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
             let id = body
                 .id
                 .ok_or_else(|| ApiError::InvalidRequest("id (the agent id) is required".into()))?;
+            AgentId::parse_as(validate::ENTITY_ID.named("id"), &id)?;
             if app.store.read()?.agent(&p.tenant, &id)?.is_none() {
                 return Err(not_found("agent"));
             }
@@ -680,6 +700,7 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
             let kid = body
                 .id
                 .ok_or_else(|| ApiError::InvalidRequest("id (the kid) is required".into()))?;
+            validate::KID.named("id").lookup(&kid)?;
             if app.store.hot().signing_key(&kid).is_none() {
                 return Err(not_found("signing key"));
             }

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::remote::{Remote, Target, print, s};
+use super::remote::{Remote, Target, print, s, segment};
 use crate::error::Error;
 
 const BASE: &str = "/api/agentmanagement/v3/agents";
@@ -77,7 +77,12 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
                 for mut agent in items {
                     let id = s(&agent, "id").to_owned();
                     let status = r
-                        .call("GET", &format!("{BASE}/{id}/boarding/status"), None, &[])?
+                        .call(
+                            "GET",
+                            &format!("{BASE}/{}/boarding/status", segment(&id)),
+                            None,
+                            &[],
+                        )?
                         .ok()?;
                     agent["boardingStatus"] = status.get("status").cloned().unwrap_or(Value::Null);
                     agents.push(agent);
@@ -89,14 +94,21 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
             print(json, &json!({ "agents": agents }), listing);
         }
         AgentCommand::Show { id } => {
-            let agent = r.call("GET", &format!("{BASE}/{id}"), None, &[])?.ok()?;
+            let agent = r
+                .call("GET", &format!("{BASE}/{}", segment(id)), None, &[])?
+                .ok()?;
             let status = r
-                .call("GET", &format!("{BASE}/{id}/boarding/status"), None, &[])?
+                .call(
+                    "GET",
+                    &format!("{BASE}/{}/boarding/status", segment(id)),
+                    None,
+                    &[],
+                )?
                 .ok()?;
             let config = r
                 .call(
                     "GET",
-                    &format!("{BASE}/{id}/boarding/configuration"),
+                    &format!("{BASE}/{}/boarding/configuration", segment(id)),
                     None,
                     &[],
                 )?
@@ -115,7 +127,12 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
         }
         AgentCommand::Offboard { id } => {
             let v = r
-                .call("POST", &format!("{BASE}/{id}/boarding/offboard"), None, &[])?
+                .call(
+                    "POST",
+                    &format!("{BASE}/{}/boarding/offboard", segment(id)),
+                    None,
+                    &[],
+                )?
                 .ok()?;
             print(json, &v, |_| format!("offboarded agent {id}"));
         }
@@ -123,7 +140,7 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
             let etag = etag(&r, id)?;
             r.call(
                 "DELETE",
-                &format!("{BASE}/{id}"),
+                &format!("{BASE}/{}", segment(id)),
                 None,
                 &[("If-Match", etag.as_str())],
             )?
@@ -138,7 +155,7 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
 
 /// The agent's current eTag, for `If-Match`.
 fn etag(r: &Remote, id: &str) -> Result<String, Error> {
-    let answer = r.call("GET", &format!("{BASE}/{id}"), None, &[])?;
+    let answer = r.call("GET", &format!("{BASE}/{}", segment(id)), None, &[])?;
     let header = answer.header("etag").map(str::to_owned);
     let body = answer.ok()?;
     let from_body = match body.get("eTag") {

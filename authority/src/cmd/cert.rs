@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::remote::{Place, Target, print, s, time, usage};
+use super::remote::{Place, Target, print, s, segment, time, usage};
 use crate::api::certs::{self, ImportBody, IssueBody, RenewBody};
 use crate::app::App;
 use crate::error::Error;
@@ -268,7 +268,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                     "POST",
                     &format!(
                         "/api/latchkey/v1/certificates/{}/revoke",
-                        alias_or_fingerprint
+                        segment(alias_or_fingerprint)
                     ),
                     None,
                     &[],
@@ -331,7 +331,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                         "POST",
                         &format!(
                             "/api/latchkey/v1/certificates/{}/renew",
-                            alias
+                            segment(alias)
                         ),
                         Some(&json!({ "csr": body.csr, "new_alias": body.new_alias, "days": body.days })),
                         &[],

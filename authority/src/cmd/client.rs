@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-use super::remote::{Place, Target, print, s, time};
+use super::remote::{Place, Target, print, s, segment, time};
+use crate::api::validate;
 use crate::app::{self, App};
 use crate::error::Error;
 use crate::store::{OperatorClientRecord, SecretHash, WriteOp, WriteOutcome};
@@ -21,7 +22,7 @@ pub enum ClientCommand {
     /// Create an operator client. Without --hashed-secret a secret is generated and printed
     /// once.
     Create {
-        /// The client id.
+        /// The client id: 1 to 128 characters of A-Z, a-z, 0-9 and - _ . ~ @ :
         id: String,
         /// Profile (permission set) [default: ReadOnly].
         #[arg(long)]
@@ -103,7 +104,7 @@ pub fn run(args: &ClientArgs) -> Result<(), Error> {
         (ClientCommand::Delete { id }, Place::Remote(r)) => {
             r.call(
                 "DELETE",
-                &format!("/api/latchkey/v1/clients/{id}"),
+                &format!("/api/latchkey/v1/clients/{}", segment(id)),
                 None,
                 &[],
             )?
@@ -113,6 +114,7 @@ pub fn run(args: &ClientArgs) -> Result<(), Error> {
             });
         }
         (ClientCommand::Delete { id }, Place::Local(app)) => {
+            validate::CLIENT_ID.lookup(id)?;
             app.write(WriteOp::DeleteOperatorClient {
                 id: id.clone(),
                 by: "cli".into(),
@@ -134,6 +136,11 @@ fn create_local(
     tenant: Option<&str>,
     hashed: Option<&str>,
 ) -> Result<Value, Error> {
+    // The same rules as the API: an offline write must not store what the server would refuse.
+    validate::CLIENT_ID.check(id)?;
+    validate::DISPLAY_NAME.check_opt(display_name)?;
+    validate::PROFILE.check_opt(profile)?;
+    validate::TENANT.check_opt(tenant)?;
     let (hash, secret) = match hashed {
         Some(h) => (SecretHash::parse(h)?, None),
         None => {

@@ -457,6 +457,20 @@ pub fn s<'a>(v: &'a Value, name: &str) -> &'a str {
     v.get(name).and_then(Value::as_str).unwrap_or("")
 }
 
+/// `value` as one URL path segment: everything but unreserved characters percent-encoded, so
+/// an id holding `/`, `%` or a space still names one resource (the server decodes it).
+pub fn segment(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,5 +511,13 @@ mod tests {
         assert_eq!((r.host.as_str(), r.port), ("::1", 8080));
         let r = Remote::new("http://localhost", None).unwrap();
         assert_eq!((r.host.as_str(), r.port), ("localhost", 80));
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(segment("ss-1"), "ss-1");
+        assert_eq!(segment("evil/x"), "evil%2Fx");
+        assert_eq!(segment("a b%é"), "a%20b%25%C3%A9");
+        assert_eq!(segment("ops@corp:1"), "ops%40corp%3A1");
     }
 }

@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use super::remote::{Place, Target, print, s};
+use crate::api::validate;
 use crate::error::Error;
 use crate::store::{RevocationKind, WriteOp, WriteOutcome};
 
@@ -49,14 +50,24 @@ pub fn run(args: &RevokeArgs) -> Result<(), Error> {
                 .ok()?
         }
         Place::Local(app) => {
+            // The same rules as the API: an offline write must not store what the server
+            // would refuse.
+            validate::REASON.check(&reason)?;
             let now = app.now();
             let rec = if let Some(kid) = &args.key {
+                validate::KID.named("key").lookup(kid)?;
                 app.revoke_key(kid, "cli", &reason)?
             } else {
                 let (kind, id) =
                     match (&args.jti, &args.agent) {
-                        (Some(j), _) => (RevocationKind::Token, j.clone()),
-                        (_, Some(a)) => (RevocationKind::Agent, a.clone()),
+                        (Some(j), _) => (
+                            RevocationKind::Token,
+                            validate::JTI.named("jti").check(j)?.to_owned(),
+                        ),
+                        (_, Some(a)) => (
+                            RevocationKind::Agent,
+                            validate::ENTITY_ID.named("agent").check(a)?.to_owned(),
+                        ),
                         _ => return Err(Error::Cli(
                             "--token needs a running server (--server); use --jti with --data-dir"
                                 .into(),

@@ -5,6 +5,7 @@
 //! NUL bytes, Content-Length together with Transfer-Encoding, duplicate or malformed
 //! Content-Length, codings other than `chunked`, and missing or duplicate Host are refused.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -305,11 +306,11 @@ impl fmt::Debug for Head {
 pub struct Request<'a> {
     head: &'a Head,
     body: &'a [u8],
-    params: Vec<(&'a str, &'a str)>,
+    params: Vec<(&'a str, Cow<'a, str>)>,
 }
 
 impl<'a> Request<'a> {
-    pub fn new(head: &'a Head, body: &'a [u8], params: Vec<(&'a str, &'a str)>) -> Self {
+    pub fn new(head: &'a Head, body: &'a [u8], params: Vec<(&'a str, Cow<'a, str>)>) -> Self {
         Self { head, body, params }
     }
 
@@ -346,12 +347,12 @@ impl<'a> Request<'a> {
         self.body
     }
 
-    /// A `{name}` segment of the matched route pattern, raw (percent-encoded) as sent.
-    pub fn param(&self, name: &str) -> Option<&'a str> {
+    /// A `{name}` segment of the matched route pattern, percent-decoded by the router.
+    pub fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
+            .map(|(_, v)| v.as_ref())
     }
 
     pub fn minor_version(&self) -> u8 {

@@ -5,7 +5,12 @@
 //! through `error::WireError` like every other error. HEAD is served by the GET route with the
 //! body dropped. When several patterns match, the one with literal segments earliest wins, so
 //! `/agents/register` beats `/agents/{id}`.
+//!
+//! Captured `{name}` segments are percent-decoded strictly (RFC 3986 §2.1): `%2F` is a `/` inside
+//! the value, `+` stays `+`, and a `%` without two hex digits or a value that is not UTF-8 answers
+//! 400 before any handler runs. Literal segments match as sent.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -46,14 +51,18 @@ enum Segment {
 /// Captured `{name}` segments: (name from the pattern, raw value from the path).
 type Params<'r, 'p> = Vec<(&'r str, &'p str)>;
 
+/// Captured `{name}` segments, percent-decoded: what handlers see.
+pub type Decoded<'r, 'p> = Vec<(&'r str, Cow<'p, str>)>;
+
 /// The result of looking a request up.
 pub enum Dispatch<'r, 'p> {
     Found {
         id: RouteId,
         handler: &'r dyn Handler,
-        params: Vec<(&'r str, &'p str)>,
+        params: Decoded<'r, 'p>,
     },
-    /// No route for this path, or the path exists with other methods: the answer is ready.
+    /// No route for this path, the path exists with other methods, or a parameter is not
+    /// validly percent-encoded: the answer is ready.
     Refused { id: RouteId, response: Response },
 }
 
@@ -174,6 +183,30 @@ impl Router {
         self.dispatch_scan(method, path)
     }
 
+    /// Route `i` with its parameters decoded, or 400 naming the parameter that is not.
+    fn found<'r, 'p>(&'r self, i: usize, params: Params<'r, 'p>) -> Dispatch<'r, 'p> {
+        let id = RouteId(i);
+        let mut decoded = Vec::with_capacity(params.len());
+        for (name, raw) in params {
+            let Some(value) = decode_segment(raw) else {
+                let e = Error::Api(ApiError::InvalidRequest(format!(
+                    "path parameter {name}: malformed percent-encoding (a '%' needs two hex \
+                     digits, and the decoded value must be UTF-8)"
+                )));
+                return Dispatch::Refused {
+                    id,
+                    response: Response::from_error(&e),
+                };
+            };
+            decoded.push((name, value));
+        }
+        Dispatch::Found {
+            id,
+            handler: &*self.routes[i].handler,
+            params: decoded,
+        }
+    }
+
     /// [`Router::dispatch`] by trying every route: the best-scoring match, else 405 with the
     /// methods the path has, else 404.
     fn dispatch_scan<'r, 'p>(&'r self, method: &str, path: &'p str) -> Dispatch<'r, 'p> {
@@ -194,11 +227,7 @@ impl Router {
             }
         }
         if let Some((_, i, params)) = best {
-            return Dispatch::Found {
-                id: RouteId(i),
-                handler: &*self.routes[i].handler,
-                params,
-            };
+            return self.found(i, params);
         }
         let id = self.unmatched();
         if allow.is_empty() {
@@ -267,6 +296,30 @@ impl Route {
     }
 }
 
+/// A path segment with its `%XX` escapes decoded; `None` if an escape is malformed or the
+/// result is not UTF-8. Unlike a form value, `+` is not a space here.
+fn decode_segment(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.contains('%') {
+        return Some(Cow::Borrowed(raw));
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = |j: usize| bytes.get(j).and_then(|&h| (h as char).to_digit(16));
+            let (hi, lo) = (hex(i + 1)?, hex(i + 2)?);
+            // Two hex digits: at most 0xFF, so the cast cannot truncate.
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
 /// Path segments after the leading `/`; `/` alone has none.
 fn split(path: &str) -> impl Iterator<Item = &str> {
     let rest = path.strip_prefix('/').unwrap_or(path);
@@ -316,14 +369,25 @@ mod tests {
 
     fn check(method: &str, path: &str, expect: Expect<'_>) {
         let r = router();
+        let owned = |params: Vec<(&str, &str)>| -> Vec<(String, String)> {
+            params
+                .into_iter()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect()
+        };
         let got = match r.dispatch(method, path) {
-            Dispatch::Found { id, params, .. } => Ok((id.0, params)),
+            Dispatch::Found { id, params, .. } => Ok((
+                id.0,
+                owned(params.iter().map(|(n, v)| (*n, v.as_ref())).collect()),
+            )),
             Dispatch::Refused { response, .. } => Err((
                 response.status,
                 response.header_value("allow").map(str::to_owned),
             )),
         };
-        let expect = expect.map_err(|(s, a)| (s, a.map(str::to_owned)));
+        let expect = expect
+            .map(|(i, p)| (i, owned(p)))
+            .map_err(|(s, a)| (s, a.map(str::to_owned)));
         assert_eq!(got, expect, "{method} {path}");
     }
 
@@ -353,6 +417,42 @@ mod tests {
             "/agents/register",
             Ok((3, vec![("id", "register")])),
         );
+    }
+
+    /// Parameters arrive percent-decoded; a malformed escape is 400 naming the parameter.
+    #[test]
+    fn parameters_are_percent_decoded_strictly() {
+        check("GET", "/agents/evil%2Fx", Ok((0, vec![("id", "evil/x")])));
+        check("GET", "/agents/a%40b%3a1", Ok((0, vec![("id", "a@b:1")])));
+        check("GET", "/agents/a+b", Ok((0, vec![("id", "a+b")])));
+        check("GET", "/agents/%C3%A9/status", Ok((4, vec![("id", "é")])));
+        check("GET", "/agents/%41", Ok((0, vec![("id", "A")])));
+        for bad in [
+            "/agents/%",
+            "/agents/a%2",
+            "/agents/%zz",
+            "/agents/%2g",
+            "/agents/%FF",
+            "/agents/%C3",
+            "/agents/%+1",
+        ] {
+            let r = router();
+            match r.dispatch("GET", bad) {
+                Dispatch::Refused { response, id } => {
+                    assert_eq!((response.status, id.0), (400, 0), "{bad}");
+                    let body = String::from_utf8_lossy(response.body_bytes()).into_owned();
+                    assert!(
+                        body.contains("invalid_request") && body.contains("parameter id"),
+                        "{bad}: {body}"
+                    );
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            decode_segment("plain"),
+            Some(Cow::Borrowed("plain"))
+        ));
     }
 
     /// The fast path returns what the full scan returns, for every route and a few near
@@ -385,7 +485,7 @@ mod tests {
                 id.0,
                 params
                     .into_iter()
-                    .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                    .map(|(a, b)| (a.to_owned(), b.into_owned()))
                     .collect(),
                 0,
             ),

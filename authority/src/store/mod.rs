@@ -30,8 +30,8 @@ pub use error::StoreError;
 pub use hot::{ClientAuth, HmacKeys, HotIndex, Revocation, SigningKey};
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
 pub use ops::{
-    MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewIat, NewSigningKey, Registration,
-    Rotation, WriteOp, WriteOutcome,
+    MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewIat, NewSigningKey,
+    Registration, Rotation, WriteOp, WriteOutcome,
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;

@@ -22,6 +22,8 @@ use super::seal::{MasterKey, SealContext, Secret, SecretHash};
 pub const MAX_ID_BYTES: usize = 256;
 /// Most JWKs one registration may hold.
 pub const MAX_JWKS: usize = 8;
+/// Longest text kept in one audit field (actor, event, subject, refusal message), in bytes.
+pub const MAX_AUDIT_FIELD_BYTES: usize = 1024;
 
 /// A request to change the store. Answered by [`WriteOutcome`] or a [`StoreError`].
 #[non_exhaustive]
@@ -277,13 +279,12 @@ impl<'t> Tables<'t> {
         }
     }
 
-    pub fn append_audit(&mut self, mut rec: AuditRecord) -> Result<u64, StoreError> {
-        rec.seq = self.next_audit;
-        self.audit
-            .insert(rec.seq, codec::encode(&rec)?.as_slice())
-            .db("append audit")?;
+    /// Appends an audit entry already encoded for sequence number `next_audit`.
+    fn append_audit(&mut self, entry: &[u8]) -> Result<u64, StoreError> {
+        let seq = self.next_audit;
+        self.audit.insert(seq, entry).db("append audit")?;
         self.next_audit += 1;
-        Ok(rec.seq)
+        Ok(seq)
     }
 }
 
@@ -342,6 +343,32 @@ impl Plan {
 
     fn push(&mut self, m: Mutation) {
         self.muts.push(m);
+    }
+
+    /// Refuses a plan with a key longer than [`MAX_ID_BYTES`]. The ops check their ids, but
+    /// this one check on every key keeps `execute` free of anything but storage errors even
+    /// if an op forgets (redb itself would take a 300 KB key, or fail the group on a huge one).
+    fn check_keys(&self) -> Result<(), StoreError> {
+        let keys = self.muts.iter().flat_map(|m| -> [&str; 2] {
+            match m {
+                Mutation::Put(_, k, _) | Mutation::Del(_, k) => [k, ""],
+                Mutation::PutName(a, b, _)
+                | Mutation::DelName(a, b)
+                | Mutation::PutTenantAgent(a, b)
+                | Mutation::DelTenantAgent(a, b)
+                | Mutation::DelRevocation(a, b) => [a, b],
+                Mutation::PutRevocation(_, k, _) | Mutation::PutFingerprint(k, _) => [k, ""],
+            }
+        });
+        for k in keys {
+            if k.len() > MAX_ID_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "a key of {} bytes is longer than the {MAX_ID_BYTES}-byte limit",
+                    k.len()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -434,21 +461,76 @@ pub(crate) struct Applied {
     pub hot: Vec<HotChange>,
 }
 
-/// Audit facts of an op, taken before it is consumed.
+/// Audit facts of an op, taken (bounded) before it is consumed.
 struct AuditInfo {
     actor: String,
-    event: &'static str,
+    event: String,
     subject: String,
     at: u64,
+    /// The outcome an explicit [`WriteOp::Audit`] records; other ops record their own result.
+    outcome: Option<AuditOutcome>,
+}
+
+impl AuditInfo {
+    /// The entry for sequence number `seq`, encoded. Every field is bounded first, so the
+    /// entry fits a record whatever the op carried.
+    fn encode(
+        self,
+        seq: u64,
+        result: &Result<WriteOutcome, StoreError>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let outcome = match (self.outcome, result) {
+            (Some(AuditOutcome::Refused(m)), _) => AuditOutcome::Refused(audit_text(&m)),
+            (Some(AuditOutcome::Success), _) | (None, Ok(_)) => AuditOutcome::Success,
+            (None, Err(e)) => AuditOutcome::Refused(audit_text(&e.to_string())),
+        };
+        codec::encode(&AuditRecord {
+            seq,
+            at: self.at,
+            actor: self.actor,
+            event: self.event,
+            subject: self.subject,
+            outcome,
+        })
+    }
+}
+
+/// `s` as one audit field: at most [`MAX_AUDIT_FIELD_BYTES`] (cut at a character boundary and
+/// marked with `…`), control characters replaced, so an entry always fits a record and prints
+/// on one line. The audit log keeps what was attempted even when the attempt was oversized.
+fn audit_text(s: &str) -> String {
+    const MARK: char = '…';
+    let mut out = String::new();
+    // Reads only what can be kept (plus one character to know whether anything was cut).
+    for c in s.chars() {
+        out.push(if c.is_control() {
+            char::REPLACEMENT_CHARACTER
+        } else {
+            c
+        });
+        if out.len() > MAX_AUDIT_FIELD_BYTES {
+            break;
+        }
+    }
+    if out.len() > MAX_AUDIT_FIELD_BYTES {
+        let mut end = MAX_AUDIT_FIELD_BYTES - MARK.len_utf8();
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push(MARK);
+    }
+    out
 }
 
 fn audit_info(op: &WriteOp) -> Option<AuditInfo> {
-    let a = |actor: &str, event, subject: &str, at| {
+    let a = |actor: &str, event: &str, subject: &str, at| {
         Some(AuditInfo {
-            actor: actor.into(),
-            event,
-            subject: subject.into(),
+            actor: audit_text(actor),
+            event: audit_text(event),
+            subject: audit_text(subject),
             at,
+            outcome: None,
         })
     };
     match op {
@@ -480,14 +562,36 @@ fn audit_info(op: &WriteOp) -> Option<AuditInfo> {
         WriteOp::SetCertificateState { alias, by, now, .. } => a(by, "cert.state", alias, *now),
         WriteOp::Revoke {
             kind, id, by, now, ..
-        } => a(by, "revoke", &format!("{}:{id}", kind.as_str()), *now),
+        } => {
+            // Bounded before the prefix is added: `id` may be anything a caller sent.
+            let subject = format!("{}:{}", kind.as_str(), audit_text(id));
+            a(by, "revoke", &subject, *now)
+        }
+        WriteOp::Audit {
+            actor,
+            event,
+            subject,
+            outcome,
+            now,
+        } => a(actor, event, subject, *now).map(|info| AuditInfo {
+            outcome: Some(outcome.clone()),
+            ..info
+        }),
         _ => None,
     }
 }
 
-/// Applies one op: plan (reads only), then execute the plan, then audit. Storage failures come
-/// back as `Err` and sink the whole batch; refusals come back in `Applied::result` and have
-/// written nothing but their audit entry.
+/// Applies one op: plan (reads only), encode its audit entry, then execute the plan and append
+/// the entry. Storage failures come back as `Err` and sink the whole batch; refusals come back
+/// in `Applied::result` and have written nothing but their audit entry.
+///
+/// Everything that can fail for a reason other than storage happens before the first write:
+/// validation, sealing, encoding every record (`Plan::put`), bounding every key
+/// (`Plan::check_keys`) and encoding the audit entry. So an oversize or unencodable value
+/// refuses its own op and nothing else; the writes that follow can only fail with a redb
+/// storage error, which is rightly fatal to the group. redb savepoints cannot do this job: one
+/// can be taken only while a transaction is not dirty (no table opened yet), so not between the
+/// ops of a group; and a group per op would give up group commit.
 pub(crate) fn apply(
     t: &mut Tables<'_>,
     key: &MasterKey,
@@ -496,30 +600,28 @@ pub(crate) fn apply(
     let audit = audit_info(&op);
     let mut hot = Vec::new();
     let mut plan = Plan::default();
-    let result = match plan_op(t, key, op, &mut plan, &mut hot) {
+    let mut result = match plan_op(t, key, op, &mut plan, &mut hot) {
         Err(e) if is_fatal(&e) => return Err(e),
+        Ok(outcome) => plan.check_keys().map(|()| outcome),
         Err(e) => Err(e),
-        Ok(outcome) => {
-            execute(t, plan)?;
-            Ok(outcome)
-        }
     };
-    if let Some(info) = audit {
-        let outcome = match &result {
-            Ok(_) => AuditOutcome::Success,
-            Err(e) => AuditOutcome::Refused(e.to_string()),
-        };
-        t.append_audit(AuditRecord {
-            seq: 0,
-            at: info.at,
-            actor: info.actor,
-            event: info.event.to_string(),
-            subject: info.subject,
-            outcome,
-        })?;
+    let entry = match audit.map(|info| info.encode(t.next_audit, &result)) {
+        Some(Ok(bytes)) => Some(bytes),
+        // Unreachable with bounded fields; if it ever happens, the op is refused unaudited
+        // rather than done unaudited.
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "audit entry cannot be encoded; op refused");
+            result = Err(e);
+            None
+        }
+        None => None,
+    };
+    match result {
+        Ok(_) => execute(t, plan)?,
+        Err(_) => hot.clear(),
     }
-    if result.is_err() {
-        hot.clear();
+    if let Some(bytes) = entry {
+        t.append_audit(&bytes)?;
     }
     Ok(Applied { result, hot })
 }
@@ -816,24 +918,9 @@ fn plan_op(
             Ok(WriteOutcome::Revocation(rec))
         }
         WriteOp::Forget { now } => forget(t, p, hot, now),
-        WriteOp::Audit {
-            actor,
-            event,
-            subject,
-            outcome,
-            now,
-        } => {
-            // Appended directly: an audit op has nothing to validate.
-            let seq = t.append_audit(AuditRecord {
-                seq: 0,
-                at: now,
-                actor,
-                event,
-                subject,
-                outcome,
-            })?;
-            Ok(WriteOutcome::Audit { seq })
-        }
+        // Nothing to plan: `apply` appends the entry, as for every audited op, under the
+        // sequence number it reads here (the next one; ops apply one at a time).
+        WriteOp::Audit { .. } => Ok(WriteOutcome::Audit { seq: t.next_audit }),
     }
 }
 
@@ -1189,5 +1276,53 @@ pub(crate) fn hot_key(rec: &SigningKeyRecord, private_key: Secret) -> SigningKey
         public_key: rec.public_key.clone(),
         created_at: rec.created_at,
         state_changed_at: rec.state_changed_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_text_is_bounded_single_line_and_marks_cuts() {
+        let check = |input: &str, want: &str| assert_eq!(audit_text(input), want, "{input:?}");
+        check("admin", "admin");
+        check("a\nb\u{0}c", "a\u{FFFD}b\u{FFFD}c");
+        let exact = "x".repeat(MAX_AUDIT_FIELD_BYTES);
+        check(&exact, &exact);
+        for input in [
+            "x".repeat(300 * 1024),
+            "é".repeat(MAX_AUDIT_FIELD_BYTES),
+            "\n".repeat(MAX_AUDIT_FIELD_BYTES),
+        ] {
+            let got = audit_text(&input);
+            assert!(got.len() <= MAX_AUDIT_FIELD_BYTES, "{} bytes", got.len());
+            assert!(got.ends_with('…'));
+            assert!(!got.chars().any(char::is_control));
+        }
+    }
+
+    #[test]
+    fn plans_with_oversize_keys_are_refused_before_writing() {
+        let long = "k".repeat(MAX_ID_BYTES + 1);
+        let ok = "k".repeat(MAX_ID_BYTES);
+        let plan = |m: Mutation| Plan { muts: vec![m] };
+        assert!(
+            plan(Mutation::Del(StrTable::Agents, ok.clone()))
+                .check_keys()
+                .is_ok()
+        );
+        for m in [
+            Mutation::Del(StrTable::Agents, long.clone()),
+            Mutation::PutName("t".into(), long.clone(), "id".into()),
+            Mutation::PutTenantAgent(long.clone(), "id".into()),
+            Mutation::PutRevocation("jti", long.clone(), vec![]),
+            Mutation::PutFingerprint(long.clone(), "alias".into()),
+        ] {
+            assert!(
+                matches!(plan(m).check_keys(), Err(StoreError::Invalid(_))),
+                "not refused"
+            );
+        }
     }
 }

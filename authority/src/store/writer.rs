@@ -6,9 +6,12 @@
 //! every request with its own outcome. One fsync pair is shared by the whole group, which is
 //! where the throughput under concurrency comes from.
 //!
-//! A failed commit (I/O error) answers the whole group with the error and poisons the store:
-//! redb refuses further writes after an I/O error, and an unacknowledged group may or may not
-//! be on disk, which the next open settles. Nothing is acknowledged that was not committed.
+//! Only a storage error fails the group. An op's own problems (a refusal, a value too large to
+//! encode, an oversize key or audit field) are found while it plans, before it writes anything
+//! (see `ops::apply`), and answer that op alone. A storage error (redb I/O) answers the whole
+//! group with the error and poisons the store: redb refuses further writes after an I/O error,
+//! and an unacknowledged group may or may not be on disk, which the next open settles. Nothing
+//! is acknowledged that was not committed.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

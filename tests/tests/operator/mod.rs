@@ -1612,4 +1612,212 @@ fn metrics_are_public_by_default_or_behind_operators_or_on_their_own_listener() 
     let bearer = format!("Bearer {}", auth.operator_token());
     is_metrics(&auth.request_to(addr, "GET", "/metrics", &[("Authorization", &bearer)], b""));
     auth.stop();
+/// The description of a 400 `invalid_request`, which must name `field`.
+fn refused_naming(r: &Response, field: &str) {
+    assert_error(r, 400, "invalid_request");
+    let description = r.json()["error_description"]
+        .as_str()
+        .expect("description")
+        .to_owned();
+    assert!(
+        description.starts_with(&format!("{field}: ")),
+        "{field}: {description}"
+    );
+    assert!(
+        description.len() < 300,
+        "the value is echoed: {description}"
+    );
+}
+
+/// Creates agent `id` with `token`, fetches its boarding configuration and registers it.
+fn board(auth: &Authority, token: &str, id: &str) {
+    let r = auth.json(
+        "POST",
+        AGENTS,
+        Some(token),
+        Some(&json!({"entityId": id, "name": format!("Agent {id}"), "securityProfile": "SHARED_SECRET"})),
+    );
+    assert_eq!(r.status, 201, "create {id}: {}", r.text());
+    let r = auth.json(
+        "GET",
+        &format!("{AGENTS}/{id}/boarding/configuration"),
+        Some(token),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let iat = r.json()["content"]["iat"].as_str().expect("iat").to_owned();
+    let r = auth.json(
+        "POST",
+        "/api/agentmanagement/v3/register",
+        Some(&iat),
+        Some(&json!({})),
+    );
+    assert_eq!(r.status, 201, "register {id}: {}", r.text());
+}
+
+/// Regression: any tenant's `clients:admin` operator could stop every database write until a
+/// restart: a ~300 KB `client_id` was refused, but its audit entry could not be stored, which
+/// failed the whole commit and left the store unusable (logins, agent creation, registration
+/// and revocation all answered 500). Now the id is refused at the API naming the field, the
+/// store refuses such data per op (see the store's hostile-op tests), and writes go on.
+#[test]
+fn oversize_fields_are_refused_by_name_and_writes_keep_working() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path(), "");
+    let auth = Authority::start(&dir.path().join("data"), Some(&cfg));
+    let acme = token_for(&auth, "acme-admin", "acme-secret");
+    let huge = "x".repeat(300 * 1024);
+
+    let clients = format!("{V1}/clients");
+    let r = auth.json(
+        "POST",
+        &clients,
+        Some(&acme),
+        Some(&json!({ "client_id": huge })),
+    );
+    refused_naming(&r, "client_id");
+    let r = auth.json(
+        "POST",
+        &clients,
+        Some(&acme),
+        Some(&json!({ "client_id": "ok-1", "display_name": huge })),
+    );
+    refused_naming(&r, "display_name");
+    let r = auth.json(
+        "POST",
+        &clients,
+        Some(&acme),
+        Some(&json!({ "client_id": "ok-1", "profile": "Read Only" })),
+    );
+    refused_naming(&r, "profile");
+    let admin = auth.operator_token();
+    let revocations = format!("{V1}/revocations");
+    let r = auth.json(
+        "POST",
+        &revocations,
+        Some(&admin),
+        Some(&json!({ "kind": "token", "id": "j-1", "reason": huge })),
+    );
+    refused_naming(&r, "reason");
+    let r = auth.json(
+        "POST",
+        &revocations,
+        Some(&admin),
+        Some(&json!({ "kind": "token", "id": huge })),
+    );
+    refused_naming(&r, "id");
+    let r = auth.json(
+        "POST",
+        AGENTS,
+        Some(&acme),
+        Some(&json!({"entityId": "big", "name": huge, "securityProfile": "SHARED_SECRET"})),
+    );
+    refused_naming(&r, "name");
+    let r = auth.json(
+        "POST",
+        &format!("{V1}/keys/import"),
+        Some(&admin),
+        Some(&json!({ "pem": "-", "kid": huge })),
+    );
+    refused_naming(&r, "kid");
+
+    // Every write path still works: operator logins (each audited), agent creation and
+    // registration, client creation, revocation.
+    let acme = token_for(&auth, "acme-admin", "acme-secret");
+    board(&auth, &acme, "after-1");
+    board(&auth, &admin, "after-2");
+    let r = auth.json(
+        "POST",
+        &clients,
+        Some(&acme),
+        Some(&json!({ "client_id": "ok-1" })),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = auth.json(
+        "POST",
+        &revocations,
+        Some(&admin),
+        Some(&json!({ "kind": "token", "id": "j-1", "reason": "a reason" })),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        !auth.stderr().contains("store commit failed"),
+        "{}",
+        auth.stderr()
+    );
+}
+
+/// Regression: ids could hold any character and paths were not percent-decoded, so a client
+/// called `evil/x` could be created but never deleted. Ids now have an alphabet (refused at
+/// creation naming the field), and a percent-encoded path names a valid id.
+#[test]
+fn odd_ids_are_refused_and_percent_encoded_paths_name_valid_ones() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    let admin = auth.operator_token();
+    let clients = format!("{V1}/clients");
+    for id in ["evil/x", "a b", "..", "a%2Fb", "é", ""] {
+        let r = auth.json(
+            "POST",
+            &clients,
+            Some(&admin),
+            Some(&json!({ "client_id": id })),
+        );
+        refused_naming(&r, "client_id");
+    }
+    let r = auth.json(
+        "POST",
+        AGENTS,
+        Some(&admin),
+        Some(&json!({"entityId": "evil/x", "name": "n", "securityProfile": "SHARED_SECRET"})),
+    );
+    refused_naming(&r, "entityId");
+    let r = auth.json(
+        "PUT",
+        &format!("{V1}/profiles/bad%20name"),
+        Some(&admin),
+        Some(&json!({ "permissions": ["agents:read"] })),
+    );
+    refused_naming(&r, "profile");
+
+    // A valid id with reserved characters, named percent-encoded.
+    let r = auth.json(
+        "POST",
+        &clients,
+        Some(&admin),
+        Some(&json!({ "client_id": "ops@corp:1" })),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = auth.json(
+        "DELETE",
+        &format!("{clients}/ops%40corp%3a1"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let listed = auth.json("GET", &clients, Some(&admin), None).json();
+    assert!(
+        !listed["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .any(|c| c["client_id"] == "ops@corp:1"),
+        "{listed}"
+    );
+    // The CLI encodes path segments itself.
+    cli_json(&auth, &["client", "create", "cli@corp"]);
+    cli_json(&auth, &["client", "delete", "cli@corp"]);
+
+    board(&auth, &admin, "ss-1");
+    let r = auth.json("GET", &format!("{AGENTS}/ss%2D1"), Some(&admin), None);
+    assert_eq!((r.status, r.json()["id"].as_str()), (200, Some("ss-1")));
+    // Malformed escapes are 400, before any handler.
+    for path in [
+        format!("{clients}/%zz"),
+        format!("{AGENTS}/ss%2"),
+        format!("{AGENTS}/%FF"),
+    ] {
+        let r = auth.json("DELETE", &path, Some(&admin), None);
+        assert_error(&r, 400, "invalid_request");
+    }
 }
