@@ -83,6 +83,7 @@ fn client(id: String, display_name: String) -> WriteOp {
             display_name,
             profile: PROFILE.into(),
             created_at: 100,
+            generation: 0,
         },
         by: huge('b'),
     }

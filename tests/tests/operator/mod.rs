@@ -1612,6 +1612,8 @@ fn metrics_are_public_by_default_or_behind_operators_or_on_their_own_listener() 
     let bearer = format!("Bearer {}", auth.operator_token());
     is_metrics(&auth.request_to(addr, "GET", "/metrics", &[("Authorization", &bearer)], b""));
     auth.stop();
+}
+
 /// The description of a 400 `invalid_request`, which must name `field`.
 fn refused_naming(r: &Response, field: &str) {
     assert_error(r, 400, "invalid_request");
