@@ -976,7 +976,8 @@ impl App {
     }
 
     /// Creates the `admin` client (first run) and writes its credentials to
-    /// `admin-client.json` (mode 0600). Only the hash is stored.
+    /// `admin-client.json` (mode 0600), the secret sealed under the master key
+    /// ([`crate::credentials`]). The store keeps only its hash.
     fn create_admin(&self, now: u64) -> Result<PathBuf, Error> {
         let secret = generate_secret()?;
         let rec = OperatorClientRecord {
@@ -988,15 +989,16 @@ impl App {
             created_at: now,
         };
         let path = self.store.paths().dir.join(ADMIN_CLIENT_FILE);
-        let body = serde_json::json!({
-            "client_id": rec.id,
-            "client_secret": secret.as_str(),
-            "tenant": rec.tenant,
-        });
         // Written before the client exists: a crash in between leaves a file for a client that
         // was never created (first run repeats), never a client nobody has the secret of.
         let _ = std::fs::remove_file(&path);
-        crate::tls::write_private(&path, format!("{body:#}\n").as_bytes())?;
+        crate::credentials::write_sealed(
+            &path,
+            self.store.master_key(),
+            &rec.id,
+            &secret,
+            &rec.tenant,
+        )?;
         self.write(WriteOp::CreateOperatorClient {
             record: rec,
             by: SYSTEM.into(),

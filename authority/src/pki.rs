@@ -41,7 +41,9 @@ use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
 
 use crate::app::App;
 use crate::error::{ApiError, Error};
-use crate::store::{CertificateKind, CertificateRecord, CertificateState, RevocationKind};
+use crate::store::{
+    CertificateKind, CertificateRecord, CertificateState, MasterKey, RevocationKind,
+};
 use crate::tls::{self, ClientAuthMode, TrustStore};
 
 /// Largest PEM or PKCS#12 input (a chain of a few certificates).
@@ -239,8 +241,8 @@ impl std::fmt::Debug for CaSigner {
 }
 
 impl CaSigner {
-    /// The CA of a data directory (`ca.pem`, `ca.key`).
-    pub fn load(data_dir: &Path) -> Result<CaSigner, Error> {
+    /// The CA of a data directory (`ca.pem`, and `ca.key.sealed` opened with `key`).
+    pub fn load(data_dir: &Path, key: &MasterKey) -> Result<CaSigner, Error> {
         let files = tls::CertFiles::in_dir(data_dir);
         let cert_pem = std::fs::read_to_string(&files.ca_cert).map_err(|e| {
             Error::Config(format!(
@@ -248,11 +250,8 @@ impl CaSigner {
                 files.ca_cert.display()
             ))
         })?;
-        let key_pem = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&files.ca_key)
-                .map_err(|e| Error::Config(format!("{}: {e}", files.ca_key.display())))?,
-        );
-        CaSigner::from_pem(&cert_pem, &key_pem)
+        files.seal_plain_keys(key)?;
+        CaSigner::from_pem(&cert_pem, &files.ca_key_pem(key)?)
     }
 
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CaSigner, Error> {
@@ -452,12 +451,15 @@ pub fn new_ca(cn: &str, years: u32) -> Result<(String, zeroize::Zeroizing<String
 /// from it. An existing CA is replaced only with `replace` (old files are kept as `*.old`).
 pub fn install_ca(
     data_dir: &Path,
+    key: &MasterKey,
     ca: Option<(&str, &str)>,
     server_names: &[String],
     replace: bool,
 ) -> Result<tls::CertFiles, Error> {
     let files = tls::CertFiles::in_dir(data_dir);
     std::fs::create_dir_all(data_dir)?;
+    // Plain keys of an earlier release are sealed before anything is renamed to `*.old`.
+    files.seal_plain_keys(key)?;
     if files.ca_cert.exists() && !replace {
         return Err(Error::Cli(format!(
             "{} exists; pass --replace to replace the authority's CA (every agent must then \
@@ -485,9 +487,9 @@ pub fn install_ca(
             std::fs::rename(p, old)?;
         }
     }
-    tls::write_private(&files.ca_key, key_pem.as_bytes())?;
+    files.seal_ca_key(key, &key_pem)?;
     std::fs::write(&files.ca_cert, cert_pem.as_bytes())?;
-    tls::ensure_certificates(data_dir, server_names)?;
+    tls::ensure_certificates(data_dir, key, server_names)?;
     Ok(files)
 }
 

@@ -285,7 +285,7 @@ pub struct IssueBody {
 /// The op recording the certificate, and the PEM chain (leaf, CA) for the agent.
 pub fn plan_issue(app: &App, body: &IssueBody, by: &str) -> Result<(WriteOp, String), Error> {
     check_alias(&body.alias)?;
-    let signer = CaSigner::load(&app.store.paths().dir)?;
+    let signer = CaSigner::load(&app.store.paths().dir, app.store.master_key())?;
     let req = IssueRequest {
         common_name: body.common_name.clone(),
         sans: body.sans.clone(),

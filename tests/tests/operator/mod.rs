@@ -126,11 +126,7 @@ fn assert_error(r: &Response, status: u16, code: &str) {
 }
 
 fn admin_secret(auth: &Authority) -> String {
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(auth.data_dir.join("admin-client.json")).expect("creds"),
-    )
-    .expect("json");
-    v["client_secret"].as_str().expect("secret").to_owned()
+    crate::util::admin_secret(&auth.data_dir)
 }
 
 fn introspect(auth: &Authority, caller: &str, token: &str) -> Response {
