@@ -312,3 +312,77 @@ fn plain_keys_and_admin_secret_of_an_earlier_release_are_sealed_on_start() {
     assert_eq!(chain.last().expect("CA").as_ref(), ca.der().as_ref());
     auth.stop();
 }
+
+/// `backup --out` is private, and `check` takes the passphrase from a file, standard input or
+/// the environment, never from its command line.
+#[test]
+fn backups_are_private_and_check_refuses_a_passphrase_on_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery\n").expect("write");
+    serve(&data, None, Some(&pass)).expect("first run");
+
+    let backup = dir.path().join("backup.redb");
+    let out = latchkey(
+        &["backup", "--data-dir"],
+        &[&data, Path::new("--out"), &backup],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&backup), 0o600);
+
+    let check = |args: &[&str], env: Option<&str>, stdin: &str| {
+        use std::io::Write as _;
+        let mut cmd = Command::new(latchkey_bin());
+        cmd.args(["check", "--data-dir"])
+            .arg(&data)
+            .args(args)
+            .env_remove("LATCHKEY_PASSPHRASE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = env {
+            cmd.env("LATCHKEY_PASSPHRASE", p);
+        }
+        let mut child = cmd.spawn().expect("spawn");
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes());
+        child.wait_with_output().expect("wait")
+    };
+    let refused = check(&["--passphrase", "correct horse battery"], None, "");
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--passphrase-file"), "{err}");
+    assert!(refused.stdout.is_empty(), "nothing was checked");
+
+    for (args, env, stdin) in [
+        (
+            &["--passphrase-file", pass.to_str().expect("utf-8")][..],
+            None,
+            "",
+        ),
+        (
+            &["--passphrase-file", "-"][..],
+            None,
+            "correct horse battery\n",
+        ),
+        (&[][..], Some("correct horse battery"), ""),
+    ] {
+        let ok = check(args, env, stdin);
+        assert!(
+            ok.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&ok.stdout),
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+    let wrong = check(&["--passphrase-file", "-"], None, "wrong\n");
+    assert_eq!(wrong.status.code(), Some(2));
+}
