@@ -1124,10 +1124,11 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let creds: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let secret = creds["client_secret"].as_str().unwrap();
+        // The secret is sealed in the file and opens with the master key beside it.
+        let creds = crate::credentials::read(&path, &KeyFileOptions::default()).unwrap();
+        let secret = creds.client_secret.as_str();
         assert!(secret.len() >= 43);
+        assert!(!std::fs::read_to_string(&path).unwrap().contains(secret));
         let admin = app.store.hot().operator_client("admin").unwrap();
         assert!(admin.secret_hash.verify(secret.as_bytes()));
         assert_eq!(admin.profile, ADMINISTRATOR);
