@@ -994,7 +994,8 @@ impl App {
     }
 
     /// Creates the `admin` client (first run) and writes its credentials to
-    /// `admin-client.json` (mode 0600). Only the hash is stored.
+    /// `admin-client.json` (mode 0600), the secret sealed under the master key
+    /// ([`crate::credentials`]). The store keeps only its hash.
     fn create_admin(&self, now: u64) -> Result<PathBuf, Error> {
         let secret = generate_secret()?;
         let rec = OperatorClientRecord {
@@ -1007,15 +1008,16 @@ impl App {
             generation: 0, // drawn by the store
         };
         let path = self.store.paths().dir.join(ADMIN_CLIENT_FILE);
-        let body = serde_json::json!({
-            "client_id": rec.id,
-            "client_secret": secret.as_str(),
-            "tenant": rec.tenant,
-        });
         // Written before the client exists: a crash in between leaves a file for a client that
         // was never created (first run repeats), never a client nobody has the secret of.
         let _ = std::fs::remove_file(&path);
-        crate::tls::write_private(&path, format!("{body:#}\n").as_bytes())?;
+        crate::credentials::write_sealed(
+            &path,
+            self.store.master_key(),
+            &rec.id,
+            &secret,
+            &rec.tenant,
+        )?;
         self.write(WriteOp::CreateOperatorClient {
             record: rec,
             by: SYSTEM.into(),
@@ -1150,10 +1152,11 @@ mod tests {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let creds: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        let secret = creds["client_secret"].as_str().unwrap();
+        // The secret is sealed in the file and opens with the master key beside it.
+        let creds = crate::credentials::read(&path, &KeyFileOptions::default()).unwrap();
+        let secret = creds.client_secret.as_str();
         assert!(secret.len() >= 43);
+        assert!(!std::fs::read_to_string(&path).unwrap().contains(secret));
         let admin = app.store.hot().operator_client("admin").unwrap();
         assert!(admin.secret_hash.verify(secret.as_bytes()));
         assert_eq!(admin.profile, ADMINISTRATOR);

@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod cmd;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod pki;

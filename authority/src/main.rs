@@ -38,6 +38,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: no child or later reader of the environment
+    // sees the master key's passphrase.
+    cmd::passphrase::take_env();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),

@@ -37,11 +37,14 @@ use crossbeam_skiplist::SkipMap;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use sha2::Digest as _;
-use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+use x509_parser::der_parser::asn1_rs::ToDer as _;
+use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate, X509Name};
 
 use crate::app::App;
 use crate::error::{ApiError, Error};
-use crate::store::{CertificateKind, CertificateRecord, CertificateState, RevocationKind};
+use crate::store::{
+    CertificateKind, CertificateRecord, CertificateState, MasterKey, RevocationKind,
+};
 use crate::tls::{self, ClientAuthMode, TrustStore};
 
 /// Largest PEM or PKCS#12 input (a chain of a few certificates).
@@ -59,9 +62,12 @@ fn bad(msg: impl Into<String>) -> Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     pub der: CertificateDer<'static>,
-    /// RFC 4514-style, e.g. `CN=agent-1, O=Acme`.
+    /// RFC 4514, most specific first, e.g. `CN=agent-1,O=Acme`: what a
+    /// `tls_client_auth_subject_dn` registration names.
     pub subject: String,
     pub issuer: String,
+    /// The subject as RDNs, for matching ([`Dn`]); `None` if a value is not a string.
+    pub subject_dn: Option<Dn>,
     /// Subject alternative names as `dns:..`, `uri:..`, `ip:..`, `email:..`.
     pub sans: Vec<String>,
     pub not_before: u64,
@@ -96,9 +102,11 @@ impl CertInfo {
             }
         }
         let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+        let subject_dn = Dn::from_name(cert.subject());
         Ok(CertInfo {
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
+            subject: name_text(cert.subject()),
+            issuer: name_text(cert.issuer()),
+            subject_dn,
             sans,
             not_before: secs(cert.validity().not_before.timestamp()),
             not_after: secs(cert.validity().not_after.timestamp()),
@@ -106,6 +114,11 @@ impl CertInfo {
             is_ca: cert.is_ca(),
             der,
         })
+    }
+
+    /// The subject's (first) common name.
+    pub fn common_name(&self) -> Option<&str> {
+        self.subject_dn.as_ref()?.common_name()
     }
 
     pub fn self_signed(&self) -> bool {
@@ -139,6 +152,39 @@ impl CertInfo {
     pub fn pem(&self) -> String {
         pem(&self.der)
     }
+}
+
+/// A name as RFC 4514 text; values that are not strings are shown as `#` and the hex of their
+/// DER, as RFC 4514 §2.4 says.
+fn name_text(name: &X509Name<'_>) -> String {
+    let mut rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let oid = atv.attr_type().to_id_string();
+                    let value = match attribute_text(atv.attr_value()) {
+                        Some(v) => escape_dn_value(&v),
+                        None => format!(
+                            "#{}",
+                            atv.attr_value()
+                                .to_der_vec()
+                                .map(|d| hex_lower(&d))
+                                .unwrap_or_default()
+                        ),
+                    };
+                    format!("{}={value}", attribute_name(&oid).unwrap_or(&oid))
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.reverse();
+    rdns.join(",")
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn ip_text(bytes: &[u8]) -> Option<String> {
@@ -214,6 +260,247 @@ pub fn pem_chain(text: &str) -> Result<Vec<CertInfo>, Error> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Distinguished names
+
+/// A distinguished name as RDNs in certificate (ASN.1) order, each RDN its attributes as
+/// (dotted attribute type OID, value), sorted: RDNs are sets.
+///
+/// RFC 8705 `tls_client_auth_subject_dn` is an RFC 4514 string; it is parsed into this (with
+/// its escapes) and compared with the certificate's parsed subject, never as text: `CN=a\,
+/// O=b` (one RDN whose CN holds a comma) and `CN=a,O=b` (two RDNs) are different names.
+/// Attribute types compare by OID (`cn`, `CN` and `2.5.4.3` are one type); values compare
+/// exactly, without case folding, which never matches a name that differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dn(Vec<Vec<(String, String)>>);
+
+/// Most RDNs in a configured DN.
+const MAX_RDNS: usize = 64;
+
+/// RFC 4514 §3 short names (and a few common ones) and their OIDs; the first name of an OID is
+/// the one shown.
+const ATTRIBUTE_TYPES: [(&str, &str); 20] = [
+    ("CN", "2.5.4.3"),
+    ("SN", "2.5.4.4"),
+    ("SERIALNUMBER", "2.5.4.5"),
+    ("C", "2.5.4.6"),
+    ("L", "2.5.4.7"),
+    ("ST", "2.5.4.8"),
+    ("STREET", "2.5.4.9"),
+    ("O", "2.5.4.10"),
+    ("OU", "2.5.4.11"),
+    ("TITLE", "2.5.4.12"),
+    ("GIVENNAME", "2.5.4.42"),
+    ("INITIALS", "2.5.4.43"),
+    ("GENERATIONQUALIFIER", "2.5.4.44"),
+    ("DNQUALIFIER", "2.5.4.46"),
+    ("PSEUDONYM", "2.5.4.65"),
+    ("ORGANIZATIONIDENTIFIER", "2.5.4.97"),
+    ("DC", "0.9.2342.19200300.100.1.25"),
+    ("UID", "0.9.2342.19200300.100.1.1"),
+    ("EMAILADDRESS", "1.2.840.113549.1.9.1"),
+    ("E", "1.2.840.113549.1.9.1"),
+];
+
+fn attribute_name(oid: &str) -> Option<&'static str> {
+    ATTRIBUTE_TYPES
+        .iter()
+        .find(|(_, o)| *o == oid)
+        .map(|(n, _)| *n)
+}
+
+/// An attribute type: a known short name (any case) or a dotted OID.
+fn attribute_oid(text: &str) -> Result<String, String> {
+    if let Some((_, oid)) = ATTRIBUTE_TYPES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(text))
+    {
+        return Ok((*oid).to_owned());
+    }
+    let arcs: Vec<&str> = text.split('.').collect();
+    let numeric = arcs.len() >= 2
+        && arcs.iter().all(|a| {
+            !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_digit())
+                && (a.len() == 1 || !a.starts_with('0'))
+        });
+    if numeric {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "unknown attribute type {text:?} (use a dotted OID)"
+        ))
+    }
+}
+
+/// The text of a directory string value; `None` for anything else.
+fn attribute_text(value: &x509_parser::der_parser::asn1_rs::Any<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let data = value.data;
+    match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_owned),
+        Tag::BmpString if data.len().is_multiple_of(2) => char::decode_utf16(
+            data.chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]])),
+        )
+        .collect::<Result<String, _>>()
+        .ok(),
+        Tag::UniversalString if data.len().is_multiple_of(4) => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// RFC 4514 §2.4 escaping of one value.
+fn escape_dn_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Dn {
+    /// Parses an RFC 4514 string (most specific RDN first). Spaces around `,`, `+` and `=`
+    /// are allowed (RFC 1779 style, as most tools print); escaped characters (`\,`, `\2C`)
+    /// belong to the value. The `#hex` form is refused.
+    pub fn parse(text: &str) -> Result<Dn, Error> {
+        Dn::parse_text(text).map_err(|why| bad(format!("distinguished name {text:?}: {why}")))
+    }
+
+    fn parse_text(text: &str) -> Result<Dn, String> {
+        let mut rdns: Vec<Vec<(String, String)>> = Vec::new();
+        let mut rdn = Vec::new();
+        let mut chars = text.chars().peekable();
+        let skip_spaces = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| {
+            while chars.next_if_eq(&' ').is_some() {}
+        };
+        if text.trim().is_empty() {
+            return Err("empty".into());
+        }
+        loop {
+            skip_spaces(&mut chars);
+            let mut ty = String::new();
+            while let Some(c) = chars.next_if(|c| *c != '=') {
+                ty.push(c);
+            }
+            if chars.next() != Some('=') {
+                return Err(format!("{:?} has no '='", ty.trim()));
+            }
+            let oid = attribute_oid(ty.trim())?;
+            skip_spaces(&mut chars);
+            if chars.peek() == Some(&'#') {
+                return Err("the #hex value form is not supported".into());
+            }
+            let mut value: Vec<u8> = Vec::new();
+            // Length without trailing unescaped spaces (they are not part of the value).
+            let mut significant = 0;
+            let mut end = None;
+            while let Some(c) = chars.next() {
+                match c {
+                    ',' | '+' => {
+                        end = Some(c);
+                        break;
+                    }
+                    '\\' => {
+                        match chars.next() {
+                            Some(
+                                e @ ('"' | '+' | ',' | ';' | '<' | '>' | '\\' | ' ' | '#' | '='),
+                            ) => value.push(e as u8),
+                            Some(h) if h.is_ascii_hexdigit() => {
+                                let l = chars
+                                    .next()
+                                    .filter(char::is_ascii_hexdigit)
+                                    .ok_or("'\\' must be followed by two hex digits")?;
+                                let pair = format!("{h}{l}");
+                                value.push(
+                                    u8::from_str_radix(&pair, 16).map_err(|e| e.to_string())?,
+                                );
+                            }
+                            _ => return Err("bad escape after '\\'".into()),
+                        }
+                        significant = value.len();
+                    }
+                    '"' | ';' | '<' | '>' | '\0' => {
+                        return Err(format!("{c:?} must be escaped in a value"));
+                    }
+                    c => {
+                        let mut buf = [0u8; 4];
+                        value.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        if c != ' ' {
+                            significant = value.len();
+                        }
+                    }
+                }
+            }
+            value.truncate(significant);
+            let value =
+                String::from_utf8(value).map_err(|_| "escaped bytes are not UTF-8".to_owned())?;
+            rdn.push((oid, value));
+            if end != Some('+') {
+                rdn.sort();
+                rdns.push(std::mem::take(&mut rdn));
+                if rdns.len() > MAX_RDNS {
+                    return Err(format!("more than {MAX_RDNS} RDNs"));
+                }
+            }
+            if end.is_none() {
+                break;
+            }
+        }
+        // The string lists the last RDN of the sequence first (RFC 4514 §2.1).
+        rdns.reverse();
+        Ok(Dn(rdns))
+    }
+
+    /// A certificate name's RDNs; `None` when a value is not a directory string (such a name
+    /// matches no configured DN).
+    pub fn from_name(name: &X509Name<'_>) -> Option<Dn> {
+        name.iter_rdn()
+            .map(|rdn| {
+                let mut set = rdn
+                    .iter()
+                    .map(|atv| {
+                        Some((
+                            atv.attr_type().to_id_string(),
+                            attribute_text(atv.attr_value())?,
+                        ))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                set.sort();
+                Some(set)
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Dn)
+    }
+
+    /// The most specific common name (the last CN in certificate order).
+    pub fn common_name(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .flatten()
+            .find(|(oid, _)| oid == "2.5.4.3")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Issuing
 
 /// What an issued agent certificate says.
@@ -239,8 +526,8 @@ impl std::fmt::Debug for CaSigner {
 }
 
 impl CaSigner {
-    /// The CA of a data directory (`ca.pem`, `ca.key`).
-    pub fn load(data_dir: &Path) -> Result<CaSigner, Error> {
+    /// The CA of a data directory (`ca.pem`, and `ca.key.sealed` opened with `key`).
+    pub fn load(data_dir: &Path, key: &MasterKey) -> Result<CaSigner, Error> {
         let files = tls::CertFiles::in_dir(data_dir);
         let cert_pem = std::fs::read_to_string(&files.ca_cert).map_err(|e| {
             Error::Config(format!(
@@ -248,11 +535,8 @@ impl CaSigner {
                 files.ca_cert.display()
             ))
         })?;
-        let key_pem = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&files.ca_key)
-                .map_err(|e| Error::Config(format!("{}: {e}", files.ca_key.display())))?,
-        );
-        CaSigner::from_pem(&cert_pem, &key_pem)
+        files.seal_plain_keys(key)?;
+        CaSigner::from_pem(&cert_pem, &files.ca_key_pem(key)?)
     }
 
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CaSigner, Error> {
@@ -452,12 +736,15 @@ pub fn new_ca(cn: &str, years: u32) -> Result<(String, zeroize::Zeroizing<String
 /// from it. An existing CA is replaced only with `replace` (old files are kept as `*.old`).
 pub fn install_ca(
     data_dir: &Path,
+    key: &MasterKey,
     ca: Option<(&str, &str)>,
     server_names: &[String],
     replace: bool,
 ) -> Result<tls::CertFiles, Error> {
     let files = tls::CertFiles::in_dir(data_dir);
     std::fs::create_dir_all(data_dir)?;
+    // Plain keys of an earlier release are sealed before anything is renamed to `*.old`.
+    files.seal_plain_keys(key)?;
     if files.ca_cert.exists() && !replace {
         return Err(Error::Cli(format!(
             "{} exists; pass --replace to replace the authority's CA (every agent must then \
@@ -485,9 +772,9 @@ pub fn install_ca(
             std::fs::rename(p, old)?;
         }
     }
-    tls::write_private(&files.ca_key, key_pem.as_bytes())?;
+    files.seal_ca_key(key, &key_pem)?;
     std::fs::write(&files.ca_cert, cert_pem.as_bytes())?;
-    tls::ensure_certificates(data_dir, server_names)?;
+    tls::ensure_certificates(data_dir, key, server_names)?;
     Ok(files)
 }
 
@@ -947,5 +1234,115 @@ mod tests {
         assert_eq!(parse_fingerprint(&colons.join(":")), Some(fp.clone()));
         assert_eq!(parse_fingerprint("abc"), None);
         assert_eq!(fingerprint_bytes(&fp).map(|b| b.len()), Some(32));
+    }
+
+    /// A certificate whose subject is `dn` (rcgen writes one RDN per entry, in order).
+    fn cert_with_subject(dn: &[(rcgen::DnType, &str)]) -> CertInfo {
+        let key = new_key().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (ty, v) in dn {
+            params.distinguished_name.push(ty.clone(), *v);
+        }
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        signer().sign_csr(&csr, &valid_for(1)).unwrap()
+    }
+
+    fn dn(rdns: &[&[(&str, &str)]]) -> Dn {
+        Dn(rdns
+            .iter()
+            .map(|rdn| {
+                let mut set: Vec<(String, String)> = rdn
+                    .iter()
+                    .map(|(o, v)| ((*o).to_owned(), (*v).to_owned()))
+                    .collect();
+                set.sort();
+                set
+            })
+            .collect())
+    }
+
+    const CN: &str = "2.5.4.3";
+    const O: &str = "2.5.4.10";
+    const C: &str = "2.5.4.6";
+
+    #[test]
+    fn rfc_4514_strings_parse_into_rdns_in_certificate_order() {
+        let check = |text: &str, expect: Dn| assert_eq!(Dn::parse(text).unwrap(), expect, "{text}");
+        check("CN=a", dn(&[&[(CN, "a")]]));
+        check("cn = a", dn(&[&[(CN, "a")]]));
+        check("2.5.4.3=a", dn(&[&[(CN, "a")]]));
+        // Most specific first in the string, last in the certificate.
+        check(
+            "CN=a,O=b,C=DE",
+            dn(&[&[(C, "DE")], &[(O, "b")], &[(CN, "a")]]),
+        );
+        check("CN=a, O=b", dn(&[&[(O, "b")], &[(CN, "a")]]));
+        // Escapes belong to the value.
+        check("CN=a\\, O=b", dn(&[&[(CN, "a, O=b")]]));
+        check("CN=a\\2C O=b", dn(&[&[(CN, "a, O=b")]]));
+        check("CN=a\\+b", dn(&[&[(CN, "a+b")]]));
+        check("CN=\\ a\\ ", dn(&[&[(CN, " a ")]]));
+        check("CN=a  ", dn(&[&[(CN, "a")]]));
+        check("CN=caf\\C3\\A9", dn(&[&[(CN, "café")]]));
+        check("CN=a=b", dn(&[&[(CN, "a=b")]]));
+        // A multi-valued RDN is a set.
+        check("CN=a+O=b", dn(&[&[(O, "b"), (CN, "a")]]));
+        assert_eq!(
+            Dn::parse("O=b+CN=a").unwrap(),
+            Dn::parse("CN=a+O=b").unwrap()
+        );
+        assert_ne!(
+            Dn::parse("CN=a+O=b").unwrap(),
+            Dn::parse("CN=a,O=b").unwrap()
+        );
+
+        for bad in [
+            "", "CN", "CN=a,", "=a", "XX=a", "1.=a", "CN=#0403", "CN=a;O=b", "CN=a\\", "CN=a\\x",
+            "CN=a\\4", "CN=\\FF", "CN=a\"b",
+        ] {
+            assert!(Dn::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn subjects_render_as_rfc_4514_and_parse_back_to_the_same_rdns() {
+        use rcgen::DnType;
+        for subject in [
+            &[(DnType::CommonName, "agent-1")][..],
+            &[
+                (DnType::CountryName, "DE"),
+                (DnType::OrganizationName, "Acme, Inc."),
+                (DnType::CommonName, "a+b"),
+            ][..],
+            &[(DnType::CommonName, "a, O=b")][..],
+            &[(DnType::CommonName, " #lead")][..],
+        ] {
+            let cert = cert_with_subject(subject);
+            let parsed = Dn::parse(&cert.subject).unwrap();
+            assert_eq!(Some(&parsed), cert.subject_dn.as_ref(), "{}", cert.subject);
+        }
+        let cert = cert_with_subject(&[
+            (DnType::OrganizationName, "Acme"),
+            (DnType::CommonName, "x"),
+        ]);
+        assert_eq!(cert.subject, "CN=x,O=Acme");
+        assert_eq!(cert.common_name(), Some("x"));
+    }
+
+    /// Regression: matching used to compare unescaped text, so a certificate whose one CN was
+    /// `a, O=b` matched the DN `CN=a,O=b` of another agent.
+    #[test]
+    fn a_comma_inside_a_value_is_not_an_rdn_boundary() {
+        use rcgen::DnType;
+        let forged = cert_with_subject(&[(DnType::CommonName, "a, O=b")]);
+        let real = cert_with_subject(&[(DnType::OrganizationName, "b"), (DnType::CommonName, "a")]);
+        let victim = Dn::parse("CN=a,O=b").unwrap();
+        assert_eq!(real.subject_dn.as_ref(), Some(&victim));
+        assert_ne!(forged.subject_dn.as_ref(), Some(&victim));
+        assert_eq!(forged.subject_dn, Some(Dn::parse("CN=a\\, O=b").unwrap()));
+        // Nor does a `+` inside a value make a multi-valued RDN.
+        let plus = cert_with_subject(&[(DnType::CommonName, "a+O=b")]);
+        assert_ne!(plus.subject_dn, Some(Dn::parse("CN=a+O=b").unwrap()));
     }
 }

@@ -31,30 +31,114 @@ use rustls::{
 use sha2::Digest as _;
 
 use crate::error::Error;
+use crate::store::MasterKey;
 
 /// Stateful TLS 1.2 session cache entries (tickets cover the rest).
 const SESSION_CACHE_SIZE: usize = 16 * 1024;
 
-/// The certificate files of a data directory.
+/// The certificate files of a data directory. Private keys are sealed under the master key
+/// (`store::MasterKey::seal_file`): a copy of the directory without `master.key` cannot sign.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
     /// The local CA certificate: what clients must trust (printed on first run).
     pub ca_cert: PathBuf,
+    /// The CA's private key, sealed.
     pub ca_key: PathBuf,
     /// The server certificate chain (leaf, then CA).
     pub server_cert: PathBuf,
+    /// The server's private key, sealed.
     pub server_key: PathBuf,
+    dir: PathBuf,
 }
+
+/// Seal purposes (associated data) of the two keys.
+const CA_KEY: &str = "ca.key";
+const SERVER_KEY: &str = "server.key";
 
 impl CertFiles {
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             ca_cert: dir.join("ca.pem"),
-            ca_key: dir.join("ca.key"),
+            ca_key: dir.join("ca.key.sealed"),
             server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
+            server_key: dir.join("server.key.sealed"),
+            dir: dir.to_path_buf(),
         }
     }
+
+    /// Plain PEM keys as earlier releases wrote them (and the `*.old` copies `cert init
+    /// --replace` kept), each with the sealed file it becomes and its seal purpose.
+    fn plain_keys(&self) -> [(PathBuf, PathBuf, &'static str); 4] {
+        let old = |p: &Path| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".old");
+            PathBuf::from(s)
+        };
+        let (ca, server) = (self.dir.join("ca.key"), self.dir.join("server.key"));
+        [
+            (old(&ca), old(&self.ca_key), CA_KEY),
+            (old(&server), old(&self.server_key), SERVER_KEY),
+            (ca, self.ca_key.clone(), CA_KEY),
+            (server, self.server_key.clone(), SERVER_KEY),
+        ]
+    }
+
+    /// Seals the plain PEM private keys an earlier release left in the directory and removes
+    /// them, so a data directory upgraded in place keeps its CA and server certificate.
+    /// Returns the files sealed. Idempotent; a crash in between leaves the plain file, which
+    /// the next start seals again.
+    pub fn seal_plain_keys(&self, key: &MasterKey) -> Result<Vec<PathBuf>, Error> {
+        let mut sealed = Vec::new();
+        for (plain, target, purpose) in self.plain_keys() {
+            let pem = match fs::read(&plain) {
+                Ok(b) => zeroize::Zeroizing::new(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::Config(format!("{}: {e}", plain.display()))),
+            };
+            PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| Error::Config(format!("{}: {e}", plain.display())))?;
+            key.seal_file(purpose, &target, &pem)?;
+            fs::remove_file(&plain)?;
+            sealed.push(plain);
+        }
+        if !sealed.is_empty() {
+            fs::File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(sealed)
+    }
+
+    /// Seals `pem` as the CA's private key.
+    pub fn seal_ca_key(&self, key: &MasterKey, pem: &str) -> Result<(), Error> {
+        Ok(key.seal_file(CA_KEY, &self.ca_key, pem.as_bytes())?)
+    }
+
+    /// The CA's private key (PKCS#8 PEM).
+    pub fn ca_key_pem(&self, key: &MasterKey) -> Result<zeroize::Zeroizing<String>, Error> {
+        open_pem(key, CA_KEY, &self.ca_key)
+    }
+
+    /// The server's private key.
+    pub fn server_key_der(&self, key: &MasterKey) -> Result<PrivateKeyDer<'static>, Error> {
+        let pem = open_pem(key, SERVER_KEY, &self.server_key)?;
+        PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| Error::Config(format!("{}: {e}", self.server_key.display())))
+    }
+}
+
+fn open_pem(
+    key: &MasterKey,
+    purpose: &str,
+    path: &Path,
+) -> Result<zeroize::Zeroizing<String>, Error> {
+    let secret = key.open_file(purpose, path).map_err(|e| match e {
+        crate::store::StoreError::Io { source, .. } => {
+            Error::Config(format!("{}: {source}", path.display()))
+        }
+        e => e.into(),
+    })?;
+    String::from_utf8(secret.expose().to_vec())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| Error::Config(format!("{}: not a PEM key", path.display())))
 }
 
 /// What `ensure_certificates` did.
@@ -67,29 +151,30 @@ pub enum Created {
 
 /// Creates the local CA and an ECDSA P-256 server certificate in `dir` if they are missing.
 /// The server certificate names `localhost`, `127.0.0.1`, `::1` and `extra_names`. Keys are
-/// written with mode 0600.
+/// sealed under `key` (files of mode 0600); plain keys of earlier releases are sealed first.
 pub fn ensure_certificates(
     dir: &Path,
+    key: &MasterKey,
     extra_names: &[String],
 ) -> Result<(CertFiles, Created), Error> {
     let files = CertFiles::in_dir(dir);
+    files.seal_plain_keys(key)?;
     let mut created = Created::Nothing;
     if !files.ca_cert.exists() {
-        let key =
+        let ca_key =
             rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
         let params = ca_params()?;
-        let cert = params.self_signed(&key).map_err(cert_error)?;
-        write_private(&files.ca_key, key.serialize_pem().as_bytes())?;
+        let cert = params.self_signed(&ca_key).map_err(cert_error)?;
+        files.seal_ca_key(key, &zeroize::Zeroizing::new(ca_key.serialize_pem()))?;
         write_public(&files.ca_cert, cert.pem().as_bytes())?;
         let _ = fs::remove_file(&files.server_cert);
         created = Created::CaAndServerCertificate;
     }
     if !files.server_cert.exists() {
         let ca_pem = fs::read_to_string(&files.ca_cert)?;
-        let ca_key =
-            rcgen::KeyPair::from_pem(&fs::read_to_string(&files.ca_key)?).map_err(cert_error)?;
+        let ca_key = rcgen::KeyPair::from_pem(&files.ca_key_pem(key)?).map_err(cert_error)?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &ca_key).map_err(cert_error)?;
-        let key =
+        let server_key =
             rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_error)?;
         let mut names = vec![
             "localhost".to_owned(),
@@ -111,8 +196,9 @@ pub fn ensure_certificates(
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, 2)?;
-        let cert = params.signed_by(&key, &issuer).map_err(cert_error)?;
-        write_private(&files.server_key, key.serialize_pem().as_bytes())?;
+        let cert = params.signed_by(&server_key, &issuer).map_err(cert_error)?;
+        let pem = zeroize::Zeroizing::new(server_key.serialize_pem());
+        key.seal_file(SERVER_KEY, &files.server_key, pem.as_bytes())?;
         write_public(
             &files.server_cert,
             format!("{}{}", cert.pem(), ca_pem).as_bytes(),
@@ -465,11 +551,25 @@ mod tests {
         );
     }
 
+    fn master_key(dir: &Path) -> MasterKey {
+        crate::store::open_master_key(dir, &crate::store::KeyFileOptions::default()).unwrap()
+    }
+
+    /// Whether any file in `dir` holds a PEM private key in clear.
+    fn plain_keys_in(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| fs::read(p).is_ok_and(|b| b.windows(11).any(|w| w == b"PRIVATE KEY")))
+            .collect()
+    }
+
     #[test]
-    fn first_run_creates_ca_and_server_certificate_with_private_keys() {
+    fn first_run_creates_ca_and_server_certificate_with_sealed_private_keys() {
         let dir = tempfile::tempdir().unwrap();
+        let key = master_key(dir.path());
         let (files, created) =
-            ensure_certificates(dir.path(), &["auth.example".to_owned()]).unwrap();
+            ensure_certificates(dir.path(), &key, &["auth.example".to_owned()]).unwrap();
         assert_eq!(created, Created::CaAndServerCertificate);
         use std::os::unix::fs::PermissionsExt as _;
         for key in [&files.ca_key, &files.server_key] {
@@ -478,11 +578,53 @@ mod tests {
                 0o600
             );
         }
+        assert_eq!(plain_keys_in(dir.path()), Vec::<PathBuf>::new());
         let chain = load_certs(&files.server_cert).unwrap();
         assert_eq!(chain.len(), 2);
-        let config = server_config(chain, load_key(&files.server_key).unwrap(), None).unwrap();
+        let config = server_config(chain, files.server_key_der(&key).unwrap(), None).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
-        let (_, again) = ensure_certificates(dir.path(), &[]).unwrap();
+        rcgen::KeyPair::from_pem(&files.ca_key_pem(&key).unwrap()).unwrap();
+        let (_, again) = ensure_certificates(dir.path(), &key, &[]).unwrap();
         assert_eq!(again, Created::Nothing);
+        // Another data directory's master key opens neither key.
+        let other = tempfile::tempdir().unwrap();
+        assert!(files.ca_key_pem(&master_key(other.path())).is_err());
+        // Nor does one key's file pass for the other's.
+        fs::copy(&files.ca_key, &files.server_key).unwrap();
+        assert!(files.server_key_der(&key).is_err());
+    }
+
+    #[test]
+    fn plain_keys_of_earlier_releases_are_sealed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = master_key(dir.path());
+        // What an earlier release left: plain PEM keys beside their certificates.
+        let (files, _) = ensure_certificates(dir.path(), &key, &[]).unwrap();
+        let ca_pem = files.ca_key_pem(&key).unwrap();
+        let server_pem = open_pem(&key, SERVER_KEY, &files.server_key).unwrap();
+        fs::remove_file(&files.ca_key).unwrap();
+        fs::remove_file(&files.server_key).unwrap();
+        fs::write(dir.path().join("ca.key"), ca_pem.as_bytes()).unwrap();
+        fs::write(dir.path().join("server.key"), server_pem.as_bytes()).unwrap();
+        fs::write(dir.path().join("ca.key.old"), ca_pem.as_bytes()).unwrap();
+
+        let (_, created) = ensure_certificates(dir.path(), &key, &[]).unwrap();
+        assert_eq!(
+            created,
+            Created::Nothing,
+            "the same CA and server certificate"
+        );
+        assert_eq!(plain_keys_in(dir.path()), Vec::<PathBuf>::new());
+        assert!(!dir.path().join("ca.key").exists());
+        assert_eq!(*files.ca_key_pem(&key).unwrap(), *ca_pem);
+        assert_eq!(
+            *open_pem(&key, SERVER_KEY, &files.server_key).unwrap(),
+            *server_pem
+        );
+        assert_eq!(
+            *open_pem(&key, CA_KEY, &dir.path().join("ca.key.sealed.old")).unwrap(),
+            *ca_pem
+        );
+        assert_eq!(files.seal_plain_keys(&key).unwrap(), Vec::<PathBuf>::new());
     }
 }

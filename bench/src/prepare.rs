@@ -55,19 +55,14 @@ impl Operator {
         }
     }
 
-    /// Reads `{"client_id", "client_secret"}` from a credentials file.
+    /// Reads `{"client_id", "client_secret"}` from a credentials file; the first run's
+    /// `admin-client.json` opens with the `master.key` beside it (and `LATCHKEY_PASSPHRASE`).
     pub fn from_file(path: &Path) -> Result<Operator, Error> {
-        let text =
-            fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let v: Value = serde_json::from_slice(&text)
-            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
-        match (v["client_id"].as_str(), v["client_secret"].as_str()) {
-            (Some(id), Some(secret)) => Ok(Operator::new(id, secret)),
-            _ => Err(Error::Usage(format!(
-                "{}: needs string members client_id and client_secret",
-                path.display()
-            ))),
-        }
+        let options = latchkey_authority::cmd::passphrase::key_options(None)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let c = latchkey_authority::credentials::read(path, &options)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        Ok(Operator::new(&c.client_id, &c.client_secret))
     }
 
     /// `POST /oauth/token` with Basic credentials: an operator access token.

@@ -285,7 +285,7 @@ pub fn plan_issue(app: &App, body: &IssueBody, by: &str) -> Result<(WriteOp, Str
     for san in &body.sans {
         validate::SAN.check(san)?;
     }
-    let signer = CaSigner::load(&app.store.paths().dir)?;
+    let signer = CaSigner::load(&app.store.paths().dir, app.store.master_key())?;
     let req = IssueRequest {
         common_name: body.common_name.clone(),
         sans: body.sans.clone(),
@@ -331,11 +331,7 @@ pub fn plan_renew(
         )));
     }
     let info = CertInfo::parse(old.der.clone().into())?;
-    let cn = info
-        .subject
-        .split(',')
-        .find_map(|p| p.trim().strip_prefix("CN="))
-        .map(str::to_owned);
+    let cn = info.common_name().map(str::to_owned);
     let new_alias = body
         .new_alias
         .clone()
@@ -441,6 +437,10 @@ impl MtlsRegistration {
                         SUBJECT_RULES.join(", ")
                     )));
                 };
+                if k == "tls_client_auth_subject_dn" {
+                    // Refused now rather than never matching later.
+                    pki::Dn::parse(val)?;
+                }
                 vec![json!({ k: val }).to_string()]
             }
             _ => {
@@ -492,7 +492,7 @@ pub fn cert_matches(client: &ClientAuth, cert: &CertInfo) -> bool {
                         && constant_eq(want, &cert.thumbprint())
                 }
                 _ if client.auth_method != AuthMethod::TlsClientAuth => false,
-                "tls_client_auth_subject_dn" => normalize_dn(want) == normalize_dn(&cert.subject),
+                "tls_client_auth_subject_dn" => subject_matches(want, cert),
                 "tls_client_auth_san_dns" => has_san(cert, "dns", want),
                 "tls_client_auth_san_uri" => has_san(cert, "uri", want),
                 "tls_client_auth_san_ip" => has_san(cert, "ip", want),
@@ -516,16 +516,13 @@ fn has_san(cert: &CertInfo, kind: &str, want: &str) -> bool {
     })
 }
 
-/// `cn=a,  O=b` and `CN=a, O=b` compare equal: attribute types are case-insensitive and
-/// spacing around separators is not significant (RFC 4514 §2-3, simplified: no escapes).
-fn normalize_dn(dn: &str) -> String {
-    dn.split([',', '+'])
-        .map(|rdn| match rdn.split_once('=') {
-            Some((t, v)) => format!("{}={}", t.trim().to_ascii_uppercase(), v.trim()),
-            None => rdn.trim().to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+/// Whether the certificate's subject is the configured RFC 4514 DN, compared as parsed RDNs
+/// (see [`pki::Dn`]), never as text.
+fn subject_matches(want: &str, cert: &CertInfo) -> bool {
+    match (pki::Dn::parse(want), &cert.subject_dn) {
+        (Ok(want), Some(have)) => want == *have,
+        _ => false,
+    }
 }
 
 /// The client certificate of this request, re-verified against the current trust store.
@@ -699,5 +696,58 @@ mod tests {
             ),
             &other
         ));
+    }
+
+    /// A certificate whose subject has one RDN per entry, in order.
+    fn cert_with_subject(rdns: &[(rcgen::DnType, &str)]) -> CertInfo {
+        let (c, k) = pki::new_ca("CA", 1).unwrap();
+        let signer = CaSigner::from_pem(&c, &k).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (ty, v) in rdns {
+            params.distinguished_name.push(ty.clone(), *v);
+        }
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let req = IssueRequest {
+            common_name: None,
+            sans: vec![],
+            days: 1,
+        };
+        signer.sign_csr(&csr, &req).unwrap()
+    }
+
+    /// Regression: the rule compared unescaped text, so a certificate whose single CN is
+    /// `a, O=b` satisfied the registration `CN=a,O=b` of another agent.
+    #[test]
+    fn a_subject_dn_rule_compares_parsed_rdns_not_text() {
+        use rcgen::DnType;
+        let rule = |dn: &str| {
+            client(
+                AuthMethod::TlsClientAuth,
+                json!({"tls_client_auth_subject_dn": dn}),
+            )
+        };
+        let forged = cert_with_subject(&[(DnType::CommonName, "a, O=b")]);
+        let real = cert_with_subject(&[(DnType::OrganizationName, "b"), (DnType::CommonName, "a")]);
+        assert!(cert_matches(&rule("CN=a,O=b"), &real));
+        assert!(cert_matches(&rule("cn=a, o=b"), &real));
+        assert!(!cert_matches(&rule("CN=a,O=b"), &forged));
+        assert!(!cert_matches(&rule("CN=a, O=b"), &forged));
+        // The forged certificate's own name, escaped, names it and only it.
+        assert_eq!(forged.subject, "CN=a\\, O\\=b");
+        assert!(cert_matches(&rule(&forged.subject), &forged));
+        assert!(cert_matches(&rule("CN=a\\2C O=b"), &forged));
+        assert!(!cert_matches(&rule("CN=a\\, O=b"), &real));
+        // RDN order is part of the name.
+        assert!(!cert_matches(&rule("O=b,CN=a"), &real));
+        // A rule that is not a DN is refused at registration, not silently never matched.
+        let reg = MtlsRegistration::parse(
+            json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=a;O=b"})
+            .to_string()
+            .as_bytes(),
+        );
+        assert!(reg.unwrap_err().to_string().contains("distinguished name"));
     }
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use super::passphrase::value_or_file;
 use super::remote::{Place, Target, print, s, segment, time, usage};
 use crate::api::certs::{self, ImportBody, IssueBody, RenewBody};
 use crate::app::App;
@@ -82,7 +83,8 @@ pub enum CertCommand {
         /// PEM file, or PKCS#12 with --password.
         #[arg(long)]
         file: PathBuf,
-        /// Password of a PKCS#12 file (or LATCHKEY_P12_PASSWORD).
+        /// Password of a PKCS#12 file. Prefer LATCHKEY_P12_PASSWORD or --password-file: flags
+        /// show in `ps`.
         #[arg(
             long,
             env = "LATCHKEY_P12_PASSWORD",
@@ -90,6 +92,9 @@ pub enum CertCommand {
             allow_hyphen_values = true
         )]
         password: Option<String>,
+        /// File whose first line is the PKCS#12 password (`-`: standard input).
+        #[arg(long, value_name = "FILE", conflicts_with = "password")]
+        password_file: Option<PathBuf>,
     },
     /// List the trust store: aliases, subjects, fingerprints, expiry, state.
     List,
@@ -119,13 +124,19 @@ pub enum CertCommand {
         out: PathBuf,
         #[arg(long, default_value = "latchkey", allow_hyphen_values = true)]
         alias: String,
+        /// Keystore password. Prefer LATCHKEY_P12_PASSWORD or --password-file: flags show in
+        /// `ps`.
         #[arg(
             long,
             env = "LATCHKEY_P12_PASSWORD",
             hide_env_values = true,
-            allow_hyphen_values = true
+            allow_hyphen_values = true,
+            required_unless_present = "password_file"
         )]
-        password: String,
+        password: Option<String>,
+        /// File whose first line is the keystore password (`-`: standard input).
+        #[arg(long, value_name = "FILE", conflicts_with = "password")]
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -135,7 +146,8 @@ pub struct OutArgs {
     /// Write PREFIX.pem (chain), PREFIX.key (0600, when generated here) [default: the alias].
     #[arg(long, value_name = "PREFIX")]
     pub out: Option<PathBuf>,
-    /// Also write PREFIX.p12 protected by this password (or LATCHKEY_P12_PASSWORD).
+    /// Also write PREFIX.p12 (0600) protected by this password. Prefer LATCHKEY_P12_PASSWORD
+    /// or --p12-password-file: flags show in `ps`.
     #[arg(
         long,
         env = "LATCHKEY_P12_PASSWORD",
@@ -143,6 +155,19 @@ pub struct OutArgs {
         allow_hyphen_values = true
     )]
     pub p12_password: Option<String>,
+    /// File whose first line is the PKCS#12 password (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "p12_password")]
+    pub p12_password_file: Option<PathBuf>,
+}
+
+impl OutArgs {
+    fn p12_password(&self) -> Result<Option<Zeroizing<String>>, Error> {
+        value_or_file(
+            self.p12_password.as_deref(),
+            self.p12_password_file.as_deref(),
+            "PKCS#12 password file",
+        )
+    }
 }
 
 pub fn run(args: &CertArgs) -> Result<(), Error> {
@@ -163,8 +188,12 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                 (Some(c), Some(k)) => Some((read(c)?, Zeroizing::new(read(k)?))),
                 _ => None,
             };
+            // The CA key is sealed under the data directory's master key (made here if the
+            // directory is new, as the server's first run would).
+            let key = crate::store::open_master_key(dir, &args.target.key_options()?)?;
             let files = pki::install_ca(
                 dir,
+                &key,
                 ca.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
                 server_names,
                 *replace,
@@ -185,13 +214,22 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             out,
             alias,
             password,
+            password_file,
         } => {
+            let password = value_or_file(
+                password.as_deref(),
+                password_file.as_deref(),
+                "PKCS#12 password file",
+            )?
+            .ok_or_else(|| {
+                usage("a keystore password is needed: LATCHKEY_P12_PASSWORD or --password-file")
+            })?;
             let chain: Vec<_> = pki::pem_chain(&read(cert)?)?
                 .into_iter()
                 .map(|c| c.der)
                 .collect();
             let key = Zeroizing::new(read(key)?);
-            std::fs::write(out, pki::to_pkcs12(alias, &chain, &key, password)?)?;
+            write_secret(out, &pki::to_pkcs12(alias, &chain, &key, &password)?)?;
             println!("wrote {}", out.display());
             return Ok(());
         }
@@ -234,13 +272,19 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             alias,
             file,
             password,
+            password_file,
         } => {
             let bytes = std::fs::read(file).map_err(|e| file_error(file, &e))?;
             let pem = match std::str::from_utf8(&bytes) {
                 Ok(t) if t.contains("-----BEGIN") => t.to_owned(),
                 _ => {
-                    let (chain, _key) =
-                        pki::from_pkcs12(&bytes, password.as_deref().unwrap_or(""))?;
+                    let password = value_or_file(
+                        password.as_deref(),
+                        password_file.as_deref(),
+                        "PKCS#12 password file",
+                    )?
+                    .unwrap_or_default();
+                    let (chain, _key) = pki::from_pkcs12(&bytes, &password)?;
                     chain.iter().map(pki::CertInfo::pem).collect()
                 }
             };
@@ -369,6 +413,26 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes a file holding a private key (a PKCS#12 keystore) with mode 0600, replacing an
+/// existing one; the mode is set before any byte is written.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let io = |e: std::io::Error| Error::Cli(format!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    // An existing file keeps its mode through `open`; tighten it before writing.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
 fn read(p: &Path) -> Result<String, Error> {
     std::fs::read_to_string(p).map_err(|e| file_error(p, &e))
 }
@@ -430,13 +494,13 @@ fn write_out(v: &Value, alias: &str, out: &OutArgs, key: Option<&str>) -> Result
         crate::tls::write_private(&key_path, key.as_bytes())
             .map_err(|e| Error::Cli(format!("{}: {e}", key_path.display())))?;
         files.push(key_path.display().to_string());
-        if let Some(pw) = &out.p12_password {
+        if let Some(pw) = out.p12_password()? {
             let chain: Vec<_> = pki::pem_chain(pem)?.into_iter().map(|c| c.der).collect();
             let p12_path = with_ext(".p12");
-            std::fs::write(&p12_path, pki::to_pkcs12(alias, &chain, key, pw)?)?;
+            write_secret(&p12_path, &pki::to_pkcs12(alias, &chain, key, &pw)?)?;
             files.push(p12_path.display().to_string());
         }
-    } else if out.p12_password.is_some() {
+    } else if out.p12_password.is_some() || out.p12_password_file.is_some() {
         return Err(usage(
             "--p12-password needs the private key: without --csr the key is generated here",
         ));

@@ -8,27 +8,35 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::store::{self, KeyFileOptions, Secret};
+use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// The data directory (holds `latchkey.redb` and `master.key`).
     #[arg(long, env = "LATCHKEY_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// Passphrase of a wrapped master key file.
-    #[arg(
-        long,
-        env = "LATCHKEY_PASSPHRASE",
-        hide_env_values = true,
-        allow_hyphen_values = true
-    )]
-    pub passphrase: Option<String>,
+    #[command(flatten)]
+    pub passphrase: super::passphrase::PassphraseArgs,
+    /// Refused: a passphrase on the command line shows in `ps`. Use --passphrase-file or
+    /// LATCHKEY_PASSPHRASE.
+    #[arg(long = "passphrase", hide = true, allow_hyphen_values = true)]
+    pub passphrase_value: Option<String>,
 }
 
 pub fn run(args: &CheckArgs) -> ExitCode {
-    let key = KeyFileOptions {
-        passphrase: args.passphrase.as_deref().map(Secret::from),
-        pbkdf2_iterations: None,
+    if args.passphrase_value.is_some() {
+        eprintln!(
+            "latchkey check: --passphrase is not accepted (a command line shows in `ps`); use \
+             --passphrase-file FILE (`-` for standard input) or LATCHKEY_PASSPHRASE"
+        );
+        return ExitCode::from(2);
+    }
+    let key = match args.passphrase.key_options() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("latchkey check: {e}");
+            return ExitCode::from(2);
+        }
     };
     let report = match store::check_data_dir(&args.data_dir, &key) {
         Ok(r) => r,

@@ -40,11 +40,26 @@ pub enum ClientCommand {
     List,
     /// Delete an operator client; its tokens stop working at once.
     Delete { id: String },
+    /// Print the secret of a credentials file (--credentials), opening the first run's sealed
+    /// `admin-client.json` with the `master.key` beside it: for clients such as curl.
+    Secret,
 }
 
 pub fn run(args: &ClientArgs) -> Result<(), Error> {
     let json = args.target.json;
+    if let ClientCommand::Secret = args.command {
+        if args.target.credentials.is_none() {
+            return Err(Error::Cli(
+                "client secret needs --credentials FILE (e.g. DATA_DIR/admin-client.json)".into(),
+            ));
+        }
+        let (id, secret, _) = args.target.credential()?;
+        let v = json!({ "client_id": id, "client_secret": secret.as_str() });
+        print(json, &v, |_| secret.to_string());
+        return Ok(());
+    }
     match (&args.command, args.target.open()?) {
+        (ClientCommand::Secret, _) => {}
         (
             ClientCommand::Create {
                 id,

@@ -10,14 +10,19 @@ use crate::store::SecretHash;
 
 #[derive(Debug, clap::Args)]
 pub struct HashSecretArgs {
-    /// The secret to hash (or set LATCHKEY_CLIENT_SECRET: flags are visible in `ps`).
+    /// The secret to hash. Prefer LATCHKEY_CLIENT_SECRET or --client-secret-file: flags show
+    /// in `ps`.
     #[arg(
         long,
         env = "LATCHKEY_CLIENT_SECRET",
         hide_env_values = true,
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        required_unless_present = "client_secret_file"
     )]
-    pub client_secret: String,
+    pub client_secret: Option<String>,
+    /// File whose first line is the secret to hash (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "client_secret")]
+    pub client_secret_file: Option<std::path::PathBuf>,
     /// Hash format.
     #[arg(long, value_enum, default_value = "latchkey")]
     pub format: HashFormat,
@@ -33,7 +38,15 @@ pub enum HashFormat {
 }
 
 pub fn run(args: &HashSecretArgs) -> Result<(), Error> {
-    println!("{}", hash(&args.client_secret, args.format)?.to_text());
+    let secret = super::passphrase::value_or_file(
+        args.client_secret.as_deref(),
+        args.client_secret_file.as_deref(),
+        "client secret file",
+    )?
+    .ok_or_else(|| {
+        Error::Cli("give the secret in LATCHKEY_CLIENT_SECRET or --client-secret-file".into())
+    })?;
+    println!("{}", hash(&secret, args.format)?.to_text());
     Ok(())
 }
 

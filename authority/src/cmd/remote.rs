@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::app::{ADMIN_CLIENT_FILE, App, AppConfig, AppSettings};
 use crate::error::Error;
 use crate::http::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::store::{KeyFileOptions, Store, StoreOptions};
 
 /// Largest response the CLI reads.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -43,19 +43,21 @@ pub struct Target {
     /// --credentials, if there].
     #[arg(long, global = true, env = "LATCHKEY_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// A credentials file as written on first run (`admin-client.json`).
+    /// A credentials file: `{"client_id", "client_secret"}`, or the first run's
+    /// `DATA_DIR/admin-client.json`, whose sealed secret opens with the `master.key` beside it.
     #[arg(long, global = true, env = "LATCHKEY_CREDENTIALS", value_name = "FILE")]
     pub credentials: Option<PathBuf>,
-    /// Operator client id (instead of --credentials).
+    /// Operator client id (instead of --credentials), with LATCHKEY_CLIENT_SECRET or
+    /// --client-secret-file.
     #[arg(
         long,
         global = true,
         env = "LATCHKEY_CLIENT_ID",
-        requires = "client_secret",
         allow_hyphen_values = true
     )]
     pub client_id: Option<String>,
-    /// Operator client secret (prefer the environment variable: flags show in `ps`).
+    /// Operator client secret. Prefer LATCHKEY_CLIENT_SECRET or --client-secret-file: flags
+    /// show in `ps`.
     #[arg(
         long,
         global = true,
@@ -65,6 +67,19 @@ pub struct Target {
         allow_hyphen_values = true
     )]
     pub client_secret: Option<String>,
+    /// File whose first line is the operator client secret (`-`: standard input).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        requires = "client_id",
+        conflicts_with = "client_secret"
+    )]
+    pub client_secret_file: Option<PathBuf>,
+    /// File whose first line is the master key's passphrase (`-`: standard input), for
+    /// --data-dir and sealed credentials [default: LATCHKEY_PASSPHRASE].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
     /// Act directly on a stopped server's data directory instead of a running server.
     #[arg(long, global = true, env = "LATCHKEY_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -90,6 +105,7 @@ impl Target {
             return Ok(Place::Local(Box::new(open_local(
                 dir,
                 self.config.as_deref(),
+                self.key_options()?,
             )?)));
         }
         let server = self.server.clone().ok_or_else(|| {
@@ -115,46 +131,42 @@ impl Target {
         }
     }
 
-    fn credential(&self) -> Result<(String, Zeroizing<String>, Option<PathBuf>), Error> {
-        if let (Some(id), Some(secret)) = (&self.client_id, &self.client_secret) {
-            return Ok((id.clone(), Zeroizing::new(secret.clone()), None));
+    /// How to unlock a master key: `--passphrase-file`, else `LATCHKEY_PASSPHRASE`.
+    pub fn key_options(&self) -> Result<KeyFileOptions, Error> {
+        super::passphrase::key_options(self.passphrase_file.as_deref())
+    }
+
+    /// The operator credential: id and secret, and the CA next to a credentials file.
+    pub fn credential(&self) -> Result<(String, Zeroizing<String>, Option<PathBuf>), Error> {
+        if let Some(id) = &self.client_id {
+            let secret = super::passphrase::value_or_file(
+                self.client_secret.as_deref(),
+                self.client_secret_file.as_deref(),
+                "client secret file",
+            )?
+            .ok_or_else(|| {
+                usage("--client-id needs LATCHKEY_CLIENT_SECRET, --client-secret-file or --client-secret")
+            })?;
+            return Ok((id.clone(), secret, None));
         }
         let path = self.credentials.as_ref().ok_or_else(|| {
-            usage(&format!("an operator credential is needed: --credentials <{ADMIN_CLIENT_FILE}> or --client-id and --client-secret"))
+            usage(&format!("an operator credential is needed: --credentials <{ADMIN_CLIENT_FILE}> or --client-id with LATCHKEY_CLIENT_SECRET"))
         })?;
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| usage(&format!("{}: {e}", path.display())))?,
-        );
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| usage(&format!("{}: not a credentials file: {e}", path.display())))?;
-        let field = |name: &str| {
-            v.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| usage(&format!("{}: missing {name:?}", path.display())))
-        };
+        let c = crate::credentials::read(path, &self.key_options()?)?;
         let ca = path
             .parent()
             .map(|d| d.join("ca.pem"))
             .filter(|p| p.is_file());
-        Ok((
-            field("client_id")?,
-            Zeroizing::new(field("client_secret")?),
-            ca,
-        ))
+        Ok((c.client_id, c.client_secret, ca))
     }
 }
 
 /// Opens a stopped server's data directory with the same settings file the server reads, but
 /// without first-run work: nothing is generated or reconciled.
-pub fn open_local(dir: &Path, config: Option<&Path>) -> Result<App, Error> {
+pub fn open_local(dir: &Path, config: Option<&Path>, key: KeyFileOptions) -> Result<App, Error> {
     let settings = settings_for(dir, config)?;
     let options = StoreOptions {
-        key: crate::store::KeyFileOptions {
-            passphrase: super::passphrase::from_env(),
-            pbkdf2_iterations: None,
-        },
+        key,
         ..StoreOptions::default()
     };
     let store = Store::open(dir, options).map_err(|e| match e {

@@ -10,11 +10,15 @@ use crate::error::Error;
 use crate::store::{RevocationKind, WriteOp, WriteOutcome};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["token", "jti", "agent", "key"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["token", "token_file", "jti", "agent", "key"])))]
 pub struct RevokeArgs {
-    /// An access token (operator or agent).
+    /// An access token (operator or agent). Prefer --token-file: flags show in `ps`, and the
+    /// token works until it is revoked.
     #[arg(long, allow_hyphen_values = true)]
     pub token: Option<String>,
+    /// File whose first line is the access token to revoke (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// A token id.
     #[arg(long, allow_hyphen_values = true)]
     pub jti: Option<String>,
@@ -37,10 +41,15 @@ pub fn run(args: &RevokeArgs) -> Result<(), Error> {
         .reason
         .clone()
         .unwrap_or_else(|| "revoked with the latchkey CLI".into());
+    let token = super::passphrase::value_or_file(
+        args.token.as_deref(),
+        args.token_file.as_deref(),
+        "token file",
+    )?;
     let v = match args.target.open()? {
         Place::Remote(r) => {
-            let body = match (&args.token, &args.jti, &args.agent, &args.key) {
-                (Some(t), ..) => json!({ "kind": "token", "token": t, "reason": reason }),
+            let body = match (&token, &args.jti, &args.agent, &args.key) {
+                (Some(t), ..) => json!({ "kind": "token", "token": t.as_str(), "reason": reason }),
                 (_, Some(j), ..) => json!({ "kind": "token", "id": j, "reason": reason }),
                 (_, _, Some(a), _) => json!({ "kind": "agent", "id": a, "reason": reason }),
                 (_, _, _, Some(k)) => json!({ "kind": "key", "id": k, "reason": reason }),

@@ -15,7 +15,7 @@ use crate::app::{App, AppConfig};
 use crate::config::{LogFormat, ServeSettings, Settings};
 use crate::error::Error;
 use crate::http::{Metrics, Router, Server, ServerConfig};
-use crate::store::KeyFileOptions;
+use crate::store::{KeyFileOptions, MasterKey};
 use crate::tls::{self, ClientAuthMode, Created, TrustStore};
 
 /// `latchkey serve` arguments. Every setting can also be set in the TOML file (same names).
@@ -52,13 +52,22 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new());
     let key = args.passphrase.key_options()?;
     let mut app = open_state(&args.data_dir, config_path.as_deref(), key, metrics.clone())?;
+    // Earlier releases kept the TLS private keys in clear; seal them whatever this start serves.
+    let sealed = tls::CertFiles::in_dir(&args.data_dir).seal_plain_keys(app.store.master_key())?;
+    if !sealed.is_empty() {
+        tracing::info!(files = ?sealed, "sealed plain private keys under the master key and removed them");
+    }
+    let admin = args.data_dir.join(crate::app::ADMIN_CLIENT_FILE);
+    if crate::credentials::seal_plain(&admin, app.store.master_key())? {
+        tracing::info!(file = %admin.display(), "sealed the admin client secret under the master key");
+    }
     let (tls, trust) = if settings.plain_http {
         tracing::warn!(
             "serving plain HTTP: credentials cross the network unencrypted (use only on loopback)"
         );
         (None, None)
     } else {
-        let (config, trust) = tls_config(&args.data_dir, &settings)?;
+        let (config, trust) = tls_config(&args.data_dir, &settings, app.store.master_key())?;
         (Some(config), trust)
     };
     app.trust = trust;
@@ -193,11 +202,12 @@ fn router(state: &Arc<State>, settings: &ServeSettings) -> Router {
 fn tls_config(
     data_dir: &Path,
     s: &ServeSettings,
+    key: &MasterKey,
 ) -> Result<(Arc<rustls::ServerConfig>, Option<Arc<TrustStore>>), Error> {
     let (chain, key) = match &s.tls_files {
         Some((cert, key)) => (tls::load_certs(cert)?, tls::load_key(key)?),
         None => {
-            let (files, created) = tls::ensure_certificates(data_dir, &s.server_names)?;
+            let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
             if created != Created::Nothing {
                 tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
             }
@@ -208,7 +218,7 @@ fn tls_config(
             );
             (
                 tls::load_certs(&files.server_cert)?,
-                tls::load_key(&files.server_key)?,
+                files.server_key_der(key)?,
             )
         }
     };

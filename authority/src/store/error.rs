@@ -59,6 +59,9 @@ pub enum StoreError {
     /// The master key file is malformed, or belongs to another database.
     #[error("master key file {}: {reason}", path.display())]
     BadKeyFile { path: PathBuf, reason: String },
+    /// A file sealed under the master key (a TLS private key) is malformed or does not open.
+    #[error("sealed file {}: {reason}", path.display())]
+    BadSealedFile { path: PathBuf, reason: String },
     /// The writer failed an earlier commit (an I/O error); the store must be reopened.
     #[error("the store failed an earlier write and must be reopened")]
     Poisoned,
@@ -107,6 +110,7 @@ impl StoreError {
                 | StoreError::MissingKeyFile(_)
                 | StoreError::WrongPassphrase
                 | StoreError::BadKeyFile { .. }
+                | StoreError::BadSealedFile { .. }
         )
     }
 }

@@ -115,11 +115,14 @@ pub struct BackupReport {
 
 /// Copies the snapshot `txn` into a new database file at `out`.
 pub(crate) fn copy_snapshot(txn: &ReadTransaction, out: &Path) -> Result<BackupReport, StoreError> {
-    // `create_new`: never overwrite an existing file (it may be the live database).
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // `create_new`: never overwrite an existing file (it may be the live database). 0600: the
+    // copy holds what the database holds.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(out)
         .map_err(StoreError::io("create backup file"))?;
     let result = (|| {

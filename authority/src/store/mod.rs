@@ -35,11 +35,10 @@ pub use ops::{
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;
-pub use seal::{BLAKE3_PREFIX, KeyFileOptions, PBKDF2_ITERATIONS, Secret, SecretHash};
+pub use seal::{BLAKE3_PREFIX, KeyFileOptions, MasterKey, PBKDF2_ITERATIONS, Secret, SecretHash};
 pub use snapshot::{AgentPage, MAX_PAGE, Snapshot};
 
 use error::DbResult;
-use seal::MasterKey;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "latchkey.redb";
@@ -115,6 +114,7 @@ struct Inner {
     db: Arc<Database>,
     hot: Arc<HotIndex>,
     observer: Arc<ObserverSlot>,
+    key: Arc<MasterKey>,
     paths: DataDir,
     tx: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
@@ -181,13 +181,7 @@ impl Store {
         let db_exists = std::fs::metadata(&paths.db)
             .map(|m| m.len() > 0)
             .unwrap_or(false);
-        let key = if paths.key.exists() {
-            MasterKey::load(&paths.key, &options.key)?
-        } else if db_exists || !create {
-            return Err(StoreError::MissingKeyFile(paths.key.clone()));
-        } else {
-            MasterKey::create(&paths.key, &options.key)?
-        };
+        let key = master_key(&paths, &options.key, create && !db_exists)?;
         let db = builder(options.cache_bytes)
             .create_with_backend(backend)
             .map_err(|e| open_error(e, &paths.db))?;
@@ -200,7 +194,7 @@ impl Store {
         let observer = Arc::new(ObserverSlot::new());
         let writer = writer::spawn(
             db.clone(),
-            key,
+            key.clone(),
             hot.clone(),
             observer.clone(),
             rx,
@@ -211,6 +205,7 @@ impl Store {
                 db,
                 hot,
                 observer,
+                key,
                 paths,
                 tx: Some(tx),
                 writer: Some(writer),
@@ -266,6 +261,12 @@ impl Store {
     }
 
     /// The data directory paths.
+    /// The master key: it also seals the files of the data directory that hold secrets (TLS
+    /// private keys, the first operator client's secret).
+    pub fn master_key(&self) -> &MasterKey {
+        &self.inner.key
+    }
+
     pub fn paths(&self) -> &DataDir {
         &self.inner.paths
     }
@@ -287,15 +288,47 @@ pub(crate) fn builder(cache_bytes: usize) -> redb::Builder {
     b
 }
 
+/// The master key of a data directory, without opening the database (commands that only
+/// need the key, such as `cert init`, also work beside a running server). A new key is made
+/// only with `create` (a data directory without a database); a database without its key file
+/// is [`StoreError::MissingKeyFile`].
+pub fn open_master_key(dir: &Path, options: &KeyFileOptions) -> Result<MasterKey, StoreError> {
+    let paths = DataDir::new(dir);
+    let db_exists = std::fs::metadata(&paths.db)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false);
+    if !db_exists && !paths.key.exists() {
+        create_private_dir(dir)?;
+    }
+    master_key(&paths, options, !db_exists)
+}
+
+fn master_key(
+    paths: &DataDir,
+    options: &KeyFileOptions,
+    create: bool,
+) -> Result<MasterKey, StoreError> {
+    if paths.key.exists() {
+        MasterKey::load(&paths.key, options)
+    } else if create {
+        MasterKey::create(&paths.key, options)
+    } else {
+        Err(StoreError::MissingKeyFile(paths.key.clone()))
+    }
+}
+
 pub(crate) fn file_backend(
     path: &Path,
     create: bool,
 ) -> Result<redb::backends::FileBackend, StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    // The database holds hashes and sealed values only, but nobody else needs to read it.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
         .truncate(false)
+        .mode(0o600)
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::MissingDataDir(path.to_path_buf()),
@@ -304,6 +337,13 @@ pub(crate) fn file_backend(
                 source: e,
             },
         })?;
+    // Databases created before it was private: tighten on the next writable open.
+    if let Ok(meta) = file.metadata()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        // Best effort: a co-owner that may write but not chmod still gets its backup.
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
     redb::backends::FileBackend::new(file).db("open database file")
 }
 

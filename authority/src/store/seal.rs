@@ -396,6 +396,91 @@ impl MasterKey {
     }
 }
 
+/// Magic of a sealed file: `"LKSF" | version 1 | sealed blob` (the blob as [`MasterKey::seal`]
+/// makes it, under the `files` context named by the file's purpose).
+const FILE_MAGIC: &[u8; 4] = b"LKSF";
+const FILE_VERSION: u8 = 1;
+/// The seal context table of everything sealed outside the database.
+const FILES: &str = "files";
+
+impl MasterKey {
+    /// Writes `plaintext` sealed to `path` (mode 0600), replacing the file atomically.
+    /// `purpose` ("ca.key", "server.key") is the associated data: a sealed CA key renamed to
+    /// the server key's name does not open.
+    pub fn seal_file(
+        &self,
+        purpose: &str,
+        path: &Path,
+        plaintext: &[u8],
+    ) -> Result<(), StoreError> {
+        let ctx = SealContext {
+            table: FILES,
+            key: purpose,
+        };
+        let mut bytes = FILE_MAGIC.to_vec();
+        bytes.push(FILE_VERSION);
+        bytes.extend_from_slice(&self.seal(ctx, plaintext)?);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        // A leftover from an interrupted write holds only ciphertext.
+        let _ = std::fs::remove_file(&tmp);
+        write_private_file(&tmp, &bytes)?;
+        std::fs::rename(&tmp, path).map_err(StoreError::io("rename sealed file"))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Opens a file written by [`MasterKey::seal_file`] for the same `purpose`.
+    pub fn open_file(&self, purpose: &str, path: &Path) -> Result<Secret, StoreError> {
+        let bytes = std::fs::read(path).map_err(StoreError::io("read sealed file"))?;
+        let bad = |reason: &str| StoreError::BadSealedFile {
+            path: path.to_path_buf(),
+            reason: reason.to_owned(),
+        };
+        let rest = bytes
+            .strip_prefix(&FILE_MAGIC[..])
+            .ok_or_else(|| bad("not a latchkey sealed file"))?;
+        match rest.split_first() {
+            Some((&FILE_VERSION, blob)) => self
+                .unseal(
+                    SealContext {
+                        table: FILES,
+                        key: purpose,
+                    },
+                    blob,
+                )
+                .map_err(|_| bad("does not open with this master key (another data directory's?)")),
+            Some((v, _)) => Err(bad(&format!("unknown sealed file version {v}"))),
+            None => Err(bad("truncated")),
+        }
+    }
+
+    /// `plaintext` sealed for `purpose` as base64 text (a sealed member of a JSON file).
+    pub fn seal_text(&self, purpose: &str, plaintext: &[u8]) -> Result<String, StoreError> {
+        let ctx = SealContext {
+            table: FILES,
+            key: purpose,
+        };
+        Ok(B64.encode(self.seal(ctx, plaintext)?))
+    }
+
+    /// Opens text made by [`MasterKey::seal_text`] for the same `purpose`.
+    pub fn open_text(&self, purpose: &str, text: &str) -> Result<Secret, StoreError> {
+        let ctx = SealContext {
+            table: FILES,
+            key: purpose,
+        };
+        let blob = B64.decode(text).map_err(|_| StoreError::Corrupt {
+            table: FILES,
+            reason: format!("sealed {purpose:?}: not base64"),
+        })?;
+        self.unseal(ctx, &blob)
+    }
+}
+
 fn wrapping_key(pass: &Secret, salt: &[u8], iterations: u32) -> Result<LessSafeKey, StoreError> {
     let mut k = Zeroizing::new([0u8; 32]);
     let iterations = NonZeroU32::new(iterations).unwrap_or(NonZeroU32::MIN);
@@ -560,6 +645,40 @@ mod tests {
             MasterKey::load(&path, &opts(None)),
             Err(StoreError::WrongPassphrase)
         ));
+    }
+
+    #[test]
+    fn sealed_files_are_private_open_only_for_their_purpose_and_hold_no_plaintext() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key =
+            MasterKey::create(&dir.path().join("master.key"), &KeyFileOptions::default()).unwrap();
+        let path = dir.path().join("ca.key.sealed");
+        let pem = b"-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n";
+        key.seal_file("ca.key", &path, pem).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(7).any(|w| w == b"PRIVATE"), "no plaintext");
+        assert_eq!(key.open_file("ca.key", &path).unwrap().expose(), pem);
+        assert!(
+            key.open_file("server.key", &path).is_err(),
+            "purpose is bound"
+        );
+        // Replacing is atomic and leaves no temporary file behind.
+        key.seal_file("ca.key", &path, b"new").unwrap();
+        assert_eq!(key.open_file("ca.key", &path).unwrap().expose(), b"new");
+        assert!(!dir.path().join("ca.key.sealed.tmp").exists());
+        let other =
+            MasterKey::create(&dir.path().join("other.key"), &KeyFileOptions::default()).unwrap();
+        assert!(matches!(
+            other.open_file("ca.key", &path),
+            Err(StoreError::BadSealedFile { .. })
+        ));
+        let text = key.seal_text("admin", b"s3cret").unwrap();
+        assert_eq!(key.open_text("admin", &text).unwrap().expose(), b"s3cret");
+        assert!(key.open_text("other", &text).is_err());
+        assert!(other.open_text("admin", &text).is_err());
     }
 
     #[test]

@@ -328,6 +328,11 @@ fn issued_certificates_authenticate_agents_and_revocation_bites_on_a_live_connec
 
     // openssl reads the PKCS#12 with the password, and refuses a wrong one; so does latchkey.
     let p12 = out.join("agent-1.p12");
+    assert_eq!(
+        std::fs::metadata(&p12).expect("p12").permissions().mode() & 0o777,
+        0o600,
+        "the keystore holds the private key"
+    );
     let openssl = |pass: &str| {
         Command::new("openssl")
             .args([
@@ -904,4 +909,96 @@ fn agents_and_operator_clients_with_the_same_id_do_not_own_each_others_tokens() 
     let r = auth.form("/oauth/revoke", &ask, &[("Authorization", &twin_basic)]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(!active(&operator_token));
+}
+
+/// An ECDSA key and a CSR for `subject` (openssl's `/type=value` form) made by openssl, signed
+/// by the authority through `latchkey cert issue --csr`.
+fn openssl_issued(auth: &Authority, dir: &Path, alias: &str, subject: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{alias}.key"));
+    let csr = dir.join(format!("{alias}.csr"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", subject, "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .expect("openssl req");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let prefix = dir.join(alias);
+    ok(&cli(
+        auth,
+        &[
+            "issue",
+            alias,
+            "--csr",
+            csr.to_str().expect("utf-8"),
+            "--out",
+            prefix.to_str().expect("utf-8"),
+        ],
+    ));
+    (prefix.with_extension("pem"), key)
+}
+
+/// Regression: `tls_client_auth_subject_dn` was compared as unescaped text, so a certificate
+/// whose one CN reads `a, O=b` authenticated as the agent registered for `CN=a,O=b`.
+#[test]
+fn subject_dn_rules_compare_rdns_so_a_comma_in_a_value_impersonates_nobody() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    let out = dir.path();
+    let (real_pem, real_key) = openssl_issued(&auth, out, "real", "/O=b/CN=a");
+    let (forged_pem, forged_key) = openssl_issued(&auth, out, "forged", "/CN=a, O=b");
+    assert_eq!(entry(&auth, "real")["subject"], "CN=a,O=b");
+    assert_eq!(entry(&auth, "forged")["subject"], "CN=a\\, O\\=b");
+
+    board(
+        &auth,
+        &op,
+        "victim",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=a,O=b"}),
+    );
+    let forger = client(&auth, Some(identity(&forged_pem, &forged_key)));
+    let r = token_once(&auth, forger.clone(), "victim").expect("answered");
+    assert_refused(&r, "does not match");
+    let real = client(&auth, Some(identity(&real_pem, &real_key)));
+    assert_bound(
+        &auth,
+        &op,
+        &token_once(&auth, real.clone(), "victim").expect("token"),
+        &leaf_der(&real_pem),
+    );
+
+    // Escaped as RFC 4514 says, the forged certificate's own name is its own rule.
+    board(
+        &auth,
+        &op,
+        "comma",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=a\\, O=b"}),
+    );
+    assert_bound(
+        &auth,
+        &op,
+        &token_once(&auth, forger, "comma").expect("token"),
+        &leaf_der(&forged_pem),
+    );
+    assert_refused(
+        &token_once(&auth, real, "comma").expect("answered"),
+        "does not match",
+    );
 }

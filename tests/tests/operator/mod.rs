@@ -126,11 +126,7 @@ fn assert_error(r: &Response, status: u16, code: &str) {
 }
 
 fn admin_secret(auth: &Authority) -> String {
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(auth.data_dir.join("admin-client.json")).expect("creds"),
-    )
-    .expect("json");
-    v["client_secret"].as_str().expect("secret").to_owned()
+    crate::util::admin_secret(&auth.data_dir)
 }
 
 fn introspect(auth: &Authority, caller: &str, token: &str) -> Response {
@@ -1822,4 +1818,136 @@ fn odd_ids_are_refused_and_percent_encoded_paths_name_valid_ones() {
         let r = auth.json("DELETE", &path, Some(&admin), None);
         assert_error(&r, 400, "invalid_request");
     }
+}
+
+/// `latchkey` with `stdin` on its standard input.
+fn cli_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(latchkey_bin())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn latchkey");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// Every secret the CLI takes has a way in that is not its command line (a file, `-` for
+/// standard input, or an environment variable), and `--help` says so.
+#[test]
+fn secrets_reach_the_cli_through_files_stdin_or_the_environment() {
+    for (args, needles) in [
+        (&["revoke", "--help"][..], &["--token-file", "ps"][..]),
+        (
+            &["hash-secret", "--help"],
+            &["--client-secret-file", "LATCHKEY_CLIENT_SECRET"],
+        ),
+        (
+            &["client", "list", "--help"],
+            &["--client-secret-file", "LATCHKEY_CLIENT_SECRET"],
+        ),
+        (
+            &["cert", "trust", "--help"],
+            &["--password-file", "LATCHKEY_P12_PASSWORD"],
+        ),
+        (
+            &["cert", "pkcs12", "--help"],
+            &["--password-file", "LATCHKEY_P12_PASSWORD"],
+        ),
+        (
+            &["cert", "issue", "--help"],
+            &["--p12-password-file", "LATCHKEY_P12_PASSWORD"],
+        ),
+        (
+            &["check", "--help"],
+            &["--passphrase-file", "LATCHKEY_PASSPHRASE"],
+        ),
+    ] {
+        let out = cli(args);
+        let help = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(help.contains(n), "{args:?}: {n:?} not in\n{help}");
+        }
+    }
+
+    // hash-secret from standard input and from the environment.
+    let hashed = cli_stdin(
+        &[
+            "hash-secret",
+            "--client-secret-file",
+            "-",
+            "--format",
+            "usercube",
+        ],
+        "secret\n",
+    );
+    assert!(hashed.status.success(), "{}", stderr(&hashed));
+    assert_eq!(
+        String::from_utf8_lossy(&hashed.stdout).trim(),
+        USERCUBE_SAMPLE
+    );
+    let env = Command::new(latchkey_bin())
+        .args(["hash-secret", "--format", "usercube"])
+        .env("LATCHKEY_CLIENT_SECRET", "secret")
+        .output()
+        .expect("run");
+    assert_eq!(String::from_utf8_lossy(&env.stdout).trim(), USERCUBE_SAMPLE);
+    assert!(
+        !cli(&["hash-secret"]).status.success(),
+        "a secret is required"
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    let server = auth.base_url();
+    let ca = auth.ca_path().display().to_string();
+    // An operator credential from a file.
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{}\n", admin_secret(&auth))).expect("write");
+    let listed = cli(&[
+        "client",
+        "list",
+        "--server",
+        &server,
+        "--ca",
+        &ca,
+        "--client-id",
+        "admin",
+        "--client-secret-file",
+        secret_file.to_str().expect("utf-8"),
+    ]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("admin"));
+
+    // A token to revoke, from standard input: it stops working.
+    let token = auth.operator_token();
+    assert_eq!(whoami(&auth, &token), 200);
+    let creds = auth
+        .data_dir
+        .join("admin-client.json")
+        .display()
+        .to_string();
+    let revoked = cli_stdin(
+        &[
+            "revoke",
+            "--token-file",
+            "-",
+            "--server",
+            &server,
+            "--ca",
+            &ca,
+            "--credentials",
+            &creds,
+        ],
+        &format!("{token}\n"),
+    );
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert_eq!(whoami(&auth, &token), 401);
 }

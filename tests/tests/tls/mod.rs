@@ -13,13 +13,21 @@ use crate::util::server::{Server, read_response, read_until_closed, tls_client};
 fn first_run_creates_certificates_and_serves_https() {
     let s = Server::tls(&[]);
     let dir = s.data_dir();
-    for key in ["ca.key", "server.key"] {
+    for key in [
+        "ca.key.sealed",
+        "server.key.sealed",
+        "master.key",
+        "latchkey.redb",
+    ] {
         let mode = std::fs::metadata(dir.join(key))
             .unwrap()
             .permissions()
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600, "{key}");
+    }
+    for plain in ["ca.key", "server.key"] {
+        assert!(!dir.join(plain).exists(), "{plain} in clear");
     }
     assert!(
         s.wait_stderr(&dir.join("ca.pem").display().to_string()),
@@ -171,27 +179,52 @@ fn concurrent_handshakes_are_capped() {
     );
 }
 
-/// A client certificate for `agent`, issued by the server's own CA (as `latchkey cert` will).
-fn client_identity(
-    s: &Server,
-) -> (
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
-    let dir = s.data_dir();
-    let ca_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
-    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &ca_key).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["agent".to_owned()]).unwrap();
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    (vec![cert.der().clone()], key)
+/// A CA the test owns, handed to the server with `--client-ca` (the server's own CA key is
+/// sealed in its data directory).
+struct ClientCa {
+    dir: tempfile::TempDir,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
 }
 
-fn mtls_client(s: &Server, identity: bool) -> Arc<rustls::ClientConfig> {
+impl ClientCa {
+    fn new() -> ClientCa {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test client CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("client-ca.pem"), cert.pem()).unwrap();
+        ClientCa { dir, cert, key }
+    }
+
+    /// `latchkey serve` flags: client authentication `mode`, trusting this CA.
+    fn server(&self, mode: &str) -> Server {
+        let path = self.dir.path().join("client-ca.pem");
+        Server::tls(&["--client-auth", mode, "--client-ca", path.to_str().unwrap()])
+    }
+
+    /// A client certificate for `agent`.
+    fn identity(
+        &self,
+    ) -> (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let issuer = rcgen::Issuer::from_ca_cert_der(self.cert.der(), &self.key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["agent".to_owned()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (vec![cert.der().clone()], key)
+    }
+}
+
+fn mtls_client(s: &Server, identity: Option<&ClientCa>) -> Arc<rustls::ClientConfig> {
     let base = tls_client(&s.ca_path(), None, None);
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -203,11 +236,12 @@ fn mtls_client(s: &Server, identity: bool) -> Arc<rustls::ClientConfig> {
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots);
-    let mut config = if identity {
-        let (chain, key) = client_identity(s);
-        builder.with_client_auth_cert(chain, key).unwrap()
-    } else {
-        builder.with_no_client_auth()
+    let mut config = match identity {
+        Some(ca) => {
+            let (chain, key) = ca.identity();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = base.alpn_protocols.clone();
     Arc::new(config)
@@ -224,16 +258,20 @@ fn try_request(s: &Server, config: Arc<rustls::ClientConfig>) -> std::io::Result
 
 #[test]
 fn mutual_tls_required_refuses_clients_without_a_trusted_certificate() {
-    let s = Server::tls(&["--client-auth", "required"]);
-    assert_eq!(try_request(&s, mtls_client(&s, true)).unwrap(), 200);
-    assert!(try_request(&s, mtls_client(&s, false)).is_err());
+    let ca = ClientCa::new();
+    let s = ca.server("required");
+    assert_eq!(try_request(&s, mtls_client(&s, Some(&ca))).unwrap(), 200);
+    assert!(try_request(&s, mtls_client(&s, None)).is_err());
+    // A certificate from a CA the server does not trust is refused too.
+    assert!(try_request(&s, mtls_client(&s, Some(&ClientCa::new()))).is_err());
     // The refusal cost nothing but that connection.
-    assert_eq!(try_request(&s, mtls_client(&s, true)).unwrap(), 200);
+    assert_eq!(try_request(&s, mtls_client(&s, Some(&ca))).unwrap(), 200);
 }
 
 #[test]
 fn mutual_tls_optional_accepts_both() {
-    let s = Server::tls(&["--client-auth", "optional"]);
-    assert_eq!(try_request(&s, mtls_client(&s, true)).unwrap(), 200);
-    assert_eq!(try_request(&s, mtls_client(&s, false)).unwrap(), 200);
+    let ca = ClientCa::new();
+    let s = ca.server("optional");
+    assert_eq!(try_request(&s, mtls_client(&s, Some(&ca))).unwrap(), 200);
+    assert_eq!(try_request(&s, mtls_client(&s, None)).unwrap(), 200);
 }

@@ -171,15 +171,8 @@ impl Authority {
 
     /// An operator access token for the `admin` client created on first run.
     pub fn operator_token(&self) -> String {
-        let creds: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(self.data_dir.join("admin-client.json")).expect("admin credentials"),
-        )
-        .expect("admin credentials JSON");
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            creds["client_id"].as_str().expect("client_id"),
-            creds["client_secret"].as_str().expect("client_secret")
-        ));
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("admin:{}", super::admin_secret(&self.data_dir)));
         let r = self.form(
             "/oauth/token",
             "grant_type=client_credentials",

@@ -1,7 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 pub mod https;
 pub mod server;
@@ -22,4 +23,23 @@ pub fn latchkey_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The first-run admin client's secret, as an operator gets it: `latchkey client secret` opens
+/// the sealed `admin-client.json` with the `master.key` beside it.
+pub fn admin_secret(data_dir: &Path) -> String {
+    let out = Command::new(latchkey_bin())
+        .args(["client", "secret", "--credentials"])
+        .arg(data_dir.join("admin-client.json"))
+        .output()
+        .expect("run latchkey client secret");
+    assert!(
+        out.status.success(),
+        "latchkey client secret: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim_end()
+        .to_owned()
 }
