@@ -33,7 +33,7 @@ pub enum AgentCommand {
     },
     /// List agents.
     List,
-    /// Show an agent, its boarding status and its boarding configuration.
+    /// Show an agent, its boarding status and (with agents:write) its boarding configuration.
     Show { id: String },
     /// Offboard an agent: its registration, secrets and tokens are revoked.
     Offboard { id: String },
@@ -105,14 +105,19 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
                     &[],
                 )?
                 .ok()?;
-            let config = r
-                .call(
-                    "GET",
-                    &format!("{BASE}/{}/boarding/configuration", segment(id)),
-                    None,
-                    &[],
-                )?
-                .ok()?;
+            // The configuration discloses the initial access token, so it needs agents:write;
+            // a read-only operator still sees the agent and its status.
+            let answer = r.call(
+                "GET",
+                &format!("{BASE}/{}/boarding/configuration", segment(id)),
+                None,
+                &[],
+            )?;
+            let config = if answer.status == 403 {
+                json!("(withheld: reading it needs agents:write)")
+            } else {
+                answer.ok()?
+            };
             let v = json!({ "agent": agent, "boarding_status": status, "boarding_configuration": config });
             print(json, &v, |v| {
                 format!(

@@ -1474,6 +1474,31 @@ fn read_only_operators_cannot_obtain_initial_access_tokens() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(status(&job), "NOT_ONBOARDED");
+    // `agent show` as the read-only client shows the agent and its status, and no IAT.
+    let ca = auth.ca_path().display().to_string();
+    let server = auth.base_url();
+    let shown = cli_stdin(
+        &[
+            "agent",
+            "show",
+            "e-ro",
+            "--json",
+            "--server",
+            &server,
+            "--ca",
+            &ca,
+            "--client-id",
+            "Job",
+            "--client-secret-file",
+            "-",
+        ],
+        "secret\n",
+    );
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("CLI JSON");
+    assert_eq!(shown["boarding_status"]["status"], "NOT_ONBOARDED");
+    assert!(!shown.to_string().contains("\"iat\""), "{shown}");
+    assert_eq!(status(&job), "NOT_ONBOARDED", "showing issued nothing");
     let r = auth.json("GET", &config_path, Some(&job), None);
     assert_error(&r, 403, "insufficient_scope");
     assert!(!r.text().contains("iat"), "{}", r.text());
