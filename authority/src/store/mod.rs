@@ -27,11 +27,11 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, StorageBackend};
 
 pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
 pub use error::StoreError;
-pub use hot::{ClientAuth, HmacKeys, HotIndex, Revocation, SigningKey};
+pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, SigningKey};
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
 pub use ops::{
-    MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewIat, NewSigningKey, Registration,
-    Rotation, WriteOp, WriteOutcome,
+    MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig, NewIat, NewSigningKey,
+    Registration, Rotation, WriteOp, WriteOutcome,
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;
@@ -384,6 +384,7 @@ mod tests {
             new_secret: Some(Secret::from(format!("secret-{new}").as_str())),
             new_jwks: None,
             secret_expires_at: 6_000,
+            grace_until: 0,
             now: 30,
         }))
     }
@@ -657,6 +658,7 @@ mod tests {
                     new_secret: Some(Secret::from("s")),
                     new_jwks: None,
                     secret_expires_at: 1,
+                    grace_until: 0,
                     now: 1,
                 }),
                 move |r| tx.send((i, r.is_ok())).unwrap(),
