@@ -211,9 +211,16 @@ fn validate(body: &[u8], max: usize) -> Result<String, Error> {
             let at = format!("dataSources[{i}].dataPoints[{j}]");
             field(&format!("{at}.id"), &point.id, false)?;
             field(&format!("{at}.name"), &point.name, false)?;
-            field(&format!("{at}.unit"), point.unit.as_deref().unwrap_or(""), true)?;
+            field(
+                &format!("{at}.unit"),
+                point.unit.as_deref().unwrap_or(""),
+                true,
+            )?;
             if !TYPES.iter().any(|t| t.eq_ignore_ascii_case(&point.kind)) {
-                return Err(bad(format!("{at}.type must be one of {}", TYPES.join(", "))));
+                return Err(bad(format!(
+                    "{at}.type must be one of {}",
+                    TYPES.join(", ")
+                )));
             }
             if ids.contains(&point.id.as_str()) {
                 return Err(bad(format!("{at}.id repeats an earlier data point id")));
@@ -255,16 +262,39 @@ mod tests {
         with_meta["id"] = "client-id".into();
         with_meta["eTag"] = "3".into();
         let stored = validate(with_meta.to_string().as_bytes(), 1 << 16).unwrap();
-        assert!(!stored.contains("client-id") && !stored.contains("eTag"), "{stored}");
+        assert!(
+            !stored.contains("client-id") && !stored.contains("eTag"),
+            "{stored}"
+        );
         check(json!({"dataSources": []}), false, "configurationId");
-        check(json!({"configurationId": "", "dataSources": []}), false, "configurationId");
-        check(json!({"configurationId": "c", "dataSources": [], "extra": 1}), false, "extra");
-        check(json!({"configurationId": "c", "dataSources": [{"name": "s", "dataPoints": [point("a"), point("a")]}]}), false, "repeats");
+        check(
+            json!({"configurationId": "", "dataSources": []}),
+            false,
+            "configurationId",
+        );
+        check(
+            json!({"configurationId": "c", "dataSources": [], "extra": 1}),
+            false,
+            "extra",
+        );
+        check(
+            json!({"configurationId": "c", "dataSources": [{"name": "s", "dataPoints": [point("a"), point("a")]}]}),
+            false,
+            "repeats",
+        );
         let mut p = point("a");
         p["type"] = "FLOAT".into();
-        check(json!({"configurationId": "c", "dataSources": [{"name": "s", "dataPoints": [p]}]}), false, "type");
+        check(
+            json!({"configurationId": "c", "dataSources": [{"name": "s", "dataPoints": [p]}]}),
+            false,
+            "type",
+        );
         p["type"] = "int".into();
-        check(json!({"configurationId": "c", "dataSources": [{"name": "s", "dataPoints": [p]}]}), true, "");
+        check(
+            json!({"configurationId": "c", "dataSources": [{"name": "s", "dataPoints": [p]}]}),
+            true,
+            "",
+        );
         check(json!([1, 2]), false, "dataSourceConfiguration");
         let dup = br#"{"configurationId":"a","configurationId":"b","dataSources":[]}"#;
         assert!(validate(dup, 1 << 16).is_err());

@@ -740,10 +740,9 @@ impl AgentState {
                     (Ok(v), Some(p)) if p.secret == client.secret => (v, Used::Unchanged),
                     (Ok(v), Some(_)) => (v, Used::New),
                     // Within a rotation's grace window the replaced secret still counts.
-                    (
-                        Err(latchkey_core::Error::Rejected(RejectedError::BadSignature)),
-                        Some(p),
-                    ) if p.secret.is_some() && now < p.secret_expires_at => {
+                    (Err(latchkey_core::Error::Rejected(RejectedError::BadSignature)), Some(p))
+                        if p.secret.is_some() && now < p.secret_expires_at =>
+                    {
                         let key = p
                             .hmac_key(alg)
                             .map_err(|e| stored_key_error(&client.client_id, &e))?;

@@ -76,9 +76,12 @@ pub(crate) fn init_schema(db: &Database, key: &MasterKey) -> Result<(), StoreErr
 /// them, which means "empty". They are created at open so reads can open them unconditionally.
 fn create_added_tables(db: &Database) -> Result<(), StoreError> {
     let rtx = db.begin_read().db("begin read")?;
-    let missing = [ROTATIONS, DATASOURCE_CONFIGS]
-        .into_iter()
-        .any(|def| matches!(rtx.open_table(def), Err(redb::TableError::TableDoesNotExist(_))));
+    let missing = [ROTATIONS, DATASOURCE_CONFIGS].into_iter().any(|def| {
+        matches!(
+            rtx.open_table(def),
+            Err(redb::TableError::TableDoesNotExist(_))
+        )
+    });
     drop(rtx);
     if !missing {
         return Ok(());

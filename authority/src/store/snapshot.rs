@@ -161,8 +161,10 @@ impl Snapshot {
         tenant: &str,
         id: &str,
     ) -> Result<Option<DataSourceConfigRecord>, StoreError> {
-        Ok(lookup::<DataSourceConfigRecord>(&self.txn, DATASOURCE_CONFIGS, id)?
-            .filter(|c| c.tenant == tenant))
+        Ok(
+            lookup::<DataSourceConfigRecord>(&self.txn, DATASOURCE_CONFIGS, id)?
+                .filter(|c| c.tenant == tenant),
+        )
     }
 
     pub fn registration(&self, client_id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
