@@ -8,9 +8,17 @@
 //! use the *string* as the HMAC key (that is what `jsonwebtoken.sign(claims, secret)` and MCL
 //! do), so the store keeps the string's bytes. A registration access token is opaque: 256
 //! random bits in base64url; only its salted hash is stored, and the store checks it inside the
-//! write transaction, so two rotations presenting the same RAT cannot both win and the old RAT
-//! is dead the moment the new one is answered. The initial access token is a JWT of our own
-//! `typ` whose `jti` the store consumes exactly once.
+//! write transaction, so two rotations presenting the same RAT cannot both win. The initial
+//! access token is a JWT of our own `typ` whose `jti` the store consumes exactly once.
+//!
+//! **Lost rotation answers.** If a rotation's answer never reaches the agent, the agent still
+//! holds the old RAT and secret. For `[agents] rotation-grace` (6 h by default) the store keeps
+//! the replaced credentials: a repeated `PUT` with the old RAT gets the same answer again (the
+//! Node SDK retries and then replays its saved registrations), and the old secret or key still
+//! gets tokens. The first use of any new credential (secret, a key the rotation introduced, or
+//! the new RAT) is the cut-over: one write, answered after it commits, after which the old RAT
+//! and secret are dead and the token path is as cheap as before. A key the rotation kept (the
+//! Node SDK re-sends its key) proves nothing about the answer and does not cut over.
 //!
 //! **Cheap refusals first.** Before a register or rotate request is queued for the writer, it
 //! is checked against a snapshot (IAT used or superseded, RAT not current): a flood of stale
