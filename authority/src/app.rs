@@ -103,6 +103,12 @@ pub struct AppSettings {
     /// Replay cache sizing for client assertions. Size `capacity` for at least
     /// 1.5 × peak token rate × (`assertion_max_age` + leeway).
     pub replay: ReplayConfig,
+    /// How long after a rotation the replaced RAT, secret and keys stay usable if the agent
+    /// has not used its new ones yet (seconds; 0: they die at once). Lets an agent whose
+    /// rotation answer was lost repeat the rotation and get the same answer.
+    pub rotation_grace: u64,
+    /// Largest stored `dataSourceConfiguration` (bytes of JSON).
+    pub datasource_config_max_bytes: usize,
 }
 
 impl Default for AppSettings {
@@ -131,6 +137,8 @@ impl Default for AppSettings {
                 capacity: 1 << 22,
                 ..ReplayConfig::default()
             },
+            rotation_grace: 6 * 3600,
+            datasource_config_max_bytes: 64 * 1024,
         }
     }
 }
@@ -197,6 +205,8 @@ pub struct AppConfig {
     #[serde(default)]
     pub keys: KeysConfig,
     #[serde(default)]
+    pub agents: AgentsConfig,
+    #[serde(default)]
     pub tenants: Vec<TenantDecl>,
     #[serde(default)]
     pub profiles: Vec<ProfileDecl>,
@@ -229,6 +239,20 @@ pub struct KeysConfig {
     pub rotation_interval: Option<crate::config::HumanDuration>,
     pub maintenance_interval: Option<crate::config::HumanDuration>,
 }
+
+/// `[agents]`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentsConfig {
+    /// Grace window of a rotation's replaced credentials ("0s" turns it off).
+    pub rotation_grace: Option<crate::config::HumanDuration>,
+    /// Largest `dataSourceConfiguration` in bytes.
+    pub datasource_config_max_bytes: Option<usize>,
+}
+
+/// Upper bound of `datasource-config-max-bytes`: the record holding it must stay below the
+/// store's record limit.
+pub const MAX_DATASOURCE_CONFIG_BYTES: usize = 192 * 1024;
 
 impl AppConfig {
     /// Reads the operator sections of a TOML settings file.
@@ -263,6 +287,15 @@ impl AppConfig {
             "secret-lifetime",
         )?;
         let leeway = t.leeway.map_or(d.leeway, |h| h.0.as_secs());
+        let datasource_config_max_bytes = self
+            .agents
+            .datasource_config_max_bytes
+            .unwrap_or(d.datasource_config_max_bytes);
+        if !(2..=MAX_DATASOURCE_CONFIG_BYTES).contains(&datasource_config_max_bytes) {
+            return Err(Error::Config(format!(
+                "agents.datasource-config-max-bytes must be 2..={MAX_DATASOURCE_CONFIG_BYTES}"
+            )));
+        }
         let settings = AppSettings {
             issuer: t.issuer,
             public_url: t.public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -305,6 +338,11 @@ impl AppConfig {
                 capacity: t.replay_capacity.unwrap_or(d.replay.capacity),
                 ..d.replay
             },
+            rotation_grace: self
+                .agents
+                .rotation_grace
+                .map_or(d.rotation_grace, |h| h.0.as_secs()),
+            datasource_config_max_bytes,
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {

@@ -14,9 +14,9 @@ use crate::error::Error;
 use crate::http::Limits;
 use crate::tls::ClientAuthMode;
 
-/// Top-level TOML sections that belong to `app::AppConfig` (tokens, keys, tenants, profiles,
-/// operator clients), not to the server settings.
-pub const APP_SECTIONS: [&str; 5] = ["tokens", "keys", "tenants", "profiles", "clients"];
+/// Top-level TOML sections that belong to `app::AppConfig` (tokens, keys, agents, tenants,
+/// profiles, operator clients), not to the server settings.
+pub const APP_SECTIONS: [&str; 6] = ["tokens", "keys", "agents", "tenants", "profiles", "clients"];
 
 /// Default listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";

@@ -80,6 +80,9 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A body within the transport's limit but over a resource's own size bound.
+    #[error("{0}")]
+    PayloadTooLarge(String),
 }
 
 /// What goes on the wire for an error: status, OAuth `error` code, human description.
@@ -141,6 +144,7 @@ fn api_wire(e: &ApiError) -> WireError {
         ApiError::Conflict(_) => (409, "conflict"),
         ApiError::PreconditionFailed(_) => (412, "precondition_failed"),
         ApiError::UnsupportedMediaType(_) => (415, "invalid_request"),
+        ApiError::PayloadTooLarge(_) => (413, "invalid_request"),
     };
     WireError::new(status, code, e.to_string())
 }

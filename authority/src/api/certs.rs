@@ -608,6 +608,8 @@ mod tests {
             secret_expires_at: 0,
             generation: 1,
             hmac_keys: Default::default(),
+            previous: None,
+            cut_over: Default::default(),
         }
     }
 

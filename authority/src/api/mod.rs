@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod auth;
 pub mod certs;
+pub mod datasource;
 pub mod metrics;
 pub mod mindsphere;
 pub mod oauth;
@@ -30,6 +31,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
     let agent_state = Arc::new(onboarding::AgentState::new(Arc::clone(app)));
     agents::routes(router, &agent_state);
     onboarding::routes(router, &agent_state);
+    datasource::routes(router, &agent_state);
 }
 
 /// A route handler over state `S` shared by a module's routes.

@@ -8,9 +8,17 @@
 //! use the *string* as the HMAC key (that is what `jsonwebtoken.sign(claims, secret)` and MCL
 //! do), so the store keeps the string's bytes. A registration access token is opaque: 256
 //! random bits in base64url; only its salted hash is stored, and the store checks it inside the
-//! write transaction, so two rotations presenting the same RAT cannot both win and the old RAT
-//! is dead the moment the new one is answered. The initial access token is a JWT of our own
-//! `typ` whose `jti` the store consumes exactly once.
+//! write transaction, so two rotations presenting the same RAT cannot both win. The initial
+//! access token is a JWT of our own `typ` whose `jti` the store consumes exactly once.
+//!
+//! **Lost rotation answers.** If a rotation's answer never reaches the agent, the agent still
+//! holds the old RAT and secret. For `[agents] rotation-grace` (6 h by default) the store keeps
+//! the replaced credentials: a repeated `PUT` with the old RAT gets the same answer again (the
+//! Node SDK retries and then replays its saved registrations), and the old secret or key still
+//! gets tokens. The first use of any new credential (secret, a key the rotation introduced, or
+//! the new RAT) is the cut-over: one write, answered after it commits, after which the old RAT
+//! and secret are dead and the token path is as cheap as before. A key the rotation kept (the
+//! Node SDK re-sends its key) proves nothing about the answer and does not cut over.
 //!
 //! **Cheap refusals first.** Before a register or rotate request is queued for the writer, it
 //! is checked against a snapshot (IAT used or superseded, RAT not current): a flood of stale
@@ -97,6 +105,22 @@ pub struct AgentState {
 struct CachedKeys {
     client: Weak<ClientAuth>,
     keys: Vec<VerifyingKey>,
+    /// Per key in `keys`: whether the last rotation introduced it. Using a key the rotation
+    /// kept (the Node SDK sends the same key again) proves nothing about the rotation answer.
+    fresh: Vec<bool>,
+    /// The rotation's replaced keys that are not among `keys`.
+    previous: Vec<VerifyingKey>,
+}
+
+/// Which of a client's credentials authenticated a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Used {
+    /// One that the last rotation did not change (or there is no live rotation).
+    Unchanged,
+    /// One that the last rotation introduced: its first use is the cut-over.
+    New,
+    /// One that the last rotation replaced, within its grace window.
+    Previous,
 }
 
 /// The replay floor for a process started at `start` whose validation tolerates `leeway`
@@ -341,34 +365,78 @@ impl AgentState {
     // -----------------------------------------------------------------------------------------
     // RFC 7592: read and rotate
 
-    /// The registration `client_id` names, if `rat` is its current registration access token.
-    /// Unknown client and wrong RAT answer alike (401), so neither can be probed.
-    fn authorize_rat(&self, client_id: &str, rat: &str) -> Result<RegistrationRecord, Error> {
+    /// The registration `client_id` names, if `rat` is its current registration access token
+    /// or, with `previous_ok`, the one its last rotation replaced while the grace window is
+    /// open (the store decides again inside the transaction). Unknown client and wrong RAT
+    /// answer alike (401), so neither can be probed.
+    fn authorize_rat(
+        &self,
+        client_id: &str,
+        rat: &str,
+        previous_ok: bool,
+    ) -> Result<RegistrationRecord, Error> {
         let refused = || {
             ApiError::InvalidToken(
                 "registration access token is not current for this client".into(),
             )
         };
-        let rec = self
-            .app
-            .store
-            .read()?
-            .registration(client_id)?
-            .ok_or_else(refused)?;
+        let snap = self.app.store.read()?;
+        let rec = snap.registration(client_id)?.ok_or_else(refused)?;
         if rec.rat_hash.verify(rat.as_bytes()) {
-            Ok(rec)
-        } else {
-            Err(refused().into())
+            return Ok(rec);
+        }
+        let now = self.app.now();
+        match snap.rotation(client_id)? {
+            Some(g)
+                if previous_ok
+                    && g.generation == rec.generation
+                    && now < g.grace_until
+                    && g.previous_rat_hash.verify(rat.as_bytes()) =>
+            {
+                Ok(rec)
+            }
+            _ => Err(refused().into()),
         }
     }
 
-    fn read_registration(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+    /// The cut-over op when `client`'s previous credentials are still live and this request
+    /// is the first to use a new one; the request answers once it has committed.
+    fn cut_over(&self, client: &ClientAuth, now: u64) -> Option<WriteOp> {
+        (client.previous_at(now).is_some() && client.begin_cut_over()).then(|| WriteOp::CutOver {
+            client_id: client.client_id.clone(),
+            generation: client.generation,
+            now,
+        })
+    }
+
+    /// Answers `response` after `op` (a cut-over) has committed, or at once without one.
+    fn answer_after(
+        &self,
+        op: Option<WriteOp>,
+        ctx: &RequestContext<'_>,
+        response: Response,
+    ) -> Outcome {
+        let Some(op) = op else {
+            return response.into();
+        };
+        let done = ctx.defer();
+        self.app.submit(op, move |result| {
+            done.complete(result.map_err(Error::from).map(|_| response));
+        });
+        Outcome::Deferred
+    }
+
+    fn read_registration(
+        &self,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
         let client_id = path_client_id(req)?;
         let client_id = client_id.as_str();
         let rat = super::bearer(req).ok_or_else(|| {
             ApiError::InvalidToken("a registration access token (Bearer) is required".into())
         })?;
-        let rec = self.authorize_rat(client_id, rat)?;
+        let rec = self.authorize_rat(client_id, rat, false)?;
         let mut answer = self.answer(&rec, None, rat);
         if rec.auth_method == AuthMethod::PrivateKeyJwt {
             let keys = rec
@@ -379,7 +447,15 @@ impl AgentState {
                 .map_err(|e| stored_key_error(&rec.client_id, &e))?;
             answer.jwks = Some(JwkSet { keys });
         }
-        Ok(registration_response(200, answer).into())
+        // Reading with the new RAT is a first use of it: the previous credentials end.
+        let cut_over = self
+            .app
+            .store
+            .hot()
+            .client(client_id)
+            .filter(|c| c.generation == rec.generation)
+            .and_then(|c| self.cut_over(&c, self.app.now()));
+        Ok(self.answer_after(cut_over, ctx, registration_response(200, answer)))
     }
 
     fn rotate(
@@ -391,7 +467,7 @@ impl AgentState {
         let rat = super::bearer(req).ok_or_else(|| {
             ApiError::InvalidToken("a registration access token (Bearer) is required".into())
         })?;
-        let rec = self.authorize_rat(&client_id, rat)?;
+        let rec = self.authorize_rat(&client_id, rat, true)?;
         let body = RegisterRequest::parse(req.body())?;
         if let Some(id) = &body.client_id
             && *id != client_id
@@ -416,6 +492,7 @@ impl AgentState {
         let credentials = Credentials::new(profile, body.jwks.as_ref(), false)?;
         let new_rat = generate_secret()?;
         let now = self.app.now();
+        let grace = self.app.settings.rotation_grace;
         let op = WriteOp::RotateRegistration(Rotation {
             client_id,
             presented_rat: Secret::from(rat),
@@ -426,6 +503,11 @@ impl AgentState {
                 .map(|s| Secret::from(s.as_str())),
             new_jwks: credentials.jwks.clone(),
             secret_expires_at: now.saturating_add(self.app.settings.client_secret_lifetime),
+            grace_until: if grace == 0 {
+                0
+            } else {
+                now.saturating_add(grace)
+            },
             now,
         });
         let done = ctx.defer();
@@ -439,6 +521,18 @@ impl AgentState {
                             200,
                             state.answer(&rec, credentials.secret, &new_rat),
                         )),
+                        // The answer of the rotation this one repeats, word for word.
+                        WriteOutcome::RotationReplayed {
+                            registration,
+                            rat,
+                            secret,
+                        } => {
+                            let secret = secret.map(|s| secret_text(&s)).transpose()?;
+                            Ok(registration_response(
+                                200,
+                                state.answer(&registration, secret, &secret_text(&rat)?),
+                            ))
+                        }
                         other => Err(unexpected(&other)),
                     }),
             );
@@ -458,18 +552,20 @@ impl AgentState {
                 if super::certs::is_mtls_token_request(&form) && ctx.client_certificates().is_some()
                 {
                     let (client, x5t) = super::certs::authenticate(&self.app, &form, ctx)?;
-                    return self.issue_to(&client, now, Some(x5t));
+                    return Ok((self.issue_to(&client, now, Some(x5t))?, None));
                 }
                 let request = TokenRequest::parse(&form)?;
                 // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
                 let x5t = super::certs::client_certificate(&self.app, ctx, false)?
                     .map(|c| c.thumbprint());
-                self.issue_bound(&request, now, x5t)
+                self.issue_checked(&request, now, x5t)
             });
         match result {
-            Ok(answer) => Ok(Response::json(200, &answer)
-                .header("Pragma", "no-cache")
-                .into()),
+            Ok((answer, cut_over)) => Ok(self.answer_after(
+                cut_over,
+                ctx,
+                Response::json(200, &answer).header("Pragma", "no-cache"),
+            )),
             Err(TokenRefusal::Error(e)) => Err(e),
             Err(TokenRefusal::Later { seconds, reason }) => {
                 let wire = WireError::new(503, "temporarily_unavailable", reason);
@@ -485,14 +581,30 @@ impl AgentState {
         self.issue_bound(request, now, None)
     }
 
-    /// [`AgentState::issue`], binding the token to a client certificate (`cnf.x5t#S256`).
+    /// [`AgentState::issue`], binding the token to a client certificate (`cnf.x5t#S256`). A
+    /// cut-over this request causes is submitted without waiting for it.
     pub fn issue_bound(
         &self,
         request: &TokenRequest,
         now: u64,
         x5t: Option<String>,
     ) -> Result<TokenResponse, TokenRefusal> {
-        let (client, claims) = self.authenticate(&request.client_assertion, now)?;
+        let (answer, cut_over) = self.issue_checked(request, now, x5t)?;
+        if let Some(op) = cut_over {
+            self.app.submit(op, |_| {});
+        }
+        Ok(answer)
+    }
+
+    /// Authenticates and mints; also returns the cut-over to commit when this is the first use
+    /// of a rotation's new credentials (the HTTP answer waits for it).
+    fn issue_checked(
+        &self,
+        request: &TokenRequest,
+        now: u64,
+        x5t: Option<String>,
+    ) -> Result<(TokenResponse, Option<WriteOp>), TokenRefusal> {
+        let (client, claims, used) = self.authenticate(&request.client_assertion, now)?;
         if let Some(id) = &request.client_id
             && *id != client.client_id
         {
@@ -563,7 +675,12 @@ impl AgentState {
             }
             Err(e) => return Err(invalid_assertion(&e.into()).into()),
         }
-        self.issue_to(&client, now, x5t)
+        let answer = self.issue_to(&client, now, x5t)?;
+        let cut_over = match used {
+            Used::New => self.cut_over(&client, now),
+            Used::Unchanged | Used::Previous => None,
+        };
+        Ok((answer, cut_over))
     }
 
     /// Mints for an authenticated client (after the method-specific checks).
@@ -596,7 +713,11 @@ impl AgentState {
 
     /// Finds the client the assertion names (unverified `iss`), verifies the assertion with
     /// that client's credentials and RFC 7523 rules. Every failure is 401 `invalid_client`.
-    fn authenticate(&self, assertion: &str, now: u64) -> Result<(Arc<ClientAuth>, Claims), Error> {
+    fn authenticate(
+        &self,
+        assertion: &str,
+        now: u64,
+    ) -> Result<(Arc<ClientAuth>, Claims, Used), Error> {
         let parsed = UnverifiedToken::parse(assertion).map_err(|e| invalid_assertion(&e))?;
         let issuer = latchkey_core::dangerous::insecure_issuer(&parsed)
             .map_err(|e| invalid_assertion(&e))?
@@ -610,7 +731,8 @@ impl AgentState {
         };
         let validation = self.assertion_validation();
         let alg = parsed.header().alg();
-        let verified = match client.auth_method {
+        let previous = client.previous_at(now);
+        let (verified, used) = match client.auth_method {
             AuthMethod::ClientSecretJwt => {
                 if client.secret.is_none() {
                     return Err(stored_key_error(&client.client_id, &"no secret"));
@@ -622,14 +744,45 @@ impl AgentState {
                 let key = client
                     .hmac_key(alg)
                     .map_err(|e| stored_key_error(&client.client_id, &e))?;
-                parsed
-                    .verify(key, validation, now)
-                    .map_err(|e| invalid_assertion(&e))?
+                match (parsed.verify(key, validation, now), previous) {
+                    (Ok(v), None) => (v, Used::Unchanged),
+                    (Ok(v), Some(p)) if p.secret == client.secret => (v, Used::Unchanged),
+                    (Ok(v), Some(_)) => (v, Used::New),
+                    // Within a rotation's grace window the replaced secret still counts.
+                    (Err(latchkey_core::Error::Rejected(RejectedError::BadSignature)), Some(p))
+                        if p.secret.is_some() && now < p.secret_expires_at =>
+                    {
+                        let key = p
+                            .hmac_key(alg)
+                            .map_err(|e| stored_key_error(&client.client_id, &e))?;
+                        let v = UnverifiedToken::parse(assertion)
+                            .and_then(|t| t.verify(key, validation, now))
+                            .map_err(|e| invalid_assertion(&e))?;
+                        (v, Used::Previous)
+                    }
+                    (Err(e), _) => return Err(invalid_assertion(&e)),
+                }
             }
             AuthMethod::PrivateKeyJwt => {
                 let cached = self.rsa_keys_of(&client)?;
-                verify_with_any(assertion, &cached.keys, validation, now)
-                    .map_err(|e| invalid_assertion(&e))?
+                match verify_with_any(assertion, &cached.keys, validation, now) {
+                    Ok((v, i)) if previous.is_some() && cached.fresh[i] => (v, Used::New),
+                    Ok((v, _)) => (v, Used::Unchanged),
+                    Err(
+                        e @ latchkey_core::Error::Rejected(
+                            RejectedError::BadSignature | RejectedError::UnknownKey,
+                        ),
+                    ) => match previous {
+                        Some(p) if !cached.previous.is_empty() && now < p.secret_expires_at => {
+                            let (v, _) =
+                                verify_with_any(assertion, &cached.previous, validation, now)
+                                    .map_err(|_| invalid_assertion(&e))?;
+                            (v, Used::Previous)
+                        }
+                        _ => return Err(invalid_assertion(&e)),
+                    },
+                    Err(e) => return Err(invalid_assertion(&e)),
+                }
             }
             AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
                 return Err(ApiError::InvalidClient(
@@ -645,7 +798,7 @@ impl AgentState {
         {
             return Err(ApiError::InvalidClient("assertion names another tenant".into()).into());
         }
-        Ok((client, claims))
+        Ok((client, claims, used))
     }
 
     /// RFC 7523 §3 rules for this authority: `iss` = `sub`, `exp` and `jti` required, lifetime
@@ -671,18 +824,37 @@ impl AgentState {
         {
             return Ok(Arc::clone(cached));
         }
-        let keys = client
-            .jwks
+        let parse = |jwks: &[String]| {
+            jwks.iter()
+                .map(|j| {
+                    Jwk::from_json(j.as_bytes())
+                        .and_then(|jwk| jwk.to_verifying_key(AGENT_RSA_ALGS, &agent_key_policy()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| stored_key_error(&client.client_id, &e))
+        };
+        let keys = parse(&client.jwks)?;
+        let replaced = match &client.previous {
+            Some(p) => parse(&p.jwks)?,
+            None => Vec::new(),
+        };
+        let prints = |ks: &[VerifyingKey]| ks.iter().map(|k| k.thumbprint()).collect::<Vec<_>>();
+        let (current, old) = (prints(&keys), prints(&replaced));
+        let fresh = current
             .iter()
-            .map(|j| {
-                Jwk::from_json(j.as_bytes())
-                    .and_then(|jwk| jwk.to_verifying_key(AGENT_RSA_ALGS, &agent_key_policy()))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| stored_key_error(&client.client_id, &e))?;
+            .map(|t| client.previous.is_some() && !old.contains(t))
+            .collect();
+        let previous = replaced
+            .into_iter()
+            .zip(&old)
+            .filter(|(_, t)| !current.contains(t))
+            .map(|(k, _)| k)
+            .collect();
         let cached = Arc::new(CachedKeys {
             client: Arc::downgrade(client),
             keys,
+            fresh,
+            previous,
         });
         self.rsa_keys
             .pin()
@@ -775,8 +947,8 @@ pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
         ("PUT", "/register/{client_id}", |s, req, ctx| {
             s.rotate(req, ctx)
         }),
-        ("GET", "/register/{client_id}", |s, req, _| {
-            s.read_registration(req)
+        ("GET", "/register/{client_id}", |s, req, ctx| {
+            s.read_registration(req, ctx)
         }),
         ("POST", "/oauth/token", |s, req, ctx| s.token(req, ctx)),
         ("GET", "/oauth/token_key", |s, req, _| s.token_key(req)),
@@ -901,20 +1073,20 @@ fn verify_with_any(
     keys: &[VerifyingKey],
     v: &Validation,
     now: u64,
-) -> Result<VerifiedToken, latchkey_core::Error> {
+) -> Result<(VerifiedToken, usize), latchkey_core::Error> {
     let parsed = UnverifiedToken::parse(token)?;
     if let Some(kid) = parsed.header().kid() {
-        let key = keys
+        let i = keys
             .iter()
-            .find(|k| k.kid() == Some(kid))
+            .position(|k| k.kid() == Some(kid))
             .ok_or(RejectedError::UnknownKey)?;
-        return parsed.verify(key, v, now);
+        return parsed.verify(&keys[i], v, now).map(|t| (t, i));
     }
     // Verification consumes the parsed token; parsing again is cheap next to an RSA check.
     let mut last = latchkey_core::Error::from(RejectedError::BadSignature);
-    for key in keys {
+    for (i, key) in keys.iter().enumerate() {
         match UnverifiedToken::parse(token)?.verify(key, v, now) {
-            Ok(verified) => return Ok(verified),
+            Ok(verified) => return Ok((verified, i)),
             Err(
                 e @ latchkey_core::Error::Rejected(
                     RejectedError::BadSignature | RejectedError::AlgorithmMismatch,
@@ -968,6 +1140,13 @@ fn invalid_assertion(e: &latchkey_core::Error) -> Error {
 fn stored_key_error(client_id: &str, e: &dyn std::fmt::Display) -> Error {
     tracing::error!(client_id, error = %e, "stored agent credentials unreadable");
     Error::Io(std::io::Error::other("stored agent credentials unreadable"))
+}
+
+/// A generated credential (base64url text) back from its stored bytes.
+fn secret_text(s: &Secret) -> Result<Zeroizing<String>, Error> {
+    std::str::from_utf8(s.expose())
+        .map(|t| Zeroizing::new(t.to_owned()))
+        .map_err(|_| Error::Io(std::io::Error::other("stored credential is not text")))
 }
 
 fn registration_response(status: u16, answer: RegistrationResponse) -> Response {
@@ -1185,6 +1364,7 @@ mod tests {
                 new_secret: Some(Secret::from(new_secret)),
                 new_jwks: None,
                 secret_expires_at: f.now + 7 * 86_400,
+                grace_until: 0,
                 now: f.now,
             }))
             .unwrap();

@@ -24,7 +24,12 @@ pub struct ServeArgs {
     /// Data directory: database, master key, certificates. Created on first run.
     #[arg(long, value_name = "DIR", default_value = "latchkey-data")]
     pub data_dir: PathBuf,
-    /// TOML settings file [default: DIR/latchkey.toml in --data-dir, if it exists].
+    /// TOML settings file [default: DIR/latchkey.toml in --data-dir, if it exists]. Besides
+    /// the server settings below it holds `[tokens]`, `[keys]`, `[[tenants]]`, `[[profiles]]`,
+    /// `[[clients]]` and `[agents]`: `rotation-grace` (how long a rotation's replaced RAT,
+    /// secret and keys stay usable until the agent first uses its new ones, so a lost answer
+    /// can be fetched again; default 6h, "0s" off) and `datasource-config-max-bytes` (largest
+    /// dataSourceConfiguration; default 65536).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]

@@ -9,7 +9,7 @@
 //! indexes are skip lists (`crossbeam-skiplist`). Entries are `Arc`s, replaced whole, so a
 //! reader never sees half an update.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_skiplist::SkipMap;
@@ -34,6 +34,32 @@ pub struct ClientAuth {
     pub generation: u64,
     /// Verifying keys built from `secret`; see [`ClientAuth::hmac_key`].
     pub hmac_keys: HmacKeys,
+    /// What the last rotation replaced, while its grace window lasts (`store::RotationRecord`).
+    pub previous: Option<PreviousCredentials>,
+    /// Set by the first request that uses a new credential, before the cut-over is committed:
+    /// from then on this process refuses the previous credentials.
+    pub cut_over: AtomicBool,
+}
+
+/// The credentials a rotation replaced. They authenticate until `until` or until the agent
+/// first uses a new credential, whichever comes first.
+#[derive(Debug)]
+pub struct PreviousCredentials {
+    pub secret: Option<Secret>,
+    /// Public keys that are not also among the current ones.
+    pub jwks: Vec<String>,
+    /// End of the grace window.
+    pub until: u64,
+    /// The previous secret or keys authenticate only before this (their own expiry).
+    pub secret_expires_at: u64,
+    pub hmac_keys: HmacKeys,
+}
+
+impl PreviousCredentials {
+    /// The key that checks assertions signed with the previous secret.
+    pub fn hmac_key(&self, alg: Algorithm) -> Result<&VerifyingKey, latchkey_core::Error> {
+        self.hmac_keys.key(alg, self.secret.as_ref())
+    }
 }
 
 /// One lazily built HMAC verifying key per HS256/384/512. Building one costs a key setup, an
@@ -48,17 +74,40 @@ impl ClientAuth {
     /// The key that checks this client's `client_secret_jwt` assertions signed with `alg`
     /// (HS256, HS384 or HS512), built from `secret` on first use and then reused.
     pub fn hmac_key(&self, alg: Algorithm) -> Result<&VerifyingKey, latchkey_core::Error> {
+        self.hmac_keys.key(alg, self.secret.as_ref())
+    }
+
+    /// The previous credentials if they still authenticate at `now`: within the grace window
+    /// and before the first use of a new credential.
+    pub fn previous_at(&self, now: u64) -> Option<&PreviousCredentials> {
+        self.previous
+            .as_ref()
+            .filter(|p| now < p.until && !self.cut_over.load(Ordering::Acquire))
+    }
+
+    /// Marks the cut-over; true for the one caller that must write it.
+    pub fn begin_cut_over(&self) -> bool {
+        !self.cut_over.swap(true, Ordering::AcqRel)
+    }
+}
+
+impl HmacKeys {
+    fn key(
+        &self,
+        alg: Algorithm,
+        secret: Option<&Secret>,
+    ) -> Result<&VerifyingKey, latchkey_core::Error> {
         let slot = match alg {
             Algorithm::HS256 => 0,
             Algorithm::HS384 => 1,
             Algorithm::HS512 => 2,
             _ => return Err(KeyError::AlgorithmNotAllowed.into()),
         };
-        let cell = &self.hmac_keys.0[slot];
+        let cell = &self.0[slot];
         if let Some(key) = cell.get() {
             return Ok(key);
         }
-        let secret = self.secret.as_ref().ok_or(KeyError::NotPossible)?;
+        let secret = secret.ok_or(KeyError::NotPossible)?;
         let key = VerifyingKey::hmac(alg, secret.expose())?;
         // Two threads may build it at once; both keys are equal, the first one stays.
         Ok(cell.get_or_init(|| key))

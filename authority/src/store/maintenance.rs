@@ -34,7 +34,8 @@ pub(crate) fn init_schema(db: &Database, key: &MasterKey) -> Result<(), StoreErr
     match existing {
         Some(v) => {
             check_version(&v)?;
-            check_key_id(db, key)
+            check_key_id(db, key)?;
+            create_added_tables(db)
         }
         None => {
             let mut txn = db.begin_write().db("begin write")?;
@@ -62,11 +63,34 @@ pub(crate) fn init_schema(db: &Database, key: &MasterKey) -> Result<(), StoreErr
                 txn.open_table(CERTIFICATES).db("create tables")?;
                 txn.open_table(CERT_FINGERPRINTS).db("create tables")?;
                 txn.open_table(REVOCATIONS).db("create tables")?;
+                txn.open_table(ROTATIONS).db("create tables")?;
+                txn.open_table(DATASOURCE_CONFIGS).db("create tables")?;
                 txn.open_table(AUDIT).db("create tables")?;
             }
             txn.commit().db("commit schema")
         }
     }
+}
+
+/// Tables added after the first release of schema 1: a database written before them lacks
+/// them, which means "empty". They are created at open so reads can open them unconditionally.
+fn create_added_tables(db: &Database) -> Result<(), StoreError> {
+    let rtx = db.begin_read().db("begin read")?;
+    let missing = [ROTATIONS, DATASOURCE_CONFIGS].into_iter().any(|def| {
+        matches!(
+            rtx.open_table(def),
+            Err(redb::TableError::TableDoesNotExist(_))
+        )
+    });
+    drop(rtx);
+    if !missing {
+        return Ok(());
+    }
+    let mut txn = db.begin_write().db("begin write")?;
+    txn.set_two_phase_commit(true);
+    txn.open_table(ROTATIONS).db("create tables")?;
+    txn.open_table(DATASOURCE_CONFIGS).db("create tables")?;
+    txn.commit().db("commit schema")
 }
 
 fn check_version(v: &[u8]) -> Result<u64, StoreError> {
@@ -146,6 +170,8 @@ pub(crate) fn copy_snapshot(txn: &ReadTransaction, out: &Path) -> Result<BackupR
         rows += copy(txn, &w, CERTIFICATES)?;
         rows += copy(txn, &w, CERT_FINGERPRINTS)?;
         rows += copy(txn, &w, REVOCATIONS)?;
+        rows += copy(txn, &w, ROTATIONS)?;
+        rows += copy(txn, &w, DATASOURCE_CONFIGS)?;
         rows += copy(txn, &w, AUDIT)?;
         w.commit().db("commit backup")?;
         dst.close().db("close backup")?;
@@ -286,6 +312,28 @@ pub fn check_data_dir(dir: &Path, key_options: &KeyFileOptions) -> Result<CheckR
         REGISTRATIONS,
         Some(|r: &RegistrationRecord| r.sealed_secret.clone()),
     )?);
+    for (def, name) in [
+        (ROTATIONS, "rotations"),
+        (DATASOURCE_CONFIGS, "datasource_configs"),
+    ] {
+        if matches!(
+            txn.open_table(def),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ) {
+            tables.push(TableReport {
+                name,
+                rows: 0,
+                bad: 0,
+            });
+        } else if name == "rotations" {
+            tables.push(c.records::<RotationRecord>(
+                ROTATIONS,
+                Some(|r: &RotationRecord| Some(r.sealed.clone())),
+            )?);
+        } else {
+            tables.push(c.records::<DataSourceConfigRecord>(DATASOURCE_CONFIGS, None)?);
+        }
+    }
     tables.push(c.records::<OperatorClientRecord>(OPERATOR_CLIENTS, None)?);
     tables.push(c.records::<ProfileRecord>(PROFILES, None)?);
     tables.push(c.records::<SigningKeyRecord>(

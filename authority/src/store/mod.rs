@@ -27,11 +27,11 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, StorageBackend};
 
 pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
 pub use error::StoreError;
-pub use hot::{ClientAuth, HmacKeys, HotIndex, Revocation, SigningKey};
+pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, SigningKey};
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
 pub use ops::{
-    MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewIat, NewSigningKey,
-    Registration, Rotation, WriteOp, WriteOutcome,
+    MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig,
+    NewIat, NewSigningKey, Registration, Rotation, WriteOp, WriteOutcome,
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;
@@ -424,8 +424,87 @@ mod tests {
             new_secret: Some(Secret::from(format!("secret-{new}").as_str())),
             new_jwks: None,
             secret_expires_at: 6_000,
+            grace_until: 0,
             now: 30,
         }))
+    }
+
+    fn rotate_with_grace(store: &Store, old: &str, new: &str) -> Result<WriteOutcome, StoreError> {
+        store.write(WriteOp::RotateRegistration(Rotation {
+            client_id: "e1".into(),
+            presented_rat: Secret::from(old),
+            new_rat: Secret::from(new),
+            new_secret: Some(Secret::from(format!("secret-{new}").as_str())),
+            new_jwks: None,
+            secret_expires_at: 6_000,
+            grace_until: 100,
+            now: 30,
+        }))
+    }
+
+    #[test]
+    fn rotation_grace_replays_survives_reopen_and_ends_at_cut_over_or_forget() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            create(&store, "e1", "Nanobox", "iat-1").unwrap();
+            register(&store, "e1", "iat-1", "rat-1").unwrap();
+            rotate_with_grace(&store, "rat-1", "rat-2").unwrap();
+            // The previous RAT gets the lost answer, not a new rotation.
+            let WriteOutcome::RotationReplayed {
+                registration,
+                rat,
+                secret,
+            } = rotate_with_grace(&store, "rat-1", "rat-x").unwrap()
+            else {
+                panic!("expected a replay")
+            };
+            assert_eq!(registration.generation, 2);
+            assert_eq!(rat.expose(), b"rat-2");
+            assert_eq!(secret.unwrap().expose(), b"secret-rat-2");
+        }
+        // The grace state is durable and sealed: a reopened store has the previous secret.
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let client = store.hot().client("e1").unwrap();
+        let previous = client.previous_at(50).expect("previous credentials live");
+        assert_eq!(previous.secret.as_ref().unwrap().expose(), b"shared-secret");
+        assert!(client.previous_at(100).is_none(), "not at the window's end");
+        let audit = store.read().unwrap().audit(0, 100).unwrap();
+        assert!(audit.iter().any(|a| a.event == "agent.rotate.replay"));
+
+        // The cut-over ends the previous RAT and drops the previous secret from the index.
+        store
+            .write(WriteOp::CutOver {
+                client_id: "e1".into(),
+                generation: 2,
+                now: 40,
+            })
+            .unwrap();
+        assert!(store.hot().client("e1").unwrap().previous.is_none());
+        assert!(store.read().unwrap().rotation("e1").unwrap().is_none());
+        assert!(matches!(
+            rotate_with_grace(&store, "rat-1", "rat-y"),
+            Err(StoreError::StaleRat)
+        ));
+        let audit = store.read().unwrap().audit(0, 100).unwrap();
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|a| a.event == "agent.rotate.cutover")
+                .count(),
+            1
+        );
+
+        // A grace window that ends unused is forgotten by maintenance.
+        rotate_with_grace(&store, "rat-2", "rat-3").unwrap();
+        assert!(store.hot().client("e1").unwrap().previous.is_some());
+        store.write(WriteOp::Forget { now: 100 }).unwrap();
+        assert!(store.hot().client("e1").unwrap().previous.is_none());
+        assert!(store.read().unwrap().rotation("e1").unwrap().is_none());
+        assert!(matches!(
+            rotate_with_grace(&store, "rat-2", "rat-z"),
+            Err(StoreError::StaleRat)
+        ));
     }
 
     #[test]
@@ -697,6 +776,7 @@ mod tests {
                     new_secret: Some(Secret::from("s")),
                     new_jwks: None,
                     secret_expires_at: 1,
+                    grace_until: 0,
                     now: 1,
                 }),
                 move |r| tx.send((i, r.is_ok())).unwrap(),

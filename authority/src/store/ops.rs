@@ -13,7 +13,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{self, Record};
 use super::error::{DbResult, StoreError};
-use super::hot::{ClientAuth, HotChange, Revocation, SigningKey};
+use super::hot::{ClientAuth, HotChange, PreviousCredentials, Revocation, SigningKey};
 use super::records::*;
 use super::schema::*;
 use super::seal::{MasterKey, SealContext, Secret, SecretHash};
@@ -61,8 +61,19 @@ pub enum WriteOp {
     },
     /// Registers an agent, consuming its initial access token exactly once.
     Register(Registration),
-    /// Rotates a registration: only the current RAT works, and it stops working at once.
+    /// Rotates a registration with the current RAT. Within the grace window, the previous RAT
+    /// gets the same answer again (a replay) instead of a refusal.
     RotateRegistration(Rotation),
+    /// The agent used a new credential for the first time: the previous ones die (no-op when
+    /// the rotation it names is gone already).
+    CutOver {
+        client_id: String,
+        /// The registration generation whose previous credentials end.
+        generation: u64,
+        now: u64,
+    },
+    /// Creates or replaces an agent's data source configuration, guarded by its eTag.
+    PutDataSourceConfig(NewDataSourceConfig),
     /// Revokes an agent's registration, secrets, RAT and outstanding tokens; it can board again.
     Offboard {
         tenant: String,
@@ -168,6 +179,24 @@ pub struct Rotation {
     /// New key set (`None` keeps the current one).
     pub new_jwks: Option<Vec<String>>,
     pub secret_expires_at: u64,
+    /// Until when the replaced credentials stay usable (see [`RotationRecord`]); at or
+    /// before `now`, the rotation keeps no grace and the old RAT dies at once.
+    pub grace_until: u64,
+    pub now: u64,
+}
+
+/// A data source configuration write.
+#[derive(Debug)]
+pub struct NewDataSourceConfig {
+    pub tenant: String,
+    pub agent_id: String,
+    /// The eTag the writer last saw; 0 when it saw none. `None` writes unconditionally.
+    pub if_match: Option<u64>,
+    /// Used only at the first write.
+    pub new_id: String,
+    /// The validated JSON object.
+    pub json: String,
+    pub by: String,
     pub now: u64,
 }
 
@@ -205,6 +234,14 @@ pub enum WriteOutcome {
     /// The agent and the boarding token just issued for it.
     Boarding(AgentRecord, BoardingRecord),
     Registration(RegistrationRecord),
+    /// A repeated rotation with the previous RAT, answered with what the first one answered:
+    /// the new RAT and the current shared secret, unsealed.
+    RotationReplayed {
+        registration: RegistrationRecord,
+        rat: Secret,
+        secret: Option<Secret>,
+    },
+    DataSourceConfig(DataSourceConfigRecord),
     OperatorClient(OperatorClientRecord),
     Profile(ProfileRecord),
     SigningKey(SigningKeyRecord),
@@ -235,6 +272,8 @@ pub(crate) struct Tables<'t> {
     pub certificates: Table<'t, &'static str, Bytes>,
     pub cert_fingerprints: Table<'t, &'static str, &'static str>,
     pub revocations: Table<'t, (&'static str, &'static str), Bytes>,
+    pub rotations: Table<'t, &'static str, Bytes>,
+    pub datasource_configs: Table<'t, &'static str, Bytes>,
     pub audit: Table<'t, u64, Bytes>,
     next_audit: u64,
 }
@@ -261,6 +300,8 @@ impl<'t> Tables<'t> {
             certificates: txn.open_table(CERTIFICATES).db(op)?,
             cert_fingerprints: txn.open_table(CERT_FINGERPRINTS).db(op)?,
             revocations: txn.open_table(REVOCATIONS).db(op)?,
+            rotations: txn.open_table(ROTATIONS).db(op)?,
+            datasource_configs: txn.open_table(DATASOURCE_CONFIGS).db(op)?,
             audit,
             next_audit,
         })
@@ -276,6 +317,8 @@ impl<'t> Tables<'t> {
             StrTable::Profiles => &mut self.profiles,
             StrTable::SigningKeys => &mut self.signing_keys,
             StrTable::Certificates => &mut self.certificates,
+            StrTable::Rotations => &mut self.rotations,
+            StrTable::DataSourceConfigs => &mut self.datasource_configs,
         }
     }
 
@@ -306,6 +349,8 @@ pub(crate) enum StrTable {
     Profiles,
     SigningKeys,
     Certificates,
+    Rotations,
+    DataSourceConfigs,
 }
 
 /// One planned change. Ops only read while they validate and *plan*; the writes happen
@@ -328,6 +373,9 @@ pub(crate) enum Mutation {
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     muts: Vec<Mutation>,
+    /// Audit entries besides the op's own (e.g. the cut-over a rotation implies), appended
+    /// before it; their fields are ids, bounded like every key.
+    audits: Vec<AuditRecord>,
 }
 
 impl Plan {
@@ -605,7 +653,30 @@ pub(crate) fn apply(
         Ok(outcome) => plan.check_keys().map(|()| outcome),
         Err(e) => Err(e),
     };
-    let entry = match audit.map(|info| info.encode(t.next_audit, &result)) {
+    // Extra entries take the sequence numbers first, the op's own entry the one after them.
+    let mut extra = Vec::new();
+    if result.is_ok() {
+        for (rec, seq) in std::mem::take(&mut plan.audits)
+            .into_iter()
+            .zip(t.next_audit..)
+        {
+            match codec::encode(&AuditRecord { seq, ..rec }) {
+                Ok(bytes) => extra.push(bytes),
+                Err(e) => {
+                    result = Err(e);
+                    extra.clear();
+                    break;
+                }
+            }
+        }
+    }
+    let own_seq = t.next_audit + extra.len() as u64;
+    let entry = match audit.map(|mut info| {
+        if let Ok(WriteOutcome::RotationReplayed { .. }) = &result {
+            info.event = "agent.rotate.replay".into();
+        }
+        info.encode(own_seq, &result)
+    }) {
         Some(Ok(bytes)) => Some(bytes),
         // Unreachable with bounded fields; if it ever happens, the op is refused unaudited
         // rather than done unaudited.
@@ -619,6 +690,9 @@ pub(crate) fn apply(
     match result {
         Ok(_) => execute(t, plan)?,
         Err(_) => hot.clear(),
+    }
+    for bytes in &extra {
+        t.append_audit(bytes)?;
     }
     if let Some(bytes) = entry {
         t.append_audit(&bytes)?;
@@ -705,6 +779,8 @@ fn plan_op(
                 p.del(StrTable::Registrations, &id);
                 hot.push(HotChange::Client(id.clone(), None));
             }
+            p.del(StrTable::Rotations, &id);
+            p.del(StrTable::DataSourceConfigs, &id);
             let rev = RevokeArgs {
                 kind: RevocationKind::Agent,
                 id: &id,
@@ -728,6 +804,12 @@ fn plan_op(
         }
         WriteOp::Register(r) => register(t, p, key, r, hot),
         WriteOp::RotateRegistration(r) => rotate(t, p, key, r, hot),
+        WriteOp::CutOver {
+            client_id,
+            generation,
+            now,
+        } => cut_over(t, p, key, &client_id, generation, now, hot),
+        WriteOp::PutDataSourceConfig(c) => put_datasource_config(t, p, c),
         WriteOp::Offboard {
             tenant,
             agent_id,
@@ -743,6 +825,7 @@ fn plan_op(
                 p.del(StrTable::Registrations, &agent_id);
                 hot.push(HotChange::Client(agent_id.clone(), None));
             }
+            p.del(StrTable::Rotations, &agent_id);
             let rev = RevokeArgs {
                 kind: RevocationKind::Agent,
                 id: &agent_id,
@@ -917,7 +1000,7 @@ fn plan_op(
             let rec = revoke(t, p, hot, rev)?;
             Ok(WriteOutcome::Revocation(rec))
         }
-        WriteOp::Forget { now } => forget(t, p, hot, now),
+        WriteOp::Forget { now } => forget(t, p, key, hot, now),
         // Nothing to plan: `apply` appends the entry, as for every audited op, under the
         // sequence number it reads here (the next one; ops apply one at a time).
         WriteOp::Audit { .. } => Ok(WriteOutcome::Audit { seq: t.next_audit }),
@@ -1100,6 +1183,7 @@ fn register(
     iat.used_at = Some(r.now);
     p.put(StrTable::Boarding, &r.iat_jti, &iat)?;
     p.put(StrTable::Registrations, &r.client_id, &rec)?;
+    p.del(StrTable::Rotations, &r.client_id);
     agent.state = BoardingState::Onboarded;
     agent.current_iat = None;
     agent.etag += 1;
@@ -1107,7 +1191,7 @@ fn register(
     p.put(StrTable::Agents, &r.client_id, &agent)?;
     hot.push(HotChange::Client(
         r.client_id.clone(),
-        Some(Arc::new(hot_client(&rec, r.secret))),
+        Some(Arc::new(hot_client(&rec, r.secret, None))),
     ));
     Ok(WriteOutcome::Registration(rec))
 }
@@ -1121,18 +1205,24 @@ fn rotate(
 ) -> Result<WriteOutcome, StoreError> {
     let mut rec: RegistrationRecord = get(&t.registrations, &r.client_id)?
         .ok_or_else(|| not_found("registration", &r.client_id))?;
-    if !rec.rat_hash.verify(r.presented_rat.expose()) {
-        return Err(StoreError::StaleRat);
-    }
+    let grace = live_rotation(t, &rec, r.now)?;
     let ctx = SealContext {
         table: "registrations",
         key: &r.client_id,
     };
-    let secret = match (&r.new_secret, &rec.sealed_secret) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(sealed)) => Some(key.unseal(ctx, sealed)?),
-        (None, None) => None,
+    if !rec.rat_hash.verify(r.presented_rat.expose()) {
+        return match grace {
+            Some(g) if g.previous_rat_hash.verify(r.presented_rat.expose()) => {
+                replay(p, key, rec, g, r, hot)
+            }
+            _ => Err(StoreError::StaleRat),
+        };
+    }
+    let current_secret = match &rec.sealed_secret {
+        Some(sealed) => Some(key.unseal(ctx, sealed)?),
+        None => None,
     };
+    let secret = r.new_secret.clone().or_else(|| current_secret.clone());
     if let Some(jwks) = &r.new_jwks {
         check_jwks(jwks)?;
         if rec.auth_method == AuthMethod::PrivateKeyJwt && jwks.is_empty() {
@@ -1146,6 +1236,16 @@ fn rotate(
             "a client_secret_jwt client needs a secret".into(),
         ));
     }
+    if grace.is_some() {
+        // The new RAT of the last rotation is in use: that rotation's old credentials end.
+        p.audits.push(cut_over_audit(&r.client_id, r.now));
+    }
+    let previous = Rotated {
+        rat_hash: rec.rat_hash.clone(),
+        jwks: rec.jwks.clone(),
+        secret: current_secret,
+        expires_at: rec.secret_expires_at,
+    };
     if let Some(s) = &r.new_secret {
         rec.sealed_secret = Some(key.seal(ctx, s.expose())?);
     }
@@ -1157,11 +1257,255 @@ fn rotate(
     rec.secret_expires_at = r.secret_expires_at;
     rec.updated_at = r.now;
     p.put(StrTable::Registrations, &r.client_id, &rec)?;
+    let previous = if r.grace_until > r.now {
+        let secrets = RotationSecrets {
+            new_rat: r.new_rat,
+            previous_secret: previous.secret,
+        };
+        let row = RotationRecord {
+            client_id: r.client_id.clone(),
+            generation: rec.generation,
+            previous_rat_hash: previous.rat_hash,
+            previous_jwks: previous.jwks,
+            previous_secret_expires_at: previous.expires_at,
+            sealed: secrets.seal(key, &r.client_id)?,
+            rotated_at: r.now,
+            grace_until: r.grace_until,
+        };
+        p.put(StrTable::Rotations, &r.client_id, &row)?;
+        Some(previous_credentials(&row, secrets))
+    } else {
+        p.del(StrTable::Rotations, &r.client_id);
+        None
+    };
     hot.push(HotChange::Client(
         r.client_id.clone(),
-        Some(Arc::new(hot_client(&rec, secret))),
+        Some(Arc::new(hot_client(&rec, secret, previous))),
     ));
     Ok(WriteOutcome::Registration(rec))
+}
+
+/// What a rotation replaces, taken before the record changes.
+struct Rotated {
+    rat_hash: SecretHash,
+    jwks: Vec<String>,
+    secret: Option<Secret>,
+    expires_at: u64,
+}
+
+/// The rotation row of `rec` if its grace window is open at `now` (a row of another
+/// generation is stale and ignored).
+fn live_rotation(
+    t: &Tables<'_>,
+    rec: &RegistrationRecord,
+    now: u64,
+) -> Result<Option<RotationRecord>, StoreError> {
+    Ok(get::<RotationRecord>(&t.rotations, &rec.client_id)?
+        .filter(|g| g.generation == rec.generation && now < g.grace_until))
+}
+
+/// A repeated rotation with the previous RAT: the same new credentials again. An RSA agent
+/// may present other keys than the lost request did (MCL makes a new key per attempt); the
+/// keys of its last attempt are the ones it holds, so they replace the pending ones.
+fn replay(
+    p: &mut Plan,
+    key: &MasterKey,
+    mut rec: RegistrationRecord,
+    grace: RotationRecord,
+    r: Rotation,
+    hot: &mut Vec<HotChange>,
+) -> Result<WriteOutcome, StoreError> {
+    let secrets = RotationSecrets::unseal(key, &r.client_id, &grace.sealed)?;
+    let secret = match &rec.sealed_secret {
+        Some(sealed) => Some(key.unseal(
+            SealContext {
+                table: "registrations",
+                key: &r.client_id,
+            },
+            sealed,
+        )?),
+        None => None,
+    };
+    if let Some(jwks) = r.new_jwks
+        && jwks != rec.jwks
+    {
+        check_jwks(&jwks)?;
+        if jwks.is_empty() {
+            return Err(StoreError::Invalid(
+                "a private_key_jwt client needs at least one key".into(),
+            ));
+        }
+        rec.jwks = jwks;
+        rec.updated_at = r.now;
+        p.put(StrTable::Registrations, &r.client_id, &rec)?;
+        let previous = previous_credentials(&grace, secrets.clone());
+        hot.push(HotChange::Client(
+            r.client_id.clone(),
+            Some(Arc::new(hot_client(&rec, secret.clone(), Some(previous)))),
+        ));
+    }
+    Ok(WriteOutcome::RotationReplayed {
+        registration: rec,
+        rat: secrets.new_rat,
+        secret,
+    })
+}
+
+fn cut_over(
+    t: &Tables<'_>,
+    p: &mut Plan,
+    key: &MasterKey,
+    client_id: &str,
+    generation: u64,
+    now: u64,
+    hot: &mut Vec<HotChange>,
+) -> Result<WriteOutcome, StoreError> {
+    let Some(rec) = get::<RegistrationRecord>(&t.registrations, client_id)? else {
+        return Ok(WriteOutcome::Done);
+    };
+    let row = get::<RotationRecord>(&t.rotations, client_id)?;
+    if rec.generation != generation || row.as_ref().map(|g| g.generation) != Some(generation) {
+        // Rotated again, offboarded, or cut over already: nothing left to end.
+        return Ok(WriteOutcome::Done);
+    }
+    p.del(StrTable::Rotations, client_id);
+    p.audits.push(cut_over_audit(client_id, now));
+    hot.push(HotChange::Client(
+        client_id.to_owned(),
+        Some(Arc::new(unsealed_client(key, &rec, None)?)),
+    ));
+    Ok(WriteOutcome::Done)
+}
+
+fn cut_over_audit(client_id: &str, now: u64) -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        at: now,
+        actor: client_id.to_owned(),
+        event: "agent.rotate.cutover".into(),
+        subject: client_id.to_owned(),
+        outcome: AuditOutcome::Success,
+    }
+}
+
+fn put_datasource_config(
+    t: &Tables<'_>,
+    p: &mut Plan,
+    c: NewDataSourceConfig,
+) -> Result<WriteOutcome, StoreError> {
+    check_id("configuration id", &c.new_id)?;
+    let agent = agent_of(t, &c.tenant, &c.agent_id)?;
+    let existing = get::<DataSourceConfigRecord>(&t.datasource_configs, &agent.id)?;
+    let current = existing.as_ref().map_or(0, |e| e.etag);
+    if let Some(expected) = c.if_match
+        && expected != current
+    {
+        return Err(StoreError::PreconditionFailed { expected, current });
+    }
+    let rec = DataSourceConfigRecord {
+        agent_id: agent.id.clone(),
+        tenant: agent.tenant,
+        id: existing.map_or(c.new_id, |e| e.id),
+        etag: current + 1,
+        json: c.json,
+        updated_at: c.now,
+        updated_by: c.by,
+    };
+    p.put(StrTable::DataSourceConfigs, &agent.id, &rec)?;
+    Ok(WriteOutcome::DataSourceConfig(rec))
+}
+
+/// The two secrets a [`RotationRecord`] seals as one blob: the new RAT the rotation answered
+/// with and the shared secret it replaced. Plaintext: `rat length (u16 BE) | rat | secret`.
+#[derive(Clone)]
+pub(crate) struct RotationSecrets {
+    pub new_rat: Secret,
+    pub previous_secret: Option<Secret>,
+}
+
+impl RotationSecrets {
+    fn seal(&self, key: &MasterKey, client_id: &str) -> Result<Vec<u8>, StoreError> {
+        let rat = self.new_rat.expose();
+        let len = u16::try_from(rat.len())
+            .map_err(|_| StoreError::Invalid("registration access token too long".into()))?;
+        let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(2 + rat.len() + 64));
+        plain.extend_from_slice(&len.to_be_bytes());
+        plain.extend_from_slice(rat);
+        if let Some(s) = &self.previous_secret {
+            plain.extend_from_slice(s.expose());
+        }
+        key.seal(rotation_ctx(client_id), &plain)
+    }
+
+    pub(crate) fn unseal(
+        key: &MasterKey,
+        client_id: &str,
+        sealed: &[u8],
+    ) -> Result<Self, StoreError> {
+        let plain = key.unseal(rotation_ctx(client_id), sealed)?;
+        let bytes = plain.expose();
+        let corrupt = || StoreError::Corrupt {
+            table: "rotations",
+            reason: "sealed rotation secrets are malformed".into(),
+        };
+        let (len, rest) = bytes.split_first_chunk::<2>().ok_or_else(corrupt)?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        if rest.len() < len {
+            return Err(corrupt());
+        }
+        let (rat, secret) = rest.split_at(len);
+        Ok(RotationSecrets {
+            new_rat: Secret::new(rat),
+            previous_secret: (!secret.is_empty()).then(|| Secret::new(secret)),
+        })
+    }
+}
+
+fn rotation_ctx(client_id: &str) -> SealContext<'_> {
+    SealContext {
+        table: "rotations",
+        key: client_id,
+    }
+}
+
+pub(crate) fn previous_credentials(
+    row: &RotationRecord,
+    secrets: RotationSecrets,
+) -> PreviousCredentials {
+    PreviousCredentials {
+        secret: secrets.previous_secret,
+        jwks: row.previous_jwks.clone(),
+        until: row.grace_until,
+        secret_expires_at: row.previous_secret_expires_at,
+        hmac_keys: Default::default(),
+    }
+}
+
+/// The hot entry of a registration: its secret unsealed, and the previous credentials of
+/// `rotation` if that row belongs to this generation.
+pub(crate) fn unsealed_client(
+    key: &MasterKey,
+    rec: &RegistrationRecord,
+    rotation: Option<&RotationRecord>,
+) -> Result<ClientAuth, StoreError> {
+    let secret = match &rec.sealed_secret {
+        Some(s) => Some(key.unseal(
+            SealContext {
+                table: "registrations",
+                key: &rec.client_id,
+            },
+            s,
+        )?),
+        None => None,
+    };
+    let previous = match rotation.filter(|g| g.generation == rec.generation) {
+        Some(row) => Some(previous_credentials(
+            row,
+            RotationSecrets::unseal(key, &rec.client_id, &row.sealed)?,
+        )),
+        None => None,
+    };
+    Ok(hot_client(rec, secret, previous))
 }
 
 struct RevokeArgs<'a> {
@@ -1217,6 +1561,7 @@ fn revoke(
 fn forget(
     t: &Tables<'_>,
     p: &mut Plan,
+    key: &MasterKey,
     hot: &mut Vec<HotChange>,
     now: u64,
 ) -> Result<WriteOutcome, StoreError> {
@@ -1239,6 +1584,19 @@ fn forget(
             boarding += 1;
         }
     }
+    for entry in t.rotations.iter().db("read")? {
+        let (k, v) = entry.db("read")?;
+        let row: RotationRecord = codec::decode(v.value())?;
+        if row.grace_until <= now {
+            p.del(StrTable::Rotations, k.value());
+            if let Some(rec) = get::<RegistrationRecord>(&t.registrations, k.value())? {
+                hot.push(HotChange::Client(
+                    rec.client_id.clone(),
+                    Some(Arc::new(unsealed_client(key, &rec, None)?)),
+                ));
+            }
+        }
+    }
     Ok(WriteOutcome::Forgotten {
         revocations,
         boarding,
@@ -1254,7 +1612,11 @@ fn new_generation() -> Result<u64, StoreError> {
     Ok(u64::from_le_bytes(b).max(1))
 }
 
-pub(crate) fn hot_client(rec: &RegistrationRecord, secret: Option<Secret>) -> ClientAuth {
+pub(crate) fn hot_client(
+    rec: &RegistrationRecord,
+    secret: Option<Secret>,
+    previous: Option<PreviousCredentials>,
+) -> ClientAuth {
     ClientAuth {
         client_id: rec.client_id.clone(),
         tenant: rec.tenant.clone(),
@@ -1264,6 +1626,8 @@ pub(crate) fn hot_client(rec: &RegistrationRecord, secret: Option<Secret>) -> Cl
         secret_expires_at: rec.secret_expires_at,
         generation: rec.generation,
         hmac_keys: Default::default(),
+        previous,
+        cut_over: Default::default(),
     }
 }
 
@@ -1306,7 +1670,10 @@ mod tests {
     fn plans_with_oversize_keys_are_refused_before_writing() {
         let long = "k".repeat(MAX_ID_BYTES + 1);
         let ok = "k".repeat(MAX_ID_BYTES);
-        let plan = |m: Mutation| Plan { muts: vec![m] };
+        let plan = |m: Mutation| Plan {
+            muts: vec![m],
+            audits: Vec::new(),
+        };
         assert!(
             plan(Mutation::Del(StrTable::Agents, ok.clone()))
                 .check_keys()

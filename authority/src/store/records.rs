@@ -140,6 +140,49 @@ pub struct RegistrationRecord {
 }
 record!(RegistrationRecord, "registrations", 1);
 
+/// The registration a rotation replaced, kept while its grace window lasts so that an agent
+/// whose rotation answer was lost can still get it: a repeated rotation with the previous RAT
+/// is answered with the same new credentials, and the previous secret or keys keep working.
+/// Deleted when the agent first uses a new credential (the cut-over) or by `Forget` after
+/// `grace_until`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RotationRecord {
+    pub client_id: String,
+    /// The registration generation this rotation produced; the record means nothing for any
+    /// other generation.
+    pub generation: u64,
+    /// Hash of the registration access token the rotation replaced.
+    pub previous_rat_hash: SecretHash,
+    /// The public keys the rotation replaced (empty for shared-secret clients).
+    pub previous_jwks: Vec<String>,
+    /// When the replaced secret or keys expired on their own; the grace window never
+    /// extends them.
+    pub previous_secret_expires_at: u64,
+    /// Sealed for (`rotations`, client id): the new RAT the lost answer carried and the
+    /// previous shared secret, if any (`RotationSecrets`).
+    pub sealed: Vec<u8>,
+    pub rotated_at: u64,
+    pub grace_until: u64,
+}
+record!(RotationRecord, "rotations", 1);
+
+/// An agent's data source configuration (MindSphere `dataSourceConfiguration`).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct DataSourceConfigRecord {
+    pub agent_id: String,
+    pub tenant: String,
+    /// The configuration object's `id`, fixed at the first write.
+    pub id: String,
+    /// Starts at 1; +1 per write. An agent without a configuration is at eTag 0.
+    pub etag: u64,
+    /// The validated JSON object without `id` and `eTag`, returned as stored.
+    pub json: String,
+    pub updated_at: u64,
+    /// Who wrote it last (agent or operator client id).
+    pub updated_by: String,
+}
+record!(DataSourceConfigRecord, "datasource_configs", 1);
+
 /// An operator (Usercube-style OpenID) client.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct OperatorClientRecord {

@@ -54,3 +54,11 @@ pub const REVOCATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::n
 
 /// sequence number (dense, from 1) → `AuditRecord`. Append-only.
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// client id → `RotationRecord`: what a rotation replaced, kept only while its grace window
+/// lasts and until the agent first uses its new credentials.
+pub const ROTATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("rotations");
+
+/// agent id → `DataSourceConfigRecord`.
+pub const DATASOURCE_CONFIGS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("datasource_configs");

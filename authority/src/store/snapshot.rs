@@ -10,7 +10,7 @@ use redb::{
 use super::codec::{self, Record};
 use super::error::{DbResult, StoreError};
 use super::hot::{HotChange, HotIndex, Revocation};
-use super::ops::{hot_client, hot_key};
+use super::ops::{hot_key, unsealed_client};
 use super::records::*;
 use super::schema::*;
 use super::seal::{MasterKey, SealContext};
@@ -150,6 +150,23 @@ impl Snapshot {
     }
 
     /// The stored registration (secret still sealed; the hot index has it in clear).
+    /// The grace-window row of `client_id`'s last rotation, if one is kept.
+    pub fn rotation(&self, client_id: &str) -> Result<Option<RotationRecord>, StoreError> {
+        lookup(&self.txn, ROTATIONS, client_id)
+    }
+
+    /// The data source configuration of agent `id` if it belongs to `tenant`.
+    pub fn datasource_config(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<DataSourceConfigRecord>, StoreError> {
+        Ok(
+            lookup::<DataSourceConfigRecord>(&self.txn, DATASOURCE_CONFIGS, id)?
+                .filter(|c| c.tenant == tenant),
+        )
+    }
+
     pub fn registration(&self, client_id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
         lookup(&self.txn, REGISTRATIONS, client_id)
     }
@@ -236,22 +253,17 @@ impl Snapshot {
 pub(crate) fn load_hot(db: &Database, key: &MasterKey, hot: &HotIndex) -> Result<(), StoreError> {
     let txn = db.begin_read().db("begin read")?;
     let t = txn.open_table(REGISTRATIONS).db("open table")?;
+    let rotations = txn.open_table(ROTATIONS).db("open table")?;
     for entry in t.iter().db("load registrations")? {
-        let (k, v) = entry.db("load registrations")?;
+        let (_, v) = entry.db("load registrations")?;
         let rec: RegistrationRecord = codec::decode(v.value())?;
-        let secret = match &rec.sealed_secret {
-            Some(s) => Some(key.unseal(
-                SealContext {
-                    table: "registrations",
-                    key: k.value(),
-                },
-                s,
-            )?),
+        let rotation = match rotations.get(rec.client_id.as_str()).db("load rotations")? {
+            Some(v) => Some(codec::decode::<RotationRecord>(v.value())?),
             None => None,
         };
         hot.apply(HotChange::Client(
             rec.client_id.clone(),
-            Some(Arc::new(hot_client(&rec, secret))),
+            Some(Arc::new(unsealed_client(key, &rec, rotation.as_ref())?)),
         ));
     }
     for rec in all::<OperatorClientRecord>(&txn, OPERATOR_CLIENTS)? {

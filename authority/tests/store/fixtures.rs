@@ -57,6 +57,33 @@ fn records() -> Vec<(&'static str, Vec<u8>)> {
             .unwrap(),
         ),
         (
+            "rotation",
+            encode_record(&RotationRecord {
+                client_id: "e1".into(),
+                generation: 4,
+                previous_rat_hash: hash.clone(),
+                previous_jwks: vec![r#"{"kty":"RSA","e":"AQAB","n":"abc","kid":"k0"}"#.into()],
+                previous_secret_expires_at: 98,
+                sealed: vec![1, 12, 7],
+                rotated_at: 14,
+                grace_until: 15,
+            })
+            .unwrap(),
+        ),
+        (
+            "datasource_config",
+            encode_record(&DataSourceConfigRecord {
+                agent_id: "e1".into(),
+                tenant: TENANT.into(),
+                id: "cfg-id".into(),
+                etag: 2,
+                json: r#"{"configurationId":"c1","dataSources":[]}"#.into(),
+                updated_at: 16,
+                updated_by: "e1".into(),
+            })
+            .unwrap(),
+        ),
+        (
             "operator_client",
             encode_record(&OperatorClientRecord {
                 id: "admin".into(),
@@ -394,6 +421,8 @@ fn unknown_record_versions_are_refused_clearly() {
             "tenant" => decode_record::<TenantRecord>(&bytes).unwrap_err(),
             "registration" => decode_record::<RegistrationRecord>(&bytes).unwrap_err(),
             "revocation" => decode_record::<RevocationRecord>(&bytes).unwrap_err(),
+            "rotation" => decode_record::<RotationRecord>(&bytes).unwrap_err(),
+            "datasource_config" => decode_record::<DataSourceConfigRecord>(&bytes).unwrap_err(),
             _ => continue,
         };
         assert!(

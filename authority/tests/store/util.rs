@@ -165,6 +165,7 @@ pub fn rotate_op(id: &str, presented: &str, new_rat: &str, new_secret: &str) -> 
         new_secret: Some(Secret::from(new_secret)),
         new_jwks: None,
         secret_expires_at: 20_000,
+        grace_until: 0,
         now: 100,
     })
 }

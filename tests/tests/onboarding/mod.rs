@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 use crate::util::https::{Authority, form_encode};
 use crate::util::server::Response;
 
+mod datasource;
+mod rotation;
+
 const API: &str = "/api/agentmanagement/v3";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -504,6 +507,17 @@ fn shared_secret_agent_lifecycle() {
         .expect("new rat")
         .to_owned();
     assert!(secret2 != secret && rat2 != rat);
+    // The old RAT and secret die with the first use of a new credential (until then a lost
+    // answer could be fetched again; see `rotation.rs`).
+    assert_eq!(
+        token(&auth, || sign(
+            &hs(&secret2),
+            None,
+            &node_claims("ss-1", "main")
+        ))
+        .status,
+        200
+    );
     assert_error(
         &auth.json("PUT", &uri, Some(&rat), Some(&json!({"client_id": "ss-1"}))),
         401,
