@@ -36,6 +36,7 @@ use latchkey_core::{Algorithm, RejectedError, VerifiedToken};
 use crate::api::auth::{Permission, Permissions};
 use crate::error::{ApiError, Error};
 use crate::http::Metrics;
+use crate::replay_log::{ReplayLog, ReplayLogConfig, StartContext};
 use crate::store::{
     KeyFileOptions, KeyState, NewSigningKey, OperatorClientRecord, ProfileRecord, RevocationKind,
     RevocationRecord, Secret, SecretHash, SigningKeyRecord, Store, StoreError, StoreOptions,
@@ -102,6 +103,8 @@ pub struct AppSettings {
     /// Replay cache sizing for client assertions. Size `capacity` for at least
     /// 1.5 × peak token rate × (`assertion_max_age` + leeway).
     pub replay: ReplayConfig,
+    /// The on-disk log of accepted assertions that keeps restarts replay-safe.
+    pub replay_log: ReplayLogConfig,
 }
 
 impl Default for AppSettings {
@@ -130,6 +133,7 @@ impl Default for AppSettings {
                 capacity: 1 << 22,
                 ..ReplayConfig::default()
             },
+            replay_log: ReplayLogConfig::default(),
         }
     }
 }
@@ -219,6 +223,10 @@ pub struct TokensConfig {
     pub assertion_max_age: Option<crate::config::HumanDuration>,
     /// Slots in the client-assertion replay cache (8 bytes each).
     pub replay_capacity: Option<usize>,
+    /// How often the replay log is fsynced.
+    pub replay_log_sync_interval: Option<crate::config::HumanDuration>,
+    /// Most bytes the replay log may hold (30 per accepted assertion).
+    pub replay_log_max_size: Option<u64>,
 }
 
 /// `[keys]`.
@@ -304,6 +312,16 @@ impl AppConfig {
                 capacity: t.replay_capacity.unwrap_or(d.replay.capacity),
                 ..d.replay
             },
+            replay_log: ReplayLogConfig {
+                sync_interval: t
+                    .replay_log_sync_interval
+                    .map_or(d.replay_log.sync_interval, |h| {
+                        h.0.clamp(Duration::from_millis(10), Duration::from_secs(60))
+                    }),
+                max_bytes: t
+                    .replay_log_max_size
+                    .map_or(d.replay_log.max_bytes, |b| b.max(1 << 20)),
+            },
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {
@@ -348,6 +366,11 @@ pub struct App {
     pub keys: Arc<KeyRing>,
     pub revocations: Arc<RevocationSet>,
     pub replay: ReplayCache,
+    /// Accepted assertions on disk (`None` for the CLI on a stopped server, which issues none).
+    pub replay_log: Option<Arc<ReplayLog>>,
+    /// Assertions issued before this are refused (`None`: nothing a previous process accepted
+    /// was lost; see `replay_log`).
+    pub replay_floor: Option<u64>,
     pub jti: JtiGenerator,
     pub metrics: Arc<Metrics>,
     pub settings: AppSettings,
@@ -385,9 +408,10 @@ impl App {
         settings: AppSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(App, FirstRun), Error> {
-        let app = App::bare(store, settings, metrics)?;
+        let mut app = App::bare(store, settings, metrics)?;
         let mut first = FirstRun::default();
         let now = app.now();
+        app.open_replay_log(now)?;
         app.reconcile_profiles()?;
         app.reconcile_tenants(now)?;
         first.generated_keys = app.ensure_keys(now)?;
@@ -430,6 +454,8 @@ impl App {
             keys: Arc::new(KeyRing::new()),
             revocations: Arc::new(RevocationSet::new()),
             replay,
+            replay_log: None,
+            replay_floor: None,
             jti,
             metrics,
             settings,
@@ -440,6 +466,61 @@ impl App {
             stopping: Arc::new(AtomicBool::new(false)),
         };
         Ok(app)
+    }
+
+    /// Recovers what earlier processes logged into the replay cache (keyed as they keyed it),
+    /// sets the replay floor and starts the log's sync thread.
+    fn open_replay_log(&mut self, now: u64) -> Result<(), Error> {
+        let leeway = self.assertion_leeway();
+        let start = StartContext {
+            now,
+            boot_id: crate::replay_log::boot_id(),
+            leeway,
+            // The longest an entry is remembered past its acceptance: `iat` up to `leeway`
+            // ahead, remembered until `iat + max age`, plus the cache's leeway.
+            window: self
+                .settings
+                .assertion_max_age
+                .saturating_add(leeway.saturating_mul(2))
+                .saturating_add(1),
+            has_clients: self.store.hot().client_count() > 0,
+        };
+        let (log, recovery) = ReplayLog::open(
+            &self.store.paths().dir,
+            &self.store,
+            self.settings.replay_log,
+            start,
+            self.metrics.clone(),
+        )?;
+        self.replay = ReplayCache::new(self.settings.replay, *recovery.key);
+        let mut floor = recovery.floor;
+        for (fingerprint, until) in &recovery.entries {
+            if let Err(e) = self.replay.restore(*fingerprint, *until, now) {
+                // Too many to hold: what was not restored could be replayed, so refuse
+                // everything older than this start instead.
+                tracing::warn!(error = %e, "replay log entries do not fit the replay cache");
+                floor = floor.max(Some(crate::api::onboarding::replay_floor(now, leeway)));
+                break;
+            }
+        }
+        tracing::info!(
+            restored = recovery.entries.len(),
+            floor,
+            reason = recovery.reason,
+            "replay log recovered"
+        );
+        let log = Arc::new(log);
+        log.start_sync(unix_now)?;
+        self.replay_log = Some(log);
+        self.replay_floor = floor;
+        Ok(())
+    }
+
+    /// The skew tolerated on client assertions: the configured leeway, but never longer than
+    /// the replay cache remembers a `jti` past its `exp` (else an assertion could be accepted
+    /// again after the cache forgot it).
+    pub fn assertion_leeway(&self) -> u64 {
+        self.settings.leeway.min(self.settings.replay.leeway)
     }
 
     /// Unix seconds.

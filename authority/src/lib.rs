@@ -14,5 +14,6 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod pki;
+pub mod replay_log;
 pub mod store;
 pub mod tls;

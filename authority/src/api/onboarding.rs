@@ -59,6 +59,7 @@ use super::{Form, Route, register};
 use crate::app::{App, generate_secret};
 use crate::error::{ApiError, Error, WireError};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
+use crate::replay_log::{LogRefusal, ReplayLogConfig};
 use crate::store::{
     AgentRecord, AuthMethod, BoardingRecord, ClientAuth, MAX_JWKS, Registration,
     RegistrationRecord, Rotation, Secret, SecurityProfile, WriteOp, WriteOutcome,
@@ -100,9 +101,12 @@ struct CachedKeys {
 }
 
 /// The replay floor for a process started at `start` whose validation tolerates `leeway`
-/// seconds of clock skew (see the module docs for why the skew is added).
+/// seconds of clock skew, where nothing tells what the previous process accepted (see the
+/// module docs for why the skew is added). `+ 1`: clocks are read in whole seconds, so the
+/// previous process may have accepted an assertion with `iat = start + leeway` in the very
+/// second this one started.
 pub fn replay_floor(start: u64, leeway: u64) -> u64 {
-    start.saturating_add(leeway)
+    start.saturating_add(leeway).saturating_add(1)
 }
 
 /// Why a token request was refused: an error, or "come back in a moment".
@@ -125,7 +129,11 @@ impl<E: Into<Error>> From<E> for TokenRefusal {
 impl AgentState {
     /// State for a process that starts serving now.
     pub fn new(app: Arc<App>) -> AgentState {
-        let floor = replay_floor(app.now(), assertion_leeway(&app));
+        let floor = match &app.replay_log {
+            Some(_) => app.replay_floor.unwrap_or(0),
+            // No log (never the case when serving): the rule without one.
+            None => replay_floor(app.now(), assertion_leeway(&app)),
+        };
         AgentState::with_floor(app, floor)
     }
 
@@ -546,14 +554,21 @@ impl AgentState {
         // Remember the jti only as long as the age check above would let it through again:
         // after that a replay is refused as too old, so memory is bounded by rate × max age.
         let remember_until = exp.min(iat.saturating_add(max_age));
-        match self.app.replay.check_and_insert(
-            &client.client_id,
-            jti,
+        let fingerprint = self.app.replay.fingerprint(&client.client_id, jti);
+        match self.app.replay.check_and_insert_fingerprint(
+            fingerprint,
             Some(iat),
             remember_until,
             now,
         ) {
-            Ok(()) => {}
+            // Logged before the token is minted: a process that dies after answering has the
+            // entry in the page cache for the next one.
+            Ok(until) => {
+                if let Some(log) = &self.app.replay_log {
+                    log.append(fingerprint, until, now)
+                        .map_err(|e| log_refusal(e, self.app.settings.replay_log))?;
+                }
+            }
             Err(latchkey_core::replay::ReplayError::Full) => {
                 return Err(TokenRefusal::Later {
                     seconds: 60,
@@ -945,7 +960,22 @@ fn verify_minted(
 /// cache remembers a `jti` past its `exp` (else an assertion could be accepted again after the
 /// cache forgot it).
 fn assertion_leeway(app: &App) -> u64 {
-    app.settings.leeway.min(app.settings.replay.leeway)
+    app.assertion_leeway()
+}
+
+/// A token request whose assertion could not be logged: come back shortly (the jti is
+/// spent; clients sign a new assertion per try).
+fn log_refusal(e: LogRefusal, config: ReplayLogConfig) -> TokenRefusal {
+    let seconds = config.sync_interval.as_secs().max(1);
+    TokenRefusal::Later {
+        seconds,
+        reason: match e {
+            LogRefusal::Full => "too many recent client assertions to record; retry later",
+            LogRefusal::Unavailable => "the replay log is not being written; retry later",
+            LogRefusal::Closed => "the authority is stopping; retry later",
+        }
+        .into(),
+    }
 }
 
 fn invalid_assertion(e: &latchkey_core::Error) -> Error {
@@ -1309,7 +1339,7 @@ mod tests {
 
     #[test]
     fn replay_floor_refuses_assertions_from_before_a_restart() {
-        assert_eq!(replay_floor(1000, 60), 1060);
+        assert_eq!(replay_floor(1000, 60), 1061);
         // Just started: the floor is ahead of the clock.
         let f = fixture_with(AppSettings::default(), 30);
         f.agent(

@@ -35,7 +35,7 @@ pub use ops::{
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;
-pub use seal::{BLAKE3_PREFIX, KeyFileOptions, PBKDF2_ITERATIONS, Secret, SecretHash};
+pub use seal::{BLAKE3_PREFIX, KeyFileOptions, PBKDF2_ITERATIONS, SealContext, Secret, SecretHash};
 pub use snapshot::{AgentPage, MAX_PAGE, Snapshot};
 
 use error::DbResult;
@@ -116,6 +116,7 @@ struct Inner {
     hot: Arc<HotIndex>,
     observer: Arc<ObserverSlot>,
     paths: DataDir,
+    key: Arc<MasterKey>,
     tx: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -200,7 +201,7 @@ impl Store {
         let observer = Arc::new(ObserverSlot::new());
         let writer = writer::spawn(
             db.clone(),
-            key,
+            key.clone(),
             hot.clone(),
             observer.clone(),
             rx,
@@ -212,6 +213,7 @@ impl Store {
                 hot,
                 observer,
                 paths,
+                key,
                 tx: Some(tx),
                 writer: Some(writer),
             }),
@@ -268,6 +270,17 @@ impl Store {
     /// The data directory paths.
     pub fn paths(&self) -> &DataDir {
         &self.inner.paths
+    }
+
+    /// Seals `plaintext` with the master key for a file outside the database (the replay log's
+    /// hash key); `ctx` names the file and field.
+    pub fn seal(&self, ctx: SealContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.inner.key.seal(ctx, plaintext)
+    }
+
+    /// Opens what [`Store::seal`] sealed for the same `ctx`.
+    pub fn unseal(&self, ctx: SealContext<'_>, sealed: &[u8]) -> Result<Secret, StoreError> {
+        self.inner.key.unseal(ctx, sealed)
     }
 
     /// Writes a consistent copy of the database, as of now, to `out` (a new file), while the
