@@ -26,12 +26,9 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// A server with a one-second clock-skew allowance, so the replay floor after a start (see
-/// `api::onboarding`) passes quickly.
+/// A server with default settings on `dir/data` (kept across restarts).
 fn start(dir: &Path) -> Authority {
-    let config = dir.join("latchkey.toml");
-    std::fs::write(&config, "[tokens]\nleeway = \"1s\"\n").expect("config");
-    Authority::start(&dir.join("data"), Some(&config))
+    Authority::start(&dir.join("data"), None)
 }
 
 /// PKCS#8 DER of RSA keys generated once per test binary (RSA generation is slow).
@@ -843,43 +840,94 @@ fn rsa_3072_agent_lifecycle() {
     auth.stop();
 }
 
-#[test]
-fn replayed_assertion_is_refused_after_a_restart() {
+/// One `POST /oauth/token`, no retry: what an SDK that does not retry on 503 sees.
+fn token_once(auth: &Authority, assertion: &str) -> Response {
+    auth.form(&format!("{API}/oauth/token"), &token_form(assertion), &[])
+}
+
+/// How the server goes down between two starts on the same data.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// SIGTERM: in-flight requests finish, the replay log is closed.
+    Graceful,
+    /// SIGKILL: the process ends wherever it is.
+    Kill,
+}
+
+/// Across a restart, with default settings: an assertion accepted before is refused after
+/// (the replay log brought its jti back), and a fresh one is accepted at once, no 503.
+fn restart_and_continue(how: Restart) {
     let dir = tempfile::tempdir().expect("tempdir");
     let auth = start(dir.path());
     let op = auth.operator_token();
     let reg = board(&auth, &op, "restart-1", "SHARED_SECRET", &json!({}));
     let secret = reg["client_secret"].as_str().expect("secret").to_owned();
     let key = SigningKey::hmac(Algorithm::HS256, secret.as_bytes()).expect("hmac");
-    let assertion = std::cell::RefCell::new(String::new());
-    let r = token(&auth, || {
-        *assertion.borrow_mut() = sign(&key, None, &node_claims("restart-1", "main"));
-        assertion.borrow().clone()
-    });
+    let fresh = || sign(&key, None, &node_claims("restart-1", "main"));
+    // A first start accepts assertions at once.
+    let used = fresh();
+    let r = token_once(&auth, &used);
     assert_eq!(r.status, 200, "{}", r.text());
-    let used = assertion.into_inner();
+    assert_error(&token_once(&auth, &used), 401, "invalid_client", "replayed");
+    // Signed before the restart, never presented: still fresh after it.
+    let unused = fresh();
+    match how {
+        Restart::Graceful => auth.stop(),
+        Restart::Kill => auth.kill(),
+    }
+
+    let auth = start(dir.path());
+    assert_error(&token_once(&auth, &used), 401, "invalid_client", "replayed");
+    let r = token_once(&auth, &fresh());
+    assert_eq!(r.status, 200, "{how:?}: {}", r.text());
+    let r = token_once(&auth, &unused);
+    assert_eq!(r.status, 200, "{how:?}: {}", r.text());
     assert_error(
-        &token(&auth, || used.clone()),
+        &token_once(&auth, &unused),
         401,
         "invalid_client",
         "replayed",
     );
     auth.stop();
+}
 
-    // Same data, new process: its replay cache is empty, the floor refuses the old assertion.
+#[test]
+fn graceful_restart_accepts_fresh_assertions_at_once_and_refuses_replays() {
+    restart_and_continue(Restart::Graceful);
+}
+
+#[test]
+fn kill_9_restart_accepts_fresh_assertions_at_once_and_refuses_replays() {
+    restart_and_continue(Restart::Kill);
+}
+
+/// A data directory without a replay log but with registered agents (a store from a release
+/// before the log, or the log removed): the previous process's assertions are unknown, so the
+/// start floor applies, `start + leeway + 1`, answered 503 with `Retry-After` while ahead.
+#[test]
+fn without_a_replay_log_the_start_floor_refuses_old_assertions() {
+    let dir = tempfile::tempdir().expect("tempdir");
     let auth = start(dir.path());
-    let r = token(&auth, || used.clone());
-    assert_error(&r, 401, "invalid_client", "restarted");
-    // The registration survived; a fresh assertion works.
-    assert_eq!(
-        token(&auth, || sign(
-            &key,
-            None,
-            &node_claims("restart-1", "main")
-        ))
-        .status,
-        200
-    );
+    let op = auth.operator_token();
+    let reg = board(&auth, &op, "nolog-1", "SHARED_SECRET", &json!({}));
+    let secret = reg["client_secret"].as_str().expect("secret").to_owned();
+    let key = SigningKey::hmac(Algorithm::HS256, secret.as_bytes()).expect("hmac");
+    let used = sign(&key, None, &node_claims("nolog-1", "main"));
+    assert_eq!(token_once(&auth, &used).status, 200);
+    auth.stop();
+    std::fs::remove_dir_all(dir.path().join("data/replay-log")).expect("remove log");
+
+    let auth = start(dir.path());
+    let r = token_once(&auth, &used);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=61).contains(&wait), "{wait}");
+    // A fresh assertion too: the floor is ahead of every fresh iat for a leeway.
+    let r = token_once(&auth, &sign(&key, None, &node_claims("nolog-1", "main")));
+    assert_eq!(r.status, 503, "{}", r.text());
     auth.stop();
 }
 

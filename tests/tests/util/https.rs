@@ -76,6 +76,12 @@ impl Authority {
         panic!("server did not stop; stderr:\n{}", self.stderr());
     }
 
+    /// SIGKILL: the process ends wherever it is, nothing of it runs after.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
+    }
+
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
     }
