@@ -10,11 +10,16 @@
 //! reply runs, applies revocations to the `RevocationSet`. So a revocation is visible to every
 //! event loop before its request is answered.
 //!
-//! **Key life cycle.** `Active` keys sign (the newest per algorithm); `Retiring` keys only
-//! verify and stay in the JWKS until every token they could have signed has expired
-//! ([`AppSettings::retire_after`]); then the maintenance thread marks them `Retired` and drops
-//! them from the ring. Rotation adds the new key before the old one stops signing, so no token
-//! minted during a rotation ever lacks a verifying key.
+//! **Key life cycle.** `Published` → `Active` → `Retiring` → `Retired`. A rotation first
+//! publishes the new key (JWKS, `/token_keys`) without signing with it, for
+//! [`AppSettings::key_prepublication`]; the published key sets are served with
+//! `Cache-Control: max-age` of at most that ([`AppSettings::jwks_max_age`]), so a consumer that
+//! caches them as told has the new `kid` before the first token it signs. Then the maintenance
+//! thread activates it: it signs, and the previous key becomes `Retiring`, which only
+//! verifies. A retiring key leaves the published sets once the tokens others verify (access
+//! and operator tokens) have expired ([`AppSettings::unpublish_after`]), and the ring once
+//! everything it signed has ([`AppSettings::retire_after`], boarding tokens included): then it
+//! is `Retired`. `rotate_key_now` (emergencies, `keys rotate --now`) activates at once.
 //!
 //! **Time.** `now()` is Unix seconds from the system clock; everything below takes `now` as a
 //! parameter so tests can move time.
@@ -83,6 +88,11 @@ pub struct AppSettings {
     pub operator_alg: Algorithm,
     /// Rotate every active key after this long (`None`: only on request).
     pub key_rotation_interval: Option<u64>,
+    /// How long a new key is published before it signs (seconds; `[keys] pre-publication`).
+    pub key_prepublication: u64,
+    /// `Cache-Control: max-age` of the published key sets (seconds; `[keys] jwks-max-age`),
+    /// never more than `key_prepublication` (see [`AppSettings::jwks_max_age`]).
+    pub jwks_max_age: u64,
     /// How often the maintenance thread runs (key retirement, scheduled rotation, forgetting
     /// expired revocations).
     pub maintenance_interval: Duration,
@@ -120,6 +130,8 @@ impl Default for AppSettings {
             leeway: 60,
             operator_alg: Algorithm::RS256,
             key_rotation_interval: None,
+            key_prepublication: 3600,
+            jwks_max_age: 900,
             maintenance_interval: Duration::from_secs(60),
             tenants: Vec::new(),
             profiles: Vec::new(),
@@ -151,6 +163,21 @@ impl AppSettings {
         .max()
         .unwrap_or(0)
         .saturating_add(self.leeway)
+    }
+
+    /// How long a retiring key stays in the published key sets: the longest lifetime of a
+    /// token someone else verifies (access and operator tokens), plus leeway. Boarding tokens
+    /// only Latchkey verifies, so they do not keep the key published.
+    pub fn unpublish_after(&self) -> u64 {
+        self.operator_token_lifetime
+            .max(self.access_token_lifetime)
+            .saturating_add(self.leeway)
+    }
+
+    /// Seconds a consumer may cache the published key sets: a key published for
+    /// `key_prepublication` is then in every cache before it signs.
+    pub fn jwks_max_age(&self) -> u64 {
+        self.jwks_max_age.min(self.key_prepublication)
     }
 }
 
@@ -234,6 +261,8 @@ pub struct TokensConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KeysConfig {
     pub rotation_interval: Option<crate::config::HumanDuration>,
+    pub pre_publication: Option<crate::config::HumanDuration>,
+    pub jwks_max_age: Option<crate::config::HumanDuration>,
     pub maintenance_interval: Option<crate::config::HumanDuration>,
 }
 
@@ -293,6 +322,14 @@ impl AppConfig {
             leeway,
             operator_alg,
             key_rotation_interval: self.keys.rotation_interval.map(|h| h.0.as_secs().max(1)),
+            key_prepublication: self
+                .keys
+                .pre_publication
+                .map_or(d.key_prepublication, |h| h.0.as_secs()),
+            jwks_max_age: self
+                .keys
+                .jwks_max_age
+                .map_or(d.jwks_max_age, |h| h.0.as_secs()),
             maintenance_interval: self
                 .keys
                 .maintenance_interval
@@ -416,6 +453,7 @@ impl App {
         app.reconcile_tenants(now)?;
         first.generated_keys = app.ensure_keys(now)?;
         app.load_keys()?;
+        app.activate_due_keys(now)?;
         app.retire_expired_keys(now)?;
         // First run is a store without operator clients, whatever the configuration declares.
         let fresh = app.store.read()?.operator_clients()?.is_empty();
@@ -704,12 +742,160 @@ impl App {
     // -----------------------------------------------------------------------------------------
     // Keys
 
-    /// Generates a key for `alg`, makes it active and moves the previous active key of the
-    /// same algorithm to `Retiring`. Blocking (RSA key generation, store writes): call it off
-    /// the event loop.
+    /// Rotates the key of `alg` the way consumers can follow: a new key is published now and
+    /// activated by the maintenance thread after [`AppSettings::key_prepublication`]. If one is
+    /// already published for `alg`, that one is returned. Blocking (RSA key generation, store
+    /// writes): call it off the event loop.
     pub fn rotate_key(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        self.publish_key(alg, by, self.now())
+    }
+
+    fn publish_key(&self, alg: Algorithm, by: &str, now: u64) -> Result<SigningKeyRecord, Error> {
+        if self.settings.key_prepublication == 0 {
+            return self.rotate_key_now(alg, by);
+        }
+        if let Some(pending) = self.published_key(alg) {
+            return self
+                .store
+                .read()?
+                .signing_keys()?
+                .into_iter()
+                .find(|r| r.kid == pending.kid)
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("signing key {:?}", pending.kid)).into()
+                });
+        }
+        if alg.is_hmac() {
+            return Err(
+                ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
+            );
+        }
+        let key = latchkey_core::SigningKey::generate(alg)?;
+        let rec = match self.write(WriteOp::AddSigningKey(new_key_op(
+            &key,
+            KeyState::Published,
+            by,
+            now,
+        )?))? {
+            WriteOutcome::SigningKey(rec) => rec,
+            other => return Err(unexpected(&other)),
+        };
+        self.keys.add_verifying_key(key.verifying_key())?;
+        Ok(rec)
+    }
+
+    /// Emergency rotation: the new key signs at once (a key already published for `alg` is the
+    /// one activated, since consumers may have it). Consumers that cached the key set without
+    /// it miss its `kid` until their cache expires.
+    pub fn rotate_key_now(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        if let Some(pending) = self.published_key(alg) {
+            return self.activate_key(&pending, by, self.now());
+        }
         let key = latchkey_core::SigningKey::generate(alg)?;
         self.install_key(key, by)
+    }
+
+    /// The published (not yet active) key of `alg`, if any.
+    fn published_key(&self, alg: Algorithm) -> Option<Arc<crate::store::SigningKey>> {
+        self.store
+            .hot()
+            .signing_keys()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Published && k.alg == alg.as_str())
+            .max_by_key(|k| (k.created_at, k.kid.clone()))
+    }
+
+    /// Makes a published key the active key of its algorithm; the previous active key retires.
+    fn activate_key(
+        &self,
+        k: &crate::store::SigningKey,
+        by: &str,
+        now: u64,
+    ) -> Result<SigningKeyRecord, Error> {
+        let alg = Algorithm::from_name(&k.alg)?;
+        let key = latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
+            .with_kid(k.kid.clone());
+        let previous = self.active_kids(alg);
+        let rec = match self.write(WriteOp::SetSigningKeyState {
+            kid: k.kid.clone(),
+            state: KeyState::Active,
+            by: by.to_owned(),
+            now,
+        })? {
+            WriteOutcome::SigningKey(rec) => rec,
+            other => return Err(unexpected(&other)),
+        };
+        self.keys.rotate(key)?;
+        for kid in previous {
+            self.write(WriteOp::SetSigningKeyState {
+                kid,
+                state: KeyState::Retiring,
+                by: by.to_owned(),
+                now,
+            })?;
+        }
+        Ok(rec)
+    }
+
+    fn active_kids(&self, alg: Algorithm) -> Vec<String> {
+        self.store
+            .hot()
+            .signing_keys()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Active && k.alg == alg.as_str())
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
+    /// Activates published keys whose pre-publication has passed. Returns their kids.
+    pub fn activate_due_keys(&self, now: u64) -> Result<Vec<String>, Error> {
+        let mut activated = Vec::new();
+        for k in self.store.hot().signing_keys() {
+            if k.state == KeyState::Published
+                && now
+                    >= k.state_changed_at
+                        .saturating_add(self.settings.key_prepublication)
+            {
+                self.activate_key(&k, SYSTEM, now)?;
+                activated.push(k.kid.clone());
+            }
+        }
+        Ok(activated)
+    }
+
+    /// When the next published key is due to sign (Unix seconds), if any.
+    pub fn next_activation(&self, alg: Option<Algorithm>) -> Option<u64> {
+        self.store
+            .hot()
+            .signing_keys()
+            .iter()
+            .filter(|k| k.state == KeyState::Published && alg.is_none_or(|a| k.alg == a.as_str()))
+            .map(|k| {
+                k.state_changed_at
+                    .saturating_add(self.settings.key_prepublication)
+            })
+            .min()
+    }
+
+    /// Whether `kid` belongs in the published key sets at `now`: every key in the ring except
+    /// retiring keys whose externally verified tokens have all expired.
+    pub fn is_published(&self, kid: &str, now: u64) -> bool {
+        self.store.hot().signing_key(kid).is_none_or(|k| {
+            k.state != KeyState::Retiring
+                || now
+                    < k.state_changed_at
+                        .saturating_add(self.settings.unpublish_after())
+        })
+    }
+
+    /// `max-age` for a published key set: [`AppSettings::jwks_max_age`], and for the single
+    /// active key of `alg` (`token_key`) no later than that algorithm's next activation.
+    pub fn key_cache_max_age(&self, single: Option<Algorithm>, now: u64) -> u64 {
+        let max_age = self.settings.jwks_max_age();
+        match single.and_then(|alg| self.next_activation(Some(alg))) {
+            Some(at) => max_age.min(at.saturating_sub(now)),
+            None => max_age,
+        }
     }
 
     /// Makes `key` (generated or imported) the active key of its algorithm; the previous one
@@ -726,14 +912,7 @@ impl App {
                 ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
             );
         }
-        let previous: Vec<String> = self
-            .store
-            .hot()
-            .signing_keys()
-            .into_iter()
-            .filter(|k| k.state == KeyState::Active && k.alg == alg.as_str())
-            .map(|k| k.kid.clone())
-            .collect();
+        let previous = self.active_kids(alg);
         let rec = match self.write(WriteOp::AddSigningKey(new_key_op(
             &key,
             KeyState::Active,
@@ -779,16 +958,24 @@ impl App {
         Ok(retired)
     }
 
-    /// Rotates active keys older than the configured interval.
+    /// Publishes the successor of every active key that is due for rotation within the
+    /// pre-publication time, so it activates when the interval is over. Returns the kids
+    /// published.
     pub fn scheduled_rotation(&self, now: u64) -> Result<Vec<String>, Error> {
         let Some(interval) = self.settings.key_rotation_interval else {
             return Ok(Vec::new());
         };
+        let lead = interval.min(self.settings.key_prepublication);
         let mut rotated = Vec::new();
         for k in self.store.hot().signing_keys() {
-            if k.state == KeyState::Active && now >= k.state_changed_at.saturating_add(interval) {
+            if k.state == KeyState::Active
+                && now >= k.state_changed_at.saturating_add(interval - lead)
+            {
                 let alg = Algorithm::from_name(&k.alg)?;
-                let rec = self.rotate_key(alg, SYSTEM)?;
+                if self.published_key(alg).is_some() {
+                    continue;
+                }
+                let rec = self.publish_key(alg, SYSTEM, now)?;
                 rotated.push(rec.kid);
             }
         }
@@ -804,7 +991,7 @@ impl App {
             .signing_key(kid)
             .ok_or_else(|| ApiError::NotFound(format!("signing key {kid:?} not found")))?;
         if key.state == KeyState::Active {
-            self.rotate_key(Algorithm::from_name(&key.alg)?, by)?;
+            self.rotate_key_now(Algorithm::from_name(&key.alg)?, by)?;
         }
         let now = self.now();
         let rec = match self.write(WriteOp::Revoke {
@@ -840,15 +1027,21 @@ impl App {
         std::thread::Builder::new()
             .name("latchkey-maintenance".into())
             .spawn(move || {
+                let mut wait = interval;
                 loop {
-                    std::thread::park_timeout(interval);
+                    std::thread::park_timeout(wait);
                     if stopping.load(Ordering::Acquire) {
                         return;
                     }
                     let Some(app) = weak.upgrade() else { return };
-                    if let Err(e) = app.maintain(app.now()) {
+                    let now = app.now();
+                    if let Err(e) = app.maintain(now) {
                         tracing::error!(error = %e, "maintenance failed");
                     }
+                    // Wake when the next published key is due, not up to an interval late.
+                    wait = app.next_activation(None).map_or(interval, |at| {
+                        interval.min(Duration::from_secs(at.saturating_sub(now).max(1)))
+                    });
                 }
             })
     }
@@ -860,11 +1053,14 @@ impl App {
 
     /// One maintenance pass.
     pub fn maintain(&self, now: u64) -> Result<(), Error> {
+        for kid in self.activate_due_keys(now)? {
+            tracing::info!(kid, "published signing key activated");
+        }
         for kid in self.retire_expired_keys(now)? {
             tracing::info!(kid, "signing key retired");
         }
         for kid in self.scheduled_rotation(now)? {
-            tracing::info!(kid, "signing key rotated on schedule");
+            tracing::info!(kid, "signing key published for scheduled rotation");
         }
         if let WriteOutcome::Forgotten { revocations, .. } = self.write(WriteOp::Forget { now })?
             && revocations > 0
@@ -1312,7 +1508,7 @@ mod tests {
             .kid()
             .to_owned();
         let v = app.validation(TokenType::OperatorAccessToken);
-        let new = app.rotate_key(Algorithm::ES256, "test").unwrap();
+        let new = app.rotate_key_now(Algorithm::ES256, "test").unwrap();
         assert_ne!(new.kid, old_kid);
         assert!(app.verify(&old, &v, now).is_ok());
         assert_eq!(
@@ -1339,6 +1535,108 @@ mod tests {
                 .key()
                 .kid(),
             new.kid
+        );
+    }
+
+    /// Scheduled rotation and `rotate_key` publish first: the new key verifies and is
+    /// published for the pre-publication time before it signs; then the old key retires, and
+    /// leaves the published set once the tokens others verify have expired.
+    #[test]
+    fn rotation_publishes_before_signing_and_unpublishes_after_tokens_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AppSettings {
+            key_rotation_interval: Some(30 * 86_400),
+            ..AppSettings::default()
+        };
+        let (app, _) = open(dir.path(), settings);
+        let now = app.now();
+        let signer = |app: &App| {
+            app.keys
+                .snapshot()
+                .minter(Algorithm::RS256)
+                .unwrap()
+                .key()
+                .kid()
+                .to_owned()
+        };
+        let old = signer(&app);
+        // Not due yet.
+        assert!(app.scheduled_rotation(now).unwrap().is_empty());
+        let prepub = app.settings.key_prepublication;
+        let due = now + 30 * 86_400 - prepub;
+        let published = app.scheduled_rotation(due).unwrap();
+        assert_eq!(published.len(), 3, "one per algorithm");
+        let new = app.published_key(Algorithm::RS256).unwrap().kid.clone();
+        assert!(published.contains(&new));
+        // Published: in the key ring (verifies, JWKS) but the old key still signs.
+        assert!(app.keys.snapshot().key(&new).is_some());
+        assert!(app.is_published(&new, due));
+        assert_eq!(signer(&app), old);
+        let at = due + prepub;
+        assert_eq!(app.next_activation(Some(Algorithm::RS256)), Some(at));
+        // A second request does not publish another key.
+        assert_eq!(app.rotate_key(Algorithm::RS256, "t").unwrap().kid, new);
+        assert!(app.scheduled_rotation(due + 1).unwrap().is_empty());
+        // token_key may be cached only until the activation; the JWKS for the configured
+        // max-age, which never exceeds the pre-publication.
+        assert_eq!(app.key_cache_max_age(Some(Algorithm::RS256), at - 5), 5);
+        assert_eq!(
+            app.key_cache_max_age(None, due),
+            app.settings.jwks_max_age()
+        );
+        assert!(app.settings.jwks_max_age() <= prepub);
+        // Due: activated; the old key retires but stays published while its tokens live.
+        assert!(app.activate_due_keys(at - 1).unwrap().is_empty());
+        assert_eq!(app.activate_due_keys(at).unwrap().len(), 3);
+        assert_eq!(signer(&app), new);
+        assert_eq!(
+            app.store.hot().signing_key(&old).unwrap().state,
+            KeyState::Retiring
+        );
+        let unpublish = at + app.settings.unpublish_after();
+        assert!(app.is_published(&old, unpublish - 1));
+        assert!(!app.is_published(&old, unpublish));
+        // Still verifies (boarding tokens) until retirement.
+        assert!(app.keys.snapshot().key(&old).is_some());
+        assert!(app.settings.retire_after() > app.settings.unpublish_after());
+    }
+
+    /// `rotate_key_now` activates at once, preferring a key already published.
+    #[test]
+    fn emergency_rotation_activates_the_published_key_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = open(dir.path(), AppSettings::default());
+        let published = app.rotate_key(Algorithm::ES256, "t").unwrap();
+        assert_eq!(published.state, KeyState::Published);
+        let now = app.rotate_key_now(Algorithm::ES256, "t").unwrap();
+        assert_eq!(
+            (now.kid.as_str(), now.state),
+            (published.kid.as_str(), KeyState::Active)
+        );
+        let fresh = app.rotate_key_now(Algorithm::ES256, "t").unwrap();
+        assert_ne!(fresh.kid, published.kid);
+        assert_eq!(
+            app.keys
+                .snapshot()
+                .minter(Algorithm::ES256)
+                .unwrap()
+                .key()
+                .kid(),
+            fresh.kid
+        );
+        // A reopened app loads a published key as verifying only.
+        let p = app.rotate_key(Algorithm::EdDSA, "t").unwrap();
+        drop(app);
+        let (app, _) = open(dir.path(), AppSettings::default());
+        assert!(app.keys.snapshot().key(&p.kid).is_some());
+        assert_ne!(
+            app.keys
+                .snapshot()
+                .minter(Algorithm::EdDSA)
+                .unwrap()
+                .key()
+                .kid(),
+            p.kid
         );
     }
 

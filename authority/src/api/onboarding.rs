@@ -778,7 +778,9 @@ impl AgentState {
             jwk: Jwk::from_public_key(&key)?,
             value: key.to_pem_one_line()?,
         };
-        Ok(Response::json(200, &answer).into())
+        // Cacheable until the next key of this algorithm activates, no longer.
+        let max_age = self.app.key_cache_max_age(Some(alg), self.app.now());
+        Ok(super::oauth::key_set_response(req, &answer, max_age).into())
     }
 }
 

@@ -829,7 +829,7 @@ fn rotation_with_tokens_in_flight_then_retirement() {
     let auth = Arc::new(Authority::start(&dir.path().join("data"), Some(&cfg)));
     let old = auth.operator_token();
     let old_kid = header(&old)["kid"].as_str().expect("kid").to_owned();
-    let first = cli_json(&auth, &["keys", "rotate"])["kid"]
+    let first = cli_json(&auth, &["keys", "rotate", "--now"])["kid"]
         .as_str()
         .expect("kid")
         .to_owned();
@@ -867,7 +867,7 @@ fn rotation_with_tokens_in_flight_then_retirement() {
         .collect();
     let mut rotated = Vec::new();
     for _ in 0..2 {
-        let v = cli_json(&auth, &["keys", "rotate"]);
+        let v = cli_json(&auth, &["keys", "rotate", "--now"]);
         rotated.push(v["kid"].as_str().expect("kid").to_owned());
     }
     stop.store(true, Ordering::Release);
@@ -931,7 +931,7 @@ fn audit_trail_and_cli_on_a_stopped_server() {
         .as_str()
         .expect("secret")
         .to_owned();
-    let _ = cli_json(&auth, &["keys", "rotate", "--alg", "ES256"]);
+    let _ = cli_json(&auth, &["keys", "rotate", "--alg", "ES256", "--now"]);
     let agent = auth.json(
         "POST",
         AGENTS,
@@ -1034,7 +1034,7 @@ fn audit_trail_and_cli_on_a_stopped_server() {
         listing.contains("Job") && listing.contains("admin") && !listing.contains("ops"),
         "{listing}"
     );
-    let out = cli(&["keys", "rotate", "--data-dir", d, "--json"]);
+    let out = cli(&["keys", "rotate", "--now", "--data-dir", d, "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let new_kid = serde_json::from_slice::<Value>(&out.stdout).expect("json")["kid"]
         .as_str()
