@@ -175,9 +175,20 @@ impl AppSettings {
     }
 
     /// Seconds a consumer may cache the published key sets: a key published for
-    /// `key_prepublication` is then in every cache before it signs.
+    /// `key_prepublication` is then in every cache before it signs. One second less than the
+    /// pre-publication: clocks are read in whole seconds, and a cache counts from when the
+    /// answer arrived, not when it was made.
     pub fn jwks_max_age(&self) -> u64 {
-        self.jwks_max_age.min(self.key_prepublication)
+        self.jwks_max_age
+            .min(self.key_prepublication.saturating_sub(1))
+    }
+
+    /// When a key published at `published_at` (its `state_changed_at`) signs: the
+    /// pre-publication after it, plus the second `published_at` was truncated to.
+    pub fn activates_at(&self, published_at: u64) -> u64 {
+        published_at
+            .saturating_add(self.key_prepublication)
+            .saturating_add(1)
     }
 }
 
@@ -771,17 +782,26 @@ impl App {
             );
         }
         let key = latchkey_core::SigningKey::generate(alg)?;
-        let rec = match self.write(WriteOp::AddSigningKey(new_key_op(
+        // In the ring (and so the JWKS) before its publication time is read and recorded, so
+        // the pre-publication counts from when consumers could first see it.
+        self.keys.add_verifying_key(key.verifying_key())?;
+        let now = now.max(self.now());
+        let written = self.write(WriteOp::AddSigningKey(new_key_op(
             &key,
             KeyState::Published,
             by,
             now,
-        )?))? {
-            WriteOutcome::SigningKey(rec) => rec,
-            other => return Err(unexpected(&other)),
-        };
-        self.keys.add_verifying_key(key.verifying_key())?;
-        Ok(rec)
+        )?));
+        match written {
+            Ok(WriteOutcome::SigningKey(rec)) => Ok(rec),
+            other => {
+                let _ = self.keys.retire(key.kid());
+                match other {
+                    Ok(o) => Err(unexpected(&o)),
+                    Err(e) => Err(e),
+                }
+            }
+        }
     }
 
     /// Emergency rotation: the new key signs at once (a key already published for `alg` is the
@@ -852,9 +872,7 @@ impl App {
         let mut activated = Vec::new();
         for k in self.store.hot().signing_keys() {
             if k.state == KeyState::Published
-                && now
-                    >= k.state_changed_at
-                        .saturating_add(self.settings.key_prepublication)
+                && now >= self.settings.activates_at(k.state_changed_at)
             {
                 self.activate_key(&k, SYSTEM, now)?;
                 activated.push(k.kid.clone());
@@ -870,10 +888,7 @@ impl App {
             .signing_keys()
             .iter()
             .filter(|k| k.state == KeyState::Published && alg.is_none_or(|a| k.alg == a.as_str()))
-            .map(|k| {
-                k.state_changed_at
-                    .saturating_add(self.settings.key_prepublication)
-            })
+            .map(|k| self.settings.activates_at(k.state_changed_at))
             .min()
     }
 
@@ -893,7 +908,8 @@ impl App {
     pub fn key_cache_max_age(&self, single: Option<Algorithm>, now: u64) -> u64 {
         let max_age = self.settings.jwks_max_age();
         match single.and_then(|alg| self.next_activation(Some(alg))) {
-            Some(at) => max_age.min(at.saturating_sub(now)),
+            // A second early: `now` is truncated and the cache counts from the answer's arrival.
+            Some(at) => max_age.min(at.saturating_sub(now).saturating_sub(1)),
             None => max_age,
         }
     }
@@ -1572,19 +1588,19 @@ mod tests {
         assert!(app.keys.snapshot().key(&new).is_some());
         assert!(app.is_published(&new, due));
         assert_eq!(signer(&app), old);
-        let at = due + prepub;
+        let at = due + prepub + 1;
         assert_eq!(app.next_activation(Some(Algorithm::RS256)), Some(at));
         // A second request does not publish another key.
         assert_eq!(app.rotate_key(Algorithm::RS256, "t").unwrap().kid, new);
         assert!(app.scheduled_rotation(due + 1).unwrap().is_empty());
         // token_key may be cached only until the activation; the JWKS for the configured
         // max-age, which never exceeds the pre-publication.
-        assert_eq!(app.key_cache_max_age(Some(Algorithm::RS256), at - 5), 5);
+        assert_eq!(app.key_cache_max_age(Some(Algorithm::RS256), at - 5), 4);
         assert_eq!(
             app.key_cache_max_age(None, due),
             app.settings.jwks_max_age()
         );
-        assert!(app.settings.jwks_max_age() <= prepub);
+        assert!(app.settings.jwks_max_age() < prepub);
         // Due: activated; the old key retires but stays published while its tokens live.
         assert!(app.activate_due_keys(at - 1).unwrap().is_empty());
         assert_eq!(app.activate_due_keys(at).unwrap().len(), 3);

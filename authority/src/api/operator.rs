@@ -343,10 +343,8 @@ impl KeyView {
                 k.state_changed_at
                     .saturating_add(app.settings.retire_after())
             }),
-            activates_at: (k.state == KeyState::Published).then(|| {
-                k.state_changed_at
-                    .saturating_add(app.settings.key_prepublication)
-            }),
+            activates_at: (k.state == KeyState::Published)
+                .then(|| app.settings.activates_at(k.state_changed_at)),
         }
     }
 }
