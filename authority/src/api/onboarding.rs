@@ -21,19 +21,22 @@
 //! signs RS256, the Node SDK RS384). Parsed RSA keys are cached per registration (the cache
 //! entry is tied to the hot index's `Arc`, so a rotation or re-registration replaces it).
 //!
-//! **Replay across restarts without a write per token.** Accepted assertion `jti`s live only
-//! in the in-memory [`latchkey_core::replay::ReplayCache`]. After a restart it is empty, so an
-//! assertion accepted by the previous process could be presented again. The *replay floor*
-//! closes that: assertions must carry `iat`, and `iat` must be at or after the floor, set once
-//! when the routes are built to `start + leeway`. Why `+ leeway`: the previous process accepted
-//! assertions with `iat` up to `its clock + leeway` (clients' clocks run fast), so an assertion
-//! it accepted just before stopping can carry an `iat` up to `leeway` seconds after our start;
-//! with the floor at `start + leeway` every such assertion is refused, and every assertion this
-//! process accepts is in its own cache. The price: for `leeway` seconds after a start, fresh
-//! assertions are refused with 503 `temporarily_unavailable` and `Retry-After` (clients sign a
-//! new assertion for every request, so they recover on the next try). This assumes the system
-//! clock does not move backwards across a restart by more than the downtime; nothing is written
-//! per token request.
+//! **Replay across restarts without an fsync per token.** Accepted assertion `jti`s live in
+//! the in-memory [`latchkey_core::replay::ReplayCache`], and each is also appended (a
+//! `write(2)`, no fsync) to the replay log ([`crate::replay_log`]) before the token is
+//! answered. A restarted process, after SIGTERM or `kill -9`, puts the logged entries back
+//! into its cache, so an assertion accepted before the restart is refused as replayed and a
+//! fresh one is accepted at once. Only when the log may have lost entries (a machine crash
+//! since its last background fsync, no log on a store with agents, damage) does a *replay
+//! floor* apply: assertions must carry `iat` at or after it. Where nothing bounds what was
+//! lost, the floor is [`replay_floor`]`(start, leeway)` = `start + leeway + 1`: the previous
+//! process accepted assertions with `iat` up to `its clock + leeway` (clients' clocks run
+//! fast), so one accepted just before stopping can carry an `iat` up to `leeway` seconds after
+//! our start, and `+ 1` because both clocks are read in whole seconds. After a machine crash
+//! the floor starts from the log's last fsync plus the lag it tolerates instead of `start`.
+//! While the floor is ahead of the clock, fresh assertions are refused with 503
+//! `temporarily_unavailable` and `Retry-After`. This assumes the system clock does not move
+//! backwards across a restart by more than the downtime.
 //!
 //! **Offboarding.** The store deletes the registration (secret, keys, RAT hash) and records an
 //! agent revocation; `App::verify` refuses every access token of the agent issued at or before
