@@ -29,6 +29,9 @@ run() { # LABEL SERVER-BINARY
         > "$WORK/lk.out" 2> "$WORK/lk.err" &
     LK_PID=$!
     LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err")
+    # A release without the log refuses assertions issued before start + leeway (1 s in the
+    # bench config); waiting it out before every run keeps A and B alike.
+    sleep 2
     "$BIN/latchkey-loadgen" --target "$LK_URL" --ca "$DATA/ca.pem" --credentials "$WORK/operator.json" \
         --agents-file "$AGENTS" --scenario token-secret-jwt --agents 200 --connections 32 \
         --requests "$REQ" --assertion-lifetime 5s --json > "$WORK/one.json"
