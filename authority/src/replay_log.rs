@@ -385,22 +385,34 @@ impl ReplayLog {
     /// One round of the sync thread: checkpoint and fsync, then rotate and delete.
     pub fn sync(&self, now: u64) -> Result<(), Error> {
         let current = self.current.load_full();
-        current.dirty.store(false, Ordering::Release);
-        let checkpoint = record(CHECKPOINT, &now.to_le_bytes());
-        (&current.file).write_all(&checkpoint)?;
-        current
-            .bytes
-            .fetch_add(checkpoint.len() as u64, Ordering::Relaxed);
-        self.total_bytes
-            .fetch_add(checkpoint.len() as u64, Ordering::Relaxed);
         let older = self.older.lock().map_err(|_| poisoned())?.clone();
+        let mut dirty = current.dirty.swap(false, Ordering::AcqRel);
         for s in &older {
             if s.dirty.swap(false, Ordering::AcqRel) {
+                dirty = true;
                 s.file.sync_data()?;
             }
         }
-        current.file.sync_data()?;
-        self.durable_at.fetch_max(now, Ordering::AcqRel);
+        // Idle: nothing to make durable. A checkpoint is still due well before the lag runs
+        // out, since appends are refused once the last one on disk is older than that.
+        let half_lag = self.config.max_sync_lag() / 2;
+        if dirty
+            || now
+                >= self
+                    .durable_at
+                    .load(Ordering::Acquire)
+                    .saturating_add(half_lag)
+        {
+            let checkpoint = record(CHECKPOINT, &now.to_le_bytes());
+            (&current.file).write_all(&checkpoint)?;
+            current
+                .bytes
+                .fetch_add(checkpoint.len() as u64, Ordering::Relaxed);
+            self.total_bytes
+                .fetch_add(checkpoint.len() as u64, Ordering::Relaxed);
+            current.file.sync_data()?;
+            self.durable_at.fetch_max(now, Ordering::AcqRel);
+        }
 
         let size_limit = self.config.max_bytes / 4;
         if self.failed.load(Ordering::Acquire)
@@ -1013,6 +1025,29 @@ mod tests {
         let (_, r) = f.open(t + 1, BOOT);
         assert_eq!(r.floor, None, "{}", r.reason);
         assert!(r.entries.is_empty(), "all expired");
+    }
+
+    /// An idle log is not fsynced every interval, only often enough to keep appends allowed.
+    #[test]
+    fn idle_log_checkpoints_only_within_half_the_lag() {
+        let f = fixture();
+        let (log, _) = f.open(T0, BOOT);
+        let size = |log: &ReplayLog| log.current.load().bytes.load(Ordering::Relaxed);
+        let before = size(&log);
+        log.sync(T0 + 1).unwrap();
+        assert_eq!(size(&log), before, "nothing appended: no checkpoint");
+        let half = ReplayLogConfig::default().max_sync_lag() / 2;
+        log.sync(T0 + half).unwrap();
+        let after = size(&log);
+        assert!(after > before, "checkpoint due");
+        log.append(fp(1), T0 + 100, T0 + half).unwrap();
+        log.sync(T0 + half + 1).unwrap();
+        assert_eq!(
+            size(&log),
+            after + ENTRY_BYTES + 14,
+            "entry and its checkpoint"
+        );
+        assert_eq!(log.durable_at.load(Ordering::Relaxed), T0 + half + 1);
     }
 
     #[test]
