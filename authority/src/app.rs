@@ -272,7 +272,10 @@ pub struct TokensConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KeysConfig {
     pub rotation_interval: Option<crate::config::HumanDuration>,
+    /// How long a new key is in the JWKS before it signs (1 h; 0 activates at once).
     pub pre_publication: Option<crate::config::HumanDuration>,
+    /// `Cache-Control: max-age` of the published key sets (15 min; capped below
+    /// `pre-publication`).
     pub jwks_max_age: Option<crate::config::HumanDuration>,
     pub maintenance_interval: Option<crate::config::HumanDuration>,
 }
@@ -1475,6 +1478,36 @@ mod tests {
         let (app, _) = open(dir.path(), changed);
         let job = app.store.hot().operator_client("Job").unwrap();
         assert!(job.secret_hash.verify(b"other") && !job.secret_hash.verify(b"secret"));
+    }
+
+    #[test]
+    fn replay_log_and_key_publication_settings() {
+        let settings = AppConfig::from_toml(
+            "[tokens]\nreplay-log-sync-interval = \"250ms\"\nreplay-log-max-size = 1000\n\
+             [keys]\npre-publication = \"10m\"\njwks-max-age = \"1h\"\n",
+        )
+        .and_then(AppConfig::resolve)
+        .unwrap();
+        assert_eq!(
+            settings.replay_log.sync_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            settings.replay_log.max_bytes,
+            1 << 20,
+            "raised to the minimum"
+        );
+        assert_eq!(settings.key_prepublication, 600);
+        assert_eq!(
+            settings.jwks_max_age(),
+            599,
+            "capped below the pre-publication"
+        );
+        let d = AppConfig::default().resolve().unwrap();
+        assert_eq!(
+            (d.replay_log, d.key_prepublication, d.jwks_max_age()),
+            (ReplayLogConfig::default(), 3600, 900)
+        );
     }
 
     #[test]

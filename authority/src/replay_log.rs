@@ -3,8 +3,8 @@
 //!
 //! **What is written.** For every assertion the token endpoint accepts, one 30-byte record:
 //! the keyed BLAKE3 fingerprint of `(issuer, jti)` (see [`latchkey_core::replay`]) and the last
-//! second it must be remembered. The record is `write(2)`n to the current segment (opened
-//! with `O_APPEND`) *before* the token is answered, but never fsynced on the request path: a
+//! second it must be remembered. The record is written (`write(2)`) to the current segment
+//! (opened with `O_APPEND`) *before* the token is answered, but never fsynced on the request path: a
 //! written record lives in the page cache, which survives the process (SIGTERM, `kill -9`,
 //! panic). A background thread appends a checkpoint (its clock) and fsyncs every
 //! `sync_interval`; that is what survives a machine crash.
