@@ -238,10 +238,22 @@ impl ReplayLog {
             .filter(|(_, until)| *until >= start.now)
             .collect();
 
+        // The new segment, with the floor, is on disk before anything old is cut or deleted:
+        // a crash in between must not lose what the old segments said.
+        let next = found.last().map_or(1, |(seq, _)| seq + 1);
+        let first = new_segment(
+            &dir,
+            next,
+            &sealed_key,
+            start.boot_id,
+            start.now,
+            floor.unwrap_or(0),
+        )?;
+        sync_dir(&dir)?;
         // Segments kept must survive a machine crash from now on (a process crash left them
         // in the page cache only).
         let mut older = Vec::new();
-        let mut total = 0;
+        let mut total = first.bytes.load(Ordering::Relaxed);
         for s in scan.segments {
             if s.max_expiry < start.now || s.damaged_key {
                 let _ = fs::remove_file(&s.path);
@@ -265,16 +277,6 @@ impl ReplayLog {
                 dirty: AtomicBool::new(false),
             }));
         }
-        let next = found.last().map_or(1, |(seq, _)| seq + 1);
-        let first = new_segment(
-            &dir,
-            next,
-            &sealed_key,
-            start.boot_id,
-            start.now,
-            floor.unwrap_or(0),
-        )?;
-        total += first.bytes.load(Ordering::Relaxed);
         metrics.set_replay_log_bytes(total);
         let log = ReplayLog {
             dir: dir.clone(),
