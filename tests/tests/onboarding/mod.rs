@@ -931,11 +931,9 @@ fn without_a_replay_log_the_start_floor_refuses_old_assertions() {
     auth.stop();
 }
 
-/// The published Node.js SDK (`tests/interop`, installed by `scripts/test.sh`) onboards a
-/// SHARED_SECRET agent from a boarding configuration made here, gets and validates a token
-/// (fetching `token_key`), and rotates its secret.
-#[test]
-fn node_sdk_onboards_gets_tokens_and_rotates() {
+/// Runs `tests/interop/onboarding.js` on a boarding configuration file and SDK state
+/// directory; returns its JSON report (panics with both sides' output if it fails).
+fn run_node_sdk(auth: &Authority, config_file: &Path, state_dir: &Path) -> Value {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
     let sdk = interop.join("node_modules/@mindconnect/mindconnect-nodejs");
     let node = std::process::Command::new("node").arg("--version").output();
@@ -948,21 +946,10 @@ fn node_sdk_onboards_gets_tokens_and_rotates() {
         "{} is missing: run `npm ci --prefix tests/interop` (scripts/test.sh does)",
         sdk.display()
     );
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let auth = start(dir.path());
-    let op = auth.operator_token();
-    assert_eq!(
-        create(&auth, &op, "node-1", "Node SDK agent", "SHARED_SECRET").status,
-        201
-    );
-    let config = configuration(&auth, &op, "node-1");
-    let config_file = dir.path().join("boarding.json");
-    std::fs::write(&config_file, config.to_string()).expect("write config");
     let out = std::process::Command::new("node")
         .arg(interop.join("onboarding.js"))
-        .arg(&config_file)
-        .arg(dir.path().join("sdk-state"))
+        .arg(config_file)
+        .arg(state_dir)
         .env("NODE_EXTRA_CA_CERTS", auth.ca_path())
         .current_dir(&interop)
         .output()
@@ -974,8 +961,57 @@ fn node_sdk_onboards_gets_tokens_and_rotates() {
         "node failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver:\n{}",
         auth.stderr()
     );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .expect("JSON report on the last line");
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON report on the last line")
+}
+
+/// The Node SDK, which does not retry a 503 from the token endpoint, keeps working right
+/// after `kill -9` and a restart on default settings: its state from before (onboarded,
+/// rotated secret) still gets and validates tokens at once.
+#[test]
+fn node_sdk_continues_right_after_a_kill_9_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    assert_eq!(
+        create(&auth, &op, "node-2", "Node SDK agent", "SHARED_SECRET").status,
+        201
+    );
+    let config = configuration(&auth, &op, "node-2");
+    let config_file = dir.path().join("boarding.json");
+    std::fs::write(&config_file, config.to_string()).expect("write config");
+    let state = dir.path().join("sdk-state");
+    let first = run_node_sdk(&auth, &config_file, &state);
+    assert_eq!(first["onboarded"], "ONBOARDED", "{first}");
+    // Same address: the SDK keeps the boarding configuration's baseUrl.
+    let addr = auth.addr.to_string();
+    auth.kill();
+
+    let auth = Authority::start_at(&dir.path().join("data"), None, &addr);
+    let again = run_node_sdk(&auth, &config_file, &state);
+    assert_eq!(again["onboarded"], "ALREADY", "{again}");
+    assert_eq!(again["validated"], true, "{again}");
+    for token in again["tokens"].as_array().expect("tokens") {
+        check_access_token(&auth, token.as_str().expect("token"), "node-2");
+    }
+    auth.stop();
+}
+
+/// The published Node.js SDK (`tests/interop`, installed by `scripts/test.sh`) onboards a
+/// SHARED_SECRET agent from a boarding configuration made here, gets and validates a token
+/// (fetching `token_key`), and rotates its secret.
+#[test]
+fn node_sdk_onboards_gets_tokens_and_rotates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    assert_eq!(
+        create(&auth, &op, "node-1", "Node SDK agent", "SHARED_SECRET").status,
+        201
+    );
+    let config = configuration(&auth, &op, "node-1");
+    let config_file = dir.path().join("boarding.json");
+    std::fs::write(&config_file, config.to_string()).expect("write config");
+    let report = run_node_sdk(&auth, &config_file, &dir.path().join("sdk-state"));
     assert_eq!(report["onboarded"], "ONBOARDED", "{report}");
     assert_eq!(report["validated"], true, "{report}");
     assert_eq!(report["rotated"], true, "{report}");
