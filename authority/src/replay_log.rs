@@ -331,15 +331,14 @@ impl ReplayLog {
             self.metrics.replay_log_refused();
             return Err(LogRefusal::Full);
         }
-        let mut payload = [0u8; 24];
-        payload[..16].copy_from_slice(&fingerprint.0);
-        payload[16..].copy_from_slice(&remember_until.to_le_bytes());
-        let record = record(ENTRY, &payload);
+        let record = entry_record(fingerprint, remember_until);
         // A clone, not a guard: the sync thread deletes a segment only once nobody holds it.
         let segment = self.current.load_full();
-        segment
-            .max_expiry
-            .fetch_max(remember_until, Ordering::SeqCst);
+        if segment.max_expiry.load(Ordering::SeqCst) < remember_until {
+            segment
+                .max_expiry
+                .fetch_max(remember_until, Ordering::SeqCst);
+        }
         segment.dirty.store(true, Ordering::Release);
         if let Err(e) = (&segment.file).write_all(&record) {
             // A partial record may be on disk: later records in this segment are not trusted at
@@ -542,6 +541,18 @@ fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
     r.extend_from_slice(payload);
     let c = check(&r);
     r.extend_from_slice(&c);
+    r
+}
+
+/// An entry record, framed as [`record`] frames it, without allocating (the token path).
+fn entry_record(fingerprint: Fingerprint, remember_until: u64) -> [u8; ENTRY_BYTES as usize] {
+    let mut r = [0u8; ENTRY_BYTES as usize];
+    r[0] = 24;
+    r[1] = ENTRY;
+    r[2..18].copy_from_slice(&fingerprint.0);
+    r[18..26].copy_from_slice(&remember_until.to_le_bytes());
+    let c = check(&r[..26]);
+    r[26..].copy_from_slice(&c);
     r
 }
 
@@ -1119,6 +1130,10 @@ mod tests {
 
     #[test]
     fn record_framing_round_trips() {
+        let mut payload = [0u8; 24];
+        payload[..16].copy_from_slice(&fp(3).0);
+        payload[16..].copy_from_slice(&T0.to_le_bytes());
+        assert_eq!(entry_record(fp(3), T0)[..], record(ENTRY, &payload)[..]);
         let r = record(CHECKPOINT, &T0.to_le_bytes());
         let (kind, payload, rest) = parse_record(&r).unwrap();
         assert_eq!(
