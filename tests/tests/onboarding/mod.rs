@@ -888,6 +888,14 @@ fn restart_and_continue(how: Restart) {
         "invalid_client",
         "replayed",
     );
+    // The log's size is a metric (header, open record and the entries so far).
+    let metrics = auth.request("GET", "/metrics", &[], b"").text();
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("latchkey_replay_log_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("latchkey_replay_log_bytes");
+    assert!(bytes > 2 * 30, "{bytes}");
     auth.stop();
 }
 
