@@ -10,11 +10,16 @@
 //! reply runs, applies revocations to the `RevocationSet`. So a revocation is visible to every
 //! event loop before its request is answered.
 //!
-//! **Key life cycle.** `Active` keys sign (the newest per algorithm); `Retiring` keys only
-//! verify and stay in the JWKS until every token they could have signed has expired
-//! ([`AppSettings::retire_after`]); then the maintenance thread marks them `Retired` and drops
-//! them from the ring. Rotation adds the new key before the old one stops signing, so no token
-//! minted during a rotation ever lacks a verifying key.
+//! **Key life cycle.** `Published` → `Active` → `Retiring` → `Retired`. A rotation first
+//! publishes the new key (JWKS, `/token_keys`) without signing with it, for
+//! [`AppSettings::key_prepublication`]; the published key sets are served with
+//! `Cache-Control: max-age` of at most that ([`AppSettings::jwks_max_age`]), so a consumer that
+//! caches them as told has the new `kid` before the first token it signs. Then the maintenance
+//! thread activates it: it signs, and the previous key becomes `Retiring`, which only
+//! verifies. A retiring key leaves the published sets once the tokens others verify (access
+//! and operator tokens) have expired ([`AppSettings::unpublish_after`]), and the ring once
+//! everything it signed has ([`AppSettings::retire_after`], boarding tokens included): then it
+//! is `Retired`. `rotate_key_now` (emergencies, `keys rotate --now`) activates at once.
 //!
 //! **Time.** `now()` is Unix seconds from the system clock; everything below takes `now` as a
 //! parameter so tests can move time.
@@ -37,6 +42,7 @@ use crate::api::auth::{Permission, Permissions};
 use crate::api::validate;
 use crate::error::{ApiError, Error};
 use crate::http::Metrics;
+use crate::replay_log::{ReplayLog, ReplayLogConfig, StartContext};
 use crate::store::{
     KeyFileOptions, KeyState, NewSigningKey, OperatorClientRecord, ProfileRecord, RevocationKind,
     RevocationRecord, Secret, SecretHash, SigningKeyRecord, Store, StoreError, StoreOptions,
@@ -83,6 +89,11 @@ pub struct AppSettings {
     pub operator_alg: Algorithm,
     /// Rotate every active key after this long (`None`: only on request).
     pub key_rotation_interval: Option<u64>,
+    /// How long a new key is published before it signs (seconds; `[keys] pre-publication`).
+    pub key_prepublication: u64,
+    /// `Cache-Control: max-age` of the published key sets (seconds; `[keys] jwks-max-age`),
+    /// never more than `key_prepublication` (see [`AppSettings::jwks_max_age`]).
+    pub jwks_max_age: u64,
     /// How often the maintenance thread runs (key retirement, scheduled rotation, forgetting
     /// expired revocations).
     pub maintenance_interval: Duration,
@@ -109,6 +120,8 @@ pub struct AppSettings {
     pub rotation_grace: u64,
     /// Largest stored `dataSourceConfiguration` (bytes of JSON).
     pub datasource_config_max_bytes: usize,
+    /// The on-disk log of accepted assertions that keeps restarts replay-safe.
+    pub replay_log: ReplayLogConfig,
 }
 
 impl Default for AppSettings {
@@ -124,6 +137,8 @@ impl Default for AppSettings {
             leeway: 60,
             operator_alg: Algorithm::RS256,
             key_rotation_interval: None,
+            key_prepublication: 3600,
+            jwks_max_age: 900,
             maintenance_interval: Duration::from_secs(60),
             tenants: Vec::new(),
             profiles: Vec::new(),
@@ -139,6 +154,7 @@ impl Default for AppSettings {
             },
             rotation_grace: 6 * 3600,
             datasource_config_max_bytes: 64 * 1024,
+            replay_log: ReplayLogConfig::default(),
         }
     }
 }
@@ -156,6 +172,32 @@ impl AppSettings {
         .max()
         .unwrap_or(0)
         .saturating_add(self.leeway)
+    }
+
+    /// How long a retiring key stays in the published key sets: the longest lifetime of a
+    /// token someone else verifies (access and operator tokens), plus leeway. Boarding tokens
+    /// only Latchkey verifies, so they do not keep the key published.
+    pub fn unpublish_after(&self) -> u64 {
+        self.operator_token_lifetime
+            .max(self.access_token_lifetime)
+            .saturating_add(self.leeway)
+    }
+
+    /// Seconds a consumer may cache the published key sets: a key published for
+    /// `key_prepublication` is then in every cache before it signs. One second less than the
+    /// pre-publication: clocks are read in whole seconds, and a cache counts from when the
+    /// answer arrived, not when it was made.
+    pub fn jwks_max_age(&self) -> u64 {
+        self.jwks_max_age
+            .min(self.key_prepublication.saturating_sub(1))
+    }
+
+    /// When a key published at `published_at` (its `state_changed_at`) signs: the
+    /// pre-publication after it, plus the second `published_at` was truncated to.
+    pub fn activates_at(&self, published_at: u64) -> u64 {
+        published_at
+            .saturating_add(self.key_prepublication)
+            .saturating_add(1)
     }
 }
 
@@ -230,6 +272,10 @@ pub struct TokensConfig {
     pub assertion_max_age: Option<crate::config::HumanDuration>,
     /// Slots in the client-assertion replay cache (8 bytes each).
     pub replay_capacity: Option<usize>,
+    /// How often the replay log is fsynced.
+    pub replay_log_sync_interval: Option<crate::config::HumanDuration>,
+    /// Most bytes the replay log may hold (30 per accepted assertion).
+    pub replay_log_max_size: Option<u64>,
 }
 
 /// `[keys]`.
@@ -237,6 +283,11 @@ pub struct TokensConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KeysConfig {
     pub rotation_interval: Option<crate::config::HumanDuration>,
+    /// How long a new key is in the JWKS before it signs (1 h; 0 activates at once).
+    pub pre_publication: Option<crate::config::HumanDuration>,
+    /// `Cache-Control: max-age` of the published key sets (15 min; capped below
+    /// `pre-publication`).
+    pub jwks_max_age: Option<crate::config::HumanDuration>,
     pub maintenance_interval: Option<crate::config::HumanDuration>,
 }
 
@@ -319,6 +370,14 @@ impl AppConfig {
             leeway,
             operator_alg,
             key_rotation_interval: self.keys.rotation_interval.map(|h| h.0.as_secs().max(1)),
+            key_prepublication: self
+                .keys
+                .pre_publication
+                .map_or(d.key_prepublication, |h| h.0.as_secs()),
+            jwks_max_age: self
+                .keys
+                .jwks_max_age
+                .map_or(d.jwks_max_age, |h| h.0.as_secs()),
             maintenance_interval: self
                 .keys
                 .maintenance_interval
@@ -343,6 +402,16 @@ impl AppConfig {
                 .rotation_grace
                 .map_or(d.rotation_grace, |h| h.0.as_secs()),
             datasource_config_max_bytes,
+            replay_log: ReplayLogConfig {
+                sync_interval: t
+                    .replay_log_sync_interval
+                    .map_or(d.replay_log.sync_interval, |h| {
+                        h.0.clamp(Duration::from_millis(10), Duration::from_secs(60))
+                    }),
+                max_bytes: t
+                    .replay_log_max_size
+                    .map_or(d.replay_log.max_bytes, |b| b.max(1 << 20)),
+            },
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {
@@ -387,6 +456,11 @@ pub struct App {
     pub keys: Arc<KeyRing>,
     pub revocations: Arc<RevocationSet>,
     pub replay: ReplayCache,
+    /// Accepted assertions on disk (`None` for the CLI on a stopped server, which issues none).
+    pub replay_log: Option<Arc<ReplayLog>>,
+    /// Assertions issued before this are refused (`None`: nothing a previous process accepted
+    /// was lost; see `replay_log`).
+    pub replay_floor: Option<u64>,
     pub jti: JtiGenerator,
     pub metrics: Arc<Metrics>,
     pub settings: AppSettings,
@@ -424,13 +498,15 @@ impl App {
         settings: AppSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(App, FirstRun), Error> {
-        let app = App::bare(store, settings, metrics)?;
+        let mut app = App::bare(store, settings, metrics)?;
         let mut first = FirstRun::default();
         let now = app.now();
+        app.open_replay_log(now)?;
         app.reconcile_profiles()?;
         app.reconcile_tenants(now)?;
         first.generated_keys = app.ensure_keys(now)?;
         app.load_keys()?;
+        app.activate_due_keys(now)?;
         app.retire_expired_keys(now)?;
         // First run is a store without operator clients, whatever the configuration declares.
         let fresh = app.store.read()?.operator_clients()?.is_empty();
@@ -469,6 +545,8 @@ impl App {
             keys: Arc::new(KeyRing::new()),
             revocations: Arc::new(RevocationSet::new()),
             replay,
+            replay_log: None,
+            replay_floor: None,
             jti,
             metrics,
             settings,
@@ -479,6 +557,61 @@ impl App {
             stopping: Arc::new(AtomicBool::new(false)),
         };
         Ok(app)
+    }
+
+    /// Recovers what earlier processes logged into the replay cache (keyed as they keyed it),
+    /// sets the replay floor and starts the log's sync thread.
+    fn open_replay_log(&mut self, now: u64) -> Result<(), Error> {
+        let leeway = self.assertion_leeway();
+        let start = StartContext {
+            now,
+            boot_id: crate::replay_log::boot_id(),
+            leeway,
+            // The longest an entry is remembered past its acceptance: `iat` up to `leeway`
+            // ahead, remembered until `iat + max age`, plus the cache's leeway.
+            window: self
+                .settings
+                .assertion_max_age
+                .saturating_add(leeway.saturating_mul(2))
+                .saturating_add(1),
+            has_clients: self.store.hot().client_count() > 0,
+        };
+        let (log, recovery) = ReplayLog::open(
+            &self.store.paths().dir,
+            &self.store,
+            self.settings.replay_log,
+            start,
+            self.metrics.clone(),
+        )?;
+        self.replay = ReplayCache::new(self.settings.replay, *recovery.key);
+        let mut floor = recovery.floor;
+        for (fingerprint, until) in &recovery.entries {
+            if let Err(e) = self.replay.restore(*fingerprint, *until, now) {
+                // Too many to hold: what was not restored could be replayed, so refuse
+                // everything older than this start instead.
+                tracing::warn!(error = %e, "replay log entries do not fit the replay cache");
+                floor = floor.max(Some(crate::api::onboarding::replay_floor(now, leeway)));
+                break;
+            }
+        }
+        tracing::info!(
+            restored = recovery.entries.len(),
+            floor,
+            reason = recovery.reason,
+            "replay log recovered"
+        );
+        let log = Arc::new(log);
+        log.start_sync(unix_now)?;
+        self.replay_log = Some(log);
+        self.replay_floor = floor;
+        Ok(())
+    }
+
+    /// The skew tolerated on client assertions: the configured leeway, but never longer than
+    /// the replay cache remembers a `jti` past its `exp` (else an assertion could be accepted
+    /// again after the cache forgot it).
+    pub fn assertion_leeway(&self) -> u64 {
+        self.settings.leeway.min(self.settings.replay.leeway)
     }
 
     /// Unix seconds.
@@ -662,12 +795,165 @@ impl App {
     // -----------------------------------------------------------------------------------------
     // Keys
 
-    /// Generates a key for `alg`, makes it active and moves the previous active key of the
-    /// same algorithm to `Retiring`. Blocking (RSA key generation, store writes): call it off
-    /// the event loop.
+    /// Rotates the key of `alg` the way consumers can follow: a new key is published now and
+    /// activated by the maintenance thread after [`AppSettings::key_prepublication`]. If one is
+    /// already published for `alg`, that one is returned. Blocking (RSA key generation, store
+    /// writes): call it off the event loop.
     pub fn rotate_key(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        self.publish_key(alg, by, self.now())
+    }
+
+    fn publish_key(&self, alg: Algorithm, by: &str, now: u64) -> Result<SigningKeyRecord, Error> {
+        if self.settings.key_prepublication == 0 {
+            return self.rotate_key_now(alg, by);
+        }
+        if let Some(pending) = self.published_key(alg) {
+            return self
+                .store
+                .read()?
+                .signing_keys()?
+                .into_iter()
+                .find(|r| r.kid == pending.kid)
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("signing key {:?}", pending.kid)).into()
+                });
+        }
+        if alg.is_hmac() {
+            return Err(
+                ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
+            );
+        }
+        let key = latchkey_core::SigningKey::generate(alg)?;
+        // In the ring (and so the JWKS) before its publication time is read and recorded, so
+        // the pre-publication counts from when consumers could first see it.
+        self.keys.add_verifying_key(key.verifying_key())?;
+        let now = now.max(self.now());
+        let written = self.write(WriteOp::AddSigningKey(new_key_op(
+            &key,
+            KeyState::Published,
+            by,
+            now,
+        )?));
+        match written {
+            Ok(WriteOutcome::SigningKey(rec)) => Ok(rec),
+            other => {
+                let _ = self.keys.retire(key.kid());
+                match other {
+                    Ok(o) => Err(unexpected(&o)),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Emergency rotation: the new key signs at once (a key already published for `alg` is the
+    /// one activated, since consumers may have it). Consumers that cached the key set without
+    /// it miss its `kid` until their cache expires.
+    pub fn rotate_key_now(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        if let Some(pending) = self.published_key(alg) {
+            return self.activate_key(&pending, by, self.now());
+        }
         let key = latchkey_core::SigningKey::generate(alg)?;
         self.install_key(key, by)
+    }
+
+    /// The published (not yet active) key of `alg`, if any.
+    fn published_key(&self, alg: Algorithm) -> Option<Arc<crate::store::SigningKey>> {
+        self.store
+            .hot()
+            .signing_keys()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Published && k.alg == alg.as_str())
+            .max_by_key(|k| (k.created_at, k.kid.clone()))
+    }
+
+    /// Makes a published key the active key of its algorithm; the previous active key retires.
+    fn activate_key(
+        &self,
+        k: &crate::store::SigningKey,
+        by: &str,
+        now: u64,
+    ) -> Result<SigningKeyRecord, Error> {
+        let alg = Algorithm::from_name(&k.alg)?;
+        let key = latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
+            .with_kid(k.kid.clone());
+        let previous = self.active_kids(alg);
+        let rec = match self.write(WriteOp::SetSigningKeyState {
+            kid: k.kid.clone(),
+            state: KeyState::Active,
+            by: by.to_owned(),
+            now,
+        })? {
+            WriteOutcome::SigningKey(rec) => rec,
+            other => return Err(unexpected(&other)),
+        };
+        self.keys.rotate(key)?;
+        for kid in previous {
+            self.write(WriteOp::SetSigningKeyState {
+                kid,
+                state: KeyState::Retiring,
+                by: by.to_owned(),
+                now,
+            })?;
+        }
+        Ok(rec)
+    }
+
+    fn active_kids(&self, alg: Algorithm) -> Vec<String> {
+        self.store
+            .hot()
+            .signing_keys()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Active && k.alg == alg.as_str())
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
+    /// Activates published keys whose pre-publication has passed. Returns their kids.
+    pub fn activate_due_keys(&self, now: u64) -> Result<Vec<String>, Error> {
+        let mut activated = Vec::new();
+        for k in self.store.hot().signing_keys() {
+            if k.state == KeyState::Published
+                && now >= self.settings.activates_at(k.state_changed_at)
+            {
+                self.activate_key(&k, SYSTEM, now)?;
+                activated.push(k.kid.clone());
+            }
+        }
+        Ok(activated)
+    }
+
+    /// When the next published key is due to sign (Unix seconds), if any.
+    pub fn next_activation(&self, alg: Option<Algorithm>) -> Option<u64> {
+        self.store
+            .hot()
+            .signing_keys()
+            .iter()
+            .filter(|k| k.state == KeyState::Published && alg.is_none_or(|a| k.alg == a.as_str()))
+            .map(|k| self.settings.activates_at(k.state_changed_at))
+            .min()
+    }
+
+    /// Whether `kid` belongs in the published key sets at `now`: every key in the ring except
+    /// retiring keys whose externally verified tokens have all expired.
+    pub fn is_published(&self, kid: &str, now: u64) -> bool {
+        self.store.hot().signing_key(kid).is_none_or(|k| {
+            k.state != KeyState::Retiring
+                || now
+                    < k.state_changed_at
+                        .saturating_add(self.settings.unpublish_after())
+        })
+    }
+
+    /// `max-age` for a published key set: [`AppSettings::jwks_max_age`], and for the single
+    /// active key of `alg` (`token_key`) no later than that algorithm's next activation.
+    pub fn key_cache_max_age(&self, single: Option<Algorithm>, now: u64) -> u64 {
+        let max_age = self.settings.jwks_max_age();
+        match single.and_then(|alg| self.next_activation(Some(alg))) {
+            // A second early: `now` is truncated and the cache counts from the answer's arrival.
+            Some(at) => max_age.min(at.saturating_sub(now).saturating_sub(1)),
+            None => max_age,
+        }
     }
 
     /// Makes `key` (generated or imported) the active key of its algorithm; the previous one
@@ -684,14 +970,7 @@ impl App {
                 ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
             );
         }
-        let previous: Vec<String> = self
-            .store
-            .hot()
-            .signing_keys()
-            .into_iter()
-            .filter(|k| k.state == KeyState::Active && k.alg == alg.as_str())
-            .map(|k| k.kid.clone())
-            .collect();
+        let previous = self.active_kids(alg);
         let rec = match self.write(WriteOp::AddSigningKey(new_key_op(
             &key,
             KeyState::Active,
@@ -737,16 +1016,24 @@ impl App {
         Ok(retired)
     }
 
-    /// Rotates active keys older than the configured interval.
+    /// Publishes the successor of every active key that is due for rotation within the
+    /// pre-publication time, so it activates when the interval is over. Returns the kids
+    /// published.
     pub fn scheduled_rotation(&self, now: u64) -> Result<Vec<String>, Error> {
         let Some(interval) = self.settings.key_rotation_interval else {
             return Ok(Vec::new());
         };
+        let lead = interval.min(self.settings.key_prepublication);
         let mut rotated = Vec::new();
         for k in self.store.hot().signing_keys() {
-            if k.state == KeyState::Active && now >= k.state_changed_at.saturating_add(interval) {
+            if k.state == KeyState::Active
+                && now >= k.state_changed_at.saturating_add(interval - lead)
+            {
                 let alg = Algorithm::from_name(&k.alg)?;
-                let rec = self.rotate_key(alg, SYSTEM)?;
+                if self.published_key(alg).is_some() {
+                    continue;
+                }
+                let rec = self.publish_key(alg, SYSTEM, now)?;
                 rotated.push(rec.kid);
             }
         }
@@ -762,7 +1049,7 @@ impl App {
             .signing_key(kid)
             .ok_or_else(|| ApiError::NotFound(format!("signing key {kid:?} not found")))?;
         if key.state == KeyState::Active {
-            self.rotate_key(Algorithm::from_name(&key.alg)?, by)?;
+            self.rotate_key_now(Algorithm::from_name(&key.alg)?, by)?;
         }
         let now = self.now();
         let rec = match self.write(WriteOp::Revoke {
@@ -798,15 +1085,21 @@ impl App {
         std::thread::Builder::new()
             .name("latchkey-maintenance".into())
             .spawn(move || {
+                let mut wait = interval;
                 loop {
-                    std::thread::park_timeout(interval);
+                    std::thread::park_timeout(wait);
                     if stopping.load(Ordering::Acquire) {
                         return;
                     }
                     let Some(app) = weak.upgrade() else { return };
-                    if let Err(e) = app.maintain(app.now()) {
+                    let now = app.now();
+                    if let Err(e) = app.maintain(now) {
                         tracing::error!(error = %e, "maintenance failed");
                     }
+                    // Wake when the next published key is due, not up to an interval late.
+                    wait = app.next_activation(None).map_or(interval, |at| {
+                        interval.min(Duration::from_secs(at.saturating_sub(now).max(1)))
+                    });
                 }
             })
     }
@@ -818,11 +1111,14 @@ impl App {
 
     /// One maintenance pass.
     pub fn maintain(&self, now: u64) -> Result<(), Error> {
+        for kid in self.activate_due_keys(now)? {
+            tracing::info!(kid, "published signing key activated");
+        }
         for kid in self.retire_expired_keys(now)? {
             tracing::info!(kid, "signing key retired");
         }
         for kid in self.scheduled_rotation(now)? {
-            tracing::info!(kid, "signing key rotated on schedule");
+            tracing::info!(kid, "signing key published for scheduled rotation");
         }
         if let WriteOutcome::Forgotten { revocations, .. } = self.write(WriteOp::Forget { now })?
             && revocations > 0
@@ -1285,6 +1581,36 @@ mod tests {
     }
 
     #[test]
+    fn replay_log_and_key_publication_settings() {
+        let settings = AppConfig::from_toml(
+            "[tokens]\nreplay-log-sync-interval = \"250ms\"\nreplay-log-max-size = 1000\n\
+             [keys]\npre-publication = \"10m\"\njwks-max-age = \"1h\"\n",
+        )
+        .and_then(AppConfig::resolve)
+        .unwrap();
+        assert_eq!(
+            settings.replay_log.sync_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            settings.replay_log.max_bytes,
+            1 << 20,
+            "raised to the minimum"
+        );
+        assert_eq!(settings.key_prepublication, 600);
+        assert_eq!(
+            settings.jwks_max_age(),
+            599,
+            "capped below the pre-publication"
+        );
+        let d = AppConfig::default().resolve().unwrap();
+        assert_eq!(
+            (d.replay_log, d.key_prepublication, d.jwks_max_age()),
+            (ReplayLogConfig::default(), 3600, 900)
+        );
+    }
+
+    #[test]
     fn bad_configuration_is_refused_clearly() {
         let check = |toml: &str, needle: &str| {
             let err = AppConfig::from_toml(toml)
@@ -1331,7 +1657,7 @@ mod tests {
             .kid()
             .to_owned();
         let v = app.validation(TokenType::OperatorAccessToken);
-        let new = app.rotate_key(Algorithm::ES256, "test").unwrap();
+        let new = app.rotate_key_now(Algorithm::ES256, "test").unwrap();
         assert_ne!(new.kid, old_kid);
         assert!(app.verify(&old, &v, now).is_ok());
         assert_eq!(
@@ -1358,6 +1684,108 @@ mod tests {
                 .key()
                 .kid(),
             new.kid
+        );
+    }
+
+    /// Scheduled rotation and `rotate_key` publish first: the new key verifies and is
+    /// published for the pre-publication time before it signs; then the old key retires, and
+    /// leaves the published set once the tokens others verify have expired.
+    #[test]
+    fn rotation_publishes_before_signing_and_unpublishes_after_tokens_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = AppSettings {
+            key_rotation_interval: Some(30 * 86_400),
+            ..AppSettings::default()
+        };
+        let (app, _) = open(dir.path(), settings);
+        let now = app.now();
+        let signer = |app: &App| {
+            app.keys
+                .snapshot()
+                .minter(Algorithm::RS256)
+                .unwrap()
+                .key()
+                .kid()
+                .to_owned()
+        };
+        let old = signer(&app);
+        // Not due yet.
+        assert!(app.scheduled_rotation(now).unwrap().is_empty());
+        let prepub = app.settings.key_prepublication;
+        let due = now + 30 * 86_400 - prepub;
+        let published = app.scheduled_rotation(due).unwrap();
+        assert_eq!(published.len(), 3, "one per algorithm");
+        let new = app.published_key(Algorithm::RS256).unwrap().kid.clone();
+        assert!(published.contains(&new));
+        // Published: in the key ring (verifies, JWKS) but the old key still signs.
+        assert!(app.keys.snapshot().key(&new).is_some());
+        assert!(app.is_published(&new, due));
+        assert_eq!(signer(&app), old);
+        let at = due + prepub + 1;
+        assert_eq!(app.next_activation(Some(Algorithm::RS256)), Some(at));
+        // A second request does not publish another key.
+        assert_eq!(app.rotate_key(Algorithm::RS256, "t").unwrap().kid, new);
+        assert!(app.scheduled_rotation(due + 1).unwrap().is_empty());
+        // token_key may be cached only until the activation; the JWKS for the configured
+        // max-age, which never exceeds the pre-publication.
+        assert_eq!(app.key_cache_max_age(Some(Algorithm::RS256), at - 5), 4);
+        assert_eq!(
+            app.key_cache_max_age(None, due),
+            app.settings.jwks_max_age()
+        );
+        assert!(app.settings.jwks_max_age() < prepub);
+        // Due: activated; the old key retires but stays published while its tokens live.
+        assert!(app.activate_due_keys(at - 1).unwrap().is_empty());
+        assert_eq!(app.activate_due_keys(at).unwrap().len(), 3);
+        assert_eq!(signer(&app), new);
+        assert_eq!(
+            app.store.hot().signing_key(&old).unwrap().state,
+            KeyState::Retiring
+        );
+        let unpublish = at + app.settings.unpublish_after();
+        assert!(app.is_published(&old, unpublish - 1));
+        assert!(!app.is_published(&old, unpublish));
+        // Still verifies (boarding tokens) until retirement.
+        assert!(app.keys.snapshot().key(&old).is_some());
+        assert!(app.settings.retire_after() > app.settings.unpublish_after());
+    }
+
+    /// `rotate_key_now` activates at once, preferring a key already published.
+    #[test]
+    fn emergency_rotation_activates_the_published_key_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = open(dir.path(), AppSettings::default());
+        let published = app.rotate_key(Algorithm::ES256, "t").unwrap();
+        assert_eq!(published.state, KeyState::Published);
+        let now = app.rotate_key_now(Algorithm::ES256, "t").unwrap();
+        assert_eq!(
+            (now.kid.as_str(), now.state),
+            (published.kid.as_str(), KeyState::Active)
+        );
+        let fresh = app.rotate_key_now(Algorithm::ES256, "t").unwrap();
+        assert_ne!(fresh.kid, published.kid);
+        assert_eq!(
+            app.keys
+                .snapshot()
+                .minter(Algorithm::ES256)
+                .unwrap()
+                .key()
+                .kid(),
+            fresh.kid
+        );
+        // A reopened app loads a published key as verifying only.
+        let p = app.rotate_key(Algorithm::EdDSA, "t").unwrap();
+        drop(app);
+        let (app, _) = open(dir.path(), AppSettings::default());
+        assert!(app.keys.snapshot().key(&p.kid).is_some());
+        assert_ne!(
+            app.keys
+                .snapshot()
+                .minter(Algorithm::EdDSA)
+                .unwrap()
+                .key()
+                .kid(),
+            p.kid
         );
     }
 

@@ -15,5 +15,6 @@ pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod pki;
+pub mod replay_log;
 pub mod store;
 pub mod tls;

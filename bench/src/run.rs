@@ -23,8 +23,8 @@ use crate::tls::{ClientTls, Resumption};
 
 /// Access tokens fetched for the introspection scenario.
 const INTROSPECT_TOKENS: usize = 16;
-/// How long to wait for an authority that asks to retry later (its replay floor after a
-/// start is its leeway, 60 s by default).
+/// How long to wait for an authority that asks to retry later (a replay floor lasts up to
+/// its leeway, 60 s by default).
 const READY_WAIT: Duration = Duration::from_secs(180);
 
 pub fn run(args: &Args) -> Result<(), Error> {
@@ -543,9 +543,10 @@ fn token_request(
     })
 }
 
-/// Sends token requests until one succeeds. A freshly started Latchkey answers 503 with
-/// `Retry-After` for its leeway (it cannot yet tell fresh assertions from replays); any other
-/// refusal is an error that the timed phase would only repeat.
+/// Sends token requests until one succeeds. A Latchkey started without its replay log (a data
+/// directory from a release before it) or after a machine crash answers 503 with
+/// `Retry-After` for up to its leeway (it cannot yet tell fresh assertions from replays); any
+/// other refusal is an error that the timed phase would only repeat.
 fn wait_until_ready(
     client: &mut Client,
     minter: &mut AssertionMinter,

@@ -43,10 +43,11 @@
 //! appeared meanwhile, it reports `Replayed`. With sequentially consistent operations, of two
 //! racing inserts of one key at least one sees the other's slot, so at most one succeeds.
 //!
-//! **Restarts.** The table lives in memory only. [`ReplayConfig::floor`] lets the authority
-//! stay replay-safe across restarts without persisting every `jti`: set it to the start time
-//! and assertions issued before it (or without `iat`) are refused with
-//! [`ReplayError::BeforeFloor`].
+//! **Restarts.** The table lives in memory only. Two ways keep the authority replay-safe
+//! across restarts: a caller that logs accepted entries ([`ReplayCache::check_and_insert_fingerprint`]
+//! returns what to log) recovers them into a new table with [`ReplayCache::restore`] (the hash
+//! key must then be the same in both processes); and [`ReplayConfig::floor`] refuses
+//! assertions issued before a start time (or without `iat`) with [`ReplayError::BeforeFloor`].
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +95,11 @@ impl fmt::Display for ReplayError {
 }
 
 impl std::error::Error for ReplayError {}
+
+/// The keyed BLAKE3 fingerprint of an assertion's `(issuer, jti)` (128 bits): the table keeps
+/// 32 bits of it plus the bucket index, a replay log all of it. Meaningless without the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 16]);
 
 /// How a [`ReplayCache`] is sized and what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +189,32 @@ impl ReplayCache {
         exp: u64,
         now: u64,
     ) -> Result<(), ReplayError> {
+        self.check_and_insert_fingerprint(self.fingerprint(issuer, jti), iat, exp, now)
+            .map(|_| ())
+    }
+
+    /// The keyed fingerprint of `(issuer, jti)`: what the table and a replay log store.
+    pub fn fingerprint(&self, issuer: &str, jti: &str) -> Fingerprint {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        // Length-prefix the issuer so ("ab", "c") and ("a", "bc") hash differently.
+        h.update(&(issuer.len() as u64).to_le_bytes());
+        h.update(issuer.as_bytes());
+        h.update(jti.as_bytes());
+        let mut fp = [0u8; 16];
+        fp.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        Fingerprint(fp)
+    }
+
+    /// [`ReplayCache::check_and_insert`] for a fingerprint already computed. On success,
+    /// returns the last Unix second the entry is remembered (`exp + leeway`): what a replay log
+    /// must record for [`ReplayCache::restore`].
+    pub fn check_and_insert_fingerprint(
+        &self,
+        fingerprint: Fingerprint,
+        iat: Option<u64>,
+        exp: u64,
+        now: u64,
+    ) -> Result<u64, ReplayError> {
         if let Some(floor) = self.floor {
             match iat {
                 Some(iat) if iat >= floor => {}
@@ -198,9 +230,36 @@ impl ReplayCache {
             .checked_sub(EPOCH)
             .filter(|e| (1..=EXPIRY_MASK).contains(e))
             .ok_or(ReplayError::ExpiryOutOfRange)?;
-        let now_rel = now.saturating_sub(EPOCH);
-        let probe = self.probe(issuer, jti);
+        self.insert(self.probe(fingerprint), expiry, now)?;
+        Ok(remember_until)
+    }
 
+    /// Puts back an entry a previous process accepted, remembered until `remember_until` (as
+    /// returned by [`ReplayCache::check_and_insert_fingerprint`]). Entries already forgotten at
+    /// `now` are skipped, and so is a duplicate. `Full` means the table is too small for what
+    /// the previous process remembered: the caller must not serve as if it were restored.
+    pub fn restore(
+        &self,
+        fingerprint: Fingerprint,
+        remember_until: u64,
+        now: u64,
+    ) -> Result<(), ReplayError> {
+        if remember_until < now {
+            return Ok(());
+        }
+        let expiry = remember_until
+            .checked_sub(EPOCH)
+            .filter(|e| (1..=EXPIRY_MASK).contains(e))
+            .ok_or(ReplayError::ExpiryOutOfRange)?;
+        match self.insert(self.probe(fingerprint), expiry, now) {
+            Ok(()) | Err(ReplayError::Replayed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Claims a slot for `probe` until `expiry` (relative to [`EPOCH`]) unless it is live.
+    fn insert(&self, probe: Probe, expiry: u64, now: u64) -> Result<(), ReplayError> {
+        let now_rel = now.saturating_sub(EPOCH);
         loop {
             // The free slot of the emptier bucket: (free count, slot, choice, observed value).
             let mut best: Option<(usize, &AtomicU64, usize, u64)> = None;
@@ -261,16 +320,10 @@ impl ReplayCache {
             .count()
     }
 
-    fn probe(&self, issuer: &str, jti: &str) -> Probe {
-        let mut h = blake3::Hasher::new_keyed(&self.key);
-        // Length-prefix the issuer so ("ab", "c") and ("a", "bc") hash differently.
-        h.update(&(issuer.len() as u64).to_le_bytes());
-        h.update(issuer.as_bytes());
-        h.update(jti.as_bytes());
-        let out = h.finalize();
+    fn probe(&self, fingerprint: Fingerprint) -> Probe {
         let word = |i: usize| {
             let mut w = [0u8; 8];
-            w.copy_from_slice(&out.as_bytes()[i * 8..i * 8 + 8]);
+            w.copy_from_slice(&fingerprint.0[i * 8..i * 8 + 8]);
             u64::from_le_bytes(w)
         };
         let (a, b) = (word(0), word(1));
@@ -481,6 +534,39 @@ mod tests {
         assert!(live(v, 1));
         assert!(!live(v, 2));
         assert!(!live(0, 0), "empty slot is never live");
+    }
+
+    /// What one table accepted, logged as (fingerprint, remember-until), refuses in another
+    /// table with the same key; expired entries are not restored.
+    #[test]
+    fn restored_entries_are_replays_in_a_new_table() {
+        let old = cache(ReplayConfig::default());
+        let fp = old.fingerprint("c", "j");
+        let until = old
+            .check_and_insert_fingerprint(fp, Some(NOW), NOW + 60, NOW)
+            .unwrap();
+        assert_eq!(until, NOW + 60 + ReplayConfig::default().leeway);
+        let gone = old.fingerprint("c", "gone");
+        let new = cache(ReplayConfig::default());
+        new.restore(fp, until, NOW + 5).unwrap();
+        new.restore(fp, until, NOW + 5).unwrap(); // duplicates are fine
+        new.restore(gone, NOW + 4, NOW + 5).unwrap();
+        assert_eq!(new.live_entries(NOW + 5), 1, "expired entry skipped");
+        assert_eq!(
+            new.check_and_insert("c", "j", Some(NOW), NOW + 60, NOW + 5),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(
+            new.check_and_insert("c", "k", Some(NOW), NOW + 60, NOW + 5),
+            Ok(())
+        );
+        // Another key: the fingerprint means nothing there.
+        let other = ReplayCache::new(ReplayConfig::default(), [7; 32]);
+        other.restore(fp, until, NOW + 5).unwrap();
+        assert_eq!(
+            other.check_and_insert("c", "j", Some(NOW), NOW + 60, NOW + 5),
+            Ok(())
+        );
     }
 
     #[test]

@@ -27,16 +27,19 @@ const MAX_AUDIT_ID: usize = 128;
 pub fn routes(router: &mut Router, app: &Arc<App>) {
     let table: [(&str, &str, Route<App>); 8] = [
         ("POST", "/oauth/token", token),
-        ("GET", "/token_keys", |a, _, _| {
-            Ok(Response::json(200, &token_keys(a)).into())
+        ("GET", "/token_keys", |a, req, _| {
+            let max_age = a.key_cache_max_age(None, a.now());
+            Ok(key_set_response(req, &token_keys(a), max_age).into())
         }),
-        ("GET", "/token_key", |a, _, _| {
+        ("GET", "/token_key", |a, req, _| {
             let key =
                 active_key(a).ok_or_else(|| ApiError::NotFound("no active signing key".into()))?;
-            Ok(Response::json(200, &uaa_key(&key)?).into())
+            let max_age = a.key_cache_max_age(Some(a.settings.operator_alg), a.now());
+            Ok(key_set_response(req, &uaa_key(&key)?, max_age).into())
         }),
-        ("GET", "/.well-known/jwks.json", |a, _, _| {
-            Ok(Response::json(200, &a.keys.snapshot().public_jwks()).into())
+        ("GET", "/.well-known/jwks.json", |a, req, _| {
+            let max_age = a.key_cache_max_age(None, a.now());
+            Ok(key_set_response(req, &jwks(a, a.now()), max_age).into())
         }),
         (
             "GET",
@@ -222,14 +225,64 @@ fn active_key(app: &App) -> Option<Arc<VerifyingKey>> {
     snap.key(&kid).cloned()
 }
 
-/// `GET /token_keys`: every public verifying key in the UAA shape, the active operator key
+/// The JWKS: every published key (see [`App::is_published`]), sorted by kid.
+pub fn jwks(app: &App, now: u64) -> latchkey_core::JwkSet {
+    let mut set = app.keys.snapshot().public_jwks();
+    set.keys.retain(|k| {
+        k.kid
+            .as_deref()
+            .is_none_or(|kid| app.is_published(kid, now))
+    });
+    set
+}
+
+/// A published key set (JWKS, `/token_keys`, `token_key`) with caching headers that follow
+/// the key life cycle: `public, max-age` ([`App::key_cache_max_age`]) and an `ETag`, so a
+/// consumer revalidates with `If-None-Match` for a 304 instead of the body.
+pub fn key_set_response(
+    req: &Request<'_>,
+    value: &impl serde::Serialize,
+    max_age: u64,
+) -> Response {
+    let body = match serde_json::to_vec(value) {
+        Ok(b) => b,
+        Err(e) => return Response::from_error(&Error::Io(std::io::Error::other(e))),
+    };
+    let hash = blake3::hash(&body);
+    let tag: String = hash.as_bytes()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let etag = format!("\"{tag}\"");
+    let matches = req.header("if-none-match").is_some_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*")
+    });
+    let response = if matches {
+        Response::new(304)
+    } else {
+        Response::new(200)
+            .header("Content-Type", "application/json")
+            .body(body)
+    };
+    response
+        .header("Cache-Control", format!("public, max-age={max_age}"))
+        .header("ETag", etag)
+}
+
+/// `GET /token_keys`: every published key in the UAA shape, the active operator key
 /// first — the MindSphere SDK looks only at the first entry before refetching.
 pub fn token_keys(app: &App) -> Value {
     let snap = app.keys.snapshot();
     let first = snap
         .minter(app.settings.operator_alg)
         .map(|m| m.key().kid().to_owned());
-    let mut keys: Vec<&Arc<VerifyingKey>> = snap.keys().filter(|k| !k.is_secret()).collect();
+    let now = app.now();
+    let mut keys: Vec<&Arc<VerifyingKey>> = snap
+        .keys()
+        .filter(|k| !k.is_secret() && k.kid().is_none_or(|kid| app.is_published(kid, now)))
+        .collect();
     keys.sort_by_key(|k| (k.kid() != first.as_deref(), k.kid().map(str::to_owned)));
     let keys: Vec<Value> = keys.into_iter().filter_map(|k| uaa_key(k).ok()).collect();
     json!({ "keys": keys })
@@ -465,8 +518,13 @@ mod tests {
                 .starts_with("-----BEGIN PUBLIC KEY-----\n")
         );
         assert!(list[0]["n"].is_string() && list[0]["e"] == "AQAB");
-        // After a rotation the new key leads and the old one is still listed.
+        // A published key is listed, but the key that signs still leads.
         let new = app.rotate_key(Algorithm::RS256, "t").unwrap();
+        let list = token_keys(&app)["keys"].as_array().unwrap().clone();
+        assert_eq!(list[0]["kid"], active.as_str());
+        assert!(list.iter().any(|k| k["kid"] == new.kid.as_str()));
+        // Once it signs, it leads and the old one is still listed.
+        let new = app.rotate_key_now(Algorithm::RS256, "t").unwrap();
         let list = token_keys(&app)["keys"].as_array().unwrap().clone();
         assert_eq!(list[0]["kid"], new.kid.as_str());
         assert!(list.iter().any(|k| k["kid"] == active.as_str()));

@@ -29,19 +29,22 @@
 //! signs RS256, the Node SDK RS384). Parsed RSA keys are cached per registration (the cache
 //! entry is tied to the hot index's `Arc`, so a rotation or re-registration replaces it).
 //!
-//! **Replay across restarts without a write per token.** Accepted assertion `jti`s live only
-//! in the in-memory [`latchkey_core::replay::ReplayCache`]. After a restart it is empty, so an
-//! assertion accepted by the previous process could be presented again. The *replay floor*
-//! closes that: assertions must carry `iat`, and `iat` must be at or after the floor, set once
-//! when the routes are built to `start + leeway`. Why `+ leeway`: the previous process accepted
-//! assertions with `iat` up to `its clock + leeway` (clients' clocks run fast), so an assertion
-//! it accepted just before stopping can carry an `iat` up to `leeway` seconds after our start;
-//! with the floor at `start + leeway` every such assertion is refused, and every assertion this
-//! process accepts is in its own cache. The price: for `leeway` seconds after a start, fresh
-//! assertions are refused with 503 `temporarily_unavailable` and `Retry-After` (clients sign a
-//! new assertion for every request, so they recover on the next try). This assumes the system
-//! clock does not move backwards across a restart by more than the downtime; nothing is written
-//! per token request.
+//! **Replay across restarts without an fsync per token.** Accepted assertion `jti`s live in
+//! the in-memory [`latchkey_core::replay::ReplayCache`], and each is also appended (a
+//! `write(2)`, no fsync) to the replay log ([`crate::replay_log`]) before the token is
+//! answered. A restarted process, after SIGTERM or `kill -9`, puts the logged entries back
+//! into its cache, so an assertion accepted before the restart is refused as replayed and a
+//! fresh one is accepted at once. Only when the log may have lost entries (a machine crash
+//! since its last background fsync, no log on a store with agents, damage) does a *replay
+//! floor* apply: assertions must carry `iat` at or after it. Where nothing bounds what was
+//! lost, the floor is [`replay_floor`]`(start, leeway)` = `start + leeway + 1`: the previous
+//! process accepted assertions with `iat` up to `its clock + leeway` (clients' clocks run
+//! fast), so one accepted just before stopping can carry an `iat` up to `leeway` seconds after
+//! our start, and `+ 1` because both clocks are read in whole seconds. After a machine crash
+//! the floor starts from the log's last fsync plus the lag it tolerates instead of `start`.
+//! While the floor is ahead of the clock, fresh assertions are refused with 503
+//! `temporarily_unavailable` and `Retry-After`. This assumes the system clock does not move
+//! backwards across a restart by more than the downtime.
 //!
 //! **Offboarding.** The store deletes the registration (secret, keys, RAT hash) and records an
 //! agent revocation; `App::verify` refuses every access token of the agent issued at or before
@@ -67,6 +70,7 @@ use super::{Form, Route, register, validate};
 use crate::app::{App, generate_secret};
 use crate::error::{ApiError, Error, WireError};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
+use crate::replay_log::{LogRefusal, ReplayLogConfig};
 use crate::store::{
     AgentRecord, AuthMethod, BoardingRecord, ClientAuth, MAX_JWKS, Registration,
     RegistrationRecord, Rotation, Secret, SecurityProfile, WriteOp, WriteOutcome,
@@ -124,9 +128,12 @@ enum Used {
 }
 
 /// The replay floor for a process started at `start` whose validation tolerates `leeway`
-/// seconds of clock skew (see the module docs for why the skew is added).
+/// seconds of clock skew, where nothing tells what the previous process accepted (see the
+/// module docs for why the skew is added). `+ 1`: clocks are read in whole seconds, so the
+/// previous process may have accepted an assertion with `iat = start + leeway` in the very
+/// second this one started.
 pub fn replay_floor(start: u64, leeway: u64) -> u64 {
-    start.saturating_add(leeway)
+    start.saturating_add(leeway).saturating_add(1)
 }
 
 /// Why a token request was refused: an error, or "come back in a moment".
@@ -149,7 +156,11 @@ impl<E: Into<Error>> From<E> for TokenRefusal {
 impl AgentState {
     /// State for a process that starts serving now.
     pub fn new(app: Arc<App>) -> AgentState {
-        let floor = replay_floor(app.now(), assertion_leeway(&app));
+        let floor = match &app.replay_log {
+            Some(_) => app.replay_floor.unwrap_or(0),
+            // No log (never the case when serving): the rule without one.
+            None => replay_floor(app.now(), assertion_leeway(&app)),
+        };
         AgentState::with_floor(app, floor)
     }
 
@@ -659,14 +670,21 @@ impl AgentState {
         // Remember the jti only as long as the age check above would let it through again:
         // after that a replay is refused as too old, so memory is bounded by rate × max age.
         let remember_until = exp.min(iat.saturating_add(max_age));
-        match self.app.replay.check_and_insert(
-            &client.client_id,
-            jti,
+        let fingerprint = self.app.replay.fingerprint(&client.client_id, jti);
+        match self.app.replay.check_and_insert_fingerprint(
+            fingerprint,
             Some(iat),
             remember_until,
             now,
         ) {
-            Ok(()) => {}
+            // Logged before the token is minted: a process that dies after answering has the
+            // entry in the page cache for the next one.
+            Ok(until) => {
+                if let Some(log) = &self.app.replay_log {
+                    log.append(fingerprint, until, now)
+                        .map_err(|e| log_refusal(e, self.app.settings.replay_log))?;
+                }
+            }
             Err(latchkey_core::replay::ReplayError::Full) => {
                 return Err(TokenRefusal::Later {
                     seconds: 60,
@@ -936,7 +954,9 @@ impl AgentState {
             jwk: Jwk::from_public_key(&key)?,
             value: key.to_pem_one_line()?,
         };
-        Ok(Response::json(200, &answer).into())
+        // Cacheable until the next key of this algorithm activates, no longer.
+        let max_age = self.app.key_cache_max_age(Some(alg), self.app.now());
+        Ok(super::oauth::key_set_response(req, &answer, max_age).into())
     }
 }
 
@@ -1126,7 +1146,22 @@ fn verify_minted(
 /// cache remembers a `jti` past its `exp` (else an assertion could be accepted again after the
 /// cache forgot it).
 fn assertion_leeway(app: &App) -> u64 {
-    app.settings.leeway.min(app.settings.replay.leeway)
+    app.assertion_leeway()
+}
+
+/// A token request whose assertion could not be logged: come back shortly (the jti is
+/// spent; clients sign a new assertion per try).
+fn log_refusal(e: LogRefusal, config: ReplayLogConfig) -> TokenRefusal {
+    let seconds = config.sync_interval.as_secs().max(1);
+    TokenRefusal::Later {
+        seconds,
+        reason: match e {
+            LogRefusal::Full => "too many recent client assertions to record; retry later",
+            LogRefusal::Unavailable => "the replay log is not being written; retry later",
+            LogRefusal::Closed => "the authority is stopping; retry later",
+        }
+        .into(),
+    }
 }
 
 fn invalid_assertion(e: &latchkey_core::Error) -> Error {
@@ -1498,7 +1533,7 @@ mod tests {
 
     #[test]
     fn replay_floor_refuses_assertions_from_before_a_restart() {
-        assert_eq!(replay_floor(1000, 60), 1060);
+        assert_eq!(replay_floor(1000, 60), 1061);
         // Just started: the floor is ahead of the clock.
         let f = fixture_with(AppSettings::default(), 30);
         f.agent(

@@ -386,6 +386,9 @@ pub struct KeyView {
     /// When a retiring key stops verifying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retires_at: Option<u64>,
+    /// When a published key starts signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activates_at: Option<u64>,
 }
 
 impl KeyView {
@@ -400,6 +403,8 @@ impl KeyView {
                 k.state_changed_at
                     .saturating_add(app.settings.retire_after())
             }),
+            activates_at: (k.state == KeyState::Published)
+                .then(|| app.settings.activates_at(k.state_changed_at)),
         }
     }
 }
@@ -408,9 +413,10 @@ impl KeyView {
 pub fn key_views(app: &App) -> Result<Vec<KeyView>, Error> {
     let mut keys = app.store.read()?.signing_keys()?;
     let rank = |s: KeyState| match s {
-        KeyState::Active => 0,
-        KeyState::Retiring => 1,
-        KeyState::Retired => 2,
+        KeyState::Published => 0,
+        KeyState::Active => 1,
+        KeyState::Retiring => 2,
+        KeyState::Retired => 3,
     };
     keys.sort_by_key(|k| {
         (
@@ -433,6 +439,9 @@ fn list_keys(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Resul
 struct RotateBody {
     #[serde(default)]
     alg: Option<String>,
+    /// Activate at once (emergencies) instead of after the pre-publication time.
+    #[serde(default)]
+    now: bool,
 }
 
 fn rotate_key(
@@ -455,7 +464,11 @@ fn rotate_key(
     };
     let app = Arc::clone(app);
     off_loop(ctx, move || {
-        let rec = app.rotate_key(alg, &p.client_id)?;
+        let rec = if body.now {
+            app.rotate_key_now(alg, &p.client_id)?
+        } else {
+            app.rotate_key(alg, &p.client_id)?
+        };
         Ok(Response::json(201, &KeyView::new(&app, &rec)))
     })
 }

@@ -22,13 +22,21 @@ pub struct KeysArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
-    /// List signing keys: active, retiring (still verifying), retired.
+    /// List signing keys: published (not signing yet), active, retiring (still verifying),
+    /// retired.
     List,
-    /// Make a new key active; the previous one keeps verifying until its tokens expired.
+    /// Publish a new key; it signs after the pre-publication time (`[keys] pre-publication`,
+    /// 1 h), so consumers caching the JWKS as told have it first. The previous key keeps
+    /// verifying until its tokens expired.
     Rotate {
         /// Algorithm [default: the operator token algorithm, RS256].
         #[arg(long)]
         alg: Option<String>,
+        /// Activate at once (emergencies: consumers that cached the key set miss the new
+        /// key until their cache expires). A published key of the algorithm is the one
+        /// activated.
+        #[arg(long)]
+        now: bool,
     },
     /// Import a private key (PEM/PKCS#8, or PKCS#12 .pfx/.p12) and make it active.
     Import {
@@ -64,12 +72,12 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
             print(json, &v, listing);
             return Ok(());
         }
-        KeysCommand::Rotate { alg } => match &place {
+        KeysCommand::Rotate { alg, now } => match &place {
             Place::Remote(r) => r
                 .call(
                     "POST",
                     "/api/latchkey/v1/keys/rotate",
-                    Some(&json!({ "alg": alg })),
+                    Some(&json!({ "alg": alg, "now": now })),
                     &[],
                 )?
                 .ok()?,
@@ -78,7 +86,12 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
                     Some(a) => app::parse_token_alg(a)?,
                     None => app.settings.operator_alg,
                 };
-                view(app, &app.rotate_key(alg, "cli")?)
+                let rec = if *now {
+                    app.rotate_key_now(alg, "cli")?
+                } else {
+                    app.rotate_key(alg, "cli")?
+                };
+                view(app, &rec)
             }
         },
         KeysCommand::Import {

@@ -150,6 +150,13 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     if let Some(m) = metrics_running {
         m.wait();
     }
+    // The event loops are done: no more assertions. Closing the replay log fsyncs it, so the
+    // next start, even after a machine crash, knows nothing was lost.
+    if let Some(log) = &state.replay_log
+        && let Err(e) = log.close(state.now())
+    {
+        tracing::error!(error = %e, "closing the replay log failed");
+    }
     drop(signal_thread);
     state.stop_maintenance();
     maintenance.thread().unpark();

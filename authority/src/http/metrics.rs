@@ -99,6 +99,8 @@ pub struct Metrics {
     tls_resumed_handshakes: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     commit_batch: Histogram<{ BATCH_BUCKETS.len() + 1 }>,
+    replay_log_bytes: AtomicU64,
+    replay_log_refused: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -168,6 +170,8 @@ impl Default for Metrics {
             tls_resumed_handshakes: AtomicU64::new(0),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             commit_batch: Histogram::new(),
+            replay_log_bytes: AtomicU64::new(0),
+            replay_log_refused: AtomicU64::new(0),
         }
     }
 }
@@ -209,6 +213,16 @@ impl Metrics {
     /// Tokens verified (introspection and bearer checks call this).
     pub fn tokens_verified(&self, n: u64) {
         self.tokens_verified.fetch_add(n, Relaxed);
+    }
+
+    /// Bytes the replay log's segments hold now.
+    pub fn set_replay_log_bytes(&self, bytes: u64) {
+        self.replay_log_bytes.store(bytes, Relaxed);
+    }
+
+    /// A token request refused because its assertion could not be logged.
+    pub fn replay_log_refused(&self) {
+        self.replay_log_refused.fetch_add(1, Relaxed);
     }
 
     /// Requests made durable by one store commit (the store writer calls this per commit).
@@ -307,6 +321,11 @@ impl Metrics {
                 "TLS handshakes that failed or timed out.",
                 &self.tls_handshake_failures,
             ),
+            (
+                "latchkey_replay_log_refused_total",
+                "Token requests refused because the replay log was full, unsynced or failing.",
+                &self.replay_log_refused,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
@@ -320,6 +339,11 @@ impl Metrics {
             "# HELP latchkey_tls_handshakes_total Completed TLS handshakes, full or resumed.\n# TYPE latchkey_tls_handshakes_total counter\nlatchkey_tls_handshakes_total{{kind=\"full\"}} {}\nlatchkey_tls_handshakes_total{{kind=\"resumed\"}} {}",
             self.tls_full_handshakes.load(Relaxed),
             self.tls_resumed_handshakes.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_replay_log_bytes Bytes in the replay log's segments.\n# TYPE latchkey_replay_log_bytes gauge\nlatchkey_replay_log_bytes {}",
+            self.replay_log_bytes.load(Relaxed)
         );
         let _ = writeln!(
             out,

@@ -35,7 +35,9 @@ pub use ops::{
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;
-pub use seal::{BLAKE3_PREFIX, KeyFileOptions, MasterKey, PBKDF2_ITERATIONS, Secret, SecretHash};
+pub use seal::{
+    BLAKE3_PREFIX, KeyFileOptions, MasterKey, PBKDF2_ITERATIONS, SealContext, Secret, SecretHash,
+};
 pub use snapshot::{AgentPage, MAX_PAGE, Snapshot};
 
 use error::DbResult;
@@ -114,8 +116,8 @@ struct Inner {
     db: Arc<Database>,
     hot: Arc<HotIndex>,
     observer: Arc<ObserverSlot>,
-    key: Arc<MasterKey>,
     paths: DataDir,
+    key: Arc<MasterKey>,
     tx: Option<Sender<Request>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -205,8 +207,8 @@ impl Store {
                 db,
                 hot,
                 observer,
-                key,
                 paths,
+                key,
                 tx: Some(tx),
                 writer: Some(writer),
             }),
@@ -269,6 +271,17 @@ impl Store {
 
     pub fn paths(&self) -> &DataDir {
         &self.inner.paths
+    }
+
+    /// Seals `plaintext` with the master key for a file outside the database (the replay log's
+    /// hash key); `ctx` names the file and field.
+    pub fn seal(&self, ctx: SealContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.inner.key.seal(ctx, plaintext)
+    }
+
+    /// Opens what [`Store::seal`] sealed for the same `ctx`.
+    pub fn unseal(&self, ctx: SealContext<'_>, sealed: &[u8]) -> Result<Secret, StoreError> {
+        self.inner.key.unseal(ctx, sealed)
     }
 
     /// Writes a consistent copy of the database, as of now, to `out` (a new file), while the

@@ -603,6 +603,7 @@ fn audit_info(op: &WriteOp) -> Option<AuditInfo> {
                 KeyState::Active => "key.activate",
                 KeyState::Retiring => "key.retiring",
                 KeyState::Retired => "key.retire",
+                KeyState::Published => "key.publish",
             };
             a(by, event, kid, *now)
         }

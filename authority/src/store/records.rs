@@ -215,12 +215,15 @@ pub struct ProfileRecord {
 }
 record!(ProfileRecord, "profiles", 1);
 
-/// Life cycle of a signing key: active signs; retiring only verifies; retired is kept for audit.
+/// Life cycle of a signing key: published verifies (and is in the JWKS) but does not sign
+/// yet; active signs; retiring only verifies; retired is kept for audit. `Published` is last so
+/// the encoding of the older states is unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 pub enum KeyState {
     Active,
     Retiring,
     Retired,
+    Published,
 }
 
 impl KeyState {
@@ -229,6 +232,7 @@ impl KeyState {
             KeyState::Active => "active",
             KeyState::Retiring => "retiring",
             KeyState::Retired => "retired",
+            KeyState::Published => "published",
         }
     }
 }

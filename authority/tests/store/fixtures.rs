@@ -502,3 +502,114 @@ fn unknown_record_versions_are_refused_clearly() {
         report.problems
     );
 }
+
+/// When the replay-log fixture was written (its entry lives until `REPLAY_T + 100`).
+const REPLAY_T: u64 = 1_800_000_000;
+
+/// Writes `replay-log/` next to the fixture store: one entry, then a graceful close.
+fn write_replay_log(fixtures: &Path) {
+    use latchkey_authority::replay_log::{ReplayLog, ReplayLogConfig, StartContext};
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(fixtures, tmp.path());
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    let (log, _) = ReplayLog::open(
+        tmp.path(),
+        &store,
+        ReplayLogConfig::default(),
+        StartContext {
+            now: REPLAY_T,
+            boot_id: [7; 16],
+            leeway: 60,
+            window: 241,
+            has_clients: false,
+        },
+        std::sync::Arc::new(latchkey_authority::http::Metrics::new()),
+    )
+    .unwrap();
+    log.append(
+        latchkey_core::replay::Fingerprint([9; 16]),
+        REPLAY_T + 100,
+        REPLAY_T,
+    )
+    .unwrap();
+    log.close(REPLAY_T + 1).unwrap();
+    drop(log);
+    let out = fixtures.join(latchkey_authority::replay_log::DIR);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    for f in std::fs::read_dir(tmp.path().join(latchkey_authority::replay_log::DIR)).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), out.join(f.file_name())).unwrap();
+    }
+    // A published signing key, the state added after the first fixture generation.
+    std::fs::write(
+        fixtures.join("records/signing_key_published.bin"),
+        published_key_record(),
+    )
+    .unwrap();
+}
+
+fn published_key_record() -> Vec<u8> {
+    encode_record(&SigningKeyRecord {
+        kid: "k3".into(),
+        alg: "RS256".into(),
+        state: KeyState::Published,
+        sealed_private_key: vec![1, 2, 3],
+        public_key: vec![4, 5],
+        created_at: 8,
+        state_changed_at: 8,
+    })
+    .unwrap()
+}
+
+/// The replay log written by this release (sealed with the fixture master key) opens in the
+/// next: its entry comes back and its `Close` record means nothing was lost. And a published
+/// key's record decodes. Regenerate with `LATCHKEY_WRITE_REPLAY_LOG_FIXTURE=1` (only when
+/// adding a generation).
+#[test]
+fn replay_log_and_published_key_fixtures_stay_readable() {
+    use latchkey_authority::replay_log::{ReplayLog, ReplayLogConfig, StartContext};
+    let fixtures = fixture_dir();
+    if std::env::var_os("LATCHKEY_WRITE_REPLAY_LOG_FIXTURE").is_some() {
+        write_replay_log(&fixtures);
+    }
+    let stored = std::fs::read(fixtures.join("records/signing_key_published.bin")).unwrap();
+    assert_eq!(stored, published_key_record());
+    assert_eq!(
+        decode_record::<SigningKeyRecord>(&stored).unwrap().state,
+        KeyState::Published
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures, tmp.path());
+    let log_dir = tmp.path().join(latchkey_authority::replay_log::DIR);
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let mut segments = 0;
+    for f in std::fs::read_dir(fixtures.join(latchkey_authority::replay_log::DIR)).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), log_dir.join(f.file_name())).unwrap();
+        segments += 1;
+    }
+    assert_eq!(segments, 1);
+    let store = Store::open(tmp.path(), StoreOptions::default()).unwrap();
+    let (_log, recovery) = ReplayLog::open(
+        tmp.path(),
+        &store,
+        ReplayLogConfig::default(),
+        StartContext {
+            now: REPLAY_T + 50,
+            // Another boot: only the Close record says nothing was lost.
+            boot_id: [8; 16],
+            leeway: 60,
+            window: 241,
+            has_clients: true,
+        },
+        std::sync::Arc::new(latchkey_authority::http::Metrics::new()),
+    )
+    .unwrap();
+    assert_eq!(recovery.floor, None, "{}", recovery.reason);
+    assert_eq!(
+        recovery.entries,
+        vec![(latchkey_core::replay::Fingerprint([9; 16]), REPLAY_T + 100)]
+    );
+}

@@ -23,17 +23,13 @@ fn loadgen_bin() -> PathBuf {
     bin
 }
 
-/// A server whose replay floor passes after one second (the default leeway of 60 s would
-/// make the first token requests wait a minute for it).
+/// A server with default settings: a first start accepts assertions at once.
 fn server(tls: bool) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("latchkey.toml");
-    std::fs::write(&config, "[tokens]\nleeway = \"1s\"\n").expect("config");
-    let config = config.display().to_string();
     let opts = if tls {
-        Options::tls(&["--config", &config])
+        Options::tls(&[])
     } else {
-        Options::plain(&["--config", &config])
+        Options::plain(&[])
     };
     (Server::start(opts), dir)
 }

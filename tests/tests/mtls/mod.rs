@@ -27,11 +27,7 @@ const API: &str = "/api/agentmanagement/v3";
 /// keep working on the same port.
 fn start(dir: &Path) -> Authority {
     let config = dir.join("latchkey.toml");
-    std::fs::write(
-        &config,
-        "client-auth = \"optional\"\n[tokens]\nleeway = \"1s\"\n",
-    )
-    .expect("config");
+    std::fs::write(&config, "client-auth = \"optional\"\n").expect("config");
     Authority::start(&dir.join("data"), Some(&config))
 }
 

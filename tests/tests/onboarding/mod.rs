@@ -29,12 +29,9 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// A server with a one-second clock-skew allowance, so the replay floor after a start (see
-/// `api::onboarding`) passes quickly.
+/// A server with default settings on `dir/data` (kept across restarts).
 fn start(dir: &Path) -> Authority {
-    let config = dir.join("latchkey.toml");
-    std::fs::write(&config, "[tokens]\nleeway = \"1s\"\n").expect("config");
-    Authority::start(&dir.join("data"), Some(&config))
+    Authority::start(&dir.join("data"), None)
 }
 
 /// PKCS#8 DER of RSA keys generated once per test binary (RSA generation is slow).
@@ -857,51 +854,108 @@ fn rsa_3072_agent_lifecycle() {
     auth.stop();
 }
 
-#[test]
-fn replayed_assertion_is_refused_after_a_restart() {
+/// One `POST /oauth/token`, no retry: what an SDK that does not retry on 503 sees.
+fn token_once(auth: &Authority, assertion: &str) -> Response {
+    auth.form(&format!("{API}/oauth/token"), &token_form(assertion), &[])
+}
+
+/// How the server goes down between two starts on the same data.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    /// SIGTERM: in-flight requests finish, the replay log is closed.
+    Graceful,
+    /// SIGKILL: the process ends wherever it is.
+    Kill,
+}
+
+/// Across a restart, with default settings: an assertion accepted before is refused after
+/// (the replay log brought its jti back), and a fresh one is accepted at once, no 503.
+fn restart_and_continue(how: Restart) {
     let dir = tempfile::tempdir().expect("tempdir");
     let auth = start(dir.path());
     let op = auth.operator_token();
     let reg = board(&auth, &op, "restart-1", "SHARED_SECRET", &json!({}));
     let secret = reg["client_secret"].as_str().expect("secret").to_owned();
     let key = SigningKey::hmac(Algorithm::HS256, secret.as_bytes()).expect("hmac");
-    let assertion = std::cell::RefCell::new(String::new());
-    let r = token(&auth, || {
-        *assertion.borrow_mut() = sign(&key, None, &node_claims("restart-1", "main"));
-        assertion.borrow().clone()
-    });
+    let fresh = || sign(&key, None, &node_claims("restart-1", "main"));
+    // A first start accepts assertions at once.
+    let used = fresh();
+    let r = token_once(&auth, &used);
     assert_eq!(r.status, 200, "{}", r.text());
-    let used = assertion.into_inner();
+    assert_error(&token_once(&auth, &used), 401, "invalid_client", "replayed");
+    // Signed before the restart, never presented: still fresh after it.
+    let unused = fresh();
+    match how {
+        Restart::Graceful => auth.stop(),
+        Restart::Kill => auth.kill(),
+    }
+
+    let auth = start(dir.path());
+    assert_error(&token_once(&auth, &used), 401, "invalid_client", "replayed");
+    let r = token_once(&auth, &fresh());
+    assert_eq!(r.status, 200, "{how:?}: {}", r.text());
+    let r = token_once(&auth, &unused);
+    assert_eq!(r.status, 200, "{how:?}: {}", r.text());
     assert_error(
-        &token(&auth, || used.clone()),
+        &token_once(&auth, &unused),
         401,
         "invalid_client",
         "replayed",
     );
-    auth.stop();
-
-    // Same data, new process: its replay cache is empty, the floor refuses the old assertion.
-    let auth = start(dir.path());
-    let r = token(&auth, || used.clone());
-    assert_error(&r, 401, "invalid_client", "restarted");
-    // The registration survived; a fresh assertion works.
-    assert_eq!(
-        token(&auth, || sign(
-            &key,
-            None,
-            &node_claims("restart-1", "main")
-        ))
-        .status,
-        200
-    );
+    // The log's size is a metric (header, open record and the entries so far).
+    let metrics = auth.request("GET", "/metrics", &[], b"").text();
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("latchkey_replay_log_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("latchkey_replay_log_bytes");
+    assert!(bytes > 2 * 30, "{bytes}");
     auth.stop();
 }
 
-/// The published Node.js SDK (`tests/interop`, installed by `scripts/test.sh`) onboards a
-/// SHARED_SECRET agent from a boarding configuration made here, gets and validates a token
-/// (fetching `token_key`), and rotates its secret.
 #[test]
-fn node_sdk_onboards_gets_tokens_and_rotates() {
+fn graceful_restart_accepts_fresh_assertions_at_once_and_refuses_replays() {
+    restart_and_continue(Restart::Graceful);
+}
+
+#[test]
+fn kill_9_restart_accepts_fresh_assertions_at_once_and_refuses_replays() {
+    restart_and_continue(Restart::Kill);
+}
+
+/// A data directory without a replay log but with registered agents (a store from a release
+/// before the log, or the log removed): the previous process's assertions are unknown, so the
+/// start floor applies, `start + leeway + 1`, answered 503 with `Retry-After` while ahead.
+#[test]
+fn without_a_replay_log_the_start_floor_refuses_old_assertions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    let reg = board(&auth, &op, "nolog-1", "SHARED_SECRET", &json!({}));
+    let secret = reg["client_secret"].as_str().expect("secret").to_owned();
+    let key = SigningKey::hmac(Algorithm::HS256, secret.as_bytes()).expect("hmac");
+    let used = sign(&key, None, &node_claims("nolog-1", "main"));
+    assert_eq!(token_once(&auth, &used).status, 200);
+    auth.stop();
+    std::fs::remove_dir_all(dir.path().join("data/replay-log")).expect("remove log");
+
+    let auth = start(dir.path());
+    let r = token_once(&auth, &used);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=61).contains(&wait), "{wait}");
+    // A fresh assertion too: the floor is ahead of every fresh iat for a leeway.
+    let r = token_once(&auth, &sign(&key, None, &node_claims("nolog-1", "main")));
+    assert_eq!(r.status, 503, "{}", r.text());
+    auth.stop();
+}
+
+/// Runs `tests/interop/onboarding.js` on a boarding configuration file and SDK state
+/// directory; returns its JSON report (panics with both sides' output if it fails).
+fn run_node_sdk(auth: &Authority, config_file: &Path, state_dir: &Path) -> Value {
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
     let sdk = interop.join("node_modules/@mindconnect/mindconnect-nodejs");
     let node = std::process::Command::new("node").arg("--version").output();
@@ -914,21 +968,10 @@ fn node_sdk_onboards_gets_tokens_and_rotates() {
         "{} is missing: run `npm ci --prefix tests/interop` (scripts/test.sh does)",
         sdk.display()
     );
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let auth = start(dir.path());
-    let op = auth.operator_token();
-    assert_eq!(
-        create(&auth, &op, "node-1", "Node SDK agent", "SHARED_SECRET").status,
-        201
-    );
-    let config = configuration(&auth, &op, "node-1");
-    let config_file = dir.path().join("boarding.json");
-    std::fs::write(&config_file, config.to_string()).expect("write config");
     let out = std::process::Command::new("node")
         .arg(interop.join("onboarding.js"))
-        .arg(&config_file)
-        .arg(dir.path().join("sdk-state"))
+        .arg(config_file)
+        .arg(state_dir)
         .env("NODE_EXTRA_CA_CERTS", auth.ca_path())
         .current_dir(&interop)
         .output()
@@ -940,8 +983,57 @@ fn node_sdk_onboards_gets_tokens_and_rotates() {
         "node failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver:\n{}",
         auth.stderr()
     );
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .expect("JSON report on the last line");
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON report on the last line")
+}
+
+/// The Node SDK, which does not retry a 503 from the token endpoint, keeps working right
+/// after `kill -9` and a restart on default settings: its state from before (onboarded,
+/// rotated secret) still gets and validates tokens at once.
+#[test]
+fn node_sdk_continues_right_after_a_kill_9_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    assert_eq!(
+        create(&auth, &op, "node-2", "Node SDK agent", "SHARED_SECRET").status,
+        201
+    );
+    let config = configuration(&auth, &op, "node-2");
+    let config_file = dir.path().join("boarding.json");
+    std::fs::write(&config_file, config.to_string()).expect("write config");
+    let state = dir.path().join("sdk-state");
+    let first = run_node_sdk(&auth, &config_file, &state);
+    assert_eq!(first["onboarded"], "ONBOARDED", "{first}");
+    // Same address: the SDK keeps the boarding configuration's baseUrl.
+    let addr = auth.addr.to_string();
+    auth.kill();
+
+    let auth = Authority::start_at(&dir.path().join("data"), None, &addr);
+    let again = run_node_sdk(&auth, &config_file, &state);
+    assert_eq!(again["onboarded"], "ALREADY", "{again}");
+    assert_eq!(again["validated"], true, "{again}");
+    for token in again["tokens"].as_array().expect("tokens") {
+        check_access_token(&auth, token.as_str().expect("token"), "node-2");
+    }
+    auth.stop();
+}
+
+/// The published Node.js SDK (`tests/interop`, installed by `scripts/test.sh`) onboards a
+/// SHARED_SECRET agent from a boarding configuration made here, gets and validates a token
+/// (fetching `token_key`), and rotates its secret.
+#[test]
+fn node_sdk_onboards_gets_tokens_and_rotates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    assert_eq!(
+        create(&auth, &op, "node-1", "Node SDK agent", "SHARED_SECRET").status,
+        201
+    );
+    let config = configuration(&auth, &op, "node-1");
+    let config_file = dir.path().join("boarding.json");
+    std::fs::write(&config_file, config.to_string()).expect("write config");
+    let report = run_node_sdk(&auth, &config_file, &dir.path().join("sdk-state"));
     assert_eq!(report["onboarded"], "ONBOARDED", "{report}");
     assert_eq!(report["validated"], true, "{report}");
     assert_eq!(report["rotated"], true, "{report}");

@@ -825,7 +825,7 @@ fn rotation_with_tokens_in_flight_then_retirement() {
     let auth = Arc::new(Authority::start(&dir.path().join("data"), Some(&cfg)));
     let old = auth.operator_token();
     let old_kid = header(&old)["kid"].as_str().expect("kid").to_owned();
-    let first = cli_json(&auth, &["keys", "rotate"])["kid"]
+    let first = cli_json(&auth, &["keys", "rotate", "--now"])["kid"]
         .as_str()
         .expect("kid")
         .to_owned();
@@ -863,7 +863,7 @@ fn rotation_with_tokens_in_flight_then_retirement() {
         .collect();
     let mut rotated = Vec::new();
     for _ in 0..2 {
-        let v = cli_json(&auth, &["keys", "rotate"]);
+        let v = cli_json(&auth, &["keys", "rotate", "--now"]);
         rotated.push(v["kid"].as_str().expect("kid").to_owned());
     }
     stop.store(true, Ordering::Release);
@@ -927,7 +927,7 @@ fn audit_trail_and_cli_on_a_stopped_server() {
         .as_str()
         .expect("secret")
         .to_owned();
-    let _ = cli_json(&auth, &["keys", "rotate", "--alg", "ES256"]);
+    let _ = cli_json(&auth, &["keys", "rotate", "--alg", "ES256", "--now"]);
     let agent = auth.json(
         "POST",
         AGENTS,
@@ -1030,7 +1030,7 @@ fn audit_trail_and_cli_on_a_stopped_server() {
         listing.contains("Job") && listing.contains("admin") && !listing.contains("ops"),
         "{listing}"
     );
-    let out = cli(&["keys", "rotate", "--data-dir", d, "--json"]);
+    let out = cli(&["keys", "rotate", "--now", "--data-dir", d, "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let new_kid = serde_json::from_slice::<Value>(&out.stdout).expect("json")["kid"]
         .as_str()
@@ -1975,4 +1975,153 @@ fn secrets_reach_the_cli_through_files_stdin_or_the_environment() {
     );
     assert!(revoked.status.success(), "{}", stderr(&revoked));
     assert_eq!(whoami(&auth, &token), 401);
+}
+
+/// `max-age` of a `Cache-Control: public, max-age=N` answer.
+fn max_age(r: &Response) -> u64 {
+    let cc = r.header("cache-control").expect("Cache-Control");
+    assert!(cc.starts_with("public"), "{cc}");
+    cc.split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no max-age in {cc:?}"))
+}
+
+/// The kids of a JWKS answer.
+fn kids(r: &Response) -> Vec<String> {
+    r.json()["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["kid"].as_str().expect("kid").to_owned())
+        .collect()
+}
+
+/// A relying party that caches the JWKS exactly as long as the server says, across two
+/// scheduled-style rotations (`keys rotate`, pre-publication shortened to 3 s so the test
+/// sees activations): every token it receives names a kid its cache already has.
+#[test]
+fn a_jwks_cache_that_obeys_max_age_never_misses_a_kid_across_rotations() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(
+        dir.path(),
+        "[keys]\npre-publication = \"3s\"\nmaintenance-interval = \"200ms\"\n",
+    );
+    let auth = Authority::start(&dir.path().join("data"), Some(&cfg));
+    let start_kid = header(&auth.operator_token())["kid"]
+        .as_str()
+        .expect("kid")
+        .to_owned();
+    let mut cache: Option<(Vec<String>, Instant, u64)> = None;
+    let mut misses = Vec::new();
+    let mut seen = vec![start_kid.clone()];
+    let mut rotated = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rotated.len() < 2 || seen.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "rotations never activated: {seen:?}"
+        );
+        if seen.len() == rotated.len() + 1 && rotated.len() < 2 {
+            // The previous rotation is live (or none ran yet): rotate again.
+            let v = cli_json(&auth, &["keys", "rotate"]);
+            assert_eq!(v["state"], "published", "{v}");
+            rotated.push(v["kid"].as_str().expect("kid").to_owned());
+        }
+        let token = auth.operator_token();
+        let kid = header(&token)["kid"].as_str().expect("kid").to_owned();
+        if !seen.contains(&kid) {
+            seen.push(kid.clone());
+        }
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(_, at, age)| at.elapsed() < Duration::from_secs(*age));
+        if !fresh {
+            let r = auth.json("GET", "/.well-known/jwks.json", None, None);
+            assert_eq!(r.status, 200);
+            let age = max_age(&r);
+            assert!(
+                (1..3).contains(&age),
+                "max-age {age} not below the pre-publication"
+            );
+            cache = Some((kids(&r), Instant::now(), age));
+        }
+        let (cached, ..) = cache.as_ref().expect("cache");
+        if !cached.contains(&kid) {
+            misses.push(kid);
+        }
+        assert_eq!(whoami(&auth, &token), 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        misses,
+        Vec::<String>::new(),
+        "kids missing from a valid cache"
+    );
+    assert_eq!(
+        seen[1..],
+        rotated[..],
+        "each published key signed, in order"
+    );
+}
+
+/// Default settings: `keys rotate` publishes a key that does not sign yet; the key sets say
+/// how long to cache them (never beyond the pre-publication), with an ETag that revalidates;
+/// `token_key` may be cached no longer than until the next key activates.
+#[test]
+fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    let before = header(&auth.operator_token())["kid"]
+        .as_str()
+        .expect("kid")
+        .to_owned();
+    let jwks = auth.json("GET", "/.well-known/jwks.json", None, None);
+    assert_eq!(max_age(&jwks), 900, "default jwks-max-age");
+    let v = cli_json(&auth, &["keys", "rotate"]);
+    assert_eq!(v["state"], "published", "{v}");
+    let new = v["kid"].as_str().expect("kid").to_owned();
+    let activates = v["activates_at"].as_u64().expect("activates_at");
+    assert!(activates >= v["state_changed_at"].as_u64().expect("t") + 3600);
+    // Published, not signing.
+    let jwks = auth.json("GET", "/.well-known/jwks.json", None, None);
+    assert!(kids(&jwks).contains(&new) && kids(&jwks).contains(&before));
+    assert!(max_age(&jwks) < 3600);
+    assert_eq!(header(&auth.operator_token())["kid"], before.as_str());
+    let uaa = auth.json("GET", "/token_keys", None, None);
+    assert!(kids(&uaa).contains(&new));
+    assert_eq!(kids(&uaa)[0], before, "the signing key leads");
+    // Revalidation: the same set answers 304 for its ETag, a changed set does not.
+    let etag = jwks.header("etag").expect("ETag").to_owned();
+    let r = auth.request(
+        "GET",
+        "/.well-known/jwks.json",
+        &[("If-None-Match", &etag)],
+        b"",
+    );
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    let r = auth.request(
+        "GET",
+        "/.well-known/jwks.json",
+        &[("If-None-Match", "\"stale\"")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    // The agents' token_key: RS256 rotated too? Only the operator algorithm was (RS256 by
+    // default), so its max-age runs out at the activation at the latest.
+    let tk = auth.json("GET", "/api/agentmanagement/v3/oauth/token_key", None, None);
+    assert_eq!(tk.status, 200);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(max_age(&tk) < activates.saturating_sub(now));
+    // --now: signs at once (the published key is the one activated).
+    let v = cli_json(&auth, &["keys", "rotate", "--now"]);
+    assert_eq!(
+        (v["kid"].as_str(), v["state"].as_str()),
+        (Some(new.as_str()), Some("active"))
+    );
+    assert_eq!(header(&auth.operator_token())["kid"], new.as_str());
 }

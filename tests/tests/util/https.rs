@@ -27,10 +27,15 @@ pub struct Authority {
 impl Authority {
     /// Starts the server on `data_dir` (created on first start) with an optional TOML file.
     pub fn start(data_dir: &Path, config: Option<&Path>) -> Authority {
+        Authority::start_at(data_dir, config, "127.0.0.1:0")
+    }
+
+    /// [`Authority::start`] on a given address (a restart where clients stored the URL).
+    pub fn start_at(data_dir: &Path, config: Option<&Path>, listen: &str) -> Authority {
         let mut cmd = Command::new(latchkey_bin());
         cmd.arg("serve").arg("--data-dir").arg(data_dir).args([
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--threads",
             "2",
         ]);
@@ -74,6 +79,12 @@ impl Authority {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("server did not stop; stderr:\n{}", self.stderr());
+    }
+
+    /// SIGKILL: the process ends wherever it is, nothing of it runs after.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait");
     }
 
     pub fn stderr(&self) -> String {
