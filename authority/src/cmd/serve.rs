@@ -71,9 +71,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     let state = Arc::new(app);
     let router = router(&state);
 
+    let mut limits = settings.limits.clone();
+    limits.max_connections =
+        crate::http::admission::fit_connections_to_fd_limit(limits.max_connections);
     let config = ServerConfig {
         threads: settings.threads,
-        limits: settings.limits.clone(),
+        limits,
         tls,
         drain_timeout: settings.drain_timeout,
     };
