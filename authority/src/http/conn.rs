@@ -40,6 +40,11 @@ const MAX_ROUNDS: usize = 16;
 const LINGER: Duration = Duration::from_secs(2);
 /// Bytes discarded while lingering before giving up.
 const LINGER_BYTES: usize = 1024 * 1024;
+/// When shutdown begins, how long a silent or idle connection may still send a request
+/// before it is closed. A busy keep-alive client sends its next request within moments of
+/// the last answer, which went out without `Connection: close`; closing its connection at
+/// once would fail that request. This grace answers it (with `Connection: close`) instead.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Buffers larger than this are freed when a connection goes idle, so memory a large or
 /// hostile request needed returns to the allocator instead of staying with the connection.
 const IDLE_BUF_KEEP: usize = 4 * 1024;
@@ -390,12 +395,12 @@ impl Connection {
             } else {
                 self.write_since = None;
             }
-            // Shutting down: a connection that holds no request once its socket is read dry
-            // has nothing to finish. (`readable` stays set until a read shows the socket empty,
-            // so a request that arrived before the signal is read and answered first.)
+            // Shutting down: a connection that holds no request once its socket is read dry,
+            // and has been quiet for the grace, has nothing to finish. (`readable` stays set
+            // until a read shows the socket empty, so a request that arrived is answered.)
             if self.draining
                 && !self.readable
-                && (matches!(self.phase, Phase::Hello { .. }) || self.is_idle())
+                && self.idle_since().is_some_and(|t| now >= t + DRAIN_GRACE)
             {
                 self.phase = Phase::Closing {
                     reason: CloseReason::Shutdown,
@@ -444,6 +449,9 @@ impl Connection {
         if self.is_idle() {
             d = min_opt(d, Some(self.idle_since + self.idle_limit(limits)));
         }
+        if self.draining {
+            d = min_opt(d, self.idle_since().map(|t| t + DRAIN_GRACE));
+        }
         d
     }
 
@@ -456,6 +464,11 @@ impl Connection {
         }
         if self.is_idle() && now >= self.idle_since + self.idle_limit(env.limits) {
             return Status::Done(CloseReason::IdleTimeout);
+        }
+        if self.draining && self.idle_since().is_some_and(|t| now >= t + DRAIN_GRACE) {
+            // `drive` reads what may have come, answers it, or closes.
+            self.readable = true;
+            return self.drive(env, now);
         }
         match self.phase.deadline(env.limits) {
             Some((t, reason)) if now >= t => match reason {
@@ -491,10 +504,10 @@ impl Connection {
         self.drive(env, now)
     }
 
-    /// Graceful shutdown: answer every request already received (the last answer says
+    /// Graceful shutdown: answer every request received (the last answer says
     /// `Connection: close`), then close. Handshakes under way finish, since their client has
     /// already sent something; silent and idle connections close once a read shows their
-    /// socket holds nothing.
+    /// socket holds nothing and `DRAIN_GRACE` has passed.
     pub fn begin_drain(&mut self) {
         self.draining = true;
         // Bytes may have arrived since the last event was handled: look before closing.
