@@ -984,3 +984,130 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(len: usize) -> Vec<u8> {
+        format!("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").into_bytes()
+    }
+
+    /// Steps a fresh connection's phase over `input`.
+    fn step(input: &[u8], limits: &Limits, budget: &Arc<BodyBudget>, now: Instant) -> Step {
+        let mut buf = input.to_vec();
+        Phase::Idle.step(&mut buf, limits, budget, now)
+    }
+
+    #[test]
+    fn a_front_loaded_body_gets_no_more_than_the_body_timeout() {
+        let limits = Limits::default();
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let now = Instant::now();
+        let len = limits.max_body;
+        let mut input = head(len);
+        input.resize(input.len() + len - 1, b'x');
+        let Step::Wait(phase) = step(&input, &limits, &budget, now) else {
+            panic!("the body is one byte short");
+        };
+        let (at, reason) = phase.deadline(&limits).expect("a body has a deadline");
+        assert_eq!(reason, CloseReason::BodyTimeout);
+        // At the minimum rate alone, a mebibyte sent at once would buy ~17 minutes.
+        assert_eq!(at, now + limits.body_timeout);
+    }
+
+    #[test]
+    fn a_slow_start_still_times_out_by_rate() {
+        let limits = Limits::default();
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let now = Instant::now();
+        let Step::Wait(phase) = step(&head(1000), &limits, &budget, now) else {
+            panic!("no body yet");
+        };
+        let (at, _) = phase.deadline(&limits).unwrap();
+        assert_eq!(at, now + limits.request_head_timeout);
+    }
+
+    #[test]
+    fn bodies_that_must_wait_reserve_their_declared_length_and_give_it_back() {
+        let limits = Limits {
+            max_body_buffer: 1500,
+            ..Limits::default()
+        };
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let now = Instant::now();
+        // Arrives whole with its head: never touches the budget.
+        let mut whole = head(1000);
+        whole.extend_from_slice(&[b'x'; 1000]);
+        assert!(matches!(
+            step(&whole, &limits, &budget, now),
+            Step::Request(..)
+        ));
+        assert_eq!(budget.used(), 0);
+        // Must wait: reserves all 1000 declared bytes, up front.
+        let Step::Wait(waiting) = step(&head(1000), &limits, &budget, now) else {
+            panic!("no body yet");
+        };
+        assert_eq!(budget.used(), 1000);
+        // A second waiting body does not fit next to it: refused, not queued without bound.
+        assert!(matches!(
+            step(&head(1000), &limits, &budget, now),
+            Step::Fail(HttpError::Overloaded)
+        ));
+        assert_eq!(budget.used(), 1000, "a refused body holds nothing");
+        // The first finishes: its share returns.
+        let mut rest = vec![b'x'; 1000];
+        let Step::Request(_, _, body) = waiting.step(&mut rest, &limits, &budget, now) else {
+            panic!("the body is complete");
+        };
+        assert_eq!(body.len(), 1000);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn chunked_bodies_pay_for_what_they_hold() {
+        let limits = Limits {
+            max_body_buffer: 4096,
+            ..Limits::default()
+        };
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let mut input =
+            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec();
+        input.extend_from_slice(&[b'x'; 0x800]);
+        input.extend_from_slice(b"\r\n");
+        let Step::Wait(_held) = step(&input, &limits, &budget, Instant::now()) else {
+            panic!("no last chunk yet");
+        };
+        assert!(budget.used() >= 0x800);
+        let mut big =
+            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n".to_vec();
+        big.extend_from_slice(&[b'x'; 0x1000]);
+        assert!(matches!(
+            step(&big, &limits, &budget, Instant::now()),
+            Step::Fail(HttpError::Overloaded)
+        ));
+    }
+
+    #[test]
+    fn a_client_hello_counts_once_its_first_record_is_whole() {
+        assert!(!hello_record_complete(&[22, 3, 1]), "partial header");
+        assert!(
+            !hello_record_complete(&[22, 3, 1, 0, 4, 1, 2, 3]),
+            "partial record"
+        );
+        assert!(hello_record_complete(&[22, 3, 1, 0, 4, 1, 2, 3, 4]));
+        assert!(
+            hello_record_complete(&[22, 3, 1, 0, 1, 9, 22, 3]),
+            "more behind it"
+        );
+        assert!(hello_record_complete(&[]), "EOF: let the read report it");
+        assert!(
+            hello_record_complete(b"GET / HTTP/1.1"),
+            "not TLS: rustls refuses it"
+        );
+        // A declared length past the largest record is complete at the largest record.
+        let mut huge = vec![22, 3, 1, 0xff, 0xff];
+        huge.resize(TLS_MAX_RECORD, 0);
+        assert!(hello_record_complete(&huge));
+    }
+}
