@@ -44,6 +44,8 @@ pub(crate) struct Logs {
     pub source_limit: LogLimiter,
     pub handshake_limit: LogLimiter,
     pub body_budget: LogLimiter,
+    pub body_timeout: LogLimiter,
+    pub hello_timeout: LogLimiter,
     pub evicted: LogLimiter,
     pub accept_error: LogLimiter,
 }
@@ -56,6 +58,8 @@ impl Default for Logs {
             source_limit: l(),
             handshake_limit: l(),
             body_budget: l(),
+            body_timeout: l(),
+            hello_timeout: l(),
             evicted: l(),
             accept_error: l(),
         }

@@ -463,6 +463,13 @@ impl Connection {
             return Status::Done(CloseReason::WriteTimeout);
         }
         if self.is_idle() && now >= self.idle_since + self.idle_limit(env.limits) {
+            // Silent from the start: the hello timeout, whatever the transport.
+            if self.requests == 0 && self.idle_limit(env.limits) == env.limits.hello_timeout {
+                if let Some(held_back) = env.admission.logs.hello_timeout.allow(now) {
+                    tracing::info!(peer = %self.peer, held_back, "closing connections that sent no request in time");
+                }
+                return Status::Done(CloseReason::HelloTimeout);
+            }
             return Status::Done(CloseReason::IdleTimeout);
         }
         if self.draining && self.idle_since().is_some_and(|t| now >= t + DRAIN_GRACE) {
@@ -477,8 +484,19 @@ impl Connection {
                     Status::Done(reason)
                 }
                 CloseReason::HeadTimeout | CloseReason::BodyTimeout => {
+                    if reason == CloseReason::BodyTimeout
+                        && let Some(held_back) = env.admission.logs.body_timeout.allow(now)
+                    {
+                        tracing::info!(peer = %self.peer, held_back, "request body not received in time; answering 408");
+                    }
                     self.refuse(env, HttpError::Timeout, reason, now);
                     self.drive(env, now)
+                }
+                CloseReason::HelloTimeout => {
+                    if let Some(held_back) = env.admission.logs.hello_timeout.allow(now) {
+                        tracing::info!(peer = %self.peer, held_back, "closing connections that sent no ClientHello in time");
+                    }
+                    Status::Done(reason)
                 }
                 other => Status::Done(other),
             },
