@@ -116,7 +116,7 @@ pub struct Settings {
     pub body_timeout: Option<HumanDuration>,
     /// Bytes of request bodies all connections together may hold while the bodies are still
     /// arriving (a body that comes with its head does not count); beyond it 503 with
-    /// Retry-After. At least --max-body [default: 67108864 (64 MiB)].
+    /// Retry-After. At least --max-body [default: 33554432 (32 MiB)].
     #[arg(long, value_name = "BYTES")]
     pub max_body_buffer: Option<usize>,
     /// Longest wait for a client to read our answer before the connection is closed
@@ -379,7 +379,7 @@ mod tests {
         let l = &s.limits;
         assert_eq!(l.body_timeout, Duration::from_secs(30));
         assert_eq!(l.hello_timeout, Duration::from_secs(5));
-        assert_eq!(l.max_body_buffer, 64 * 1024 * 1024);
+        assert_eq!(l.max_body_buffer, 32 * 1024 * 1024);
         assert_eq!(l.max_connections_per_source, 1024);
         // The load generator and the benchmark scripts open at most 64 connections from one
         // address; the per-source default must never throttle them.

@@ -14,7 +14,7 @@
 # plus a 3 s attack ramp and ABUSE_SETTLE, default 8 s, for memory to settle). About 2 min.
 #
 # Env: ABUSE_RATE (default 500 req/s), ABUSE_ATTACKERS (default 1000),
-# ABUSE_OUT (default bench/results/abuse.md).
+# ABUSE_OUT (default bench/results/abuse.md), ABUSE_BIN (default target/release).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,7 +23,7 @@ ATTACKERS=${ABUSE_ATTACKERS:-1000}
 DURATION=${ABUSE_DURATION:-10s}
 SETTLE=${ABUSE_SETTLE:-8}
 OUT=${ABUSE_OUT:-bench/results/abuse.md}
-BIN=target/release
+BIN=${ABUSE_BIN:-target/release}
 # shellcheck source=bench/scripts/lib.sh
 . bench/scripts/lib.sh
 bench_require abuse-bench jq openssl

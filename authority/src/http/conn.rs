@@ -31,6 +31,10 @@ use crate::error::Error;
 
 /// Stop reading while this much unparsed input is buffered.
 const READ_CAP: usize = 64 * 1024;
+/// The same while a body arrives: its bytes move to the body buffer (which the body budget
+/// accounts for) after every read, so a bigger read buffer would only hold memory per
+/// connection that no budget sees.
+const BODY_READ_CAP: usize = 16 * 1024;
 /// Stop parsing new requests while this much output waits for the client.
 const OUT_HIGH: usize = 64 * 1024;
 /// Read-parse-write rounds per `drive` before yielding to other connections.
@@ -570,8 +574,12 @@ impl Connection {
     fn fill(&mut self, handshakes: &Slots) -> Result<usize, Fatal> {
         let mut chunk = [0u8; 16 * 1024];
         let mut total = 0;
-        while self.read_buf.len() < READ_CAP {
-            let room = (READ_CAP - self.read_buf.len()).min(chunk.len());
+        let cap = match self.phase {
+            Phase::Body { .. } => BODY_READ_CAP,
+            _ => READ_CAP,
+        };
+        while self.read_buf.len() < cap {
+            let room = (cap - self.read_buf.len()).min(chunk.len());
             match self.read_plain(&mut chunk[..room], handshakes) {
                 Ok(0) => {
                     return if total > 0 {
@@ -820,6 +828,9 @@ impl Connection {
         });
         self.next_seq += 1;
         self.phase = Phase::Closing { reason };
+        // Nothing more is parsed: what was buffered goes back to the allocator now, not when
+        // the connection finally closes (a refused flood holds no memory while it lingers).
+        self.read_buf = Vec::new();
     }
 
     fn dispatch(&mut self, env: &mut Env<'_>, head: &Head, body: &[u8], now: Instant) {
@@ -920,6 +931,11 @@ impl Connection {
         if self.peer_eof || self.socket.shutdown(Shutdown::Write).is_err() {
             return Status::Done(reason);
         }
+        // Lingering only discards raw bytes: the TLS session and the buffers are done with.
+        self.tls = None;
+        self.read_buf = Vec::new();
+        self.out = Vec::new();
+        self.out_pos = 0;
         self.phase = Phase::Lingering {
             since: now,
             reason,

@@ -96,7 +96,7 @@ pub struct Limits {
     /// buffer no longer than this. Default 30 s; then 408 and close.
     pub body_timeout: Duration,
     /// Request body bytes all connections together may hold while their bodies are still
-    /// arriving. A body that arrives with its head never counts. Default 64 MiB; a body that
+    /// arriving. A body that arrives with its head never counts. Default 32 MiB; a body that
     /// would exceed it gets 503 with `Retry-After` and the connection closes.
     pub max_body_buffer: usize,
     /// Longest time queued output may wait for a client that does not read. Default 10 s; then
@@ -141,7 +141,7 @@ impl Default for Limits {
             request_head_timeout: Duration::from_secs(10),
             min_body_rate: 1024,
             body_timeout: Duration::from_secs(30),
-            max_body_buffer: 64 * 1024 * 1024,
+            max_body_buffer: 32 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
