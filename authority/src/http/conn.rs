@@ -1004,7 +1004,9 @@ fn hello_record_complete(peeked: &[u8]) -> bool {
         return false;
     };
     let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-    peeked.len() >= (TLS_RECORD_HEADER + len).min(TLS_MAX_RECORD)
+    // A length no record may have is refused by rustls at once; waiting for it would only
+    // turn a malformed hello into a silent one.
+    len > TLS_MAX_RECORD - TLS_RECORD_HEADER || peeked.len() >= TLS_RECORD_HEADER + len
 }
 
 enum ReadErr {
@@ -1139,9 +1141,11 @@ mod tests {
             hello_record_complete(b"GET / HTTP/1.1"),
             "not TLS: rustls refuses it"
         );
-        // A declared length past the largest record is complete at the largest record.
-        let mut huge = vec![22, 3, 1, 0xff, 0xff];
-        huge.resize(TLS_MAX_RECORD, 0);
-        assert!(hello_record_complete(&huge));
+        // A length past the largest record is let through for rustls to refuse.
+        assert!(hello_record_complete(&[22, 3, 1, 0xff, 0xff, 1, 2, 3]));
+        assert!(
+            !hello_record_complete(&[22, 3, 1, 0x40, 0x00, 1, 2, 3]),
+            "2^14 is legal"
+        );
     }
 }
