@@ -410,4 +410,32 @@ mod tests {
         assert!(text.contains("latchkey_store_commit_batch_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("latchkey_tokens_minted_total 2"));
     }
+
+    #[test]
+    fn admission_refusals_and_the_body_buffer_are_exposed() {
+        let m = Metrics::new();
+        let budget = super::super::admission::BodyBudget::new(100);
+        let mut r = budget.reservation();
+        assert!(r.grow_to(40));
+        m.watch_body_buffer(budget.clone());
+        m.connection_refused(CloseReason::SourceLimit);
+        m.connection_closed(CloseReason::Evicted);
+        let text = m.render();
+        assert!(text.contains("latchkey_body_buffer_bytes 40"));
+        assert!(text.contains("latchkey_connections_closed_total{reason=\"source_limit\"} 1"));
+        assert!(text.contains("latchkey_connections_closed_total{reason=\"evicted\"} 1"));
+        for reason in [
+            "hello_timeout",
+            "body_budget",
+            "handshake_limit",
+            "connection_limit",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "latchkey_connections_closed_total{{reason=\"{reason}\"}} 0"
+                )),
+                "{reason}"
+            );
+        }
+    }
 }
