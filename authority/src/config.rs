@@ -96,7 +96,9 @@ pub struct Settings {
     /// Log filter, e.g. `info` or `latchkey_authority=debug` [default: RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
-    /// How long in-flight requests may take to finish after SIGINT/SIGTERM [default: 10s].
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM: new connections
+    /// stop, every request already received is answered (the last with `Connection: close`),
+    /// idle connections close [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub drain_timeout: Option<HumanDuration>,
     /// Longest request line in bytes; longer gets 414 [default: 8192].
@@ -119,6 +121,15 @@ pub struct Settings {
     /// gets 408 [default: 1024].
     #[arg(long, value_name = "BYTES_PER_SEC")]
     pub min_body_rate: Option<u64>,
+    /// Longest time from the end of a request head to the end of its body, however fast it
+    /// started; then 408 [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub body_timeout: Option<HumanDuration>,
+    /// Bytes of request bodies all connections together may hold while the bodies are still
+    /// arriving (a body that comes with its head does not count); beyond it 503 with
+    /// Retry-After. At least --max-body [default: 33554432 (32 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_buffer: Option<usize>,
     /// Longest wait for a client to read our answer before the connection is closed
     /// [default: 10s].
     #[arg(long, value_name = "DURATION")]
@@ -126,16 +137,28 @@ pub struct Settings {
     /// Longest pause between requests on a keep-alive connection [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<HumanDuration>,
-    /// Longest TLS handshake [default: 10s].
+    /// Longest TLS handshake, from the ClientHello [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub handshake_timeout: Option<HumanDuration>,
+    /// Longest a new connection may stay silent (no ClientHello, or no first request);
+    /// silent and idle connections are also the first closed when room is needed
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub hello_timeout: Option<HumanDuration>,
     /// Requests per connection before it is closed [default: 1000].
     #[arg(long, value_name = "N")]
     pub max_requests_per_connection: Option<u64>,
-    /// Open connections; more are closed at accept [default: 10000].
+    /// Open connections; when full, a new connection closes the oldest idle one, or is
+    /// closed if none is idle. Lowered at start to fit the file-descriptor limit (raised to
+    /// its hard limit first) [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Concurrent TLS handshakes; more are closed at accept [default: 256].
+    /// Open connections from one source address (IPv6: one /64); more are closed at accept
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
+    /// Concurrent TLS handshakes; a connection takes a slot when its ClientHello arrives, and
+    /// one that finds none is closed [default: 256].
     #[arg(long, value_name = "N")]
     pub max_tls_handshakes: Option<usize>,
     /// Requests parsed ahead of their answers on one connection [default: 32].
@@ -209,11 +232,15 @@ impl Settings {
             max_body,
             request_head_timeout,
             min_body_rate,
+            body_timeout,
+            max_body_buffer,
             write_timeout,
             idle_timeout,
             handshake_timeout,
+            hello_timeout,
             max_requests_per_connection,
             max_connections,
+            max_connections_per_source,
             max_tls_handshakes,
             max_pipelined,
             metrics_access,
@@ -257,6 +284,8 @@ impl Settings {
                 "request-head-timeout",
             )?,
             min_body_rate: self.min_body_rate.unwrap_or(d.min_body_rate).max(1),
+            body_timeout: dur(self.body_timeout, d.body_timeout, "body-timeout")?,
+            max_body_buffer: positive(self.max_body_buffer, d.max_body_buffer, "max-body-buffer")?,
             write_timeout: dur(self.write_timeout, d.write_timeout, "write-timeout")?,
             idle_timeout: dur(self.idle_timeout, d.idle_timeout, "idle-timeout")?,
             handshake_timeout: dur(
@@ -264,11 +293,17 @@ impl Settings {
                 d.handshake_timeout,
                 "handshake-timeout",
             )?,
+            hello_timeout: dur(self.hello_timeout, d.hello_timeout, "hello-timeout")?,
             max_requests_per_connection: self
                 .max_requests_per_connection
                 .unwrap_or(d.max_requests_per_connection)
                 .max(1),
             max_connections: positive(self.max_connections, d.max_connections, "max-connections")?,
+            max_connections_per_source: positive(
+                self.max_connections_per_source,
+                d.max_connections_per_source,
+                "max-connections-per-source",
+            )?,
             max_tls_handshakes: positive(
                 self.max_tls_handshakes,
                 d.max_tls_handshakes,
@@ -281,6 +316,11 @@ impl Settings {
                 "max-headers must be at most {}",
                 crate::http::request::MAX_HEADERS_CAP
             )));
+        }
+        if limits.max_body_buffer < limits.max_body {
+            return Err(Error::Config(
+                "max-body-buffer must be at least max-body".into(),
+            ));
         }
         if limits.max_request_line > limits.max_header_bytes {
             return Err(Error::Config(
@@ -363,5 +403,38 @@ mod tests {
             ..Settings::default()
         };
         assert!(many.resolve().is_err());
+        let budget_below_one_body = Settings {
+            max_body: Some(1000),
+            max_body_buffer: Some(999),
+            ..Settings::default()
+        };
+        assert!(budget_below_one_body.resolve().is_err());
+    }
+
+    #[test]
+    fn abuse_limits_have_bounded_documented_defaults() {
+        let s = Settings::default().resolve().unwrap();
+        let l = &s.limits;
+        assert_eq!(l.body_timeout, Duration::from_secs(30));
+        assert_eq!(l.hello_timeout, Duration::from_secs(5));
+        assert_eq!(l.max_body_buffer, 32 * 1024 * 1024);
+        assert_eq!(l.max_connections_per_source, 1024);
+        // The load generator and the benchmark scripts open at most 64 connections from one
+        // address; the per-source default must never throttle them.
+        assert!(l.max_connections_per_source >= 64);
+        let file: Settings = toml::from_str(
+            "body-timeout = \"2s\"\nhello-timeout = \"1s\"\nmax-body-buffer = 2000000\nmax-connections-per-source = 8\n",
+        )
+        .unwrap();
+        let l = file.resolve().unwrap().limits;
+        assert_eq!(
+            (
+                l.body_timeout,
+                l.hello_timeout,
+                l.max_body_buffer,
+                l.max_connections_per_source
+            ),
+            (Duration::from_secs(2), Duration::from_secs(1), 2_000_000, 8)
+        );
     }
 }

@@ -160,6 +160,9 @@ fn http_wire(e: &crate::http::HttpError) -> WireError {
         H::HeadersTooLarge | H::TooManyHeaders => 431,
         H::UnsupportedTransferCoding => 501,
         H::VersionNotSupported => 505,
+        H::Overloaded => {
+            return WireError::new(503, "temporarily_unavailable", e.to_string());
+        }
     };
     WireError::new(status, "invalid_request", e.to_string())
 }

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the authority's HTTPS server.
-    Serve(cmd::serve::ServeArgs),
+    Serve(Box<cmd::serve::ServeArgs>),
     /// Write a consistent snapshot of the database (works while the server runs).
     Backup(cmd::backup::BackupArgs),
     /// Check a stopped server's data directory: integrity, schema, records, counts.
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     cmd::passphrase::take_env();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(args),
+        Command::Serve(args) => cmd::serve::run(*args),
         Command::HashSecret(args) => cmd::hash_secret::run(&args),
         Command::Client(args) => cmd::client::run(&args),
         Command::Keys(args) => cmd::keys::run(&args),

@@ -26,6 +26,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod assertion;
+mod attack;
 mod client;
 mod engine;
 mod error;
@@ -162,6 +163,22 @@ pub struct Args {
     /// Write an SVG plot of throughput and latency over time.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+
+    /// Hold hostile connections open during the run (the scenario is then the legitimate
+    /// client whose success rate and latency are measured): `idle` (attack-idle: never send a
+    /// byte), `slow-body` (attack-slowbody: all of a large body but one byte, then stall),
+    /// `keep-alive` (attack-keepalive: one request, then hold the connection idle).
+    #[arg(long, value_enum)]
+    pub attack: Option<attack::Attack>,
+    /// Hostile connections the attack keeps open (reopening those the server closes).
+    #[arg(long, default_value_t = 1000)]
+    pub attack_connections: usize,
+    /// Body length the `slow-body` attack declares.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub attack_body: usize,
+    /// How long the attack runs before the timed phase starts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub attack_ramp: Duration,
 }
 
 fn main() -> ExitCode {

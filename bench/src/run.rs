@@ -274,6 +274,30 @@ pub fn run(args: &Args) -> Result<(), Error> {
         Vec::new()
     };
 
+    // ---- The attack, if any, gets a head start so the timed phase runs under it.
+    let attack = match args.attack {
+        None => None,
+        Some(kind) => {
+            say(&format!(
+                "{}: {} hostile connection(s), {:?} ramp",
+                kind.name(),
+                args.attack_connections,
+                args.attack_ramp
+            ));
+            let running = crate::attack::start(crate::attack::AttackConfig {
+                attack: kind,
+                target: Arc::clone(&target),
+                tls: tls.clone(),
+                connections: args.attack_connections,
+                body: args.attack_body,
+                token_path: args.token_path.clone(),
+            })
+            .map_err(|e| Error::io("starting the attack thread", e))?;
+            std::thread::sleep(args.attack_ramp);
+            Some((kind, running))
+        }
+    };
+
     // ---- Workers.
     let threads = args.threads.clamp(1, args.connections.max(1));
     let introspect_tokens = Arc::new(introspect_tokens);
@@ -288,10 +312,17 @@ pub fn run(args: &Args) -> Result<(), Error> {
     };
     let progress = Progress::default();
     let barrier = Barrier::new(threads + 1);
-    let mode = match args.rate {
+    let mut mode = match args.rate {
         Some(r) => format!("open loop at {r} req/s"),
         None => "closed loop".to_owned(),
     };
+    if let Some(kind) = args.attack {
+        mode = format!(
+            "{mode}, under {} x {}",
+            kind.name(),
+            args.attack_connections
+        );
+    }
     say(&format!(
         "{}: {mode}, {} connection(s) ({}), {threads} thread(s), {}",
         args.scenario.name(),
@@ -377,6 +408,18 @@ pub fn run(args: &Args) -> Result<(), Error> {
     });
 
     // ---- Report.
+    if let Some((kind, running)) = attack {
+        let r = running.stop();
+        notes.push(format!(
+            "under {}: {} hostile connection(s) wanted, at most {} open at once; {} opened, {} closed by the server, {} connection attempts failed",
+            kind.name(),
+            args.attack_connections,
+            r.peak_open,
+            r.opened,
+            r.closed_by_server,
+            r.failed_connects
+        ));
+    }
     let mut stats = Stats::default();
     let mut elapsed = Duration::ZERO;
     let mut unsent = 0;

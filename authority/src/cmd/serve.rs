@@ -85,6 +85,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     let state = Arc::new(app);
     let router = router(&state, &settings);
 
+    let mut limits = settings.limits.clone();
+    limits.max_connections =
+        crate::http::admission::fit_connections_to_fd_limit(limits.max_connections);
     // `/metrics` on its own listener: same TLS, one thread, its own request counters (the
     // page it serves is the main server's).
     let metrics_server = match settings.metrics_listen {
@@ -103,7 +106,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     };
     let config = ServerConfig {
         threads: settings.threads,
-        limits: settings.limits.clone(),
+        limits,
         tls,
         drain_timeout: settings.drain_timeout,
     };

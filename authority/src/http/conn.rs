@@ -13,11 +13,11 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
+use super::admission::{Admission, BodyBudget, BodyReservation, SlotGuard, Slots, SourceGuard};
 use super::body::BodyDecoder;
 use super::date::DateCache;
 use super::drain::DrainTracker;
@@ -31,6 +31,10 @@ use crate::error::Error;
 
 /// Stop reading while this much unparsed input is buffered.
 const READ_CAP: usize = 64 * 1024;
+/// The same while a body arrives: its bytes move to the body buffer (which the body budget
+/// accounts for) after every read, so a bigger read buffer would only hold memory per
+/// connection that no budget sees.
+const BODY_READ_CAP: usize = 16 * 1024;
 /// Stop parsing new requests while this much output waits for the client.
 const OUT_HIGH: usize = 64 * 1024;
 /// Read-parse-write rounds per `drive` before yielding to other connections.
@@ -40,12 +44,27 @@ const MAX_ROUNDS: usize = 16;
 const LINGER: Duration = Duration::from_secs(2);
 /// Bytes discarded while lingering before giving up.
 const LINGER_BYTES: usize = 1024 * 1024;
+/// When shutdown begins, how long a silent or idle connection may still send a request
+/// before it is closed. A busy keep-alive client sends its next request within moments of
+/// the last answer, which went out without `Connection: close`; closing its connection at
+/// once would fail that request. This grace answers it (with `Connection: close`) instead.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// Buffers larger than this are freed when a connection goes idle, so memory a large or
+/// hostile request needed returns to the allocator instead of staying with the connection.
+const IDLE_BUF_KEEP: usize = 4 * 1024;
+/// A TLS record header: content type, version, 16-bit length.
+const TLS_RECORD_HEADER: usize = 5;
+/// Content type of TLS handshake records.
+const TLS_HANDSHAKE: u8 = 22;
+/// Largest TLS plaintext record a ClientHello can arrive in (2^14 + header).
+const TLS_MAX_RECORD: usize = TLS_RECORD_HEADER + 16 * 1024;
 
 /// What every connection of a loop shares.
 pub(crate) struct Env<'a> {
     pub router: &'a Router,
     pub metrics: &'a Arc<Metrics>,
     pub limits: &'a Limits,
+    pub admission: &'a Admission,
     pub handle: &'a LoopHandle,
     pub date: &'a mut DateCache,
     pub token: usize,
@@ -53,7 +72,10 @@ pub(crate) struct Env<'a> {
 
 /// Where a connection is in its protocol.
 enum Phase {
-    /// TLS handshake in progress.
+    /// TLS, accepted at `since`; no complete ClientHello record yet. Holds no handshake slot:
+    /// a socket that does nothing costs nothing but its descriptor.
+    Hello { since: Instant },
+    /// TLS handshake in progress since the ClientHello arrived; holds a handshake slot.
     Handshake { since: Instant },
     /// Between requests.
     Idle,
@@ -67,6 +89,9 @@ enum Phase {
         since: Instant,
         received: u64,
         continued: bool,
+        /// This body's share of `Limits::max_body_buffer`, taken once it has to wait for
+        /// more bytes (a body that arrives with its head never takes one).
+        reservation: Option<BodyReservation>,
     },
     /// No more requests: answer what is queued, then close.
     Closing { reason: CloseReason },
@@ -90,13 +115,19 @@ enum Step {
 
 impl Phase {
     /// Consumes what it can from `buf`.
-    fn step(self, buf: &mut Vec<u8>, limits: &Limits, now: Instant) -> Step {
+    fn step(
+        self,
+        buf: &mut Vec<u8>,
+        limits: &Limits,
+        budget: &Arc<BodyBudget>,
+        now: Instant,
+    ) -> Step {
         match self {
             Phase::Idle if !buf.is_empty() => Phase::Head {
                 since: now,
                 scanned: 0,
             }
-            .step(buf, limits, now),
+            .step(buf, limits, budget, now),
             Phase::Head { since, scanned } => match parse_head(buf, scanned, limits) {
                 Ok(Parsed::Partial { scanned }) => Step::Wait(Phase::Head { since, scanned }),
                 Ok(Parsed::Complete { head, len }) => {
@@ -110,8 +141,9 @@ impl Phase {
                             since: now,
                             received: 0,
                             continued: false,
+                            reservation: None,
                         }
-                        .step(buf, limits, now),
+                        .step(buf, limits, budget, now),
                     }
                 }
                 Err(e) => Step::Fail(e),
@@ -123,22 +155,41 @@ impl Phase {
                 since,
                 received,
                 continued,
+                mut reservation,
             } => match decoder.decode(buf, &mut body, limits) {
                 Ok(p) => {
                     buf.drain(..p.consumed);
                     let received = received + p.consumed as u64;
                     if p.done {
-                        Step::Request(Phase::Idle, head, body)
-                    } else {
-                        Step::Wait(Phase::Body {
-                            head,
-                            decoder,
-                            body,
-                            since,
-                            received,
-                            continued,
-                        })
+                        return Step::Request(Phase::Idle, head, body);
                     }
+                    // The body must wait for more bytes: from here on it holds memory on the
+                    // server's account. A declared length is reserved whole, up front, so a
+                    // body admitted once can always finish; a chunked body pays as it grows.
+                    let r = reservation.get_or_insert_with(|| budget.reservation());
+                    let need = match &decoder {
+                        BodyDecoder::Length { remaining } => body
+                            .len()
+                            .saturating_add(usize::try_from(*remaining).unwrap_or(usize::MAX)),
+                        BodyDecoder::Chunked(_) => body.capacity(),
+                    };
+                    if !r.grow_to(need) {
+                        return Step::Fail(HttpError::Overloaded);
+                    }
+                    if let BodyDecoder::Length { .. } = decoder {
+                        // Exactly the declared size: growth by doubling would hold up to
+                        // twice what was reserved.
+                        body.reserve_exact(need - body.len());
+                    }
+                    Step::Wait(Phase::Body {
+                        head,
+                        decoder,
+                        body,
+                        since,
+                        received,
+                        continued,
+                        reservation,
+                    })
                 }
                 Err(e) => Step::Fail(e),
             },
@@ -149,6 +200,9 @@ impl Phase {
     /// When this phase times out, and why.
     fn deadline(&self, limits: &Limits) -> Option<(Instant, CloseReason)> {
         match self {
+            Phase::Hello { since } => {
+                Some((*since + limits.hello_timeout, CloseReason::HelloTimeout))
+            }
             Phase::Handshake { since } => Some((
                 *since + limits.handshake_timeout,
                 CloseReason::HandshakeTimeout,
@@ -161,11 +215,13 @@ impl Phase {
                 since, received, ..
             } => {
                 // The body may arrive as slowly as `min_body_rate` after a grace period; a
-                // client that keeps up keeps pushing its deadline out.
+                // client that keeps up keeps pushing its deadline out, but never past
+                // `body_timeout`: bytes sent early must not buy time to hold them.
                 let rate = limits.min_body_rate.max(1);
                 let allowance = Duration::from_millis(received.saturating_mul(1000) / rate);
+                let by_rate = *since + limits.request_head_timeout + allowance;
                 Some((
-                    *since + limits.request_head_timeout + allowance,
+                    by_rate.min(*since + limits.body_timeout),
                     CloseReason::BodyTimeout,
                 ))
             }
@@ -186,13 +242,10 @@ struct Answer {
     received: Instant,
 }
 
-/// Decrements a shared counter when dropped: open connections, handshakes in progress.
-pub(crate) struct CountGuard(pub Arc<AtomicUsize>);
-
-impl Drop for CountGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+/// What a connection holds from admission for its whole life (given back on drop).
+pub(crate) struct Admitted {
+    pub _connection: SlotGuard,
+    pub _source: SourceGuard,
 }
 
 /// What `drive` tells the loop.
@@ -210,11 +263,14 @@ pub(crate) struct Connection {
     pub generation: u64,
     /// The timer entry the loop holds for this connection.
     pub scheduled: Option<Instant>,
+    /// The entry the loop's idle set holds for this connection.
+    pub idle_key: Option<Instant>,
     tls: Option<Box<rustls::ServerConnection>>,
     tls_info: Option<TlsInfo>,
-    /// Held while the TLS handshake is in progress (counts toward `max_tls_handshakes`).
-    handshake_slot: Option<CountGuard>,
-    _connection_slot: CountGuard,
+    /// Held from the complete ClientHello to the end of the handshake (counts toward
+    /// `max_tls_handshakes`).
+    handshake_slot: Option<SlotGuard>,
+    _admitted: Admitted,
     phase: Phase,
     read_buf: Vec<u8>,
     out: Vec<u8>,
@@ -240,27 +296,24 @@ impl Connection {
         socket: TcpStream,
         peer: SocketAddr,
         generation: u64,
-        tls: Option<(rustls::ServerConnection, CountGuard)>,
-        connection_slot: CountGuard,
+        tls: Option<rustls::ServerConnection>,
+        admitted: Admitted,
         now: Instant,
     ) -> Self {
-        let (tls, handshake_slot, phase) = match tls {
-            Some((session, slot)) => (
-                Some(Box::new(session)),
-                Some(slot),
-                Phase::Handshake { since: now },
-            ),
-            None => (None, None, Phase::Idle),
+        let (tls, phase) = match tls {
+            Some(session) => (Some(Box::new(session)), Phase::Hello { since: now }),
+            None => (None, Phase::Idle),
         };
         Self {
             socket,
             peer,
             generation,
             scheduled: None,
+            idle_key: None,
             tls,
             tls_info: None,
-            handshake_slot,
-            _connection_slot: connection_slot,
+            handshake_slot: None,
+            _admitted: admitted,
             phase,
             read_buf: Vec::new(),
             out: Vec::new(),
@@ -292,7 +345,7 @@ impl Connection {
                 return self.linger(now);
             }
             if self.may_read(env.limits) {
-                match self.fill() {
+                match self.fill(&env.admission.handshakes) {
                     Ok(0) => {}
                     Ok(_) => progress = true,
                     Err(Fatal::Eof) => {
@@ -309,7 +362,22 @@ impl Connection {
                         return Status::Done(self.tls_failure(env.metrics));
                     }
                     Err(Fatal::Io) => return Status::Done(CloseReason::Io),
+                    Err(Fatal::HandshakeLimit) => {
+                        if let Some(held_back) = env.admission.logs.handshake_limit.allow(now) {
+                            tracing::warn!(
+                                peer = %self.peer,
+                                held_back,
+                                "TLS handshake limit reached; closing connections whose ClientHello finds no slot"
+                            );
+                        }
+                        return Status::Done(CloseReason::HandshakeLimit);
+                    }
                 }
+            }
+            if let Phase::Hello { .. } = self.phase
+                && self.handshake_slot.is_some()
+            {
+                self.phase = Phase::Handshake { since: now };
             }
             if self.handshake_slot.is_some()
                 && self.tls.as_ref().is_some_and(|t| !t.is_handshaking())
@@ -331,6 +399,17 @@ impl Connection {
             } else {
                 self.write_since = None;
             }
+            // Shutting down: a connection that holds no request once its socket is read dry,
+            // and has been quiet for the grace, has nothing to finish. (`readable` stays set
+            // until a read shows the socket empty, so a request that arrived is answered.)
+            if self.draining
+                && !self.readable
+                && self.idle_since().is_some_and(|t| now >= t + DRAIN_GRACE)
+            {
+                self.phase = Phase::Closing {
+                    reason: CloseReason::Shutdown,
+                };
+            }
             if let Phase::Closing { reason } = self.phase
                 && self.queue.is_empty()
                 && !self.output_pending()
@@ -338,10 +417,31 @@ impl Connection {
                 return self.start_linger(reason, now);
             }
             if !progress {
+                self.release_idle_buffers();
                 return Status::Open { more: false };
             }
         }
         Status::Open { more: true }
+    }
+
+    /// When the connection may be closed to make room: since when it has been silent (no
+    /// ClientHello) or idle between requests. `None` while it has work in progress.
+    pub fn idle_since(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Hello { since } => Some(since),
+            _ if self.is_idle() => Some(self.idle_since),
+            _ => None,
+        }
+    }
+
+    /// Gives large buffers back to the allocator once nothing is in them.
+    fn release_idle_buffers(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > IDLE_BUF_KEEP {
+            self.read_buf = Vec::new();
+        }
+        if self.out.is_empty() && self.out.capacity() > IDLE_BUF_KEEP {
+            self.out = Vec::new();
+        }
     }
 
     /// The next deadline of this connection.
@@ -352,6 +452,9 @@ impl Connection {
         }
         if self.is_idle() {
             d = min_opt(d, Some(self.idle_since + self.idle_limit(limits)));
+        }
+        if self.draining {
+            d = min_opt(d, self.idle_since().map(|t| t + DRAIN_GRACE));
         }
         d
     }
@@ -364,7 +467,19 @@ impl Connection {
             return Status::Done(CloseReason::WriteTimeout);
         }
         if self.is_idle() && now >= self.idle_since + self.idle_limit(env.limits) {
+            // Silent from the start: the hello timeout, whatever the transport.
+            if self.requests == 0 && self.idle_limit(env.limits) == env.limits.hello_timeout {
+                if let Some(held_back) = env.admission.logs.hello_timeout.allow(now) {
+                    tracing::info!(peer = %self.peer, held_back, "closing connections that sent no request in time");
+                }
+                return Status::Done(CloseReason::HelloTimeout);
+            }
             return Status::Done(CloseReason::IdleTimeout);
+        }
+        if self.draining && self.idle_since().is_some_and(|t| now >= t + DRAIN_GRACE) {
+            // `drive` reads what may have come, answers it, or closes.
+            self.readable = true;
+            return self.drive(env, now);
         }
         match self.phase.deadline(env.limits) {
             Some((t, reason)) if now >= t => match reason {
@@ -373,8 +488,19 @@ impl Connection {
                     Status::Done(reason)
                 }
                 CloseReason::HeadTimeout | CloseReason::BodyTimeout => {
+                    if reason == CloseReason::BodyTimeout
+                        && let Some(held_back) = env.admission.logs.body_timeout.allow(now)
+                    {
+                        tracing::info!(peer = %self.peer, held_back, "request body not received in time; answering 408");
+                    }
                     self.refuse(env, HttpError::Timeout, reason, now);
                     self.drive(env, now)
+                }
+                CloseReason::HelloTimeout => {
+                    if let Some(held_back) = env.admission.logs.hello_timeout.allow(now) {
+                        tracing::info!(peer = %self.peer, held_back, "closing connections that sent no ClientHello in time");
+                    }
+                    Status::Done(reason)
                 }
                 other => Status::Done(other),
             },
@@ -400,29 +526,24 @@ impl Connection {
         self.drive(env, now)
     }
 
-    /// Graceful shutdown: finish the request in progress, then close.
+    /// Graceful shutdown: answer every request received (the last answer says
+    /// `Connection: close`), then close. Handshakes under way finish, since their client has
+    /// already sent something; silent and idle connections close once a read shows their
+    /// socket holds nothing and `DRAIN_GRACE` has passed.
     pub fn begin_drain(&mut self) {
         self.draining = true;
-        match self.phase {
-            Phase::Handshake { .. } => {
-                self.phase = Phase::Closing {
-                    reason: CloseReason::Shutdown,
-                }
-            }
-            Phase::Idle if self.read_buf.is_empty() => {
-                self.phase = Phase::Closing {
-                    reason: CloseReason::Shutdown,
-                };
-            }
-            _ => {}
-        }
+        // Bytes may have arrived since the last event was handled: look before closing.
+        self.readable = true;
     }
 
-    /// A connection that has not sent its first request gets only the head timeout: holding
+    /// A connection that has not sent its first request gets only the hello timeout: holding
     /// sockets open without a word is the cheapest slowloris.
     fn idle_limit(&self, limits: &Limits) -> Duration {
         if self.requests == 0 {
-            limits.idle_timeout.min(limits.request_head_timeout)
+            limits
+                .idle_timeout
+                .min(limits.request_head_timeout)
+                .min(limits.hello_timeout)
         } else {
             limits.idle_timeout
         }
@@ -450,12 +571,16 @@ impl Connection {
 
     /// Reads plaintext into `read_buf` until the socket would block or the buffer is full.
     /// Returns the bytes added.
-    fn fill(&mut self) -> Result<usize, Fatal> {
+    fn fill(&mut self, handshakes: &Slots) -> Result<usize, Fatal> {
         let mut chunk = [0u8; 16 * 1024];
         let mut total = 0;
-        while self.read_buf.len() < READ_CAP {
-            let room = (READ_CAP - self.read_buf.len()).min(chunk.len());
-            match self.read_plain(&mut chunk[..room]) {
+        let cap = match self.phase {
+            Phase::Body { .. } => BODY_READ_CAP,
+            _ => READ_CAP,
+        };
+        while self.read_buf.len() < cap {
+            let room = (cap - self.read_buf.len()).min(chunk.len());
+            match self.read_plain(&mut chunk[..room], handshakes) {
                 Ok(0) => {
                     return if total > 0 {
                         Ok(total)
@@ -482,7 +607,7 @@ impl Connection {
 
     /// One read of plaintext: straight from the socket, or through rustls (which also drives
     /// the handshake).
-    fn read_plain(&mut self, buf: &mut [u8]) -> Result<usize, ReadErr> {
+    fn read_plain(&mut self, buf: &mut [u8], handshakes: &Slots) -> Result<usize, ReadErr> {
         let Some(tls) = self.tls.as_mut() else {
             if !self.readable {
                 return Err(ReadErr::WouldBlock);
@@ -511,6 +636,27 @@ impl Connection {
             }
             if !self.readable {
                 return Err(ReadErr::WouldBlock);
+            }
+            if self.handshake_slot.is_none() && tls.is_handshaking() {
+                // Take a handshake slot only for a whole ClientHello record: that is when
+                // rustls starts spending CPU. Until then the bytes stay in the socket.
+                match client_hello_ready(&self.socket) {
+                    Ok(true) => match handshakes.try_take() {
+                        Some(slot) => self.handshake_slot = Some(slot),
+                        None => return Err(ReadErr::Fatal(Fatal::HandshakeLimit)),
+                    },
+                    Ok(false) => {
+                        // Partial record: the rest raises a new event when it arrives.
+                        self.readable = false;
+                        return Err(ReadErr::WouldBlock);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.readable = false;
+                        return Err(ReadErr::WouldBlock);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Err(ReadErr::Fatal(Fatal::Io)),
+                }
             }
             let mut socket = DrainTracker::new(&mut self.socket, self.read_closed);
             let result = tls.read_tls(&mut socket);
@@ -614,7 +760,7 @@ impl Connection {
                     reason: CloseReason::Io,
                 },
             );
-            match phase.step(&mut self.read_buf, env.limits, now) {
+            match phase.step(&mut self.read_buf, env.limits, &env.admission.bodies, now) {
                 Step::Wait(phase) => {
                     self.phase = phase;
                     self.maybe_continue();
@@ -624,6 +770,19 @@ impl Connection {
                     self.phase = phase;
                     self.dispatch(env, &head, &body, now);
                     progress = true;
+                }
+                Step::Fail(HttpError::Overloaded) => {
+                    if let Some(held_back) = env.admission.logs.body_budget.allow(now) {
+                        tracing::warn!(
+                            peer = %self.peer,
+                            budget = env.limits.max_body_buffer,
+                            held_back,
+                            "request body budget spent; answering 503"
+                        );
+                    }
+                    self.refuse(env, HttpError::Overloaded, CloseReason::BodyBudget, now);
+                    progress = true;
+                    break;
                 }
                 Step::Fail(e) => {
                     self.refuse(env, e, CloseReason::BadRequest, now);
@@ -655,7 +814,10 @@ impl Connection {
     /// Queues an error answer for input the transport refuses, and stops reading.
     fn refuse(&mut self, env: &mut Env<'_>, e: HttpError, reason: CloseReason, now: Instant) {
         tracing::debug!(peer = %self.peer, error = %e, "request refused");
-        let response = Response::from_error(&Error::Http(e));
+        let mut response = Response::from_error(&Error::Http(e.clone()));
+        if e == HttpError::Overloaded {
+            response = response.header("Retry-After", "1");
+        }
         self.queue.push_back(Answer {
             seq: self.next_seq,
             response: Some(response),
@@ -666,6 +828,9 @@ impl Connection {
         });
         self.next_seq += 1;
         self.phase = Phase::Closing { reason };
+        // Nothing more is parsed: what was buffered goes back to the allocator now, not when
+        // the connection finally closes (a refused flood holds no memory while it lingers).
+        self.read_buf = Vec::new();
     }
 
     fn dispatch(&mut self, env: &mut Env<'_>, head: &Head, body: &[u8], now: Instant) {
@@ -679,7 +844,9 @@ impl Connection {
         if self.requests >= env.limits.max_requests_per_connection {
             close = Some(CloseReason::MaxRequests);
         }
-        if self.draining {
+        // Shutting down: the last request already received gets `Connection: close`; any
+        // received after it in the same burst is answered too.
+        if self.draining && self.read_buf.is_empty() && !self.readable {
             close = Some(CloseReason::Shutdown);
         }
         let (route, response) = match env.router.dispatch(head.method(), head.path()) {
@@ -764,6 +931,11 @@ impl Connection {
         if self.peer_eof || self.socket.shutdown(Shutdown::Write).is_err() {
             return Status::Done(reason);
         }
+        // Lingering only discards raw bytes: the TLS session and the buffers are done with.
+        self.tls = None;
+        self.read_buf = Vec::new();
+        self.out = Vec::new();
+        self.out_pos = 0;
         self.phase = Phase::Lingering {
             since: now,
             reason,
@@ -792,10 +964,6 @@ impl Connection {
                         return Status::Done(*reason);
                     }
                 }
-                // Shutting down: nothing is pending, so closing now cannot reset our answer.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.draining => {
-                    return Status::Done(*reason);
-                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Status::Open { more: false };
                 }
@@ -811,6 +979,34 @@ enum Fatal {
     Eof,
     Tls,
     Io,
+    /// A ClientHello arrived and every handshake slot is taken.
+    HandshakeLimit,
+}
+
+/// Whether the socket holds a whole first TLS record (the ClientHello, which clients send in
+/// one record), or EOF (true: the read that follows reports it). Peeks, so nothing is
+/// consumed. Anything that is not a handshake record is let through for rustls to refuse.
+fn client_hello_ready(socket: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; TLS_MAX_RECORD];
+    let n = socket.peek(&mut buf)?;
+    Ok(hello_record_complete(&buf[..n]))
+}
+
+/// `peeked` is all the socket holds: is the first record whole (or the socket at EOF)?
+fn hello_record_complete(peeked: &[u8]) -> bool {
+    if peeked.is_empty() {
+        return true;
+    }
+    if peeked[0] != TLS_HANDSHAKE {
+        return true;
+    }
+    let Some(header) = peeked.get(..TLS_RECORD_HEADER) else {
+        return false;
+    };
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    // A length no record may have is refused by rustls at once; waiting for it would only
+    // turn a malformed hello into a silent one.
+    len > TLS_MAX_RECORD - TLS_RECORD_HEADER || peeked.len() >= TLS_RECORD_HEADER + len
 }
 
 enum ReadErr {
@@ -822,5 +1018,134 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(len: usize) -> Vec<u8> {
+        format!("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").into_bytes()
+    }
+
+    /// Steps a fresh connection's phase over `input`.
+    fn step(input: &[u8], limits: &Limits, budget: &Arc<BodyBudget>, now: Instant) -> Step {
+        let mut buf = input.to_vec();
+        Phase::Idle.step(&mut buf, limits, budget, now)
+    }
+
+    #[test]
+    fn a_front_loaded_body_gets_no_more_than_the_body_timeout() {
+        let limits = Limits::default();
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let now = Instant::now();
+        let len = limits.max_body;
+        let mut input = head(len);
+        input.resize(input.len() + len - 1, b'x');
+        let Step::Wait(phase) = step(&input, &limits, &budget, now) else {
+            panic!("the body is one byte short");
+        };
+        let (at, reason) = phase.deadline(&limits).expect("a body has a deadline");
+        assert_eq!(reason, CloseReason::BodyTimeout);
+        // At the minimum rate alone, a mebibyte sent at once would buy ~17 minutes.
+        assert_eq!(at, now + limits.body_timeout);
+    }
+
+    #[test]
+    fn a_slow_start_still_times_out_by_rate() {
+        let limits = Limits::default();
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let now = Instant::now();
+        let Step::Wait(phase) = step(&head(1000), &limits, &budget, now) else {
+            panic!("no body yet");
+        };
+        let (at, _) = phase.deadline(&limits).unwrap();
+        assert_eq!(at, now + limits.request_head_timeout);
+    }
+
+    #[test]
+    fn bodies_that_must_wait_reserve_their_declared_length_and_give_it_back() {
+        let limits = Limits {
+            max_body_buffer: 1500,
+            ..Limits::default()
+        };
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let now = Instant::now();
+        // Arrives whole with its head: never touches the budget.
+        let mut whole = head(1000);
+        whole.extend_from_slice(&[b'x'; 1000]);
+        assert!(matches!(
+            step(&whole, &limits, &budget, now),
+            Step::Request(..)
+        ));
+        assert_eq!(budget.used(), 0);
+        // Must wait: reserves all 1000 declared bytes, up front.
+        let Step::Wait(waiting) = step(&head(1000), &limits, &budget, now) else {
+            panic!("no body yet");
+        };
+        assert_eq!(budget.used(), 1000);
+        // A second waiting body does not fit next to it: refused, not queued without bound.
+        assert!(matches!(
+            step(&head(1000), &limits, &budget, now),
+            Step::Fail(HttpError::Overloaded)
+        ));
+        assert_eq!(budget.used(), 1000, "a refused body holds nothing");
+        // The first finishes: its share returns.
+        let mut rest = vec![b'x'; 1000];
+        let Step::Request(_, _, body) = waiting.step(&mut rest, &limits, &budget, now) else {
+            panic!("the body is complete");
+        };
+        assert_eq!(body.len(), 1000);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn chunked_bodies_pay_for_what_they_hold() {
+        let limits = Limits {
+            max_body_buffer: 4096,
+            ..Limits::default()
+        };
+        let budget = BodyBudget::new(limits.max_body_buffer);
+        let mut input =
+            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec();
+        input.extend_from_slice(&[b'x'; 0x800]);
+        input.extend_from_slice(b"\r\n");
+        let Step::Wait(_held) = step(&input, &limits, &budget, Instant::now()) else {
+            panic!("no last chunk yet");
+        };
+        assert!(budget.used() >= 0x800);
+        let mut big =
+            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n".to_vec();
+        big.extend_from_slice(&[b'x'; 0x1000]);
+        assert!(matches!(
+            step(&big, &limits, &budget, Instant::now()),
+            Step::Fail(HttpError::Overloaded)
+        ));
+    }
+
+    #[test]
+    fn a_client_hello_counts_once_its_first_record_is_whole() {
+        assert!(!hello_record_complete(&[22, 3, 1]), "partial header");
+        assert!(
+            !hello_record_complete(&[22, 3, 1, 0, 4, 1, 2, 3]),
+            "partial record"
+        );
+        assert!(hello_record_complete(&[22, 3, 1, 0, 4, 1, 2, 3, 4]));
+        assert!(
+            hello_record_complete(&[22, 3, 1, 0, 1, 9, 22, 3]),
+            "more behind it"
+        );
+        assert!(hello_record_complete(&[]), "EOF: let the read report it");
+        assert!(
+            hello_record_complete(b"GET / HTTP/1.1"),
+            "not TLS: rustls refuses it"
+        );
+        // A length past the largest record is let through for rustls to refuse.
+        assert!(hello_record_complete(&[22, 3, 1, 0xff, 0xff, 1, 2, 3]));
+        assert!(
+            !hello_record_complete(&[22, 3, 1, 0x40, 0x00, 1, 2, 3]),
+            "2^14 is legal"
+        );
     }
 }

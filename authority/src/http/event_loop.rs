@@ -4,19 +4,25 @@
 //! Shaped like mio's `examples/tcp_server.rs`: `LISTENER` and `WAKER` tokens, a slab of
 //! connections, accept until `WouldBlock`, retry on `Interrupted`. Deadlines live in a per-loop
 //! ordered set that sets the `poll` timeout, so there is no timer thread.
+//!
+//! Admission sheds the attacker before the client: silent and idle connections sit in a
+//! second ordered set, oldest first, and are the ones closed when a new connection needs room
+//! (connection limit, or the process out of file descriptors); a busy connection is never
+//! closed to admit another.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::Limits;
-use super::conn::{Connection, CountGuard, Env, Status};
+use super::admission::Admission;
+use super::conn::{Admitted, Connection, Env, Status};
 use super::date::DateCache;
 use super::handler::{Completed, LoopHandle};
 use super::metrics::{CloseReason, Metrics};
@@ -28,6 +34,25 @@ const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// How long accepting pauses after the process runs out of file descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Idle connections one failed `accept` may close to free a descriptor before it pauses
+/// instead (another thread may take each freed descriptor first; never spin).
+const EVICT_PER_ACCEPT_ERROR: usize = 4;
+
+/// An `Env` for connection `idx` from the loop's fields (a macro, because a method would
+/// borrow the whole loop while a connection in it is borrowed too).
+macro_rules! env {
+    ($l:ident, $idx:expr) => {
+        Env {
+            router: &$l.shared.router,
+            metrics: &$l.shared.metrics,
+            limits: &$l.shared.limits,
+            admission: &$l.shared.admission,
+            handle: &$l.handle,
+            date: &mut $l.date,
+            token: $idx,
+        }
+    };
+}
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -69,8 +94,7 @@ struct Shared {
     tls: Option<Arc<rustls::ServerConfig>>,
     drain_timeout: Duration,
     shutdown: Arc<AtomicBool>,
-    connections: Arc<AtomicUsize>,
-    handshakes: Arc<AtomicUsize>,
+    admission: Admission,
 }
 
 impl Server {
@@ -99,15 +123,16 @@ impl Server {
     /// Starts the event loop threads.
     pub fn start(self) -> io::Result<RunningServer> {
         let shutdown = Arc::new(AtomicBool::new(false));
+        let admission = Admission::new(&self.config.limits);
+        self.metrics.watch_body_buffer(admission.bodies.clone());
         let shared = Arc::new(Shared {
             router: self.router,
             metrics: self.metrics,
+            admission,
             limits: self.config.limits,
             tls: self.config.tls,
             drain_timeout: self.config.drain_timeout,
             shutdown: shutdown.clone(),
-            connections: Arc::new(AtomicUsize::new(0)),
-            handshakes: Arc::new(AtomicUsize::new(0)),
         });
         let mut loops = Vec::new();
         for _ in 0..self.config.threads.max(1) {
@@ -186,13 +211,16 @@ struct EventLoop {
     free: Vec<usize>,
     /// (deadline, slab index, generation), earliest first.
     timers: BTreeSet<(Instant, usize, u64)>,
+    /// (idle since, slab index, generation) of silent and idle connections, oldest first:
+    /// the ones closed when room is needed.
+    idle: BTreeSet<(Instant, usize, u64)>,
     /// Connections that stopped early with work left.
     again: Vec<usize>,
     shared: Arc<Shared>,
     date: DateCache,
     next_generation: u64,
     accept_paused_until: Option<Instant>,
-    accept_error_logged: bool,
+    accept_failing: bool,
     drain_deadline: Option<Instant>,
 }
 
@@ -211,12 +239,13 @@ impl EventLoop {
             conns: Vec::new(),
             free: Vec::new(),
             timers: BTreeSet::new(),
+            idle: BTreeSet::new(),
             again: Vec::new(),
             shared,
             date: DateCache::default(),
             next_generation: 0,
             accept_paused_until: None,
-            accept_error_logged: false,
+            accept_failing: false,
             drain_deadline: None,
         })
     }
@@ -297,6 +326,7 @@ impl EventLoop {
     }
 
     fn accept(&mut self, now: Instant) {
+        let mut evictions_left = EVICT_PER_ACCEPT_ERROR;
         loop {
             let Some(listener) = self.listener.as_ref() else {
                 return;
@@ -315,52 +345,75 @@ impl EventLoop {
                 }
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays in the backlog.
-                    // Keep serving the connections we have, try again shortly, log once.
+                    // An idle connection gives its descriptor to the waiting one; with none
+                    // idle, keep serving what we have and try again shortly (never spin).
                     self.shared.metrics.accept_error();
-                    if !self.accept_error_logged {
-                        tracing::warn!(error = %e, "accept failed; pausing accepts (out of file descriptors?)");
-                        self.accept_error_logged = true;
+                    if !self.accept_failing {
+                        if let Some(held_back) = self.shared.admission.logs.accept_error.allow(now)
+                        {
+                            tracing::warn!(error = %e, held_back, "accept failed (out of file descriptors?); closing idle connections or pausing accepts");
+                        }
+                        self.accept_failing = true;
+                    }
+                    if evictions_left > 0 && self.evict_oldest_idle(now) {
+                        evictions_left -= 1;
+                        continue;
                     }
                     self.accept_paused_until = Some(now + ACCEPT_PAUSE);
                     return;
                 }
             };
-            if self.accept_error_logged {
+            if self.accept_failing {
                 tracing::info!("accepting connections again");
-                self.accept_error_logged = false;
+                self.accept_failing = false;
             }
-            let limits = &self.shared.limits;
-            if self.shared.connections.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
-                self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            let admission = &self.shared.admission;
+            let Some(source) = admission.sources.try_admit(peer.ip()) else {
                 self.shared
                     .metrics
-                    .connection_refused(CloseReason::ConnectionLimit);
-                tracing::debug!(%peer, "connection limit reached; closing new connection");
+                    .connection_refused(CloseReason::SourceLimit);
+                if let Some(held_back) = admission.logs.source_limit.allow(now) {
+                    tracing::warn!(%peer, held_back, limit = self.shared.limits.max_connections_per_source, "connections per source address reached; closing new connections from it");
+                }
                 continue;
-            }
-            let conn_slot = CountGuard(self.shared.connections.clone());
-            let tls = match &self.shared.tls {
-                None => None,
-                Some(config) => {
-                    if self.shared.handshakes.fetch_add(1, Ordering::Relaxed)
-                        >= limits.max_tls_handshakes
-                    {
-                        self.shared.handshakes.fetch_sub(1, Ordering::Relaxed);
-                        self.shared
-                            .metrics
-                            .connection_refused(CloseReason::HandshakeLimit);
-                        tracing::debug!(%peer, "TLS handshake limit reached; closing new connection");
-                        continue;
-                    }
-                    let slot = CountGuard(self.shared.handshakes.clone());
-                    match rustls::ServerConnection::new(config.clone()) {
-                        Ok(session) => Some((session, slot)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot create TLS session");
+            };
+            let connection = match admission.connections.try_take() {
+                Some(slot) => slot,
+                None => {
+                    // Full: the oldest idle connection of this loop makes room.
+                    let slot = if self.evict_oldest_idle(now) {
+                        self.shared.admission.connections.try_take()
+                    } else {
+                        None
+                    };
+                    let admission = &self.shared.admission;
+                    match slot {
+                        Some(slot) => slot,
+                        None => {
+                            self.shared
+                                .metrics
+                                .connection_refused(CloseReason::ConnectionLimit);
+                            if let Some(held_back) = admission.logs.connection_limit.allow(now) {
+                                tracing::warn!(%peer, held_back, limit = self.shared.limits.max_connections, "connection limit reached with no idle connection to close; closing new connections");
+                            }
                             continue;
                         }
                     }
                 }
+            };
+            let admitted = Admitted {
+                _connection: connection,
+                _source: source,
+            };
+            let tls = match &self.shared.tls {
+                None => None,
+                Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                    Ok(session) => Some(session),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot create TLS session");
+                        continue;
+                    }
+                },
             };
             let _ = stream.set_nodelay(true);
             let idx = match self.free.pop() {
@@ -381,7 +434,7 @@ impl EventLoop {
                 continue;
             }
             self.next_generation += 1;
-            let conn = Connection::new(stream, peer, self.next_generation, tls, conn_slot, now);
+            let conn = Connection::new(stream, peer, self.next_generation, tls, admitted, now);
             self.shared.metrics.connection_opened();
             tracing::trace!(%peer, "accepted");
             self.conns[idx] = Some(conn);
@@ -389,17 +442,26 @@ impl EventLoop {
         }
     }
 
+    /// Closes this loop's connection that has been silent or idle the longest; false if none
+    /// is.
+    fn evict_oldest_idle(&mut self, now: Instant) -> bool {
+        let Some(&(_, idx, _)) = self.idle.first() else {
+            return false;
+        };
+        if let Some(held_back) = self.shared.admission.logs.evicted.allow(now) {
+            tracing::info!(
+                held_back,
+                "closing the oldest idle connections to make room for new ones"
+            );
+        }
+        self.close(idx, CloseReason::Evicted);
+        true
+    }
+
     fn take_completions(&mut self, now: Instant) {
         while let Ok(done) = self.completions.try_recv() {
             let idx = done.token;
-            let mut env = Env {
-                router: &self.shared.router,
-                metrics: &self.shared.metrics,
-                limits: &self.shared.limits,
-                handle: &self.handle,
-                date: &mut self.date,
-                token: idx,
-            };
+            let mut env = env!(self, idx);
             let status = match self.conns.get_mut(idx) {
                 Some(Some(conn)) if conn.generation == done.generation => {
                     conn.complete(done.seq, done.response, &mut env, now)
@@ -412,14 +474,7 @@ impl EventLoop {
     }
 
     fn drive(&mut self, idx: usize, now: Instant) {
-        let mut env = Env {
-            router: &self.shared.router,
-            metrics: &self.shared.metrics,
-            limits: &self.shared.limits,
-            handle: &self.handle,
-            date: &mut self.date,
-            token: idx,
-        };
+        let mut env = env!(self, idx);
         let Some(Some(conn)) = self.conns.get_mut(idx) else {
             return;
         };
@@ -433,14 +488,7 @@ impl EventLoop {
                 break;
             }
             self.timers.pop_first();
-            let mut env = Env {
-                router: &self.shared.router,
-                metrics: &self.shared.metrics,
-                limits: &self.shared.limits,
-                handle: &self.handle,
-                date: &mut self.date,
-                token: idx,
-            };
+            let mut env = env!(self, idx);
             let status = match self.conns.get_mut(idx) {
                 Some(Some(conn)) if conn.generation == generation && conn.scheduled == Some(at) => {
                     conn.scheduled = None;
@@ -479,6 +527,16 @@ impl EventLoop {
             }
             conn.scheduled = next;
         }
+        let idle = conn.idle_since();
+        if idle != conn.idle_key {
+            if let Some(old) = conn.idle_key {
+                self.idle.remove(&(old, idx, conn.generation));
+            }
+            if let Some(t) = idle {
+                self.idle.insert((t, idx, conn.generation));
+            }
+            conn.idle_key = idle;
+        }
     }
 
     fn close(&mut self, idx: usize, reason: CloseReason) {
@@ -488,6 +546,9 @@ impl EventLoop {
         if let Some(t) = conn.scheduled {
             self.timers.remove(&(t, idx, conn.generation));
         }
+        if let Some(t) = conn.idle_key {
+            self.idle.remove(&(t, idx, conn.generation));
+        }
         let _ = self.poll.registry().deregister(&mut conn.socket);
         self.shared.metrics.connection_closed(reason);
         tracing::debug!(peer = %conn.peer, reason = reason.label(), "connection closed");
@@ -495,6 +556,9 @@ impl EventLoop {
     }
 
     fn begin_drain(&mut self, now: Instant) {
+        // Clients whose connections wait in the backlog connected before the signal: take
+        // them in and serve what they sent, rather than let closing the listener reset them.
+        self.accept(now);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

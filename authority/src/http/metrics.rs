@@ -5,8 +5,8 @@
 //! below (`tokens_minted`, `tokens_verified`, `observe_commit_batch`).
 
 use std::fmt::Write as _;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Statuses counted individually; others are counted by class (`2xx`, `4xx`, ...).
@@ -37,19 +37,27 @@ pub enum CloseReason {
     WriteTimeout,
     HandshakeTimeout,
     HandshakeFailed,
-    /// Refused at accept: `Limits::max_connections`.
+    /// No ClientHello (or no first request) within `Limits::hello_timeout`.
+    HelloTimeout,
+    /// Refused at accept: `Limits::max_connections` with no idle connection to close instead.
     ConnectionLimit,
-    /// Refused at accept: `Limits::max_tls_handshakes`.
+    /// Refused at accept: `Limits::max_connections_per_source`.
+    SourceLimit,
+    /// Closed while idle to make room for a new connection (connection or descriptor limit).
+    Evicted,
+    /// A ClientHello found every `Limits::max_tls_handshakes` slot taken.
     HandshakeLimit,
     /// A request the parser refused.
     BadRequest,
+    /// A request body that `Limits::max_body_buffer` had no room for (answered 503).
+    BodyBudget,
     MaxRequests,
     Shutdown,
     Io,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 13] = [
+    const ALL: [CloseReason; 17] = [
         Self::Client,
         Self::IdleTimeout,
         Self::HeadTimeout,
@@ -57,9 +65,13 @@ impl CloseReason {
         Self::WriteTimeout,
         Self::HandshakeTimeout,
         Self::HandshakeFailed,
+        Self::HelloTimeout,
         Self::ConnectionLimit,
+        Self::SourceLimit,
+        Self::Evicted,
         Self::HandshakeLimit,
         Self::BadRequest,
+        Self::BodyBudget,
         Self::MaxRequests,
         Self::Shutdown,
         Self::Io,
@@ -74,9 +86,13 @@ impl CloseReason {
             Self::WriteTimeout => "write_timeout",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::HandshakeFailed => "handshake_failed",
+            Self::HelloTimeout => "hello_timeout",
             Self::ConnectionLimit => "connection_limit",
+            Self::SourceLimit => "source_limit",
+            Self::Evicted => "evicted",
             Self::HandshakeLimit => "handshake_limit",
             Self::BadRequest => "bad_request",
+            Self::BodyBudget => "body_budget",
             Self::MaxRequests => "max_requests",
             Self::Shutdown => "shutdown",
             Self::Io => "io_error",
@@ -101,6 +117,7 @@ pub struct Metrics {
     commit_batch: Histogram<{ BATCH_BUCKETS.len() + 1 }>,
     replay_log_bytes: AtomicU64,
     replay_log_refused: AtomicU64,
+    body_buffer: OnceLock<Arc<super::admission::BodyBudget>>,
 }
 
 #[derive(Debug)]
@@ -172,6 +189,7 @@ impl Default for Metrics {
             commit_batch: Histogram::new(),
             replay_log_bytes: AtomicU64::new(0),
             replay_log_refused: AtomicU64::new(0),
+            body_buffer: OnceLock::new(),
         }
     }
 }
@@ -246,6 +264,11 @@ impl Metrics {
         if let Some(i) = CloseReason::ALL.iter().position(|&r| r == reason) {
             self.closed[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Reports the buffered-body budget's use as a gauge (the server calls this at start).
+    pub(crate) fn watch_body_buffer(&self, budget: Arc<super::admission::BodyBudget>) {
+        let _ = self.body_buffer.set(budget);
     }
 
     pub fn accept_error(&self) {
@@ -350,6 +373,11 @@ impl Metrics {
             "# HELP latchkey_open_connections Connections open now.\n# TYPE latchkey_open_connections gauge\nlatchkey_open_connections {}",
             self.open_connections.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_body_buffer_bytes Request body bytes reserved by bodies still arriving (bounded by max-body-buffer).\n# TYPE latchkey_body_buffer_bytes gauge\nlatchkey_body_buffer_bytes {}",
+            self.body_buffer.get().map_or(0, |b| b.used())
+        );
         out.push_str("# HELP latchkey_connections_closed_total Connections closed or refused, by reason.\n# TYPE latchkey_connections_closed_total counter\n");
         for (i, reason) in CloseReason::ALL.iter().enumerate() {
             let _ = writeln!(
@@ -405,5 +433,33 @@ mod tests {
         assert!(text.contains("latchkey_http_request_duration_seconds_count 2"));
         assert!(text.contains("latchkey_store_commit_batch_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("latchkey_tokens_minted_total 2"));
+    }
+
+    #[test]
+    fn admission_refusals_and_the_body_buffer_are_exposed() {
+        let m = Metrics::new();
+        let budget = super::super::admission::BodyBudget::new(100);
+        let mut r = budget.reservation();
+        assert!(r.grow_to(40));
+        m.watch_body_buffer(budget.clone());
+        m.connection_refused(CloseReason::SourceLimit);
+        m.connection_closed(CloseReason::Evicted);
+        let text = m.render();
+        assert!(text.contains("latchkey_body_buffer_bytes 40"));
+        assert!(text.contains("latchkey_connections_closed_total{reason=\"source_limit\"} 1"));
+        assert!(text.contains("latchkey_connections_closed_total{reason=\"evicted\"} 1"));
+        for reason in [
+            "hello_timeout",
+            "body_budget",
+            "handshake_limit",
+            "connection_limit",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "latchkey_connections_closed_total{{reason=\"{reason}\"}} 0"
+                )),
+                "{reason}"
+            );
+        }
     }
 }

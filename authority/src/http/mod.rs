@@ -13,6 +13,7 @@
 //! response to the owning loop and wakes it. Every limit an attacker controls lives in
 //! [`Limits`]; every deadline is a per-loop timer, so there is no timer thread.
 
+pub mod admission;
 pub mod body;
 pub mod conn;
 pub mod date;
@@ -66,6 +67,10 @@ pub enum HttpError {
     /// HTTP/2 preface or another version httparse does not speak.
     #[error("unsupported HTTP version")]
     VersionNotSupported,
+    /// The server-wide budget for buffered request bodies (`Limits::max_body_buffer`) is
+    /// spent: 503 with `Retry-After`, the client may send again shortly.
+    #[error("server busy: too many request bodies in progress; retry shortly")]
+    Overloaded,
 }
 
 /// Every size, count and time an HTTP client controls. Defaults are conservative for an
@@ -86,20 +91,40 @@ pub struct Limits {
     /// Minimum average body rate in bytes per second after the grace period. Default 1024;
     /// slower: 408 and close.
     pub min_body_rate: u64,
+    /// Longest time from the end of a request head to the end of its body, however fast the
+    /// body started: a client that sends most of a body at once and then stalls holds its
+    /// buffer no longer than this. Default 30 s; then 408 and close.
+    pub body_timeout: Duration,
+    /// Request body bytes all connections together may hold while their bodies are still
+    /// arriving. A body that arrives with its head never counts. Default 32 MiB; a body that
+    /// would exceed it gets 503 with `Retry-After` and the connection closes.
+    pub max_body_buffer: usize,
     /// Longest time queued output may wait for a client that does not read. Default 10 s; then
     /// the connection is closed.
     pub write_timeout: Duration,
     /// Longest time a keep-alive connection may sit between requests. Default 60 s.
     pub idle_timeout: Duration,
-    /// Longest TLS handshake. Default 10 s.
+    /// Longest TLS handshake, counted from the first ClientHello byte. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Longest time a new connection may stay silent: no ClientHello byte (TLS) or no request
+    /// byte (plain HTTP, or after the handshake). Default 5 s. Such connections are also the
+    /// first closed, oldest first, when the server needs room.
+    pub hello_timeout: Duration,
     /// Requests served on one connection before it is closed (`Connection: close` on the last
     /// answer). Default 1000.
     pub max_requests_per_connection: u64,
-    /// Open connections across all loops; further accepts are closed at once. Default 10 000.
+    /// Open connections across all loops. When full, a new connection closes the oldest idle
+    /// one (silent or keep-alive between requests) of its loop; if none is idle, the new one
+    /// is closed at once. Default 10 000, lowered at start to what the file-descriptor limit
+    /// allows.
     pub max_connections: usize,
-    /// Concurrent TLS handshakes across all loops; further accepts are closed at once.
-    /// Default 256: handshakes cost CPU, so this bounds what a flood can take.
+    /// Open connections from one source address (IPv6: one /64). More are closed at accept.
+    /// Default 1024: far above the 32–64 connections the load generator and benchmarks open
+    /// from 127.0.0.1, far below `max_connections`.
+    pub max_connections_per_source: usize,
+    /// Concurrent TLS handshakes doing work across all loops. A connection takes a slot when
+    /// its first ClientHello bytes arrive, not at accept, so silent sockets take none; a
+    /// ClientHello beyond the limit closes its connection. Default 256: handshakes cost CPU.
     pub max_tls_handshakes: usize,
     /// Requests parsed but not yet answered on one connection (pipelining depth). Default 32;
     /// beyond it the connection stops reading until answers drain.
@@ -115,11 +140,15 @@ impl Default for Limits {
             max_body: 1024 * 1024,
             request_head_timeout: Duration::from_secs(10),
             min_body_rate: 1024,
+            body_timeout: Duration::from_secs(30),
+            max_body_buffer: 32 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(5),
             max_requests_per_connection: 1000,
             max_connections: 10_000,
+            max_connections_per_source: 1024,
             max_tls_handshakes: 256,
             max_pipelined: 32,
         }

@@ -312,3 +312,111 @@ fn metrics_count_requests_by_route_and_status() {
         "{text}"
     );
 }
+
+/// What one keep-alive client saw.
+#[derive(Debug, Default)]
+struct ClientLog {
+    /// Requests written before SIGTERM was sent that got no complete answer.
+    failed_before_signal: Vec<String>,
+    /// Requests written after it that got no complete answer.
+    failed_after_signal: Vec<String>,
+    answered: usize,
+    /// The last answer said `Connection: close`.
+    told_to_close: bool,
+}
+
+/// `clients` keep-alive clients send back-to-back requests until an answer says
+/// `Connection: close` or the connection ends; SIGTERM arrives while they are busy.
+fn sigterm_under_load(s: &mut Server, clients: usize) -> Vec<ClientLog> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::time::Instant;
+
+    // Set just before the signal is sent: a request written while it is clear was sent
+    // before the signal.
+    let signalled = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(Barrier::new(clients + 1));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut c = s.connect();
+            let signalled = signalled.clone();
+            let started = started.clone();
+            std::thread::spawn(move || {
+                let mut log = ClientLog::default();
+                let mut buf = Vec::new();
+                started.wait();
+                let end = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < end {
+                    let before = !signalled.load(Ordering::SeqCst);
+                    let failed = if before {
+                        &mut log.failed_before_signal
+                    } else {
+                        &mut log.failed_after_signal
+                    };
+                    if let Err(e) = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n") {
+                        failed.push(format!("write: {e}"));
+                        break;
+                    }
+                    match read_response(&mut c, &mut buf, false) {
+                        Ok(r) if r.status == 200 && r.text().contains("ok") => {
+                            log.answered += 1;
+                            if r.closes() {
+                                log.told_to_close = true;
+                                break;
+                            }
+                        }
+                        Ok(r) => {
+                            failed.push(format!("status {} {}", r.status, r.text()));
+                            break;
+                        }
+                        Err(e) => {
+                            failed.push(format!("read: {e}"));
+                            break;
+                        }
+                    }
+                }
+                log
+            })
+        })
+        .collect();
+    started.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    signalled.store(true, Ordering::SeqCst);
+    s.signal("TERM");
+    let logs: Vec<ClientLog> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let status = s
+        .wait_exit(Duration::from_secs(15))
+        .expect("server exits after draining");
+    assert!(status.success(), "exit status {status:?}");
+    logs
+}
+
+/// Every request sent before the signal is answered; so is every request a busy client sent
+/// after it until an answer told it `Connection: close`: none is cut off.
+fn check_drain(mut s: Server) {
+    let logs = sigterm_under_load(&mut s, 32);
+    let before: Vec<&String> = logs.iter().flat_map(|l| &l.failed_before_signal).collect();
+    assert!(
+        before.is_empty(),
+        "{} requests sent before SIGTERM failed: {before:?}; stderr:\n{}",
+        before.len(),
+        s.stderr()
+    );
+    let after: Vec<&String> = logs.iter().flat_map(|l| &l.failed_after_signal).collect();
+    assert!(
+        after.is_empty(),
+        "{} requests of busy clients were cut off during the drain: {after:?}",
+        after.len()
+    );
+    assert!(logs.iter().all(|l| l.answered > 0 && l.told_to_close));
+}
+
+#[test]
+fn sigterm_with_busy_keep_alive_clients_answers_every_request_sent_before_it() {
+    check_drain(Server::plain(&[]));
+}
+
+#[test]
+fn sigterm_with_busy_tls_keep_alive_clients_answers_every_request_sent_before_it() {
+    check_drain(Server::tls(&[]));
+}

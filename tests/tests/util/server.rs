@@ -23,8 +23,11 @@ pub struct Options {
     pub tls: bool,
     /// Extra `latchkey serve` flags.
     pub args: Vec<String>,
-    /// Start under `ulimit -n` with this many file descriptors.
+    /// Start under `ulimit -n` with this many file descriptors (soft and hard limit).
     pub fd_limit: Option<u32>,
+    /// Start with only the soft file-descriptor limit lowered (`ulimit -Sn`); the hard limit
+    /// stays, so the server may raise the soft one.
+    pub fd_soft_limit: Option<u32>,
 }
 
 impl Options {
@@ -33,6 +36,7 @@ impl Options {
             tls: false,
             args: args.iter().map(|s| s.to_string()).collect(),
             fd_limit: None,
+            fd_soft_limit: None,
         }
     }
 
@@ -137,11 +141,16 @@ impl Server {
             args.push("--insecure-plain-http".into());
         }
         args.extend(opts.args);
-        let cmd = match opts.fd_limit {
-            Some(n) => {
+        let ulimit = match (opts.fd_limit, opts.fd_soft_limit) {
+            (Some(n), _) => Some(format!("ulimit -n {n}")),
+            (None, Some(n)) => Some(format!("ulimit -Sn {n}")),
+            (None, None) => None,
+        };
+        let cmd = match ulimit {
+            Some(ulimit) => {
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(format!("{ulimit} && exec \"$0\" \"$@\""))
                     .arg(latchkey_bin())
                     .args(&args);
                 c
