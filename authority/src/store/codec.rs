@@ -26,7 +26,7 @@ pub trait Record: bincode::Encode + bincode::Decode<()> + Sized {
     const VERSION: u8;
 
     /// Decodes a payload written at an older format `version`, or `None` if this record never
-    /// had that version. Records that changed shape override it (see [`legacy`]).
+    /// had that version. Records that changed shape override it (see `codec::legacy`).
     fn decode_older(version: u8, body: &[u8]) -> Option<Result<Self, StoreError>> {
         let _ = (version, body);
         None
