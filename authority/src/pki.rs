@@ -31,7 +31,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use crossbeam_skiplist::SkipMap;
 use rustls::pki_types::pem::PemObject as _;
@@ -45,7 +44,7 @@ use crate::error::{ApiError, Error};
 use crate::store::{
     CertificateKind, CertificateRecord, CertificateState, MasterKey, RevocationKind,
 };
-use crate::tls::{self, ClientAuthMode, TrustStore};
+use crate::tls::{self, TrustStore};
 
 /// Largest PEM or PKCS#12 input (a chain of a few certificates).
 pub const MAX_CERT_INPUT: usize = 64 * 1024;
@@ -257,6 +256,80 @@ pub fn pem_chain(text: &str) -> Result<Vec<CertInfo>, Error> {
         return Err(bad(format!("more than {MAX_CHAIN} certificates")));
     }
     ders.into_iter().map(CertInfo::parse).collect()
+}
+
+/// What a certificate file holds, told by its content: the extension and the operator's habit
+/// (keytool writes DER, openssl PEM) do not matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportFormat {
+    Pem,
+    /// One DER certificate (`keytool -exportcert` without `-rfc`, `openssl x509 -outform DER`).
+    Der,
+    Pkcs12,
+    /// A Java keystore (magic `0xFEEDFEED`): refused with the conversion command.
+    Jks,
+}
+
+impl ImportFormat {
+    /// Both a certificate and a PKCS#12 PFX are DER SEQUENCEs; the first element tells them
+    /// apart: the certificate's is its `tbsCertificate` (a SEQUENCE), the PFX's its version (an
+    /// INTEGER).
+    pub fn detect(bytes: &[u8]) -> Option<ImportFormat> {
+        if bytes.starts_with(&[0xFE, 0xED, 0xFE, 0xED]) {
+            return Some(ImportFormat::Jks);
+        }
+        let text = bytes.trim_ascii_start();
+        if text.starts_with(b"-----BEGIN") {
+            return Some(ImportFormat::Pem);
+        }
+        let (&tag, rest) = bytes.split_first()?;
+        if tag != 0x30 {
+            return None;
+        }
+        // Skip the outer length (short form, or long form with up to 4 length bytes).
+        let (&len0, rest) = rest.split_first()?;
+        let skip = if len0 & 0x80 == 0 {
+            0
+        } else {
+            usize::from(len0 & 0x7f)
+        };
+        match rest.get(skip)? {
+            0x30 => Some(ImportFormat::Der),
+            0x02 => Some(ImportFormat::Pkcs12),
+            _ => None,
+        }
+    }
+}
+
+/// The certificates of an imported file, leaf first, whatever its format (see
+/// [`ImportFormat::detect`]). `file` names the file in the JKS hint.
+pub fn read_certificates(
+    bytes: &[u8],
+    password: Option<&str>,
+    file: &str,
+) -> Result<Vec<CertInfo>, Error> {
+    if bytes.len() > MAX_CERT_INPUT {
+        return Err(bad("certificate file too large"));
+    }
+    match ImportFormat::detect(bytes) {
+        Some(ImportFormat::Pem) => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| bad("malformed PEM: not UTF-8 text"))?;
+            pem_chain(text)
+        }
+        Some(ImportFormat::Der) => Ok(vec![CertInfo::parse(CertificateDer::from(
+            bytes.to_vec(),
+        ))?]),
+        Some(ImportFormat::Pkcs12) => Ok(from_pkcs12(bytes, password.unwrap_or_default())?.0),
+        Some(ImportFormat::Jks) => Err(bad(format!(
+            "{file} is a Java keystore (JKS), which Latchkey does not read; convert it to \
+             PKCS#12 first: keytool -importkeystore -srckeystore {file} -destkeystore \
+             {file}.p12 -deststoretype pkcs12"
+        ))),
+        None => Err(bad(
+            "not a certificate: expected PEM, DER, or PKCS#12 (.p12/.pfx)",
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -869,9 +942,6 @@ pub fn from_pkcs12(
 pub struct TrustState {
     /// Anchors from files (the data directory's CA, `--client-ca`).
     base: Mutex<Vec<CertificateDer<'static>>>,
-    /// The same trust restricted to CA anchors (see the module docs): what `tls_client_auth`
-    /// chains must verify against.
-    ca_only: ArcSwapOption<TrustStore>,
     /// Bumped by every rebuild once the new stores are in place; a verdict checked against an
     /// older generation is not used.
     generation: AtomicU64,
@@ -891,10 +961,13 @@ struct Verdict {
 /// so filling it takes that many trusted certificates, not just traffic.
 const VERIFIED_CAP: usize = 16 * 1024;
 
-/// The anchors and revoked fingerprints the store says, with the base added.
+/// The anchors, pins and revoked fingerprints the store says, with the base added.
 #[derive(Debug, Default)]
 pub struct TrustMaterial {
+    /// CAs trusted on purpose: the files and `cert trust --ca`.
     pub anchors: Vec<CertInfo>,
+    /// Certificates trusted by alias: each authenticates only itself.
+    pub pins: Vec<CertInfo>,
     pub revoked: HashSet<[u8; 32]>,
 }
 
@@ -940,23 +1013,40 @@ impl TrustState {
                 .filter_map(|r| fingerprint_bytes(&r.fingerprint)),
         );
         let base = self.base.lock().map(|b| b.clone()).unwrap_or_default();
-        let mut anchors = Vec::new();
+        let (mut anchors, mut pins) = (Vec::new(), Vec::new());
         let mut seen = HashSet::new();
-        let stored = records
+        let live = |r: &&CertificateRecord| r.state == CertificateState::Valid && r.not_after >= now;
+        let stored_anchors = records
             .iter()
-            .filter(|r| is_anchor(r, now))
+            .filter(|r| matches!(r.kind, CertificateKind::TrustedCa | CertificateKind::Authority))
+            .filter(live)
             .map(|r| CertificateDer::from(r.der.clone()));
-        for der in base.into_iter().chain(stored) {
+        let stored_pins = records
+            .iter()
+            .filter(|r| r.kind == CertificateKind::Trusted)
+            .filter(live)
+            .map(|r| CertificateDer::from(r.der.clone()));
+        for (der, pinned) in base
+            .into_iter()
+            .chain(stored_anchors)
+            .map(|d| (d, false))
+            .chain(stored_pins.map(|d| (d, true)))
+        {
             let fp = tls::fingerprint(&der);
-            if revoked.contains(&fp) || !seen.insert(fp) {
+            if revoked.contains(&fp) || !seen.insert((fp, pinned)) {
                 continue;
             }
             match CertInfo::parse(der) {
+                Ok(info) if pinned => pins.push(info),
                 Ok(info) => anchors.push(info),
-                Err(e) => tracing::warn!(error = %e, "skipping unreadable trust anchor"),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable trusted certificate"),
             }
         }
-        Ok(TrustMaterial { anchors, revoked })
+        Ok(TrustMaterial {
+            anchors,
+            pins,
+            revoked,
+        })
     }
 
     /// Rebuilds the TLS trust store from [`TrustState::material`]. A no-op without mutual TLS.
@@ -974,24 +1064,21 @@ impl TrustState {
 
     fn rebuild(&self, app: &App, trust: &TrustStore) -> Result<(), Error> {
         let m = self.material(app)?;
-        let all: Vec<_> = m.anchors.iter().map(|a| a.der.clone()).collect();
-        let cas: Vec<_> = m
-            .anchors
-            .iter()
-            .filter(|a| a.is_ca)
-            .map(|a| a.der.clone())
-            .collect();
         // Revocations first: a certificate that was just revoked and also stops being an
         // anchor must not verify in between.
         trust.replace_revoked(m.revoked.iter().copied());
-        trust.replace_anchors(all)?;
-        let ca_only = TrustStore::new(cas, m.revoked, ClientAuthMode::Required)?;
-        self.ca_only.store(Some(ca_only));
+        trust.replace_pins(
+            m.pins
+                .iter()
+                .filter_map(|p| Some((fingerprint_bytes(&p.fingerprint)?, p.not_after))),
+        );
+        trust.replace_anchors(m.anchors.iter().map(|a| a.der.clone()).collect())?;
         Ok(())
     }
 
     /// Re-verifies a client chain against the current trust (revocations, removed anchors,
-    /// expiry): a live connection outlives its handshake. `ca_only` for `tls_client_auth`.
+    /// expiry): a live connection outlives its handshake. The same rules as the handshake:
+    /// a pinned certificate is itself, anything else chains to a CA trusted on purpose.
     ///
     /// A chain that verified is remembered until the trust changes (any rebuild) or its first
     /// certificate expires, so a keep-alive connection pays for path building and signature
@@ -1000,7 +1087,6 @@ impl TrustState {
         &self,
         app: &App,
         chain: &[CertificateDer<'static>],
-        ca_only: bool,
     ) -> Result<(), Error> {
         let refused = |why: &str| -> Error {
             ApiError::InvalidClient(format!("client certificate refused: {why}")).into()
@@ -1012,19 +1098,17 @@ impl TrustState {
         // never filed under a generation newer than the trust it was checked against.
         let generation = self.generation.load(Ordering::Acquire);
         let now = UnixTime::now();
-        let key = chain_key(chain, ca_only);
+        let key = chain_key(chain);
         if let Some(entry) = self.verified.get(&key) {
             let v = entry.value();
             if v.generation == generation && now.as_secs() < v.until {
                 return Ok(());
             }
         }
-        let store = if ca_only {
-            self.ca_only.load_full()
-        } else {
-            app.trust.clone()
-        };
-        let store = store.ok_or_else(|| refused("mutual TLS is off"))?;
+        let store = app
+            .trust
+            .clone()
+            .ok_or_else(|| refused("mutual TLS is off"))?;
         store
             .verifier()
             .verify_client_cert(ee, rest, now)
@@ -1039,10 +1123,9 @@ impl TrustState {
     }
 }
 
-/// What a verdict is filed under: the verifier used and every certificate of the chain.
-fn chain_key(chain: &[CertificateDer<'_>], ca_only: bool) -> [u8; 32] {
+/// What a verdict is filed under: every certificate of the chain.
+fn chain_key(chain: &[CertificateDer<'_>]) -> [u8; 32] {
     let mut h = sha2::Sha256::new();
-    h.update([u8::from(ca_only)]);
     for c in chain {
         // Length-prefixed, so no two chains hash the same bytes.
         h.update((c.len() as u64).to_be_bytes());
@@ -1060,16 +1143,6 @@ fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<u64> {
             u64::try_from(cert.validity().not_after.timestamp()).ok()
         })
         .try_fold(u64::MAX, |min, t| Some(min.min(t?)))
-}
-
-/// Whether a stored certificate anchors chains: trusted imports and the authority's CA, valid,
-/// not expired.
-fn is_anchor(r: &CertificateRecord, now: u64) -> bool {
-    matches!(
-        r.kind,
-        CertificateKind::Trusted | CertificateKind::Authority
-    ) && r.state == CertificateState::Valid
-        && r.not_after >= now
 }
 
 #[cfg(test)]
@@ -1091,7 +1164,7 @@ mod tests {
     }
 
     #[test]
-    fn verdicts_are_filed_under_the_whole_chain_and_the_verifier() {
+    fn verdicts_are_filed_under_the_whole_chain() {
         let ca = signer();
         let req = valid_for(30);
         let leaf = |cn: &str| {
@@ -1099,28 +1172,16 @@ mod tests {
             ca.sign_csr(&csr, &req).unwrap().der
         };
         let (a, b) = (leaf("a"), leaf("b"));
-        let key = |chain: &[CertificateDer<'static>], ca_only| chain_key(chain, ca_only);
+        let key = |chain: &[CertificateDer<'static>]| chain_key(chain);
         let one = [a.clone()];
         let two = [a.clone(), b.clone()];
         // The same bytes, wherever they come from, find the same verdict.
-        assert_eq!(
-            key(&one, true),
-            key(&[CertificateDer::from(a.to_vec())], true)
-        );
-        assert_ne!(
-            key(&one, true),
-            key(&one, false),
-            "the verifier is part of the key"
-        );
-        assert_ne!(key(&one, true), key(&two, true), "so is every certificate");
-        assert_ne!(
-            key(&two, true),
-            key(&[b.clone(), a.clone()], true),
-            "in order"
-        );
+        assert_eq!(key(&one), key(&[CertificateDer::from(a.to_vec())]));
+        assert_ne!(key(&one), key(&two), "every certificate is part of the key");
+        assert_ne!(key(&two), key(&[b.clone(), a.clone()]), "in order");
         // Lengths are hashed too: moving bytes between certificates changes the key.
         let joined = CertificateDer::from([a.as_ref(), b.as_ref()].concat());
-        assert_ne!(key(&two, true), key(&[joined], true));
+        assert_ne!(key(&two), key(&[joined]));
     }
 
     #[test]
@@ -1220,6 +1281,48 @@ mod tests {
                 .contains("wrong password")
         );
         assert!(to_pkcs12("agent", &[cert.der], &key, "").is_err());
+    }
+
+    #[test]
+    fn import_formats_are_told_by_content() {
+        let ca = signer();
+        let (key, csr) = key_and_csr("agent", &[]).unwrap();
+        let cert = ca.sign_csr(&csr, &valid_for(1)).unwrap();
+        let p12 = to_pkcs12("a", std::slice::from_ref(&cert.der), &key, "pw").unwrap();
+        let check = |bytes: &[u8], format: Option<ImportFormat>| {
+            assert_eq!(ImportFormat::detect(bytes), format);
+        };
+        check(cert.pem().as_bytes(), Some(ImportFormat::Pem));
+        check(format!("\n  {}", cert.pem()).as_bytes(), Some(ImportFormat::Pem));
+        check(cert.der.as_ref(), Some(ImportFormat::Der));
+        check(&p12, Some(ImportFormat::Pkcs12));
+        check(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2], Some(ImportFormat::Jks));
+        check(b"", None);
+        check(b"hello", None);
+        check(&[0x30], None);
+        check(&[0x30, 0x84], None);
+
+        for (bytes, password) in [
+            (cert.pem().into_bytes(), None),
+            (cert.der.to_vec(), None),
+            (p12.clone(), Some("pw")),
+        ] {
+            let got = read_certificates(&bytes, password, "f").unwrap();
+            assert_eq!(got[0].fingerprint, cert.fingerprint);
+        }
+        let msg = |bytes: &[u8], pw| read_certificates(bytes, pw, "store.jks").unwrap_err().to_string();
+        assert!(msg(&p12, Some("no")).contains("wrong password"));
+        assert!(
+            msg(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2], None).contains(
+                "keytool -importkeystore -srckeystore store.jks -destkeystore store.jks.p12 \
+                 -deststoretype pkcs12"
+            )
+        );
+        // A truncated DER certificate is a malformed certificate, not a PKCS#12 problem.
+        let cut = &cert.der[..cert.der.len() - 10];
+        let e = msg(cut, None);
+        assert!(e.contains("malformed certificate"), "{e}");
+        assert!(msg(b"hello", None).contains("expected PEM, DER, or PKCS#12"));
     }
 
     #[test]

@@ -186,6 +186,7 @@ fn kind_name(k: CertificateKind) -> &'static str {
         CertificateKind::Server => "server",
         CertificateKind::Agent => "agent",
         CertificateKind::Trusted => "trusted",
+        CertificateKind::TrustedCa => "trusted-ca",
     }
 }
 
@@ -206,37 +207,69 @@ pub fn views(app: &App) -> Result<Vec<CertView>, Error> {
 }
 
 /// `POST /certificates`: trust an external certificate (agent, relay, relay CA).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
     pub alias: String,
-    /// PEM; the first certificate is the one trusted.
-    pub pem: String,
+    /// PEM text; the first certificate is the one trusted.
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// Or the bytes of a certificate file, base64: PEM, DER or PKCS#12, told by content.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Password of a PKCS#12 `file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Trust it as a CA: it anchors the chains of the certificates it signs. Off, a
+    /// certificate authenticates only itself (pinned by its SHA-256 fingerprint), whatever its
+    /// CA flag says.
+    #[serde(default)]
+    pub ca: bool,
 }
 
 pub fn plan_import(app: &App, body: &ImportBody, by: &str) -> Result<WriteOp, Error> {
     check_alias(&body.alias)?;
-    let chain = pki::pem_chain(&body.pem)?;
+    let chain = match (&body.pem, &body.file) {
+        (Some(pem), None) => pki::pem_chain(pem)?,
+        (None, Some(file)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(file.trim())
+                .map_err(|_| bad("file: not base64"))?;
+            pki::read_certificates(&bytes, body.password.as_deref(), "the file")?
+        }
+        _ => return Err(bad("give exactly one of pem and file")),
+    };
     let cert = chain
         .into_iter()
         .next()
         .ok_or_else(|| bad("no certificate"))?;
     let now = app.now();
     cert.check_current(now)?;
-    if !cert.is_ca && !cert.self_signed() {
+    if body.ca && !cert.is_ca {
         return Err(bad(format!(
-            "{:?} is issued by {:?}: trust that CA instead (a certificate only anchors chains \
-             if it is a CA or self-signed)",
+            "{:?} is not a CA certificate (basic constraints CA:FALSE); trust it without \
+             --ca to pin it",
+            cert.subject
+        )));
+    }
+    if !body.ca && !cert.self_signed() {
+        let hint = if cert.is_ca {
+            "pass --ca (\"ca\": true) to trust this CA's certificates"
+        } else {
+            "trust that CA instead, with --ca"
+        };
+        return Err(bad(format!(
+            "{:?} is issued by {:?}: {hint} (a certificate trusted by alias must be \
+             self-signed)",
             cert.subject, cert.issuer
         )));
     }
-    Ok(new_cert_op(
-        &body.alias,
-        cert,
-        CertificateKind::Trusted,
-        by,
-        now,
-    ))
+    let kind = if body.ca {
+        CertificateKind::TrustedCa
+    } else {
+        CertificateKind::Trusted
+    };
+    Ok(new_cert_op(&body.alias, cert, kind, by, now))
 }
 
 fn new_cert_op(alias: &str, c: CertInfo, kind: CertificateKind, by: &str, now: u64) -> WriteOp {
@@ -530,12 +563,11 @@ fn subject_matches(want: &str, cert: &CertInfo) -> bool {
 pub fn client_certificate(
     app: &App,
     ctx: &RequestContext<'_>,
-    ca_only: bool,
 ) -> Result<Option<CertInfo>, Error> {
     let Some(chain) = ctx.client_certificates().filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    app.mtls.verify_chain(app, chain, ca_only)?;
+    app.mtls.verify_chain(app, chain)?;
     let ee = chain.first().ok_or_else(|| bad("no certificate"))?;
     Ok(Some(CertInfo::parse(ee.clone())?))
 }
@@ -574,16 +606,15 @@ pub fn authenticate(
         .hot()
         .client(client_id)
         .ok_or_else(|| refused("unknown client (not registered, or offboarded)"))?;
-    let ca_only = match client.auth_method {
-        AuthMethod::TlsClientAuth => true,
-        AuthMethod::SelfSignedTlsClientAuth => false,
+    match client.auth_method {
+        AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {}
         _ => {
             return Err(refused(
                 "this client authenticates with a JWT client assertion, not its certificate",
             ));
         }
     };
-    let cert = client_certificate(app, ctx, ca_only)?
+    let cert = client_certificate(app, ctx)?
         .ok_or_else(|| refused("no TLS client certificate was presented"))?;
     if !cert_matches(&client, &cert) {
         return Err(refused(

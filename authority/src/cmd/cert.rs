@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -77,12 +78,18 @@ pub enum CertCommand {
         #[command(flatten)]
         out: OutArgs,
     },
-    /// Trust an external agent or relay certificate (self-signed, or a CA) under an alias.
+    /// Trust an external certificate under an alias (`keytool -importcert`). Without --ca it
+    /// is pinned: it authenticates only itself, by its SHA-256 fingerprint, whatever its CA
+    /// flag, and must be self-signed. With --ca it anchors the chains it signs (a relay CA).
     Trust {
         alias: String,
-        /// PEM file, or PKCS#12 with --password.
+        /// Certificate file: PEM, DER (as `keytool -exportcert` writes) or PKCS#12 (with a
+        /// password), told by content. A JKS keystore must be converted to PKCS#12 first.
         #[arg(long)]
         file: PathBuf,
+        /// Trust it as a CA: certificates it signs authenticate too.
+        #[arg(long)]
+        ca: bool,
         /// Password of a PKCS#12 file. Prefer LATCHKEY_P12_PASSWORD or --password-file: flags
         /// show in `ps`.
         #[arg(
@@ -273,31 +280,43 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             file,
             password,
             password_file,
+            ca,
         } => {
             let bytes = std::fs::read(file).map_err(|e| file_error(file, &e))?;
-            let pem = match std::str::from_utf8(&bytes) {
-                Ok(t) if t.contains("-----BEGIN") => t.to_owned(),
-                _ => {
-                    let password = value_or_file(
-                        password.as_deref(),
-                        password_file.as_deref(),
-                        "PKCS#12 password file",
-                    )?
-                    .unwrap_or_default();
-                    let (chain, _key) = pki::from_pkcs12(&bytes, &password)?;
-                    chain.iter().map(pki::CertInfo::pem).collect()
-                }
+            if bytes.len() > pki::MAX_CERT_INPUT {
+                return Err(Error::Cli(format!("{}: file too large", file.display())));
+            }
+            // The format is told by content; a JKS keystore is refused here, so the hint names
+            // the operator's own file.
+            if pki::ImportFormat::detect(&bytes) == Some(pki::ImportFormat::Jks) {
+                pki::read_certificates(&bytes, None, &file.display().to_string())?;
+            }
+            let password = if pki::ImportFormat::detect(&bytes) == Some(pki::ImportFormat::Pkcs12)
+            {
+                value_or_file(
+                    password.as_deref(),
+                    password_file.as_deref(),
+                    "PKCS#12 password file",
+                )?
+            } else {
+                None
             };
             let body = ImportBody {
                 alias: alias.clone(),
-                pem,
+                pem: None,
+                file: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                password: password.as_ref().map(|p| p.as_str().to_owned()),
+                ca: *ca,
             };
             match &place {
                 Place::Remote(r) => r
                     .call(
                         "POST",
                         "/api/latchkey/v1/certificates",
-                        Some(&json!({ "alias": body.alias, "pem": body.pem })),
+                        Some(&json!({
+                            "alias": body.alias, "file": body.file, "password": body.password,
+                            "ca": body.ca,
+                        })),
                         &[],
                     )?
                     .ok()?,
