@@ -313,13 +313,11 @@ pub fn read_certificates(
     }
     match ImportFormat::detect(bytes) {
         Some(ImportFormat::Pem) => {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| bad("malformed PEM: not UTF-8 text"))?;
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| bad("malformed PEM: not UTF-8 text"))?;
             pem_chain(text)
         }
-        Some(ImportFormat::Der) => Ok(vec![CertInfo::parse(CertificateDer::from(
-            bytes.to_vec(),
-        ))?]),
+        Some(ImportFormat::Der) => Ok(vec![CertInfo::parse(CertificateDer::from(bytes.to_vec()))?]),
         Some(ImportFormat::Pkcs12) => Ok(from_pkcs12(bytes, password.unwrap_or_default())?.0),
         Some(ImportFormat::Jks) => Err(bad(format!(
             "{file} is a Java keystore (JKS), which Latchkey does not read; convert it to \
@@ -1015,10 +1013,16 @@ impl TrustState {
         let base = self.base.lock().map(|b| b.clone()).unwrap_or_default();
         let (mut anchors, mut pins) = (Vec::new(), Vec::new());
         let mut seen = HashSet::new();
-        let live = |r: &&CertificateRecord| r.state == CertificateState::Valid && r.not_after >= now;
+        let live =
+            |r: &&CertificateRecord| r.state == CertificateState::Valid && r.not_after >= now;
         let stored_anchors = records
             .iter()
-            .filter(|r| matches!(r.kind, CertificateKind::TrustedCa | CertificateKind::Authority))
+            .filter(|r| {
+                matches!(
+                    r.kind,
+                    CertificateKind::TrustedCa | CertificateKind::Authority
+                )
+            })
             .filter(live)
             .map(|r| CertificateDer::from(r.der.clone()));
         let stored_pins = records
@@ -1083,11 +1087,7 @@ impl TrustState {
     /// A chain that verified is remembered until the trust changes (any rebuild) or its first
     /// certificate expires, so a keep-alive connection pays for path building and signature
     /// checks once, not on every request.
-    pub fn verify_chain(
-        &self,
-        app: &App,
-        chain: &[CertificateDer<'static>],
-    ) -> Result<(), Error> {
+    pub fn verify_chain(&self, app: &App, chain: &[CertificateDer<'static>]) -> Result<(), Error> {
         let refused = |why: &str| -> Error {
             ApiError::InvalidClient(format!("client certificate refused: {why}")).into()
         };
@@ -1293,10 +1293,16 @@ mod tests {
             assert_eq!(ImportFormat::detect(bytes), format);
         };
         check(cert.pem().as_bytes(), Some(ImportFormat::Pem));
-        check(format!("\n  {}", cert.pem()).as_bytes(), Some(ImportFormat::Pem));
+        check(
+            format!("\n  {}", cert.pem()).as_bytes(),
+            Some(ImportFormat::Pem),
+        );
         check(cert.der.as_ref(), Some(ImportFormat::Der));
         check(&p12, Some(ImportFormat::Pkcs12));
-        check(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2], Some(ImportFormat::Jks));
+        check(
+            &[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2],
+            Some(ImportFormat::Jks),
+        );
         check(b"", None);
         check(b"hello", None);
         check(&[0x30], None);
@@ -1310,14 +1316,16 @@ mod tests {
             let got = read_certificates(&bytes, password, "f").unwrap();
             assert_eq!(got[0].fingerprint, cert.fingerprint);
         }
-        let msg = |bytes: &[u8], pw| read_certificates(bytes, pw, "store.jks").unwrap_err().to_string();
+        let msg = |bytes: &[u8], pw| {
+            read_certificates(bytes, pw, "store.jks")
+                .unwrap_err()
+                .to_string()
+        };
         assert!(msg(&p12, Some("no")).contains("wrong password"));
-        assert!(
-            msg(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2], None).contains(
-                "keytool -importkeystore -srckeystore store.jks -destkeystore store.jks.p12 \
+        assert!(msg(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2], None).contains(
+            "keytool -importkeystore -srckeystore store.jks -destkeystore store.jks.p12 \
                  -deststoretype pkcs12"
-            )
-        );
+        ));
         // A truncated DER certificate is a malformed certificate, not a PKCS#12 problem.
         let cut = &cert.der[..cert.der.len() - 10];
         let e = msg(cut, None);

@@ -489,7 +489,7 @@ static REFUSALS: std::sync::Mutex<(u64, u32, u64)> = std::sync::Mutex::new((0, 0
 /// logged here: they say nothing about a certificate the operator configured.
 pub fn log_refused_handshake(peer: std::net::SocketAddr, error: &rustls::Error) {
     let reason = match error {
-        rustls::Error::InvalidCertificate(e) => format!("client certificate refused: {e:?}"),
+        rustls::Error::InvalidCertificate(_) => error.to_string(),
         rustls::Error::NoCertificatesPresented => "no client certificate presented".to_owned(),
         _ => return,
     };

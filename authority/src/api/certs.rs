@@ -248,15 +248,15 @@ pub fn plan_import(app: &App, body: &ImportBody, by: &str) -> Result<WriteOp, Er
     if body.ca && !cert.is_ca {
         return Err(bad(format!(
             "{:?} is not a CA certificate (basic constraints CA:FALSE); trust it without \
-             --ca to pin it",
+             --as-ca to pin it",
             cert.subject
         )));
     }
     if !body.ca && !cert.self_signed() {
         let hint = if cert.is_ca {
-            "pass --ca (\"ca\": true) to trust this CA's certificates"
+            "pass --as-ca (\"ca\": true) to trust this CA's certificates"
         } else {
-            "trust that CA instead, with --ca"
+            "trust that CA instead, with --as-ca"
         };
         return Err(bad(format!(
             "{:?} is issued by {:?}: {hint} (a certificate trusted by alias must be \
@@ -560,10 +560,7 @@ fn subject_matches(want: &str, cert: &CertInfo) -> bool {
 
 /// The client certificate of this request, re-verified against the current trust store.
 /// `None` when the client sent none.
-pub fn client_certificate(
-    app: &App,
-    ctx: &RequestContext<'_>,
-) -> Result<Option<CertInfo>, Error> {
+pub fn client_certificate(app: &App, ctx: &RequestContext<'_>) -> Result<Option<CertInfo>, Error> {
     let Some(chain) = ctx.client_certificates().filter(|c| !c.is_empty()) else {
         return Ok(None);
     };

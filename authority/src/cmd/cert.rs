@@ -78,18 +78,19 @@ pub enum CertCommand {
         #[command(flatten)]
         out: OutArgs,
     },
-    /// Trust an external certificate under an alias (`keytool -importcert`). Without --ca it
+    /// Trust an external certificate under an alias (`keytool -importcert`). Without --as-ca it
     /// is pinned: it authenticates only itself, by its SHA-256 fingerprint, whatever its CA
-    /// flag, and must be self-signed. With --ca it anchors the chains it signs (a relay CA).
+    /// flag, and must be self-signed. With --as-ca it anchors the chains it signs (a relay CA).
     Trust {
         alias: String,
         /// Certificate file: PEM, DER (as `keytool -exportcert` writes) or PKCS#12 (with a
         /// password), told by content. A JKS keystore must be converted to PKCS#12 first.
         #[arg(long)]
         file: PathBuf,
-        /// Trust it as a CA: certificates it signs authenticate too.
+        /// Trust it as a CA: certificates it signs authenticate too. (`--ca` names the
+        /// server's CA for remote use.)
         #[arg(long)]
-        ca: bool,
+        as_ca: bool,
         /// Password of a PKCS#12 file. Prefer LATCHKEY_P12_PASSWORD or --password-file: flags
         /// show in `ps`.
         #[arg(
@@ -280,7 +281,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             file,
             password,
             password_file,
-            ca,
+            as_ca,
         } => {
             let bytes = std::fs::read(file).map_err(|e| file_error(file, &e))?;
             if bytes.len() > pki::MAX_CERT_INPUT {
@@ -291,8 +292,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             if pki::ImportFormat::detect(&bytes) == Some(pki::ImportFormat::Jks) {
                 pki::read_certificates(&bytes, None, &file.display().to_string())?;
             }
-            let password = if pki::ImportFormat::detect(&bytes) == Some(pki::ImportFormat::Pkcs12)
-            {
+            let password = if pki::ImportFormat::detect(&bytes) == Some(pki::ImportFormat::Pkcs12) {
                 value_or_file(
                     password.as_deref(),
                     password_file.as_deref(),
@@ -306,7 +306,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                 pem: None,
                 file: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
                 password: password.as_ref().map(|p| p.as_str().to_owned()),
-                ca: *ca,
+                ca: *as_ca,
             };
             match &place {
                 Place::Remote(r) => r

@@ -1,0 +1,300 @@
+//! Trusting certificates the way keytool users exchange them: DER, PEM and PKCS#12 files told
+//! by content, JKS refused with the conversion command, openssl-default self-signed agents
+//! (CA:TRUE) pinned by fingerprint under both RFC 8705 methods, and pinned certificates that
+//! anchor nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::{API, board, cli, fails, hex, ok, start};
+use crate::util::https::Authority;
+
+fn openssl(args: &[&str]) -> String {
+    let o = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// `openssl req -x509` with openssl's defaults (the `v3_ca` section: CA:TRUE): `dir/name.pem`
+/// and `dir/name.key`.
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (pem, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        path(&key),
+        "-out",
+        path(&pem),
+    ]);
+    (pem, key)
+}
+
+/// A token request with curl presenting `cert`/`key`; the response body, or `None` when the
+/// handshake was refused.
+fn curl_token(auth: &Authority, cert: &Path, key: &Path, id: &str) -> Option<Value> {
+    let o = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(auth.ca_path())
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .args([
+            "-d",
+            &format!("grant_type=client_credentials&client_id={id}"),
+        ])
+        .arg(format!("{}{API}/oauth/token", auth.base_url()))
+        .output()
+        .expect("curl");
+    if !o.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+fn der_of(pem: &Path) -> Vec<u8> {
+    let out = pem.with_extension("der");
+    openssl(&[
+        "x509",
+        "-in",
+        path(pem),
+        "-outform",
+        "DER",
+        "-out",
+        path(&out),
+    ]);
+    std::fs::read(out).expect("der")
+}
+
+#[test]
+fn der_pem_and_pkcs12_imports_pin_openssl_default_self_signed_agents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    let out = dir.path();
+
+    // openssl's defaults make a CA:TRUE certificate: what operators exchange.
+    let (a_pem, a_key) = self_signed(out, "agent-der");
+    assert!(openssl(&["x509", "-in", path(&a_pem), "-noout", "-text"]).contains("CA:TRUE"));
+    // DER, as `keytool -exportcert` writes by default.
+    let a_der = der_of(&a_pem);
+    let a_der_file = out.join("agent-der.cer");
+    std::fs::write(&a_der_file, &a_der).expect("write");
+    let v: Value = serde_json::from_str(&ok(&cli(
+        &auth,
+        &["trust", "agent-der", "--file", path(&a_der_file), "--json"],
+    )))
+    .expect("json");
+    assert_eq!(v["fingerprint"], hex(&a_der));
+    assert_eq!(v["kind"], "trusted");
+
+    // PKCS#12 with its password from a file; the extension says nothing.
+    let (b_pem, b_key) = self_signed(out, "agent-p12");
+    let b_p12 = out.join("agent-p12.bin");
+    openssl(&[
+        "pkcs12",
+        "-export",
+        "-in",
+        path(&b_pem),
+        "-inkey",
+        path(&b_key),
+        "-out",
+        path(&b_p12),
+        "-passout",
+        "pass:s3cret",
+        "-name",
+        "agent-p12",
+    ]);
+    let pw = out.join("pw");
+    std::fs::write(&pw, "s3cret\n").expect("write");
+    ok(&cli(
+        &auth,
+        &[
+            "trust",
+            "agent-p12",
+            "--file",
+            path(&b_p12),
+            "--password-file",
+            path(&pw),
+        ],
+    ));
+    let wrong = out.join("wrong");
+    std::fs::write(&wrong, "nope\n").expect("write");
+    fails(
+        &cli(
+            &auth,
+            &[
+                "trust",
+                "p12-again",
+                "--file",
+                path(&b_p12),
+                "--password-file",
+                path(&wrong),
+            ],
+        ),
+        "wrong password",
+    );
+    // PEM.
+    let (c_pem, c_key) = self_signed(out, "agent-pem");
+    ok(&cli(&auth, &["trust", "agent-pem", "--file", path(&c_pem)]));
+
+    // A JKS keystore (magic 0xFEEDFEED, version 2, no entries) is refused with the command
+    // that converts it.
+    let jks = out.join("agents.jks");
+    std::fs::write(&jks, [0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2, 0, 0, 0, 0]).expect("write");
+    fails(
+        &cli(&auth, &["trust", "jks", "--file", path(&jks)]),
+        &format!(
+            "keytool -importkeystore -srckeystore {0} -destkeystore {0}.p12 -deststoretype \
+             pkcs12",
+            jks.display()
+        ),
+    );
+    // The HTTP API takes the same bytes and refuses the same way.
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let r = auth.json(
+        "POST",
+        "/api/latchkey/v1/certificates",
+        Some(&op),
+        Some(&json!({"alias": "jks", "file": b64(&std::fs::read(&jks).expect("jks"))})),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["error_description"]
+            .as_str()
+            .expect("desc")
+            .contains("-importkeystore")
+    );
+
+    // Each pinned certificate authenticates with curl: tls_client_auth by subject DN and by
+    // SAN-less subject, self_signed_tls_client_auth by x5c.
+    board(
+        &auth,
+        &op,
+        "agent-der",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=agent-der"}),
+    );
+    let t = curl_token(&auth, &a_pem, &a_key, "agent-der").expect("handshake");
+    assert!(t["access_token"].is_string(), "{t}");
+    board(
+        &auth,
+        &op,
+        "agent-p12",
+        &json!({"token_endpoint_auth_method": "self_signed_tls_client_auth",
+                "jwks": {"keys": [{"kty": "EC", "x5c": [b64(&der_of(&b_pem))]}]}}),
+    );
+    let t = curl_token(&auth, &b_pem, &b_key, "agent-p12").expect("handshake");
+    assert!(t["access_token"].is_string(), "{t}");
+    // The PEM one under the other method, too: the method does not decide the trust.
+    board(
+        &auth,
+        &op,
+        "agent-pem",
+        &json!({"token_endpoint_auth_method": "self_signed_tls_client_auth",
+                "jwks": {"keys": [{"kty": "EC", "x5c": [b64(&der_of(&c_pem))]}]}}),
+    );
+    let t = curl_token(&auth, &c_pem, &c_key, "agent-pem").expect("handshake");
+    assert!(t["access_token"].is_string(), "{t}");
+
+    // A pinned certificate anchors nothing: a leaf its (CA:TRUE) key signed for another
+    // subject is refused at the handshake, and the refusal is logged with the peer and why.
+    board(
+        &auth,
+        &op,
+        "victim",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=victim"}),
+    );
+    let (v_key, v_csr, v_pem) = (out.join("v.key"), out.join("v.csr"), out.join("v.pem"));
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=victim",
+        "-keyout",
+        path(&v_key),
+        "-out",
+        path(&v_csr),
+    ]);
+    let ext = out.join("v.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("write");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        path(&v_csr),
+        "-CA",
+        path(&a_pem),
+        "-CAkey",
+        path(&a_key),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        path(&ext),
+        "-out",
+        path(&v_pem),
+    ]);
+    // Also with the pinned certificate sent as the intermediate.
+    let v_chain = out.join("v-chain.pem");
+    std::fs::write(
+        &v_chain,
+        [
+            std::fs::read(&v_pem).expect("v"),
+            std::fs::read(&a_pem).expect("a"),
+        ]
+        .concat(),
+    )
+    .expect("write");
+    for chain in [&v_pem, &v_chain] {
+        match curl_token(&auth, chain, &v_key, "victim") {
+            None => {}
+            Some(body) => assert_eq!(body["error"], "invalid_client", "{body}"),
+        }
+    }
+    let log = auth.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("TLS handshake refused"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    assert!(line.contains("UnknownIssuer"), "{line}");
+}
