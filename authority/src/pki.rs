@@ -31,6 +31,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use crossbeam_skiplist::SkipMap;
 use rustls::pki_types::pem::PemObject as _;
@@ -945,6 +946,9 @@ pub struct TrustState {
     generation: AtomicU64,
     /// Chains that verified, by content (see [`TrustState::verify_chain`]).
     verified: SkipMap<[u8; 32], Verdict>,
+    /// Fingerprints of revoked certificates, kept whether or not mutual TLS is on: a token
+    /// bound to one (`cnf.x5t#S256`) stops verifying ([`TrustState::binding_revoked`]).
+    revoked: ArcSwap<HashSet<[u8; 32]>>,
 }
 
 /// A chain that verified against trust generation `generation`; good until `until` (Unix
@@ -1053,9 +1057,23 @@ impl TrustState {
         })
     }
 
-    /// Rebuilds the TLS trust store from [`TrustState::material`]. A no-op without mutual TLS.
+    /// Whether the certificate a token is bound to (its `cnf.x5t#S256`, base64url SHA-256)
+    /// is revoked. A lookup in memory: this sits on every verification of a bound token.
+    pub fn binding_revoked(&self, x5t_s256: &str) -> bool {
+        let mut fp = [0u8; 32];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(x5t_s256, &mut fp) {
+            Ok(32) => self.revoked.load().contains(&fp),
+            // Not a SHA-256: names no certificate this authority could have bound.
+            _ => false,
+        }
+    }
+
+    /// Rebuilds the revoked set and, with mutual TLS on, the TLS trust store from
+    /// [`TrustState::material`].
     pub fn refresh(&self, app: &App) -> Result<(), Error> {
         let Some(trust) = &app.trust else {
+            let m = self.material(app)?;
+            self.revoked.store(Arc::new(m.revoked));
             return Ok(());
         };
         let result = self.rebuild(app, trust);
@@ -1077,6 +1095,7 @@ impl TrustState {
                 .filter_map(|p| Some((fingerprint_bytes(&p.fingerprint)?, p.not_after))),
         );
         trust.replace_anchors(m.anchors.iter().map(|a| a.der.clone()).collect())?;
+        self.revoked.store(Arc::new(m.revoked));
         Ok(())
     }
 

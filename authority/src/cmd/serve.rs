@@ -80,8 +80,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         // Issue 7: the store's trust store (imports, revocations) on top of the files.
         let files = crate::pki::TrustState::file_anchors(&args.data_dir, &settings.client_cas)?;
         app.mtls.set_base(files);
-        app.mtls.refresh(&app)?;
     }
+    // Also without mutual TLS: tokens bound to a revoked certificate must stay refused.
+    app.mtls.refresh(&app)?;
     let state = Arc::new(app);
     let router = router(&state, &settings);
 

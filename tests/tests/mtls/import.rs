@@ -298,3 +298,74 @@ fn der_pem_and_pkcs12_imports_pin_openssl_default_self_signed_agents() {
     assert!(line.contains("127.0.0.1:"), "{line}");
     assert!(line.contains("UnknownIssuer"), "{line}");
 }
+
+/// Revoking a certificate ends the tokens bound to it (`cnf.x5t#S256`): introspection says
+/// inactive at once, by alias or by fingerprint, and still after a restart.
+#[test]
+fn revoking_a_certificate_ends_the_tokens_bound_to_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    let out = dir.path();
+    let (pem, key) = self_signed(out, "bound-x");
+    ok(&cli(&auth, &["trust", "bound-x", "--file", path(&pem)]));
+    board(
+        &auth,
+        &op,
+        "bound-x",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=bound-x"}),
+    );
+    let (other_pem, other_key) = self_signed(out, "bound-y");
+    ok(&cli(
+        &auth,
+        &["trust", "bound-y", "--file", path(&other_pem)],
+    ));
+    board(
+        &auth,
+        &op,
+        "bound-y",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=bound-y"}),
+    );
+    let token = |pem: &Path, key: &Path, id: &str| {
+        curl_token(&auth, pem, key, id).expect("handshake")["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    };
+    let (x, y) = (
+        token(&pem, &key, "bound-x"),
+        token(&other_pem, &other_key, "bound-y"),
+    );
+    let active = |auth: &Authority, t: &str| {
+        let r = auth.form(
+            "/oauth/introspect",
+            &format!("token={t}"),
+            &[("Authorization", &format!("Bearer {op}"))],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["active"].as_bool().expect("active")
+    };
+    assert!(active(&auth, &x) && active(&auth, &y));
+    ok(&cli(&auth, &["revoke", "bound-x"]));
+    assert!(!active(&auth, &x), "bound token outlived its certificate");
+    assert!(active(&auth, &y), "another certificate's token ended too");
+    // By fingerprint, too.
+    ok(&cli(&auth, &["revoke", &hex(&der_of(&other_pem))]));
+    assert!(!active(&auth, &y));
+
+    let data = auth.data_dir.clone();
+    auth.stop();
+    let again = super::start(dir.path());
+    assert_eq!(again.data_dir, data);
+    let op2 = again.operator_token();
+    for t in [&x, &y] {
+        let r = again.form(
+            "/oauth/introspect",
+            &format!("token={t}"),
+            &[("Authorization", &format!("Bearer {op2}"))],
+        );
+        assert_eq!(r.json()["active"], false, "{}", r.text());
+    }
+}
