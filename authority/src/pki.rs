@@ -583,6 +583,41 @@ pub struct IssueRequest {
     /// Subject alternative names (DNS names or IP addresses) [default: the CSR's].
     pub sans: Vec<String>,
     pub days: u32,
+    /// What the certificate is for; empty means [`Usage::Client`].
+    pub usages: Vec<Usage>,
+}
+
+/// What an issued certificate is for: it decides key usage and extended key usage.
+///
+/// | usage        | key usage                                                   | EKU        |
+/// |--------------|-------------------------------------------------------------|------------|
+/// | `client`     | digitalSignature                                            | clientAuth |
+/// | `server`     | digitalSignature, keyEncipherment (RSA keys)                | serverAuth |
+/// | `encryption` | keyEncipherment (RSA) or keyAgreement (EC), dataEncipherment | none       |
+///
+/// Several usages combine: key usages are joined, and the EKU lists the purposes of the
+/// others (an `encryption` certificate alone has no EKU, so it is not limited to one protocol;
+/// `emailProtection` would say S/MIME, which a Usercube agent's encryption is not).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    /// TLS client authentication (agents): the default.
+    Client,
+    /// TLS server (relays); needs at least one subject alternative name.
+    Server,
+    /// Encrypting data for the holder (Usercube agents' encryption certificates).
+    Encryption,
 }
 
 /// The authority's CA, able to sign.
@@ -652,15 +687,16 @@ impl CaSigner {
             .map_err(|e| bad(format!("CA certificate: {e}")))
     }
 
-    /// Signs a CSR (PEM) as a client certificate: never a CA, `clientAuth` only, whatever the
-    /// CSR asked for.
+    /// Signs a CSR (PEM) for `req.usages`: never a CA, and the key usages [`Usage`] says,
+    /// whatever the CSR asked for.
     pub fn sign_csr(&self, csr_pem: &str, req: &IssueRequest) -> Result<CertInfo, Error> {
         if csr_pem.len() > MAX_CERT_INPUT {
             return Err(bad("CSR too large"));
         }
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| bad(format!("malformed or unsigned CSR: {e}")))?;
-        client_params(&mut csr.params, req)?;
+        let rsa = is_rsa(csr.public_key.algorithm());
+        client_params(&mut csr.params, req, rsa)?;
         let cert = csr
             .signed_by(&self.issuer()?)
             .map_err(|e| bad(format!("cannot sign: {e}")))?;
@@ -682,7 +718,9 @@ impl CaSigner {
                 common_name: Some(cn.to_owned()),
                 sans: sans.to_vec(),
                 days,
+                usages: vec![Usage::Client],
             },
+            false,
         )?;
         let cert = params
             .signed_by(&key, &self.issuer()?)
@@ -696,7 +734,67 @@ fn new_key() -> Result<rcgen::KeyPair, Error> {
         .map_err(|e| Error::Config(format!("key generation: {e}")))
 }
 
-fn client_params(params: &mut rcgen::CertificateParams, req: &IssueRequest) -> Result<(), Error> {
+fn is_rsa(alg: &rcgen::SignatureAlgorithm) -> bool {
+    [
+        &rcgen::PKCS_RSA_SHA256,
+        &rcgen::PKCS_RSA_SHA384,
+        &rcgen::PKCS_RSA_SHA512,
+    ]
+    .contains(&alg)
+}
+
+/// Key usage and EKU for `usages` (see [`Usage`]); `rsa` says whether the key can encipher.
+fn usage_extensions(
+    usages: &[Usage],
+    rsa: bool,
+) -> (
+    Vec<rcgen::KeyUsagePurpose>,
+    Vec<rcgen::ExtendedKeyUsagePurpose>,
+) {
+    use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+    let usages: &[Usage] = if usages.is_empty() {
+        &[Usage::Client]
+    } else {
+        usages
+    };
+    let (mut ku, mut eku) = (Vec::new(), Vec::new());
+    let mut add = |k: Ku| {
+        if !ku.contains(&k) {
+            ku.push(k);
+        }
+    };
+    for u in usages {
+        match u {
+            Usage::Client => {
+                add(Ku::DigitalSignature);
+                eku.push(Eku::ClientAuth);
+            }
+            Usage::Server => {
+                add(Ku::DigitalSignature);
+                if rsa {
+                    add(Ku::KeyEncipherment);
+                }
+                eku.push(Eku::ServerAuth);
+            }
+            Usage::Encryption => {
+                add(if rsa {
+                    Ku::KeyEncipherment
+                } else {
+                    Ku::KeyAgreement
+                });
+                add(Ku::DataEncipherment);
+            }
+        }
+    }
+    eku.dedup();
+    (ku, eku)
+}
+
+fn client_params(
+    params: &mut rcgen::CertificateParams,
+    req: &IssueRequest,
+    rsa: bool,
+) -> Result<(), Error> {
     if req.days == 0 || req.days > MAX_DAYS {
         return Err(bad(format!("days must be 1..={MAX_DAYS}")));
     }
@@ -712,9 +810,15 @@ fn client_params(params: &mut rcgen::CertificateParams, req: &IssueRequest) -> R
             .map(|s| san(s))
             .collect::<Result<Vec<_>, _>>()?;
     }
+    if req.usages.contains(&Usage::Server) && params.subject_alt_names.is_empty() {
+        return Err(bad(
+            "a server certificate needs at least one subject alternative name (--san \
+             relay.example.com or --san 10.0.0.7): TLS clients check the server's name there, \
+             not in the CN",
+        ));
+    }
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    (params.key_usages, params.extended_key_usages) = usage_extensions(&req.usages, rsa);
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
     // Valid from yesterday (clock skew between agents and the authority).
@@ -1174,6 +1278,7 @@ mod tests {
             common_name: None,
             sans: vec![],
             days,
+            usages: vec![],
         }
     }
 

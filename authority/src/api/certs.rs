@@ -303,6 +303,9 @@ pub struct IssueBody {
     pub sans: Vec<String>,
     #[serde(default)]
     pub days: Option<u32>,
+    /// `client` (the default), `server`, `encryption`; several combine.
+    #[serde(default)]
+    pub usage: Vec<pki::Usage>,
 }
 
 /// The op recording the certificate, and the PEM chain (leaf, CA) for the agent.
@@ -323,6 +326,7 @@ pub fn plan_issue(app: &App, body: &IssueBody, by: &str) -> Result<(WriteOp, Str
         common_name: body.common_name.clone(),
         sans: body.sans.clone(),
         days: body.days.unwrap_or(DEFAULT_DAYS),
+        usages: body.usage.clone(),
     };
     let cert = signer.sign_csr(&body.csr, &req)?;
     let pem = format!("{}{}", cert.pem(), signer.cert_pem());
@@ -375,6 +379,7 @@ pub fn plan_renew(
         common_name: cn,
         sans: info.sans,
         days: body.days,
+        usage: Vec::new(),
     };
     plan_issue(app, &issue, by)
 }

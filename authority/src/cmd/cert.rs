@@ -75,6 +75,10 @@ pub enum CertCommand {
         /// Sign this CSR (PEM) instead of generating a key.
         #[arg(long)]
         csr: Option<PathBuf>,
+        /// What the certificate is for (repeatable): client (clientAuth), server (serverAuth;
+        /// needs --san), encryption (key/data encipherment, no EKU).
+        #[arg(long, value_enum, default_values_t = [pki::Usage::Client])]
+        usage: Vec<pki::Usage>,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -345,6 +349,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             sans,
             days,
             csr,
+            usage,
             out,
         } => {
             let cn = cn.clone().unwrap_or_else(|| alias.clone());
@@ -355,6 +360,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                 common_name: key.as_ref().map(|_| cn.clone()),
                 sans: sans.clone(),
                 days: Some(*days),
+                usage: usage.clone(),
             };
             let v = match &place {
                 Place::Remote(r) => r
@@ -363,7 +369,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                         "/api/latchkey/v1/certificates/issue",
                         Some(&json!({
                             "alias": body.alias, "csr": body.csr, "common_name": body.common_name,
-                            "sans": body.sans, "days": body.days,
+                            "sans": body.sans, "days": body.days, "usage": body.usage,
                         })),
                         &[],
                     )?

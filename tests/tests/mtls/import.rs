@@ -369,3 +369,123 @@ fn revoking_a_certificate_ends_the_tokens_bound_to_it() {
         assert_eq!(r.json()["active"], false, "{}", r.text());
     }
 }
+
+/// `cert issue --usage`: key usage and EKU follow the usage, for generated keys and CSRs;
+/// a server certificate needs a SAN.
+#[test]
+fn issued_certificates_carry_the_key_usages_their_usage_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let out = dir.path();
+    let text = |alias: &str, extra: &[&str]| {
+        let prefix = out.join(alias);
+        let mut args = vec!["issue", alias, "--out", path(&prefix)];
+        args.extend_from_slice(extra);
+        ok(&cli(&auth, &args));
+        openssl(&[
+            "x509",
+            "-in",
+            path(&prefix.with_extension("pem")),
+            "-noout",
+            "-text",
+        ])
+    };
+    let client = text("u-client", &[]);
+    assert!(client.contains("TLS Web Client Authentication"), "{client}");
+    assert!(client.contains("Digital Signature"), "{client}");
+    assert!(!client.contains("Server Authentication"), "{client}");
+
+    let server = text("u-server", &["--usage", "server", "--san", "relay.example"]);
+    assert!(server.contains("TLS Web Server Authentication"), "{server}");
+    assert!(!server.contains("Client Authentication"), "{server}");
+    assert!(server.contains("DNS:relay.example"), "{server}");
+    assert!(server.contains("CA:FALSE"), "{server}");
+
+    let both = text(
+        "u-both",
+        &[
+            "--usage", "server", "--usage", "client", "--san", "10.0.0.7",
+        ],
+    );
+    assert!(
+        both.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{both}"
+    );
+
+    // Generated keys are EC: key agreement, not key encipherment.
+    let enc = text("u-enc", &["--usage", "encryption"]);
+    assert!(
+        enc.contains("Key Agreement, Data Encipherment")
+            || enc.contains("Data Encipherment, Key Agreement"),
+        "{enc}"
+    );
+    assert!(!enc.contains("Extended Key Usage"), "{enc}");
+
+    // An RSA CSR from openssl: key encipherment, for encryption and for TLS servers.
+    let (key, csr) = (out.join("rsa.key"), out.join("rsa.csr"));
+    openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=rsa-agent",
+        "-keyout",
+        path(&key),
+        "-out",
+        path(&csr),
+    ]);
+    let rsa_enc = text("u-rsa-enc", &["--csr", path(&csr), "--usage", "encryption"]);
+    assert!(
+        rsa_enc.contains("Key Encipherment, Data Encipherment"),
+        "{rsa_enc}"
+    );
+    assert!(!rsa_enc.contains("Extended Key Usage"), "{rsa_enc}");
+    let rsa_srv = text(
+        "u-rsa-srv",
+        &[
+            "--csr",
+            path(&csr),
+            "--usage",
+            "server",
+            "--san",
+            "rsa.example",
+        ],
+    );
+    assert!(
+        rsa_srv.contains("Digital Signature, Key Encipherment"),
+        "{rsa_srv}"
+    );
+
+    // No SAN, no server certificate; an unknown usage is refused by name.
+    fails(
+        &cli(
+            &auth,
+            &[
+                "issue",
+                "u-nosan",
+                "--usage",
+                "server",
+                "--out",
+                path(&out.join("n")),
+            ],
+        ),
+        "subject alternative name",
+    );
+    fails(
+        &cli(&auth, &["issue", "u-bad", "--usage", "signing"]),
+        "signing",
+    );
+    let r = auth.json(
+        "POST",
+        "/api/latchkey/v1/certificates/issue",
+        Some(&auth.operator_token()),
+        Some(
+            &json!({"alias": "u-api", "csr": std::fs::read_to_string(&csr).expect("csr"),
+                     "usage": ["server"]}),
+        ),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_request");
+}
