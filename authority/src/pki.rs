@@ -1053,7 +1053,22 @@ pub struct TrustState {
     /// Fingerprints of revoked certificates, kept whether or not mutual TLS is on: a token
     /// bound to one (`cnf.x5t#S256`) stops verifying ([`TrustState::binding_revoked`]).
     revoked: ArcSwap<HashSet<[u8; 32]>>,
+    /// The last CRL signed, reused until the trust changes or it is [`CRL_RESIGN`] old.
+    crl: Mutex<Option<SignedCrl>>,
 }
+
+#[derive(Debug)]
+struct SignedCrl {
+    generation: u64,
+    signed_at: u64,
+    der: Arc<[u8]>,
+}
+
+/// A CRL's lifetime (`nextUpdate - thisUpdate`, seconds): relays fetch a new one before then.
+pub const CRL_VALIDITY: u64 = 24 * 3600;
+/// A served CRL is re-signed at least this often (seconds), so its `nextUpdate` stays
+/// [`CRL_VALIDITY`] minus at most this far away.
+pub const CRL_RESIGN: u64 = 3600;
 
 /// A chain that verified against trust generation `generation`; good until `until` (Unix
 /// seconds), when its first certificate expires.
@@ -1178,6 +1193,7 @@ impl TrustState {
         let Some(trust) = &app.trust else {
             let m = self.material(app)?;
             self.revoked.store(Arc::new(m.revoked));
+            self.generation.fetch_add(1, Ordering::Release);
             return Ok(());
         };
         let result = self.rebuild(app, trust);
@@ -1201,6 +1217,31 @@ impl TrustState {
         trust.replace_anchors(m.anchors.iter().map(|a| a.der.clone()).collect())?;
         self.revoked.store(Arc::new(m.revoked));
         Ok(())
+    }
+
+    /// The authority CA's CRL (DER): the certificates it issued that are revoked and not
+    /// yet expired. Signed on demand and reused until the trust changes (any certificate op
+    /// bumps the generation) or it is [`CRL_RESIGN`] old, so serving it without authentication
+    /// costs one signature per change, not per request.
+    pub fn crl(&self, app: &App) -> Result<Arc<[u8]>, Error> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = app.now();
+        if let Ok(cached) = self.crl.lock()
+            && let Some(c) = cached.as_ref()
+            && c.generation == generation
+            && now < c.signed_at.saturating_add(CRL_RESIGN)
+        {
+            return Ok(c.der.clone());
+        }
+        let der: Arc<[u8]> = build_crl(app, now)?.into();
+        if let Ok(mut cached) = self.crl.lock() {
+            *cached = Some(SignedCrl {
+                generation,
+                signed_at: now,
+                der: der.clone(),
+            });
+        }
+        Ok(der)
     }
 
     /// Re-verifies a client chain against the current trust (revocations, removed anchors,
@@ -1244,6 +1285,73 @@ impl TrustState {
         }
         Ok(())
     }
+}
+
+/// Signs a CRL of the revoked, unexpired certificates the data directory's CA issued. A
+/// revocation by fingerprint is dated when it was recorded; a revocation by alias (the store
+/// keeps no time for it) is dated when the certificate was issued, which is never later than
+/// the truth.
+fn build_crl(app: &App, now: u64) -> Result<Vec<u8>, Error> {
+    let signer = CaSigner::load(&app.store.paths().dir, app.store.master_key())
+        .map_err(|_| ApiError::NotFound("this server has no CA of its own".into()))?;
+    let ca_der = pem_chain(signer.cert_pem())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no CA certificate"))?
+        .der;
+    let (_, ca) = X509Certificate::from_der(ca_der.as_ref())
+        .map_err(|e| bad(format!("CA certificate: {e}")))?;
+    let snap = app.store.read()?;
+    let dated: std::collections::HashMap<String, u64> = snap
+        .revocations()?
+        .into_iter()
+        .filter(|r| r.kind == RevocationKind::Certificate)
+        .map(|r| (r.id, r.revoked_at))
+        .collect();
+    let time = |secs: u64| {
+        x509_parser::time::ASN1Time::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+            .map(|t| t.to_datetime())
+            .map_err(|e| bad(format!("time {secs}: {e}")))
+    };
+    let mut revoked_certs = Vec::new();
+    for r in snap.certificates()? {
+        let at = match (dated.get(&r.fingerprint), r.state) {
+            (Some(&at), _) => at,
+            (None, CertificateState::Revoked) => r.created_at,
+            (None, CertificateState::Valid) => continue,
+        };
+        if r.not_after < now {
+            continue;
+        }
+        let Ok((_, cert)) = X509Certificate::from_der(&r.der) else {
+            continue;
+        };
+        if cert.issuer().as_raw() != ca.subject().as_raw() {
+            continue;
+        }
+        revoked_certs.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+            revocation_time: time(at)?,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let number = now.to_be_bytes();
+    // Seconds since 1970 increase, so each CRL's number is larger than the last (RFC 5280
+    // §5.2.3); leading zero bytes trimmed, the top bit is clear, so it is positive.
+    let first = number.iter().position(|b| *b != 0).unwrap_or(7);
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: time(now)?,
+        next_update: time(now.saturating_add(CRL_VALIDITY))?,
+        crl_number: rcgen::SerialNumber::from_slice(&number[first..]),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&signer.issuer()?)
+        .map_err(|e| bad(format!("cannot sign the CRL: {e}")))?;
+    Ok(crl.der().to_vec())
 }
 
 /// What a verdict is filed under: every certificate of the chain.

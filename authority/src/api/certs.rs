@@ -43,10 +43,11 @@ pub const DEFAULT_DAYS: u32 = 365;
 const MAX_MTLS_ENTRIES: usize = 4;
 
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Route<App>); 6] = [
+    let table: [(&str, &str, Route<App>); 7] = [
         ("GET", "/certificates", list),
         ("POST", "/certificates", import),
         ("GET", "/certificates/ca", ca),
+        ("GET", "/certificates/crl", crl),
         ("POST", "/certificates/issue", issue),
         ("POST", "/certificates/{alias}/renew", renew),
         ("POST", "/certificates/{alias}/revoke", revoke),
@@ -105,6 +106,17 @@ fn ca(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outco
     let pem = std::fs::read_to_string(&path)
         .map_err(|_| ApiError::NotFound("this server has no CA of its own".into()))?;
     Ok(Response::json(200, &json!({ "pem": pem })).into())
+}
+
+/// The CA's CRL (DER, `application/pkix-crl`). No authentication: a CRL is signed, public
+/// information (it lists serial numbers and dates only), and relays checking offline fetch it
+/// without operator credentials, as they would from any CA's distribution point.
+fn crl(app: &Arc<App>, _: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let der = app.mtls.crl(app)?;
+    Ok(Response::new(200)
+        .header("Content-Type", "application/pkix-crl")
+        .body(der.to_vec())
+        .into())
 }
 
 fn import(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {

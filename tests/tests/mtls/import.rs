@@ -489,3 +489,88 @@ fn issued_certificates_carry_the_key_usages_their_usage_names() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"], "invalid_request");
 }
+
+/// `GET /api/latchkey/v1/certificates/crl`: without credentials, DER signed by the CA, listing
+/// the revoked certificates the CA issued (by alias or by fingerprint) and nothing else.
+#[test]
+fn the_crl_lists_revoked_certificates_the_ca_issued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let out = dir.path();
+    let serial = |pem: &Path| {
+        openssl(&["x509", "-in", path(pem), "-noout", "-serial"])
+            .trim()
+            .trim_start_matches("serial=")
+            .to_uppercase()
+    };
+    let fetch = |name: &str| {
+        let file = out.join(name);
+        let o = Command::new("curl")
+            .args(["-sS", "-D", "-", "--cacert"])
+            .arg(auth.ca_path())
+            .arg("-o")
+            .arg(&file)
+            .arg(format!(
+                "{}/api/latchkey/v1/certificates/crl",
+                auth.base_url()
+            ))
+            .output()
+            .expect("curl");
+        let head = String::from_utf8_lossy(&o.stdout).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(
+            head.contains("content-type: application/pkix-crl"),
+            "{head}"
+        );
+        let text = openssl(&[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            path(&file),
+            "-noout",
+            "-text",
+        ]);
+        // Signed by the CA: openssl checks the signature against it.
+        let check = Command::new("openssl")
+            .args([
+                "crl",
+                "-inform",
+                "DER",
+                "-in",
+                path(&file),
+                "-noout",
+                "-CAfile",
+            ])
+            .arg(auth.ca_path())
+            .output()
+            .expect("openssl");
+        assert!(
+            String::from_utf8_lossy(&check.stderr).contains("verify OK"),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        text
+    };
+    let (a, _) = super::issue(&auth, out, "crl-a", &[]);
+    let (b, _) = super::issue(&auth, out, "crl-b", &[]);
+    let (c, _) = super::issue(&auth, out, "crl-c", &[]);
+    let empty = fetch("empty.crl");
+    assert!(empty.contains("No Revoked Certificates"), "{empty}");
+
+    ok(&cli(&auth, &["revoke", "crl-a"]));
+    ok(&cli(&auth, &["revoke", &hex(&der_of(&b))]));
+    // A revoked certificate the CA did not issue is not the CA's to list.
+    let (other, _) = self_signed(out, "crl-other");
+    ok(&cli(&auth, &["trust", "crl-other", "--file", path(&other)]));
+    ok(&cli(&auth, &["revoke", "crl-other"]));
+    let text = fetch("after.crl");
+    for (pem, listed) in [(&a, true), (&b, true), (&c, false), (&other, false)] {
+        assert_eq!(
+            text.contains(&format!("Serial Number: {}", serial(pem))),
+            listed,
+            "{}: {text}",
+            pem.display()
+        );
+    }
+}
