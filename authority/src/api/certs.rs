@@ -43,7 +43,7 @@ pub const DEFAULT_DAYS: u32 = 365;
 const MAX_MTLS_ENTRIES: usize = 4;
 
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Route<App>); 7] = [
+    let table: [(&str, &str, Route<App>); 8] = [
         ("GET", "/certificates", list),
         ("POST", "/certificates", import),
         ("GET", "/certificates/ca", ca),
@@ -51,6 +51,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
         ("POST", "/certificates/issue", issue),
         ("POST", "/certificates/{alias}/renew", renew),
         ("POST", "/certificates/{alias}/revoke", revoke),
+        ("POST", "/certificates/{alias}/rename", rename),
     ];
     super::register(router, app, PREFIX, &table);
 }
@@ -144,6 +145,13 @@ fn renew(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<
 fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let by = admin(app, req, Permission::KeysAdmin)?;
     let op = plan_revoke(app, req.param("alias").unwrap_or(""), &by)?;
+    Ok(submit_view(app, ctx, op, json!({})))
+}
+
+fn rename(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let by = admin(app, req, Permission::KeysAdmin)?;
+    let body: RenameBody = json_body(req)?;
+    let op = plan_rename(app, req.param("alias").unwrap_or(""), &body, &by)?;
     Ok(submit_view(app, ctx, op, json!({})))
 }
 
@@ -394,6 +402,29 @@ pub fn plan_renew(
         usage: Vec::new(),
     };
     plan_issue(app, &issue, by)
+}
+
+/// `POST /certificates/{alias}/rename`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameBody {
+    pub new_alias: String,
+}
+
+/// Renames a certificate (`keytool -changealias`): same certificate, same fingerprint, new
+/// alias; audited as `cert.rename`.
+pub fn plan_rename(app: &App, alias: &str, body: &RenameBody, by: &str) -> Result<WriteOp, Error> {
+    validate::ALIAS.lookup(alias)?;
+    check_alias(&body.new_alias)?;
+    if app.store.read()?.certificate(alias)?.is_none() {
+        return Err(ApiError::NotFound(format!("no certificate {alias:?}")).into());
+    }
+    Ok(WriteOp::RenameCertificate {
+        alias: alias.to_owned(),
+        new_alias: body.new_alias.clone(),
+        by: by.to_owned(),
+        now: app.now(),
+    })
 }
 
 /// Revokes by alias, or by SHA-256 fingerprint (also certificates not in the store, such as an

@@ -5,7 +5,10 @@
 //! latchkey cert init --data-dir D                      # CA + server certificate (or --ca-cert/--ca-key)
 //! latchkey cert export-ca --out ca.pem                 # what agents trust
 //! latchkey cert issue agent-1 --cn agent-1 --out agent-1   # key made here, CSR signed by the CA
-//! latchkey cert trust relay-ca --file relay-ca.pem     # trust an external agent or relay (CA)
+//! latchkey cert issue relay-1 --usage server --san relay-1.example   # a relay's server certificate
+//! latchkey cert trust agent-7 --file agent-7.cer       # pin a self-signed agent (PEM, DER, PKCS#12)
+//! latchkey cert trust relay-ca --as-ca --file relay-ca.pem   # trust a relay CA's certificates
+//! latchkey cert rename agent-7 edge-7                  # keytool -changealias
 //! latchkey cert list
 //! latchkey cert revoke agent-1                         # or a SHA-256 fingerprint
 //! latchkey cert renew agent-1 --out agent-1-new        # new key, same subject; no downtime
@@ -23,7 +26,7 @@ use zeroize::Zeroizing;
 
 use super::passphrase::value_or_file;
 use super::remote::{Place, Target, print, s, segment, time, usage};
-use crate::api::certs::{self, ImportBody, IssueBody, RenewBody};
+use crate::api::certs::{self, ImportBody, IssueBody, RenameBody, RenewBody};
 use crate::app::App;
 use crate::error::Error;
 use crate::pki;
@@ -110,6 +113,9 @@ pub enum CertCommand {
     },
     /// List the trust store: aliases, subjects, fingerprints, expiry, state.
     List,
+    /// Give a certificate a new alias (`keytool -changealias`); its fingerprint and trust are
+    /// unchanged.
+    Rename { alias: String, new_alias: String },
     /// Revoke a certificate by alias or SHA-256 fingerprint: it stops authenticating at the
     /// next handshake or request, and stops anchoring chains.
     Revoke { alias_or_fingerprint: String },
@@ -325,6 +331,22 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                     )?
                     .ok()?,
                 Place::Local(app) => local(app, certs::plan_import(app, &body, "cli")?)?,
+            }
+        }
+        CertCommand::Rename { alias, new_alias } => {
+            let body = RenameBody {
+                new_alias: new_alias.clone(),
+            };
+            match &place {
+                Place::Remote(r) => r
+                    .call(
+                        "POST",
+                        &format!("/api/latchkey/v1/certificates/{}/rename", segment(alias)),
+                        Some(&json!({ "new_alias": body.new_alias })),
+                        &[],
+                    )?
+                    .ok()?,
+                Place::Local(app) => local(app, certs::plan_rename(app, alias, &body, "cli")?)?,
             }
         }
         CertCommand::Revoke {

@@ -109,6 +109,14 @@ pub enum WriteOp {
         by: String,
         now: u64,
     },
+    /// Gives a certificate a new alias (`keytool -changealias`): fingerprint, kind, state and
+    /// key unchanged; a sealed private key is re-sealed for its new row.
+    RenameCertificate {
+        alias: String,
+        new_alias: String,
+        by: String,
+        now: u64,
+    },
     /// Records a revocation (idempotent: re-revoking keeps the earliest `revoked_at` and the
     /// latest `forget_after`).
     Revoke {
@@ -608,6 +616,16 @@ fn audit_info(op: &WriteOp) -> Option<AuditInfo> {
         }
         WriteOp::AddCertificate(c) => a(&c.by, "cert.add", &c.alias, c.now),
         WriteOp::SetCertificateState { alias, by, now, .. } => a(by, "cert.state", alias, *now),
+        WriteOp::RenameCertificate {
+            alias,
+            new_alias,
+            by,
+            now,
+        } => {
+            // Each alias bounded before they are joined.
+            let subject = format!("{} -> {}", audit_text(alias), audit_text(new_alias));
+            a(by, "cert.rename", &subject, *now)
+        }
         WriteOp::Revoke {
             kind, id, by, now, ..
         } => {
@@ -978,6 +996,29 @@ fn plan_op(
                 .ok_or_else(|| not_found("certificate", &alias))?;
             rec.state = state;
             p.put(StrTable::Certificates, &alias, &rec)?;
+            Ok(WriteOutcome::Certificate(rec))
+        }
+        WriteOp::RenameCertificate {
+            alias, new_alias, ..
+        } => {
+            check_id("alias", &new_alias)?;
+            let mut rec = get::<CertificateRecord>(&t.certificates, &alias)?
+                .ok_or_else(|| not_found("certificate", &alias))?;
+            if t.certificates.get(new_alias.as_str()).db("read")?.is_some() {
+                return Err(StoreError::Conflict(format!("alias {new_alias:?} exists")));
+            }
+            if let Some(sealed) = &rec.sealed_private_key {
+                let ctx = |k| SealContext {
+                    table: "certificates",
+                    key: k,
+                };
+                let private = key.unseal(ctx(&alias), sealed)?;
+                rec.sealed_private_key = Some(key.seal(ctx(&new_alias), private.expose())?);
+            }
+            rec.alias = new_alias.clone();
+            p.push(Mutation::Del(StrTable::Certificates, alias));
+            p.put(StrTable::Certificates, &new_alias, &rec)?;
+            p.push(Mutation::PutFingerprint(rec.fingerprint.clone(), new_alias));
             Ok(WriteOutcome::Certificate(rec))
         }
         WriteOp::Revoke {

@@ -574,3 +574,77 @@ fn the_crl_lists_revoked_certificates_the_ca_issued() {
         );
     }
 }
+
+/// `cert rename` (keytool -changealias): the fingerprint and the trust stay, the old alias is
+/// free, the rename is audited; the HTTP API refuses a taken alias.
+#[test]
+fn rename_keeps_the_certificate_and_its_trust() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let op = auth.operator_token();
+    let out = dir.path();
+    let (pem, key) = self_signed(out, "ren-x");
+    ok(&cli(&auth, &["trust", "ren-x", "--file", path(&pem)]));
+    let (issued, issued_key) = super::issue(&auth, out, "ren-issued", &["--cn", "ren-issued"]);
+    let before = super::entry(&auth, "ren-x");
+    ok(&cli(&auth, &["rename", "ren-x", "edge-7"]));
+    let after = super::entry(&auth, "edge-7");
+    assert_eq!(after["fingerprint"], before["fingerprint"]);
+    assert_eq!(after["kind"], "trusted");
+    assert!(super::list(&auth).iter().all(|c| c["alias"] != "ren-x"));
+    // Still trusted under its new name.
+    board(
+        &auth,
+        &op,
+        "ren-x",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=ren-x"}),
+    );
+    assert!(curl_token(&auth, &pem, &key, "ren-x").expect("handshake")["access_token"].is_string());
+    // The old alias is free again; the new one is taken.
+    ok(&cli(&auth, &["rename", "ren-issued", "ren-x"]));
+    fails(&cli(&auth, &["rename", "ren-x", "edge-7"]), "exists");
+    fails(&cli(&auth, &["rename", "nothing", "x"]), "no certificate");
+    let r = auth.json(
+        "POST",
+        "/api/latchkey/v1/certificates/edge-7/rename",
+        Some(&op),
+        Some(&json!({"new_alias": "ren-x"})),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    // An issued certificate keeps working (its sealed key moved with it) and revocation by
+    // the new alias bites.
+    assert_eq!(
+        super::entry(&auth, "ren-x")["fingerprint"],
+        hex(&der_of(&issued))
+    );
+    board(
+        &auth,
+        &op,
+        "ren-issued",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": "CN=ren-issued"}),
+    );
+    assert!(
+        curl_token(&auth, &issued, &issued_key, "ren-issued").expect("handshake")["access_token"]
+            .is_string()
+    );
+    ok(&cli(&auth, &["revoke", "edge-7"]));
+    assert!(curl_token(&auth, &pem, &key, "ren-x").is_none());
+    // Audited.
+    let audit = Command::new(crate::util::latchkey_bin())
+        .args(["audit", "--server"])
+        .arg(auth.base_url())
+        .arg("--credentials")
+        .arg(auth.data_dir.join("admin-client.json"))
+        .arg("--ca")
+        .arg(auth.ca_path())
+        .arg("--json")
+        .output()
+        .expect("audit");
+    let text = ok(&audit);
+    assert!(
+        text.contains("cert.rename") && text.contains("ren-x -> edge-7"),
+        "{text}"
+    );
+}
