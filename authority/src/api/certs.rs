@@ -701,6 +701,7 @@ mod tests {
                     common_name: None,
                     sans: vec![],
                     days: 1,
+                    usages: vec![],
                 },
             )
             .unwrap()
@@ -791,6 +792,7 @@ mod tests {
             common_name: None,
             sans: vec![],
             days: 1,
+            usages: vec![],
         };
         signer.sign_csr(&csr, &req).unwrap()
     }

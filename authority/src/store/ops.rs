@@ -1707,6 +1707,75 @@ mod tests {
         }
     }
 
+    /// A rename moves the record, the fingerprint index and the sealed key (re-sealed for the
+    /// new row, so it still opens), and refuses a taken alias without writing.
+    #[test]
+    fn renaming_a_certificate_moves_its_row_index_and_sealed_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open_or_create(dir.path(), crate::store::StoreOptions::default())
+                .unwrap();
+        let add = |alias: &str, fp: &str| {
+            WriteOp::AddCertificate(NewCertificate {
+                alias: alias.into(),
+                fingerprint: fp.into(),
+                subject: "CN=x".into(),
+                kind: CertificateKind::Agent,
+                not_after: u64::MAX,
+                der: vec![0x30, 0],
+                private_key: Some(Secret::new(b"key bytes".to_vec())),
+                by: "op".into(),
+                now: 1,
+            })
+        };
+        let rename = |alias: &str, new_alias: &str| WriteOp::RenameCertificate {
+            alias: alias.into(),
+            new_alias: new_alias.into(),
+            by: "op".into(),
+            now: 2,
+        };
+        let (fa, fb) = ("a".repeat(64), "b".repeat(64));
+        store.write(add("old", &fa)).unwrap();
+        store.write(add("other", &fb)).unwrap();
+        store.write(rename("old", "new")).unwrap();
+        let snap = store.read().unwrap();
+        assert!(snap.certificate("old").unwrap().is_none());
+        let rec = snap.certificate("new").unwrap().unwrap();
+        assert_eq!(rec.alias, "new");
+        assert_eq!(rec.fingerprint, fa);
+        assert_eq!(
+            snap.certificate_by_fingerprint(&fa).unwrap().unwrap().alias,
+            "new"
+        );
+        let ctx = |k| SealContext {
+            table: "certificates",
+            key: k,
+        };
+        let sealed = rec.sealed_private_key.unwrap();
+        let opened = store.master_key().unseal(ctx("new"), &sealed).unwrap();
+        assert_eq!(opened.expose(), b"key bytes");
+        assert!(store.master_key().unseal(ctx("old"), &sealed).is_err());
+        let audit = snap.audit(0, 100).unwrap();
+        let last = audit.last().unwrap();
+        assert_eq!(
+            (last.event.as_str(), last.subject.as_str()),
+            ("cert.rename", "old -> new")
+        );
+        drop(snap);
+
+        assert!(matches!(
+            store.write(rename("new", "other")),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.write(rename("missing", "x")),
+            Err(StoreError::NotFound { .. })
+        ));
+        let snap = store.read().unwrap();
+        assert!(snap.certificate("new").unwrap().is_some());
+        assert_eq!(snap.certificate("other").unwrap().unwrap().fingerprint, fb);
+    }
+
     #[test]
     fn plans_with_oversize_keys_are_refused_before_writing() {
         let long = "k".repeat(MAX_ID_BYTES + 1);
