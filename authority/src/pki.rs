@@ -1053,6 +1053,8 @@ pub struct TrustState {
     /// Fingerprints of revoked certificates, kept whether or not mutual TLS is on: a token
     /// bound to one (`cnf.x5t#S256`) stops verifying ([`TrustState::binding_revoked`]).
     revoked: ArcSwap<HashSet<[u8; 32]>>,
+    /// The server certificate chain file, for its expiry in `/metrics`.
+    server_cert: Mutex<Option<std::path::PathBuf>>,
     /// The last CRL signed, reused until the trust changes or it is [`CRL_RESIGN`] old.
     crl: Mutex<Option<SignedCrl>>,
 }
@@ -1176,6 +1178,68 @@ impl TrustState {
         })
     }
 
+    /// Names the file of the server's certificate chain (for `/metrics`).
+    pub fn set_server_cert_file(&self, path: std::path::PathBuf) {
+        if let Ok(mut p) = self.server_cert.lock() {
+            *p = Some(path);
+        }
+    }
+
+    /// Publishes the earliest expiry per kind of certificate to `/metrics`, as a gauge of
+    /// Unix seconds: `trusted` (pinned and CA imports), `issued` (certificates this CA
+    /// signed), `ca` (the authority's CA), `server` (the TLS server certificate). Valid,
+    /// unrevoked certificates only; a kind with none has no line.
+    fn publish_expiry(&self, app: &App) -> Result<(), Error> {
+        let snap = app.store.read()?;
+        let mut earliest: [(&str, Option<u64>); 4] = [
+            ("trusted", None),
+            ("issued", None),
+            ("ca", None),
+            ("server", None),
+        ];
+        let mut note = |i: usize, t: u64| {
+            let slot = &mut earliest[i].1;
+            *slot = Some(slot.map_or(t, |s| s.min(t)));
+        };
+        let revoked = self.revoked.load();
+        for r in snap.certificates()? {
+            let live = r.state == CertificateState::Valid
+                && fingerprint_bytes(&r.fingerprint).is_none_or(|fp| !revoked.contains(&fp));
+            let slot = match r.kind {
+                CertificateKind::Trusted | CertificateKind::TrustedCa => 0,
+                CertificateKind::Agent => 1,
+                CertificateKind::Authority => 2,
+                CertificateKind::Server => 3,
+            };
+            if live {
+                note(slot, r.not_after);
+            }
+        }
+        let leaf_expiry = |p: &Path| -> Option<u64> {
+            let certs = tls::load_certs(p).ok()?;
+            Some(CertInfo::parse(certs.into_iter().next()?).ok()?.not_after)
+        };
+        if let Some(t) = leaf_expiry(&tls::CertFiles::in_dir(&app.store.paths().dir).ca_cert) {
+            note(2, t);
+        }
+        let server = self.server_cert.lock().ok().and_then(|p| p.clone());
+        if let Some(t) = server.as_deref().and_then(leaf_expiry) {
+            note(3, t);
+        }
+        let name = "latchkey_certificate_earliest_expiry_seconds";
+        let mut lines = format!(
+            "# HELP {name} When the first valid certificate of each kind expires (Unix seconds).\n\
+             # TYPE {name} gauge\n"
+        );
+        for (kind, t) in earliest {
+            if let Some(t) = t {
+                lines.push_str(&format!("{name}{{kind=\"{kind}\"}} {t}\n"));
+            }
+        }
+        app.metrics.set_section("certificates", lines);
+        Ok(())
+    }
+
     /// Whether the certificate a token is bound to (its `cnf.x5t#S256`, base64url SHA-256)
     /// is revoked. A lookup in memory: this sits on every verification of a bound token.
     pub fn binding_revoked(&self, x5t_s256: &str) -> bool {
@@ -1190,18 +1254,18 @@ impl TrustState {
     /// Rebuilds the revoked set and, with mutual TLS on, the TLS trust store from
     /// [`TrustState::material`].
     pub fn refresh(&self, app: &App) -> Result<(), Error> {
-        let Some(trust) = &app.trust else {
-            let m = self.material(app)?;
-            self.revoked.store(Arc::new(m.revoked));
-            self.generation.fetch_add(1, Ordering::Release);
-            return Ok(());
+        let result = match &app.trust {
+            Some(trust) => self.rebuild(app, trust),
+            None => self
+                .material(app)
+                .map(|m| self.revoked.store(Arc::new(m.revoked))),
         };
-        let result = self.rebuild(app, trust);
         // After the swaps, and also after a rebuild that failed half-way: no verdict from
         // before this point counts any more.
         self.generation.fetch_add(1, Ordering::Release);
         self.verified.clear();
-        result
+        result?;
+        self.publish_expiry(app)
     }
 
     fn rebuild(&self, app: &App, trust: &TrustStore) -> Result<(), Error> {

@@ -99,6 +99,8 @@ pub struct Metrics {
     tls_resumed_handshakes: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     commit_batch: Histogram<{ BATCH_BUCKETS.len() + 1 }>,
+    /// Lines the application adds, by section name ([`Metrics::set_section`]).
+    sections: arc_swap::ArcSwap<std::collections::BTreeMap<&'static str, String>>,
 }
 
 #[derive(Debug)]
@@ -168,6 +170,7 @@ impl Default for Metrics {
             tls_resumed_handshakes: AtomicU64::new(0),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             commit_batch: Histogram::new(),
+            sections: arc_swap::ArcSwap::from_pointee(std::collections::BTreeMap::new()),
         }
     }
 }
@@ -256,6 +259,16 @@ impl Metrics {
         self.open_connections.load(Relaxed)
     }
 
+    /// Sets the lines (exposition format, each ending in a newline) the application renders
+    /// under `name`, after the transport's own; the transport does not know what they measure.
+    pub fn set_section(&self, name: &'static str, lines: String) {
+        self.sections.rcu(|m| {
+            let mut m = std::collections::BTreeMap::clone(m);
+            m.insert(name, lines.clone());
+            m
+        });
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -342,6 +355,9 @@ impl Metrics {
             &BATCH_BUCKETS,
             1.0,
         );
+        for lines in self.sections.load().values() {
+            out.push_str(lines);
+        }
         out
     }
 }

@@ -648,3 +648,48 @@ fn rename_keeps_the_certificate_and_its_trust() {
         "{text}"
     );
 }
+
+/// `/metrics` shows when the first certificate of each kind expires, as Unix seconds, and
+/// follows imports, issues and revocations.
+#[test]
+fn certificate_expiry_appears_in_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = start(dir.path());
+    let out = dir.path();
+    let gauge = |kind: &str| -> Option<u64> {
+        let text = auth.request("GET", "/metrics", &[], b"").text();
+        let prefix = format!("latchkey_certificate_earliest_expiry_seconds{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.parse().expect("seconds"))
+    };
+    let not_after = |pem: &Path| {
+        let end = openssl(&["x509", "-in", path(pem), "-noout", "-enddate"]);
+        let end = end.trim().trim_start_matches("notAfter=");
+        let o = Command::new("date")
+            .args(["-u", "-d", end, "+%s"])
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse::<u64>()
+            .expect("seconds")
+    };
+    assert_eq!(gauge("ca"), Some(not_after(&auth.ca_path())));
+    assert_eq!(
+        gauge("server"),
+        Some(not_after(&auth.data_dir.join("server.pem")))
+    );
+    assert_eq!(gauge("trusted"), None);
+    assert_eq!(gauge("issued"), None);
+
+    let (short, _) = super::issue(&auth, out, "exp-short", &["--days", "3"]);
+    let (_long, _) = super::issue(&auth, out, "exp-long", &["--days", "30"]);
+    assert_eq!(gauge("issued"), Some(not_after(&short)));
+    let (pem, _) = self_signed(out, "exp-trusted");
+    ok(&cli(&auth, &["trust", "exp-trusted", "--file", path(&pem)]));
+    assert_eq!(gauge("trusted"), Some(not_after(&pem)));
+    // A revoked certificate no longer counts.
+    ok(&cli(&auth, &["revoke", "exp-short"]));
+    assert!(gauge("issued").expect("issued") > not_after(&short));
+}
