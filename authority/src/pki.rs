@@ -13,18 +13,24 @@
 //! certificate (never a private key). A CSR can also come from the agent itself.
 //!
 //! **What is trusted.** The TLS layer's [`TrustStore`] is rebuilt from: the data directory's CA
-//! and `--client-ca` files (the *base*), plus every `Trusted` certificate in the store that is
-//! valid and not revoked (relay CAs, self-signed agent certificates). Revoked fingerprints are
+//! and `--client-ca` files (the *base*), plus every `Trusted` (pinned) and `TrustedCa`
+//! (anchor) certificate in the store that is valid and not revoked. Revoked fingerprints are
 //! the `cert:` revocations plus certificates marked `Revoked`. [`TrustState::refresh`] runs after
 //! every commit that changes any of that, before the request that caused it is answered, so the
 //! next handshake sees it.
 //!
-//! **Two verifiers.** A self-signed agent certificate imported as a trust anchor could sign
-//! other certificates (webpki does not check an anchor's basic constraints). So
-//! `tls_client_auth` (subject/SAN match) re-verifies the client's chain against the *CA anchors
-//! only* (certificates that are CAs), while `self_signed_tls_client_auth` matches the exact
-//! certificate by thumbprint. Neither can be satisfied by a certificate that another agent's
-//! self-signed key minted.
+//! **Pinned or anchored.** A certificate trusted by alias (`cert trust`) is *pinned*: it
+//! authenticates exactly itself, by SHA-256 fingerprint, under `tls_client_auth` and
+//! `self_signed_tls_client_auth` alike, whatever its CA flag says (openssl makes self-signed
+//! certificates CA:TRUE by default, which WebPKI refuses as an end entity). It never anchors
+//! other certificates, so a self-signed agent's key cannot mint certificates for another
+//! subject. Only the data directory's CA, `--client-ca` files and imports made with `--as-ca`
+//! anchor chains.
+//!
+//! **Revocation reaches tokens.** A token bound to a certificate (`cnf.x5t#S256`) stops
+//! verifying once the certificate is revoked: [`TrustState::binding_revoked`] is checked on
+//! every verification, in memory. The CA's CRL ([`TrustState::crl`]) lists the revoked
+//! certificates it issued, for relays that check offline.
 
 use std::collections::HashSet;
 use std::path::Path;

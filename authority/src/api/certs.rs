@@ -2,8 +2,10 @@
 //! `/api/latchkey/v1/certificates`, and RFC 8705 client authentication for agents.
 //!
 //! **Trust store.** List, import (trust) under a unique alias, issue from a CSR with the
-//! authority's CA, renew, revoke by alias or fingerprint, and fetch the CA certificate agents
-//! must trust. Each change is one store op; `App::submit` rebuilds the TLS trust before the
+//! authority's CA (`usage`: client, server, encryption), renew, rename, revoke by alias or
+//! fingerprint, fetch the CA certificate agents must trust, and the CA's CRL (public). An
+//! import takes PEM text (`pem`) or a file's bytes in base64 (`file`: PEM, DER or PKCS#12 with
+//! `password`, told by content); `ca: true` makes it an anchor rather than a pin. Each change is one store op; `App::submit` rebuilds the TLS trust before the
 //! answer leaves, so the next handshake already sees it. The same `plan_*` functions serve the
 //! CLI on a stopped data directory.
 //!
