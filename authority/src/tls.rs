@@ -481,8 +481,41 @@ pub const REFUSAL_LOG_BURST: u32 = 10;
 /// Seconds of one rate-limiting window for refused-handshake lines.
 pub const REFUSAL_LOG_WINDOW: u64 = 60;
 
-/// The rate limiter's state: window start, lines logged in it, lines suppressed.
-static REFUSALS: std::sync::Mutex<(u64, u32, u64)> = std::sync::Mutex::new((0, 0, 0));
+/// Counts refused-handshake lines per window: at most [`REFUSAL_LOG_BURST`] per
+/// [`REFUSAL_LOG_WINDOW`] seconds are logged, the rest counted.
+#[derive(Debug, Default)]
+struct RefusalLimiter {
+    window_start: u64,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLimiter {
+    const fn new() -> Self {
+        Self {
+            window_start: 0,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when a line may be logged at `now`, `n` being how many were suppressed since
+    /// the last logged line; `None` when this one is suppressed.
+    fn admit(&mut self, now: u64) -> Option<u64> {
+        if now >= self.window_start.saturating_add(REFUSAL_LOG_WINDOW) {
+            self.window_start = now;
+            self.logged = 0;
+        }
+        if self.logged >= REFUSAL_LOG_BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+static REFUSALS: std::sync::Mutex<RefusalLimiter> = std::sync::Mutex::new(RefusalLimiter::new());
 
 /// Logs a handshake that failed on the client's certificate at WARN, with the peer address
 /// and the reason, rate-limited. Other TLS failures (scanners, wrong protocol) are not
@@ -497,26 +530,15 @@ pub fn log_refused_handshake(peer: std::net::SocketAddr, error: &rustls::Error) 
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let Ok(mut state) = REFUSALS.lock() else {
-        return;
+    let admitted = match REFUSALS.lock() {
+        Ok(mut limiter) => limiter.admit(now),
+        Err(_) => return,
     };
-    let (start, logged, suppressed) = &mut *state;
-    if now >= start.saturating_add(REFUSAL_LOG_WINDOW) {
-        *start = now;
-        *logged = 0;
-    }
-    if *logged >= REFUSAL_LOG_BURST {
-        *suppressed += 1;
-        return;
-    }
-    *logged += 1;
-    let earlier = std::mem::take(suppressed);
-    drop(state);
-    if earlier > 0 {
-        tracing::warn!(peer = %peer, reason = %reason, suppressed = earlier,
-            "TLS handshake refused (more were refused and not logged)");
-    } else {
-        tracing::warn!(peer = %peer, reason = %reason, "TLS handshake refused");
+    match admitted {
+        None => {}
+        Some(0) => tracing::warn!(peer = %peer, reason = %reason, "TLS handshake refused"),
+        Some(earlier) => tracing::warn!(peer = %peer, reason = %reason, suppressed = earlier,
+            "TLS handshake refused (more were refused and not logged)"),
     }
 }
 
@@ -656,6 +678,20 @@ mod tests {
             verify(&store, pinned.cert.der()),
             Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
         );
+    }
+
+    #[test]
+    fn refused_handshake_lines_are_rate_limited_per_window_and_counted() {
+        let mut l = RefusalLimiter::new();
+        let t = 1_000_000;
+        for _ in 0..REFUSAL_LOG_BURST {
+            assert_eq!(l.admit(t), Some(0));
+        }
+        assert_eq!(l.admit(t), None);
+        assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW - 1), None);
+        // The next window logs again and says how many were dropped.
+        assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW), Some(2));
+        assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW), Some(0));
     }
 
     fn master_key(dir: &Path) -> MasterKey {
