@@ -32,11 +32,17 @@ fn path(p: &Path) -> &str {
 /// `openssl req -x509` with openssl's defaults (the `v3_ca` section: CA:TRUE): `dir/name.pem`
 /// and `dir/name.key`.
 fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    self_signed_with(dir, name, &[])
+}
+
+/// [`self_signed`] with extra `openssl req` arguments.
+fn self_signed_with(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let (pem, key) = (
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.key")),
     );
-    openssl(&[
+    let subject = format!("/CN={name}");
+    let mut args = vec![
         "req",
         "-x509",
         "-newkey",
@@ -47,12 +53,14 @@ fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         "-days",
         "2",
         "-subj",
-        &format!("/CN={name}"),
+        &subject,
         "-keyout",
         path(&key),
         "-out",
         path(&pem),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args);
     (pem, key)
 }
 
@@ -212,6 +220,22 @@ fn der_pem_and_pkcs12_imports_pin_openssl_default_self_signed_agents() {
                 "jwks": {"keys": [{"kty": "EC", "x5c": [b64(&der_of(&b_pem))]}]}}),
     );
     let t = curl_token(&auth, &b_pem, &b_key, "agent-p12").expect("handshake");
+    assert!(t["access_token"].is_string(), "{t}");
+    // tls_client_auth by SAN, on a CA:TRUE self-signed certificate imported as PEM.
+    let (d_pem, d_key) = self_signed_with(
+        out,
+        "agent-san",
+        &["-addext", "subjectAltName=DNS:agent-san.example"],
+    );
+    ok(&cli(&auth, &["trust", "agent-san", "--file", path(&d_pem)]));
+    board(
+        &auth,
+        &op,
+        "agent-san",
+        &json!({"token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_san_dns": "agent-san.example"}),
+    );
+    let t = curl_token(&auth, &d_pem, &d_key, "agent-san").expect("handshake");
     assert!(t["access_token"].is_string(), "{t}");
     // The PEM one under the other method, too: the method does not decide the trust.
     board(
