@@ -740,6 +740,35 @@ fn new_key() -> Result<rcgen::KeyPair, Error> {
         .map_err(|e| Error::Config(format!("key generation: {e}")))
 }
 
+impl Usage {
+    /// The usages an issued certificate was made for, read back from its EKU and key usage
+    /// (so a renewal keeps them); `Client` if it says nothing this authority would have
+    /// written.
+    pub fn of(der: &[u8]) -> Vec<Usage> {
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            return vec![Usage::Client];
+        };
+        let mut usages = Vec::new();
+        if let Ok(Some(eku)) = cert.extended_key_usage() {
+            if eku.value.client_auth {
+                usages.push(Usage::Client);
+            }
+            if eku.value.server_auth {
+                usages.push(Usage::Server);
+            }
+        }
+        if let Ok(Some(ku)) = cert.key_usage()
+            && ku.value.data_encipherment()
+        {
+            usages.push(Usage::Encryption);
+        }
+        if usages.is_empty() {
+            usages.push(Usage::Client);
+        }
+        usages
+    }
+}
+
 fn is_rsa(alg: &rcgen::SignatureAlgorithm) -> bool {
     [
         &rcgen::PKCS_RSA_SHA256,
@@ -1633,6 +1662,39 @@ mod tests {
         let e = msg(cut, None);
         assert!(e.contains("malformed certificate"), "{e}");
         assert!(msg(b"hello", None).contains("expected PEM, DER, or PKCS#12"));
+    }
+
+    #[test]
+    fn usages_read_back_from_what_was_issued() {
+        let ca = signer();
+        for usages in [
+            vec![Usage::Client],
+            vec![Usage::Server],
+            vec![Usage::Encryption],
+            vec![Usage::Client, Usage::Server],
+            vec![Usage::Client, Usage::Encryption],
+        ] {
+            let (_key, csr) = key_and_csr("u", &["u.example".into()]).unwrap();
+            let req = IssueRequest {
+                usages: usages.clone(),
+                ..valid_for(1)
+            };
+            let cert = ca.sign_csr(&csr, &req).unwrap();
+            assert_eq!(Usage::of(&cert.der), usages);
+        }
+        // Server certificates need a SAN.
+        let (_key, csr) = key_and_csr("u", &[]).unwrap();
+        let req = IssueRequest {
+            usages: vec![Usage::Server],
+            ..valid_for(1)
+        };
+        assert!(
+            ca.sign_csr(&csr, &req)
+                .unwrap_err()
+                .to_string()
+                .contains("subject alternative name")
+        );
+        assert_eq!(Usage::of(b"junk"), vec![Usage::Client]);
     }
 
     #[test]

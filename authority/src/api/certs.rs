@@ -257,7 +257,7 @@ pub fn plan_import(app: &App, body: &ImportBody, by: &str) -> Result<WriteOp, Er
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(file.trim())
                 .map_err(|_| bad("file: not base64"))?;
-            pki::read_certificates(&bytes, body.password.as_deref(), "the file")?
+            pki::read_certificates(&bytes, body.password.as_deref(), "F")?
         }
         _ => return Err(bad("give exactly one of pem and file")),
     };
@@ -401,7 +401,7 @@ pub fn plan_renew(
         common_name: cn,
         sans: info.sans,
         days: body.days,
-        usage: Vec::new(),
+        usage: pki::Usage::of(&old.der),
     };
     plan_issue(app, &issue, by)
 }

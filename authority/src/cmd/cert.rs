@@ -119,7 +119,7 @@ pub enum CertCommand {
     /// Revoke a certificate by alias or SHA-256 fingerprint: it stops authenticating at the
     /// next handshake or request, and stops anchoring chains.
     Revoke { alias_or_fingerprint: String },
-    /// Issue a replacement for an agent certificate (same subject and SANs, new key) under a
+    /// Issue a replacement for an agent certificate (same subject, SANs and usages, new key) under a
     /// new alias; the old one keeps working until it expires or is revoked.
     Renew {
         alias: String,
