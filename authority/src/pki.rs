@@ -1391,8 +1391,11 @@ impl TrustState {
 /// keeps no time for it) is dated when the certificate was issued, which is never later than
 /// the truth.
 fn build_crl(app: &App, now: u64) -> Result<Vec<u8>, Error> {
-    let signer = CaSigner::load(&app.store.paths().dir, app.store.master_key())
-        .map_err(|_| ApiError::NotFound("this server has no CA of its own".into()))?;
+    let dir = &app.store.paths().dir;
+    if !tls::CertFiles::in_dir(dir).ca_cert.exists() {
+        return Err(ApiError::NotFound("this server has no CA of its own".into()).into());
+    }
+    let signer = CaSigner::load(dir, app.store.master_key())?;
     let ca_der = pem_chain(signer.cert_pem())?
         .into_iter()
         .next()
@@ -1449,7 +1452,9 @@ fn build_crl(app: &App, now: u64) -> Result<Vec<u8>, Error> {
     };
     let crl = params
         .signed_by(&signer.issuer()?)
-        .map_err(|e| bad(format!("cannot sign the CRL: {e}")))?;
+        // The CA's own certificate forbids it (no cRLSign): the operator's to fix, not the
+        // client's.
+        .map_err(|e| Error::Config(format!("cannot sign the CRL with the CA: {e}")))?;
     Ok(crl.der().to_vec())
 }
 
