@@ -201,6 +201,31 @@ fn der_pem_and_pkcs12_imports_pin_openssl_default_self_signed_agents() {
             .contains("-importkeystore")
     );
 
+    // PEM text over HTTP, as before; a CA on purpose with "ca": true; pem and file together
+    // are refused.
+    let (h_pem, _) = self_signed(out, "agent-http");
+    let h_text = std::fs::read_to_string(&h_pem).expect("pem");
+    let r = auth.json(
+        "POST",
+        "/api/latchkey/v1/certificates",
+        Some(&op),
+        Some(&json!({"alias": "agent-http", "pem": h_text, "ca": true})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["kind"], "trusted-ca");
+    let r = auth.json(
+        "POST",
+        "/api/latchkey/v1/certificates",
+        Some(&op),
+        Some(&json!({"alias": "both", "pem": h_text, "file": b64(h_text.as_bytes())})),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("exactly one of pem and file"),
+        "{}",
+        r.text()
+    );
+
     // Each pinned certificate authenticates with curl: tls_client_auth by subject DN and by
     // SAN-less subject, self_signed_tls_client_auth by x5c.
     board(
