@@ -780,6 +780,16 @@ impl App {
         {
             return Err(RejectedError::Revoked.into());
         }
+        // A token bound to a certificate ends with the certificate.
+        if let Some(x5t) = claims
+            .extra
+            .get("cnf")
+            .and_then(|c| c.get("x5t#S256"))
+            .and_then(serde_json::Value::as_str)
+            && self.mtls.binding_revoked(x5t)
+        {
+            return Err(RejectedError::Revoked.into());
+        }
         Ok(verified)
     }
 

@@ -13,25 +13,31 @@
 //! certificate (never a private key). A CSR can also come from the agent itself.
 //!
 //! **What is trusted.** The TLS layer's [`TrustStore`] is rebuilt from: the data directory's CA
-//! and `--client-ca` files (the *base*), plus every `Trusted` certificate in the store that is
-//! valid and not revoked (relay CAs, self-signed agent certificates). Revoked fingerprints are
+//! and `--client-ca` files (the *base*), plus every `Trusted` (pinned) and `TrustedCa`
+//! (anchor) certificate in the store that is valid and not revoked. Revoked fingerprints are
 //! the `cert:` revocations plus certificates marked `Revoked`. [`TrustState::refresh`] runs after
 //! every commit that changes any of that, before the request that caused it is answered, so the
 //! next handshake sees it.
 //!
-//! **Two verifiers.** A self-signed agent certificate imported as a trust anchor could sign
-//! other certificates (webpki does not check an anchor's basic constraints). So
-//! `tls_client_auth` (subject/SAN match) re-verifies the client's chain against the *CA anchors
-//! only* (certificates that are CAs), while `self_signed_tls_client_auth` matches the exact
-//! certificate by thumbprint. Neither can be satisfied by a certificate that another agent's
-//! self-signed key minted.
+//! **Pinned or anchored.** A certificate trusted by alias (`cert trust`) is *pinned*: it
+//! authenticates exactly itself, by SHA-256 fingerprint, under `tls_client_auth` and
+//! `self_signed_tls_client_auth` alike, whatever its CA flag says (openssl makes self-signed
+//! certificates CA:TRUE by default, which WebPKI refuses as an end entity). It never anchors
+//! other certificates, so a self-signed agent's key cannot mint certificates for another
+//! subject. Only the data directory's CA, `--client-ca` files and imports made with `--as-ca`
+//! anchor chains.
+//!
+//! **Revocation reaches tokens.** A token bound to a certificate (`cnf.x5t#S256`) stops
+//! verifying once the certificate is revoked: [`TrustState::binding_revoked`] is checked on
+//! every verification, in memory. The CA's CRL ([`TrustState::crl`]) lists the revoked
+//! certificates it issued, for relays that check offline.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use crossbeam_skiplist::SkipMap;
 use rustls::pki_types::pem::PemObject as _;
@@ -45,7 +51,7 @@ use crate::error::{ApiError, Error};
 use crate::store::{
     CertificateKind, CertificateRecord, CertificateState, MasterKey, RevocationKind,
 };
-use crate::tls::{self, ClientAuthMode, TrustStore};
+use crate::tls::{self, TrustStore};
 
 /// Largest PEM or PKCS#12 input (a chain of a few certificates).
 pub const MAX_CERT_INPUT: usize = 64 * 1024;
@@ -257,6 +263,78 @@ pub fn pem_chain(text: &str) -> Result<Vec<CertInfo>, Error> {
         return Err(bad(format!("more than {MAX_CHAIN} certificates")));
     }
     ders.into_iter().map(CertInfo::parse).collect()
+}
+
+/// What a certificate file holds, told by its content: the extension and the operator's habit
+/// (keytool writes DER, openssl PEM) do not matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportFormat {
+    Pem,
+    /// One DER certificate (`keytool -exportcert` without `-rfc`, `openssl x509 -outform DER`).
+    Der,
+    Pkcs12,
+    /// A Java keystore (magic `0xFEEDFEED`): refused with the conversion command.
+    Jks,
+}
+
+impl ImportFormat {
+    /// Both a certificate and a PKCS#12 PFX are DER SEQUENCEs; the first element tells them
+    /// apart: the certificate's is its `tbsCertificate` (a SEQUENCE), the PFX's its version (an
+    /// INTEGER).
+    pub fn detect(bytes: &[u8]) -> Option<ImportFormat> {
+        if bytes.starts_with(&[0xFE, 0xED, 0xFE, 0xED]) {
+            return Some(ImportFormat::Jks);
+        }
+        let text = bytes.trim_ascii_start();
+        if text.starts_with(b"-----BEGIN") {
+            return Some(ImportFormat::Pem);
+        }
+        let (&tag, rest) = bytes.split_first()?;
+        if tag != 0x30 {
+            return None;
+        }
+        // Skip the outer length (short form, or long form with up to 4 length bytes).
+        let (&len0, rest) = rest.split_first()?;
+        let skip = if len0 & 0x80 == 0 {
+            0
+        } else {
+            usize::from(len0 & 0x7f)
+        };
+        match rest.get(skip)? {
+            0x30 => Some(ImportFormat::Der),
+            0x02 => Some(ImportFormat::Pkcs12),
+            _ => None,
+        }
+    }
+}
+
+/// The certificates of an imported file, leaf first, whatever its format (see
+/// [`ImportFormat::detect`]). `file` names the file in the JKS hint.
+pub fn read_certificates(
+    bytes: &[u8],
+    password: Option<&str>,
+    file: &str,
+) -> Result<Vec<CertInfo>, Error> {
+    if bytes.len() > MAX_CERT_INPUT {
+        return Err(bad("certificate file too large"));
+    }
+    match ImportFormat::detect(bytes) {
+        Some(ImportFormat::Pem) => {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| bad("malformed PEM: not UTF-8 text"))?;
+            pem_chain(text)
+        }
+        Some(ImportFormat::Der) => Ok(vec![CertInfo::parse(CertificateDer::from(bytes.to_vec()))?]),
+        Some(ImportFormat::Pkcs12) => Ok(from_pkcs12(bytes, password.unwrap_or_default())?.0),
+        Some(ImportFormat::Jks) => Err(bad(format!(
+            "{file} is a Java keystore (JKS), which Latchkey does not read; convert it to \
+             PKCS#12 first: keytool -importkeystore -srckeystore {file} -destkeystore \
+             {file}.p12 -deststoretype pkcs12"
+        ))),
+        None => Err(bad(
+            "not a certificate: expected PEM, DER, or PKCS#12 (.p12/.pfx)",
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -511,6 +589,41 @@ pub struct IssueRequest {
     /// Subject alternative names (DNS names or IP addresses) [default: the CSR's].
     pub sans: Vec<String>,
     pub days: u32,
+    /// What the certificate is for; empty means [`Usage::Client`].
+    pub usages: Vec<Usage>,
+}
+
+/// What an issued certificate is for: it decides key usage and extended key usage.
+///
+/// | usage        | key usage                                                   | EKU        |
+/// |--------------|-------------------------------------------------------------|------------|
+/// | `client`     | digitalSignature                                            | clientAuth |
+/// | `server`     | digitalSignature, keyEncipherment (RSA keys)                | serverAuth |
+/// | `encryption` | keyEncipherment (RSA) or keyAgreement (EC), dataEncipherment | none       |
+///
+/// Several usages combine: key usages are joined, and the EKU lists the purposes of the
+/// others (an `encryption` certificate alone has no EKU, so it is not limited to one protocol;
+/// `emailProtection` would say S/MIME, which a Usercube agent's encryption is not).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    /// TLS client authentication (agents): the default.
+    Client,
+    /// TLS server (relays); needs at least one subject alternative name.
+    Server,
+    /// Encrypting data for the holder (Usercube agents' encryption certificates).
+    Encryption,
 }
 
 /// The authority's CA, able to sign.
@@ -580,15 +693,16 @@ impl CaSigner {
             .map_err(|e| bad(format!("CA certificate: {e}")))
     }
 
-    /// Signs a CSR (PEM) as a client certificate: never a CA, `clientAuth` only, whatever the
-    /// CSR asked for.
+    /// Signs a CSR (PEM) for `req.usages`: never a CA, and the key usages [`Usage`] says,
+    /// whatever the CSR asked for.
     pub fn sign_csr(&self, csr_pem: &str, req: &IssueRequest) -> Result<CertInfo, Error> {
         if csr_pem.len() > MAX_CERT_INPUT {
             return Err(bad("CSR too large"));
         }
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| bad(format!("malformed or unsigned CSR: {e}")))?;
-        client_params(&mut csr.params, req)?;
+        let rsa = is_rsa(csr.public_key.algorithm());
+        client_params(&mut csr.params, req, rsa)?;
         let cert = csr
             .signed_by(&self.issuer()?)
             .map_err(|e| bad(format!("cannot sign: {e}")))?;
@@ -610,7 +724,9 @@ impl CaSigner {
                 common_name: Some(cn.to_owned()),
                 sans: sans.to_vec(),
                 days,
+                usages: vec![Usage::Client],
             },
+            false,
         )?;
         let cert = params
             .signed_by(&key, &self.issuer()?)
@@ -624,7 +740,96 @@ fn new_key() -> Result<rcgen::KeyPair, Error> {
         .map_err(|e| Error::Config(format!("key generation: {e}")))
 }
 
-fn client_params(params: &mut rcgen::CertificateParams, req: &IssueRequest) -> Result<(), Error> {
+impl Usage {
+    /// The usages an issued certificate was made for, read back from its EKU and key usage
+    /// (so a renewal keeps them); `Client` if it says nothing this authority would have
+    /// written.
+    pub fn of(der: &[u8]) -> Vec<Usage> {
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            return vec![Usage::Client];
+        };
+        let mut usages = Vec::new();
+        if let Ok(Some(eku)) = cert.extended_key_usage() {
+            if eku.value.client_auth {
+                usages.push(Usage::Client);
+            }
+            if eku.value.server_auth {
+                usages.push(Usage::Server);
+            }
+        }
+        if let Ok(Some(ku)) = cert.key_usage()
+            && ku.value.data_encipherment()
+        {
+            usages.push(Usage::Encryption);
+        }
+        if usages.is_empty() {
+            usages.push(Usage::Client);
+        }
+        usages
+    }
+}
+
+fn is_rsa(alg: &rcgen::SignatureAlgorithm) -> bool {
+    [
+        &rcgen::PKCS_RSA_SHA256,
+        &rcgen::PKCS_RSA_SHA384,
+        &rcgen::PKCS_RSA_SHA512,
+    ]
+    .contains(&alg)
+}
+
+/// Key usage and EKU for `usages` (see [`Usage`]); `rsa` says whether the key can encipher.
+fn usage_extensions(
+    usages: &[Usage],
+    rsa: bool,
+) -> (
+    Vec<rcgen::KeyUsagePurpose>,
+    Vec<rcgen::ExtendedKeyUsagePurpose>,
+) {
+    use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+    let usages: &[Usage] = if usages.is_empty() {
+        &[Usage::Client]
+    } else {
+        usages
+    };
+    let (mut ku, mut eku) = (Vec::new(), Vec::new());
+    let mut add = |k: Ku| {
+        if !ku.contains(&k) {
+            ku.push(k);
+        }
+    };
+    for u in usages {
+        match u {
+            Usage::Client => {
+                add(Ku::DigitalSignature);
+                eku.push(Eku::ClientAuth);
+            }
+            Usage::Server => {
+                add(Ku::DigitalSignature);
+                if rsa {
+                    add(Ku::KeyEncipherment);
+                }
+                eku.push(Eku::ServerAuth);
+            }
+            Usage::Encryption => {
+                add(if rsa {
+                    Ku::KeyEncipherment
+                } else {
+                    Ku::KeyAgreement
+                });
+                add(Ku::DataEncipherment);
+            }
+        }
+    }
+    eku.dedup();
+    (ku, eku)
+}
+
+fn client_params(
+    params: &mut rcgen::CertificateParams,
+    req: &IssueRequest,
+    rsa: bool,
+) -> Result<(), Error> {
     if req.days == 0 || req.days > MAX_DAYS {
         return Err(bad(format!("days must be 1..={MAX_DAYS}")));
     }
@@ -640,9 +845,15 @@ fn client_params(params: &mut rcgen::CertificateParams, req: &IssueRequest) -> R
             .map(|s| san(s))
             .collect::<Result<Vec<_>, _>>()?;
     }
+    if req.usages.contains(&Usage::Server) && params.subject_alt_names.is_empty() {
+        return Err(bad(
+            "a server certificate needs at least one subject alternative name (--san \
+             relay.example.com or --san 10.0.0.7): TLS clients check the server's name there, \
+             not in the CN",
+        ));
+    }
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    (params.key_usages, params.extended_key_usages) = usage_extensions(&req.usages, rsa);
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
     // Valid from yesterday (clock skew between agents and the authority).
@@ -869,15 +1080,32 @@ pub fn from_pkcs12(
 pub struct TrustState {
     /// Anchors from files (the data directory's CA, `--client-ca`).
     base: Mutex<Vec<CertificateDer<'static>>>,
-    /// The same trust restricted to CA anchors (see the module docs): what `tls_client_auth`
-    /// chains must verify against.
-    ca_only: ArcSwapOption<TrustStore>,
     /// Bumped by every rebuild once the new stores are in place; a verdict checked against an
     /// older generation is not used.
     generation: AtomicU64,
     /// Chains that verified, by content (see [`TrustState::verify_chain`]).
     verified: SkipMap<[u8; 32], Verdict>,
+    /// Fingerprints of revoked certificates, kept whether or not mutual TLS is on: a token
+    /// bound to one (`cnf.x5t#S256`) stops verifying ([`TrustState::binding_revoked`]).
+    revoked: ArcSwap<HashSet<[u8; 32]>>,
+    /// The server certificate chain file, for its expiry in `/metrics`.
+    server_cert: Mutex<Option<std::path::PathBuf>>,
+    /// The last CRL signed, reused until the trust changes or it is [`CRL_RESIGN`] old.
+    crl: Mutex<Option<SignedCrl>>,
 }
+
+#[derive(Debug)]
+struct SignedCrl {
+    generation: u64,
+    signed_at: u64,
+    der: Arc<[u8]>,
+}
+
+/// A CRL's lifetime (`nextUpdate - thisUpdate`, seconds): relays fetch a new one before then.
+pub const CRL_VALIDITY: u64 = 24 * 3600;
+/// A served CRL is re-signed at least this often (seconds), so its `nextUpdate` stays
+/// [`CRL_VALIDITY`] minus at most this far away.
+pub const CRL_RESIGN: u64 = 3600;
 
 /// A chain that verified against trust generation `generation`; good until `until` (Unix
 /// seconds), when its first certificate expires.
@@ -891,10 +1119,13 @@ struct Verdict {
 /// so filling it takes that many trusted certificates, not just traffic.
 const VERIFIED_CAP: usize = 16 * 1024;
 
-/// The anchors and revoked fingerprints the store says, with the base added.
+/// The anchors, pins and revoked fingerprints the store says, with the base added.
 #[derive(Debug, Default)]
 pub struct TrustMaterial {
+    /// CAs trusted on purpose: the files and `cert trust --ca`.
     pub anchors: Vec<CertInfo>,
+    /// Certificates trusted by alias: each authenticates only itself.
+    pub pins: Vec<CertInfo>,
     pub revoked: HashSet<[u8; 32]>,
 }
 
@@ -940,68 +1171,186 @@ impl TrustState {
                 .filter_map(|r| fingerprint_bytes(&r.fingerprint)),
         );
         let base = self.base.lock().map(|b| b.clone()).unwrap_or_default();
-        let mut anchors = Vec::new();
+        let (mut anchors, mut pins) = (Vec::new(), Vec::new());
         let mut seen = HashSet::new();
-        let stored = records
+        let live =
+            |r: &&CertificateRecord| r.state == CertificateState::Valid && r.not_after >= now;
+        let stored_anchors = records
             .iter()
-            .filter(|r| is_anchor(r, now))
+            .filter(|r| {
+                matches!(
+                    r.kind,
+                    CertificateKind::TrustedCa | CertificateKind::Authority
+                )
+            })
+            .filter(live)
             .map(|r| CertificateDer::from(r.der.clone()));
-        for der in base.into_iter().chain(stored) {
+        let stored_pins = records
+            .iter()
+            .filter(|r| r.kind == CertificateKind::Trusted)
+            .filter(live)
+            .map(|r| CertificateDer::from(r.der.clone()));
+        for (der, pinned) in base
+            .into_iter()
+            .chain(stored_anchors)
+            .map(|d| (d, false))
+            .chain(stored_pins.map(|d| (d, true)))
+        {
             let fp = tls::fingerprint(&der);
-            if revoked.contains(&fp) || !seen.insert(fp) {
+            if revoked.contains(&fp) || !seen.insert((fp, pinned)) {
                 continue;
             }
             match CertInfo::parse(der) {
+                Ok(info) if pinned => pins.push(info),
                 Ok(info) => anchors.push(info),
-                Err(e) => tracing::warn!(error = %e, "skipping unreadable trust anchor"),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable trusted certificate"),
             }
         }
-        Ok(TrustMaterial { anchors, revoked })
+        Ok(TrustMaterial {
+            anchors,
+            pins,
+            revoked,
+        })
     }
 
-    /// Rebuilds the TLS trust store from [`TrustState::material`]. A no-op without mutual TLS.
-    pub fn refresh(&self, app: &App) -> Result<(), Error> {
-        let Some(trust) = &app.trust else {
-            return Ok(());
+    /// Names the file of the server's certificate chain (for `/metrics`).
+    pub fn set_server_cert_file(&self, path: std::path::PathBuf) {
+        if let Ok(mut p) = self.server_cert.lock() {
+            *p = Some(path);
+        }
+    }
+
+    /// Publishes the earliest expiry per kind of certificate to `/metrics`, as a gauge of
+    /// Unix seconds: `trusted` (pinned and CA imports), `issued` (certificates this CA
+    /// signed), `ca` (the authority's CA), `server` (the TLS server certificate). Valid,
+    /// unrevoked certificates only; a kind with none has no line.
+    fn publish_expiry(&self, app: &App) -> Result<(), Error> {
+        let snap = app.store.read()?;
+        let mut earliest: [(&str, Option<u64>); 4] = [
+            ("trusted", None),
+            ("issued", None),
+            ("ca", None),
+            ("server", None),
+        ];
+        let mut note = |i: usize, t: u64| {
+            let slot = &mut earliest[i].1;
+            *slot = Some(slot.map_or(t, |s| s.min(t)));
         };
-        let result = self.rebuild(app, trust);
+        let revoked = self.revoked.load();
+        for r in snap.certificates()? {
+            let live = r.state == CertificateState::Valid
+                && fingerprint_bytes(&r.fingerprint).is_none_or(|fp| !revoked.contains(&fp));
+            let slot = match r.kind {
+                CertificateKind::Trusted | CertificateKind::TrustedCa => 0,
+                CertificateKind::Agent => 1,
+                CertificateKind::Authority => 2,
+                CertificateKind::Server => 3,
+            };
+            if live {
+                note(slot, r.not_after);
+            }
+        }
+        let leaf_expiry = |p: &Path| -> Option<u64> {
+            let certs = tls::load_certs(p).ok()?;
+            Some(CertInfo::parse(certs.into_iter().next()?).ok()?.not_after)
+        };
+        if let Some(t) = leaf_expiry(&tls::CertFiles::in_dir(&app.store.paths().dir).ca_cert) {
+            note(2, t);
+        }
+        let server = self.server_cert.lock().ok().and_then(|p| p.clone());
+        if let Some(t) = server.as_deref().and_then(leaf_expiry) {
+            note(3, t);
+        }
+        let name = "latchkey_certificate_earliest_expiry_seconds";
+        let mut lines = format!(
+            "# HELP {name} When the first valid certificate of each kind expires (Unix seconds).\n\
+             # TYPE {name} gauge\n"
+        );
+        for (kind, t) in earliest {
+            if let Some(t) = t {
+                lines.push_str(&format!("{name}{{kind=\"{kind}\"}} {t}\n"));
+            }
+        }
+        app.metrics.set_section("certificates", lines);
+        Ok(())
+    }
+
+    /// Whether the certificate a token is bound to (its `cnf.x5t#S256`, base64url SHA-256)
+    /// is revoked. A lookup in memory: this sits on every verification of a bound token.
+    pub fn binding_revoked(&self, x5t_s256: &str) -> bool {
+        let mut fp = [0u8; 32];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(x5t_s256, &mut fp) {
+            Ok(32) => self.revoked.load().contains(&fp),
+            // Not a SHA-256: names no certificate this authority could have bound.
+            _ => false,
+        }
+    }
+
+    /// Rebuilds the revoked set and, with mutual TLS on, the TLS trust store from
+    /// [`TrustState::material`].
+    pub fn refresh(&self, app: &App) -> Result<(), Error> {
+        let result = match &app.trust {
+            Some(trust) => self.rebuild(app, trust),
+            None => self
+                .material(app)
+                .map(|m| self.revoked.store(Arc::new(m.revoked))),
+        };
         // After the swaps, and also after a rebuild that failed half-way: no verdict from
         // before this point counts any more.
         self.generation.fetch_add(1, Ordering::Release);
         self.verified.clear();
-        result
+        result?;
+        self.publish_expiry(app)
     }
 
     fn rebuild(&self, app: &App, trust: &TrustStore) -> Result<(), Error> {
         let m = self.material(app)?;
-        let all: Vec<_> = m.anchors.iter().map(|a| a.der.clone()).collect();
-        let cas: Vec<_> = m
-            .anchors
-            .iter()
-            .filter(|a| a.is_ca)
-            .map(|a| a.der.clone())
-            .collect();
         // Revocations first: a certificate that was just revoked and also stops being an
         // anchor must not verify in between.
         trust.replace_revoked(m.revoked.iter().copied());
-        trust.replace_anchors(all)?;
-        let ca_only = TrustStore::new(cas, m.revoked, ClientAuthMode::Required)?;
-        self.ca_only.store(Some(ca_only));
+        trust.replace_pins(
+            m.pins
+                .iter()
+                .filter_map(|p| Some((fingerprint_bytes(&p.fingerprint)?, p.not_after))),
+        );
+        trust.replace_anchors(m.anchors.iter().map(|a| a.der.clone()).collect())?;
+        self.revoked.store(Arc::new(m.revoked));
         Ok(())
     }
 
+    /// The authority CA's CRL (DER): the certificates it issued that are revoked and not
+    /// yet expired. Signed on demand and reused until the trust changes (any certificate op
+    /// bumps the generation) or it is [`CRL_RESIGN`] old, so serving it without authentication
+    /// costs one signature per change, not per request.
+    pub fn crl(&self, app: &App) -> Result<Arc<[u8]>, Error> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = app.now();
+        if let Ok(cached) = self.crl.lock()
+            && let Some(c) = cached.as_ref()
+            && c.generation == generation
+            && now < c.signed_at.saturating_add(CRL_RESIGN)
+        {
+            return Ok(c.der.clone());
+        }
+        let der: Arc<[u8]> = build_crl(app, now)?.into();
+        if let Ok(mut cached) = self.crl.lock() {
+            *cached = Some(SignedCrl {
+                generation,
+                signed_at: now,
+                der: der.clone(),
+            });
+        }
+        Ok(der)
+    }
+
     /// Re-verifies a client chain against the current trust (revocations, removed anchors,
-    /// expiry): a live connection outlives its handshake. `ca_only` for `tls_client_auth`.
+    /// expiry): a live connection outlives its handshake. The same rules as the handshake:
+    /// a pinned certificate is itself, anything else chains to a CA trusted on purpose.
     ///
     /// A chain that verified is remembered until the trust changes (any rebuild) or its first
     /// certificate expires, so a keep-alive connection pays for path building and signature
     /// checks once, not on every request.
-    pub fn verify_chain(
-        &self,
-        app: &App,
-        chain: &[CertificateDer<'static>],
-        ca_only: bool,
-    ) -> Result<(), Error> {
+    pub fn verify_chain(&self, app: &App, chain: &[CertificateDer<'static>]) -> Result<(), Error> {
         let refused = |why: &str| -> Error {
             ApiError::InvalidClient(format!("client certificate refused: {why}")).into()
         };
@@ -1012,19 +1361,17 @@ impl TrustState {
         // never filed under a generation newer than the trust it was checked against.
         let generation = self.generation.load(Ordering::Acquire);
         let now = UnixTime::now();
-        let key = chain_key(chain, ca_only);
+        let key = chain_key(chain);
         if let Some(entry) = self.verified.get(&key) {
             let v = entry.value();
             if v.generation == generation && now.as_secs() < v.until {
                 return Ok(());
             }
         }
-        let store = if ca_only {
-            self.ca_only.load_full()
-        } else {
-            app.trust.clone()
-        };
-        let store = store.ok_or_else(|| refused("mutual TLS is off"))?;
+        let store = app
+            .trust
+            .clone()
+            .ok_or_else(|| refused("mutual TLS is off"))?;
         store
             .verifier()
             .verify_client_cert(ee, rest, now)
@@ -1039,10 +1386,81 @@ impl TrustState {
     }
 }
 
-/// What a verdict is filed under: the verifier used and every certificate of the chain.
-fn chain_key(chain: &[CertificateDer<'_>], ca_only: bool) -> [u8; 32] {
+/// Signs a CRL of the revoked, unexpired certificates the data directory's CA issued. A
+/// revocation by fingerprint is dated when it was recorded; a revocation by alias (the store
+/// keeps no time for it) is dated when the certificate was issued, which is never later than
+/// the truth.
+fn build_crl(app: &App, now: u64) -> Result<Vec<u8>, Error> {
+    let dir = &app.store.paths().dir;
+    if !tls::CertFiles::in_dir(dir).ca_cert.exists() {
+        return Err(ApiError::NotFound("this server has no CA of its own".into()).into());
+    }
+    let signer = CaSigner::load(dir, app.store.master_key())?;
+    let ca_der = pem_chain(signer.cert_pem())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no CA certificate"))?
+        .der;
+    let (_, ca) = X509Certificate::from_der(ca_der.as_ref())
+        .map_err(|e| bad(format!("CA certificate: {e}")))?;
+    let snap = app.store.read()?;
+    let dated: std::collections::HashMap<String, u64> = snap
+        .revocations()?
+        .into_iter()
+        .filter(|r| r.kind == RevocationKind::Certificate)
+        .map(|r| (r.id, r.revoked_at))
+        .collect();
+    let time = |secs: u64| {
+        x509_parser::time::ASN1Time::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+            .map(|t| t.to_datetime())
+            .map_err(|e| bad(format!("time {secs}: {e}")))
+    };
+    let mut revoked_certs = Vec::new();
+    for r in snap.certificates()? {
+        let at = match (dated.get(&r.fingerprint), r.state) {
+            (Some(&at), _) => at,
+            (None, CertificateState::Revoked) => r.created_at,
+            (None, CertificateState::Valid) => continue,
+        };
+        if r.not_after < now {
+            continue;
+        }
+        let Ok((_, cert)) = X509Certificate::from_der(&r.der) else {
+            continue;
+        };
+        if cert.issuer().as_raw() != ca.subject().as_raw() {
+            continue;
+        }
+        revoked_certs.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+            revocation_time: time(at)?,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let number = now.to_be_bytes();
+    // Seconds since 1970 increase, so each CRL's number is larger than the last (RFC 5280
+    // §5.2.3); leading zero bytes trimmed, the top bit is clear, so it is positive.
+    let first = number.iter().position(|b| *b != 0).unwrap_or(7);
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: time(now)?,
+        next_update: time(now.saturating_add(CRL_VALIDITY))?,
+        crl_number: rcgen::SerialNumber::from_slice(&number[first..]),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params
+        .signed_by(&signer.issuer()?)
+        // The CA's own certificate forbids it (no cRLSign): the operator's to fix, not the
+        // client's.
+        .map_err(|e| Error::Config(format!("cannot sign the CRL with the CA: {e}")))?;
+    Ok(crl.der().to_vec())
+}
+
+/// What a verdict is filed under: every certificate of the chain.
+fn chain_key(chain: &[CertificateDer<'_>]) -> [u8; 32] {
     let mut h = sha2::Sha256::new();
-    h.update([u8::from(ca_only)]);
     for c in chain {
         // Length-prefixed, so no two chains hash the same bytes.
         h.update((c.len() as u64).to_be_bytes());
@@ -1062,16 +1480,6 @@ fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<u64> {
         .try_fold(u64::MAX, |min, t| Some(min.min(t?)))
 }
 
-/// Whether a stored certificate anchors chains: trusted imports and the authority's CA, valid,
-/// not expired.
-fn is_anchor(r: &CertificateRecord, now: u64) -> bool {
-    matches!(
-        r.kind,
-        CertificateKind::Trusted | CertificateKind::Authority
-    ) && r.state == CertificateState::Valid
-        && r.not_after >= now
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1082,6 +1490,7 @@ mod tests {
             common_name: None,
             sans: vec![],
             days,
+            usages: vec![],
         }
     }
 
@@ -1091,7 +1500,7 @@ mod tests {
     }
 
     #[test]
-    fn verdicts_are_filed_under_the_whole_chain_and_the_verifier() {
+    fn verdicts_are_filed_under_the_whole_chain() {
         let ca = signer();
         let req = valid_for(30);
         let leaf = |cn: &str| {
@@ -1099,28 +1508,16 @@ mod tests {
             ca.sign_csr(&csr, &req).unwrap().der
         };
         let (a, b) = (leaf("a"), leaf("b"));
-        let key = |chain: &[CertificateDer<'static>], ca_only| chain_key(chain, ca_only);
+        let key = |chain: &[CertificateDer<'static>]| chain_key(chain);
         let one = [a.clone()];
         let two = [a.clone(), b.clone()];
         // The same bytes, wherever they come from, find the same verdict.
-        assert_eq!(
-            key(&one, true),
-            key(&[CertificateDer::from(a.to_vec())], true)
-        );
-        assert_ne!(
-            key(&one, true),
-            key(&one, false),
-            "the verifier is part of the key"
-        );
-        assert_ne!(key(&one, true), key(&two, true), "so is every certificate");
-        assert_ne!(
-            key(&two, true),
-            key(&[b.clone(), a.clone()], true),
-            "in order"
-        );
+        assert_eq!(key(&one), key(&[CertificateDer::from(a.to_vec())]));
+        assert_ne!(key(&one), key(&two), "every certificate is part of the key");
+        assert_ne!(key(&two), key(&[b.clone(), a.clone()]), "in order");
         // Lengths are hashed too: moving bytes between certificates changes the key.
         let joined = CertificateDer::from([a.as_ref(), b.as_ref()].concat());
-        assert_ne!(key(&two, true), key(&[joined], true));
+        assert_ne!(key(&two), key(&[joined]));
     }
 
     #[test]
@@ -1220,6 +1617,89 @@ mod tests {
                 .contains("wrong password")
         );
         assert!(to_pkcs12("agent", &[cert.der], &key, "").is_err());
+    }
+
+    #[test]
+    fn import_formats_are_told_by_content() {
+        let ca = signer();
+        let (key, csr) = key_and_csr("agent", &[]).unwrap();
+        let cert = ca.sign_csr(&csr, &valid_for(1)).unwrap();
+        let p12 = to_pkcs12("a", std::slice::from_ref(&cert.der), &key, "pw").unwrap();
+        let check = |bytes: &[u8], format: Option<ImportFormat>| {
+            assert_eq!(ImportFormat::detect(bytes), format);
+        };
+        check(cert.pem().as_bytes(), Some(ImportFormat::Pem));
+        check(
+            format!("\n  {}", cert.pem()).as_bytes(),
+            Some(ImportFormat::Pem),
+        );
+        check(cert.der.as_ref(), Some(ImportFormat::Der));
+        check(&p12, Some(ImportFormat::Pkcs12));
+        check(
+            &[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2],
+            Some(ImportFormat::Jks),
+        );
+        check(b"", None);
+        check(b"hello", None);
+        check(&[0x30], None);
+        check(&[0x30, 0x84], None);
+
+        for (bytes, password) in [
+            (cert.pem().into_bytes(), None),
+            (cert.der.to_vec(), None),
+            (p12.clone(), Some("pw")),
+        ] {
+            let got = read_certificates(&bytes, password, "f").unwrap();
+            assert_eq!(got[0].fingerprint, cert.fingerprint);
+        }
+        let msg = |bytes: &[u8], pw| {
+            read_certificates(bytes, pw, "store.jks")
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(msg(&p12, Some("no")).contains("wrong password"));
+        assert!(msg(&[0xFE, 0xED, 0xFE, 0xED, 0, 0, 0, 2], None).contains(
+            "keytool -importkeystore -srckeystore store.jks -destkeystore store.jks.p12 \
+                 -deststoretype pkcs12"
+        ));
+        // A truncated DER certificate is a malformed certificate, not a PKCS#12 problem.
+        let cut = &cert.der[..cert.der.len() - 10];
+        let e = msg(cut, None);
+        assert!(e.contains("malformed certificate"), "{e}");
+        assert!(msg(b"hello", None).contains("expected PEM, DER, or PKCS#12"));
+    }
+
+    #[test]
+    fn usages_read_back_from_what_was_issued() {
+        let ca = signer();
+        for usages in [
+            vec![Usage::Client],
+            vec![Usage::Server],
+            vec![Usage::Encryption],
+            vec![Usage::Client, Usage::Server],
+            vec![Usage::Client, Usage::Encryption],
+        ] {
+            let (_key, csr) = key_and_csr("u", &["u.example".into()]).unwrap();
+            let req = IssueRequest {
+                usages: usages.clone(),
+                ..valid_for(1)
+            };
+            let cert = ca.sign_csr(&csr, &req).unwrap();
+            assert_eq!(Usage::of(&cert.der), usages);
+        }
+        // Server certificates need a SAN.
+        let (_key, csr) = key_and_csr("u", &[]).unwrap();
+        let req = IssueRequest {
+            usages: vec![Usage::Server],
+            ..valid_for(1)
+        };
+        assert!(
+            ca.sign_csr(&csr, &req)
+                .unwrap_err()
+                .to_string()
+                .contains("subject alternative name")
+        );
+        assert_eq!(Usage::of(b"junk"), vec![Usage::Client]);
     }
 
     #[test]

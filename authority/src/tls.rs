@@ -10,7 +10,7 @@
 //! while the server runs and the next handshake sees the change; requests on connections that
 //! are already open can be re-checked with [`TrustStore::is_revoked`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -303,9 +303,18 @@ pub enum ClientAuthMode {
 }
 
 /// Client certificates Latchkey trusts, and those it has revoked. Swappable at runtime.
+///
+/// Two kinds of trust: *anchors* (CAs trusted on purpose) verify chains with WebPKI; *pins*
+/// (certificates trusted by alias) authenticate exactly themselves, by SHA-256 fingerprint,
+/// whatever their CA flag or issuer says, and never anchor anything. WebPKI alone cannot do
+/// the second: it refuses an end-entity certificate marked CA:TRUE (openssl's default for a
+/// self-signed certificate), and an anchor made of a leaf would let that leaf's key sign
+/// certificates for anyone.
 #[derive(Debug)]
 pub struct TrustStore {
     anchors: ArcSwap<Anchors>,
+    /// Pinned fingerprints and when each certificate expires (Unix seconds).
+    pins: ArcSwap<HashMap<[u8; 32], u64>>,
     revoked: ArcSwap<HashSet<[u8; 32]>>,
     mandatory: bool,
     provider: Arc<CryptoProvider>,
@@ -328,6 +337,7 @@ impl TrustStore {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let store = Self {
             anchors: ArcSwap::from_pointee(Anchors { verifier: None }),
+            pins: ArcSwap::from_pointee(HashMap::new()),
             revoked: ArcSwap::from_pointee(revoked.into_iter().collect()),
             mandatory: mode == ClientAuthMode::Required,
             provider,
@@ -356,6 +366,11 @@ impl TrustStore {
         };
         self.anchors.store(Arc::new(Anchors { verifier }));
         Ok(())
+    }
+
+    /// Replaces the pinned certificates: fingerprint and expiry (Unix seconds).
+    pub fn replace_pins(&self, pins: impl IntoIterator<Item = ([u8; 32], u64)>) {
+        self.pins.store(Arc::new(pins.into_iter().collect()));
     }
 
     /// Replaces the set of revoked fingerprints.
@@ -420,6 +435,14 @@ impl ClientCertVerifier for TrustStoreVerifier {
         {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
+        // A pinned certificate is accepted as itself, alone; rustls then checks the
+        // handshake signature with its key, which proves possession.
+        if let Some(&not_after) = self.0.pins.load().get(&fingerprint(end_entity)) {
+            if now.as_secs() > not_after {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+            }
+            return Ok(ClientCertVerified::assertion());
+        }
         match &self.0.anchors.load().verifier {
             Some(v) => v.verify_client_cert(end_entity, intermediates, now),
             None => Err(rustls::Error::InvalidCertificate(
@@ -448,6 +471,74 @@ impl ClientCertVerifier for TrustStoreVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.algorithms().supported_schemes()
+    }
+}
+
+/// Refused client-certificate handshakes logged per [`REFUSAL_LOG_WINDOW`] seconds; past it
+/// they are counted and the count is logged with the next window's first line, so a client
+/// retrying in a loop cannot flood the log.
+pub const REFUSAL_LOG_BURST: u32 = 10;
+/// Seconds of one rate-limiting window for refused-handshake lines.
+pub const REFUSAL_LOG_WINDOW: u64 = 60;
+
+/// Counts refused-handshake lines per window: at most [`REFUSAL_LOG_BURST`] per
+/// [`REFUSAL_LOG_WINDOW`] seconds are logged, the rest counted.
+#[derive(Debug, Default)]
+struct RefusalLimiter {
+    window_start: u64,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLimiter {
+    const fn new() -> Self {
+        Self {
+            window_start: 0,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)` when a line may be logged at `now`, `n` being how many were suppressed since
+    /// the last logged line; `None` when this one is suppressed.
+    fn admit(&mut self, now: u64) -> Option<u64> {
+        if now >= self.window_start.saturating_add(REFUSAL_LOG_WINDOW) {
+            self.window_start = now;
+            self.logged = 0;
+        }
+        if self.logged >= REFUSAL_LOG_BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+static REFUSALS: std::sync::Mutex<RefusalLimiter> = std::sync::Mutex::new(RefusalLimiter::new());
+
+/// Logs a handshake that failed on the client's certificate at WARN, with the peer address
+/// and the reason, rate-limited. Other TLS failures (scanners, wrong protocol) are not
+/// logged here: they say nothing about a certificate the operator configured.
+pub fn log_refused_handshake(peer: std::net::SocketAddr, error: &rustls::Error) {
+    let reason = match error {
+        rustls::Error::InvalidCertificate(_) => error.to_string(),
+        rustls::Error::NoCertificatesPresented => "no client certificate presented".to_owned(),
+        _ => return,
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let admitted = match REFUSALS.lock() {
+        Ok(mut limiter) => limiter.admit(now),
+        Err(_) => return,
+    };
+    match admitted {
+        None => {}
+        Some(0) => tracing::warn!(peer = %peer, reason = %reason, "TLS handshake refused"),
+        Some(earlier) => tracing::warn!(peer = %peer, reason = %reason, suppressed = earlier,
+            "TLS handshake refused (more were refused and not logged)"),
     }
 }
 
@@ -549,6 +640,58 @@ mod tests {
                 CertificateError::UnknownIssuer
             ))
         );
+    }
+
+    /// A pinned certificate is accepted as itself even when it says CA:TRUE (which WebPKI
+    /// refuses as an end entity), and anchors nothing: a leaf its key signed is refused.
+    #[test]
+    fn a_pinned_certificate_authenticates_itself_and_anchors_nothing() {
+        let pinned = ca("agent-x");
+        let minted = client_cert(&pinned);
+        let store = TrustStore::new(vec![], [], ClientAuthMode::Required).unwrap();
+        let fp = fingerprint(pinned.cert.der());
+        assert!(verify(&store, pinned.cert.der()).is_err());
+        store.replace_pins([(fp, u64::MAX)]);
+        verify(&store, pinned.cert.der()).unwrap();
+        assert_eq!(
+            verify(&store, &minted),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            ))
+        );
+        // Nor with the pinned certificate sent along as an intermediate.
+        assert!(
+            store
+                .verifier()
+                .verify_client_cert(&minted, &[pinned.cert.der().clone()], UnixTime::now())
+                .is_err()
+        );
+        // Expired pins and revoked pins are refused.
+        store.replace_pins([(fp, 1)]);
+        assert_eq!(
+            verify(&store, pinned.cert.der()),
+            Err(rustls::Error::InvalidCertificate(CertificateError::Expired))
+        );
+        store.replace_pins([(fp, u64::MAX)]);
+        store.revoke(fp);
+        assert_eq!(
+            verify(&store, pinned.cert.der()),
+            Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+        );
+    }
+
+    #[test]
+    fn refused_handshake_lines_are_rate_limited_per_window_and_counted() {
+        let mut l = RefusalLimiter::new();
+        let t = 1_000_000;
+        for _ in 0..REFUSAL_LOG_BURST {
+            assert_eq!(l.admit(t), Some(0));
+        }
+        assert_eq!(l.admit(t), None);
+        assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW - 1), None);
+        // The next window logs again and says how many were dropped.
+        assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW), Some(2));
+        assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW), Some(0));
     }
 
     fn master_key(dir: &Path) -> MasterKey {

@@ -103,6 +103,7 @@ mod tests {
                     common_name: None,
                     sans: vec![],
                     days: 1,
+                    usages: vec![],
                 },
             )
             .unwrap();

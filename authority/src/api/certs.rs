@@ -2,8 +2,10 @@
 //! `/api/latchkey/v1/certificates`, and RFC 8705 client authentication for agents.
 //!
 //! **Trust store.** List, import (trust) under a unique alias, issue from a CSR with the
-//! authority's CA, renew, revoke by alias or fingerprint, and fetch the CA certificate agents
-//! must trust. Each change is one store op; `App::submit` rebuilds the TLS trust before the
+//! authority's CA (`usage`: client, server, encryption), renew, rename, revoke by alias or
+//! fingerprint, fetch the CA certificate agents must trust, and the CA's CRL (public). An
+//! import takes PEM text (`pem`) or a file's bytes in base64 (`file`: PEM, DER or PKCS#12 with
+//! `password`, told by content); `ca: true` makes it an anchor rather than a pin. Each change is one store op; `App::submit` rebuilds the TLS trust before the
 //! answer leaves, so the next handshake already sees it. The same `plan_*` functions serve the
 //! CLI on a stopped data directory.
 //!
@@ -43,13 +45,15 @@ pub const DEFAULT_DAYS: u32 = 365;
 const MAX_MTLS_ENTRIES: usize = 4;
 
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Route<App>); 6] = [
+    let table: [(&str, &str, Route<App>); 8] = [
         ("GET", "/certificates", list),
         ("POST", "/certificates", import),
         ("GET", "/certificates/ca", ca),
+        ("GET", "/certificates/crl", crl),
         ("POST", "/certificates/issue", issue),
         ("POST", "/certificates/{alias}/renew", renew),
         ("POST", "/certificates/{alias}/revoke", revoke),
+        ("POST", "/certificates/{alias}/rename", rename),
     ];
     super::register(router, app, PREFIX, &table);
 }
@@ -107,6 +111,17 @@ fn ca(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outco
     Ok(Response::json(200, &json!({ "pem": pem })).into())
 }
 
+/// The CA's CRL (DER, `application/pkix-crl`). No authentication: a CRL is signed, public
+/// information (it lists serial numbers and dates only), and relays checking offline fetch it
+/// without operator credentials, as they would from any CA's distribution point.
+fn crl(app: &Arc<App>, _: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let der = app.mtls.crl(app)?;
+    Ok(Response::new(200)
+        .header("Content-Type", "application/pkix-crl")
+        .body(der.to_vec())
+        .into())
+}
+
 fn import(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let by = admin(app, req, Permission::KeysAdmin)?;
     let body: ImportBody = json_body(req)?;
@@ -132,6 +147,13 @@ fn renew(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<
 fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let by = admin(app, req, Permission::KeysAdmin)?;
     let op = plan_revoke(app, req.param("alias").unwrap_or(""), &by)?;
+    Ok(submit_view(app, ctx, op, json!({})))
+}
+
+fn rename(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let by = admin(app, req, Permission::KeysAdmin)?;
+    let body: RenameBody = json_body(req)?;
+    let op = plan_rename(app, req.param("alias").unwrap_or(""), &body, &by)?;
     Ok(submit_view(app, ctx, op, json!({})))
 }
 
@@ -186,6 +208,7 @@ fn kind_name(k: CertificateKind) -> &'static str {
         CertificateKind::Server => "server",
         CertificateKind::Agent => "agent",
         CertificateKind::Trusted => "trusted",
+        CertificateKind::TrustedCa => "trusted-ca",
     }
 }
 
@@ -206,37 +229,69 @@ pub fn views(app: &App) -> Result<Vec<CertView>, Error> {
 }
 
 /// `POST /certificates`: trust an external certificate (agent, relay, relay CA).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
     pub alias: String,
-    /// PEM; the first certificate is the one trusted.
-    pub pem: String,
+    /// PEM text; the first certificate is the one trusted.
+    #[serde(default)]
+    pub pem: Option<String>,
+    /// Or the bytes of a certificate file, base64: PEM, DER or PKCS#12, told by content.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Password of a PKCS#12 `file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Trust it as a CA: it anchors the chains of the certificates it signs. Off, a
+    /// certificate authenticates only itself (pinned by its SHA-256 fingerprint), whatever its
+    /// CA flag says.
+    #[serde(default)]
+    pub ca: bool,
 }
 
 pub fn plan_import(app: &App, body: &ImportBody, by: &str) -> Result<WriteOp, Error> {
     check_alias(&body.alias)?;
-    let chain = pki::pem_chain(&body.pem)?;
+    let chain = match (&body.pem, &body.file) {
+        (Some(pem), None) => pki::pem_chain(pem)?,
+        (None, Some(file)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(file.trim())
+                .map_err(|_| bad("file: not base64"))?;
+            pki::read_certificates(&bytes, body.password.as_deref(), "F")?
+        }
+        _ => return Err(bad("give exactly one of pem and file")),
+    };
     let cert = chain
         .into_iter()
         .next()
         .ok_or_else(|| bad("no certificate"))?;
     let now = app.now();
     cert.check_current(now)?;
-    if !cert.is_ca && !cert.self_signed() {
+    if body.ca && !cert.is_ca {
         return Err(bad(format!(
-            "{:?} is issued by {:?}: trust that CA instead (a certificate only anchors chains \
-             if it is a CA or self-signed)",
+            "{:?} is not a CA certificate (basic constraints CA:FALSE); trust it without \
+             --as-ca to pin it",
+            cert.subject
+        )));
+    }
+    if !body.ca && !cert.self_signed() {
+        let hint = if cert.is_ca {
+            "pass --as-ca (\"ca\": true) to trust this CA's certificates"
+        } else {
+            "trust that CA instead, with --as-ca"
+        };
+        return Err(bad(format!(
+            "{:?} is issued by {:?}: {hint} (a certificate trusted by alias must be \
+             self-signed)",
             cert.subject, cert.issuer
         )));
     }
-    Ok(new_cert_op(
-        &body.alias,
-        cert,
-        CertificateKind::Trusted,
-        by,
-        now,
-    ))
+    let kind = if body.ca {
+        CertificateKind::TrustedCa
+    } else {
+        CertificateKind::Trusted
+    };
+    Ok(new_cert_op(&body.alias, cert, kind, by, now))
 }
 
 fn new_cert_op(alias: &str, c: CertInfo, kind: CertificateKind, by: &str, now: u64) -> WriteOp {
@@ -270,6 +325,9 @@ pub struct IssueBody {
     pub sans: Vec<String>,
     #[serde(default)]
     pub days: Option<u32>,
+    /// `client` (the default), `server`, `encryption`; several combine.
+    #[serde(default)]
+    pub usage: Vec<pki::Usage>,
 }
 
 /// The op recording the certificate, and the PEM chain (leaf, CA) for the agent.
@@ -290,6 +348,7 @@ pub fn plan_issue(app: &App, body: &IssueBody, by: &str) -> Result<(WriteOp, Str
         common_name: body.common_name.clone(),
         sans: body.sans.clone(),
         days: body.days.unwrap_or(DEFAULT_DAYS),
+        usages: body.usage.clone(),
     };
     let cert = signer.sign_csr(&body.csr, &req)?;
     let pem = format!("{}{}", cert.pem(), signer.cert_pem());
@@ -342,8 +401,32 @@ pub fn plan_renew(
         common_name: cn,
         sans: info.sans,
         days: body.days,
+        usage: pki::Usage::of(&old.der),
     };
     plan_issue(app, &issue, by)
+}
+
+/// `POST /certificates/{alias}/rename`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameBody {
+    pub new_alias: String,
+}
+
+/// Renames a certificate (`keytool -changealias`): same certificate, same fingerprint, new
+/// alias; audited as `cert.rename`.
+pub fn plan_rename(app: &App, alias: &str, body: &RenameBody, by: &str) -> Result<WriteOp, Error> {
+    validate::ALIAS.lookup(alias)?;
+    check_alias(&body.new_alias)?;
+    if app.store.read()?.certificate(alias)?.is_none() {
+        return Err(ApiError::NotFound(format!("no certificate {alias:?}")).into());
+    }
+    Ok(WriteOp::RenameCertificate {
+        alias: alias.to_owned(),
+        new_alias: body.new_alias.clone(),
+        by: by.to_owned(),
+        now: app.now(),
+    })
 }
 
 /// Revokes by alias, or by SHA-256 fingerprint (also certificates not in the store, such as an
@@ -527,15 +610,11 @@ fn subject_matches(want: &str, cert: &CertInfo) -> bool {
 
 /// The client certificate of this request, re-verified against the current trust store.
 /// `None` when the client sent none.
-pub fn client_certificate(
-    app: &App,
-    ctx: &RequestContext<'_>,
-    ca_only: bool,
-) -> Result<Option<CertInfo>, Error> {
+pub fn client_certificate(app: &App, ctx: &RequestContext<'_>) -> Result<Option<CertInfo>, Error> {
     let Some(chain) = ctx.client_certificates().filter(|c| !c.is_empty()) else {
         return Ok(None);
     };
-    app.mtls.verify_chain(app, chain, ca_only)?;
+    app.mtls.verify_chain(app, chain)?;
     let ee = chain.first().ok_or_else(|| bad("no certificate"))?;
     Ok(Some(CertInfo::parse(ee.clone())?))
 }
@@ -574,16 +653,15 @@ pub fn authenticate(
         .hot()
         .client(client_id)
         .ok_or_else(|| refused("unknown client (not registered, or offboarded)"))?;
-    let ca_only = match client.auth_method {
-        AuthMethod::TlsClientAuth => true,
-        AuthMethod::SelfSignedTlsClientAuth => false,
+    match client.auth_method {
+        AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {}
         _ => {
             return Err(refused(
                 "this client authenticates with a JWT client assertion, not its certificate",
             ));
         }
     };
-    let cert = client_certificate(app, ctx, ca_only)?
+    let cert = client_certificate(app, ctx)?
         .ok_or_else(|| refused("no TLS client certificate was presented"))?;
     if !cert_matches(&client, &cert) {
         return Err(refused(
@@ -625,6 +703,7 @@ mod tests {
                     common_name: None,
                     sans: vec![],
                     days: 1,
+                    usages: vec![],
                 },
             )
             .unwrap()
@@ -715,6 +794,7 @@ mod tests {
             common_name: None,
             sans: vec![],
             days: 1,
+            usages: vec![],
         };
         signer.sign_csr(&csr, &req).unwrap()
     }

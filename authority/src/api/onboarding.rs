@@ -567,8 +567,7 @@ impl AgentState {
                 }
                 let request = TokenRequest::parse(&form)?;
                 // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
-                let x5t = super::certs::client_certificate(&self.app, ctx, false)?
-                    .map(|c| c.thumbprint());
+                let x5t = super::certs::client_certificate(&self.app, ctx)?.map(|c| c.thumbprint());
                 self.issue_checked(&request, now, x5t)
             });
         match result {

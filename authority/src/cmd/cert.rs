@@ -5,7 +5,10 @@
 //! latchkey cert init --data-dir D                      # CA + server certificate (or --ca-cert/--ca-key)
 //! latchkey cert export-ca --out ca.pem                 # what agents trust
 //! latchkey cert issue agent-1 --cn agent-1 --out agent-1   # key made here, CSR signed by the CA
-//! latchkey cert trust relay-ca --file relay-ca.pem     # trust an external agent or relay (CA)
+//! latchkey cert issue relay-1 --usage server --san relay-1.example   # a relay's server certificate
+//! latchkey cert trust agent-7 --file agent-7.cer       # pin a self-signed agent (PEM, DER, PKCS#12)
+//! latchkey cert trust relay-ca --as-ca --file relay-ca.pem   # trust a relay CA's certificates
+//! latchkey cert rename agent-7 edge-7                  # keytool -changealias
 //! latchkey cert list
 //! latchkey cert revoke agent-1                         # or a SHA-256 fingerprint
 //! latchkey cert renew agent-1 --out agent-1-new        # new key, same subject; no downtime
@@ -17,12 +20,13 @@
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::passphrase::value_or_file;
 use super::remote::{Place, Target, print, s, segment, time, usage};
-use crate::api::certs::{self, ImportBody, IssueBody, RenewBody};
+use crate::api::certs::{self, ImportBody, IssueBody, RenameBody, RenewBody};
 use crate::app::App;
 use crate::error::Error;
 use crate::pki;
@@ -74,15 +78,26 @@ pub enum CertCommand {
         /// Sign this CSR (PEM) instead of generating a key.
         #[arg(long)]
         csr: Option<PathBuf>,
+        /// What the certificate is for (repeatable): client (clientAuth), server (serverAuth;
+        /// needs --san), encryption (key/data encipherment, no EKU).
+        #[arg(long, value_enum, default_values_t = [pki::Usage::Client])]
+        usage: Vec<pki::Usage>,
         #[command(flatten)]
         out: OutArgs,
     },
-    /// Trust an external agent or relay certificate (self-signed, or a CA) under an alias.
+    /// Trust an external certificate under an alias (`keytool -importcert`). Without --as-ca it
+    /// is pinned: it authenticates only itself, by its SHA-256 fingerprint, whatever its CA
+    /// flag, and must be self-signed. With --as-ca it anchors the chains it signs (a relay CA).
     Trust {
         alias: String,
-        /// PEM file, or PKCS#12 with --password.
+        /// Certificate file: PEM, DER (as `keytool -exportcert` writes) or PKCS#12 (with a
+        /// password), told by content. A JKS keystore must be converted to PKCS#12 first.
         #[arg(long)]
         file: PathBuf,
+        /// Trust it as a CA: certificates it signs authenticate too. (`--ca` names the
+        /// server's CA for remote use.)
+        #[arg(long)]
+        as_ca: bool,
         /// Password of a PKCS#12 file. Prefer LATCHKEY_P12_PASSWORD or --password-file: flags
         /// show in `ps`.
         #[arg(
@@ -98,10 +113,13 @@ pub enum CertCommand {
     },
     /// List the trust store: aliases, subjects, fingerprints, expiry, state.
     List,
+    /// Give a certificate a new alias (`keytool -changealias`); its fingerprint and trust are
+    /// unchanged.
+    Rename { alias: String, new_alias: String },
     /// Revoke a certificate by alias or SHA-256 fingerprint: it stops authenticating at the
     /// next handshake or request, and stops anchoring chains.
     Revoke { alias_or_fingerprint: String },
-    /// Issue a replacement for an agent certificate (same subject and SANs, new key) under a
+    /// Issue a replacement for an agent certificate (same subject, SANs and usages, new key) under a
     /// new alias; the old one keeps working until it expires or is revoked.
     Renew {
         alias: String,
@@ -273,35 +291,62 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             file,
             password,
             password_file,
+            as_ca,
         } => {
             let bytes = std::fs::read(file).map_err(|e| file_error(file, &e))?;
-            let pem = match std::str::from_utf8(&bytes) {
-                Ok(t) if t.contains("-----BEGIN") => t.to_owned(),
-                _ => {
-                    let password = value_or_file(
-                        password.as_deref(),
-                        password_file.as_deref(),
-                        "PKCS#12 password file",
-                    )?
-                    .unwrap_or_default();
-                    let (chain, _key) = pki::from_pkcs12(&bytes, &password)?;
-                    chain.iter().map(pki::CertInfo::pem).collect()
-                }
+            if bytes.len() > pki::MAX_CERT_INPUT {
+                return Err(Error::Cli(format!("{}: file too large", file.display())));
+            }
+            // The format is told by content; a JKS keystore is refused here, so the hint names
+            // the operator's own file.
+            if pki::ImportFormat::detect(&bytes) == Some(pki::ImportFormat::Jks) {
+                pki::read_certificates(&bytes, None, &file.display().to_string())?;
+            }
+            let password = if pki::ImportFormat::detect(&bytes) == Some(pki::ImportFormat::Pkcs12) {
+                value_or_file(
+                    password.as_deref(),
+                    password_file.as_deref(),
+                    "PKCS#12 password file",
+                )?
+            } else {
+                None
             };
             let body = ImportBody {
                 alias: alias.clone(),
-                pem,
+                pem: None,
+                file: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                password: password.as_ref().map(|p| p.as_str().to_owned()),
+                ca: *as_ca,
             };
             match &place {
                 Place::Remote(r) => r
                     .call(
                         "POST",
                         "/api/latchkey/v1/certificates",
-                        Some(&json!({ "alias": body.alias, "pem": body.pem })),
+                        Some(&json!({
+                            "alias": body.alias, "file": body.file, "password": body.password,
+                            "ca": body.ca,
+                        })),
                         &[],
                     )?
                     .ok()?,
                 Place::Local(app) => local(app, certs::plan_import(app, &body, "cli")?)?,
+            }
+        }
+        CertCommand::Rename { alias, new_alias } => {
+            let body = RenameBody {
+                new_alias: new_alias.clone(),
+            };
+            match &place {
+                Place::Remote(r) => r
+                    .call(
+                        "POST",
+                        &format!("/api/latchkey/v1/certificates/{}/rename", segment(alias)),
+                        Some(&json!({ "new_alias": body.new_alias })),
+                        &[],
+                    )?
+                    .ok()?,
+                Place::Local(app) => local(app, certs::plan_rename(app, alias, &body, "cli")?)?,
             }
         }
         CertCommand::Revoke {
@@ -326,6 +371,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             sans,
             days,
             csr,
+            usage,
             out,
         } => {
             let cn = cn.clone().unwrap_or_else(|| alias.clone());
@@ -336,6 +382,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                 common_name: key.as_ref().map(|_| cn.clone()),
                 sans: sans.clone(),
                 days: Some(*days),
+                usage: usage.clone(),
             };
             let v = match &place {
                 Place::Remote(r) => r
@@ -344,7 +391,7 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
                         "/api/latchkey/v1/certificates/issue",
                         Some(&json!({
                             "alias": body.alias, "csr": body.csr, "common_name": body.common_name,
-                            "sans": body.sans, "days": body.days,
+                            "sans": body.sans, "days": body.days, "usage": body.usage,
                         })),
                         &[],
                     )?

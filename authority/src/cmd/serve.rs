@@ -80,8 +80,15 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         // Issue 7: the store's trust store (imports, revocations) on top of the files.
         let files = crate::pki::TrustState::file_anchors(&args.data_dir, &settings.client_cas)?;
         app.mtls.set_base(files);
-        app.mtls.refresh(&app)?;
     }
+    if let Some((cert, _)) = &settings.tls_files {
+        app.mtls.set_server_cert_file(cert.clone());
+    } else if !settings.plain_http {
+        let files = crate::tls::CertFiles::in_dir(&args.data_dir);
+        app.mtls.set_server_cert_file(files.server_cert);
+    }
+    // Also without mutual TLS: tokens bound to a revoked certificate must stay refused.
+    app.mtls.refresh(&app)?;
     let state = Arc::new(app);
     let router = router(&state, &settings);
 

@@ -664,7 +664,8 @@ impl Connection {
             match result {
                 Ok(0) => return Ok(0),
                 Ok(_) => {
-                    if tls.process_new_packets().is_err() {
+                    if let Err(e) = tls.process_new_packets() {
+                        crate::tls::log_refused_handshake(self.peer, &e);
                         return Err(ReadErr::Fatal(Fatal::Tls));
                     }
                     // Handshake messages may need answering before any plaintext appears.

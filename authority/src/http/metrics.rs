@@ -118,6 +118,8 @@ pub struct Metrics {
     replay_log_bytes: AtomicU64,
     replay_log_refused: AtomicU64,
     body_buffer: OnceLock<Arc<super::admission::BodyBudget>>,
+    /// Lines the application adds, by section name ([`Metrics::set_section`]).
+    sections: arc_swap::ArcSwap<std::collections::BTreeMap<&'static str, String>>,
 }
 
 #[derive(Debug)]
@@ -190,6 +192,7 @@ impl Default for Metrics {
             replay_log_bytes: AtomicU64::new(0),
             replay_log_refused: AtomicU64::new(0),
             body_buffer: OnceLock::new(),
+            sections: arc_swap::ArcSwap::from_pointee(std::collections::BTreeMap::new()),
         }
     }
 }
@@ -293,6 +296,16 @@ impl Metrics {
         self.open_connections.load(Relaxed)
     }
 
+    /// Sets the lines (exposition format, each ending in a newline) the application renders
+    /// under `name`, after the transport's own; the transport does not know what they measure.
+    pub fn set_section(&self, name: &'static str, lines: String) {
+        self.sections.rcu(|m| {
+            let mut m = std::collections::BTreeMap::clone(m);
+            m.insert(name, lines.clone());
+            m
+        });
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -394,6 +407,9 @@ impl Metrics {
             &BATCH_BUCKETS,
             1.0,
         );
+        for lines in self.sections.load().values() {
+            out.push_str(lines);
+        }
         out
     }
 }

@@ -109,6 +109,14 @@ pub enum WriteOp {
         by: String,
         now: u64,
     },
+    /// Gives a certificate a new alias (`keytool -changealias`): fingerprint, kind, state and
+    /// key unchanged; a sealed private key is re-sealed for its new row.
+    RenameCertificate {
+        alias: String,
+        new_alias: String,
+        by: String,
+        now: u64,
+    },
     /// Records a revocation (idempotent: re-revoking keeps the earliest `revoked_at` and the
     /// latest `forget_after`).
     Revoke {
@@ -609,6 +617,16 @@ fn audit_info(op: &WriteOp) -> Option<AuditInfo> {
         }
         WriteOp::AddCertificate(c) => a(&c.by, "cert.add", &c.alias, c.now),
         WriteOp::SetCertificateState { alias, by, now, .. } => a(by, "cert.state", alias, *now),
+        WriteOp::RenameCertificate {
+            alias,
+            new_alias,
+            by,
+            now,
+        } => {
+            // Each alias bounded before they are joined.
+            let subject = format!("{} -> {}", audit_text(alias), audit_text(new_alias));
+            a(by, "cert.rename", &subject, *now)
+        }
         WriteOp::Revoke {
             kind, id, by, now, ..
         } => {
@@ -979,6 +997,29 @@ fn plan_op(
                 .ok_or_else(|| not_found("certificate", &alias))?;
             rec.state = state;
             p.put(StrTable::Certificates, &alias, &rec)?;
+            Ok(WriteOutcome::Certificate(rec))
+        }
+        WriteOp::RenameCertificate {
+            alias, new_alias, ..
+        } => {
+            check_id("alias", &new_alias)?;
+            let mut rec = get::<CertificateRecord>(&t.certificates, &alias)?
+                .ok_or_else(|| not_found("certificate", &alias))?;
+            if t.certificates.get(new_alias.as_str()).db("read")?.is_some() {
+                return Err(StoreError::Conflict(format!("alias {new_alias:?} exists")));
+            }
+            if let Some(sealed) = &rec.sealed_private_key {
+                let ctx = |k| SealContext {
+                    table: "certificates",
+                    key: k,
+                };
+                let private = key.unseal(ctx(&alias), sealed)?;
+                rec.sealed_private_key = Some(key.seal(ctx(&new_alias), private.expose())?);
+            }
+            rec.alias = new_alias.clone();
+            p.push(Mutation::Del(StrTable::Certificates, alias));
+            p.put(StrTable::Certificates, &new_alias, &rec)?;
+            p.push(Mutation::PutFingerprint(rec.fingerprint.clone(), new_alias));
             Ok(WriteOutcome::Certificate(rec))
         }
         WriteOp::Revoke {
@@ -1665,6 +1706,75 @@ mod tests {
             assert!(got.ends_with('…'));
             assert!(!got.chars().any(char::is_control));
         }
+    }
+
+    /// A rename moves the record, the fingerprint index and the sealed key (re-sealed for the
+    /// new row, so it still opens), and refuses a taken alias without writing.
+    #[test]
+    fn renaming_a_certificate_moves_its_row_index_and_sealed_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open_or_create(dir.path(), crate::store::StoreOptions::default())
+                .unwrap();
+        let add = |alias: &str, fp: &str| {
+            WriteOp::AddCertificate(NewCertificate {
+                alias: alias.into(),
+                fingerprint: fp.into(),
+                subject: "CN=x".into(),
+                kind: CertificateKind::Agent,
+                not_after: u64::MAX,
+                der: vec![0x30, 0],
+                private_key: Some(Secret::new(b"key bytes".to_vec())),
+                by: "op".into(),
+                now: 1,
+            })
+        };
+        let rename = |alias: &str, new_alias: &str| WriteOp::RenameCertificate {
+            alias: alias.into(),
+            new_alias: new_alias.into(),
+            by: "op".into(),
+            now: 2,
+        };
+        let (fa, fb) = ("a".repeat(64), "b".repeat(64));
+        store.write(add("old", &fa)).unwrap();
+        store.write(add("other", &fb)).unwrap();
+        store.write(rename("old", "new")).unwrap();
+        let snap = store.read().unwrap();
+        assert!(snap.certificate("old").unwrap().is_none());
+        let rec = snap.certificate("new").unwrap().unwrap();
+        assert_eq!(rec.alias, "new");
+        assert_eq!(rec.fingerprint, fa);
+        assert_eq!(
+            snap.certificate_by_fingerprint(&fa).unwrap().unwrap().alias,
+            "new"
+        );
+        let ctx = |k| SealContext {
+            table: "certificates",
+            key: k,
+        };
+        let sealed = rec.sealed_private_key.unwrap();
+        let opened = store.master_key().unseal(ctx("new"), &sealed).unwrap();
+        assert_eq!(opened.expose(), b"key bytes");
+        assert!(store.master_key().unseal(ctx("old"), &sealed).is_err());
+        let audit = snap.audit(0, 100).unwrap();
+        let last = audit.last().unwrap();
+        assert_eq!(
+            (last.event.as_str(), last.subject.as_str()),
+            ("cert.rename", "old -> new")
+        );
+        drop(snap);
+
+        assert!(matches!(
+            store.write(rename("new", "other")),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.write(rename("missing", "x")),
+            Err(StoreError::NotFound { .. })
+        ));
+        let snap = store.read().unwrap();
+        assert!(snap.certificate("new").unwrap().is_some());
+        assert_eq!(snap.certificate("other").unwrap().unwrap().fingerprint, fb);
     }
 
     #[test]

@@ -262,8 +262,10 @@ pub enum CertificateKind {
     Server,
     /// An agent certificate issued by the authority.
     Agent,
-    /// A trusted external certificate (agent, relay, relay CA).
+    /// A trusted external certificate (agent, relay), pinned: it authenticates only itself.
     Trusted,
+    /// An external CA trusted on purpose (`cert trust --ca`): it anchors the chains it signs.
+    TrustedCa,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]

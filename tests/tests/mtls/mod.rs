@@ -18,6 +18,8 @@ use crate::util::https::{Authority, form_encode};
 use crate::util::latchkey_bin;
 use crate::util::server::{CLIENT_TIMEOUT, Response, read_response};
 
+mod import;
+
 const API: &str = "/api/agentmanagement/v3";
 
 // ---------------------------------------------------------------------------------------------
@@ -506,6 +508,7 @@ fn relay_ca_chains_self_signed_agents_bad_imports_and_renewal() {
         &[
             "trust",
             "relay-7",
+            "--as-ca",
             "--file",
             relay_pem.to_str().expect("utf-8"),
         ],
