@@ -57,13 +57,15 @@ pub struct Target {
     )]
     pub client_id: Option<String>,
     /// Operator client secret. Prefer LATCHKEY_CLIENT_SECRET or --client-secret-file: flags
-    /// show in `ps`.
+    /// show in `ps`. Used with --client-id only.
+    // Not `requires = "client_id"`: on a global argument clap applies that to the environment
+    // variable too, so an exported secret would break every command given --credentials. The
+    // combination is checked in `Target::credential` instead.
     #[arg(
         long,
         global = true,
         env = "LATCHKEY_CLIENT_SECRET",
         hide_env_values = true,
-        requires = "client_id",
         allow_hyphen_values = true
     )]
     pub client_secret: Option<String>,
@@ -72,7 +74,6 @@ pub struct Target {
         long,
         global = true,
         value_name = "FILE",
-        requires = "client_id",
         conflicts_with = "client_secret"
     )]
     pub client_secret_file: Option<PathBuf>,
@@ -148,6 +149,16 @@ impl Target {
                 usage("--client-id needs LATCHKEY_CLIENT_SECRET, --client-secret-file or --client-secret")
             })?;
             return Ok((id.clone(), secret, None));
+        }
+        if self.client_secret_file.is_some() {
+            return Err(usage("--client-secret-file needs --client-id"));
+        }
+        // A secret without an id (LATCHKEY_CLIENT_SECRET left in the environment, say) is
+        // unused when a credentials file names the client; alone it names no one.
+        if self.client_secret.is_some() && self.credentials.is_none() {
+            return Err(usage(
+                "a client secret (--client-secret or LATCHKEY_CLIENT_SECRET) needs --client-id",
+            ));
         }
         let path = self.credentials.as_ref().ok_or_else(|| {
             usage(&format!("an operator credential is needed: --credentials <{ADMIN_CLIENT_FILE}> or --client-id with LATCHKEY_CLIENT_SECRET"))

@@ -1,0 +1,101 @@
+//! What a new user meets first: the CLI's environment variables, its errors when pointed at the
+//! wrong thing, and the README's quick start.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::https::Authority;
+use crate::util::latchkey_bin;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `latchkey ARGS` with the operator variables the user may have exported cleared, then `env`.
+fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(latchkey_bin());
+    for v in [
+        "LATCHKEY_SERVER",
+        "LATCHKEY_CA",
+        "LATCHKEY_CREDENTIALS",
+        "LATCHKEY_CLIENT_ID",
+        "LATCHKEY_CLIENT_SECRET",
+        "LATCHKEY_DATA_DIR",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.args(args).envs(env.iter().copied());
+    cmd.output().expect("run latchkey")
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn client_secret_in_the_environment_works_with_credentials_and_with_client_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let auth = Authority::start(&data, None);
+    let secret = crate::util::admin_secret(&data);
+    let server = auth.base_url();
+    let creds = path(&data.join("admin-client.json"));
+    let ca = path(&auth.ca_path());
+
+    // The secret exported for other commands does not stand in the way of a credentials file.
+    let out = cli_env(
+        &[
+            "agent",
+            "list",
+            "--server",
+            &server,
+            "--credentials",
+            &creds,
+        ],
+        &[("LATCHKEY_CLIENT_SECRET", &secret)],
+    );
+    assert!(out.status.success(), "with --credentials: {}", stderr(&out));
+
+    // The documented pairing: --client-id with the secret from the environment.
+    let out = cli_env(
+        &[
+            "agent",
+            "list",
+            "--server",
+            &server,
+            "--ca",
+            &ca,
+            "--client-id",
+            "admin",
+        ],
+        &[("LATCHKEY_CLIENT_SECRET", &secret)],
+    );
+    assert!(out.status.success(), "with --client-id: {}", stderr(&out));
+
+    // Both from the environment.
+    let out = cli_env(
+        &["agent", "list", "--server", &server, "--ca", &ca],
+        &[
+            ("LATCHKEY_CLIENT_ID", "admin"),
+            ("LATCHKEY_CLIENT_SECRET", &secret),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "both in the environment: {}",
+        stderr(&out)
+    );
+
+    // A secret alone names no client: a clear error, not a silent guess.
+    let out = cli_env(
+        &["agent", "list", "--server", &server, "--ca", &ca],
+        &[("LATCHKEY_CLIENT_SECRET", &secret)],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("needs --client-id"),
+        "{}",
+        stderr(&out)
+    );
+    auth.stop();
+}
