@@ -393,7 +393,16 @@ impl Remote {
                 let mut stream = tcp;
                 stream.write_all(req.as_bytes())?;
                 stream.write_all(body)?;
-                read_all(&mut stream, &mut raw)?;
+                let read = read_all(&mut stream, &mut raw);
+                // A TLS server answers plain text with an alert or handshake record (content
+                // type 0x15/0x16), then may reset the connection.
+                if matches!(raw.first(), Some(0x15 | 0x16)) {
+                    return Err(usage(&format!(
+                        "the server speaks HTTPS: use https://{} (with --ca)",
+                        self.host_header()
+                    )));
+                }
+                read?;
             }
         }
         parse_response(&raw)

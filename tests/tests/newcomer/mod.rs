@@ -99,3 +99,23 @@ fn client_secret_in_the_environment_works_with_credentials_and_with_client_id() 
     );
     auth.stop();
 }
+
+#[test]
+fn http_against_the_tls_port_says_to_use_https() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let auth = Authority::start(&data, None);
+    let creds = path(&data.join("admin-client.json"));
+    let plain = format!("http://{}", auth.addr);
+    let out = cli_env(
+        &["agent", "list", "--server", &plain, "--credentials", &creds],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("the server speaks HTTPS") && err.contains(&format!("https://{}", auth.addr)),
+        "{err}"
+    );
+    auth.stop();
+}
