@@ -1,8 +1,9 @@
 //! `latchkey serve`: open (or create) the data directory and run the HTTPS server until
 //! SIGINT/SIGTERM.
 //!
-//! Order matters: settings and logging first, then the data directory (store, certificates),
-//! then the router, then the listening socket, then signal handlers, and only then the one
+//! Order matters: settings and logging first, then the listening sockets (so a taken address
+//! creates nothing), then the data directory (store, certificates), then the router, then
+//! signal handlers, and only then the one
 //! ready line on stdout (`latchkey listening on https://ADDR`), which tests and scripts wait
 //! for. On a signal the loops stop accepting, drain in-flight requests (bounded by
 //! `--drain-timeout`), and the store is flushed and closed before exit.
@@ -53,6 +54,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     };
     let settings = args.settings.merge(file).resolve()?;
     init_logging(&settings)?;
+    // Before anything is created: a taken address must not leave a fresh data directory behind.
+    let listener = listen(settings.listen)?;
+    let metrics_listener = settings.metrics_listen.map(listen).transpose()?;
 
     let metrics = Arc::new(Metrics::new());
     let key = args.passphrase.key_options()?;
@@ -87,8 +91,8 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
 
     // `/metrics` on its own listener: same TLS, one thread, its own request counters (the
     // page it serves is the main server's).
-    let metrics_server = match settings.metrics_listen {
-        Some(listen) => {
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
             let mut r = Router::new();
             crate::api::metrics::route(&mut r, &state, settings.metrics_access);
             let config = ServerConfig {
@@ -97,7 +101,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
                 tls: tls.clone(),
                 drain_timeout: settings.drain_timeout,
             };
-            Some(Server::bind(listen, config, r, Arc::new(Metrics::new()))?)
+            Some(Server::from_listener(
+                listener,
+                config,
+                r,
+                Arc::new(Metrics::new()),
+            )?)
         }
         None => None,
     };
@@ -107,7 +116,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         tls,
         drain_timeout: settings.drain_timeout,
     };
-    let server = Server::bind(settings.listen, config, router, metrics)?;
+    let server = Server::from_listener(listener, config, router, metrics)?;
     let addr = server.local_addr()?;
     state.set_listen_addr(if settings.plain_http { "http" } else { "https" }, addr);
     let maintenance = state.start_maintenance()?;
@@ -170,6 +179,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds a listening socket; the error names the address.
+fn listen(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, Error> {
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| Error::Cli(format!("cannot listen on {addr}: {e}")))
 }
 
 /// Opens the application state in the data directory (creating it on first run: signing keys,

@@ -119,3 +119,29 @@ fn http_against_the_tls_port_says_to_use_https() {
     );
     auth.stop();
 }
+
+/// `latchkey serve` on a taken address fails before creating anything, naming the address.
+#[test]
+fn serve_on_a_busy_port_creates_nothing_and_names_the_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = busy.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (what, args) in [
+        ("--listen", vec!["--listen", taken.as_str()]),
+        (
+            "--metrics-listen",
+            vec!["--listen", "127.0.0.1:0", "--metrics-listen", taken.as_str()],
+        ),
+    ] {
+        let data = dir.path().join("data");
+        let mut all = vec!["serve", "--data-dir"];
+        let data_arg = path(&data);
+        all.push(&data_arg);
+        all.extend(args);
+        let out = cli_env(&all, &[]);
+        assert!(!out.status.success(), "{what}: serve started on a taken port");
+        let err = stderr(&out);
+        assert!(err.contains(&taken), "{what}: {err}");
+        assert!(!data.exists(), "{what}: {} was created", data.display());
+    }
+}
