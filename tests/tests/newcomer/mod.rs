@@ -130,7 +130,12 @@ fn serve_on_a_busy_port_creates_nothing_and_names_the_address() {
         ("--listen", vec!["--listen", taken.as_str()]),
         (
             "--metrics-listen",
-            vec!["--listen", "127.0.0.1:0", "--metrics-listen", taken.as_str()],
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                taken.as_str(),
+            ],
         ),
     ] {
         let data = dir.path().join("data");
@@ -139,9 +144,43 @@ fn serve_on_a_busy_port_creates_nothing_and_names_the_address() {
         all.push(&data_arg);
         all.extend(args);
         let out = cli_env(&all, &[]);
-        assert!(!out.status.success(), "{what}: serve started on a taken port");
+        assert!(
+            !out.status.success(),
+            "{what}: serve started on a taken port"
+        );
         let err = stderr(&out);
         assert!(err.contains(&taken), "{what}: {err}");
         assert!(!data.exists(), "{what}: {} was created", data.display());
     }
+}
+
+/// `backup --out` onto an existing file refuses in plain words and leaves the file alone.
+#[test]
+fn backup_onto_an_existing_file_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    Authority::start(&data, None).stop();
+    let out = dir.path().join("backup.redb");
+    std::fs::write(&out, b"keep me").expect("write");
+    let run = cli_env(
+        &["backup", "--data-dir", &path(&data), "--out", &path(&out)],
+        &[],
+    );
+    assert_eq!(run.status.code(), Some(2));
+    let err = stderr(&run);
+    assert!(
+        err.contains(&format!(
+            "{} exists; remove it or choose another --out",
+            out.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&out).expect("read"), b"keep me");
+    // A new name works.
+    let fresh = dir.path().join("fresh.redb");
+    let run = cli_env(
+        &["backup", "--data-dir", &path(&data), "--out", &path(&fresh)],
+        &[],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
 }
