@@ -90,7 +90,8 @@ pub struct Settings {
     /// directory's CA (repeatable).
     #[arg(long = "client-ca", value_name = "FILE")]
     pub client_cas: Option<Vec<PathBuf>>,
-    /// Log format [default: text].
+    /// Log format [default: text]. With json, every line on stderr is a JSON object and the
+    /// ready line on stdout is `{"event":"listening","scheme","addr","url"}`.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info` or `latchkey_authority=debug` [default: RUST_LOG, else info].

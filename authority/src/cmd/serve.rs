@@ -4,12 +4,13 @@
 //! Order matters: settings and logging first, then the listening sockets (so a taken address
 //! creates nothing), then the data directory (store, certificates), then the router, then
 //! signal handlers, and only then the one
-//! ready line on stdout (`latchkey listening on https://ADDR`), which tests and scripts wait
-//! for. On a signal the loops stop accepting, drain in-flight requests (bounded by
+//! ready line on stdout (`latchkey listening on https://ADDR`; with `--log-format json` the
+//! object `{"event":"listening","scheme","addr","url"}`), which tests and scripts wait for. On a signal the loops stop accepting, drain in-flight requests (bounded by
 //! `--drain-timeout`), and the store is flushed and closed before exit.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::app::{App, AppConfig};
@@ -43,7 +44,35 @@ pub struct ServeArgs {
 /// settings, mutual-TLS trust).
 pub type State = App;
 
-pub fn run(args: ServeArgs) -> Result<(), Error> {
+/// Runs the server; a failure is reported on stderr in the log format (with `--log-format
+/// json`, every line on stderr is a JSON object).
+pub fn main(args: ServeArgs) -> ExitCode {
+    let mut json = args.settings.log_format == Some(LogFormat::Json);
+    match run(args, &mut json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json && tracing::dispatcher::has_been_set() => {
+            tracing::error!(error = %e, "latchkey serve failed");
+            ExitCode::FAILURE
+        }
+        Err(e) if json => {
+            // Logging is not set up yet: the same shape as the subscriber's events.
+            let line = serde_json::json!({
+                "level": "ERROR",
+                "fields": { "message": "latchkey serve failed", "error": e.to_string() },
+                "target": "latchkey",
+            });
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `json` becomes true as soon as the settings (flags or file) ask for JSON logs.
+fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     let config_path = args.config.clone().or_else(|| {
         let default = args.data_dir.join("latchkey.toml");
         default.is_file().then_some(default)
@@ -53,6 +82,8 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         None => Settings::default(),
     };
     let settings = args.settings.merge(file).resolve()?;
+    *json = settings.log_format == LogFormat::Json;
+    let json = *json;
     init_logging(&settings)?;
     // Before anything is created: a taken address must not leave a fresh data directory behind.
     let listener = listen(settings.listen)?;
@@ -60,7 +91,13 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
 
     let metrics = Arc::new(Metrics::new());
     let key = args.passphrase.key_options()?;
-    let mut app = open_state(&args.data_dir, config_path.as_deref(), key, metrics.clone())?;
+    let mut app = open_state(
+        &args.data_dir,
+        config_path.as_deref(),
+        key,
+        metrics.clone(),
+        json,
+    )?;
     // Earlier releases kept the TLS private keys in clear; seal them whatever this start serves.
     let sealed = tls::CertFiles::in_dir(&args.data_dir).seal_plain_keys(app.store.master_key())?;
     if !sealed.is_empty() {
@@ -129,7 +166,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         Some(m) => {
             let maddr = m.local_addr()?;
             tracing::info!(addr = %maddr, "metrics listening");
-            eprintln!("latchkey: metrics listening on {scheme}://{maddr}");
+            if !json {
+                eprintln!("latchkey: metrics listening on {scheme}://{maddr}");
+            }
             Some(m.start()?)
         }
         None => None,
@@ -151,7 +190,17 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
 
     tracing::info!(%addr, threads = settings.threads, scheme, "listening");
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "latchkey listening on {scheme}://{addr}")?;
+    if json {
+        let ready = serde_json::json!({
+            "event": "listening",
+            "scheme": scheme,
+            "addr": addr.to_string(),
+            "url": format!("{scheme}://{addr}"),
+        });
+        writeln!(stdout, "{ready}")?;
+    } else {
+        writeln!(stdout, "latchkey listening on {scheme}://{addr}")?;
+    }
     stdout.flush()?;
     drop(stdout);
 
@@ -195,6 +244,7 @@ fn open_state(
     config: Option<&Path>,
     key: KeyFileOptions,
     metrics: Arc<Metrics>,
+    json: bool,
 ) -> Result<App, Error> {
     let app_config = match config {
         Some(path) => AppConfig::from_file(path)?,
@@ -204,10 +254,14 @@ fn open_state(
     settings.master_key = key;
     let (app, first_run) = App::open(data_dir, settings, metrics)?;
     if let Some(path) = &first_run.admin_credentials {
-        eprintln!(
-            "latchkey: created operator client `admin`; its credentials are in {}",
-            path.display()
-        );
+        if json {
+            tracing::info!(file = %path.display(), "created operator client `admin`; its credentials are in the file");
+        } else {
+            eprintln!(
+                "latchkey: created operator client `admin`; its credentials are in {}",
+                path.display()
+            );
+        }
     }
     if !first_run.generated_keys.is_empty() {
         tracing::info!(kids = ?first_run.generated_keys, "generated signing keys");
@@ -239,10 +293,14 @@ fn tls_config(
                 tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
             }
             // Printed on every start so operators know what clients must trust.
-            eprintln!(
-                "latchkey: clients must trust the CA certificate at {}",
-                files.ca_cert.display()
-            );
+            if s.log_format == LogFormat::Json {
+                tracing::info!(ca = %files.ca_cert.display(), "clients must trust the CA certificate");
+            } else {
+                eprintln!(
+                    "latchkey: clients must trust the CA certificate at {}",
+                    files.ca_cert.display()
+                );
+            }
             (
                 tls::load_certs(&files.server_cert)?,
                 files.server_key_der(key)?,

@@ -184,3 +184,67 @@ fn backup_onto_an_existing_file_says_so() {
     );
     assert!(run.status.success(), "{}", stderr(&run));
 }
+
+/// With `--log-format json` every line on stderr is a JSON object, first run included, and the
+/// ready line on stdout is a JSON event with the address.
+#[test]
+fn json_logs_are_json_on_every_line() {
+    use crate::util::server::Server;
+    let mut server = Server::tls(&["--log-format", "json", "--metrics-listen", "127.0.0.1:0"]);
+    let ready: serde_json::Value = serde_json::from_str(&server.ready_line).expect("JSON ready");
+    assert_eq!(ready["event"], "listening");
+    assert_eq!(ready["url"], format!("https://{}", server.addr));
+    assert_eq!(ready["addr"], server.addr.to_string());
+    server.assert_serving();
+    server.signal("TERM");
+    assert!(
+        server
+            .wait_exit(std::time::Duration::from_secs(20))
+            .is_some()
+    );
+    // The reader thread may still be draining the pipe.
+    assert!(
+        server.wait_stderr(r#""message":"stopped""#),
+        "{}",
+        server.stderr()
+    );
+    let err = server.stderr();
+    // First-run lines, the CA to trust and the metrics listener are among them.
+    for needle in [
+        "created operator client",
+        "clients must trust",
+        "metrics listening",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    for line in err.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{err}"));
+        assert!(v.is_object(), "{line}");
+    }
+
+    // A failure to start is a JSON line too.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = busy.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = path(&dir.path().join("data"));
+    let out = cli_env(
+        &[
+            "serve",
+            "--data-dir",
+            &data,
+            "--listen",
+            &taken,
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&taken), "{err}");
+    for line in err.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{err}"));
+    }
+}
