@@ -248,3 +248,48 @@ fn json_logs_are_json_on_every_line() {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{err}"));
     }
 }
+
+/// The repository's root, where `latchkey serve` run from a checkout puts `latchkey-data`.
+fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `latchkey serve` in a checkout creates `./latchkey-data` (master key included): git must
+/// never offer to commit it.
+#[test]
+fn the_default_data_directory_is_git_ignored() {
+    let root = repo_root();
+    let inside = Command::new("git")
+        .args(["rev-parse", "--is-inside-work-tree"])
+        .current_dir(&root)
+        .output();
+    match inside {
+        Ok(o) if o.status.success() && o.stdout.starts_with(b"true") => {}
+        _ => {
+            eprintln!("not in a git work tree: the ignore rule cannot be checked here");
+            return;
+        }
+    }
+    for file in [
+        "latchkey-data/master.key",
+        "latchkey-data/admin-client.json",
+        "latchkey-data/latchkey.redb",
+    ] {
+        let out = Command::new("git")
+            .args(["check-ignore", "--no-index", "-v", file])
+            .current_dir(&root)
+            .output()
+            .expect("run git check-ignore");
+        assert!(
+            out.status.success(),
+            "{file} is not git-ignored: {}",
+            stderr(&out)
+        );
+        // By the repository's own rule, not a global exclude of this machine.
+        let rule = String::from_utf8_lossy(&out.stdout);
+        assert!(rule.starts_with(".gitignore:"), "{file}: {rule}");
+    }
+}
