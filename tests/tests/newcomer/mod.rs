@@ -293,3 +293,74 @@ fn the_default_data_directory_is_git_ignored() {
         assert!(rule.starts_with(".gitignore:"), "{file}: {rule}");
     }
 }
+
+/// The README's quick start is `scripts/quickstart.sh`, verbatim.
+#[test]
+fn the_readme_quick_start_is_the_script() {
+    let root = repo_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let script = std::fs::read_to_string(root.join("scripts/quickstart.sh")).expect("script");
+    let block = readme
+        .split_once("<!-- scripts/quickstart.sh -->\n```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```\n"))
+        .map(|(block, _)| block)
+        .expect("README.md has the quick start block after its marker");
+    assert_eq!(
+        block, script,
+        "README.md's quick start differs from scripts/quickstart.sh"
+    );
+}
+
+/// The quick start, as a newcomer runs it (minus the install: the binary under test is first
+/// on PATH), on a temporary data directory and an ephemeral port: it ends with openssl's
+/// "Verified OK" for the agent's access token.
+#[test]
+fn the_quick_start_runs_to_a_verified_agent_token() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bin_dir = latchkey_bin()
+        .parent()
+        .expect("binary directory")
+        .to_path_buf();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let mut cmd = Command::new("sh");
+    for v in [
+        "LATCHKEY_SERVER",
+        "LATCHKEY_CA",
+        "LATCHKEY_CREDENTIALS",
+        "LATCHKEY_CLIENT_ID",
+        "LATCHKEY_CLIENT_SECRET",
+        "LATCHKEY_DATA_DIR",
+        "LATCHKEY_PASSPHRASE",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = cmd
+        .arg(root.join("scripts/quickstart.sh"))
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("DATA_DIR", dir.path().join("data"))
+        .env("LISTEN", "127.0.0.1:0")
+        .env("AGENT", "quick-1")
+        .env("SKIP_INSTALL", "1")
+        .env("STOP", "1")
+        .output()
+        .expect("run scripts/quickstart.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "quick start failed\nstdout:\n{stdout}\nstderr:\n{}",
+        stderr(&out)
+    );
+    assert!(stdout.contains("Verified OK"), "{stdout}");
+    let claims = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("the token's claims");
+    let claims: serde_json::Value = serde_json::from_str(claims).expect("claims JSON");
+    assert_eq!(claims["sub"], "quick-1", "{claims}");
+    assert_eq!(claims["client_id"], "quick-1", "{claims}");
+}
