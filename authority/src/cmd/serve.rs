@@ -291,6 +291,8 @@ fn tls_config(
             let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
             if created != Created::Nothing {
                 tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
+            } else {
+                warn_unnamed(&files.server_cert, &s.server_names);
             }
             // Printed on every start so operators know what clients must trust.
             if s.log_format == LogFormat::Json {
@@ -323,6 +325,57 @@ fn tls_config(
     };
     let config = tls::server_config(chain, key, trust.as_ref())?;
     Ok((config, trust))
+}
+
+/// `--server-name` shapes the certificate when it is generated; an existing one is kept, so
+/// names it lacks are worth a warning rather than silence.
+fn warn_unnamed(cert: &Path, names: &[String]) {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    if names.is_empty() {
+        return;
+    }
+    let Some(der) = tls::load_certs(cert)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+    else {
+        return;
+    };
+    let Ok((_, parsed)) = X509Certificate::from_der(&der) else {
+        return;
+    };
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    if let Ok(Some(ext)) = parsed.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                    Ok(v4) => ips.push(std::net::IpAddr::from(v4)),
+                    Err(_) => {
+                        if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                            ips.push(std::net::IpAddr::from(v6));
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => !ips.contains(&ip),
+            Err(_) => !dns.contains(&n.to_ascii_lowercase()),
+        })
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            names = ?missing,
+            certificate = %cert.display(),
+            "server names not in the existing server certificate, which is kept: to reissue it \
+             with them, remove it and server.key.sealed beside it while the server is stopped"
+        );
+    }
 }
 
 fn init_logging(s: &ServeSettings) -> Result<(), Error> {

@@ -364,3 +364,71 @@ fn the_quick_start_runs_to_a_verified_agent_token() {
     assert_eq!(claims["sub"], "quick-1", "{claims}");
     assert_eq!(claims["client_id"], "quick-1", "{claims}");
 }
+
+/// Starts `serve` on `data` with `args`, stops it with SIGTERM, returns its stderr.
+fn serve_once(data: &Path, args: &[&str]) -> String {
+    use crate::util::server::{Spawned, spawn_serve};
+    let mut cmd = Command::new(latchkey_bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+        .args(args);
+    let Spawned {
+        mut child, stderr, ..
+    } = spawn_serve(cmd, "https");
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    assert!(child.wait().expect("wait").success());
+    // The reader thread sees end of file once the child is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
+        if text.contains("stopped") || std::time::Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `--server-name` after the first run: the existing certificate is kept, and the names it
+/// lacks are warned about; removing the certificate reissues it with them.
+#[test]
+fn server_names_the_existing_certificate_lacks_are_warned_about() {
+    const WARNING: &str = "not in the existing server certificate";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let first = serve_once(&data, &[]);
+    assert!(!first.contains(WARNING), "{first}");
+
+    let later = serve_once(
+        &data,
+        &[
+            "--server-name",
+            "lk.example.test",
+            "--server-name",
+            "localhost",
+        ],
+    );
+    let line = later
+        .lines()
+        .find(|l| l.contains(WARNING))
+        .unwrap_or_else(|| panic!("no warning:\n{later}"));
+    assert!(line.contains("lk.example.test"), "{line}");
+    assert!(!line.contains("\"localhost\""), "{line}");
+
+    // Names the certificate has: no warning.
+    let covered = serve_once(&data, &["--server-name", "127.0.0.1"]);
+    assert!(!covered.contains(WARNING), "{covered}");
+
+    // The remedy the warning gives.
+    std::fs::remove_file(data.join("server.pem")).expect("remove server.pem");
+    std::fs::remove_file(data.join("server.key.sealed")).expect("remove server.key.sealed");
+    serve_once(&data, &["--server-name", "lk.example.test"]);
+    let reissued = serve_once(&data, &["--server-name", "lk.example.test"]);
+    assert!(!reissued.contains(WARNING), "{reissued}");
+}
