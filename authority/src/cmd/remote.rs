@@ -69,13 +69,10 @@ pub struct Target {
         allow_hyphen_values = true
     )]
     pub client_secret: Option<String>,
-    /// File whose first line is the operator client secret (`-`: standard input).
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        conflicts_with = "client_secret"
-    )]
+    /// File whose first line is the operator client secret (`-`: standard input); wins over
+    /// LATCHKEY_CLIENT_SECRET.
+    // Not `conflicts_with = "client_secret"`: that too counts the environment variable.
+    #[arg(long, global = true, value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
     /// File whose first line is the master key's passphrase (`-`: standard input), for
     /// --data-dir and sealed credentials [default: LATCHKEY_PASSPHRASE].
@@ -140,8 +137,13 @@ impl Target {
     /// The operator credential: id and secret, and the CA next to a credentials file.
     pub fn credential(&self) -> Result<(String, Zeroizing<String>, Option<PathBuf>), Error> {
         if let Some(id) = &self.client_id {
+            // The file is always given explicitly; the value may be a leftover export.
+            let value = match self.client_secret_file {
+                Some(_) => None,
+                None => self.client_secret.as_deref(),
+            };
             let secret = super::passphrase::value_or_file(
-                self.client_secret.as_deref(),
+                value,
                 self.client_secret_file.as_deref(),
                 "client secret file",
             )?

@@ -86,6 +86,30 @@ fn client_secret_in_the_environment_works_with_credentials_and_with_client_id() 
         stderr(&out)
     );
 
+    // A secret file wins over a secret exported for something else.
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{secret}\n")).expect("write secret file");
+    let out = cli_env(
+        &[
+            "agent",
+            "list",
+            "--server",
+            &server,
+            "--ca",
+            &ca,
+            "--client-id",
+            "admin",
+            "--client-secret-file",
+            &path(&file),
+        ],
+        &[("LATCHKEY_CLIENT_SECRET", "not-the-secret")],
+    );
+    assert!(
+        out.status.success(),
+        "with --client-secret-file: {}",
+        stderr(&out)
+    );
+
     // A secret alone names no client: a clear error, not a silent guess.
     let out = cli_env(
         &["agent", "list", "--server", &server, "--ca", &ca],
