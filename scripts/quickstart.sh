@@ -64,4 +64,4 @@ printf '%s' "${TOKEN##*.}" | unb64url >"$T/sig"
 printf '%s' "${TOKEN%.*}" | openssl dgst -sha256 -verify "$T/key.pem" -signature "$T/sig"
 echo "agent $CLIENT_ID's access token (kid $KID):"
 printf '%s' "$TOKEN" | cut -d. -f2 | unb64url; echo
-echo "latchkey serves $S as process $PID (log: $T/serve.log)"
+[ "${STOP:-0}" = 1 ] || echo "latchkey serves $S as process $PID (stop: kill $PID; log: $T/serve.log)"
