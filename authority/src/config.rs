@@ -74,7 +74,8 @@ pub struct Settings {
     #[arg(long, alias = "plain", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub insecure_plain_http: Option<bool>,
     /// Extra DNS names or IP addresses for the generated server certificate (repeatable)
-    /// [default: localhost, 127.0.0.1, ::1 only].
+    /// [default: localhost, 127.0.0.1, ::1 only]. Applied when the certificate is generated;
+    /// names an existing certificate lacks are logged as a warning.
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_names: Option<Vec<String>>,
     /// Server certificate chain (PEM) instead of the data directory's generated one.
@@ -90,7 +91,8 @@ pub struct Settings {
     /// directory's CA (repeatable).
     #[arg(long = "client-ca", value_name = "FILE")]
     pub client_cas: Option<Vec<PathBuf>>,
-    /// Log format [default: text].
+    /// Log format [default: text]. With json, every line on stderr is a JSON object and the
+    /// ready line on stdout is `{"event":"listening","scheme","addr","url"}`.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info` or `latchkey_authority=debug` [default: RUST_LOG, else info].
@@ -436,5 +438,119 @@ mod tests {
             ),
             (Duration::from_secs(2), Duration::from_secs(1), 2_000_000, 8)
         );
+    }
+
+    /// The names a `deny_unknown_fields` struct accepts, from serde's own "expected one of"
+    /// list when `text` adds the unknown key `zz-unknown`.
+    fn accepted<T: serde::de::DeserializeOwned + std::fmt::Debug>(text: &str) -> Vec<String> {
+        let err = toml::from_str::<T>(text).unwrap_err().to_string();
+        let (_, expected) = err.split_once("expected").expect(&err);
+        let names: Vec<String> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        assert!(!names.is_empty(), "{err}");
+        names
+    }
+
+    #[test]
+    fn every_setting_is_documented() {
+        use crate::app::AppConfig;
+        use clap::Args as _;
+        const DOC: &str = include_str!("../../docs/configuration.md");
+        // The doc's sections, by heading.
+        let section = |heading: &str| -> &str {
+            let start = DOC
+                .find(&format!("## {heading}\n"))
+                .unwrap_or_else(|| panic!("docs/configuration.md has no `## {heading}`"));
+            let rest = &DOC[start + 3..];
+            rest.find("\n## ").map_or(rest, |end| &rest[..end])
+        };
+        // The key in the first cell of each table row.
+        let keys = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("| `"))
+                .filter_map(|l| l.split('`').next())
+                .map(str::to_owned)
+                .collect()
+        };
+        let sections: [(&str, Vec<String>); 7] = [
+            (
+                "Server settings (top level)",
+                accepted::<Settings>("zz-unknown = 1"),
+            ),
+            (
+                "`[tokens]`",
+                accepted::<AppConfig>("[tokens]\nzz-unknown = 1"),
+            ),
+            ("`[keys]`", accepted::<AppConfig>("[keys]\nzz-unknown = 1")),
+            (
+                "`[agents]`",
+                accepted::<AppConfig>("[agents]\nzz-unknown = 1"),
+            ),
+            (
+                "`[[tenants]]`",
+                accepted::<AppConfig>("[[tenants]]\nid = \"a\"\nzz-unknown = 1"),
+            ),
+            (
+                "`[[profiles]]`",
+                accepted::<AppConfig>(
+                    "[[profiles]]\nname = \"a\"\npermissions = []\nzz-unknown = 1",
+                ),
+            ),
+            (
+                "`[[clients]]`",
+                accepted::<AppConfig>(
+                    "[[clients]]\nidentifier = \"a\"\nhashed-secret = \"x\"\nzz-unknown = 1",
+                ),
+            ),
+        ];
+        for (heading, names) in &sections {
+            let text = section(heading);
+            for name in names {
+                assert!(
+                    text.contains(&format!("`{name}`")),
+                    "{heading}: `{name}` is accepted but not documented"
+                );
+            }
+            for key in keys(text) {
+                assert!(
+                    names.contains(&key),
+                    "{heading}: `{key}` is documented but not accepted ({names:?})"
+                );
+            }
+        }
+        // Every section the file may hold is one of the documented ones.
+        for name in APP_SECTIONS {
+            assert!(
+                DOC.contains(&format!("`[{name}]")) || DOC.contains(&format!("`[[{name}]]")),
+                "section {name}"
+            );
+        }
+        // Flags: every `serve` flag is documented, every documented flag exists.
+        let cmd = crate::cmd::serve::ServeArgs::augment_args(clap::Command::new("serve"));
+        let longs: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .map(|l| format!("--{l}"))
+            .collect();
+        for long in &longs {
+            assert!(
+                DOC.contains(&format!("`{long}`")),
+                "{long} is not documented"
+            );
+        }
+        for piece in DOC.split("`--").skip(1) {
+            let flag: String = piece
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            assert!(
+                longs.contains(&format!("--{flag}")),
+                "--{flag} is documented but `serve` has no such flag"
+            );
+        }
     }
 }

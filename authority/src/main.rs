@@ -43,7 +43,6 @@ fn main() -> ExitCode {
     cmd::passphrase::take_env();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => cmd::serve::run(*args),
         Command::HashSecret(args) => cmd::hash_secret::run(&args),
         Command::Client(args) => cmd::client::run(&args),
         Command::Keys(args) => cmd::keys::run(&args),
@@ -51,6 +50,8 @@ fn main() -> ExitCode {
         Command::Revoke(args) => cmd::revoke::run(&args),
         Command::Audit(args) => cmd::audit::run(&args),
         Command::Cert(args) => cmd::cert::run(&args),
+        // Reports its failure in the log format.
+        Command::Serve(args) => return cmd::serve::main(*args),
         // These choose their own exit codes (2 = could not run, 1 = problems found).
         Command::Backup(args) => return cmd::backup::run(&args),
         Command::Check(args) => return cmd::check::run(&args),

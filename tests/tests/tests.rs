@@ -6,6 +6,7 @@ mod hostile;
 mod http;
 mod loadgen;
 mod mtls;
+mod newcomer;
 mod onboarding;
 mod operator;
 mod tls;

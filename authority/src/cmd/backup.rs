@@ -21,6 +21,14 @@ pub struct BackupArgs {
 }
 
 pub fn run(args: &BackupArgs) -> ExitCode {
+    // The store refuses to overwrite too (`create_new`); this says so in the operator's terms.
+    if args.out.symlink_metadata().is_ok() {
+        eprintln!(
+            "latchkey backup: {} exists; remove it or choose another --out",
+            args.out.display()
+        );
+        return ExitCode::from(2);
+    }
     match store::backup_data_dir(&args.data_dir, &args.out) {
         Ok(report) => {
             println!(

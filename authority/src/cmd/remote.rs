@@ -57,24 +57,22 @@ pub struct Target {
     )]
     pub client_id: Option<String>,
     /// Operator client secret. Prefer LATCHKEY_CLIENT_SECRET or --client-secret-file: flags
-    /// show in `ps`.
+    /// show in `ps`. Used with --client-id only.
+    // Not `requires = "client_id"`: on a global argument clap applies that to the environment
+    // variable too, so an exported secret would break every command given --credentials. The
+    // combination is checked in `Target::credential` instead.
     #[arg(
         long,
         global = true,
         env = "LATCHKEY_CLIENT_SECRET",
         hide_env_values = true,
-        requires = "client_id",
         allow_hyphen_values = true
     )]
     pub client_secret: Option<String>,
-    /// File whose first line is the operator client secret (`-`: standard input).
-    #[arg(
-        long,
-        global = true,
-        value_name = "FILE",
-        requires = "client_id",
-        conflicts_with = "client_secret"
-    )]
+    /// File whose first line is the operator client secret (`-`: standard input); wins over
+    /// LATCHKEY_CLIENT_SECRET.
+    // Not `conflicts_with = "client_secret"`: that too counts the environment variable.
+    #[arg(long, global = true, value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
     /// File whose first line is the master key's passphrase (`-`: standard input), for
     /// --data-dir and sealed credentials [default: LATCHKEY_PASSPHRASE].
@@ -139,8 +137,13 @@ impl Target {
     /// The operator credential: id and secret, and the CA next to a credentials file.
     pub fn credential(&self) -> Result<(String, Zeroizing<String>, Option<PathBuf>), Error> {
         if let Some(id) = &self.client_id {
+            // The file is always given explicitly; the value may be a leftover export.
+            let value = match self.client_secret_file {
+                Some(_) => None,
+                None => self.client_secret.as_deref(),
+            };
             let secret = super::passphrase::value_or_file(
-                self.client_secret.as_deref(),
+                value,
                 self.client_secret_file.as_deref(),
                 "client secret file",
             )?
@@ -148,6 +151,16 @@ impl Target {
                 usage("--client-id needs LATCHKEY_CLIENT_SECRET, --client-secret-file or --client-secret")
             })?;
             return Ok((id.clone(), secret, None));
+        }
+        if self.client_secret_file.is_some() {
+            return Err(usage("--client-secret-file needs --client-id"));
+        }
+        // A secret without an id (LATCHKEY_CLIENT_SECRET left in the environment, say) is
+        // unused when a credentials file names the client; alone it names no one.
+        if self.client_secret.is_some() && self.credentials.is_none() {
+            return Err(usage(
+                "a client secret (--client-secret or LATCHKEY_CLIENT_SECRET) needs --client-id",
+            ));
         }
         let path = self.credentials.as_ref().ok_or_else(|| {
             usage(&format!("an operator credential is needed: --credentials <{ADMIN_CLIENT_FILE}> or --client-id with LATCHKEY_CLIENT_SECRET"))
@@ -382,7 +395,16 @@ impl Remote {
                 let mut stream = tcp;
                 stream.write_all(req.as_bytes())?;
                 stream.write_all(body)?;
-                read_all(&mut stream, &mut raw)?;
+                let read = read_all(&mut stream, &mut raw);
+                // A TLS server answers plain text with an alert or handshake record (content
+                // type 0x15/0x16), then may reset the connection.
+                if matches!(raw.first(), Some(0x15 | 0x16)) {
+                    return Err(usage(&format!(
+                        "the server speaks HTTPS: use https://{} (with --ca)",
+                        self.host_header()
+                    )));
+                }
+                read?;
             }
         }
         parse_response(&raw)

@@ -1,14 +1,16 @@
 //! `latchkey serve`: open (or create) the data directory and run the HTTPS server until
 //! SIGINT/SIGTERM.
 //!
-//! Order matters: settings and logging first, then the data directory (store, certificates),
-//! then the router, then the listening socket, then signal handlers, and only then the one
-//! ready line on stdout (`latchkey listening on https://ADDR`), which tests and scripts wait
-//! for. On a signal the loops stop accepting, drain in-flight requests (bounded by
+//! Order matters: settings and logging first, then the listening sockets (so a taken address
+//! creates nothing), then the data directory (store, certificates), then the router, then
+//! signal handlers, and only then the one
+//! ready line on stdout (`latchkey listening on https://ADDR`; with `--log-format json` the
+//! object `{"event":"listening","scheme","addr","url"}`), which tests and scripts wait for. On a signal the loops stop accepting, drain in-flight requests (bounded by
 //! `--drain-timeout`), and the store is flushed and closed before exit.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::app::{App, AppConfig};
@@ -42,7 +44,35 @@ pub struct ServeArgs {
 /// settings, mutual-TLS trust).
 pub type State = App;
 
-pub fn run(args: ServeArgs) -> Result<(), Error> {
+/// Runs the server; a failure is reported on stderr in the log format (with `--log-format
+/// json`, every line on stderr is a JSON object).
+pub fn main(args: ServeArgs) -> ExitCode {
+    let mut json = args.settings.log_format == Some(LogFormat::Json);
+    match run(args, &mut json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json && tracing::dispatcher::has_been_set() => {
+            tracing::error!(error = %e, "latchkey serve failed");
+            ExitCode::FAILURE
+        }
+        Err(e) if json => {
+            // Logging is not set up yet: the same shape as the subscriber's events.
+            let line = serde_json::json!({
+                "level": "ERROR",
+                "fields": { "message": "latchkey serve failed", "error": e.to_string() },
+                "target": "latchkey",
+            });
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `json` becomes true as soon as the settings (flags or file) ask for JSON logs.
+fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     let config_path = args.config.clone().or_else(|| {
         let default = args.data_dir.join("latchkey.toml");
         default.is_file().then_some(default)
@@ -52,11 +82,22 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         None => Settings::default(),
     };
     let settings = args.settings.merge(file).resolve()?;
+    *json = settings.log_format == LogFormat::Json;
+    let json = *json;
     init_logging(&settings)?;
+    // Before anything is created: a taken address must not leave a fresh data directory behind.
+    let listener = listen(settings.listen)?;
+    let metrics_listener = settings.metrics_listen.map(listen).transpose()?;
 
     let metrics = Arc::new(Metrics::new());
     let key = args.passphrase.key_options()?;
-    let mut app = open_state(&args.data_dir, config_path.as_deref(), key, metrics.clone())?;
+    let mut app = open_state(
+        &args.data_dir,
+        config_path.as_deref(),
+        key,
+        metrics.clone(),
+        json,
+    )?;
     // Earlier releases kept the TLS private keys in clear; seal them whatever this start serves.
     let sealed = tls::CertFiles::in_dir(&args.data_dir).seal_plain_keys(app.store.master_key())?;
     if !sealed.is_empty() {
@@ -97,8 +138,8 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         crate::http::admission::fit_connections_to_fd_limit(limits.max_connections);
     // `/metrics` on its own listener: same TLS, one thread, its own request counters (the
     // page it serves is the main server's).
-    let metrics_server = match settings.metrics_listen {
-        Some(listen) => {
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
             let mut r = Router::new();
             crate::api::metrics::route(&mut r, &state, settings.metrics_access);
             let config = ServerConfig {
@@ -107,7 +148,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
                 tls: tls.clone(),
                 drain_timeout: settings.drain_timeout,
             };
-            Some(Server::bind(listen, config, r, Arc::new(Metrics::new()))?)
+            Some(Server::from_listener(
+                listener,
+                config,
+                r,
+                Arc::new(Metrics::new()),
+            )?)
         }
         None => None,
     };
@@ -117,7 +163,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         tls,
         drain_timeout: settings.drain_timeout,
     };
-    let server = Server::bind(settings.listen, config, router, metrics)?;
+    let server = Server::from_listener(listener, config, router, metrics)?;
     let addr = server.local_addr()?;
     state.set_listen_addr(if settings.plain_http { "http" } else { "https" }, addr);
     let maintenance = state.start_maintenance()?;
@@ -130,7 +176,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         Some(m) => {
             let maddr = m.local_addr()?;
             tracing::info!(addr = %maddr, "metrics listening");
-            eprintln!("latchkey: metrics listening on {scheme}://{maddr}");
+            if !json {
+                eprintln!("latchkey: metrics listening on {scheme}://{maddr}");
+            }
             Some(m.start()?)
         }
         None => None,
@@ -152,7 +200,17 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
 
     tracing::info!(%addr, threads = settings.threads, scheme, "listening");
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "latchkey listening on {scheme}://{addr}")?;
+    if json {
+        let ready = serde_json::json!({
+            "event": "listening",
+            "scheme": scheme,
+            "addr": addr.to_string(),
+            "url": format!("{scheme}://{addr}"),
+        });
+        writeln!(stdout, "{ready}")?;
+    } else {
+        writeln!(stdout, "latchkey listening on {scheme}://{addr}")?;
+    }
     stdout.flush()?;
     drop(stdout);
 
@@ -182,6 +240,12 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Binds a listening socket; the error names the address.
+fn listen(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, Error> {
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| Error::Cli(format!("cannot listen on {addr}: {e}")))
+}
+
 /// Opens the application state in the data directory (creating it on first run: signing keys,
 /// profiles, the `admin` operator client). The first client's credentials go to a file whose
 /// path, never the secret, is printed.
@@ -190,6 +254,7 @@ fn open_state(
     config: Option<&Path>,
     key: KeyFileOptions,
     metrics: Arc<Metrics>,
+    json: bool,
 ) -> Result<App, Error> {
     let app_config = match config {
         Some(path) => AppConfig::from_file(path)?,
@@ -199,10 +264,14 @@ fn open_state(
     settings.master_key = key;
     let (app, first_run) = App::open(data_dir, settings, metrics)?;
     if let Some(path) = &first_run.admin_credentials {
-        eprintln!(
-            "latchkey: created operator client `admin`; its credentials are in {}",
-            path.display()
-        );
+        if json {
+            tracing::info!(file = %path.display(), "created operator client `admin`; its credentials are in the file");
+        } else {
+            eprintln!(
+                "latchkey: created operator client `admin`; its credentials are in {}",
+                path.display()
+            );
+        }
     }
     if !first_run.generated_keys.is_empty() {
         tracing::info!(kids = ?first_run.generated_keys, "generated signing keys");
@@ -232,12 +301,18 @@ fn tls_config(
             let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
             if created != Created::Nothing {
                 tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
+            } else {
+                warn_unnamed(&files.server_cert, &s.server_names);
             }
             // Printed on every start so operators know what clients must trust.
-            eprintln!(
-                "latchkey: clients must trust the CA certificate at {}",
-                files.ca_cert.display()
-            );
+            if s.log_format == LogFormat::Json {
+                tracing::info!(ca = %files.ca_cert.display(), "clients must trust the CA certificate");
+            } else {
+                eprintln!(
+                    "latchkey: clients must trust the CA certificate at {}",
+                    files.ca_cert.display()
+                );
+            }
             (
                 tls::load_certs(&files.server_cert)?,
                 files.server_key_der(key)?,
@@ -260,6 +335,57 @@ fn tls_config(
     };
     let config = tls::server_config(chain, key, trust.as_ref())?;
     Ok((config, trust))
+}
+
+/// `--server-name` shapes the certificate when it is generated; an existing one is kept, so
+/// names it lacks are worth a warning rather than silence.
+fn warn_unnamed(cert: &Path, names: &[String]) {
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+    if names.is_empty() {
+        return;
+    }
+    let Some(der) = tls::load_certs(cert)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+    else {
+        return;
+    };
+    let Ok((_, parsed)) = X509Certificate::from_der(&der) else {
+        return;
+    };
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    if let Ok(Some(ext)) = parsed.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns.push(d.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                    Ok(v4) => ips.push(std::net::IpAddr::from(v4)),
+                    Err(_) => {
+                        if let Ok(v6) = <[u8; 16]>::try_from(*b) {
+                            ips.push(std::net::IpAddr::from(v6));
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => !ips.contains(&ip),
+            Err(_) => !dns.contains(&n.to_ascii_lowercase()),
+        })
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            names = ?missing,
+            certificate = %cert.display(),
+            "server names not in the existing server certificate, which is kept: to reissue it \
+             with them, remove it and server.key.sealed beside it while the server is stopped"
+        );
+    }
 }
 
 fn init_logging(s: &ServeSettings) -> Result<(), Error> {

@@ -105,7 +105,17 @@ impl Server {
         router: Router,
         metrics: Arc<Metrics>,
     ) -> io::Result<Self> {
-        let listener = std::net::TcpListener::bind(addr)?;
+        Self::from_listener(std::net::TcpListener::bind(addr)?, config, router, metrics)
+    }
+
+    /// Like [`Server::bind`], on a socket the caller bound (before doing anything it would
+    /// have to undo if the address is taken).
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: ServerConfig,
+        router: Router,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         metrics.init_routes(router.labels());
         Ok(Self {

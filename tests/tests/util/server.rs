@@ -59,7 +59,7 @@ pub struct Spawned {
 }
 
 /// Spawns `cmd` (a `latchkey serve …` command line), collects its stderr on a thread, and
-/// waits for the ready line `latchkey listening on SCHEME://ADDR`; panics with the child's
+/// waits for the ready line `latchkey listening on SCHEME://ADDR` (or its JSON form); panics with the child's
 /// stderr if it never comes.
 pub fn spawn_serve(mut cmd: Command, scheme: &str) -> Spawned {
     let mut child = cmd
@@ -86,9 +86,17 @@ pub fn spawn_serve(mut cmd: Command, scheme: &str) -> Spawned {
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
     let mut line = String::new();
     let _ = stdout.read_line(&mut line);
-    let Some(addr) = line
-        .trim()
-        .strip_prefix(&format!("latchkey listening on {scheme}://"))
+    // `latchkey listening on URL`, or with `--log-format json` an object whose `url` is it.
+    let url = match serde_json::from_str::<serde_json::Value>(&line) {
+        Ok(v) if v["event"] == "listening" => v["url"].as_str().map(str::to_owned),
+        _ => line
+            .trim()
+            .strip_prefix("latchkey listening on ")
+            .map(str::to_owned),
+    };
+    let Some(addr) = url
+        .as_deref()
+        .and_then(|u| u.strip_prefix(&format!("{scheme}://")))
     else {
         let _ = child.kill();
         let _ = child.wait();
