@@ -380,7 +380,21 @@ impl TrustStore {
 
     /// The verifier rustls calls; hand it to [`server_config`].
     pub fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
-        Arc::new(TrustStoreVerifier(self.clone()))
+        Arc::new(TrustStoreVerifier(self.clone(), self.mandatory))
+    }
+
+    /// Like [`TrustStore::verifier`] for a listener with its own mode (same anchors and
+    /// revocations): `None` for [`ClientAuthMode::Off`].
+    pub fn verifier_for(
+        self: &Arc<Self>,
+        mode: ClientAuthMode,
+    ) -> Option<Arc<dyn ClientCertVerifier>> {
+        (mode != ClientAuthMode::Off).then(|| {
+            Arc::new(TrustStoreVerifier(
+                self.clone(),
+                mode == ClientAuthMode::Required,
+            )) as Arc<dyn ClientCertVerifier>
+        })
     }
 
     fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
@@ -388,9 +402,9 @@ impl TrustStore {
     }
 }
 
-/// rustls' view of a [`TrustStore`].
+/// rustls' view of a [`TrustStore`], and whether its listener requires a certificate.
 #[derive(Debug)]
-struct TrustStoreVerifier(Arc<TrustStore>);
+struct TrustStoreVerifier(Arc<TrustStore>, bool);
 
 impl ClientCertVerifier for TrustStoreVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -398,7 +412,7 @@ impl ClientCertVerifier for TrustStoreVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.0.mandatory
+        self.1
     }
 
     /// No hints: the anchors can change under us, and an empty list lets a client send
@@ -458,12 +472,21 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     trust: Option<&Arc<TrustStore>>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
+    server_config_with(chain, key, trust.map(|t| t.verifier()))
+}
+
+/// [`server_config`] with a given client verifier (`None`: no client certificates asked).
+pub fn server_config_with(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-    let builder = match trust {
-        Some(t) => builder.with_client_cert_verifier(t.verifier()),
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder

@@ -66,14 +66,14 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     if crate::credentials::seal_plain(&admin, app.store.master_key())? {
         tracing::info!(file = %admin.display(), "sealed the admin client secret under the master key");
     }
-    let (tls, trust) = if settings.plain_http {
+    let (tls, trust, more_tls) = if settings.plain_http {
         tracing::warn!(
             "serving plain HTTP: credentials cross the network unencrypted (use only on loopback)"
         );
-        (None, None)
+        (None, None, vec![None; settings.more_listeners.len()])
     } else {
-        let (config, trust) = tls_config(&args.data_dir, &settings, app.store.master_key())?;
-        (Some(config), trust)
+        let (config, trust, more) = tls_config(&args.data_dir, &settings, app.store.master_key())?;
+        (Some(config), trust, more.into_iter().map(Some).collect())
     };
     app.trust = trust;
     if app.trust.is_some() {
@@ -83,7 +83,7 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         app.mtls.refresh(&app)?;
     }
     let state = Arc::new(app);
-    let router = router(&state, &settings);
+    let router = router_for(&state, &settings);
 
     let mut limits = settings.limits.clone();
     limits.max_connections =
@@ -106,10 +106,27 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     };
     let config = ServerConfig {
         threads: settings.threads,
-        limits,
+        limits: limits.clone(),
         tls,
         drain_timeout: settings.drain_timeout,
     };
+    // Further listeners: same routes and state, each with its own client-auth mode.
+    let mut more_servers = Vec::new();
+    for ((addr, mode), tls) in settings.more_listeners.iter().zip(more_tls) {
+        let config = ServerConfig {
+            threads: settings.threads,
+            limits: limits.clone(),
+            tls,
+            drain_timeout: settings.drain_timeout,
+        };
+        let server = Server::bind(
+            *addr,
+            config,
+            router_for(&state, &settings),
+            metrics.clone(),
+        )?;
+        more_servers.push((server, *mode));
+    }
     let server = Server::bind(settings.listen, config, router, metrics)?;
     let addr = server.local_addr()?;
     state.set_listen_addr(if settings.plain_http { "http" } else { "https" }, addr);
@@ -128,8 +145,19 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
         }
         None => None,
     };
+    let mut more_running = Vec::new();
+    for (server, mode) in more_servers {
+        let maddr = server.local_addr()?;
+        tracing::info!(addr = %maddr, client_auth = ?mode, "listening");
+        eprintln!(
+            "latchkey: also listening on {scheme}://{maddr} (client-auth {})",
+            format!("{mode:?}").to_lowercase()
+        );
+        more_running.push(server.start()?);
+    }
     let running = server.start()?;
     let shutdown = running.shutdown_handle();
+    let more_shutdown: Vec<_> = more_running.iter().map(|r| r.shutdown_handle()).collect();
     let metrics_shutdown = metrics_running.as_ref().map(|m| m.shutdown_handle());
     let signal_thread = std::thread::Builder::new()
         .name("latchkey-signals".into())
@@ -137,6 +165,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
                 shutdown.shutdown();
+                for m in &more_shutdown {
+                    m.shutdown();
+                }
                 if let Some(m) = &metrics_shutdown {
                     m.shutdown();
                 }
@@ -150,6 +181,9 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     drop(stdout);
 
     running.wait();
+    for r in more_running {
+        r.wait();
+    }
     if let Some(m) = metrics_running {
         m.wait();
     }
@@ -204,7 +238,7 @@ fn open_state(
 }
 
 /// The routes: built-ins (`/metrics` unless it has a listener of its own), then every API.
-fn router(state: &Arc<State>, settings: &ServeSettings) -> Router {
+fn router_for(state: &Arc<State>, settings: &ServeSettings) -> Router {
     let mut router = Router::new();
     router.health_route();
     if settings.metrics_listen.is_none() {
@@ -214,11 +248,15 @@ fn router(state: &Arc<State>, settings: &ServeSettings) -> Router {
     router
 }
 
-fn tls_config(
-    data_dir: &Path,
-    s: &ServeSettings,
-    key: &MasterKey,
-) -> Result<(Arc<rustls::ServerConfig>, Option<Arc<TrustStore>>), Error> {
+/// The first listener's TLS configuration, the client trust store (when any listener asks
+/// for certificates), and one configuration per further listener.
+type TlsConfigs = (
+    Arc<rustls::ServerConfig>,
+    Option<Arc<TrustStore>>,
+    Vec<Arc<rustls::ServerConfig>>,
+);
+
+fn tls_config(data_dir: &Path, s: &ServeSettings, key: &MasterKey) -> Result<TlsConfigs, Error> {
     let (chain, key) = match &s.tls_files {
         Some((cert, key)) => (tls::load_certs(cert)?, tls::load_key(key)?),
         None => {
@@ -237,8 +275,11 @@ fn tls_config(
             )
         }
     };
+    let any_client_auth = std::iter::once(s.client_auth)
+        .chain(s.more_listeners.iter().map(|l| l.1))
+        .any(|m| m != ClientAuthMode::Off);
     let trust = match s.client_auth {
-        ClientAuthMode::Off => None,
+        _ if !any_client_auth => None,
         mode => {
             let mut anchors = Vec::new();
             let own_ca = tls::CertFiles::in_dir(data_dir).ca_cert;
@@ -251,8 +292,14 @@ fn tls_config(
             Some(TrustStore::new(anchors, [], mode)?)
         }
     };
-    let config = tls::server_config(chain, key, trust.as_ref())?;
-    Ok((config, trust))
+    let verifier = |mode| trust.as_ref().and_then(|t| t.verifier_for(mode));
+    let more = s
+        .more_listeners
+        .iter()
+        .map(|(_, mode)| tls::server_config_with(chain.clone(), key.clone_key(), verifier(*mode)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = tls::server_config_with(chain, key, verifier(s.client_auth))?;
+    Ok((config, trust, more))
 }
 
 fn init_logging(s: &ServeSettings) -> Result<(), Error> {
