@@ -136,12 +136,23 @@ pub struct Settings {
     /// [default: localhost, 127.0.0.1, ::1 only].
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_names: Option<Vec<String>>,
-    /// Server certificate chain (PEM) instead of the data directory's generated one.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    /// Server certificate chain (PEM, with --tls-key) or a PKCS#12 file (.pfx/.p12, key
+    /// included; its password in --tls-password-file or LATCHKEY_TLS_PASSWORD) instead of the
+    /// data directory's generated one. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) for --tls-cert.
+    /// Private key (PEM) for a PEM --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// File whose first line is the password of a PKCS#12 --tls-cert [default:
+    /// LATCHKEY_TLS_PASSWORD, else none].
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "tls_key"
+    )]
+    pub tls_password_file: Option<PathBuf>,
     /// Ask clients for certificates (mutual TLS) [default: off].
     #[arg(long, value_enum, value_name = "MODE")]
     pub client_auth: Option<ClientAuthMode>,
@@ -234,6 +245,18 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// A server certificate given as files instead of the data directory's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFiles {
+    /// PEM chain and PEM private key.
+    Pem { cert: PathBuf, key: PathBuf },
+    /// PKCS#12 with its key; the password from `password_file`, else `LATCHKEY_TLS_PASSWORD`.
+    Pkcs12 {
+        file: PathBuf,
+        password_file: Option<PathBuf>,
+    },
+}
+
 /// Settings after defaults and checks.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -242,7 +265,7 @@ pub struct ServeSettings {
     pub threads: usize,
     pub plain_http: bool,
     pub server_names: Vec<String>,
-    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub tls_files: Option<TlsFiles>,
     /// The first listener's client-auth mode.
     pub client_auth: ClientAuthMode,
     /// Further listeners, each with its mode resolved.
@@ -284,6 +307,7 @@ impl Settings {
             server_names,
             tls_cert,
             tls_key,
+            tls_password_file,
             client_auth,
             client_cas,
             log_format,
@@ -414,7 +438,17 @@ impl Settings {
             threads,
             plain_http: self.insecure_plain_http.unwrap_or(false),
             server_names: self.server_names.unwrap_or_default(),
-            tls_files: self.tls_cert.zip(self.tls_key),
+            tls_files: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles::Pem { cert, key }),
+                (Some(file), None) => Some(TlsFiles::Pkcs12 {
+                    file,
+                    password_file: self.tls_password_file,
+                }),
+                (None, Some(_)) => {
+                    return Err(Error::Config("tls-key needs tls-cert".into()));
+                }
+                (None, None) => None,
+            },
             client_auth: first_auth,
             client_cas: self.client_cas.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),

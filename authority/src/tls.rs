@@ -472,13 +472,70 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     trust: Option<&Arc<TrustStore>>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
-    server_config_with(chain, key, trust.map(|t| t.verifier()))
+    server_config_with(&ServerCert::new(chain, key)?, trust.map(|t| t.verifier()))
 }
 
-/// [`server_config`] with a given client verifier (`None`: no client certificates asked).
-pub fn server_config_with(
+/// The server's certificate and key, replaceable while the server runs (SIGHUP): the next
+/// handshake gets the new one, connections already open keep the one they shook hands with.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: ArcSwap<rustls::sign::CertifiedKey>,
+}
+
+impl ServerCert {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(certified(chain, key)?),
+        }))
+    }
+
+    /// Serves `chain` from the next handshake on; a key that does not match is refused and
+    /// the current certificate stays.
+    pub fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), Error> {
+        self.current.store(Arc::new(certified(chain, key)?));
+        Ok(())
+    }
+}
+
+fn certified(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, Error> {
+    if chain.is_empty() {
+        return Err(Error::Config("TLS certificate: the chain is empty".into()));
+    }
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| Error::Config(format!("TLS private key: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| Error::Config(format!("TLS certificate and key: {e}")))?;
+    Ok(certified)
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// [`server_config`] over a replaceable certificate and a given client verifier (`None`: no
+/// client certificates asked).
+pub fn server_config_with(
+    cert: &Arc<ServerCert>,
     verifier: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -489,9 +546,7 @@ pub fn server_config_with(
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| Error::Config(format!("TLS certificate: {e}")))?;
+    let mut config = builder.with_cert_resolver(cert.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()

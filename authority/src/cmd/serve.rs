@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::app::{App, AppConfig};
-use crate::config::{LogFormat, ServeSettings, Settings};
+use crate::config::{LogFormat, ServeSettings, Settings, TlsFiles};
 use crate::error::Error;
 use crate::http::{Metrics, Router, Server, ServerConfig};
 use crate::store::{KeyFileOptions, MasterKey};
 use crate::tls::{self, ClientAuthMode, Created, TrustStore};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use zeroize::Zeroizing;
 
 /// `latchkey serve` arguments. Every setting can also be set in the TOML file (same names).
 #[derive(Debug, clap::Args)]
@@ -66,14 +69,20 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     if crate::credentials::seal_plain(&admin, app.store.master_key())? {
         tracing::info!(file = %admin.display(), "sealed the admin client secret under the master key");
     }
-    let (tls, trust, more_tls) = if settings.plain_http {
+    let (tls, trust, more_tls, server_cert) = if settings.plain_http {
         tracing::warn!(
             "serving plain HTTP: credentials cross the network unencrypted (use only on loopback)"
         );
-        (None, None, vec![None; settings.more_listeners.len()])
+        (None, None, vec![None; settings.more_listeners.len()], None)
     } else {
-        let (config, trust, more) = tls_config(&args.data_dir, &settings, app.store.master_key())?;
-        (Some(config), trust, more.into_iter().map(Some).collect())
+        let (config, trust, more, cert) =
+            tls_config(&args.data_dir, &settings, app.store.master_key())?;
+        (
+            Some(config),
+            trust,
+            more.into_iter().map(Some).collect(),
+            Some(cert),
+        )
     };
     app.trust = trust;
     if app.trust.is_some() {
@@ -134,7 +143,28 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])?;
+    // SIGHUP re-reads the server certificate; weak, so the signal thread never keeps the
+    // state alive past shutdown.
+    let reload = {
+        let state = Arc::downgrade(&state);
+        let data_dir = args.data_dir.clone();
+        let settings = settings.clone();
+        move || {
+            let (Some(cert), Some(state)) = (&server_cert, state.upgrade()) else {
+                return;
+            };
+            match server_identity(&data_dir, &settings, state.store.master_key())
+                .and_then(|(chain, key)| cert.replace(chain, key))
+            {
+                Ok(()) => tracing::info!("server certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "server certificate not reloaded; keeping the current one")
+                }
+            }
+        }
+    };
     let scheme = if settings.plain_http { "http" } else { "https" };
     let metrics_running = match metrics_server {
         Some(m) => {
@@ -162,7 +192,14 @@ pub fn run(args: ServeArgs) -> Result<(), Error> {
     let signal_thread = std::thread::Builder::new()
         .name("latchkey-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            let mut incoming = signals.forever();
+            let next = loop {
+                match incoming.next() {
+                    Some(signal_hook::consts::SIGHUP) => reload(),
+                    other => break other,
+                }
+            };
+            if let Some(sig) = next {
                 tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
                 shutdown.shutdown();
                 for m in &more_shutdown {
@@ -254,27 +291,23 @@ type TlsConfigs = (
     Arc<rustls::ServerConfig>,
     Option<Arc<TrustStore>>,
     Vec<Arc<rustls::ServerConfig>>,
+    Arc<tls::ServerCert>,
 );
 
 fn tls_config(data_dir: &Path, s: &ServeSettings, key: &MasterKey) -> Result<TlsConfigs, Error> {
-    let (chain, key) = match &s.tls_files {
-        Some((cert, key)) => (tls::load_certs(cert)?, tls::load_key(key)?),
-        None => {
-            let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
-            if created != Created::Nothing {
-                tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
-            }
-            // Printed on every start so operators know what clients must trust.
-            eprintln!(
-                "latchkey: clients must trust the CA certificate at {}",
-                files.ca_cert.display()
-            );
-            (
-                tls::load_certs(&files.server_cert)?,
-                files.server_key_der(key)?,
-            )
+    if s.tls_files.is_none() {
+        let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
+        if created != Created::Nothing {
+            tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
         }
-    };
+        // Printed on every start so operators know what clients must trust.
+        eprintln!(
+            "latchkey: clients must trust the CA certificate at {}",
+            files.ca_cert.display()
+        );
+    }
+    let (chain, key) = server_identity(data_dir, s, key)?;
+    let cert = tls::ServerCert::new(chain, key)?;
     let any_client_auth = std::iter::once(s.client_auth)
         .chain(s.more_listeners.iter().map(|l| l.1))
         .any(|m| m != ClientAuthMode::Off);
@@ -296,11 +329,55 @@ fn tls_config(data_dir: &Path, s: &ServeSettings, key: &MasterKey) -> Result<Tls
     let more = s
         .more_listeners
         .iter()
-        .map(|(_, mode)| tls::server_config_with(chain.clone(), key.clone_key(), verifier(*mode)))
+        .map(|(_, mode)| tls::server_config_with(&cert, verifier(*mode)))
         .collect::<Result<Vec<_>, _>>()?;
-    let config = tls::server_config_with(chain, key, verifier(s.client_auth))?;
-    Ok((config, trust, more))
+    let config = tls::server_config_with(&cert, verifier(s.client_auth))?;
+    Ok((config, trust, more, cert))
 }
+
+/// The server certificate chain and key, from `--tls-cert` (PEM or PKCS#12) or the data
+/// directory. Read at start and again on SIGHUP.
+fn server_identity(
+    data_dir: &Path,
+    s: &ServeSettings,
+    master: &MasterKey,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    Ok(match &s.tls_files {
+        Some(TlsFiles::Pem { cert, key }) => (tls::load_certs(cert)?, tls::load_key(key)?),
+        Some(TlsFiles::Pkcs12 {
+            file,
+            password_file,
+        }) => {
+            let password = match password_file {
+                Some(path) => super::passphrase::read_secret_file(path, "TLS password file")?,
+                None => Zeroizing::new(std::env::var(TLS_PASSWORD_ENV).unwrap_or_default()),
+            };
+            let der = std::fs::read(file)
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            let (certs, key) = crate::pki::from_pkcs12(&der, &password)
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            let key = key.ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: the PKCS#12 file holds no private key",
+                    file.display()
+                ))
+            })?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            (certs.into_iter().map(|c| c.der).collect(), key)
+        }
+        None => {
+            let files = tls::CertFiles::in_dir(data_dir);
+            (
+                tls::load_certs(&files.server_cert)?,
+                files.server_key_der(master)?,
+            )
+        }
+    })
+}
+
+/// Where a PKCS#12 `--tls-cert` finds its password when no `--tls-password-file` is given.
+const TLS_PASSWORD_ENV: &str = "LATCHKEY_TLS_PASSWORD";
 
 fn init_logging(s: &ServeSettings) -> Result<(), Error> {
     let filter = match &s.log_level {
