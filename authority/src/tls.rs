@@ -629,6 +629,43 @@ mod tests {
         );
     }
 
+    /// A listener's own mode changes only whether a certificate is mandatory; anchors and
+    /// revocations are the store's.
+    #[test]
+    fn listener_verifiers_share_the_trust_and_differ_in_mode() {
+        let a = ca("A");
+        let cert = client_cert(&a);
+        let store =
+            TrustStore::new(vec![a.cert.der().clone()], [], ClientAuthMode::Optional).unwrap();
+        assert!(store.verifier_for(ClientAuthMode::Off).is_none());
+        let required = store.verifier_for(ClientAuthMode::Required).unwrap();
+        let optional = store.verifier_for(ClientAuthMode::Optional).unwrap();
+        assert!(required.client_auth_mandatory() && !optional.client_auth_mandatory());
+        assert!(!store.verifier().client_auth_mandatory());
+        store.revoke(fingerprint(&cert));
+        for v in [&required, &optional] {
+            assert!(v.verify_client_cert(&cert, &[], UnixTime::now()).is_err());
+        }
+    }
+
+    /// A replacement whose key is not the certificate's is refused and the current pair stays.
+    #[test]
+    fn server_certificate_replacement_checks_the_key() {
+        let a = ca("A");
+        let b = ca("B");
+        let pkcs8 = |k: &rcgen::KeyPair| PrivateKeyDer::Pkcs8(k.serialize_der().into());
+        let cert = ServerCert::new(vec![a.cert.der().clone()], pkcs8(&a.key)).unwrap();
+        let err = cert
+            .replace(vec![b.cert.der().clone()], pkcs8(&a.key))
+            .unwrap_err();
+        assert!(err.to_string().contains("certificate and key"), "{err}");
+        assert_eq!(cert.current.load().cert[0], *a.cert.der());
+        cert.replace(vec![b.cert.der().clone()], pkcs8(&b.key))
+            .unwrap();
+        assert_eq!(cert.current.load().cert[0], *b.cert.der());
+        assert!(ServerCert::new(vec![], pkcs8(&a.key)).is_err());
+    }
+
     fn master_key(dir: &Path) -> MasterKey {
         crate::store::open_master_key(dir, &crate::store::KeyFileOptions::default()).unwrap()
     }
