@@ -39,6 +39,62 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
     }
 }
 
+/// One `--listen` value: `ADDR[,client-auth=MODE]`. Without a mode the listener follows
+/// `--client-auth`; with one, it overrides it for that listener only, so agents without
+/// certificates and certificate-only operators can have ports of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub addr: SocketAddr,
+    pub client_auth: Option<ClientAuthMode>,
+}
+
+impl FromStr for ListenSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let addr = parts.next().unwrap_or("").trim();
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an ADDRESS:PORT"))?;
+        let mut client_auth = None;
+        for opt in parts {
+            match opt.trim().split_once('=') {
+                Some(("client-auth", mode)) if client_auth.is_none() => {
+                    let mode = <ClientAuthMode as clap::ValueEnum>::from_str(mode, true)
+                        .map_err(|_| format!("client-auth={mode}: off, optional or required"))?;
+                    client_auth = Some(mode);
+                }
+                _ => {
+                    return Err(format!(
+                        "{opt:?}: the only listener option is client-auth=MODE"
+                    ));
+                }
+            }
+        }
+        Ok(ListenSpec { addr, client_auth })
+    }
+}
+
+/// `listen = "ADDR"` or `listen = ["ADDR", "ADDR,client-auth=required"]`.
+fn listen_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<ListenSpec>>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let list = match <OneOrMany as serde::Deserialize>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    list.iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -64,8 +120,11 @@ pub enum MetricsAccess {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
     /// Address and port to listen on [default: 127.0.0.1:8443; port 0 picks a free port].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
+    /// Repeatable; `ADDR,client-auth=MODE` gives that listener its own mutual-TLS mode, e.g.
+    /// `--listen 0.0.0.0:8443 --listen 0.0.0.0:9443,client-auth=required`.
+    #[arg(long, value_name = "ADDR[,client-auth=MODE]")]
+    #[serde(deserialize_with = "listen_list")]
+    pub listen: Option<Vec<ListenSpec>>,
     /// Event loop threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -78,12 +137,23 @@ pub struct Settings {
     /// names an existing certificate lacks are logged as a warning.
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_names: Option<Vec<String>>,
-    /// Server certificate chain (PEM) instead of the data directory's generated one.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    /// Server certificate chain (PEM, with --tls-key) or a PKCS#12 file (.pfx/.p12, key
+    /// included; its password in --tls-password-file or LATCHKEY_TLS_PASSWORD) instead of the
+    /// data directory's generated one. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) for --tls-cert.
+    /// Private key (PEM) for a PEM --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// File whose first line is the password of a PKCS#12 --tls-cert [default:
+    /// LATCHKEY_TLS_PASSWORD, else none].
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        conflicts_with = "tls_key"
+    )]
+    pub tls_password_file: Option<PathBuf>,
     /// Ask clients for certificates (mutual TLS) [default: off].
     #[arg(long, value_enum, value_name = "MODE")]
     pub client_auth: Option<ClientAuthMode>,
@@ -177,15 +247,31 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// A server certificate given as files instead of the data directory's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsFiles {
+    /// PEM chain and PEM private key.
+    Pem { cert: PathBuf, key: PathBuf },
+    /// PKCS#12 with its key; the password from `password_file`, else `LATCHKEY_TLS_PASSWORD`.
+    Pkcs12 {
+        file: PathBuf,
+        password_file: Option<PathBuf>,
+    },
+}
+
 /// Settings after defaults and checks.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
+    /// The first listener (its address is the one printed and used in metadata).
     pub listen: SocketAddr,
     pub threads: usize,
     pub plain_http: bool,
     pub server_names: Vec<String>,
-    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub tls_files: Option<TlsFiles>,
+    /// The first listener's client-auth mode.
     pub client_auth: ClientAuthMode,
+    /// Further listeners, each with its mode resolved.
+    pub more_listeners: Vec<(SocketAddr, ClientAuthMode)>,
     pub client_cas: Vec<PathBuf>,
     pub log_format: LogFormat,
     /// Explicit log filter; `None` falls back to RUST_LOG, then `info`.
@@ -223,6 +309,7 @@ impl Settings {
             server_names,
             tls_cert,
             tls_key,
+            tls_password_file,
             client_auth,
             client_cas,
             log_format,
@@ -339,13 +426,32 @@ impl Settings {
         let default_listen: SocketAddr = DEFAULT_LISTEN
             .parse()
             .map_err(|_| Error::Config("default listen address".into()))?;
+        let client_auth = self.client_auth.unwrap_or_default();
+        let mut listeners = self
+            .listen
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| (l.addr, l.client_auth.unwrap_or(client_auth)));
+        let (listen, first_auth) = listeners.next().unwrap_or((default_listen, client_auth));
+        let more_listeners: Vec<_> = listeners.collect();
         Ok(ServeSettings {
-            listen: self.listen.unwrap_or(default_listen),
+            listen,
+            more_listeners,
             threads,
             plain_http: self.insecure_plain_http.unwrap_or(false),
             server_names: self.server_names.unwrap_or_default(),
-            tls_files: self.tls_cert.zip(self.tls_key),
-            client_auth: self.client_auth.unwrap_or_default(),
+            tls_files: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles::Pem { cert, key }),
+                (Some(file), None) => Some(TlsFiles::Pkcs12 {
+                    file,
+                    password_file: self.tls_password_file,
+                }),
+                (None, Some(_)) => {
+                    return Err(Error::Config("tls-key needs tls-cert".into()));
+                }
+                (None, None) => None,
+            },
+            client_auth: first_auth,
             client_cas: self.client_cas.unwrap_or_default(),
             log_format: self.log_format.unwrap_or_default(),
             log_level: self.log_level,
@@ -551,6 +657,40 @@ mod tests {
                 longs.contains(&format!("--{flag}")),
                 "--{flag} is documented but `serve` has no such flag"
             );
+        }
+    }
+
+    #[test]
+    fn listeners_each_take_their_own_client_auth_mode() {
+        let s: Settings = toml::from_str(
+            "client-auth = \"optional\"\nlisten = [\"0.0.0.0:8443\", \"0.0.0.0:9443,client-auth=required\"]\n",
+        )
+        .unwrap();
+        let s = s.resolve().unwrap();
+        assert_eq!(
+            (s.listen, s.client_auth),
+            ("0.0.0.0:8443".parse().unwrap(), ClientAuthMode::Optional)
+        );
+        assert_eq!(
+            s.more_listeners,
+            vec![("0.0.0.0:9443".parse().unwrap(), ClientAuthMode::Required)]
+        );
+        // One address as before; the default still listens on loopback without mTLS.
+        let one: Settings = toml::from_str("listen = \"127.0.0.1:1\"\n").unwrap();
+        let one = one.resolve().unwrap();
+        assert!(one.more_listeners.is_empty());
+        let d = Settings::default().resolve().unwrap();
+        assert_eq!(
+            (d.listen.to_string().as_str(), d.client_auth),
+            (DEFAULT_LISTEN, ClientAuthMode::Off)
+        );
+        for bad in [
+            "0.0.0.0:1,client-auth=sometimes",
+            "0.0.0.0:1,tls=off",
+            "nowhere",
+            "0.0.0.0:1,client-auth=off,client-auth=required",
+        ] {
+            assert!(bad.parse::<ListenSpec>().is_err(), "{bad}");
         }
     }
 }

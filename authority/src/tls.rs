@@ -395,7 +395,21 @@ impl TrustStore {
 
     /// The verifier rustls calls; hand it to [`server_config`].
     pub fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
-        Arc::new(TrustStoreVerifier(self.clone()))
+        Arc::new(TrustStoreVerifier(self.clone(), self.mandatory))
+    }
+
+    /// Like [`TrustStore::verifier`] for a listener with its own mode (same anchors and
+    /// revocations): `None` for [`ClientAuthMode::Off`].
+    pub fn verifier_for(
+        self: &Arc<Self>,
+        mode: ClientAuthMode,
+    ) -> Option<Arc<dyn ClientCertVerifier>> {
+        (mode != ClientAuthMode::Off).then(|| {
+            Arc::new(TrustStoreVerifier(
+                self.clone(),
+                mode == ClientAuthMode::Required,
+            )) as Arc<dyn ClientCertVerifier>
+        })
     }
 
     fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
@@ -403,9 +417,9 @@ impl TrustStore {
     }
 }
 
-/// rustls' view of a [`TrustStore`].
+/// rustls' view of a [`TrustStore`], and whether its listener requires a certificate.
 #[derive(Debug)]
-struct TrustStoreVerifier(Arc<TrustStore>);
+struct TrustStoreVerifier(Arc<TrustStore>, bool);
 
 impl ClientCertVerifier for TrustStoreVerifier {
     fn offer_client_auth(&self) -> bool {
@@ -413,7 +427,7 @@ impl ClientCertVerifier for TrustStoreVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.0.mandatory
+        self.1
     }
 
     /// No hints: the anchors can change under us, and an empty list lets a client send
@@ -549,17 +563,81 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     trust: Option<&Arc<TrustStore>>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
+    server_config_with(&ServerCert::new(chain, key)?, trust.map(|t| t.verifier()))
+}
+
+/// The server's certificate and key, replaceable while the server runs (SIGHUP): the next
+/// handshake gets the new one, connections already open keep the one they shook hands with.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: ArcSwap<rustls::sign::CertifiedKey>,
+}
+
+impl ServerCert {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, Error> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(certified(chain, key)?),
+        }))
+    }
+
+    /// Serves `chain` from the next handshake on; a key that does not match is refused and
+    /// the current certificate stays.
+    pub fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), Error> {
+        self.current.store(Arc::new(certified(chain, key)?));
+        Ok(())
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, Error> {
+    if chain.is_empty() {
+        return Err(Error::Config("TLS certificate: the chain is empty".into()));
+    }
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| Error::Config(format!("TLS private key: {e}")))?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| Error::Config(format!("TLS certificate and key: {e}")))?;
+    Ok(certified)
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// [`server_config`] over a replaceable certificate and a given client verifier (`None`: no
+/// client certificates asked).
+pub fn server_config_with(
+    cert: &Arc<ServerCert>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-    let builder = match trust {
-        Some(t) => builder.with_client_cert_verifier(t.verifier()),
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| Error::Config(format!("TLS certificate: {e}")))?;
+    let mut config = builder.with_cert_resolver(cert.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
@@ -692,6 +770,43 @@ mod tests {
         // The next window logs again and says how many were dropped.
         assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW), Some(2));
         assert_eq!(l.admit(t + REFUSAL_LOG_WINDOW), Some(0));
+    }
+
+    /// A listener's own mode changes only whether a certificate is mandatory; anchors and
+    /// revocations are the store's.
+    #[test]
+    fn listener_verifiers_share_the_trust_and_differ_in_mode() {
+        let a = ca("A");
+        let cert = client_cert(&a);
+        let store =
+            TrustStore::new(vec![a.cert.der().clone()], [], ClientAuthMode::Optional).unwrap();
+        assert!(store.verifier_for(ClientAuthMode::Off).is_none());
+        let required = store.verifier_for(ClientAuthMode::Required).unwrap();
+        let optional = store.verifier_for(ClientAuthMode::Optional).unwrap();
+        assert!(required.client_auth_mandatory() && !optional.client_auth_mandatory());
+        assert!(!store.verifier().client_auth_mandatory());
+        store.revoke(fingerprint(&cert));
+        for v in [&required, &optional] {
+            assert!(v.verify_client_cert(&cert, &[], UnixTime::now()).is_err());
+        }
+    }
+
+    /// A replacement whose key is not the certificate's is refused and the current pair stays.
+    #[test]
+    fn server_certificate_replacement_checks_the_key() {
+        let a = ca("A");
+        let b = ca("B");
+        let pkcs8 = |k: &rcgen::KeyPair| PrivateKeyDer::Pkcs8(k.serialize_der().into());
+        let cert = ServerCert::new(vec![a.cert.der().clone()], pkcs8(&a.key)).unwrap();
+        let err = cert
+            .replace(vec![b.cert.der().clone()], pkcs8(&a.key))
+            .unwrap_err();
+        assert!(err.to_string().contains("certificate and key"), "{err}");
+        assert_eq!(cert.current.load().cert[0], *a.cert.der());
+        cert.replace(vec![b.cert.der().clone()], pkcs8(&b.key))
+            .unwrap();
+        assert_eq!(cert.current.load().cert[0], *b.cert.der());
+        assert!(ServerCert::new(vec![], pkcs8(&a.key)).is_err());
     }
 
     fn master_key(dir: &Path) -> MasterKey {

@@ -54,6 +54,12 @@ pub struct Jwk {
     /// Private exponent / private scalar. Present only so that imports can refuse it.
     #[serde(default, skip_serializing)]
     pub d: Option<String>,
+    /// X.509 certificate chain: standard base64 DER, leaf first (RFC 7517 section 4.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x5c: Option<Vec<String>>,
+    /// base64url SHA-256 of the leaf certificate's DER (RFC 7517 section 4.9).
+    #[serde(default, rename = "x5t#S256", skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
 }
 
 /// A JWK Set.

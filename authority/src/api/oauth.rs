@@ -233,7 +233,32 @@ pub fn jwks(app: &App, now: u64) -> latchkey_core::JwkSet {
             .as_deref()
             .is_none_or(|kid| app.is_published(kid, now))
     });
+    with_certificates(app, &mut set);
     set
+}
+
+/// Adds `x5c` and `x5t#S256` to the keys that have a certificate (imported PKCS#12), so
+/// verifiers that pin or validate the certificate find it in the key set.
+pub fn with_certificates(app: &App, set: &mut latchkey_core::JwkSet) {
+    use base64::Engine as _;
+    let hot = app.store.hot();
+    for jwk in &mut set.keys {
+        let Some(key) = jwk.kid.as_deref().and_then(|kid| hot.signing_key(kid)) else {
+            continue;
+        };
+        let Some(leaf) = key.certificate_chain.first() else {
+            continue;
+        };
+        let std = base64::engine::general_purpose::STANDARD;
+        jwk.x5c = Some(
+            key.certificate_chain
+                .iter()
+                .map(|c| std.encode(c))
+                .collect(),
+        );
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf);
+        jwk.x5t_s256 = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest));
+    }
 }
 
 /// A published key set (JWKS, `/token_keys`, `token_key`) with caching headers that follow

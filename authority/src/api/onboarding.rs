@@ -972,7 +972,9 @@ pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
         ("POST", "/oauth/token", |s, req, ctx| s.token(req, ctx)),
         ("GET", "/oauth/token_key", |s, req, _| s.token_key(req)),
         ("GET", "/oauth/jwks", |s, _, _| {
-            Ok(Response::json(200, &s.app.keys.snapshot().public_jwks()).into())
+            let mut set = s.app.keys.snapshot().public_jwks();
+            super::oauth::with_certificates(&s.app, &mut set);
+            Ok(Response::json(200, &set).into())
         }),
     ];
     register(router, state, API_BASE, &table);

@@ -34,7 +34,7 @@ pub const PREFIX: &str = "/api/latchkey/v1";
 pub const MAX_KEY_FILE: usize = 64 * 1024;
 
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Route<App>); 12] = [
+    let table: [(&str, &str, Route<App>); 13] = [
         ("GET", "/clients", list_clients),
         ("POST", "/clients", create_client),
         ("DELETE", "/clients/{id}", delete_client),
@@ -44,6 +44,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
         ("GET", "/keys", list_keys),
         ("POST", "/keys/rotate", rotate_key),
         ("POST", "/keys/import", import_key),
+        ("GET", "/keys/{kid}/export", export_key),
         ("POST", "/revocations", revoke),
         ("GET", "/audit", audit),
         ("GET", "/whoami", whoami),
@@ -389,6 +390,16 @@ pub struct KeyView {
     /// When a published key starts signing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activates_at: Option<u64>,
+    /// Imported: scheduled rotation leaves it alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
+    /// Certificates kept with the key (the JWK's `x5c`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub certificates: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl KeyView {
@@ -405,6 +416,8 @@ impl KeyView {
             }),
             activates_at: (k.state == KeyState::Published)
                 .then(|| app.settings.activates_at(k.state_changed_at)),
+            pinned: k.pinned,
+            certificates: k.certificate_chain.len(),
         }
     }
 }
@@ -432,6 +445,21 @@ fn list_keys(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Resul
     let p = auth::operator(app, req, Permission::KeysRead)?;
     authority(app, &p, "keys")?;
     Ok(Response::json(200, &json!({ "keys": key_views(app)? })).into())
+}
+
+/// `GET /keys/{kid}/export`: the key's certificate chain (or public key) as PEM, for
+/// verifiers configured with a certificate file instead of the key set.
+fn export_key(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::KeysRead)?;
+    authority(app, &p, "keys")?;
+    let kid = validate::KID.lookup(req.param("kid").unwrap_or(""))?;
+    let key = app
+        .store
+        .hot()
+        .signing_key(kid)
+        .ok_or_else(|| not_found("signing key"))?;
+    let pem = key_export_pem(&key.certificate_chain, &key.public_key);
+    Ok(Response::json(200, &json!({ "kid": key.kid, "pem": pem })).into())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -492,6 +520,11 @@ pub struct ImportBody {
     /// Key id; default: the RFC 7638 thumbprint.
     #[serde(default)]
     pub kid: Option<String>,
+    /// Key id = the certificate's SHA-1 thumbprint, upper-case hex (what IdentityServer and
+    /// .NET's `X509SecurityKey` use), so verifiers keyed on the thumbprint find it. Needs a
+    /// PKCS#12 file with a certificate; excludes `kid`.
+    #[serde(default)]
+    pub kid_from_thumbprint: bool,
 }
 
 impl std::fmt::Display for ImportBody {
@@ -512,23 +545,25 @@ fn import_key(
     validate::KID.check_opt(body.kid.as_deref())?;
     let app = Arc::clone(app);
     off_loop(ctx, move || {
-        let key = body.signing_key()?;
-        let rec = app.install_key(key, &p.client_id)?;
+        let (key, certificate_chain) = body.signing_key()?;
+        let origin = app::KeyOrigin::Imported { certificate_chain };
+        let rec = app.install_key(key, origin, &p.client_id)?;
         Ok(Response::json(201, &KeyView::new(&app, &rec)))
     })
 }
 
 impl ImportBody {
-    /// Decodes the key this body carries.
-    pub fn signing_key(&self) -> Result<SigningKey, Error> {
+    /// Decodes the key this body carries, with its certificate chain (DER, leaf first; empty
+    /// for a PEM key or a PKCS#12 file without certificates).
+    pub fn signing_key(&self) -> Result<(SigningKey, Vec<Vec<u8>>), Error> {
         let alg = match self.alg.as_deref() {
             Some(name) => Some(
                 app::parse_token_alg(name).map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
             ),
             None => None,
         };
-        let key = match (&self.pem, &self.pkcs12) {
-            (Some(pem), None) => key_from_pem(alg, pem)?,
+        let (key, chain) = match (&self.pem, &self.pkcs12) {
+            (Some(pem), None) => (key_from_pem(alg, pem)?, Vec::new()),
             (None, Some(p12)) => {
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(p12.trim())
@@ -541,10 +576,51 @@ impl ImportBody {
                 );
             }
         };
-        Ok(match &self.kid {
-            Some(kid) => key.with_kid(validate::KID.check(kid)?.to_owned()),
-            None => key,
-        })
+        let key = match (&self.kid, self.kid_from_thumbprint) {
+            (Some(_), true) => {
+                return Err(ApiError::InvalidRequest(
+                    "give kid or kid_from_thumbprint, not both".into(),
+                )
+                .into());
+            }
+            (Some(kid), false) => key.with_kid(validate::KID.check(kid)?.to_owned()),
+            (None, true) => {
+                let leaf = chain.first().ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "kid_from_thumbprint needs a PKCS#12 file with a certificate".into(),
+                    )
+                })?;
+                key.with_kid(sha1_thumbprint(leaf))
+            }
+            (None, false) => key,
+        };
+        Ok((key, chain))
+    }
+}
+
+/// A certificate's SHA-1 thumbprint as .NET prints it (`X509Certificate2.Thumbprint`):
+/// upper-case hex. An identifier only, never a security check.
+pub fn sha1_thumbprint(der: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der);
+    d.as_ref().iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// The key's certificate chain as PEM, or its public key as PEM when it has none.
+pub fn key_export_pem(chain: &[Vec<u8>], spki: &[u8]) -> String {
+    let block = |label: &str, der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
+    };
+    if chain.is_empty() {
+        block("PUBLIC KEY", spki)
+    } else {
+        chain.iter().map(|c| block("CERTIFICATE", c)).collect()
     }
 }
 
@@ -571,12 +647,17 @@ pub fn key_from_pem(alg: Option<Algorithm>, pem: &str) -> Result<SigningKey, Err
     .into())
 }
 
-/// The private key of a PKCS#12 file (the first key entry).
+/// Most certificates kept with an imported key (a leaf and its issuers).
+pub const MAX_KEY_CHAIN: usize = 8;
+
+/// The private key of a PKCS#12 file (the first key entry) and its certificate chain, leaf
+/// first. The leaf must certify that key: a chain published as `x5c` for another key would
+/// make verifiers that trust the certificate refuse every token.
 pub fn key_from_pkcs12(
     alg: Option<Algorithm>,
     der: &[u8],
     password: &str,
-) -> Result<SigningKey, Error> {
+) -> Result<(SigningKey, Vec<Vec<u8>>), Error> {
     if der.len() > MAX_KEY_FILE {
         return Err(ApiError::InvalidRequest("key file too large".into()).into());
     }
@@ -594,16 +675,35 @@ pub fn key_from_pkcs12(
         .private_key_chain()
         .ok_or_else(|| ApiError::InvalidRequest("the PKCS#12 file holds no private key".into()))?;
     let pkcs8 = zeroize::Zeroizing::new(chain.key().as_der().to_vec());
+    let certs: Vec<Vec<u8>> = chain.certs().iter().map(|c| c.as_der().to_vec()).collect();
+    if certs.len() > MAX_KEY_CHAIN {
+        return Err(ApiError::InvalidRequest(format!(
+            "the PKCS#12 chain has {} certificates, more than {MAX_KEY_CHAIN}",
+            certs.len()
+        ))
+        .into());
+    }
     let guesses: Vec<Algorithm> = alg.map_or_else(|| IMPORT_GUESSES.to_vec(), |a| vec![a]);
-    for a in guesses {
-        if let Ok(k) = SigningKey::from_pkcs8_der(a, &pkcs8) {
-            return Ok(k);
+    let key = guesses
+        .into_iter()
+        .find_map(|a| SigningKey::from_pkcs8_der(a, &pkcs8).ok())
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "the PKCS#12 private key is not RSA, P-256 or Ed25519 (or does not fit alg)".into(),
+            )
+        })?;
+    if let Some(leaf) = certs.first() {
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).map_err(|e| {
+            ApiError::InvalidRequest(format!("the PKCS#12 certificate does not parse: {e}"))
+        })?;
+        if cert.public_key().raw != key.verifying_key().to_spki_der()?.as_slice() {
+            return Err(ApiError::InvalidRequest(
+                "the PKCS#12 certificate is not the private key's (its public key differs)".into(),
+            )
+            .into());
         }
     }
-    Err(ApiError::InvalidRequest(
-        "the PKCS#12 private key is not RSA, P-256 or Ed25519 (or does not fit alg)".into(),
-    )
-    .into())
+    Ok((key, certs))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -889,12 +989,64 @@ mod tests {
         );
         store.add_entry("k", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
         let pfx = store.writer("pfx-pass").write().unwrap();
-        let imported = key_from_pkcs12(None, &pfx, "pfx-pass").unwrap();
+        let (imported, chain) = key_from_pkcs12(None, &pfx, "pfx-pass").unwrap();
+        assert!(chain.is_empty());
         assert_eq!(
             (imported.algorithm(), imported.kid()),
             (Algorithm::EdDSA, ed.kid())
         );
         let err = key_from_pkcs12(None, &pfx, "wrong").unwrap_err();
         assert!(err.to_string().contains("wrong password"), "{err}");
+    }
+
+    /// A PKCS#12 file built like a .NET/Usercube signing certificate: the chain comes back
+    /// leaf first, the kid can be the SHA-1 thumbprint, and a certificate of another key is
+    /// refused.
+    #[test]
+    fn pkcs12_import_keeps_the_certificate_chain() {
+        use rustls_pki_types::pem::PemObject as _;
+        let (ca_pem, ca_key) = crate::pki::new_ca("Test CA", 1).unwrap();
+        let ca = crate::pki::CaSigner::from_pem(&ca_pem, &ca_key).unwrap();
+        let (key, csr) = crate::pki::key_and_csr("signer", &[]).unwrap();
+        let req = crate::pki::IssueRequest {
+            common_name: None,
+            sans: vec![],
+            days: 1,
+            usages: vec![],
+        };
+        let leaf = ca.sign_csr(&csr, &req).unwrap();
+        let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+        let ders = [leaf.der.clone(), ca_der];
+        let pfx = crate::pki::to_pkcs12("signer", &ders, &key, "pw").unwrap();
+        let chain: Vec<Vec<u8>> = ders.iter().map(|c| c.to_vec()).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&pfx);
+        let body = |kid: Option<&str>, from_thumbprint: bool| ImportBody {
+            alg: None,
+            pem: None,
+            pkcs12: Some(b64.clone()),
+            password: Some("pw".into()),
+            kid: kid.map(str::to_owned),
+            kid_from_thumbprint: from_thumbprint,
+        };
+        let (imported, certs) = body(None, false).signing_key().unwrap();
+        assert_eq!(certs, chain);
+        assert_eq!(imported.kid(), imported.verifying_key().thumbprint());
+        let (by_print, _) = body(None, true).signing_key().unwrap();
+        let want = sha1_thumbprint(&chain[0]);
+        assert_eq!(by_print.kid(), want);
+        assert_eq!(want.len(), 40);
+        assert!(
+            want.chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+        );
+        assert!(body(Some("k"), true).signing_key().is_err());
+        let pem = key_export_pem(&certs, &[]);
+        assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 2);
+
+        // The certificate of one key with the private key of another.
+        let (other, _) = crate::pki::key_and_csr("other", &[]).unwrap();
+        let mismatched = crate::pki::to_pkcs12("x", &ders, &other, "pw").unwrap();
+        let err = key_from_pkcs12(None, &mismatched, "pw").unwrap_err();
+        assert!(err.to_string().contains("not the private key's"), "{err}");
     }
 }

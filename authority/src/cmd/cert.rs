@@ -43,7 +43,7 @@ pub struct CertArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum CertCommand {
     /// Create (or import) the authority's CA and issue a new server certificate from it.
-    /// Needs --data-dir; restart the server afterwards.
+    /// Needs --data-dir; then send the server SIGHUP (or restart it) to serve the new one.
     Init {
         /// An existing CA certificate (PEM) to use instead of generating one.
         #[arg(long, requires = "ca_key")]
@@ -197,11 +197,9 @@ pub fn run(args: &CertArgs) -> Result<(), Error> {
             server_names,
             replace,
         } => {
-            let dir = args
-                .target
-                .data_dir
-                .as_ref()
-                .ok_or_else(|| usage("cert init needs --data-dir (then restart the server)"))?;
+            let dir = args.target.data_dir.as_ref().ok_or_else(|| {
+                usage("cert init needs --data-dir (then SIGHUP or restart the server)")
+            })?;
             let ca = match (ca_cert, ca_key) {
                 (Some(c), Some(k)) => Some((read(c)?, Zeroizing::new(read(k)?))),
                 _ => None,

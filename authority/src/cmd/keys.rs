@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::remote::{Place, Target, print, s, time};
+use super::remote::{Place, Target, print, s, segment, time};
 use crate::api::operator::{ImportBody, KeyView, key_views};
 use crate::app::{self, App};
 use crate::error::Error;
@@ -55,8 +55,25 @@ pub enum KeysCommand {
         #[arg(long)]
         alg: Option<String>,
         /// Key id [default: the RFC 7638 thumbprint].
-        #[arg(long, allow_hyphen_values = true)]
+        #[arg(
+            long,
+            allow_hyphen_values = true,
+            conflicts_with = "kid_from_thumbprint"
+        )]
         kid: Option<String>,
+        /// Key id = the certificate's SHA-1 thumbprint in upper-case hex, as IdentityServer
+        /// names certificate keys (PKCS#12 with a certificate only).
+        #[arg(long)]
+        kid_from_thumbprint: bool,
+    },
+    /// Write a key's certificate chain as PEM (leaf first), or its public key as PEM when it
+    /// has no certificate: for verifiers configured with a file instead of the JWKS.
+    Export {
+        /// Key id.
+        kid: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -99,6 +116,7 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
             password,
             alg,
             kid,
+            kid_from_thumbprint,
         } => {
             let bytes = Zeroizing::new(
                 std::fs::read(file).map_err(|e| Error::Cli(format!("{}: {e}", file.display())))?,
@@ -110,6 +128,7 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
                     pkcs12: None,
                     password: None,
                     kid: kid.clone(),
+                    kid_from_thumbprint: *kid_from_thumbprint,
                 },
                 _ => ImportBody {
                     alg: alg.clone(),
@@ -117,6 +136,7 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
                     pkcs12: Some(base64::engine::general_purpose::STANDARD.encode(&*bytes)),
                     password: Some(password.clone().unwrap_or_default()),
                     kid: kid.clone(),
+                    kid_from_thumbprint: *kid_from_thumbprint,
                 },
             };
             match &place {
@@ -124,12 +144,47 @@ pub fn run(args: &KeysArgs) -> Result<(), Error> {
                     let v = serde_json::json!({
                         "alg": body.alg, "pem": body.pem, "pkcs12": body.pkcs12,
                         "password": body.password, "kid": body.kid,
+                        "kid_from_thumbprint": body.kid_from_thumbprint,
                     });
                     r.call("POST", "/api/latchkey/v1/keys/import", Some(&v), &[])?
                         .ok()?
                 }
-                Place::Local(app) => view(app, &app.install_key(body.signing_key()?, "cli")?),
+                Place::Local(app) => {
+                    let (key, certificate_chain) = body.signing_key()?;
+                    let origin = app::KeyOrigin::Imported { certificate_chain };
+                    view(app, &app.install_key(key, origin, "cli")?)
+                }
             }
+        }
+        KeysCommand::Export { kid, out } => {
+            let v = match &place {
+                Place::Remote(r) => {
+                    let path = format!("/api/latchkey/v1/keys/{}/export", segment(kid));
+                    r.call("GET", &path, None, &[])?.ok()?
+                }
+                Place::Local(app) => {
+                    let key = app
+                        .store
+                        .hot()
+                        .signing_key(kid)
+                        .ok_or_else(|| Error::Cli(format!("signing key {kid:?} not found")))?;
+                    json!({
+                        "kid": key.kid,
+                        "pem": crate::api::operator::key_export_pem(
+                            &key.certificate_chain,
+                            &key.public_key,
+                        ),
+                    })
+                }
+            };
+            let pem = s(&v, "pem");
+            match out {
+                Some(path) => std::fs::write(path, pem.as_bytes())
+                    .map_err(|e| Error::Cli(format!("{}: {e}", path.display())))?,
+                None if json => print(json, &v, |_| String::new()),
+                None => print!("{pem}"),
+            }
+            return Ok(());
         }
     };
     print(json, &v, |v| {

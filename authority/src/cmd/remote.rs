@@ -11,6 +11,7 @@ use std::io::Write as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -74,6 +75,25 @@ pub struct Target {
     // Not `conflicts_with = "client_secret"`: that too counts the environment variable.
     #[arg(long, global = true, value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to a server that asks for one
+    /// (`--client-auth required` or `optional`).
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "LATCHKEY_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// File whose first line is the master key's passphrase (`-`: standard input), for
     /// --data-dir and sealed credentials [default: LATCHKEY_PASSPHRASE].
     #[arg(long, global = true, value_name = "FILE")]
@@ -111,7 +131,14 @@ impl Target {
         })?;
         let (id, secret, default_ca) = self.credential()?;
         let ca = self.ca.clone().or(default_ca);
-        let mut remote = Remote::new(&server, ca.as_deref())?;
+        let identity = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let mut remote = Remote::new(&server, ca.as_deref(), identity.as_ref())?;
         remote.login(&id, &secret)?;
         Ok(Place::Remote(remote))
     }
@@ -212,6 +239,9 @@ pub fn usage(msg: &str) -> Error {
 #[derive(Debug)]
 pub struct Remote {
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Set when the server asked for a client certificate (see [`ClientCertSlot`]).
+    asked_for_cert: Arc<AtomicBool>,
+    has_identity: bool,
     host: String,
     port: u16,
     token: Option<Zeroizing<String>>,
@@ -256,8 +286,47 @@ impl Answer {
     }
 }
 
+/// A client certificate and its key, PEM files.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Presents the configured certificate (if any) and records that the server asked for one,
+/// so a handshake the server closes for lack of a certificate is reported as that rather
+/// than as a broken pipe.
+#[derive(Debug)]
+struct ClientCertSlot {
+    key: Option<Arc<rustls::sign::CertifiedKey>>,
+    asked: Arc<AtomicBool>,
+}
+
+impl rustls::client::ResolvesClientCert for ClientCertSlot {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.store(true, Ordering::Relaxed);
+        self.key.clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.key.is_some()
+    }
+}
+
+/// What to say when the exchange with a server that asked for a certificate we do not have
+/// failed at the TLS level.
+const CERT_REQUIRED: &str = "the server requires a client certificate: --client-cert/--client-key";
+
 impl Remote {
-    pub fn new(url: &str, ca: Option<&Path>) -> Result<Remote, Error> {
+    pub fn new(
+        url: &str,
+        ca: Option<&Path>,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Remote, Error> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("http://") {
@@ -279,28 +348,55 @@ impl Remote {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        let asked_for_cert = Arc::new(AtomicBool::new(false));
         let tls = if tls {
             let ca =
                 ca.ok_or_else(|| usage("--ca FILE is needed to trust the server's certificate"))?;
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let key = match identity {
+                Some(id) => {
+                    let chain = crate::tls::load_certs(&id.cert)?;
+                    let der = crate::tls::load_key(&id.key)?;
+                    let signing = provider.key_provider.load_private_key(der).map_err(|e| {
+                        usage(&format!(
+                            "{}: not a usable private key: {e}",
+                            id.key.display()
+                        ))
+                    })?;
+                    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+                    certified.keys_match().map_err(|e| {
+                        usage(&format!(
+                            "{} is not the key of {}: {e}",
+                            id.key.display(),
+                            id.cert.display()
+                        ))
+                    })?;
+                    Some(Arc::new(certified))
+                }
+                None => None,
+            };
             let mut roots = rustls::RootCertStore::empty();
             for cert in crate::tls::load_certs(ca)? {
                 roots
                     .add(cert)
                     .map_err(|e| usage(&format!("{}: {e}", ca.display())))?;
             }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| usage(&format!("TLS setup: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| usage(&format!("TLS setup: {e}")))?
+                .with_root_certificates(roots)
+                .with_client_cert_resolver(Arc::new(ClientCertSlot {
+                    key,
+                    asked: Arc::clone(&asked_for_cert),
+                }));
             Some(Arc::new(config))
         } else {
             None
         };
         Ok(Remote {
             tls,
+            asked_for_cert,
+            has_identity: identity.is_some(),
             host,
             port,
             token: None,
@@ -386,10 +482,25 @@ impl Remote {
                 let conn = rustls::ClientConnection::new(Arc::clone(config), name)
                     .map_err(|e| usage(&format!("TLS: {e}")))?;
                 let mut stream = rustls::StreamOwned::new(conn, tcp);
-                stream.write_all(req.as_bytes())?;
-                stream.write_all(body)?;
-                stream.flush()?;
-                read_all(&mut stream, &mut raw)?;
+                self.asked_for_cert.store(false, Ordering::Relaxed);
+                let exchanged = (|| {
+                    stream.write_all(req.as_bytes())?;
+                    stream.write_all(body)?;
+                    stream.flush()?;
+                    read_all(&mut stream, &mut raw)
+                })();
+                if let Err(e) = exchanged {
+                    // In TLS 1.3 the client finishes its side before the server has checked
+                    // the (missing) certificate; the refusal then shows as an alert, a reset
+                    // or a broken pipe on the next write.
+                    if !self.has_identity
+                        && self.asked_for_cert.load(Ordering::Relaxed)
+                        && raw.is_empty()
+                    {
+                        return Err(usage(CERT_REQUIRED));
+                    }
+                    return Err(e);
+                }
             }
             None => {
                 let mut stream = tcp;
@@ -530,20 +641,20 @@ mod tests {
     #[test]
     fn urls_need_a_scheme_and_https_needs_a_ca() {
         assert!(
-            Remote::new("127.0.0.1:8443", None)
+            Remote::new("127.0.0.1:8443", None, None)
                 .unwrap_err()
                 .to_string()
                 .contains("https://")
         );
         assert!(
-            Remote::new("https://127.0.0.1:8443", None)
+            Remote::new("https://127.0.0.1:8443", None, None)
                 .unwrap_err()
                 .to_string()
                 .contains("--ca")
         );
-        let r = Remote::new("http://[::1]:8080/x", None).unwrap();
+        let r = Remote::new("http://[::1]:8080/x", None, None).unwrap();
         assert_eq!((r.host.as_str(), r.port), ("::1", 8080));
-        let r = Remote::new("http://localhost", None).unwrap();
+        let r = Remote::new("http://localhost", None, None).unwrap();
         assert_eq!((r.host.as_str(), r.port), ("localhost", 80));
     }
 

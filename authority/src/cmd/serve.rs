@@ -14,11 +14,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::app::{App, AppConfig};
-use crate::config::{LogFormat, ServeSettings, Settings};
+use crate::config::{LogFormat, ServeSettings, Settings, TlsFiles};
 use crate::error::Error;
 use crate::http::{Metrics, Router, Server, ServerConfig};
 use crate::store::{KeyFileOptions, MasterKey};
 use crate::tls::{self, ClientAuthMode, Created, TrustStore};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use zeroize::Zeroizing;
 
 /// `latchkey serve` arguments. Every setting can also be set in the TOML file (same names).
 #[derive(Debug, clap::Args)]
@@ -88,6 +91,11 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     // Before anything is created: a taken address must not leave a fresh data directory behind.
     let listener = listen(settings.listen)?;
     let metrics_listener = settings.metrics_listen.map(listen).transpose()?;
+    let more_listeners = settings
+        .more_listeners
+        .iter()
+        .map(|(addr, _)| listen(*addr))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let metrics = Arc::new(Metrics::new());
     let key = args.passphrase.key_options()?;
@@ -107,14 +115,20 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     if crate::credentials::seal_plain(&admin, app.store.master_key())? {
         tracing::info!(file = %admin.display(), "sealed the admin client secret under the master key");
     }
-    let (tls, trust) = if settings.plain_http {
+    let (tls, trust, more_tls, server_cert) = if settings.plain_http {
         tracing::warn!(
             "serving plain HTTP: credentials cross the network unencrypted (use only on loopback)"
         );
-        (None, None)
+        (None, None, vec![None; settings.more_listeners.len()], None)
     } else {
-        let (config, trust) = tls_config(&args.data_dir, &settings, app.store.master_key())?;
-        (Some(config), trust)
+        let (config, trust, more, cert) =
+            tls_config(&args.data_dir, &settings, app.store.master_key())?;
+        (
+            Some(config),
+            trust,
+            more.into_iter().map(Some).collect(),
+            Some(cert),
+        )
     };
     app.trust = trust;
     if app.trust.is_some() {
@@ -122,16 +136,17 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         let files = crate::pki::TrustState::file_anchors(&args.data_dir, &settings.client_cas)?;
         app.mtls.set_base(files);
     }
-    if let Some((cert, _)) = &settings.tls_files {
+    // The server certificate's expiry in /metrics is read from a PEM chain.
+    if let Some(TlsFiles::Pem { cert, .. }) = &settings.tls_files {
         app.mtls.set_server_cert_file(cert.clone());
-    } else if !settings.plain_http {
+    } else if settings.tls_files.is_none() && !settings.plain_http {
         let files = crate::tls::CertFiles::in_dir(&args.data_dir);
         app.mtls.set_server_cert_file(files.server_cert);
     }
     // Also without mutual TLS: tokens bound to a revoked certificate must stay refused.
     app.mtls.refresh(&app)?;
     let state = Arc::new(app);
-    let router = router(&state, &settings);
+    let router = router_for(&state, &settings);
 
     let mut limits = settings.limits.clone();
     limits.max_connections =
@@ -159,10 +174,32 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     };
     let config = ServerConfig {
         threads: settings.threads,
-        limits,
+        limits: limits.clone(),
         tls,
         drain_timeout: settings.drain_timeout,
     };
+    // Further listeners: same routes and state, each with its own client-auth mode.
+    let mut more_servers = Vec::new();
+    for (((_, mode), tls), listener) in settings
+        .more_listeners
+        .iter()
+        .zip(more_tls)
+        .zip(more_listeners)
+    {
+        let config = ServerConfig {
+            threads: settings.threads,
+            limits: limits.clone(),
+            tls,
+            drain_timeout: settings.drain_timeout,
+        };
+        let server = Server::from_listener(
+            listener,
+            config,
+            router_for(&state, &settings),
+            metrics.clone(),
+        )?;
+        more_servers.push((server, *mode));
+    }
     let server = Server::from_listener(listener, config, router, metrics)?;
     let addr = server.local_addr()?;
     state.set_listen_addr(if settings.plain_http { "http" } else { "https" }, addr);
@@ -170,7 +207,28 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])?;
+    // SIGHUP re-reads the server certificate; weak, so the signal thread never keeps the
+    // state alive past shutdown.
+    let reload = {
+        let state = Arc::downgrade(&state);
+        let data_dir = args.data_dir.clone();
+        let settings = settings.clone();
+        move || {
+            let (Some(cert), Some(state)) = (&server_cert, state.upgrade()) else {
+                return;
+            };
+            match server_identity(&data_dir, &settings, state.store.master_key())
+                .and_then(|(chain, key)| cert.replace(chain, key))
+            {
+                Ok(()) => tracing::info!("server certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "server certificate not reloaded; keeping the current one")
+                }
+            }
+        }
+    };
     let scheme = if settings.plain_http { "http" } else { "https" };
     let metrics_running = match metrics_server {
         Some(m) => {
@@ -183,15 +241,38 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         }
         None => None,
     };
+    let mut more_running = Vec::new();
+    for (server, mode) in more_servers {
+        let maddr = server.local_addr()?;
+        tracing::info!(addr = %maddr, client_auth = ?mode, "listening");
+        if !json {
+            eprintln!(
+                "latchkey: also listening on {scheme}://{maddr} (client-auth {})",
+                format!("{mode:?}").to_lowercase()
+            );
+        }
+        more_running.push(server.start()?);
+    }
     let running = server.start()?;
     let shutdown = running.shutdown_handle();
+    let more_shutdown: Vec<_> = more_running.iter().map(|r| r.shutdown_handle()).collect();
     let metrics_shutdown = metrics_running.as_ref().map(|m| m.shutdown_handle());
     let signal_thread = std::thread::Builder::new()
         .name("latchkey-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            let mut incoming = signals.forever();
+            let next = loop {
+                match incoming.next() {
+                    Some(signal_hook::consts::SIGHUP) => reload(),
+                    other => break other,
+                }
+            };
+            if let Some(sig) = next {
                 tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
                 shutdown.shutdown();
+                for m in &more_shutdown {
+                    m.shutdown();
+                }
                 if let Some(m) = &metrics_shutdown {
                     m.shutdown();
                 }
@@ -215,6 +296,9 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     drop(stdout);
 
     running.wait();
+    for r in more_running {
+        r.wait();
+    }
     if let Some(m) = metrics_running {
         m.wait();
     }
@@ -280,7 +364,7 @@ fn open_state(
 }
 
 /// The routes: built-ins (`/metrics` unless it has a listener of its own), then every API.
-fn router(state: &Arc<State>, settings: &ServeSettings) -> Router {
+fn router_for(state: &Arc<State>, settings: &ServeSettings) -> Router {
     let mut router = Router::new();
     router.health_route();
     if settings.metrics_listen.is_none() {
@@ -290,37 +374,40 @@ fn router(state: &Arc<State>, settings: &ServeSettings) -> Router {
     router
 }
 
-fn tls_config(
-    data_dir: &Path,
-    s: &ServeSettings,
-    key: &MasterKey,
-) -> Result<(Arc<rustls::ServerConfig>, Option<Arc<TrustStore>>), Error> {
-    let (chain, key) = match &s.tls_files {
-        Some((cert, key)) => (tls::load_certs(cert)?, tls::load_key(key)?),
-        None => {
-            let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
-            if created != Created::Nothing {
-                tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
-            } else {
-                warn_unnamed(&files.server_cert, &s.server_names);
-            }
-            // Printed on every start so operators know what clients must trust.
-            if s.log_format == LogFormat::Json {
-                tracing::info!(ca = %files.ca_cert.display(), "clients must trust the CA certificate");
-            } else {
-                eprintln!(
-                    "latchkey: clients must trust the CA certificate at {}",
-                    files.ca_cert.display()
-                );
-            }
-            (
-                tls::load_certs(&files.server_cert)?,
-                files.server_key_der(key)?,
-            )
+/// The first listener's TLS configuration, the client trust store (when any listener asks
+/// for certificates), and one configuration per further listener.
+type TlsConfigs = (
+    Arc<rustls::ServerConfig>,
+    Option<Arc<TrustStore>>,
+    Vec<Arc<rustls::ServerConfig>>,
+    Arc<tls::ServerCert>,
+);
+
+fn tls_config(data_dir: &Path, s: &ServeSettings, key: &MasterKey) -> Result<TlsConfigs, Error> {
+    if s.tls_files.is_none() {
+        let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
+        if created != Created::Nothing {
+            tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
+        } else {
+            warn_unnamed(&files.server_cert, &s.server_names);
         }
-    };
+        // Printed on every start so operators know what clients must trust.
+        if s.log_format == LogFormat::Json {
+            tracing::info!(ca = %files.ca_cert.display(), "clients must trust the CA certificate");
+        } else {
+            eprintln!(
+                "latchkey: clients must trust the CA certificate at {}",
+                files.ca_cert.display()
+            );
+        }
+    }
+    let (chain, key) = server_identity(data_dir, s, key)?;
+    let cert = tls::ServerCert::new(chain, key)?;
+    let any_client_auth = std::iter::once(s.client_auth)
+        .chain(s.more_listeners.iter().map(|l| l.1))
+        .any(|m| m != ClientAuthMode::Off);
     let trust = match s.client_auth {
-        ClientAuthMode::Off => None,
+        _ if !any_client_auth => None,
         mode => {
             let mut anchors = Vec::new();
             let own_ca = tls::CertFiles::in_dir(data_dir).ca_cert;
@@ -333,8 +420,76 @@ fn tls_config(
             Some(TrustStore::new(anchors, [], mode)?)
         }
     };
-    let config = tls::server_config(chain, key, trust.as_ref())?;
-    Ok((config, trust))
+    let verifier = |mode| trust.as_ref().and_then(|t| t.verifier_for(mode));
+    let more = s
+        .more_listeners
+        .iter()
+        .map(|(_, mode)| tls::server_config_with(&cert, verifier(*mode)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = tls::server_config_with(&cert, verifier(s.client_auth))?;
+    Ok((config, trust, more, cert))
+}
+
+/// The server certificate chain and key, from `--tls-cert` (PEM or PKCS#12) or the data
+/// directory. Read at start and again on SIGHUP.
+fn server_identity(
+    data_dir: &Path,
+    s: &ServeSettings,
+    master: &MasterKey,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    Ok(match &s.tls_files {
+        Some(TlsFiles::Pem { cert, key }) => (tls::load_certs(cert)?, tls::load_key(key)?),
+        Some(TlsFiles::Pkcs12 {
+            file,
+            password_file,
+        }) => {
+            let password = match password_file {
+                Some(path) => super::passphrase::read_secret_file(path, "TLS password file")?,
+                None => Zeroizing::new(std::env::var(TLS_PASSWORD_ENV).unwrap_or_default()),
+            };
+            let der = std::fs::read(file)
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            let (certs, key) = crate::pki::from_pkcs12(&der, &password)
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            let key = key.ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: the PKCS#12 file holds no private key",
+                    file.display()
+                ))
+            })?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            (certs.into_iter().map(|c| c.der).collect(), key)
+        }
+        None => {
+            let files = tls::CertFiles::in_dir(data_dir);
+            (
+                tls::load_certs(&files.server_cert)?,
+                files.server_key_der(master)?,
+            )
+        }
+    })
+}
+
+/// Where a PKCS#12 `--tls-cert` finds its password when no `--tls-password-file` is given.
+const TLS_PASSWORD_ENV: &str = "LATCHKEY_TLS_PASSWORD";
+
+fn init_logging(s: &ServeSettings) -> Result<(), Error> {
+    let filter = match &s.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| Error::Config(format!("log level: {e}")))?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let result = match s.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| Error::Config(format!("logging: {e}")))
 }
 
 /// `--server-name` shapes the certificate when it is generated; an existing one is kept, so
@@ -386,22 +541,4 @@ fn warn_unnamed(cert: &Path, names: &[String]) {
              with them, remove it and server.key.sealed beside it while the server is stopped"
         );
     }
-}
-
-fn init_logging(s: &ServeSettings) -> Result<(), Error> {
-    let filter = match &s.log_level {
-        Some(level) => tracing_subscriber::EnvFilter::try_new(level)
-            .map_err(|e| Error::Config(format!("log level: {e}")))?,
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let result = match s.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    result.map_err(|e| Error::Config(format!("logging: {e}")))
 }

@@ -124,6 +124,9 @@ pub struct SigningKey {
     pub public_key: Vec<u8>,
     pub created_at: u64,
     pub state_changed_at: u64,
+    /// DER certificate chain, leaf first (see `SigningKeyRecord`).
+    pub certificate_chain: Vec<Vec<u8>>,
+    pub pinned: bool,
 }
 
 /// A revocation as the verify path needs it.

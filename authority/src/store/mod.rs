@@ -633,6 +633,8 @@ mod tests {
                     state: KeyState::Active,
                     private_key: Secret::new(vec![7u8; 32]),
                     public_key: vec![1, 2, 3],
+                    certificate_chain: vec![vec![0x30, 1], vec![0x30, 2]],
+                    pinned: true,
                     by: "test".into(),
                     now: 5,
                 }))
@@ -663,6 +665,11 @@ mod tests {
         assert_eq!(
             store.hot().signing_key("k1").unwrap().private_key.expose(),
             &[7u8; 32]
+        );
+        let k1 = store.hot().signing_key("k1").unwrap();
+        assert_eq!(
+            (k1.certificate_chain.clone(), k1.pinned),
+            (vec![vec![0x30, 1], vec![0x30, 2]], true)
         );
         assert!(
             store

@@ -215,6 +215,10 @@ pub struct NewSigningKey {
     pub state: KeyState,
     pub private_key: Secret,
     pub public_key: Vec<u8>,
+    /// DER certificate chain, leaf first; empty when the key has none.
+    pub certificate_chain: Vec<Vec<u8>>,
+    /// Scheduled rotation leaves it alone (imported keys).
+    pub pinned: bool,
     pub by: String,
     pub now: u64,
 }
@@ -933,6 +937,8 @@ fn plan_op(
                 public_key: k.public_key.clone(),
                 created_at: k.now,
                 state_changed_at: k.now,
+                certificate_chain: k.certificate_chain.clone(),
+                pinned: k.pinned,
             };
             p.put(StrTable::SigningKeys, &k.kid, &rec)?;
             hot.push(HotChange::Key(
@@ -1682,6 +1688,8 @@ pub(crate) fn hot_key(rec: &SigningKeyRecord, private_key: Secret) -> SigningKey
         public_key: rec.public_key.clone(),
         created_at: rec.created_at,
         state_changed_at: rec.state_changed_at,
+        certificate_chain: rec.certificate_chain.clone(),
+        pinned: rec.pinned,
     }
 }
 

@@ -250,8 +250,22 @@ pub struct SigningKeyRecord {
     pub public_key: Vec<u8>,
     pub created_at: u64,
     pub state_changed_at: u64,
+    /// The key's X.509 certificate chain, DER, leaf first (an imported PKCS#12 carries one);
+    /// empty when the key has no certificate. Published as the JWK's `x5c`.
+    pub certificate_chain: Vec<Vec<u8>>,
+    /// Imported keys are pinned: scheduled rotation never replaces them, since verifiers may
+    /// hold their certificate; an explicit rotation or revocation still does.
+    pub pinned: bool,
 }
-record!(SigningKeyRecord, "signing_keys", 1);
+
+impl Record for SigningKeyRecord {
+    const NAME: &'static str = "signing_keys";
+    const VERSION: u8 = 2;
+
+    fn decode_older(version: u8, body: &[u8]) -> Option<Result<Self, super::StoreError>> {
+        super::codec::legacy::signing_key(version, body)
+    }
+}
 
 /// What a certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]

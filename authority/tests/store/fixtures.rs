@@ -1,6 +1,7 @@
 //! Format fixtures: a data directory and encoded records per fixture generation, committed
-//! under `authority/tests/fixtures/v<N>/`. `v2` is this release's (operator clients carry a
-//! generation); `v1` was written before, and must keep reading.
+//! under `authority/tests/fixtures/v<N>/`. `v3` is this release's (signing keys carry a
+//! certificate chain and a pinned flag); `v2` (operator clients gained a generation) and `v1`
+//! were written before, and must keep reading.
 //!
 //! Regenerate this release's (only when adding a new fixture generation, never to "fix" a
 //! failing read): `LATCHKEY_WRITE_FIXTURES=1 cargo test -p latchkey-authority --test store fixtures`.
@@ -12,7 +13,7 @@ use latchkey_authority::store::*;
 use crate::util::*;
 
 /// This release's fixture generation.
-const CURRENT: u32 = 2;
+const CURRENT: u32 = 3;
 
 fn fixture_dir() -> PathBuf {
     fixture_dir_of(CURRENT)
@@ -114,6 +115,8 @@ fn records() -> Vec<(&'static str, Vec<u8>)> {
                 public_key: vec![4, 5],
                 created_at: 7,
                 state_changed_at: 8,
+                certificate_chain: vec![vec![0x30, 3, 1, 2, 3], vec![0x30, 1, 9]],
+                pinned: true,
             })
             .unwrap(),
         ),
@@ -238,6 +241,8 @@ fn write_store(dir: &Path) {
             state: KeyState::Active,
             private_key: Secret::new(vec![42u8; 32]),
             public_key: vec![1; 32],
+            certificate_chain: vec![vec![0x30, 1, 7]],
+            pinned: true,
             by: "fixture".into(),
             now: 6,
         }))
@@ -302,21 +307,89 @@ fn fixtures_of_this_release_stay_readable() {
         0,
         "the store draws a non-zero generation"
     );
+    let k1 = store.hot().signing_key("k1").unwrap();
+    assert_eq!(
+        (k1.certificate_chain.clone(), k1.pinned),
+        (vec![vec![0x30, 1, 7]], true)
+    );
 }
 
 /// Record types added after the version 1 fixtures were written.
 const NEW_SINCE_VERSION_1: [&str; 2] = ["rotation", "datasource_config"];
 
+/// The signing key of the `records()` fixture as a version 1 or 2 record holds it: no
+/// certificate chain, not pinned.
+fn signing_key_before_version_3() -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: "k1".into(),
+        alg: "ES256".into(),
+        state: KeyState::Retiring,
+        sealed_private_key: vec![1, 2, 3],
+        public_key: vec![4, 5],
+        created_at: 7,
+        state_changed_at: 8,
+        certificate_chain: Vec::new(),
+        pinned: false,
+    }
+}
+
+/// A signing key record of the first format reads with no chain and unpinned; cut or padded,
+/// it is corrupt, never misread.
+fn check_signing_key_version_1(stored: &[u8]) {
+    assert_eq!(stored[0], 1);
+    assert_eq!(
+        decode_record::<SigningKeyRecord>(stored).unwrap(),
+        signing_key_before_version_3()
+    );
+    assert!(matches!(
+        decode_record::<SigningKeyRecord>(&stored[..stored.len() - 1]),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let mut long = stored.to_vec();
+    long.push(0);
+    assert!(matches!(
+        decode_record::<SigningKeyRecord>(&long),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn fixtures_of_version_2_stay_readable() {
+    let fixtures = fixture_dir_of(2);
+    // Only signing keys changed format since: every other record has this release's bytes.
+    for (name, bytes) in records() {
+        let stored = std::fs::read(fixtures.join("records").join(format!("{name}.bin"))).unwrap();
+        if name == "signing_key" {
+            check_signing_key_version_1(&stored);
+        } else {
+            assert_eq!(stored, bytes, "record {name} changed format");
+        }
+    }
+    let stored = std::fs::read(fixtures.join("records/signing_key_published.bin")).unwrap();
+    let published = decode_record::<SigningKeyRecord>(&stored).unwrap();
+    assert_eq!(
+        (published.state, published.pinned),
+        (KeyState::Published, false)
+    );
+    let (_dir, store) = check_fixture_store(&fixtures);
+    let k1 = store.hot().signing_key("k1").unwrap();
+    assert!(k1.certificate_chain.is_empty() && !k1.pinned);
+}
+
 #[test]
 fn fixtures_of_version_1_stay_readable() {
     let fixtures = fixture_dir_of(1);
-    // Every record but the operator client kept its format: same bytes as this release's.
-    // Records that version 1 did not have are new tables, created on open.
+    // Every record but the operator client and the signing key kept its format: same bytes
+    // as this release's. Records that version 1 did not have are new tables, created on open.
     for (name, bytes) in records() {
         if NEW_SINCE_VERSION_1.contains(&name) {
             continue;
         }
         let stored = std::fs::read(fixtures.join("records").join(format!("{name}.bin"))).unwrap();
+        if name == "signing_key" {
+            check_signing_key_version_1(&stored);
+            continue;
+        }
         if name != "operator_client" {
             assert_eq!(stored, bytes, "record {name} changed format");
             continue;
@@ -430,6 +503,21 @@ fn unknown_record_versions_are_refused_clearly() {
             "revocation" => decode_record::<RevocationRecord>(&bytes).unwrap_err(),
             "rotation" => decode_record::<RotationRecord>(&bytes).unwrap_err(),
             "datasource_config" => decode_record::<DataSourceConfigRecord>(&bytes).unwrap_err(),
+            "signing_key" => {
+                let err = decode_record::<SigningKeyRecord>(&bytes).unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        StoreError::UnknownRecordVersion {
+                            found: 200,
+                            supported: 2,
+                            ..
+                        }
+                    ),
+                    "{err:?}"
+                );
+                continue;
+            }
             _ => continue,
         };
         assert!(
@@ -558,6 +646,8 @@ fn published_key_record() -> Vec<u8> {
         public_key: vec![4, 5],
         created_at: 8,
         state_changed_at: 8,
+        certificate_chain: Vec::new(),
+        pinned: false,
     })
     .unwrap()
 }

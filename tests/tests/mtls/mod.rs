@@ -1001,3 +1001,5 @@ fn subject_dn_rules_compare_rdns_so_a_comma_in_a_value_impersonates_nobody() {
         "does not match",
     );
 }
+
+mod required;

@@ -2125,3 +2125,5 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
     );
     assert_eq!(header(&auth.operator_token())["kid"], new.as_str());
 }
+
+mod signing_cert;

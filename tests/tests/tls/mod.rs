@@ -280,3 +280,5 @@ fn mutual_tls_optional_accepts_both() {
     assert_eq!(try_request(&s, mtls_client(&s, Some(&ca))).unwrap(), 200);
     assert_eq!(try_request(&s, mtls_client(&s, None)).unwrap(), 200);
 }
+
+mod reload;

@@ -32,13 +32,21 @@ impl Authority {
 
     /// [`Authority::start`] on a given address (a restart where clients stored the URL).
     pub fn start_at(data_dir: &Path, config: Option<&Path>, listen: &str) -> Authority {
+        Authority::start_with(data_dir, config, &["--listen", listen])
+    }
+
+    /// [`Authority::start`] with extra `serve` arguments (e.g. a second `--listen`; the first
+    /// listener is the one `addr` names).
+    pub fn start_with(data_dir: &Path, config: Option<&Path>, args: &[&str]) -> Authority {
         let mut cmd = Command::new(latchkey_bin());
-        cmd.arg("serve").arg("--data-dir").arg(data_dir).args([
-            "--listen",
-            listen,
-            "--threads",
-            "2",
-        ]);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--threads", "2"]);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
