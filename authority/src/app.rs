@@ -923,11 +923,19 @@ impl App {
     /// Activates published keys whose pre-publication has passed. Returns their kids.
     pub fn activate_due_keys(&self, now: u64) -> Result<Vec<String>, Error> {
         let mut activated = Vec::new();
-        for k in self.store.hot().signing_keys() {
+        let keys = self.store.hot().signing_keys();
+        // A key published by a scheduled rotation before an import must not take over from
+        // the imported (pinned) key; it waits for an explicit `keys rotate`.
+        let pinned_active = |alg: &str| {
+            keys.iter()
+                .any(|a| a.alg == alg && a.state == KeyState::Active && a.pinned)
+        };
+        for k in &keys {
             if k.state == KeyState::Published
                 && now >= self.settings.activates_at(k.state_changed_at)
+                && !pinned_active(&k.alg)
             {
-                self.activate_key(&k, SYSTEM, now)?;
+                self.activate_key(k, SYSTEM, now)?;
                 activated.push(k.kid.clone());
             }
         }
@@ -1823,6 +1831,31 @@ mod tests {
         assert_eq!(
             app.store.hot().signing_key("imported").unwrap().state,
             KeyState::Retiring
+        );
+    }
+
+    /// A key a scheduled rotation published just before an import does not take over from
+    /// the imported key when its activation time comes.
+    #[test]
+    fn a_key_published_before_an_import_does_not_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = open(dir.path(), AppSettings::default());
+        let published = app.rotate_key(Algorithm::RS256, "t").unwrap();
+        assert_eq!(published.state, KeyState::Published);
+        let imported = latchkey_core::SigningKey::generate(Algorithm::RS256)
+            .unwrap()
+            .with_kid("imported".to_owned());
+        let origin = KeyOrigin::Imported {
+            certificate_chain: vec![vec![0x30, 0]],
+        };
+        app.install_key(imported, origin, "t").unwrap();
+        let later = app.now() + 10 * 86_400;
+        assert!(app.activate_due_keys(later).unwrap().is_empty());
+        let hot = app.store.hot();
+        assert_eq!(hot.signing_key("imported").unwrap().state, KeyState::Active);
+        assert_eq!(
+            hot.signing_key(&published.kid).unwrap().state,
+            KeyState::Published
         );
     }
 
