@@ -8,5 +8,6 @@ mod loadgen;
 mod mtls;
 mod onboarding;
 mod operator;
+mod packaging;
 mod tls;
 mod util;
