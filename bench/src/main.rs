@@ -145,7 +145,7 @@ pub struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub give_up_after: Duration,
     /// When standard error is not a terminal (no progress bar), print a progress line this
-    /// often during the timed phase.
+    /// often while agents are prepared and during the timed phase.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub progress_every: Duration,
 

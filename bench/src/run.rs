@@ -139,7 +139,19 @@ pub fn run(args: &Args) -> Result<(), Error> {
             ));
             let bar = bar(interactive, missing as u64, "agents");
             let t0 = Instant::now();
-            let progress = |n: u64| bar.set_position(n);
+            // Without a terminal (no bar), a line every --progress-every.
+            let lines = !std::io::stderr().is_terminal();
+            let last_line = std::sync::Mutex::new(t0);
+            let progress = |n: u64| {
+                bar.set_position(n);
+                if lines
+                    && let Ok(mut last) = last_line.try_lock()
+                    && last.elapsed() >= args.progress_every
+                {
+                    *last = Instant::now();
+                    eprintln!("progress: preparing agents: {n} of {missing} done");
+                }
+            };
             let had: HashSet<String> = agent_ids(&agents).collect();
             let result = prepare::prepare(&target, tls.as_ref(), op, &cfg, &mut agents, &progress);
             bar.finish_and_clear();

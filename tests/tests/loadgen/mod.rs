@@ -244,7 +244,8 @@ fn loadgen_runs_do_not_accumulate_agents() {
     assert_eq!(agent_count(&server), before + 5);
 }
 
-/// Without a terminal there is no progress bar: progress lines go to stderr instead.
+/// Without a terminal there is no progress bar: progress lines go to stderr instead, while
+/// agents are prepared and during the timed phase.
 #[test]
 fn loadgen_prints_progress_lines_without_a_terminal() {
     let (server, _config) = server(false);
@@ -252,22 +253,27 @@ fn loadgen_prints_progress_lines_without_a_terminal() {
         &server,
         &[
             "--agents",
-            "2",
+            "20",
             "--duration",
             "2s",
             "--connections",
             "2",
             "--progress-every",
-            "200ms",
+            "1ms",
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let lines = stderr
+    let preparing = stderr
         .lines()
-        .filter(|l| l.starts_with("progress: "))
+        .filter(|l| l.starts_with("progress: preparing agents: "))
         .count();
-    assert!(lines >= 2, "progress lines expected:\n{stderr}");
+    assert!(preparing >= 1, "preparation progress expected:\n{stderr}");
+    let timed = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: ") && l.contains(" req/s"))
+        .count();
+    assert!(timed >= 2, "progress lines expected:\n{stderr}");
 }
 
 /// A server killed mid-run: the load generator retries with a capped backoff (not a tight
