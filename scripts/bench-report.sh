@@ -6,8 +6,9 @@
 # Sections: core.md, store.md, server.md and allocator.md are curated by the benches' owners from the raw
 # output this script saves under target/bench-report/ (their headers name the exact commands);
 # onboarding.md, mtls.md, loadgen.md and abuse.md are written by
-# bench/scripts/onboarding-bench.sh, mtls-bench.sh, loadgen-report.sh and abuse-bench.sh. A
-# section that does not exist yet is listed as missing, not invented.
+# bench/scripts/onboarding-bench.sh, mtls-bench.sh, loadgen-report.sh and abuse-bench.sh;
+# footprint.md is curated from bench/scripts/footprint.sh (idle RSS). A section that does not
+# exist yet is listed as missing, not invented.
 #
 # Measure on a quiet machine: the script warns when the 1-minute load average is above 1.5.
 # `--assemble-only` skips the runs and only rebuilds RESULTS.md from the sections.
@@ -41,6 +42,8 @@ if [ "${1:-}" != --assemble-only ]; then
     bench/scripts/loadgen-report.sh 2>&1 | tee "$RAW/loadgen.log"
     echo "== the transport under abuse (load $(load))" >&2
     bench/scripts/abuse-bench.sh 2>&1 | tee "$RAW/abuse.log"
+    echo "== idle footprint (load $(load))" >&2
+    LATCHKEY_BIN_DIR=target/release bench/scripts/footprint.sh 2>&1 | tee "$RAW/footprint.log"
 fi
 
 {
@@ -60,7 +63,7 @@ fi
     echo "rustc: $(rustc --version)"
     echo "node: $(node --version 2>/dev/null || echo none)"
     echo '```'
-    for section in core store server onboarding mtls loadgen abuse allocator; do
+    for section in core store server onboarding mtls loadgen abuse allocator footprint; do
         echo
         if [ -f "bench/results/$section.md" ]; then
             # Demote the section's headings one level under this document's title (not lines

@@ -15,6 +15,10 @@ npm ci --prefix tests/interop --no-audit --no-fund
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --locked --workspace 2>&1 | tee "$log"
+# The appliance package builds from the dev binary above and holds the binary, the unit, the
+# conffile and the man pages; the unit passes `systemd-analyze verify` (installs cargo-deb and
+# systemd if missing). The release package: `scripts/package-deb.sh` without --check.
+scripts/package-deb.sh --check
 # Every fuzz target builds and survives a short run (installs cargo-fuzz if missing).
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz-smoke.sh
 # One closing line with the totals of every cargo test binary above.

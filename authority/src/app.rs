@@ -147,8 +147,8 @@ impl Default for AppSettings {
             master_key: KeyFileOptions::default(),
             replay: ReplayConfig {
                 max_lifetime: 25 * 3600,
-                // 8 bytes a slot: 32 MiB, enough for ~11k assertions/s sustained at the
-                // default age limit and leeway.
+                // 8 bytes a slot, allocated as the load needs them: at most 32 MiB, enough
+                // for ~11k assertions/s sustained at the default age limit and leeway.
                 capacity: 1 << 22,
                 ..ReplayConfig::default()
             },

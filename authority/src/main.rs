@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use latchkey_authority::cmd;
 
 #[derive(Debug, Parser)]
@@ -35,6 +35,24 @@ enum Command {
     Audit(cmd::audit::AuditArgs),
     /// Mutual TLS: the authority's CA, agent certificates, the trust store.
     Cert(cmd::cert::CertArgs),
+    /// Write the man pages (latchkey.1 and one per subcommand) into a directory, for packaging.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "target/man")]
+    out_dir: std::path::PathBuf,
+}
+
+/// Renders the man pages from the same clap definitions that parse the command line, so
+/// they cannot drift from `--help`.
+fn man(args: &ManArgs) -> Result<(), latchkey_authority::error::Error> {
+    std::fs::create_dir_all(&args.out_dir)?;
+    clap_mangen::generate_to(Cli::command(), &args.out_dir)?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -50,6 +68,7 @@ fn main() -> ExitCode {
         Command::Revoke(args) => cmd::revoke::run(&args),
         Command::Audit(args) => cmd::audit::run(&args),
         Command::Cert(args) => cmd::cert::run(&args),
+        Command::Man(args) => man(&args),
         // Reports its failure in the log format.
         Command::Serve(args) => return cmd::serve::main(*args),
         // These choose their own exit codes (2 = could not run, 1 = problems found).

@@ -11,6 +11,11 @@
 //! before the clock starts. With one connection per request, a slot opens a new connection
 //! for each request and the latency includes connect and handshake. One request per
 //! connection at a time; no pipelining.
+//!
+//! **A server that goes away.** A slot whose connection cannot be made waits before its next
+//! attempt, [`BACKOFF_FIRST`] doubling up to [`BACKOFF_CAP`], so a dead server costs a few
+//! attempts per slot per second, not a tight loop of refusals; once no connection has
+//! succeeded (and no response arrived) for `give_up`, the worker ends the run with an error.
 
 use std::io::{self, Read as _, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +37,10 @@ use crate::target::Target;
 const WARM_UP: Duration = Duration::from_secs(10);
 /// Longest sleep in the loop (timeouts and the deadline are checked this often).
 const TICK: Duration = Duration::from_millis(10);
+/// A slot's wait after its first failed connection attempt; doubles with each further one.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// Longest wait between two connection attempts of one slot.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 /// How one worker runs.
 #[derive(Debug, Clone)]
@@ -46,6 +55,9 @@ pub struct EngineConfig {
     pub duration: Option<Duration>,
     pub rate: Option<Rate>,
     pub timeout: Duration,
+    /// End the run with an error after this long without a successful connection or response
+    /// while connections fail.
+    pub give_up: Duration,
 }
 
 /// This worker's share of an open-loop schedule.
@@ -72,6 +84,8 @@ impl Rate {
 pub struct Progress {
     pub done: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections opened (or attempted), warm-up included.
+    pub connects: AtomicU64,
 }
 
 /// What one worker measured.
@@ -96,6 +110,8 @@ struct Conn {
     out_pos: usize,
     inbuf: Vec<u8>,
     inflight: Option<InFlight>,
+    /// Connection attempts that failed in a row (the backoff's exponent).
+    failures: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -123,6 +139,7 @@ impl Conn {
             out_pos: 0,
             inbuf: Vec::with_capacity(4096),
             inflight: None,
+            failures: 0,
         }
     }
 
@@ -342,6 +359,10 @@ struct Worker<'a> {
     start: Instant,
     last_done: Instant,
     inflight: usize,
+    /// Slots waiting out a backoff, and when each may try again.
+    backoff: Vec<(Instant, usize)>,
+    /// Since when connections have failed without a connection or response succeeding.
+    failing_since: Option<Instant>,
 }
 
 /// Runs one worker: warm-up, then waits on `barrier` with the other workers, then the timed
@@ -364,6 +385,8 @@ pub fn run(
         start: Instant::now(),
         last_done: Instant::now(),
         inflight: 0,
+        backoff: Vec::new(),
+        failing_since: None,
     };
     let warm = if cfg.connection == Connection::KeepAlive {
         w.warm_up()
@@ -382,6 +405,7 @@ pub fn run(
 impl Worker<'_> {
     fn warm_up(&mut self) -> Result<(), Error> {
         for i in 0..self.conns.len() {
+            self.progress.connects.fetch_add(1, Ordering::Relaxed);
             self.conns[i]
                 .open(Token(i), &self.poll, self.cfg)
                 .map_err(|k| Error::Protocol(format!("opening connection {i}: {k}")))?;
@@ -421,6 +445,26 @@ impl Worker<'_> {
         let mut next_timeout_scan = self.start;
         loop {
             let now = Instant::now();
+            if let Some(since) = self.failing_since
+                && now.duration_since(since) >= cfg.give_up
+            {
+                return Err(Error::Protocol(format!(
+                    "giving up: no connection to {} succeeded for {:?} ({} connection attempts in this run); is the server running?",
+                    cfg.target.addr,
+                    cfg.give_up,
+                    self.progress.connects.load(Ordering::Relaxed)
+                )));
+            }
+            // Slots whose backoff is over may connect again.
+            let mut i = 0;
+            while i < self.backoff.len() {
+                if self.backoff[i].0 <= now {
+                    let (_, slot) = self.backoff.swap_remove(i);
+                    self.idle.push(slot);
+                } else {
+                    i += 1;
+                }
+            }
             // Dispatch.
             while issuing && let Some(&slot) = self.idle.last() {
                 if cfg.budget.is_some_and(|b| sent >= b) || deadline.is_some_and(|d| now >= d) {
@@ -454,6 +498,7 @@ impl Worker<'_> {
                 let opened = if conn.is_open() {
                     Ok(())
                 } else {
+                    self.progress.connects.fetch_add(1, Ordering::Relaxed);
                     conn.open(Token(slot), &self.poll, cfg)
                 };
                 conn.inflight = Some(InFlight {
@@ -468,8 +513,11 @@ impl Worker<'_> {
             if !issuing && self.inflight == 0 {
                 break;
             }
-            // Sleep until the next due request, the deadline, or a tick.
+            // Sleep until the next due request, the deadline, the end of a backoff, or a tick.
             let mut wait = TICK;
+            if let Some(&(at, _)) = self.backoff.iter().min_by_key(|(at, _)| *at) {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
             if issuing {
                 if let (Some(rate), false) = (cfg.rate, self.idle.is_empty()) {
                     let due = self.start + rate.due(sent);
@@ -519,7 +567,12 @@ impl Worker<'_> {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        match conn.ready(read_closed) {
+        let result = conn.ready(read_closed);
+        if result.is_ok() && conn.connected {
+            conn.failures = 0;
+            self.failing_since = None;
+        }
+        match result {
             Ok(Read::Nothing) => {}
             Ok(Read::IdleClose) => conn.close(&self.poll),
             Ok(Read::Response(resp)) => {
@@ -529,6 +582,7 @@ impl Worker<'_> {
                 if resp.closes || self.cfg.connection == Connection::Close {
                     conn.close(&self.poll);
                 }
+                self.failing_since = None;
                 let verdict = self.workload.complete(f.tag, Some(&resp));
                 self.finish(slot, f, true, verdict);
             }
@@ -536,13 +590,27 @@ impl Worker<'_> {
         }
     }
 
-    /// The connection in `slot` failed: its request (if any) is an error of `kind`.
+    /// The connection in `slot` failed: its request (if any) is an error of `kind`. A slot
+    /// that could not connect waits out a backoff before it is used again.
     fn fail(&mut self, slot: usize, kind: ErrorKind) {
         let conn = &mut self.conns[slot];
         conn.close(&self.poll);
+        let retry_at = (kind == ErrorKind::Connect).then(|| {
+            conn.failures = conn.failures.saturating_add(1);
+            let now = Instant::now();
+            self.failing_since.get_or_insert(now);
+            now + backoff(conn.failures)
+        });
         if let Some(f) = conn.inflight.take() {
             let _ = self.workload.complete(f.tag, None);
             self.finish(slot, f, false, Some(kind));
+            if let Some(at) = retry_at {
+                // `finish` made the slot idle: it waits instead.
+                if let Some(pos) = self.idle.iter().rposition(|&s| s == slot) {
+                    self.idle.remove(pos);
+                }
+                self.backoff.push((at, slot));
+            }
         }
     }
 
@@ -564,9 +632,25 @@ impl Worker<'_> {
     }
 }
 
+/// The wait before a slot's next connection attempt after `failures` failed ones in a row.
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(backoff(1), BACKOFF_FIRST);
+        assert_eq!(backoff(2), BACKOFF_FIRST * 2);
+        assert_eq!(backoff(4), BACKOFF_FIRST * 8);
+        assert_eq!(backoff(8), BACKOFF_CAP);
+        assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
+    }
 
     #[test]
     fn open_loop_schedules_interleave_across_workers() {

@@ -21,6 +21,10 @@
 //! stalls are charged to every request they delay (no coordinated omission). Closed loop
 //! measures from the moment the request is written.
 //!
+//! **Leaves no trace.** Agents a run creates are deleted when it ends, unless it was asked to
+//! keep them (`--keep-agents`, or `--agents-file` to reuse them). A dead server is retried
+//! with a capped exponential backoff per connection slot, then given up on.
+//!
 //! **Loopback only** unless `--allow-remote`: a load generator pointed at the wrong host is
 //! an attack.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -82,7 +86,8 @@ pub struct Args {
     /// Needed to create agents and for token-basic / introspect.
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
-    /// SHARED_SECRET agents to have (created through the onboarding API as needed).
+    /// SHARED_SECRET agents to have (created through the onboarding API as needed, and
+    /// deleted again when the run ends: see --keep-agents).
     #[arg(long, default_value_t = 100)]
     pub agents: usize,
     /// RSA_3072 agents to have [default: 10 if the scenario uses private_key_jwt, else 0].
@@ -103,6 +108,11 @@ pub struct Args {
     /// (it holds live credentials; written with mode 0600).
     #[arg(long, value_name = "FILE")]
     pub agents_file: Option<PathBuf>,
+    /// Keep the agents this run creates. By default they are deleted when the run ends, also
+    /// after an error (not when the process is killed), so repeated runs do not pile agents
+    /// up in the server. With --agents-file they are always kept, for the next run.
+    #[arg(long)]
+    pub keep_agents: bool,
     /// Parallel clients while creating agents.
     #[arg(long, default_value_t = 8)]
     pub prepare_threads: usize,
@@ -129,6 +139,15 @@ pub struct Args {
     /// A request without a response after this long is an error.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// Give up (exit with an error) when no connection to the server has succeeded for this
+    /// long. Until then a slot whose connection fails retries after an exponential backoff
+    /// (10 ms doubling to 1 s), so a dead server is not hammered.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub give_up_after: Duration,
+    /// When standard error is not a terminal (no progress bar), print a progress line this
+    /// often while agents are prepared and during the timed phase.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub progress_every: Duration,
 
     /// Token endpoint path of agent token requests (a peer server's may differ).
     #[arg(long, default_value = "/api/agentmanagement/v3/oauth/token")]

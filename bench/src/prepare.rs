@@ -285,6 +285,40 @@ pub fn prepare(
     Ok(())
 }
 
+/// Deletes the agents `ids` (those this run created) through the agent-management API, so
+/// runs do not pile agents up in the server. An agent already gone counts as removed.
+pub fn remove(
+    target: &Arc<Target>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    operator: &Operator,
+    ids: &[String],
+) -> Result<(), Error> {
+    let mut client = Client::new(Arc::clone(target), tls.cloned());
+    let mut token = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        if i % AGENTS_PER_LOGIN == 0 {
+            token = operator.login(&mut client)?;
+        }
+        let bearer = format!("Authorization: Bearer {token}");
+        let r = client.request(&Request {
+            method: "DELETE",
+            path: &format!("{API_BASE}/agents/{id}"),
+            // Rotations during the run changed the eTag; this run owns the agent either way.
+            headers: &[&bearer, "If-Match: *"],
+            content_type: None,
+            body: b"",
+        })?;
+        if r.status != 204 && r.status != 404 {
+            return Err(Error::Http {
+                step: format!("delete agent {id}"),
+                status: r.status,
+                body: r.text(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// One agent as registration left it.
 struct Prepared {
     id: String,

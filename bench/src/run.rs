@@ -1,6 +1,7 @@
 //! One invocation: check the target, prepare credentials, warm up, run the timed phase on
 //! every worker thread while a progress bar shows the live rate, then report.
 
+use std::collections::HashSet;
 use std::io::IsTerminal as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
@@ -82,6 +83,8 @@ pub fn run(args: &Args) -> Result<(), Error> {
         None => Agents::default(),
     };
     let static_client = args.client_id.is_some();
+    // Deletes the agents this run creates when `run` returns, whichever way.
+    let mut _cleanup: Option<Cleanup> = None;
     if let (Some(id), Some(secret)) = (&args.client_id, &args.client_secret) {
         if args.scenario != Scenario::TokenSecretJwt {
             return Err(Error::Usage(
@@ -136,11 +139,32 @@ pub fn run(args: &Args) -> Result<(), Error> {
             ));
             let bar = bar(interactive, missing as u64, "agents");
             let t0 = Instant::now();
-            let progress = |n: u64| bar.set_position(n);
+            // Without a terminal (no bar), a line every --progress-every.
+            let lines = !std::io::stderr().is_terminal();
+            let last_line = std::sync::Mutex::new(t0);
+            let progress = |n: u64| {
+                bar.set_position(n);
+                if lines
+                    && let Ok(mut last) = last_line.try_lock()
+                    && last.elapsed() >= args.progress_every
+                {
+                    *last = Instant::now();
+                    eprintln!("progress: preparing agents: {n} of {missing} done");
+                }
+            };
+            let had: HashSet<String> = agent_ids(&agents).collect();
             let result = prepare::prepare(&target, tls.as_ref(), op, &cfg, &mut agents, &progress);
             bar.finish_and_clear();
             if let Some(path) = &args.agents_file {
                 prepare::save(path, &agents)?;
+            } else if !args.keep_agents {
+                _cleanup = Some(Cleanup {
+                    target: Arc::clone(&target),
+                    tls: tls.clone(),
+                    operator: op.clone(),
+                    ids: agent_ids(&agents).filter(|id| !had.contains(id)).collect(),
+                    tell: !args.json || interactive,
+                });
             }
             result?;
             let secs = t0.elapsed().as_secs_f64();
@@ -351,6 +375,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
                 of: threads,
             }),
             timeout: args.timeout,
+            give_up: args.give_up_after,
         };
         let workload = Workload::new(
             args.scenario,
@@ -384,6 +409,10 @@ pub fn run(args: &Args) -> Result<(), Error> {
             ),
         };
         let mut last = (Instant::now(), 0u64);
+        // Without a terminal there is no bar: a line every --progress-every instead, so a log
+        // shows the run is alive (and how fast).
+        let lines = !std::io::stderr().is_terminal();
+        let mut last_line = (start, 0u64);
         while !handles.iter().all(|h| h.is_finished()) {
             std::thread::sleep(Duration::from_millis(100));
             let done = progress.done.load(Ordering::Relaxed);
@@ -391,6 +420,16 @@ pub fn run(args: &Args) -> Result<(), Error> {
             let now = Instant::now();
             let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
             last = (now, done);
+            if lines && now.duration_since(last_line.0) >= args.progress_every {
+                let span = now.duration_since(last_line.0).as_secs_f64();
+                eprintln!(
+                    "progress: {:.1} s, {done} done, {errors} errors, {:.0} req/s, {} connection attempts",
+                    now.duration_since(start).as_secs_f64(),
+                    (done - last_line.1) as f64 / span,
+                    progress.connects.load(Ordering::Relaxed),
+                );
+                last_line = (now, done);
+            }
             match total {
                 Some(_) => bar.set_position(done),
                 None => bar.set_position(start.elapsed().as_millis() as u64),
@@ -485,9 +524,51 @@ pub fn run(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// Every agent id in `agents`.
+fn agent_ids(agents: &Agents) -> impl Iterator<Item = String> + '_ {
+    let secret = agents.secret.iter().map(|a| a.id.clone());
+    let rsa = agents.rsa.iter().map(|a| a.id.clone());
+    secret
+        .chain(rsa)
+        .chain(agents.mtls.iter().map(|a| a.id.clone()))
+}
+
+/// The agents a run created, deleted when the run ends (see `--keep-agents`).
+struct Cleanup {
+    target: Arc<Target>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    operator: Operator,
+    ids: Vec<String>,
+    /// Say what was removed (not when only JSON should be printed).
+    tell: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        match prepare::remove(&self.target, self.tls.as_ref(), &self.operator, &self.ids) {
+            Ok(()) if self.tell => eprintln!(
+                "deleted the {} agent(s) this run created (--keep-agents keeps them)",
+                self.ids.len()
+            ),
+            Ok(()) => {}
+            // The run's own result (success or error) has been reported; this is extra.
+            Err(e) => eprintln!(
+                "latchkey-loadgen: could not delete the {} agent(s) this run created: {e}",
+                self.ids.len()
+            ),
+        }
+    }
+}
+
 fn check_flags(args: &Args) -> Result<(), Error> {
     if args.connections == 0 {
         return Err(Error::Usage("--connections must be at least 1".into()));
+    }
+    if args.progress_every.is_zero() {
+        return Err(Error::Usage("--progress-every must be more than 0".into()));
     }
     if args.requests == Some(0) {
         return Err(Error::Usage("--requests must be at least 1".into()));

@@ -1,10 +1,14 @@
 //! The client-assertion replay cache: each `(issuer, jti)` is accepted once until it expires.
 //!
-//! **Design.** A fixed table of [`AtomicU64`] slots, allocated once, never resized: memory is
-//! exactly `8 × capacity` bytes whatever the load. Slots are grouped in buckets of
-//! [`BUCKET_SLOTS`] (two cache lines). A key `(issuer, jti)` is hashed with BLAKE3 keyed by a
-//! secret per-instance key (so clients cannot aim for collisions), giving two candidate
-//! buckets and a fingerprint. Each slot packs
+//! **Design.** Tables of [`AtomicU64`] slots, allocated as the load needs them and never
+//! freed or resized: at most `8 × capacity` bytes, and [`FIRST_LEVEL_SLOTS`] × 8 (32 KiB) for
+//! an idle authority. The capacity is split into *levels*: the first holds
+//! [`FIRST_LEVEL_SLOTS`], and each next one brings the total to [`LEVEL_GROWTH`] times the
+//! previous total (4 Ki, 16 Ki, 64 Ki, … slots), the last one stopping at `capacity`. Slots
+//! are grouped in buckets of [`BUCKET_SLOTS`] (two cache lines). A key `(issuer, jti)` is
+//! hashed with BLAKE3 keyed by a secret per-instance key (so clients cannot aim for
+//! collisions), giving a fingerprint and, in every level, two candidate buckets. Each slot
+//! packs
 //!
 //! ```text
 //! | fingerprint: 31 bits | choice: 1 bit | expiry: 32 bits |
@@ -14,34 +18,44 @@
 //! entry must be remembered (the assertion's `exp` plus the configured leeway) counted from
 //! [`EPOCH`], and `0` is an empty slot. A slot whose expiry has passed is free: inserts reclaim
 //! it with a compare-and-swap, so expired entries never need a sweep and steady load below
-//! capacity never fills the table. No locks anywhere.
+//! capacity never fills the table. An insert takes a free slot in the lowest allocated level
+//! that has one among the key's two buckets, so expired room low down is reused first; only
+//! when no allocated level has room is the next level allocated (a lock-free publish: racing
+//! allocators each build one, the loser drops its own). No locks anywhere.
 //!
 //! *Why two buckets and not linear probing:* with a bounded probe window, linear probing's
 //! clusters overflow a 31-slot window for about one insert in 400 already at half load.
 //! Placing each key in the emptier of two 16-slot buckets ("power of two choices") keeps the
-//! fullest bucket close to the average. Measured at steady load (65 536 slots, ten
-//! lifetimes): no refusal up to 75 % load, 13 in 515 400 at 80 %, 1.6 % at 90 %. With
-//! 8-slot buckets refusals already started at 60 %.
+//! fullest bucket close to the average. Measured at steady load (65 536 slots in one table,
+//! ten lifetimes): no refusal up to 75 % load, 13 in 515 400 at 80 %, 1.6 % at 90 %. With
+//! 8-slot buckets refusals already started at 60 %. Levels only add room: a key is refused
+//! only when its buckets in every level are full.
 //!
-//! **Full means fail closed.** If both of a key's buckets hold only live entries, the new
-//! assertion is refused with [`ReplayError::Full`]. Evicting a live entry instead would let
-//! its assertion be replayed. Size `capacity` for at least 1.5 × (peak rate × the longest
-//! accepted lifetime): `Full` starts to appear at about 80 % load.
-//! `max_lifetime` bounds how long one assertion can hold a slot, so a client cannot fill the
-//! table with assertions that expire in ten years. (One client can still use up capacity by
-//! minting many short-lived assertions; rate-limit per client above this layer.)
+//! **Full means fail closed.** If the key's buckets in every level hold only live entries and
+//! every level is allocated, the new assertion is refused with [`ReplayError::Full`].
+//! Evicting a live entry instead would let its assertion be replayed. Size `capacity` for at
+//! least 1.5 × (peak rate × the longest accepted lifetime): `Full` starts to appear at about
+//! 80 % load. `max_lifetime` bounds how long one assertion can hold a slot, so a client cannot
+//! fill the table with assertions that expire in ten years. (One client can still use up
+//! capacity by minting many short-lived assertions; rate-limit per client above this layer.)
 //!
 //! **False positives.** A legitimate assertion is refused as [`ReplayError::Replayed`] only
 //! if a live entry in one of its buckets, stored under the same choice, has the same
-//! fingerprint: bucket index and choice are part of the effective fingerprint
-//! (`31 + 1 + log2(buckets)` bits). A check compares at most `2 × BUCKET_SLOTS` = 32 live
-//! slots, so at full load the chance per fresh assertion is at most `32 × 2^-31 = 2^-26 ≈
-//! 1.5 × 10^-8`, whatever the capacity.
+//! fingerprint: bucket index and choice are part of the effective fingerprint. A check
+//! compares at most `2 × BUCKET_SLOTS` = 32 live slots per allocated level (at most 10
+//! levels at [`MAX_CAPACITY`], 6 at the authority's default), so at full load the chance per
+//! fresh assertion is at most `320 × 2^-31 ≈ 1.5 × 10^-7`, whatever the capacity.
 //!
-//! **Concurrency.** An insert scans both buckets for a duplicate, claims a free slot with a
-//! CAS (rescanning if the CAS loses), then scans again: if another live copy of the key
-//! appeared meanwhile, it reports `Replayed`. With sequentially consistent operations, of two
-//! racing inserts of one key at least one sees the other's slot, so at most one succeeds.
+//! **Cost.** A check reads two buckets per allocated level: one level (two buckets in a
+//! 32 KiB table that stays in cache) until more than a few thousand assertions are live.
+//!
+//! **Concurrency.** An insert scans the key's buckets in every allocated level for a
+//! duplicate, claims a free slot with a CAS (rescanning if the CAS loses), then scans again:
+//! if another live copy of the key appeared meanwhile, it reports `Replayed`. With
+//! sequentially consistent operations, of two racing inserts of one key at least one sees the
+//! other's slot, so at most one succeeds. The count of allocated levels is itself read and
+//! raised with sequentially consistent operations, and only after the level is published, so
+//! the later of two racing inserts also scans the level the earlier one wrote into.
 //!
 //! **Restarts.** The table lives in memory only. Two ways keep the authority replay-safe
 //! across restarts: a caller that logs accepted entries ([`ReplayCache::check_and_insert_fingerprint`]
@@ -50,8 +64,9 @@
 //! assertions issued before a start time (or without `iat`) with [`ReplayError::BeforeFloor`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use once_cell::race::OnceBox;
 use zeroize::Zeroizing;
 
 /// Expiries are stored as seconds since 2020-01-01T00:00:00Z in 32 bits, which lasts until 2156.
@@ -60,8 +75,13 @@ pub const EPOCH: u64 = 1_577_836_800;
 pub const BUCKET_SLOTS: usize = 16;
 /// Capacity bounds (slots); the configured value is rounded up to a power of two within them.
 pub const MIN_CAPACITY: usize = 64;
-/// See [`MIN_CAPACITY`]. 2^30 slots is 8 GiB; bucket indices must fit in 32 hash bits.
+/// See [`MIN_CAPACITY`]. 2^30 slots is 8 GiB; bucket counts must fit in 32 bits.
 pub const MAX_CAPACITY: usize = 1 << 30;
+/// Slots of the first level, the only one allocated up front (32 KiB), or the whole capacity
+/// if that is smaller.
+pub const FIRST_LEVEL_SLOTS: usize = 4096;
+/// Each level brings the total number of slots to this many times the previous total.
+pub const LEVEL_GROWTH: usize = 4;
 
 const EXPIRY_BITS: u32 = 32;
 const EXPIRY_MASK: u64 = (1 << EXPIRY_BITS) - 1;
@@ -104,7 +124,8 @@ pub struct Fingerprint(pub [u8; 16]);
 /// How a [`ReplayCache`] is sized and what it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplayConfig {
-    /// Number of slots (rounded up to a power of two in `MIN_CAPACITY..=MAX_CAPACITY`).
+    /// Most slots (rounded up to a power of two in `MIN_CAPACITY..=MAX_CAPACITY`); allocated
+    /// in levels as the load needs them.
     pub capacity: usize,
     /// Longest accepted `exp - now`, in seconds.
     pub max_lifetime: u64,
@@ -125,23 +146,31 @@ impl Default for ReplayConfig {
     }
 }
 
-/// Lock-free, fixed-size record of accepted client-assertion `jti`s.
+/// Lock-free, bounded record of accepted client-assertion `jti`s that grows with use.
 pub struct ReplayCache {
-    buckets: Box<[Bucket]>,
-    bucket_mask: u64,
+    levels: Box<[Level]>,
+    /// How many leading levels are allocated; raised only after the level is published.
+    allocated: AtomicUsize,
+    capacity: usize,
     max_lifetime: u64,
     leeway: u64,
     floor: Option<u64>,
     key: Zeroizing<[u8; 32]>,
 }
 
+/// One table of buckets, allocated on first need.
+struct Level {
+    buckets: usize,
+    table: OnceBox<Box<[Bucket]>>,
+}
+
 #[repr(align(128))]
 struct Bucket([AtomicU64; BUCKET_SLOTS]);
 
-/// A key's two candidate buckets and its fingerprint.
+/// A key's hash words (which pick its buckets in each level) and its fingerprint.
 #[derive(Clone, Copy)]
 struct Probe {
-    buckets: [usize; 2],
+    words: [u64; 2],
     fingerprint: u64,
 }
 
@@ -153,17 +182,24 @@ impl ReplayCache {
             .capacity
             .clamp(MIN_CAPACITY, MAX_CAPACITY)
             .next_power_of_two();
-        let buckets = capacity / BUCKET_SLOTS;
-        Self {
-            buckets: (0..buckets)
-                .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-            bucket_mask: buckets as u64 - 1,
+        let levels: Box<[Level]> = level_sizes(capacity)
+            .into_iter()
+            .map(|slots| Level {
+                buckets: slots / BUCKET_SLOTS,
+                table: OnceBox::new(),
+            })
+            .collect();
+        let cache = Self {
+            levels,
+            allocated: AtomicUsize::new(0),
+            capacity,
             max_lifetime: config.max_lifetime,
             leeway: config.leeway,
             floor: config.floor,
             key: Zeroizing::new(key),
-        }
+        };
+        cache.grow(0);
+        cache
     }
 
     /// A cache with a fresh hash key from the operating system's secure random source.
@@ -173,9 +209,18 @@ impl ReplayCache {
         Ok(Self::new(config, key))
     }
 
-    /// Number of slots.
+    /// Most slots the cache will ever hold.
     pub fn capacity(&self) -> usize {
-        self.buckets.len() * BUCKET_SLOTS
+        self.capacity
+    }
+
+    /// Bytes of slot tables allocated so far (plus the level directory): what the cache
+    /// costs now, at most `8 × capacity` plus a few hundred bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.tables()
+            .map(|(_, t)| std::mem::size_of_val(t))
+            .sum::<usize>()
+            + std::mem::size_of_val(&*self.levels)
     }
 
     /// Records the assertion `(issuer, jti)` issued at `iat` and expiring at `exp` (Unix
@@ -230,7 +275,7 @@ impl ReplayCache {
             .checked_sub(EPOCH)
             .filter(|e| (1..=EXPIRY_MASK).contains(e))
             .ok_or(ReplayError::ExpiryOutOfRange)?;
-        self.insert(self.probe(fingerprint), expiry, now)?;
+        self.insert(probe(fingerprint), expiry, now)?;
         Ok(remember_until)
     }
 
@@ -251,7 +296,7 @@ impl ReplayCache {
             .checked_sub(EPOCH)
             .filter(|e| (1..=EXPIRY_MASK).contains(e))
             .ok_or(ReplayError::ExpiryOutOfRange)?;
-        match self.insert(self.probe(fingerprint), expiry, now) {
+        match self.insert(probe(fingerprint), expiry, now) {
             Ok(()) | Err(ReplayError::Replayed) => Ok(()),
             Err(e) => Err(e),
         }
@@ -261,28 +306,44 @@ impl ReplayCache {
     fn insert(&self, probe: Probe, expiry: u64, now: u64) -> Result<(), ReplayError> {
         let now_rel = now.saturating_sub(EPOCH);
         loop {
-            // The free slot of the emptier bucket: (free count, slot, choice, observed value).
-            let mut best: Option<(usize, &AtomicU64, usize, u64)> = None;
-            for (choice, &b) in probe.buckets.iter().enumerate() {
-                let mut free = 0;
-                let mut first = None;
-                for slot in &self.buckets[b].0 {
-                    let v = slot.load(Ordering::SeqCst);
-                    if !live(v, now_rel) {
-                        free += 1;
-                        first = first.or(Some((slot, v)));
-                    } else if matches(v, probe, choice) {
-                        return Err(ReplayError::Replayed);
+            // Read before the scan (and, sequentially consistent, before the CAS below) so a
+            // racing insert of this key that reads it after its own CAS scans our level too.
+            let allocated = self.allocated.load(Ordering::SeqCst);
+            // The free slot of the emptier bucket in the lowest level with room:
+            // (free count, slot, choice, observed value).
+            let mut target: Option<(usize, &AtomicU64, usize, u64)> = None;
+            for (level, table) in self.tables().take(allocated) {
+                let mut best: Option<(usize, &AtomicU64, usize, u64)> = None;
+                for (choice, b) in self.levels[level]
+                    .candidates(probe, level)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let mut free = 0;
+                    let mut first = None;
+                    for slot in &table[b].0 {
+                        let v = slot.load(Ordering::SeqCst);
+                        if !live(v, now_rel) {
+                            free += 1;
+                            first = first.or(Some((slot, v)));
+                        } else if matches(v, probe, choice) {
+                            return Err(ReplayError::Replayed);
+                        }
+                    }
+                    if let Some((slot, v)) = first
+                        && best.is_none_or(|(f, ..)| free > f)
+                    {
+                        best = Some((free, slot, choice, v));
                     }
                 }
-                if let Some((slot, v)) = first
-                    && best.is_none_or(|(f, ..)| free > f)
-                {
-                    best = Some((free, slot, choice, v));
-                }
+                target = target.or(best);
             }
-            let Some((_, slot, choice, old)) = best else {
-                return Err(ReplayError::Full);
+            let Some((_, slot, choice, old)) = target else {
+                if allocated >= self.levels.len() {
+                    return Err(ReplayError::Full);
+                }
+                self.grow(allocated);
+                continue;
             };
             let new =
                 (probe.fingerprint << FP_SHIFT) | if choice == 1 { CHOICE_BIT } else { 0 } | expiry;
@@ -293,13 +354,18 @@ impl ReplayCache {
                 continue; // someone took or changed the slot: look again
             }
             // A racing insert of the same key may have claimed another free slot (e.g. one
-            // that expired between our scan and theirs). Whoever sees the other backs off.
-            let duplicate = probe.buckets.iter().enumerate().any(|(c, &b)| {
-                self.buckets[b].0.iter().any(|other| {
-                    !std::ptr::eq(other, slot) && {
-                        let v = other.load(Ordering::SeqCst);
-                        live(v, now_rel) && matches(v, probe, c)
-                    }
+            // that expired between our scan and theirs, or in a level it just allocated).
+            // Whoever sees the other backs off.
+            let allocated = self.allocated.load(Ordering::SeqCst);
+            let duplicate = self.tables().take(allocated).any(|(level, table)| {
+                let candidates = self.levels[level].candidates(probe, level);
+                candidates.into_iter().enumerate().any(|(c, b)| {
+                    table[b].0.iter().any(|other| {
+                        !std::ptr::eq(other, slot) && {
+                            let v = other.load(Ordering::SeqCst);
+                            live(v, now_rel) && matches(v, probe, c)
+                        }
+                    })
                 })
             });
             return if duplicate {
@@ -310,34 +376,93 @@ impl ReplayCache {
         }
     }
 
-    /// Number of live entries at `now`. O(capacity): for metrics and tests, not the hot path.
+    /// Allocates level `level` (if no one has yet) and counts it as allocated. Called with
+    /// `level` = the number of allocated levels, so levels are allocated in order.
+    fn grow(&self, level: usize) {
+        let Some(l) = self.levels.get(level) else {
+            return;
+        };
+        l.table.get_or_init(|| {
+            Box::new(
+                (0..l.buckets)
+                    .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
+                    .collect(),
+            )
+        });
+        self.allocated.fetch_max(level + 1, Ordering::SeqCst);
+    }
+
+    /// The allocated levels, lowest first, with their index.
+    fn tables(&self) -> impl Iterator<Item = (usize, &[Bucket])> {
+        self.levels
+            .iter()
+            .map_while(|l| l.table.get().map(|t| &t[..]))
+            .enumerate()
+    }
+
+    /// Number of live entries at `now`. O(allocated slots): for metrics and tests, not the
+    /// hot path.
     pub fn live_entries(&self, now: u64) -> usize {
         let now_rel = now.saturating_sub(EPOCH);
-        self.buckets
-            .iter()
+        self.tables()
+            .flat_map(|(_, t)| t)
             .flat_map(|b| &b.0)
             .filter(|s| live(s.load(Ordering::Relaxed), now_rel))
             .count()
     }
+}
 
-    fn probe(&self, fingerprint: Fingerprint) -> Probe {
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&fingerprint.0[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(w)
+impl Level {
+    /// The key's two distinct buckets in this level (`level` decorrelates the levels, so keys
+    /// crowded together in one level spread out in the next).
+    fn candidates(&self, probe: Probe, level: usize) -> [usize; 2] {
+        let n = self.buckets as u64;
+        let salt = (level as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Multiply-shift maps a uniform 32-bit value onto 0..n (n < 2^32) without a division.
+        let pick = |w: u64| {
+            let h = (w ^ salt).wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32;
+            (h * n) >> 32
         };
-        let (a, b) = (word(0), word(1));
-        let first = a & self.bucket_mask;
-        let mut second = b & self.bucket_mask;
+        let first = pick(probe.words[0]);
+        let mut second = pick(probe.words[1]);
         if second == first {
-            // Two distinct buckets (there are always at least 4).
-            second ^= 1;
+            // Two distinct buckets (every level has at least 4).
+            second = (first + 1) % n;
         }
-        // Both indices are masked below `buckets.len()`, which fits in usize.
-        Probe {
-            buckets: [first as usize, second as usize],
-            fingerprint: (a >> 32) & FP_MASK,
+        // Both are below `buckets`, a usize.
+        [first as usize, second as usize]
+    }
+}
+
+/// The slot counts of the levels for a power-of-two `capacity`: [`FIRST_LEVEL_SLOTS`] (or
+/// all of it), then each level brings the total to [`LEVEL_GROWTH`] times the last total.
+/// Every size is a multiple of [`BUCKET_SLOTS`] (all totals are powers of two ≥ 64).
+fn level_sizes(capacity: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut total = 0;
+    let mut next = FIRST_LEVEL_SLOTS.min(capacity);
+    loop {
+        sizes.push(next - total);
+        total = next;
+        if total >= capacity {
+            return sizes;
         }
+        next = (total * LEVEL_GROWTH).min(capacity);
+    }
+}
+
+fn probe(fingerprint: Fingerprint) -> Probe {
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&fingerprint.0[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    let (a, b) = (word(0), word(1));
+    // The low half of `a` and all of `b` pick buckets; the high half of `a` is the stored
+    // fingerprint.
+    Probe {
+        words: [a & 0xFFFF_FFFF, b],
+        fingerprint: (a >> 32) & FP_MASK,
     }
 }
 
@@ -356,6 +481,8 @@ impl fmt::Debug for ReplayCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayCache")
             .field("capacity", &self.capacity())
+            .field("levels", &self.levels.len())
+            .field("allocated", &self.allocated.load(Ordering::Relaxed))
             .field("max_lifetime", &self.max_lifetime)
             .field("leeway", &self.leeway)
             .field("floor", &self.floor)
@@ -522,7 +649,7 @@ mod tests {
     #[test]
     fn slot_packing_roundtrip() {
         let probe = Probe {
-            buckets: [0, 1],
+            words: [0, 1],
             fingerprint: FP_MASK,
         };
         let v = (probe.fingerprint << FP_SHIFT) | CHOICE_BIT | 1;
@@ -600,10 +727,19 @@ mod tests {
     /// Many threads submitting the same assertions: each is accepted exactly once.
     #[test]
     fn concurrent_same_key_accepted_once() {
-        const KEYS: usize = 2000;
+        accepted_once_under_contention(8192, 2000);
+    }
+
+    /// The same while the threads make the cache allocate new levels.
+    #[test]
+    fn concurrent_same_key_accepted_once_while_growing() {
+        accepted_once_under_contention(1 << 16, 12_000);
+    }
+
+    fn accepted_once_under_contention(capacity: usize, keys: usize) {
         const THREADS: usize = 4;
         let c = cache(ReplayConfig {
-            capacity: 8192,
+            capacity,
             ..ReplayConfig::default()
         });
         let wins: Vec<Vec<usize>> = std::thread::scope(|s| {
@@ -611,14 +747,14 @@ mod tests {
                 .map(|t| {
                     let c = &c;
                     s.spawn(move || {
-                        (0..KEYS)
+                        (0..keys)
                             .filter(|k| {
                                 // Every thread walks the keys, some in reverse, so they collide.
-                                let k = if t % 2 == 0 { *k } else { KEYS - 1 - k };
+                                let k = if t % 2 == 0 { *k } else { keys - 1 - k };
                                 c.check_and_insert("c", &format!("{k}"), None, NOW + 60, NOW)
                                     .is_ok()
                             })
-                            .map(|k| if t % 2 == 0 { k } else { KEYS - 1 - k })
+                            .map(|k| if t % 2 == 0 { k } else { keys - 1 - k })
                             .collect()
                     })
                 })
@@ -629,8 +765,93 @@ mod tests {
         for k in wins.iter().flatten() {
             *counts.entry(*k).or_insert(0) += 1;
         }
-        assert_eq!(counts.len(), KEYS, "every key accepted by someone");
+        assert_eq!(counts.len(), keys, "every key accepted by someone");
         assert!(counts.values().all(|&n| n == 1), "no key accepted twice");
+    }
+
+    /// An idle cache holds only its first level whatever its capacity, and grows level by
+    /// level with live entries, remembering all of them.
+    #[test]
+    fn grows_with_use() {
+        let c = cache(ReplayConfig {
+            capacity: 1 << 22,
+            ..ReplayConfig::default()
+        });
+        assert_eq!(c.capacity(), 1 << 22);
+        let idle = c.heap_bytes();
+        assert!(
+            idle <= FIRST_LEVEL_SLOTS * 8 + 1024,
+            "idle cache holds {idle} bytes"
+        );
+        let n = 20_000;
+        for i in 0..n {
+            c.check_and_insert("c", &format!("j{i}"), None, NOW + 60, NOW)
+                .unwrap();
+        }
+        // 20 000 entries need more than the first two levels (16 Ki slots), not the fourth.
+        let grown = c.heap_bytes();
+        assert!(grown > 16 * 1024 * 8, "{grown}");
+        assert!(grown <= 64 * 1024 * 8 + 1024, "{grown}");
+        assert_eq!(c.live_entries(NOW), n);
+        for i in 0..n {
+            assert_eq!(
+                c.check_and_insert("c", &format!("j{i}"), None, NOW + 60, NOW + 1),
+                Err(ReplayError::Replayed),
+                "j{i}"
+            );
+        }
+    }
+
+    /// With every level allocated, Full still fails closed, and the cache never holds more
+    /// than its capacity.
+    #[test]
+    fn full_across_levels_fails_closed() {
+        let capacity = 16 * 1024;
+        let c = cache(ReplayConfig {
+            capacity,
+            max_lifetime: 600,
+            leeway: 0,
+            floor: None,
+        });
+        let mut accepted = Vec::new();
+        let mut full = 0;
+        for i in 0..capacity + capacity / 4 {
+            match c.check_and_insert("c", &format!("j{i}"), None, NOW + 100, NOW) {
+                Ok(()) => accepted.push(i),
+                Err(ReplayError::Full) => full += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!(full > 0);
+        assert!(accepted.len() <= capacity);
+        assert!(
+            accepted.len() >= capacity * 3 / 4,
+            "refusals only near capacity: {} accepted",
+            accepted.len()
+        );
+        assert!(c.heap_bytes() >= capacity * 8);
+        assert!(c.heap_bytes() <= capacity * 8 + 1024);
+        for i in accepted {
+            assert_eq!(
+                c.check_and_insert("c", &format!("j{i}"), None, NOW + 100, NOW + 50),
+                Err(ReplayError::Replayed),
+                "j{i} must still be remembered"
+            );
+        }
+    }
+
+    #[test]
+    fn levels_add_up_to_the_capacity() {
+        let mut capacity = MIN_CAPACITY;
+        while capacity <= MAX_CAPACITY {
+            let sizes = level_sizes(capacity);
+            assert_eq!(sizes.iter().sum::<usize>(), capacity);
+            assert!(sizes.iter().all(|&s| s > 0 && s % BUCKET_SLOTS == 0));
+            assert!(sizes.len() <= 10, "{capacity}: {sizes:?}");
+            capacity *= 2;
+        }
+        assert_eq!(level_sizes(1 << 22).len(), 6);
+        assert_eq!(level_sizes(1024), [1024]);
     }
 
     proptest::proptest! {

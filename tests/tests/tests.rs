@@ -9,5 +9,6 @@ mod mtls;
 mod newcomer;
 mod onboarding;
 mod operator;
+mod packaging;
 mod tls;
 mod util;

@@ -188,3 +188,151 @@ fn loadgen_refuses_targets_off_this_machine() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a loopback address"), "{stderr}");
 }
+
+/// How many agents the server holds, as an operator lists them.
+fn agent_count(server: &Server) -> usize {
+    let data = server.data_dir();
+    let out = Command::new(crate::util::latchkey_bin())
+        .args(["agent", "list", "--json", "--server"])
+        .arg(format!("https://{}", server.addr))
+        .arg("--credentials")
+        .arg(data.join("admin-client.json"))
+        .arg("--ca")
+        .arg(server.ca_path())
+        .output()
+        .expect("run latchkey agent list");
+    assert!(
+        out.status.success(),
+        "agent list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent list JSON");
+    v["agents"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_else(|| panic!("no agents in {v:#}"))
+}
+
+/// By default a run deletes the agents it created when it ends, so two runs leave the server
+/// as they found it; `--keep-agents` keeps them.
+#[test]
+fn loadgen_runs_do_not_accumulate_agents() {
+    let (server, _config) = server(true);
+    let before = agent_count(&server);
+    for _ in 0..2 {
+        let s = summary(
+            &server,
+            &["--agents", "5", "--requests", "40", "--connections", "2"],
+        );
+        assert_clean(&s, 40);
+        assert_eq!(s["agents"], 5);
+        assert_eq!(agent_count(&server), before, "agents left behind");
+    }
+    let s = summary(
+        &server,
+        &[
+            "--agents",
+            "5",
+            "--requests",
+            "40",
+            "--connections",
+            "2",
+            "--keep-agents",
+        ],
+    );
+    assert_clean(&s, 40);
+    assert_eq!(agent_count(&server), before + 5);
+}
+
+/// Without a terminal there is no progress bar: progress lines go to stderr instead, while
+/// agents are prepared and during the timed phase.
+#[test]
+fn loadgen_prints_progress_lines_without_a_terminal() {
+    let (server, _config) = server(false);
+    let out = loadgen(
+        &server,
+        &[
+            "--agents",
+            "20",
+            "--duration",
+            "2s",
+            "--connections",
+            "2",
+            "--progress-every",
+            "1ms",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let preparing = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: preparing agents: "))
+        .count();
+    assert!(preparing >= 1, "preparation progress expected:\n{stderr}");
+    let timed = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: ") && l.contains(" req/s"))
+        .count();
+    assert!(timed >= 2, "progress lines expected:\n{stderr}");
+}
+
+/// A server killed mid-run: the load generator retries with a capped backoff (not a tight
+/// loop of refused connections), then gives up with an error that says why. Also shows the
+/// default progress interval at work (the kill waits for the first line).
+#[test]
+fn loadgen_gives_up_on_a_dead_server_after_bounded_attempts() {
+    use std::io::{BufRead as _, BufReader};
+    let (server, _config) = server(false);
+    let connections = 4;
+    let mut child = Command::new(loadgen_bin())
+        .arg("--target")
+        .arg(format!("http://{}", server.addr))
+        .arg("--insecure-plain")
+        .arg("--credentials")
+        .arg(server.data_dir().join("admin-client.json"))
+        .args(["--agents", "2", "--duration", "10m", "--connections"])
+        .arg(connections.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn latchkey-loadgen");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("stderr line");
+        let progress = line.starts_with("progress: ");
+        seen.push(line);
+        if progress {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.starts_with("progress: ")),
+        "no progress line before the end:\n{}",
+        seen.join("\n")
+    );
+    server.signal("KILL");
+    seen.extend(lines.map(|l| l.expect("stderr line")));
+    let status = child.wait().expect("wait");
+    let stderr = seen.join("\n");
+    assert!(!status.success(), "{stderr}");
+    let giving_up = seen
+        .iter()
+        .find(|l| l.contains("giving up"))
+        .unwrap_or_else(|| panic!("no give-up error:\n{stderr}"));
+    assert!(giving_up.contains("is the server running"), "{giving_up}");
+    let attempts: u64 = giving_up
+        .split(" connection attempts")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no attempt count in {giving_up}"));
+    // Per slot: the warm-up connection, one reconnect, at most 7 backoff steps from 10 ms to
+    // the 1 s cap and then one attempt a second until the 10 s without success are over.
+    // Retrying without a backoff made ~100 000 attempts in that time.
+    let bound = connections * (1 + 1 + 7 + 10 + 1);
+    assert!(
+        attempts >= connections && attempts <= bound,
+        "{attempts} connection attempts (bound {bound}):\n{stderr}"
+    );
+}
