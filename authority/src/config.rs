@@ -135,7 +135,12 @@ pub struct Settings {
     /// Extra DNS names or IP addresses for the generated server certificate (repeatable)
     /// [default: localhost, 127.0.0.1, ::1 only]. Applied when the certificate is generated;
     /// names an existing certificate lacks are logged as a warning.
-    #[arg(long = "server-name", value_name = "NAME")]
+    #[arg(
+        long = "server-name",
+        visible_alias = "server-names",
+        value_name = "NAME"
+    )]
+    #[serde(alias = "server-name")]
     pub server_names: Option<Vec<String>>,
     /// Server certificate chain (PEM, with --tls-key) or a PKCS#12 file (.pfx/.p12, key
     /// included; its password in --tls-password-file or LATCHKEY_TLS_PASSWORD) instead of the
@@ -159,7 +164,8 @@ pub struct Settings {
     pub client_auth: Option<ClientAuthMode>,
     /// Extra trusted CA or client certificates (PEM) for mutual TLS, besides the data
     /// directory's CA (repeatable).
-    #[arg(long = "client-ca", value_name = "FILE")]
+    #[arg(long = "client-ca", visible_alias = "client-cas", value_name = "FILE")]
+    #[serde(alias = "client-ca")]
     pub client_cas: Option<Vec<PathBuf>>,
     /// Log format [default: text]. With json, every line on stderr is a JSON object and the
     /// ready line on stdout is `{"event":"listening","scheme","addr","url"}`.
@@ -467,6 +473,50 @@ impl Settings {
 mod tests {
     use super::*;
 
+    /// List settings are plural in the file and singular as repeatable flags; each accepts
+    /// the other spelling, so an operator's guess from either side works.
+    #[test]
+    fn list_settings_take_either_spelling() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            s: Settings,
+        }
+        for toml_text in [
+            "server-names = [\"a.example\"]\nclient-cas = [\"ca.pem\"]",
+            "server-name = [\"a.example\"]\nclient-ca = [\"ca.pem\"]",
+        ] {
+            let s: Settings = toml::from_str(toml_text).unwrap();
+            assert_eq!(
+                s.server_names,
+                Some(vec!["a.example".to_owned()]),
+                "{toml_text}"
+            );
+            assert_eq!(
+                s.client_cas,
+                Some(vec![PathBuf::from("ca.pem")]),
+                "{toml_text}"
+            );
+        }
+        for flags in [
+            ["x", "--server-name", "a.example", "--client-ca", "ca.pem"],
+            ["x", "--server-names", "a.example", "--client-cas", "ca.pem"],
+        ] {
+            let s = Cli::try_parse_from(flags).unwrap().s;
+            assert_eq!(
+                s.server_names,
+                Some(vec!["a.example".to_owned()]),
+                "{flags:?}"
+            );
+            assert_eq!(
+                s.client_cas,
+                Some(vec![PathBuf::from("ca.pem")]),
+                "{flags:?}"
+            );
+        }
+    }
+
     #[test]
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let file: Settings = toml::from_str(
@@ -639,7 +689,11 @@ mod tests {
         let cmd = crate::cmd::serve::ServeArgs::augment_args(clap::Command::new("serve"));
         let longs: Vec<String> = cmd
             .get_arguments()
-            .filter_map(|a| a.get_long())
+            .flat_map(|a| {
+                a.get_long()
+                    .into_iter()
+                    .chain(a.get_visible_aliases().into_iter().flatten())
+            })
             .map(|l| format!("--{l}"))
             .collect();
         for long in &longs {
