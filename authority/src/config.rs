@@ -245,6 +245,20 @@ pub struct Settings {
     /// --listen, e.g. on a private interface [default: on --listen].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Consecutive failed authentications of one client id (operator secret, agent
+    /// credential) after which its requests get 429 with Retry-After, unchecked, for 1 s
+    /// doubling with each further failure up to --auth-backoff-max; a success resets it
+    /// [default: 5].
+    #[arg(long, value_name = "N")]
+    pub auth_failure_limit: Option<u32>,
+    /// Longest backoff after failed authentications; failures are also forgotten this long
+    /// after the last one (or after its backoff ends) [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub auth_backoff_max: Option<HumanDuration>,
+    /// Client ids whose failures are tracked (at least 16); when full, the one with the
+    /// oldest failure is forgotten [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub auth_failure_table: Option<usize>,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -281,6 +295,8 @@ pub struct ServeSettings {
     pub metrics_access: MetricsAccess,
     /// A separate listener for `/metrics`; `None` serves it on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Backoff after failed authentications per client id.
+    pub client_throttle: crate::api::throttle::ThrottleConfig,
 }
 
 impl Settings {
@@ -333,7 +349,10 @@ impl Settings {
             max_tls_handshakes,
             max_pipelined,
             metrics_access,
-            metrics_listen
+            metrics_listen,
+            auth_failure_limit,
+            auth_backoff_max,
+            auth_failure_table
         )
     }
 
@@ -416,6 +435,27 @@ impl Settings {
                 "max-request-line must not exceed max-header-bytes".into(),
             ));
         }
+        let td = crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT;
+        let client_throttle = crate::api::throttle::ThrottleConfig {
+            failures: match self.auth_failure_limit.unwrap_or(td.failures) {
+                0 => {
+                    return Err(Error::Config(
+                        "auth-failure-limit must be greater than zero".into(),
+                    ));
+                }
+                n => n,
+            },
+            max_backoff: dur(self.auth_backoff_max, td.max_backoff, "auth-backoff-max")?
+                .max(Duration::from_secs(1)),
+            entries: match self.auth_failure_table.unwrap_or(td.entries) {
+                n if n < 16 => {
+                    return Err(Error::Config(
+                        "auth-failure-table must be at least 16".into(),
+                    ));
+                }
+                n => n,
+            },
+        };
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -459,6 +499,7 @@ impl Settings {
             limits,
             metrics_access: self.metrics_access.unwrap_or_default(),
             metrics_listen: self.metrics_listen,
+            client_throttle,
         })
     }
 }

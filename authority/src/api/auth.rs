@@ -350,9 +350,24 @@ pub fn client_credentials(
         )
         .into());
     }
-    authenticate(app, &id, &secret, method)
-        .map(|c| (c, method))
-        .ok_or_else(|| invalid_client("unknown client or wrong secret"))
+    // Ids longer than any stored one cannot match a client: not worth a table entry.
+    let tracked = id.len() <= crate::store::MAX_ID_BYTES;
+    let now = std::time::Instant::now();
+    if tracked && let Some(wait) = app.client_throttle.check(&id, now) {
+        return Err(super::throttle::refuse(app, "client", &id, wait));
+    }
+    match authenticate(app, &id, &secret, method) {
+        Some(c) => {
+            app.client_throttle.success(&id);
+            Ok((c, method))
+        }
+        None => {
+            if tracked {
+                app.client_throttle.failure(&id, now);
+            }
+            Err(invalid_client("unknown client or wrong secret"))
+        }
+    }
 }
 
 /// Checks a client secret. Basic credentials are tried as sent and, if that fails and they
