@@ -246,7 +246,7 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Consecutive failed authentications of one client id (operator secret, agent
-    /// credential) after which its requests get 429 with Retry-After, unchecked, for 1 s
+    /// assertion) after which its requests get 429 with Retry-After, unchecked, for 1 s
     /// doubling with each further failure up to --auth-backoff-max; a success resets it
     /// [default: 5].
     #[arg(long, value_name = "N")]

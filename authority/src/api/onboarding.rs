@@ -746,16 +746,75 @@ impl AgentState {
             )
             .into());
         };
+        // A client id in backoff after failed assertions is refused before any check.
+        let clock = std::time::Instant::now();
+        if let Some(wait) = self.app.client_throttle.check(&client.client_id, clock) {
+            return Err(super::throttle::refuse(
+                &self.app,
+                "client",
+                &client.client_id,
+                wait,
+            ));
+        }
+        let forged = std::cell::Cell::new(false);
+        let checked = self.verify_assertion(&client, parsed, assertion, now, &forged);
+        let (verified, used) = match checked {
+            Ok(v) => {
+                self.app.client_throttle.success(&client.client_id);
+                v
+            }
+            Err(e) => {
+                if forged.get() {
+                    self.app.client_throttle.failure(&client.client_id, clock);
+                }
+                return Err(e);
+            }
+        };
+        self.app.metrics.tokens_verified(1);
+        let claims = verified.into_claims();
+        if let Some(ten) = claims.extra_str("ten")
+            && ten != client.tenant
+        {
+            return Err(ApiError::InvalidClient("assertion names another tenant".into()).into());
+        }
+        Ok((client, claims, used))
+    }
+
+    /// Checks the assertion's signature (and claims) with the client's secret or keys, the
+    /// ones a rotation replaced included while its grace lasts.
+    fn verify_assertion(
+        &self,
+        client: &Arc<ClientAuth>,
+        parsed: UnverifiedToken<'_>,
+        assertion: &str,
+        now: u64,
+        forged: &std::cell::Cell<bool>,
+    ) -> Result<(VerifiedToken, Used), Error> {
+        // Only a signature that does not verify says the caller lacks the secret or key; a
+        // signed assertion with a bad claim is the agent's own mistake.
+        let refuse = |e: &latchkey_core::Error| {
+            if matches!(
+                e,
+                latchkey_core::Error::Rejected(
+                    RejectedError::BadSignature
+                        | RejectedError::UnknownKey
+                        | RejectedError::AlgorithmMismatch
+                )
+            ) {
+                forged.set(true);
+            }
+            invalid_assertion(e)
+        };
         let validation = self.assertion_validation();
         let alg = parsed.header().alg();
         let previous = client.previous_at(now);
-        let (verified, used) = match client.auth_method {
+        Ok(match client.auth_method {
             AuthMethod::ClientSecretJwt => {
                 if client.secret.is_none() {
                     return Err(stored_key_error(&client.client_id, &"no secret"));
                 }
                 if !alg.is_hmac() {
-                    return Err(invalid_assertion(&RejectedError::AlgorithmMismatch.into()));
+                    return Err(refuse(&RejectedError::AlgorithmMismatch.into()));
                 }
                 // Built from the secret once per entry and algorithm, not per request.
                 let key = client
@@ -774,14 +833,14 @@ impl AgentState {
                             .map_err(|e| stored_key_error(&client.client_id, &e))?;
                         let v = UnverifiedToken::parse(assertion)
                             .and_then(|t| t.verify(key, validation, now))
-                            .map_err(|e| invalid_assertion(&e))?;
+                            .map_err(|e| refuse(&e))?;
                         (v, Used::Previous)
                     }
-                    (Err(e), _) => return Err(invalid_assertion(&e)),
+                    (Err(e), _) => return Err(refuse(&e)),
                 }
             }
             AuthMethod::PrivateKeyJwt => {
-                let cached = self.rsa_keys_of(&client)?;
+                let cached = self.rsa_keys_of(client)?;
                 match verify_with_any(assertion, &cached.keys, validation, now) {
                     Ok((v, i)) if previous.is_some() && cached.fresh[i] => (v, Used::New),
                     Ok((v, _)) => (v, Used::Unchanged),
@@ -793,12 +852,12 @@ impl AgentState {
                         Some(p) if !cached.previous.is_empty() && now < p.secret_expires_at => {
                             let (v, _) =
                                 verify_with_any(assertion, &cached.previous, validation, now)
-                                    .map_err(|_| invalid_assertion(&e))?;
+                                    .map_err(|_| refuse(&e))?;
                             (v, Used::Previous)
                         }
-                        _ => return Err(invalid_assertion(&e)),
+                        _ => return Err(refuse(&e)),
                     },
-                    Err(e) => return Err(invalid_assertion(&e)),
+                    Err(e) => return Err(refuse(&e)),
                 }
             }
             AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
@@ -807,15 +866,7 @@ impl AgentState {
                 )
                 .into());
             }
-        };
-        self.app.metrics.tokens_verified(1);
-        let claims = verified.into_claims();
-        if let Some(ten) = claims.extra_str("ten")
-            && ten != client.tenant
-        {
-            return Err(ApiError::InvalidClient("assertion names another tenant".into()).into());
-        }
-        Ok((client, claims, used))
+        })
     }
 
     /// RFC 7523 §3 rules for this authority: `iss` = `sub`, `exp` and `jti` required, lifetime
