@@ -251,12 +251,17 @@ pub struct Settings {
     /// [default: 5].
     #[arg(long, value_name = "N")]
     pub auth_failure_limit: Option<u32>,
+    /// The same per source address (IPv6: per /64), counting failed client secrets, agent
+    /// assertions for unknown clients or with bad signatures, and refused initial access
+    /// tokens at registration; a success does not reset it [default: 30].
+    #[arg(long, value_name = "N")]
+    pub auth_source_failure_limit: Option<u32>,
     /// Longest backoff after failed authentications; failures are also forgotten this long
     /// after the last one (or after its backoff ends) [default: 5m].
     #[arg(long, value_name = "DURATION")]
     pub auth_backoff_max: Option<HumanDuration>,
-    /// Client ids whose failures are tracked (at least 16); when full, the one with the
-    /// oldest failure is forgotten [default: 65536].
+    /// Client ids (and, separately, source addresses) whose failures are tracked (at least
+    /// 16); when full, the one with the oldest failure is forgotten [default: 65536].
     #[arg(long, value_name = "N")]
     pub auth_failure_table: Option<usize>,
 }
@@ -297,6 +302,8 @@ pub struct ServeSettings {
     pub metrics_listen: Option<SocketAddr>,
     /// Backoff after failed authentications per client id.
     pub client_throttle: crate::api::throttle::ThrottleConfig,
+    /// Backoff after failed authentications per source address.
+    pub source_throttle: crate::api::throttle::ThrottleConfig,
 }
 
 impl Settings {
@@ -351,6 +358,7 @@ impl Settings {
             metrics_access,
             metrics_listen,
             auth_failure_limit,
+            auth_source_failure_limit,
             auth_backoff_max,
             auth_failure_table
         )
@@ -456,6 +464,20 @@ impl Settings {
                 n => n,
             },
         };
+        let source_throttle = crate::api::throttle::ThrottleConfig {
+            failures: match self
+                .auth_source_failure_limit
+                .unwrap_or(crate::api::throttle::ThrottleConfig::SOURCE_DEFAULT.failures)
+            {
+                0 => {
+                    return Err(Error::Config(
+                        "auth-source-failure-limit must be greater than zero".into(),
+                    ));
+                }
+                n => n,
+            },
+            ..client_throttle
+        };
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -500,6 +522,7 @@ impl Settings {
             metrics_access: self.metrics_access.unwrap_or_default(),
             metrics_listen: self.metrics_listen,
             client_throttle,
+            source_throttle,
         })
     }
 }

@@ -317,6 +317,7 @@ pub enum ClientAuthMethod {
 pub fn client_credentials(
     app: &App,
     req: &Request<'_>,
+    ctx: &RequestContext<'_>,
     form: &Form<'_>,
 ) -> Result<(std::sync::Arc<OperatorClientRecord>, ClientAuthMethod), Error> {
     let from_basic = basic(req)?;
@@ -353,8 +354,25 @@ pub fn client_credentials(
     // Ids longer than any stored one cannot match a client: not worth a table entry.
     let tracked = id.len() <= crate::store::MAX_ID_BYTES;
     let now = std::time::Instant::now();
+    let source = super::throttle::source_key(ctx.peer().ip());
+    if let Some(wait) = app.source_throttle.check(&source, now) {
+        let ip = ctx.peer().ip().to_string();
+        return Err(super::throttle::refuse(
+            app,
+            &app.source_throttle,
+            "source",
+            &ip,
+            wait,
+        ));
+    }
     if tracked && let Some(wait) = app.client_throttle.check(&id, now) {
-        return Err(super::throttle::refuse(app, "client", &id, wait));
+        return Err(super::throttle::refuse(
+            app,
+            &app.client_throttle,
+            "client",
+            &id,
+            wait,
+        ));
     }
     match authenticate(app, &id, &secret, method) {
         Some(c) => {
@@ -362,6 +380,7 @@ pub fn client_credentials(
             Ok((c, method))
         }
         None => {
+            app.source_throttle.failure(&source, now);
             if tracked {
                 app.client_throttle.failure(&id, now);
             }
@@ -431,7 +450,7 @@ pub fn caller(
         }
         return Ok(principal);
     }
-    let (client, _) = client_credentials(app, req, form)?;
+    let (client, _) = client_credentials(app, req, ctx, form)?;
     let permissions = profile_permissions(app, &client.profile)?;
     Ok(Principal {
         client_id: client.id.clone(),

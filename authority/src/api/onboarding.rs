@@ -267,7 +267,18 @@ impl AgentState {
             ApiError::InvalidToken("an initial access token (Bearer) is required".into())
         })?;
         let now = self.app.now();
-        let iat = self.verify_iat(token, now)?;
+        let clock = std::time::Instant::now();
+        let source = super::throttle::source_key(ctx.peer().ip());
+        if let Some(wait) = self.app.source_throttle.check(&source, clock) {
+            let ip = ctx.peer().ip().to_string();
+            let throttle = &self.app.source_throttle;
+            return Err(super::throttle::refuse(
+                &self.app, throttle, "source", &ip, wait,
+            ));
+        }
+        let iat = self.verify_iat(token, now).inspect_err(|_| {
+            self.app.source_throttle.failure(&source, clock);
+        })?;
         let claims = iat.claims();
         let (Some(client_id), Some(jti), Some(tenant)) = (
             claims.sub.clone(),
@@ -556,6 +567,16 @@ impl AgentState {
 
     fn token(&self, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
         let now = self.app.now();
+        let clock = std::time::Instant::now();
+        let source = super::throttle::source_key(ctx.peer().ip());
+        if let Some(wait) = self.app.source_throttle.check(&source, clock) {
+            let ip = ctx.peer().ip().to_string();
+            let throttle = &self.app.source_throttle;
+            return Err(super::throttle::refuse(
+                &self.app, throttle, "source", &ip, wait,
+            ));
+        }
+        let forged = std::cell::Cell::new(false);
         let result = Form::from_request(req)
             .map_err(TokenRefusal::from)
             .and_then(|form| {
@@ -568,8 +589,11 @@ impl AgentState {
                 let request = TokenRequest::parse(&form)?;
                 // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
                 let x5t = super::certs::client_certificate(&self.app, ctx)?.map(|c| c.thumbprint());
-                self.issue_checked(&request, now, x5t)
+                self.issue_checked(&request, now, x5t, &forged)
             });
+        if forged.get() {
+            self.app.source_throttle.failure(&source, clock);
+        }
         match result {
             Ok((answer, cut_over)) => Ok(self.answer_after(
                 cut_over,
@@ -599,7 +623,8 @@ impl AgentState {
         now: u64,
         x5t: Option<String>,
     ) -> Result<TokenResponse, TokenRefusal> {
-        let (answer, cut_over) = self.issue_checked(request, now, x5t)?;
+        let forged = std::cell::Cell::new(false);
+        let (answer, cut_over) = self.issue_checked(request, now, x5t, &forged)?;
         if let Some(op) = cut_over {
             self.app.submit(op, |_| {});
         }
@@ -613,8 +638,9 @@ impl AgentState {
         request: &TokenRequest,
         now: u64,
         x5t: Option<String>,
+        forged: &std::cell::Cell<bool>,
     ) -> Result<(TokenResponse, Option<WriteOp>), TokenRefusal> {
-        let (client, claims, used) = self.authenticate(&request.client_assertion, now)?;
+        let (client, claims, used) = self.authenticate(&request.client_assertion, now, forged)?;
         if let Some(id) = &request.client_id
             && *id != client.client_id
         {
@@ -730,16 +756,20 @@ impl AgentState {
 
     /// Finds the client the assertion names (unverified `iss`), verifies the assertion with
     /// that client's credentials and RFC 7523 rules. Every failure is 401 `invalid_client`.
+    /// `forged` is set when the assertion names an unknown client or its signature does not
+    /// verify: the failures that say the caller is guessing.
     fn authenticate(
         &self,
         assertion: &str,
         now: u64,
+        forged: &std::cell::Cell<bool>,
     ) -> Result<(Arc<ClientAuth>, Claims, Used), Error> {
         let parsed = UnverifiedToken::parse(assertion).map_err(|e| invalid_assertion(&e))?;
         let issuer = latchkey_core::dangerous::insecure_issuer(&parsed)
             .map_err(|e| invalid_assertion(&e))?
             .ok_or_else(|| invalid_assertion(&RejectedError::MissingClaim("iss").into()))?;
         let Some(client) = self.app.store.hot().client(&issuer) else {
+            forged.set(true);
             self.rsa_keys.pin().remove(&issuer);
             return Err(ApiError::InvalidClient(
                 "unknown client (not registered, or offboarded)".into(),
@@ -751,13 +781,13 @@ impl AgentState {
         if let Some(wait) = self.app.client_throttle.check(&client.client_id, clock) {
             return Err(super::throttle::refuse(
                 &self.app,
+                &self.app.client_throttle,
                 "client",
                 &client.client_id,
                 wait,
             ));
         }
-        let forged = std::cell::Cell::new(false);
-        let checked = self.verify_assertion(&client, parsed, assertion, now, &forged);
+        let checked = self.verify_assertion(&client, parsed, assertion, now, forged);
         let (verified, used) = match checked {
             Ok(v) => {
                 self.app.client_throttle.success(&client.client_id);

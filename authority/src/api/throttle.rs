@@ -46,6 +46,20 @@ impl ThrottleConfig {
         max_backoff: Duration::from_secs(300),
         entries: 65536,
     };
+    /// Per source address: higher, as one address may front many clients (NAT).
+    pub const SOURCE_DEFAULT: ThrottleConfig = ThrottleConfig {
+        failures: 30,
+        ..Self::CLIENT_DEFAULT
+    };
+}
+
+/// The source-address key: an IPv4 address, or an IPv6 address's /64 (one host's usual
+/// allocation, so walking its addresses does not help).
+pub fn source_key(ip: std::net::IpAddr) -> u128 {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => u128::from(v4.to_bits()),
+        std::net::IpAddr::V6(v6) => v6.to_bits() & !u128::from(u64::MAX),
+    }
 }
 
 #[derive(Debug)]
@@ -190,11 +204,18 @@ impl<K: Hash + Eq + Clone> FailureThrottle<K> {
     }
 }
 
-/// The refusal for a key in backoff: counts it in `/metrics`, logs it (rate-limited) and
-/// builds the 429. `by` names the throttle (`client`), `subject` what it is keyed by.
-pub fn refuse(app: &crate::app::App, by: &'static str, subject: &str, wait: Duration) -> Error {
+/// The refusal for a key in backoff: counts it in `/metrics`, logs it (rate-limited per
+/// throttle) and builds the 429. `by` names the throttle (`client`, `source`), `subject`
+/// what it is keyed by.
+pub fn refuse<K: Hash + Eq + Clone>(
+    app: &crate::app::App,
+    throttle: &FailureThrottle<K>,
+    by: &'static str,
+    subject: &str,
+    wait: Duration,
+) -> Error {
     publish(app);
-    if let Some(held_back) = app.client_throttle.log_admit(Instant::now()) {
+    if let Some(held_back) = throttle.log_admit(Instant::now()) {
         let subject: String = subject.chars().take(128).collect();
         tracing::warn!(by, subject = %subject, retry_after = wait.as_secs(), held_back,
             "authentication refused after repeated failures");
@@ -212,8 +233,10 @@ fn publish(app: &crate::app::App) {
     let lines = format!(
         "# HELP latchkey_auth_throttled_total Requests refused 429 after repeated failed authentications.\n\
          # TYPE latchkey_auth_throttled_total counter\n\
-         latchkey_auth_throttled_total{{by=\"client\"}} {}\n",
-        app.client_throttle.throttled()
+         latchkey_auth_throttled_total{{by=\"client\"}} {}\n\
+         latchkey_auth_throttled_total{{by=\"source\"}} {}\n",
+        app.client_throttle.throttled(),
+        app.source_throttle.throttled()
     );
     app.metrics.set_section("auth_throttle", lines);
 }
@@ -292,6 +315,20 @@ mod tests {
         let late = start + Duration::from_millis(10_000);
         assert!(t.check(&9_999, late).is_some());
         assert_eq!(t.check(&0, start), None);
+    }
+
+    #[test]
+    fn ipv6_sources_are_keyed_by_their_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let v4: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let other: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(source_key(v4), source_key(mapped));
+        assert_ne!(source_key(v4), source_key(other));
     }
 
     #[test]

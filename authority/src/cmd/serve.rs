@@ -103,7 +103,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         &args.data_dir,
         config_path.as_deref(),
         key,
-        settings.client_throttle,
+        (settings.client_throttle, settings.source_throttle),
         metrics.clone(),
         json,
     )?;
@@ -338,7 +338,10 @@ fn open_state(
     data_dir: &Path,
     config: Option<&Path>,
     key: KeyFileOptions,
-    client_throttle: crate::api::throttle::ThrottleConfig,
+    (client_throttle, source_throttle): (
+        crate::api::throttle::ThrottleConfig,
+        crate::api::throttle::ThrottleConfig,
+    ),
     metrics: Arc<Metrics>,
     json: bool,
 ) -> Result<App, Error> {
@@ -349,6 +352,7 @@ fn open_state(
     let mut settings = app_config.resolve()?;
     settings.master_key = key;
     settings.client_throttle = client_throttle;
+    settings.source_throttle = source_throttle;
     let (app, first_run) = App::open(data_dir, settings, metrics)?;
     if let Some(path) = &first_run.admin_credentials {
         if json {

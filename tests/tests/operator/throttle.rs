@@ -114,3 +114,61 @@ fn successes_never_count() {
     assert_eq!(throttled_total(&auth), "");
     auth.stop();
 }
+
+fn source_throttled_total(auth: &Authority) -> String {
+    let m = auth.json("GET", "/metrics", None, None).text();
+    m.lines()
+        .find(|l| l.starts_with("latchkey_auth_throttled_total{by=\"source\"}"))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// One address trying many client ids (none failing twice) is refused by address, valid
+/// credentials included, on every endpoint that authenticates.
+fn one_address_many_ids(auth: &Authority, failures: usize) {
+    let admin = admin_secret(auth);
+    for i in 0..failures {
+        let id = format!("guess-{i}");
+        assert_error(&token(auth, &id, "wrong"), 401, "invalid_client");
+    }
+    let r = token(auth, "admin", &admin);
+    assert_error(&r, 429, "slow_down");
+    assert!(retry_after(&r) >= 1);
+    let r = auth.form(
+        "/oauth/introspect",
+        "token=x",
+        &[("Authorization", &basic("admin", &admin))],
+    );
+    assert_error(&r, 429, "slow_down");
+    let r = auth.json(
+        "POST",
+        "/api/agentmanagement/v3/register",
+        Some("x.y.z"),
+        Some(&serde_json::json!({})),
+    );
+    assert_error(&r, 429, "slow_down");
+    assert_eq!(
+        source_throttled_total(auth),
+        "latchkey_auth_throttled_total{by=\"source\"} 3"
+    );
+}
+
+#[test]
+fn one_address_guessing_many_client_ids_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start_with(
+        &dir.path().join("data"),
+        None,
+        &["--auth-source-failure-limit", "3"],
+    );
+    one_address_many_ids(&auth, 3);
+    auth.stop();
+}
+
+#[test]
+fn the_default_source_limit_bites_after_thirty_failures() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    one_address_many_ids(&auth, 30);
+    auth.stop();
+}
