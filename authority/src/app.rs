@@ -563,7 +563,9 @@ impl App {
             jti,
             metrics,
             client_throttle: crate::api::throttle::FailureThrottle::new(settings.client_throttle),
-            source_throttle: crate::api::throttle::FailureThrottle::new(settings.source_throttle),
+            source_throttle: crate::api::throttle::FailureThrottle::new_distinct(
+                settings.source_throttle,
+            ),
             settings,
             trust: None,
             mtls: crate::pki::TrustState::default(),

@@ -251,9 +251,11 @@ pub struct Settings {
     /// [default: 5].
     #[arg(long, value_name = "N")]
     pub auth_failure_limit: Option<u32>,
-    /// The same per source address (IPv6: per /64), counting failed client secrets, agent
-    /// assertions for unknown clients or with bad signatures, and refused initial access
-    /// tokens at registration; a success does not reset it [default: 30].
+    /// The same per source address (IPv6: per /64), counting distinct client ids (and
+    /// initial access tokens) that failed from it, so one client retrying behind a NAT does
+    /// not lock out the others: failed client secrets, agent assertions for unknown clients or
+    /// with bad signatures, refused initial access tokens; a success does not reset it
+    /// [default: 30].
     #[arg(long, value_name = "N")]
     pub auth_source_failure_limit: Option<u32>,
     /// Longest backoff after failed authentications; failures are also forgotten this long

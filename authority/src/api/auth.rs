@@ -380,7 +380,7 @@ pub fn client_credentials(
             Ok((c, method))
         }
         None => {
-            app.source_throttle.failure(&source, now);
+            app.source_throttle.failure_of(&source, &id, now);
             if tracked {
                 app.client_throttle.failure(&id, now);
             }

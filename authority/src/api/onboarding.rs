@@ -276,8 +276,9 @@ impl AgentState {
                 &self.app, throttle, "source", &ip, wait,
             ));
         }
+        // A spent or stale IAT sent again counts once: only new tokens look like guessing.
         let iat = self.verify_iat(token, now).inspect_err(|_| {
-            self.app.source_throttle.failure(&source, clock);
+            self.app.source_throttle.failure_of(&source, token, clock);
         })?;
         let claims = iat.claims();
         let (Some(client_id), Some(jti), Some(tenant)) = (
@@ -592,7 +593,19 @@ impl AgentState {
                 self.issue_checked(&request, now, x5t, &forged)
             });
         if forged.get() {
-            self.app.source_throttle.failure(&source, clock);
+            // Counted per claimed client id (read again only on this failure path), so one
+            // agent with a wrong key behind a shared address does not lock out the others.
+            let who = Form::from_request(req)
+                .ok()
+                .and_then(|f| {
+                    let parsed = UnverifiedToken::parse(f.get("client_assertion")?).ok()?;
+                    latchkey_core::dangerous::insecure_issuer(&parsed)
+                        .ok()
+                        .flatten()
+                        .map(|s| s.to_owned())
+                })
+                .unwrap_or_default();
+            self.app.source_throttle.failure_of(&source, &who, clock);
         }
         match result {
             Ok((answer, cut_over)) => Ok(self.answer_after(

@@ -65,6 +65,8 @@ pub fn source_key(ip: std::net::IpAddr) -> u128 {
 #[derive(Debug)]
 struct Entry {
     failures: u32,
+    /// With distinct counting: hashes of the identities that already failed here.
+    seen: Vec<u64>,
     /// The last failure, or the end of the backoff it started.
     last: Instant,
     blocked_until: Option<Instant>,
@@ -77,6 +79,8 @@ pub struct FailureThrottle<K> {
     shards: Box<[Mutex<HashMap<K, Entry>>]>,
     per_shard: usize,
     hasher: RandomState,
+    /// Count a failure only for an identity not seen failing under this key before.
+    distinct: bool,
     /// Keys tracked in all shards; 0 lets the success path skip the lock.
     tracked: AtomicUsize,
     /// Requests refused while in backoff.
@@ -96,11 +100,23 @@ impl<K: Hash + Eq + Clone> FailureThrottle<K> {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard,
             hasher: RandomState::new(),
+            distinct: false,
             tracked: AtomicUsize::new(0),
             throttled: AtomicU64::new(0),
             log_window: AtomicU64::new(u64::MAX),
             held_back: AtomicU64::new(0),
             epoch: Instant::now(),
+        }
+    }
+
+    /// A throttle whose key (a source address) fronts many identities (client ids, tokens):
+    /// it counts distinct identities that failed, not failures. One misconfigured agent behind
+    /// a NAT, retrying with the same id, counts once and cannot lock out its neighbours; an
+    /// address trying many ids is still refused.
+    pub fn new_distinct(config: ThrottleConfig) -> Self {
+        Self {
+            distinct: true,
+            ..Self::new(config)
         }
     }
 
@@ -128,6 +144,13 @@ impl<K: Hash + Eq + Clone> FailureThrottle<K> {
 
     /// Records a failed authentication; `Some(backoff)` when `key` is now refused for that long.
     pub fn failure(&self, key: &K, now: Instant) -> Option<Duration> {
+        self.failure_of(key, "", now)
+    }
+
+    /// Records a failed authentication of identity `who` under `key`; with distinct counting
+    /// a `who` already seen failing here refreshes the entry but does not count again.
+    pub fn failure_of(&self, key: &K, who: &str, now: Instant) -> Option<Duration> {
+        let who = self.distinct.then(|| self.hasher.hash_one(who));
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         if !shard.contains_key(key) {
             if shard.len() >= self.per_shard {
@@ -144,12 +167,26 @@ impl<K: Hash + Eq + Clone> FailureThrottle<K> {
         }
         let entry = shard.entry(key.clone()).or_insert(Entry {
             failures: 0,
+            seen: Vec::new(),
             last: now,
             blocked_until: None,
         });
         if now.saturating_duration_since(entry.last) > self.config.max_backoff {
             entry.failures = 0;
+            entry.seen.clear();
             entry.blocked_until = None;
+        }
+        if let Some(who) = who {
+            if entry.seen.contains(&who) {
+                if entry.blocked_until.is_none() {
+                    entry.last = now;
+                }
+                return None;
+            }
+            // Bounded: past the threshold every new identity counts anyway.
+            if entry.seen.len() < self.config.failures as usize + 1 {
+                entry.seen.push(who);
+            }
         }
         entry.failures = entry.failures.saturating_add(1);
         entry.last = now;
@@ -277,6 +314,26 @@ mod tests {
             "doubling, capped"
         );
         assert_eq!(t.throttled(), 1);
+    }
+
+    /// A source counts identities, not failures: one id failing again and again never
+    /// reaches the limit, a new id each time does.
+    #[test]
+    fn distinct_counting_needs_distinct_identities() {
+        let t = FailureThrottle::<u128>::new_distinct(config(3, 64));
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(t.failure_of(&1, "agent-a", now), None);
+        }
+        assert_eq!(t.check(&1, now), None);
+        assert_eq!(t.failure_of(&1, "agent-b", now), None);
+        assert!(t.failure_of(&1, "agent-c", now).is_some());
+        assert!(t.check(&1, now).is_some());
+        // Plain counting (per client id) counts every failure.
+        let plain = FailureThrottle::<u128>::new(config(3, 64));
+        plain.failure_of(&1, "x", now);
+        plain.failure_of(&1, "x", now);
+        assert!(plain.failure_of(&1, "x", now).is_some());
     }
 
     #[test]

@@ -165,6 +165,30 @@ fn one_address_guessing_many_client_ids_is_refused() {
     auth.stop();
 }
 
+/// One misconfigured client behind a shared address (a NAT), retrying with its wrong secret
+/// far past the source limit, is backed off itself but never locks out the others there.
+#[test]
+fn one_client_retrying_its_wrong_secret_does_not_lock_out_its_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start_with(
+        &dir.path().join("data"),
+        None,
+        &["--auth-source-failure-limit", "3"],
+    );
+    let admin = admin_secret(&auth);
+    for _ in 0..20 {
+        let r = token(&auth, "broken-device", "wrong");
+        assert!(r.status == 401 || r.status == 429, "{}", r.text());
+    }
+    let r = token(&auth, "admin", &admin);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        source_throttled_total(&auth),
+        "latchkey_auth_throttled_total{by=\"source\"} 0"
+    );
+    auth.stop();
+}
+
 #[test]
 fn the_default_source_limit_bites_after_thirty_failures() {
     let dir = tempfile::tempdir().expect("dir");
