@@ -122,6 +122,11 @@ pub struct AppSettings {
     pub datasource_config_max_bytes: usize,
     /// The on-disk log of accepted assertions that keeps restarts replay-safe.
     pub replay_log: ReplayLogConfig,
+    /// Backoff after failed client authentication, per client id (set by `serve` from its
+    /// flags).
+    pub client_throttle: crate::api::throttle::ThrottleConfig,
+    /// The same per source address (IPv6: per /64).
+    pub source_throttle: crate::api::throttle::ThrottleConfig,
 }
 
 impl Default for AppSettings {
@@ -155,6 +160,8 @@ impl Default for AppSettings {
             rotation_grace: 6 * 3600,
             datasource_config_max_bytes: 64 * 1024,
             replay_log: ReplayLogConfig::default(),
+            client_throttle: crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT,
+            source_throttle: crate::api::throttle::ThrottleConfig::SOURCE_DEFAULT,
         }
     }
 }
@@ -412,6 +419,8 @@ impl AppConfig {
                     .replay_log_max_size
                     .map_or(d.replay_log.max_bytes, |b| b.max(1 << 20)),
             },
+            client_throttle: d.client_throttle,
+            source_throttle: d.source_throttle,
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {
@@ -464,6 +473,10 @@ pub struct App {
     pub jti: JtiGenerator,
     pub metrics: Arc<Metrics>,
     pub settings: AppSettings,
+    /// Failed client authentications by client id (operator secrets, agent credentials).
+    pub client_throttle: crate::api::throttle::FailureThrottle<String>,
+    /// Failed authentications by source address (token, introspection, registration).
+    pub source_throttle: crate::api::throttle::FailureThrottle<u128>,
     /// Mutual-TLS trust, if client authentication is on (set by `serve` before sharing).
     pub trust: Option<Arc<TrustStore>>,
     /// The store's side of mutual-TLS trust (issue 7): rebuilt into `trust` after commits
@@ -549,6 +562,10 @@ impl App {
             replay_floor: None,
             jti,
             metrics,
+            client_throttle: crate::api::throttle::FailureThrottle::new(settings.client_throttle),
+            source_throttle: crate::api::throttle::FailureThrottle::new_distinct(
+                settings.source_throttle,
+            ),
             settings,
             trust: None,
             mtls: crate::pki::TrustState::default(),

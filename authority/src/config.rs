@@ -251,6 +251,27 @@ pub struct Settings {
     /// --listen, e.g. on a private interface [default: on --listen].
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Consecutive failed authentications of one client id (operator secret, agent
+    /// assertion) after which its requests get 429 with Retry-After, unchecked, for 1 s
+    /// doubling with each further failure up to --auth-backoff-max; a success resets it
+    /// [default: 5].
+    #[arg(long, value_name = "N")]
+    pub auth_failure_limit: Option<u32>,
+    /// The same per source address (IPv6: per /64), counting distinct client ids (and
+    /// initial access tokens) that failed from it, so one client retrying behind a NAT does
+    /// not lock out the others: failed client secrets, agent assertions for unknown clients or
+    /// with bad signatures, refused initial access tokens; a success does not reset it
+    /// [default: 30].
+    #[arg(long, value_name = "N")]
+    pub auth_source_failure_limit: Option<u32>,
+    /// Longest backoff after failed authentications; failures are also forgotten this long
+    /// after the last one (or after its backoff ends) [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub auth_backoff_max: Option<HumanDuration>,
+    /// Client ids (and, separately, source addresses) whose failures are tracked (at least
+    /// 16); when full, the one with the oldest failure is forgotten [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub auth_failure_table: Option<usize>,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -287,6 +308,10 @@ pub struct ServeSettings {
     pub metrics_access: MetricsAccess,
     /// A separate listener for `/metrics`; `None` serves it on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Backoff after failed authentications per client id.
+    pub client_throttle: crate::api::throttle::ThrottleConfig,
+    /// Backoff after failed authentications per source address.
+    pub source_throttle: crate::api::throttle::ThrottleConfig,
 }
 
 impl Settings {
@@ -339,7 +364,11 @@ impl Settings {
             max_tls_handshakes,
             max_pipelined,
             metrics_access,
-            metrics_listen
+            metrics_listen,
+            auth_failure_limit,
+            auth_source_failure_limit,
+            auth_backoff_max,
+            auth_failure_table
         )
     }
 
@@ -422,6 +451,41 @@ impl Settings {
                 "max-request-line must not exceed max-header-bytes".into(),
             ));
         }
+        let td = crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT;
+        let client_throttle = crate::api::throttle::ThrottleConfig {
+            failures: match self.auth_failure_limit.unwrap_or(td.failures) {
+                0 => {
+                    return Err(Error::Config(
+                        "auth-failure-limit must be greater than zero".into(),
+                    ));
+                }
+                n => n,
+            },
+            max_backoff: dur(self.auth_backoff_max, td.max_backoff, "auth-backoff-max")?
+                .max(Duration::from_secs(1)),
+            entries: match self.auth_failure_table.unwrap_or(td.entries) {
+                n if n < 16 => {
+                    return Err(Error::Config(
+                        "auth-failure-table must be at least 16".into(),
+                    ));
+                }
+                n => n,
+            },
+        };
+        let source_throttle = crate::api::throttle::ThrottleConfig {
+            failures: match self
+                .auth_source_failure_limit
+                .unwrap_or(crate::api::throttle::ThrottleConfig::SOURCE_DEFAULT.failures)
+            {
+                0 => {
+                    return Err(Error::Config(
+                        "auth-source-failure-limit must be greater than zero".into(),
+                    ));
+                }
+                n => n,
+            },
+            ..client_throttle
+        };
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -465,6 +529,8 @@ impl Settings {
             limits,
             metrics_access: self.metrics_access.unwrap_or_default(),
             metrics_listen: self.metrics_listen,
+            client_throttle,
+            source_throttle,
         })
     }
 }

@@ -83,6 +83,13 @@ pub enum ApiError {
     /// A body within the transport's limit but over a resource's own size bound.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// Too many failed authentications: refused without checking credentials until
+    /// `retry_after` seconds have passed.
+    #[error("{description}")]
+    Throttled {
+        retry_after: u64,
+        description: String,
+    },
 }
 
 /// What goes on the wire for an error: status, OAuth `error` code, human description.
@@ -91,6 +98,8 @@ pub struct WireError {
     pub status: u16,
     pub error: &'static str,
     pub description: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl WireError {
@@ -99,6 +108,7 @@ impl WireError {
             status,
             error,
             description: description.into(),
+            retry_after: None,
         }
     }
 
@@ -132,6 +142,15 @@ impl From<&Error> for WireError {
 
 fn api_wire(e: &ApiError) -> WireError {
     let (status, code) = match e {
+        // RFC 6749 has no code for this. 429 with Retry-After is RFC 6585's answer; the
+        // OAuth code is RFC 8628's `slow_down` (registered for the token endpoint), as the
+        // client's own failures, not the server's state, caused it; `temporarily_unavailable`
+        // would tell well-behaved clients the whole server is down.
+        ApiError::Throttled { retry_after, .. } => {
+            let mut w = WireError::new(429, "slow_down", e.to_string());
+            w.retry_after = Some(*retry_after);
+            return w;
+        }
         ApiError::InvalidRequest(_) => (400, "invalid_request"),
         ApiError::InvalidClient(_) => (401, "invalid_client"),
         ApiError::InvalidGrant(_) => (400, "invalid_grant"),
@@ -257,6 +276,20 @@ mod tests {
             "temporarily_unavailable",
         );
         check(latchkey_core::Error::Crypto, 500, "server_error");
+    }
+
+    #[test]
+    fn throttled_is_429_with_retry_after() {
+        let w = WireError::from(&Error::Api(ApiError::Throttled {
+            retry_after: 7,
+            description: "too many failures".into(),
+        }));
+        assert_eq!(
+            (w.status, w.error, w.retry_after),
+            (429, "slow_down", Some(7))
+        );
+        let r = crate::http::Response::from_wire(&w);
+        assert_eq!(r.header_value("Retry-After"), Some("7"));
     }
 
     #[test]

@@ -317,6 +317,7 @@ pub enum ClientAuthMethod {
 pub fn client_credentials(
     app: &App,
     req: &Request<'_>,
+    ctx: &RequestContext<'_>,
     form: &Form<'_>,
 ) -> Result<(std::sync::Arc<OperatorClientRecord>, ClientAuthMethod), Error> {
     let from_basic = basic(req)?;
@@ -350,9 +351,42 @@ pub fn client_credentials(
         )
         .into());
     }
-    authenticate(app, &id, &secret, method)
-        .map(|c| (c, method))
-        .ok_or_else(|| invalid_client("unknown client or wrong secret"))
+    // Ids longer than any stored one cannot match a client: not worth a table entry.
+    let tracked = id.len() <= crate::store::MAX_ID_BYTES;
+    let now = std::time::Instant::now();
+    let source = super::throttle::source_key(ctx.peer().ip());
+    if let Some(wait) = app.source_throttle.check(&source, now) {
+        let ip = ctx.peer().ip().to_string();
+        return Err(super::throttle::refuse(
+            app,
+            &app.source_throttle,
+            "source",
+            &ip,
+            wait,
+        ));
+    }
+    if tracked && let Some(wait) = app.client_throttle.check(&id, now) {
+        return Err(super::throttle::refuse(
+            app,
+            &app.client_throttle,
+            "client",
+            &id,
+            wait,
+        ));
+    }
+    match authenticate(app, &id, &secret, method) {
+        Some(c) => {
+            app.client_throttle.success(&id);
+            Ok((c, method))
+        }
+        None => {
+            app.source_throttle.failure_of(&source, &id, now);
+            if tracked {
+                app.client_throttle.failure(&id, now);
+            }
+            Err(invalid_client("unknown client or wrong secret"))
+        }
+    }
 }
 
 /// Checks a client secret. Basic credentials are tried as sent and, if that fails and they
@@ -416,7 +450,7 @@ pub fn caller(
         }
         return Ok(principal);
     }
-    let (client, _) = client_credentials(app, req, form)?;
+    let (client, _) = client_credentials(app, req, ctx, form)?;
     let permissions = profile_permissions(app, &client.profile)?;
     Ok(Principal {
         client_id: client.id.clone(),

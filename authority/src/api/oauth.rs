@@ -75,7 +75,7 @@ fn with_client_challenge(result: Result<Outcome, Error>) -> Result<Outcome, Erro
 fn token(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let form = Form::from_request(req)?;
     let now = app.now();
-    let (client, _) = match auth::client_credentials(app, req, &form) {
+    let (client, _) = match auth::client_credentials(app, req, ctx, &form) {
         Ok(c) => c,
         Err(e) => {
             let claimed = claimed_client(req, &form);

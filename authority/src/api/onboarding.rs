@@ -267,7 +267,19 @@ impl AgentState {
             ApiError::InvalidToken("an initial access token (Bearer) is required".into())
         })?;
         let now = self.app.now();
-        let iat = self.verify_iat(token, now)?;
+        let clock = std::time::Instant::now();
+        let source = super::throttle::source_key(ctx.peer().ip());
+        if let Some(wait) = self.app.source_throttle.check(&source, clock) {
+            let ip = ctx.peer().ip().to_string();
+            let throttle = &self.app.source_throttle;
+            return Err(super::throttle::refuse(
+                &self.app, throttle, "source", &ip, wait,
+            ));
+        }
+        // A spent or stale IAT sent again counts once: only new tokens look like guessing.
+        let iat = self.verify_iat(token, now).inspect_err(|_| {
+            self.app.source_throttle.failure_of(&source, token, clock);
+        })?;
         let claims = iat.claims();
         let (Some(client_id), Some(jti), Some(tenant)) = (
             claims.sub.clone(),
@@ -556,6 +568,16 @@ impl AgentState {
 
     fn token(&self, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
         let now = self.app.now();
+        let clock = std::time::Instant::now();
+        let source = super::throttle::source_key(ctx.peer().ip());
+        if let Some(wait) = self.app.source_throttle.check(&source, clock) {
+            let ip = ctx.peer().ip().to_string();
+            let throttle = &self.app.source_throttle;
+            return Err(super::throttle::refuse(
+                &self.app, throttle, "source", &ip, wait,
+            ));
+        }
+        let forged = std::cell::Cell::new(false);
         let result = Form::from_request(req)
             .map_err(TokenRefusal::from)
             .and_then(|form| {
@@ -568,8 +590,23 @@ impl AgentState {
                 let request = TokenRequest::parse(&form)?;
                 // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
                 let x5t = super::certs::client_certificate(&self.app, ctx)?.map(|c| c.thumbprint());
-                self.issue_checked(&request, now, x5t)
+                self.issue_checked(&request, now, x5t, &forged)
             });
+        if forged.get() {
+            // Counted per claimed client id (read again only on this failure path), so one
+            // agent with a wrong key behind a shared address does not lock out the others.
+            let who = Form::from_request(req)
+                .ok()
+                .and_then(|f| {
+                    let parsed = UnverifiedToken::parse(f.get("client_assertion")?).ok()?;
+                    latchkey_core::dangerous::insecure_issuer(&parsed)
+                        .ok()
+                        .flatten()
+                        .map(|s| s.to_owned())
+                })
+                .unwrap_or_default();
+            self.app.source_throttle.failure_of(&source, &who, clock);
+        }
         match result {
             Ok((answer, cut_over)) => Ok(self.answer_after(
                 cut_over,
@@ -599,7 +636,8 @@ impl AgentState {
         now: u64,
         x5t: Option<String>,
     ) -> Result<TokenResponse, TokenRefusal> {
-        let (answer, cut_over) = self.issue_checked(request, now, x5t)?;
+        let forged = std::cell::Cell::new(false);
+        let (answer, cut_over) = self.issue_checked(request, now, x5t, &forged)?;
         if let Some(op) = cut_over {
             self.app.submit(op, |_| {});
         }
@@ -613,8 +651,9 @@ impl AgentState {
         request: &TokenRequest,
         now: u64,
         x5t: Option<String>,
+        forged: &std::cell::Cell<bool>,
     ) -> Result<(TokenResponse, Option<WriteOp>), TokenRefusal> {
-        let (client, claims, used) = self.authenticate(&request.client_assertion, now)?;
+        let (client, claims, used) = self.authenticate(&request.client_assertion, now, forged)?;
         if let Some(id) = &request.client_id
             && *id != client.client_id
         {
@@ -730,32 +769,95 @@ impl AgentState {
 
     /// Finds the client the assertion names (unverified `iss`), verifies the assertion with
     /// that client's credentials and RFC 7523 rules. Every failure is 401 `invalid_client`.
+    /// `forged` is set when the assertion names an unknown client or its signature does not
+    /// verify: the failures that say the caller is guessing.
     fn authenticate(
         &self,
         assertion: &str,
         now: u64,
+        forged: &std::cell::Cell<bool>,
     ) -> Result<(Arc<ClientAuth>, Claims, Used), Error> {
         let parsed = UnverifiedToken::parse(assertion).map_err(|e| invalid_assertion(&e))?;
         let issuer = latchkey_core::dangerous::insecure_issuer(&parsed)
             .map_err(|e| invalid_assertion(&e))?
             .ok_or_else(|| invalid_assertion(&RejectedError::MissingClaim("iss").into()))?;
         let Some(client) = self.app.store.hot().client(&issuer) else {
+            forged.set(true);
             self.rsa_keys.pin().remove(&issuer);
             return Err(ApiError::InvalidClient(
                 "unknown client (not registered, or offboarded)".into(),
             )
             .into());
         };
+        // A client id in backoff after failed assertions is refused before any check.
+        let clock = std::time::Instant::now();
+        if let Some(wait) = self.app.client_throttle.check(&client.client_id, clock) {
+            return Err(super::throttle::refuse(
+                &self.app,
+                &self.app.client_throttle,
+                "client",
+                &client.client_id,
+                wait,
+            ));
+        }
+        let checked = self.verify_assertion(&client, parsed, assertion, now, forged);
+        let (verified, used) = match checked {
+            Ok(v) => {
+                self.app.client_throttle.success(&client.client_id);
+                v
+            }
+            Err(e) => {
+                if forged.get() {
+                    self.app.client_throttle.failure(&client.client_id, clock);
+                }
+                return Err(e);
+            }
+        };
+        self.app.metrics.tokens_verified(1);
+        let claims = verified.into_claims();
+        if let Some(ten) = claims.extra_str("ten")
+            && ten != client.tenant
+        {
+            return Err(ApiError::InvalidClient("assertion names another tenant".into()).into());
+        }
+        Ok((client, claims, used))
+    }
+
+    /// Checks the assertion's signature (and claims) with the client's secret or keys, the
+    /// ones a rotation replaced included while its grace lasts.
+    fn verify_assertion(
+        &self,
+        client: &Arc<ClientAuth>,
+        parsed: UnverifiedToken<'_>,
+        assertion: &str,
+        now: u64,
+        forged: &std::cell::Cell<bool>,
+    ) -> Result<(VerifiedToken, Used), Error> {
+        // Only a signature that does not verify says the caller lacks the secret or key; a
+        // signed assertion with a bad claim is the agent's own mistake.
+        let refuse = |e: &latchkey_core::Error| {
+            if matches!(
+                e,
+                latchkey_core::Error::Rejected(
+                    RejectedError::BadSignature
+                        | RejectedError::UnknownKey
+                        | RejectedError::AlgorithmMismatch
+                )
+            ) {
+                forged.set(true);
+            }
+            invalid_assertion(e)
+        };
         let validation = self.assertion_validation();
         let alg = parsed.header().alg();
         let previous = client.previous_at(now);
-        let (verified, used) = match client.auth_method {
+        Ok(match client.auth_method {
             AuthMethod::ClientSecretJwt => {
                 if client.secret.is_none() {
                     return Err(stored_key_error(&client.client_id, &"no secret"));
                 }
                 if !alg.is_hmac() {
-                    return Err(invalid_assertion(&RejectedError::AlgorithmMismatch.into()));
+                    return Err(refuse(&RejectedError::AlgorithmMismatch.into()));
                 }
                 // Built from the secret once per entry and algorithm, not per request.
                 let key = client
@@ -774,14 +876,14 @@ impl AgentState {
                             .map_err(|e| stored_key_error(&client.client_id, &e))?;
                         let v = UnverifiedToken::parse(assertion)
                             .and_then(|t| t.verify(key, validation, now))
-                            .map_err(|e| invalid_assertion(&e))?;
+                            .map_err(|e| refuse(&e))?;
                         (v, Used::Previous)
                     }
-                    (Err(e), _) => return Err(invalid_assertion(&e)),
+                    (Err(e), _) => return Err(refuse(&e)),
                 }
             }
             AuthMethod::PrivateKeyJwt => {
-                let cached = self.rsa_keys_of(&client)?;
+                let cached = self.rsa_keys_of(client)?;
                 match verify_with_any(assertion, &cached.keys, validation, now) {
                     Ok((v, i)) if previous.is_some() && cached.fresh[i] => (v, Used::New),
                     Ok((v, _)) => (v, Used::Unchanged),
@@ -793,12 +895,12 @@ impl AgentState {
                         Some(p) if !cached.previous.is_empty() && now < p.secret_expires_at => {
                             let (v, _) =
                                 verify_with_any(assertion, &cached.previous, validation, now)
-                                    .map_err(|_| invalid_assertion(&e))?;
+                                    .map_err(|_| refuse(&e))?;
                             (v, Used::Previous)
                         }
-                        _ => return Err(invalid_assertion(&e)),
+                        _ => return Err(refuse(&e)),
                     },
-                    Err(e) => return Err(invalid_assertion(&e)),
+                    Err(e) => return Err(refuse(&e)),
                 }
             }
             AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
@@ -807,15 +909,7 @@ impl AgentState {
                 )
                 .into());
             }
-        };
-        self.app.metrics.tokens_verified(1);
-        let claims = verified.into_claims();
-        if let Some(ten) = claims.extra_str("ten")
-            && ten != client.tenant
-        {
-            return Err(ApiError::InvalidClient("assertion names another tenant".into()).into());
-        }
-        Ok((client, claims, used))
+        })
     }
 
     /// RFC 7523 §3 rules for this authority: `iss` = `sub`, `exp` and `jti` required, lifetime

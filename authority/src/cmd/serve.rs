@@ -103,6 +103,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         &args.data_dir,
         config_path.as_deref(),
         key,
+        (settings.client_throttle, settings.source_throttle),
         metrics.clone(),
         json,
     )?;
@@ -337,6 +338,10 @@ fn open_state(
     data_dir: &Path,
     config: Option<&Path>,
     key: KeyFileOptions,
+    (client_throttle, source_throttle): (
+        crate::api::throttle::ThrottleConfig,
+        crate::api::throttle::ThrottleConfig,
+    ),
     metrics: Arc<Metrics>,
     json: bool,
 ) -> Result<App, Error> {
@@ -346,6 +351,8 @@ fn open_state(
     };
     let mut settings = app_config.resolve()?;
     settings.master_key = key;
+    settings.client_throttle = client_throttle;
+    settings.source_throttle = source_throttle;
     let (app, first_run) = App::open(data_dir, settings, metrics)?;
     if let Some(path) = &first_run.admin_credentials {
         if json {

@@ -58,7 +58,11 @@ impl Response {
     }
 
     pub fn from_wire(wire: &WireError) -> Self {
-        Self::raw_json(wire.status, wire.to_json().into_bytes())
+        let r = Self::raw_json(wire.status, wire.to_json().into_bytes());
+        match wire.retry_after {
+            Some(secs) => r.header("Retry-After", secs.to_string()),
+            None => r,
+        }
     }
 
     /// Adds a header. Values with CR, LF or NUL are replaced by an empty value rather than

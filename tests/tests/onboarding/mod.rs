@@ -15,6 +15,7 @@ use crate::util::server::Response;
 
 mod datasource;
 mod rotation;
+mod throttle;
 
 const API: &str = "/api/agentmanagement/v3";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

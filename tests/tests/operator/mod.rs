@@ -2127,3 +2127,4 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
 }
 
 mod signing_cert;
+mod throttle;
