@@ -35,7 +35,7 @@ pub struct ThrottleConfig {
     pub failures: u32,
     /// Longest backoff, and how long a key's failures are remembered after its last one.
     pub max_backoff: Duration,
-    /// Most keys tracked (at least [`SHARDS`]).
+    /// Most keys tracked (at least `SHARDS`, 16).
     pub entries: usize,
 }
 
@@ -223,7 +223,7 @@ impl<K: Hash + Eq + Clone> FailureThrottle<K> {
     }
 
     /// Whether a log line about a refusal may be written at `now` (at most one per
-    /// [`LOG_WINDOW_SECS`]): `Some(n)` with the lines held back since the last one.
+    /// `LOG_WINDOW_SECS`): `Some(n)` with the lines held back since the last one.
     pub fn log_admit(&self, now: Instant) -> Option<u64> {
         let secs = now.saturating_duration_since(self.epoch).as_secs();
         let window = self.log_window.load(Ordering::Relaxed);
