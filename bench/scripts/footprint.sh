@@ -6,7 +6,9 @@
 # throughput.
 # Usage: bench/scripts/footprint.sh
 # Env: SETTLE (seconds to wait after ready, default 3), TOKENS (requests of the token run,
-# default 20000; 0 skips it), LATCHKEY_BIN_DIR (use these binaries instead of building).
+# default 20000; 0 skips it), LATCHKEY_BIN_DIR (use these binaries instead of building),
+# SCALE_AGENTS (if set, N agents are then created through the API, the server restarted on
+# that store and its idle RSS and RSS after the token runs read again; 1M takes ~10 min).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -43,3 +45,23 @@ if [ "$TOKENS" -gt 0 ]; then
     echo "after the token runs: $(rss "$LK_PID")"
 fi
 stop_latchkey
+if [ -n "${SCALE_AGENTS:-}" ]; then
+    serve_latchkey --insecure-plain-http --threads 2
+    t0=$(date +%s)
+    "$BIN/latchkey-loadgen" --target "$LK_URL" --insecure-plain --credentials "$WORK/operator.json" \
+        --agents "$SCALE_AGENTS" --agents-file "$WORK/agents.jsonl" --prepare-threads 32 \
+        --requests 100 --json > /dev/null
+    echo "created $SCALE_AGENTS agents in $(( $(date +%s) - t0 )) s"
+    stop_latchkey
+    serve_latchkey --insecure-plain-http --threads 2
+    sleep "$SETTLE"
+    echo "$SCALE_AGENTS agents, idle ${SETTLE}s after ready: $(rss "$LK_PID")"
+    for run in 1 2 3; do
+        "$BIN/latchkey-loadgen" --target "$LK_URL" --insecure-plain --credentials "$WORK/operator.json" \
+            --agents "$SCALE_AGENTS" --agents-file "$WORK/agents.jsonl" \
+            --requests "${TOKENS:-20000}" --connections 32 --json \
+            | jq -r '"token run '"$run"' over '"$SCALE_AGENTS"' agents: \(.throughput_rps | floor) tokens/s, p99 \(.latency_us.p99) µs, \(.errors) errors"'
+    done
+    echo "$SCALE_AGENTS agents, after the token runs: $(rss "$LK_PID")"
+    stop_latchkey
+fi
