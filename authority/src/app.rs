@@ -479,7 +479,7 @@ pub struct App {
     pub source_throttle: crate::api::throttle::FailureThrottle<u128>,
     /// Mutual-TLS trust, if client authentication is on (set by `serve` before sharing).
     pub trust: Option<Arc<TrustStore>>,
-    /// The store's side of mutual-TLS trust (issue 7): rebuilt into `trust` after commits
+    /// The store's side of mutual-TLS trust: rebuilt into `trust` after commits
     /// that change certificates or certificate revocations.
     pub mtls: crate::pki::TrustState,
     urls: OnceLock<Urls>,

@@ -6,7 +6,7 @@
 //! and 1.2) plus a stateful cache for TLS 1.2 clients without ticket support.
 //!
 //! The [`TrustStore`] decides which client certificates are accepted. Its anchors and its set of
-//! revoked fingerprints sit behind `ArcSwap`, so the `cert` commands (issue 7) can change them
+//! revoked fingerprints sit behind `ArcSwap`, so the `cert` commands can change them
 //! while the server runs and the next handshake sees the change; requests on connections that
 //! are already open can be re-checked with [`TrustStore::is_revoked`].
 

@@ -1,4 +1,4 @@
-//! Mutual TLS on the API side (issue 7): the operator's trust-store endpoints under
+//! Mutual TLS on the API side: the operator's trust-store endpoints under
 //! `/api/latchkey/v1/certificates`, and RFC 8705 client authentication for agents.
 //!
 //! **Trust store.** List, import (trust) under a unique alias, issue from a CSR with the

@@ -321,7 +321,7 @@ impl AgentState {
             )
             .into());
         }
-        // RFC 8705 (issue 7): a TLS method replaces the profile's JWT credentials.
+        // RFC 8705: a TLS method replaces the profile's JWT credentials.
         let credentials = match super::certs::MtlsRegistration::parse(req.body())? {
             Some(m) => Credentials {
                 method: m.method,

@@ -1,5 +1,5 @@
 //! `latchkey cert ...`: the mutual-TLS trust store in a few commands, where UrbanCode takes a
-//! page of `keytool` steps (issue 7).
+//! page of `keytool` steps.
 //!
 //! ```text
 //! latchkey cert init --data-dir D                      # CA + server certificate (or --ca-cert/--ca-key)

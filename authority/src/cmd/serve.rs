@@ -133,7 +133,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     };
     app.trust = trust;
     if app.trust.is_some() {
-        // Issue 7: the store's trust store (imports, revocations) on top of the files.
+        // The store's trust store (imports, revocations) on top of the files.
         let files = crate::pki::TrustState::file_anchors(&args.data_dir, &settings.client_cas)?;
         app.mtls.set_base(files);
     }

@@ -1,4 +1,4 @@
-//! Mutual TLS end to end (issue 7): the `latchkey cert` commands against a running server,
+//! Mutual TLS end to end: the `latchkey cert` commands against a running server,
 //! RFC 8705 registration and certificate-authenticated token requests with rustls, curl and
 //! openssl as clients, certificate-bound tokens, every rejection, a relay CA chain, revocation
 //! on a live keep-alive connection, and renewal without downtime.
