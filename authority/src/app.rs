@@ -915,6 +915,19 @@ impl App {
             WriteOutcome::SigningKey(rec) => rec,
             other => return Err(unexpected(&other)),
         };
+        self.take_over(key, previous, by, now)?;
+        Ok(rec)
+    }
+
+    /// `key` (already recorded active) joins the ring and signs; the keys it replaces start
+    /// retiring, after it verifies, so no token is ever signed by a key the ring lacks.
+    fn take_over(
+        &self,
+        key: latchkey_core::SigningKey,
+        previous: Vec<String>,
+        by: &str,
+        now: u64,
+    ) -> Result<(), Error> {
         self.keys.rotate(key)?;
         for kid in previous {
             self.write(WriteOp::SetSigningKeyState {
@@ -924,7 +937,7 @@ impl App {
                 now,
             })?;
         }
-        Ok(rec)
+        Ok(())
     }
 
     fn active_kids(&self, alg: Algorithm) -> Vec<String> {
@@ -1019,15 +1032,7 @@ impl App {
             other => return Err(unexpected(&other)),
         };
         // The new key verifies (and signs) before the old one stops signing.
-        self.keys.rotate(key)?;
-        for kid in previous {
-            self.write(WriteOp::SetSigningKeyState {
-                kid,
-                state: KeyState::Retiring,
-                by: by.to_owned(),
-                now,
-            })?;
-        }
+        self.take_over(key, previous, by, now)?;
         Ok(rec)
     }
 
