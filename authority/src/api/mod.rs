@@ -9,6 +9,7 @@ pub mod agents;
 pub mod auth;
 pub mod certs;
 pub mod datasource;
+pub mod import;
 pub mod metrics;
 pub mod mindsphere;
 pub mod oauth;
@@ -33,6 +34,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
     agents::routes(router, &agent_state);
     onboarding::routes(router, &agent_state);
     datasource::routes(router, &agent_state);
+    import::routes(router, app);
 }
 
 /// A route handler over state `S` shared by a module's routes.

@@ -1,6 +1,6 @@
-//! `latchkey agent create|list|show|offboard|delete`: agents, through a running server's
-//! MindSphere agent management API (`/api/agentmanagement/v3`). Only through the server: it
-//! mints the boarding configuration's initial access token.
+//! `latchkey agent create|list|show|update|offboard|delete|import`: agents, through a running
+//! server's MindSphere agent management API (`/api/agentmanagement/v3`). `import` also works
+//! offline on a stopped server's data directory (see `cmd::import`).
 
 use serde_json::{Value, json};
 
@@ -35,13 +35,29 @@ pub enum AgentCommand {
     List,
     /// Show an agent, its boarding status and (with agents:write) its boarding configuration.
     Show { id: String },
+    /// Change an agent's name or security profile (what is not given stays).
+    Update {
+        id: String,
+        /// New unique name within the tenant.
+        #[arg(long, allow_hyphen_values = true)]
+        name: Option<String>,
+        /// SHARED_SECRET or RSA_3072.
+        #[arg(long)]
+        security_profile: Option<String>,
+    },
     /// Offboard an agent: its registration, secrets and tokens are revoked.
     Offboard { id: String },
+    /// Create many agents from a JSON-lines or CSV file (factory provisioning); lines that
+    /// fail are reported by number, and re-running creates only what is missing.
+    Import(super::import::ImportArgs),
     /// Delete an agent (and revoke everything it holds).
     Delete { id: String },
 }
 
 pub fn run(args: &AgentArgs) -> Result<(), Error> {
+    if let AgentCommand::Import(import) = &args.command {
+        return super::import::run(import, &args.target);
+    }
     let json = args.target.json;
     let r = args.target.remote("latchkey agent")?;
     match &args.command {
@@ -130,6 +146,45 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
                 )
             });
         }
+        AgentCommand::Update {
+            id,
+            name,
+            security_profile,
+        } => {
+            if name.is_none() && security_profile.is_none() {
+                return Err(super::remote::usage(
+                    "say what to change: --name and/or --security-profile",
+                ));
+            }
+            let etag = etag(&r, id)?;
+            let current = r
+                .call("GET", &format!("{BASE}/{}", segment(id)), None, &[])?
+                .ok()?;
+            let body = json!({
+                "name": name.as_deref().unwrap_or(s(&current, "name")),
+                "securityProfile": security_profile
+                    .as_deref()
+                    .unwrap_or(s(&current, "securityProfile")),
+            });
+            let v = r
+                .call(
+                    "PUT",
+                    &format!("{BASE}/{}", segment(id)),
+                    Some(&body),
+                    &[("If-Match", etag.as_str())],
+                )?
+                .ok()?;
+            print(json, &v, |v| {
+                format!(
+                    "updated agent {} ({}, {})",
+                    s(v, "id"),
+                    s(v, "name"),
+                    s(v, "securityProfile")
+                )
+            });
+        }
+        // Returned above: it may act offline, without a server.
+        AgentCommand::Import(_) => {}
         AgentCommand::Offboard { id } => {
             let v = r
                 .call(

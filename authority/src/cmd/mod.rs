@@ -8,6 +8,7 @@ pub mod cert;
 pub mod check;
 pub mod client;
 pub mod hash_secret;
+pub mod import;
 pub mod keys;
 pub mod passphrase;
 pub mod remote;
