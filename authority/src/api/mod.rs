@@ -5,6 +5,7 @@
 //! used for query strings), bearer and Basic credentials, and JSON bodies. Everything is
 //! recognised completely before a handler acts on it, with counts and sizes bounded.
 
+pub mod agent_credentials;
 pub mod agents;
 pub mod auth;
 pub mod certs;
@@ -34,6 +35,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
     agents::routes(router, &agent_state);
     onboarding::routes(router, &agent_state);
     datasource::routes(router, &agent_state);
+    agent_credentials::routes(router, &agent_state);
     import::routes(router, app);
 }
 

@@ -134,14 +134,24 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
             } else {
                 answer.ok()?
             };
-            let v = json!({ "agent": agent, "boarding_status": status, "boarding_configuration": config });
+            let credentials = r
+                .call(
+                    "GET",
+                    &format!("/api/latchkey/v1/agents/{}/credentials", segment(id)),
+                    None,
+                    &[],
+                )?
+                .ok()?;
+            let v = json!({ "agent": agent, "boarding_status": status,
+                            "credentials": credentials, "boarding_configuration": config });
             print(json, &v, |v| {
                 format!(
-                    "agent {} ({}), {}\nboarding status: {}\nboarding configuration:\n{}",
+                    "agent {} ({}), {}\nboarding status: {}\n{}boarding configuration:\n{}",
                     s(&v["agent"], "id"),
                     s(&v["agent"], "name"),
                     s(&v["agent"], "securityProfile"),
                     s(&v["boarding_status"], "status"),
+                    credentials_text(&v["credentials"]),
                     serde_json::to_string_pretty(&v["boarding_configuration"]).unwrap_or_default()
                 )
             });
@@ -226,6 +236,49 @@ fn etag(r: &Remote, id: &str) -> Result<String, Error> {
     from_body
         .or(header)
         .ok_or_else(|| Error::Cli(format!("agent {id}: the server sent no eTag")))
+}
+
+/// The credentials view as lines of `agent show`: method, keys, expiry, last seen.
+fn credentials_text(c: &Value) -> String {
+    let seen = c.get("lastSeen").and_then(Value::as_str).unwrap_or("never");
+    let online = if c["online"] == true {
+        "online"
+    } else {
+        "offline"
+    };
+    let mut out = format!("last seen: {seen} ({online})\n");
+    let reg = &c["registration"];
+    if reg.is_null() {
+        out.push_str("registration: none\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "auth method: {} (registration generation {})\n",
+        s(reg, "authMethod"),
+        reg["generation"]
+    ));
+    if let Some(at) = reg.get("secretExpiresAt").and_then(Value::as_str) {
+        out.push_str(&format!("credentials expire: {at}\n"));
+    }
+    for key in reg["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        out.push_str(&format!(
+            "key: {} {} thumbprint {}\n",
+            s(key, "kty"),
+            key.get("kid").and_then(Value::as_str).unwrap_or("-"),
+            s(key, "thumbprint")
+        ));
+    }
+    if let Some(until) = reg
+        .get("previousCredentialsValidUntil")
+        .and_then(Value::as_str)
+    {
+        out.push_str(&format!("previous credentials valid until: {until}\n"));
+    }
+    out
 }
 
 fn listing(v: &Value) -> String {

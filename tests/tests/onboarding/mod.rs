@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::util::https::{Authority, form_encode};
 use crate::util::server::Response;
 
+mod credentials;
 mod datasource;
 mod rotation;
 mod throttle;
