@@ -29,14 +29,15 @@ use serde_json::{Value, json};
 
 use super::auth::{self, Permission};
 use super::operator::PREFIX;
-use super::{Route, json_body, validate};
+use super::{Route, json_body, validate, write};
 use crate::app::App;
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
 use crate::pki::{self, CaSigner, CertInfo, IssueRequest};
+use crate::store::outcome::FromOutcome;
 use crate::store::{
     AuthMethod, CertificateKind, CertificateRecord, CertificateState, ClientAuth, NewCertificate,
-    RevocationKind, WriteOp, WriteOutcome,
+    RevocationKind, RevocationRecord, WriteOp, WriteOutcome,
 };
 
 /// Default validity of issued agent certificates.
@@ -71,30 +72,43 @@ fn admin(app: &App, req: &Request<'_>, need: Permission) -> Result<String, Error
     Ok(p.client_id)
 }
 
-fn submit_view(app: &Arc<App>, ctx: &RequestContext<'_>, op: WriteOp, extra: Value) -> Outcome {
-    let done = ctx.defer();
-    let a = Arc::clone(app);
-    app.submit(op, move |r| {
-        done.complete(r.map_err(Error::from).map(|o| {
-            let mut v = outcome_view(&a, &o);
-            if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
-                m.extend(e);
-            }
-            Response::json(200, &v)
-        }))
-    });
-    Outcome::Deferred
+/// What a trust-store op answers with: the certificate it changed, or the revocation of a
+/// fingerprint the store holds no certificate for.
+enum Changed {
+    Certificate(CertificateRecord),
+    Revocation(RevocationRecord),
 }
 
-fn outcome_view(app: &App, o: &WriteOutcome) -> Value {
-    match o {
-        WriteOutcome::Certificate(rec) => {
-            serde_json::to_value(CertView::new(app, rec, false)).unwrap_or_default()
+impl FromOutcome for Changed {
+    const EXPECTED: &'static str = "certificate or revocation";
+    fn take(outcome: WriteOutcome) -> Option<Self> {
+        match outcome {
+            WriteOutcome::Certificate(rec) => Some(Changed::Certificate(rec)),
+            WriteOutcome::Revocation(r) => Some(Changed::Revocation(r)),
+            _ => None,
         }
-        WriteOutcome::Revocation(r) => json!({
-            "fingerprint": r.id, "state": "revoked", "revoked_at": r.revoked_at,
-        }),
-        _ => Value::Null,
+    }
+}
+
+/// Renders what a trust-store op changed, with `extra` fields added.
+fn changed_view(
+    app: &Arc<App>,
+    extra: Value,
+) -> impl FnOnce(Changed) -> Result<Response, Error> + Send + 'static {
+    let app = Arc::clone(app);
+    move |changed| {
+        let mut v = match changed {
+            Changed::Certificate(rec) => {
+                serde_json::to_value(CertView::new(&app, &rec, false)).unwrap_or_default()
+            }
+            Changed::Revocation(r) => json!({
+                "fingerprint": r.id, "state": "revoked", "revoked_at": r.revoked_at,
+            }),
+        };
+        if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+            m.extend(e);
+        }
+        Ok(Response::json(200, &v))
     }
 }
 
@@ -126,14 +140,19 @@ fn import(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
     let by = admin(app, req, Permission::KeysAdmin)?;
     let body: ImportBody = json_body(req)?;
     let op = plan_import(app, &body, &by)?;
-    Ok(submit_view(app, ctx, op, json!({})))
+    Ok(write::submit(app, ctx, op, changed_view(app, json!({}))))
 }
 
 fn issue(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let by = admin(app, req, Permission::KeysAdmin)?;
     let body: IssueBody = json_body(req)?;
     let (op, pem) = plan_issue(app, &body, &by)?;
-    Ok(submit_view(app, ctx, op, json!({ "pem": pem })))
+    Ok(write::submit(
+        app,
+        ctx,
+        op,
+        changed_view(app, json!({ "pem": pem })),
+    ))
 }
 
 fn renew(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
@@ -141,20 +160,25 @@ fn renew(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<
     let alias = req.param("alias").unwrap_or("");
     let body: RenewBody = json_body(req)?;
     let (op, pem) = plan_renew(app, alias, &body, &by)?;
-    Ok(submit_view(app, ctx, op, json!({ "pem": pem })))
+    Ok(write::submit(
+        app,
+        ctx,
+        op,
+        changed_view(app, json!({ "pem": pem })),
+    ))
 }
 
 fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let by = admin(app, req, Permission::KeysAdmin)?;
     let op = plan_revoke(app, req.param("alias").unwrap_or(""), &by)?;
-    Ok(submit_view(app, ctx, op, json!({})))
+    Ok(write::submit(app, ctx, op, changed_view(app, json!({}))))
 }
 
 fn rename(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     let by = admin(app, req, Permission::KeysAdmin)?;
     let body: RenameBody = json_body(req)?;
     let op = plan_rename(app, req.param("alias").unwrap_or(""), &body, &by)?;
-    Ok(submit_view(app, ctx, op, json!({})))
+    Ok(write::submit(app, ctx, op, changed_view(app, json!({}))))
 }
 
 // ---------------------------------------------------------------------------------------------

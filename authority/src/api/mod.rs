@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod auth;
 pub mod certs;
+pub mod clients;
 pub mod datasource;
 pub mod metrics;
 pub mod mindsphere;
@@ -16,6 +17,7 @@ pub mod onboarding;
 pub mod operator;
 pub mod throttle;
 pub mod validate;
+mod write;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::http::{Outcome, Request, RequestContext, Router};
 pub fn routes(router: &mut Router, app: &Arc<App>) {
     oauth::routes(router, app);
     operator::routes(router, app);
+    clients::routes(router, app);
     certs::routes(router, app);
     let agent_state = Arc::new(onboarding::AgentState::new(Arc::clone(app)));
     agents::routes(router, &agent_state);

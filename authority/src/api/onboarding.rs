@@ -66,14 +66,15 @@ use super::mindsphere::{
     API_BASE, AgentId, MINDSPHERE_SCHEMA, RegisterRequest, RegistrationResponse,
     SOUTHGATE_AUDIENCE, TokenKey, TokenRequest, TokenResponse,
 };
-use super::{Form, Route, register, validate};
+use super::{Form, Route, register, validate, write};
 use crate::app::{App, generate_secret};
 use crate::error::{ApiError, Error, WireError};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
 use crate::replay_log::{LogRefusal, ReplayLogConfig};
+use crate::store::outcome::Rotated;
 use crate::store::{
     AgentRecord, AuthMethod, BoardingRecord, ClientAuth, MAX_JWKS, Registration,
-    RegistrationRecord, Rotation, Secret, SecurityProfile, WriteOp, WriteOutcome,
+    RegistrationRecord, Rotation, Secret, SecurityProfile, WriteOp,
 };
 
 /// Scopes of every agent access token.
@@ -346,25 +347,19 @@ impl AgentState {
             rat: Secret::from(rat.as_str()),
             now,
         });
-        let done = ctx.defer();
         let state = Arc::clone(self);
-        self.app.submit(op, move |result| {
-            done.complete(
-                result
-                    .map_err(Error::from)
-                    .and_then(|outcome| match outcome {
-                        WriteOutcome::Registration(rec) => {
-                            state.forget(&rec.client_id);
-                            Ok(registration_response(
-                                201,
-                                state.answer(&rec, credentials.secret, &rat),
-                            ))
-                        }
-                        other => Err(unexpected(&other)),
-                    }),
-            );
-        });
-        Ok(Outcome::Deferred)
+        Ok(write::submit(
+            &self.app,
+            ctx,
+            op,
+            move |rec: RegistrationRecord| {
+                state.forget(&rec.client_id);
+                Ok(registration_response(
+                    201,
+                    state.answer(&rec, credentials.secret, &rat),
+                ))
+            },
+        ))
     }
 
     fn answer(
@@ -442,11 +437,7 @@ impl AgentState {
         let Some(op) = op else {
             return response.into();
         };
-        let done = ctx.defer();
-        self.app.submit(op, move |result| {
-            done.complete(result.map_err(Error::from).map(|_| response));
-        });
-        Outcome::Deferred
+        write::submit(&self.app, ctx, op, move |()| Ok(response))
     }
 
     fn read_registration(
@@ -533,34 +524,26 @@ impl AgentState {
             },
             now,
         });
-        let done = ctx.defer();
         let state = Arc::clone(self);
-        self.app.submit(op, move |result| {
-            done.complete(
-                result
-                    .map_err(Error::from)
-                    .and_then(|outcome| match outcome {
-                        WriteOutcome::Registration(rec) => Ok(registration_response(
-                            200,
-                            state.answer(&rec, credentials.secret, &new_rat),
-                        )),
-                        // The answer of the rotation this one repeats, word for word.
-                        WriteOutcome::RotationReplayed {
-                            registration,
-                            rat,
-                            secret,
-                        } => {
-                            let secret = secret.map(|s| secret_text(&s)).transpose()?;
-                            Ok(registration_response(
-                                200,
-                                state.answer(&registration, secret, &secret_text(&rat)?),
-                            ))
-                        }
-                        other => Err(unexpected(&other)),
-                    }),
-            );
-        });
-        Ok(Outcome::Deferred)
+        Ok(write::submit(&self.app, ctx, op, move |rotated| {
+            Ok(match rotated {
+                Rotated::Fresh(rec) => {
+                    registration_response(200, state.answer(&rec, credentials.secret, &new_rat))
+                }
+                // The answer of the rotation this one repeats, word for word.
+                Rotated::Replayed {
+                    registration,
+                    rat,
+                    secret,
+                } => {
+                    let secret = secret.map(|s| secret_text(&s)).transpose()?;
+                    registration_response(
+                        200,
+                        state.answer(&registration, secret, &secret_text(&rat)?),
+                    )
+                }
+            })
+        }))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1281,12 +1264,6 @@ fn secret_text(s: &Secret) -> Result<Zeroizing<String>, Error> {
 
 fn registration_response(status: u16, answer: RegistrationResponse) -> Response {
     Response::json(status, &answer).header("Pragma", "no-cache")
-}
-
-fn unexpected(outcome: &WriteOutcome) -> Error {
-    Error::Io(std::io::Error::other(format!(
-        "unexpected store outcome {outcome:?}"
-    )))
 }
 
 #[cfg(test)]
