@@ -12,6 +12,7 @@ pub mod clients;
 pub mod datasource;
 pub mod metrics;
 pub mod mindsphere;
+pub mod mtls_client_auth;
 pub mod oauth;
 pub mod onboarding;
 pub mod operator;

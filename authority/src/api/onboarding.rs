@@ -323,7 +323,7 @@ impl AgentState {
             .into());
         }
         // RFC 8705: a TLS method replaces the profile's JWT credentials.
-        let credentials = match super::certs::MtlsRegistration::parse(req.body())? {
+        let credentials = match super::mtls_client_auth::MtlsRegistration::parse(req.body())? {
             Some(m) => Credentials {
                 method: m.method,
                 secret: None,
@@ -565,14 +565,17 @@ impl AgentState {
             .map_err(TokenRefusal::from)
             .and_then(|form| {
                 // RFC 8705: no assertion, no secret, the TLS client certificate instead.
-                if super::certs::is_mtls_token_request(&form) && ctx.client_certificates().is_some()
+                if super::mtls_client_auth::is_mtls_token_request(&form)
+                    && ctx.client_certificates().is_some()
                 {
-                    let (client, x5t) = super::certs::authenticate(&self.app, &form, ctx)?;
+                    let (client, x5t) =
+                        super::mtls_client_auth::authenticate(&self.app, &form, ctx)?;
                     return Ok((self.issue_to(&client, now, Some(x5t))?, None));
                 }
                 let request = TokenRequest::parse(&form)?;
                 // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
-                let x5t = super::certs::client_certificate(&self.app, ctx)?.map(|c| c.thumbprint());
+                let x5t = super::mtls_client_auth::client_certificate(&self.app, ctx)?
+                    .map(|c| c.thumbprint());
                 self.issue_checked(&request, now, x5t, &forged)
             });
         if forged.get() {
