@@ -5,6 +5,7 @@
 //! used for query strings), bearer and Basic credentials, and JSON bodies. Everything is
 //! recognised completely before a handler acts on it, with counts and sizes bounded.
 
+pub mod agent_token;
 pub mod agents;
 pub mod auth;
 pub mod certs;
@@ -16,6 +17,7 @@ pub mod mtls_client_auth;
 pub mod oauth;
 pub mod onboarding;
 pub mod operator;
+pub mod registration;
 pub mod throttle;
 pub mod validate;
 mod write;
