@@ -64,7 +64,7 @@ pub(super) struct CachedKeys {
 
 /// Which of a client's credentials authenticated a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Used {
+enum Used {
     /// One that the last rotation did not change (or there is no live rotation).
     Unchanged,
     /// One that the last rotation introduced: its first use is the cut-over.
@@ -598,7 +598,7 @@ impl AgentState {
 }
 
 /// Verifies an assertion with the key its `kid` names or, without a kid, with each key in
-/// turn (at most [`MAX_AGENT_KEYS`] RSA verifications).
+/// turn (at most [`MAX_AGENT_KEYS`](super::onboarding::MAX_AGENT_KEYS) RSA verifications).
 fn verify_with_any(
     token: &str,
     keys: &[VerifyingKey],

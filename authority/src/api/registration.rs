@@ -490,6 +490,57 @@ mod tests {
         jwk
     }
 
+    /// Offboarding revokes every token of the agent issued in its second, but not the IAT
+    /// issued right after it to board again: the boarding table decides about IATs.
+    #[test]
+    fn an_iat_issued_in_the_second_of_an_offboarding_verifies() {
+        use crate::app::{App, AppSettings};
+        use crate::http::Metrics;
+        use crate::store::NewAgent;
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) =
+            App::open(dir.path(), AppSettings::default(), Arc::new(Metrics::new())).unwrap();
+        let state = AgentState::with_floor(Arc::new(app), 0);
+        let app = &state.app;
+        let now = app.now();
+        let tenant = app.settings.default_tenant.clone();
+        app.write(WriteOp::CreateAgent(NewAgent {
+            tenant: tenant.clone(),
+            id: "a1".into(),
+            name: "a1".into(),
+            security_profile: SecurityProfile::SharedSecret,
+            iat: None,
+            now,
+        }))
+        .unwrap();
+        app.write(WriteOp::Offboard {
+            tenant: tenant.clone(),
+            agent_id: "a1".into(),
+            by: "op".into(),
+            now,
+            forget_after: now + 3600,
+        })
+        .unwrap();
+        let (agent, rec): (AgentRecord, BoardingRecord) = app
+            .write(WriteOp::IssueBoardingToken {
+                tenant,
+                agent_id: "a1".into(),
+                iat: crate::store::NewIat {
+                    jti: "iat-2".into(),
+                    expires_at: now + 3600,
+                },
+                now,
+            })
+            .unwrap()
+            .into_record()
+            .unwrap();
+        let iat = state.mint_iat(&agent, &rec).unwrap();
+        let verified = state.verify_iat(&iat, now).expect("the new IAT verifies");
+        assert_eq!(verified.claims().jti.as_deref(), Some("iat-2"));
+        // An access token of the agent from that second is revoked.
+        assert!(app.agent_revoked("a1", now));
+    }
+
     #[test]
     fn agent_key_sets_are_held_to_the_rsa_3072_profile() {
         use aws_lc_rs::rsa::KeySize;
