@@ -791,8 +791,12 @@ impl App {
         {
             return Err(RejectedError::Revoked.into());
         }
-        if validation.token_type != TokenType::OperatorAccessToken
-            && let Some(sub) = claims.sub.as_deref()
+        // An offboarding ends the agent's tokens, not the IAT issued to board it again in the
+        // same second: the store's boarding table says whether an IAT is current.
+        if !matches!(
+            validation.token_type,
+            TokenType::OperatorAccessToken | TokenType::InitialAccessToken
+        ) && let Some(sub) = claims.sub.as_deref()
             && self.agent_revoked(sub, claims.iat.unwrap_or(0))
         {
             return Err(RejectedError::Revoked.into());

@@ -20,12 +20,10 @@ use super::mindsphere::{
     BoardingContent, IfMatch, OnboardingStatus, OnlineStatus, rfc3339_millis,
 };
 use super::onboarding::AgentState;
-use super::{Route, register, validate};
+use super::{Route, register, validate, write};
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
-use crate::store::{
-    AgentRecord, BoardingRecord, BoardingState, NewAgent, NewIat, WriteOp, WriteOutcome,
-};
+use crate::store::{AgentRecord, BoardingRecord, BoardingState, NewAgent, NewIat, WriteOp};
 
 /// A tenant's agents are read in pages of this many to build a list answer.
 const READ_BATCH: usize = 1000;
@@ -100,20 +98,9 @@ impl AgentState {
             iat: Some(self.new_iat(now)),
             now,
         });
-        let done = ctx.defer();
-        self.app.submit(op, move |result| {
-            done.complete(
-                result
-                    .map_err(Error::from)
-                    .and_then(|outcome| match outcome {
-                        WriteOutcome::Boarding(agent, _) | WriteOutcome::Agent(agent) => {
-                            Ok(agent_response(201, &agent))
-                        }
-                        other => Err(unexpected(&other)),
-                    }),
-            );
-        });
-        Ok(Outcome::Deferred)
+        Ok(write::submit(&self.app, ctx, op, |agent: AgentRecord| {
+            Ok(agent_response(201, &agent))
+        }))
     }
 
     fn list(&self, req: &Request<'_>) -> Result<Outcome, Error> {
@@ -155,18 +142,9 @@ impl AgentState {
             security_profile: Some(change.security_profile),
             now: self.app.now(),
         };
-        let done = ctx.defer();
-        self.app.submit(op, move |result| {
-            done.complete(
-                result
-                    .map_err(Error::from)
-                    .and_then(|outcome| match outcome {
-                        WriteOutcome::Agent(agent) => Ok(agent_response(200, &agent)),
-                        other => Err(unexpected(&other)),
-                    }),
-            );
-        });
-        Ok(Outcome::Deferred)
+        Ok(write::submit(&self.app, ctx, op, |agent: AgentRecord| {
+            Ok(agent_response(200, &agent))
+        }))
     }
 
     fn delete(
@@ -186,22 +164,16 @@ impl AgentState {
             now,
             forget_after: self.revocation_lifetime(now),
         };
-        let done = ctx.defer();
         let state = Arc::clone(self);
-        self.app.submit(op, move |result| {
-            done.complete(
-                result
-                    .map_err(Error::from)
-                    .and_then(|outcome| match outcome {
-                        WriteOutcome::Agent(agent) => {
-                            state.forget(&agent.id);
-                            Ok(Response::new(204))
-                        }
-                        other => Err(unexpected(&other)),
-                    }),
-            );
-        });
-        Ok(Outcome::Deferred)
+        Ok(write::submit(
+            &self.app,
+            ctx,
+            op,
+            move |agent: AgentRecord| {
+                state.forget(&agent.id);
+                Ok(Response::new(204))
+            },
+        ))
     }
 
     /// `ONLINE` while the last access token this process issued to the agent is valid.
@@ -275,22 +247,18 @@ impl AgentState {
             iat: self.new_iat(now),
             now,
         };
-        let done = ctx.defer();
         let state = Arc::clone(self);
-        self.app.submit(op, move |result| {
-            done.complete(
-                result
-                    .map_err(Error::from)
-                    .and_then(|outcome| match outcome {
-                        WriteOutcome::Boarding(agent, rec) => Ok(Response::json(
-                            200,
-                            &state.configuration(&agent, Some(&rec))?,
-                        )),
-                        other => Err(unexpected(&other)),
-                    }),
-            );
-        });
-        Ok(Outcome::Deferred)
+        Ok(write::submit(
+            &self.app,
+            ctx,
+            op,
+            move |(agent, rec): (AgentRecord, BoardingRecord)| {
+                Ok(Response::json(
+                    200,
+                    &state.configuration(&agent, Some(&rec))?,
+                ))
+            },
+        ))
     }
 
     /// The configuration for `agent`, with the IAT of `rec` (none once onboarded).
@@ -335,27 +303,21 @@ impl AgentState {
             now,
             forget_after: self.revocation_lifetime(now),
         };
-        let done = ctx.defer();
         let state = Arc::clone(self);
-        self.app.submit(op, move |result| {
-            done.complete(
-                result
-                    .map_err(Error::from)
-                    .and_then(|outcome| match outcome {
-                        WriteOutcome::Agent(agent) => {
-                            state.forget(&agent.id);
-                            Ok(Response::json(
-                                200,
-                                &OnboardingStatus {
-                                    status: agent.state.as_str(),
-                                },
-                            ))
-                        }
-                        other => Err(unexpected(&other)),
-                    }),
-            );
-        });
-        Ok(Outcome::Deferred)
+        Ok(write::submit(
+            &self.app,
+            ctx,
+            op,
+            move |agent: AgentRecord| {
+                state.forget(&agent.id);
+                Ok(Response::json(
+                    200,
+                    &OnboardingStatus {
+                        status: agent.state.as_str(),
+                    },
+                ))
+            },
+        ))
     }
 }
 
@@ -378,10 +340,4 @@ fn if_match(req: &Request<'_>) -> Result<IfMatch, Error> {
 
 fn agent_response(status: u16, agent: &AgentRecord) -> Response {
     Response::json(status, &Agent::from(agent)).header("ETag", format!("\"{}\"", agent.etag))
-}
-
-fn unexpected(outcome: &WriteOutcome) -> Error {
-    Error::Io(std::io::Error::other(format!(
-        "unexpected store outcome {outcome:?}"
-    )))
 }

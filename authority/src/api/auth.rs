@@ -492,7 +492,7 @@ fn bound_to_connection(app: &App, claims: &Claims, ctx: &RequestContext<'_>) -> 
     let Some(want) = cnf.get("x5t#S256").and_then(serde_json::Value::as_str) else {
         return false;
     };
-    match super::certs::client_certificate(app, ctx) {
+    match super::mtls_client_auth::client_certificate(app, ctx) {
         Ok(Some(cert)) => bool::from(cert.thumbprint().as_bytes().ct_eq(want.as_bytes())),
         _ => false,
     }

@@ -23,7 +23,7 @@ use super::onboarding::AgentState;
 use super::{Form, Route, register};
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
-use crate::store::{DataSourceConfigRecord, NewDataSourceConfig, WriteOp, WriteOutcome};
+use crate::store::{DataSourceConfigRecord, NewDataSourceConfig, WriteOp};
 
 /// Longest `configurationId`, data source name, data point id, name, type or unit.
 const MAX_FIELD: usize = 256;
@@ -117,20 +117,12 @@ fn put_config(
         by,
         now: state.app.now(),
     });
-    let done = ctx.defer();
-    state.app.submit(op, move |result| {
-        done.complete(
-            result
-                .map_err(Error::from)
-                .and_then(|outcome| match outcome {
-                    WriteOutcome::DataSourceConfig(rec) => config_response(&rec),
-                    other => Err(Error::Io(std::io::Error::other(format!(
-                        "unexpected store outcome {other:?}"
-                    )))),
-                }),
-        );
-    });
-    Ok(Outcome::Deferred)
+    Ok(super::write::submit(
+        &state.app,
+        ctx,
+        op,
+        |rec: DataSourceConfigRecord| config_response(&rec),
+    ))
 }
 
 /// The stored configuration with its `id` and `eTag`, and the `ETag` header.

@@ -6,18 +6,23 @@
 //! recognised completely before a handler acts on it, with counts and sizes bounded.
 
 pub mod agent_credentials;
+pub mod agent_token;
 pub mod agents;
 pub mod auth;
 pub mod certs;
+pub mod clients;
 pub mod datasource;
 pub mod import;
 pub mod metrics;
 pub mod mindsphere;
+pub mod mtls_client_auth;
 pub mod oauth;
 pub mod onboarding;
 pub mod operator;
+pub mod registration;
 pub mod throttle;
 pub mod validate;
+mod write;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use crate::http::{Outcome, Request, RequestContext, Router};
 pub fn routes(router: &mut Router, app: &Arc<App>) {
     oauth::routes(router, app);
     operator::routes(router, app);
+    clients::routes(router, app);
     certs::routes(router, app);
     let agent_state = Arc::new(onboarding::AgentState::new(Arc::clone(app)));
     agents::routes(router, &agent_state);

@@ -19,7 +19,8 @@ use super::{Form, Route};
 use crate::app::App;
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
-use crate::store::{AuditOutcome, RevocationKind, WriteOp, WriteOutcome};
+use crate::store::outcome::Audited;
+use crate::store::{AuditOutcome, RevocationKind, RevocationRecord, WriteOp};
 
 /// Longest client id written to the audit log for a refused request (ids are attacker input).
 const MAX_AUDIT_ID: usize = 128;
@@ -105,18 +106,16 @@ fn token(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<
             return Err(e);
         }
     };
-    let completion = ctx.defer();
-    app.submit(
-        WriteOp::Audit {
-            actor: client.id.clone(),
-            event: "token.issue".into(),
-            subject: format!("jti:{jti}"),
-            outcome: AuditOutcome::Success,
-            now,
-        },
-        move |r| completion.complete(r.map(|_| Response::json(200, &body)).map_err(Error::from)),
-    );
-    Ok(Outcome::Deferred)
+    let op = WriteOp::Audit {
+        actor: client.id.clone(),
+        event: "token.issue".into(),
+        subject: format!("jti:{jti}"),
+        outcome: AuditOutcome::Success,
+        now,
+    };
+    Ok(super::write::submit(app, ctx, op, move |_: Audited| {
+        Ok(Response::json(200, &body))
+    }))
 }
 
 /// The checks after client authentication, and the token.
@@ -484,25 +483,17 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
         .exp
         .unwrap_or(now)
         .saturating_add(app.settings.leeway);
-    let completion = ctx.defer();
-    app.submit(
-        WriteOp::Revoke {
-            kind: RevocationKind::Token,
-            id: jti,
-            by: principal.client_id,
-            reason: "revoked through the revocation endpoint".into(),
-            now,
-            forget_after,
-        },
-        move |r| {
-            completion.complete(match r {
-                Ok(WriteOutcome::Revocation(_)) => Ok(Response::new(200)),
-                Ok(_) => Ok(Response::new(200)),
-                Err(e) => Err(e.into()),
-            })
-        },
-    );
-    Ok(Outcome::Deferred)
+    let op = WriteOp::Revoke {
+        kind: RevocationKind::Token,
+        id: jti,
+        by: principal.client_id,
+        reason: "revoked through the revocation endpoint".into(),
+        now,
+        forget_after,
+    };
+    Ok(super::write::submit(app, ctx, op, |_: RevocationRecord| {
+        Ok(Response::new(200))
+    }))
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! The operator API under `/api/latchkey/v1`: operator clients and profiles, signing keys
-//! (list, rotate, import), revocations (token, agent, key) and the audit log. Every call needs
-//! an operator bearer token with the matching permission; the command-line tool drives it.
+//! The operator API under `/api/latchkey/v1`: signing keys (list, rotate, import),
+//! revocations (token, agent, key) and the audit log; operator clients and profiles are in
+//! `clients.rs`. Every call needs an operator bearer token with the matching permission; the
+//! command-line tool drives it.
 //!
-//! Tenants: a client sees and manages only its own tenant's clients; profiles, signing keys
-//! and the audit log are global, so changing them (and reading the audit log) is reserved to
-//! clients of the authority's own tenant — to anyone else they do not exist (404).
+//! Tenants: signing keys and the audit log are global, so changing them (and reading the
+//! audit log) is reserved to clients of the authority's own tenant — to anyone else they do
+//! not exist (404).
 //!
 //! Slow work (RSA key generation, PKCS#12 decryption) runs on a short-lived thread and answers
 //! through the request's `Completion`; store writes answer from the writer's reply. Nothing
@@ -17,15 +18,15 @@ use latchkey_core::{Algorithm, SigningKey};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::auth::{self, Permission, Permissions, Principal};
+use super::auth::{self, Permission, Principal};
 use super::mindsphere::AgentId;
-use super::{Form, Route, json_body, validate};
+use super::{Form, Route, json_body, validate, write};
 use crate::app::{self, App};
 use crate::error::{ApiError, Error};
 use crate::http::{Completion, Outcome, Request, RequestContext, Response, Router};
 use crate::store::{
-    AuditOutcome, AuditRecord, KeyState, OperatorClientRecord, ProfileRecord, RevocationKind,
-    SecretHash, SigningKeyRecord, WriteOp, WriteOutcome,
+    AuditOutcome, AuditRecord, KeyState, RevocationKind, RevocationRecord, SigningKeyRecord,
+    WriteOp,
 };
 
 /// Prefix of every route here.
@@ -34,13 +35,7 @@ pub const PREFIX: &str = "/api/latchkey/v1";
 pub const MAX_KEY_FILE: usize = 64 * 1024;
 
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Route<App>); 13] = [
-        ("GET", "/clients", list_clients),
-        ("POST", "/clients", create_client),
-        ("DELETE", "/clients/{id}", delete_client),
-        ("GET", "/profiles", list_profiles),
-        ("PUT", "/profiles/{name}", put_profile),
-        ("DELETE", "/profiles/{name}", delete_profile),
+    let table: [(&str, &str, Route<App>); 7] = [
         ("GET", "/keys", list_keys),
         ("POST", "/keys/rotate", rotate_key),
         ("POST", "/keys/import", import_key),
@@ -52,31 +47,17 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
     super::register(router, app, PREFIX, &table);
 }
 
-fn not_found(what: &str) -> Error {
+pub(super) fn not_found(what: &str) -> Error {
     ApiError::NotFound(format!("{what} not found")).into()
 }
 
 /// Global things are managed only by the authority's own tenant; others get 404.
-fn authority(app: &App, p: &Principal, what: &str) -> Result<(), Error> {
+pub(super) fn authority(app: &App, p: &Principal, what: &str) -> Result<(), Error> {
     if p.is_authority(app) {
         Ok(())
     } else {
         Err(not_found(what))
     }
-}
-
-/// Completes `completion` with the store's answer to `op`, mapped by `f`.
-fn submit_then(
-    app: &Arc<App>,
-    ctx: &RequestContext<'_>,
-    op: WriteOp,
-    f: impl FnOnce(WriteOutcome) -> Response + Send + 'static,
-) -> Result<Outcome, Error> {
-    let completion = ctx.defer();
-    app.submit(op, move |r| {
-        completion.complete(r.map(f).map_err(Error::from))
-    });
-    Ok(Outcome::Deferred)
 }
 
 /// Runs blocking work (key generation, PKCS#12) off the event loop.
@@ -108,269 +89,6 @@ fn whoami(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<O
         }),
     )
     .into())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Clients and profiles
-
-/// An operator client as the API shows it (never the secret or its hash).
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClientView {
-    pub client_id: String,
-    pub tenant: String,
-    pub display_name: String,
-    pub profile: String,
-    pub hash_scheme: String,
-    pub created_at: u64,
-}
-
-impl From<&OperatorClientRecord> for ClientView {
-    fn from(c: &OperatorClientRecord) -> Self {
-        ClientView {
-            client_id: c.id.clone(),
-            tenant: c.tenant.clone(),
-            display_name: c.display_name.clone(),
-            profile: c.profile.clone(),
-            hash_scheme: c.secret_hash.scheme().to_owned(),
-            created_at: c.created_at,
-        }
-    }
-}
-
-fn list_clients(
-    app: &Arc<App>,
-    req: &Request<'_>,
-    _: &RequestContext<'_>,
-) -> Result<Outcome, Error> {
-    let p = auth::operator(app, req, Permission::ClientsRead)?;
-    let all = p.is_authority(app);
-    let clients: Vec<ClientView> = app
-        .store
-        .read()?
-        .operator_clients()?
-        .iter()
-        .filter(|c| all || c.tenant == p.tenant)
-        .map(ClientView::from)
-        .collect();
-    Ok(Response::json(200, &json!({ "clients": clients })).into())
-}
-
-/// `POST /clients` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewClient {
-    pub client_id: String,
-    #[serde(default)]
-    pub display_name: Option<String>,
-    #[serde(default)]
-    pub profile: Option<String>,
-    #[serde(default)]
-    pub tenant: Option<String>,
-    /// A hash made with `latchkey hash-secret`; without one a secret is generated and returned
-    /// once.
-    #[serde(default)]
-    pub hashed_secret: Option<String>,
-}
-
-impl NewClient {
-    /// Every field that reaches the store or the audit log has its documented shape.
-    pub fn validate(&self) -> Result<(), ApiError> {
-        validate::CLIENT_ID.check(&self.client_id)?;
-        validate::DISPLAY_NAME.check_opt(self.display_name.as_deref())?;
-        validate::PROFILE.check_opt(self.profile.as_deref())?;
-        validate::TENANT.check_opt(self.tenant.as_deref())?;
-        Ok(())
-    }
-}
-
-fn create_client(
-    app: &Arc<App>,
-    req: &Request<'_>,
-    ctx: &RequestContext<'_>,
-) -> Result<Outcome, Error> {
-    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
-    let new: NewClient = json_body(req)?;
-    new.validate()?;
-    let tenant = new.tenant.unwrap_or_else(|| p.tenant.clone());
-    if tenant != p.tenant && !p.is_authority(app) {
-        return Err(not_found("tenant"));
-    }
-    if !app.tenant_exists(&tenant) {
-        return Err(ApiError::InvalidRequest(format!("tenant {tenant:?} does not exist")).into());
-    }
-    let profile = new.profile.unwrap_or_else(|| app::READ_ONLY.to_owned());
-    // A client cannot hand out more than it holds.
-    let granted = auth::profile_permissions(app, &profile)
-        .map_err(|_| ApiError::InvalidRequest(format!("profile {profile:?} does not exist")))?;
-    if !granted.is_subset(p.permissions) {
-        return Err(ApiError::Forbidden(format!(
-            "profile {profile:?} grants more than this token holds"
-        ))
-        .into());
-    }
-    let (hash, secret) = match new.hashed_secret {
-        Some(h) => (SecretHash::parse(&h)?, None),
-        None => {
-            let s = app::generate_secret()?;
-            (SecretHash::blake3(s.as_bytes())?, Some(s))
-        }
-    };
-    let record = OperatorClientRecord {
-        id: new.client_id.clone(),
-        tenant,
-        secret_hash: hash,
-        display_name: new.display_name.unwrap_or_else(|| new.client_id.clone()),
-        profile,
-        created_at: app.now(),
-        generation: 0, // drawn by the store
-    };
-    submit_then(
-        app,
-        ctx,
-        WriteOp::CreateOperatorClient {
-            record,
-            by: p.client_id,
-        },
-        move |o| match o {
-            WriteOutcome::OperatorClient(c) => {
-                let mut body = serde_json::to_value(ClientView::from(&c)).unwrap_or_default();
-                if let (Some(s), serde_json::Value::Object(m)) = (secret, &mut body) {
-                    m.insert(
-                        "client_secret".into(),
-                        serde_json::Value::String(s.to_string()),
-                    );
-                }
-                Response::json(201, &body)
-            }
-            _ => Response::new(201),
-        },
-    )
-}
-
-fn delete_client(
-    app: &Arc<App>,
-    req: &Request<'_>,
-    ctx: &RequestContext<'_>,
-) -> Result<Outcome, Error> {
-    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
-    let id = validate::CLIENT_ID.lookup(req.param("id").unwrap_or(""))?;
-    let client = match app.store.hot().operator_client(id) {
-        Some(c) if c.tenant == p.tenant || p.is_authority(app) => c,
-        _ => return Err(not_found("client")),
-    };
-    // Like profiles: a client that holds more than the caller is out of its reach.
-    let held = auth::profile_permissions(app, &client.profile).unwrap_or(Permissions::EMPTY);
-    if !held.is_subset(p.permissions) {
-        return Err(ApiError::Forbidden(format!(
-            "client {id:?} holds more than this token; only a client holding as much may delete it"
-        ))
-        .into());
-    }
-    let op = WriteOp::DeleteOperatorClient {
-        id: id.to_owned(),
-        by: p.client_id,
-        now: app.now(),
-    };
-    submit_then(app, ctx, op, |_| Response::new(204))
-}
-
-fn list_profiles(
-    app: &Arc<App>,
-    req: &Request<'_>,
-    _: &RequestContext<'_>,
-) -> Result<Outcome, Error> {
-    auth::operator(app, req, Permission::ClientsRead)?;
-    let profiles: Vec<serde_json::Value> = app
-        .store
-        .read()?
-        .profiles()?
-        .into_iter()
-        .map(|p| json!({ "name": p.name, "permissions": p.permissions }))
-        .collect();
-    Ok(Response::json(200, &json!({ "profiles": profiles })).into())
-}
-
-/// Whether `p` may edit or delete profile `name`: not the one its own client uses (that would
-/// change its own permissions), and not one that grants more than its token holds (it could
-/// not have created it, so it may not reshape it either, e.g. to demote a stronger client).
-fn may_change_profile(app: &App, p: &Principal, name: &str) -> Result<(), Error> {
-    let own = app
-        .store
-        .hot()
-        .operator_client(&p.client_id)
-        .is_some_and(|c| c.profile == name);
-    if own {
-        return Err(ApiError::Forbidden(format!(
-            "profile {name:?} is this client's own profile; another administrator must change it"
-        ))
-        .into());
-    }
-    if let Some(existing) = app.store.read()?.profile(name)?
-        && !Permissions::lenient(&existing.permissions).is_subset(p.permissions)
-    {
-        return Err(ApiError::Forbidden(format!(
-            "profile {name:?} grants more than this token holds"
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfileBody {
-    permissions: Vec<String>,
-}
-
-fn put_profile(
-    app: &Arc<App>,
-    req: &Request<'_>,
-    ctx: &RequestContext<'_>,
-) -> Result<Outcome, Error> {
-    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
-    authority(app, &p, "profile")?;
-    let name = validate::PROFILE
-        .check(req.param("name").unwrap_or(""))?
-        .to_owned();
-    if name == app::ADMINISTRATOR || name == app::READ_ONLY {
-        return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
-    }
-    let body: ProfileBody = json_body(req)?;
-    let perms = Permissions::parse(&body.permissions).map_err(ApiError::InvalidRequest)?;
-    may_change_profile(app, &p, &name)?;
-    if !perms.is_subset(p.permissions) {
-        return Err(ApiError::Forbidden(format!(
-            "profile {name:?} would grant more than this token holds"
-        ))
-        .into());
-    }
-    let permissions: Vec<String> = perms.iter().map(|p| p.as_str().to_owned()).collect();
-    let op = WriteOp::PutProfile(ProfileRecord {
-        name: name.clone(),
-        permissions: permissions.clone(),
-    });
-    submit_then(app, ctx, op, move |_| {
-        Response::json(200, &json!({ "name": name, "permissions": permissions }))
-    })
-}
-
-fn delete_profile(
-    app: &Arc<App>,
-    req: &Request<'_>,
-    ctx: &RequestContext<'_>,
-) -> Result<Outcome, Error> {
-    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
-    authority(app, &p, "profile")?;
-    let name = validate::PROFILE
-        .lookup(req.param("name").unwrap_or(""))?
-        .to_owned();
-    if name == app::ADMINISTRATOR || name == app::READ_ONLY {
-        return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
-    }
-    may_change_profile(app, &p, &name)?;
-    submit_then(app, ctx, WriteOp::DeleteProfile { name }, |_| {
-        Response::new(204)
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -733,14 +451,13 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
         .unwrap_or("revoked by an operator")
         .to_owned();
     let now = app.now();
-    let view = |o: WriteOutcome| match o {
-        WriteOutcome::Revocation(r) => Response::json(
+    let view = |r: RevocationRecord| -> Result<Response, Error> {
+        Ok(Response::json(
             200,
             &json!({
                 "kind": r.kind.as_str(), "id": r.id, "revoked_at": r.revoked_at, "forget_after": r.forget_after,
             }),
-        ),
-        _ => Response::new(200),
+        ))
     };
     match body.kind.as_str() {
         "token" => {
@@ -787,7 +504,7 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
                 now,
                 forget_after,
             };
-            submit_then(app, ctx, op, view)
+            Ok(write::submit(app, ctx, op, view))
         }
         "agent" => {
             let id = body
@@ -805,7 +522,7 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
                 now,
                 forget_after: now.saturating_add(app.settings.retire_after()),
             };
-            submit_then(app, ctx, op, view)
+            Ok(write::submit(app, ctx, op, view))
         }
         "key" => {
             p.require(Permission::KeysAdmin)?;
@@ -819,8 +536,7 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
             }
             let app = Arc::clone(app);
             off_loop(ctx, move || {
-                app.revoke_key(&kid, &p.client_id, &reason)
-                    .map(|r| view(WriteOutcome::Revocation(r)))
+                app.revoke_key(&kid, &p.client_id, &reason).and_then(view)
             })
         }
         other => Err(ApiError::InvalidRequest(format!(

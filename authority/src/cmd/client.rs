@@ -110,7 +110,7 @@ pub fn run(args: &ClientArgs) -> Result<(), Error> {
                 .operator_clients()?
                 .iter()
                 .map(|c| {
-                    serde_json::to_value(crate::api::operator::ClientView::from(c))
+                    serde_json::to_value(crate::api::clients::ClientView::from(c))
                         .unwrap_or_default()
                 })
                 .collect();
@@ -183,8 +183,7 @@ fn create_local(
     else {
         return Err(Error::Cli("unexpected answer from the store".into()));
     };
-    let mut v =
-        serde_json::to_value(crate::api::operator::ClientView::from(&c)).unwrap_or_default();
+    let mut v = serde_json::to_value(crate::api::clients::ClientView::from(&c)).unwrap_or_default();
     if let (Some(s), Value::Object(m)) = (secret, &mut v) {
         m.insert("client_secret".into(), Value::String(s.to_string()));
     }

@@ -83,6 +83,12 @@ pub enum StoreError {
     /// A value is out of the bounds the store accepts (sizes, counts).
     #[error("{0}")]
     Invalid(String),
+    /// A write answered with another shape of outcome than its op yields (see `outcome.rs`).
+    #[error("the store answered {got} where {expected} was expected")]
+    UnexpectedOutcome {
+        expected: &'static str,
+        got: &'static str,
+    },
 }
 
 impl StoreError {
@@ -111,6 +117,7 @@ impl StoreError {
                 | StoreError::WrongPassphrase
                 | StoreError::BadKeyFile { .. }
                 | StoreError::BadSealedFile { .. }
+                | StoreError::UnexpectedOutcome { .. }
         )
     }
 }

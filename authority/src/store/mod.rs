@@ -12,6 +12,7 @@ mod error;
 mod hot;
 mod maintenance;
 mod ops;
+pub mod outcome;
 mod records;
 mod schema;
 mod seal;

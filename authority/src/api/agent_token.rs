@@ -1,0 +1,1124 @@
+//! The agent token endpoint `POST /api/agentmanagement/v3/oauth/token`: a JWT client
+//! assertion (RFC 7523) or the TLS client certificate (RFC 8705, `mtls_client_auth.rs`) for an
+//! access token; and `GET /oauth/token_key`, the key that signs it.
+//!
+//! # Design decisions
+//!
+//! **The key decides the algorithm.** A SHARED_SECRET agent's assertion must be HS256/384/512
+//! under its secret; an RSA_3072 agent's RS256/384/512 under one of its registered keys (MCL
+//! signs RS256, the Node SDK RS384). Parsed RSA keys are cached per registration (the cache
+//! entry is tied to the hot index's `Arc`, so a rotation or re-registration replaces it).
+//!
+//! **Replay across restarts without an fsync per token.** Accepted assertion `jti`s live in
+//! the in-memory [`latchkey_core::replay::ReplayCache`], and each is also appended (a
+//! `write(2)`, no fsync) to the replay log ([`crate::replay_log`]) before the token is
+//! answered. A restarted process, after SIGTERM or `kill -9`, puts the logged entries back
+//! into its cache, so an assertion accepted before the restart is refused as replayed and a
+//! fresh one is accepted at once. Only when the log may have lost entries (a machine crash
+//! since its last background fsync, no log on a store with agents, damage) does a *replay
+//! floor* apply: assertions must carry `iat` at or after it. Where nothing bounds what was
+//! lost, the floor is [`replay_floor`]`(start, leeway)` = `start + leeway + 1`: the previous
+//! process accepted assertions with `iat` up to `its clock + leeway` (clients' clocks run
+//! fast), so one accepted just before stopping can carry an `iat` up to `leeway` seconds after
+//! our start, and `+ 1` because both clocks are read in whole seconds. After a machine crash
+//! the floor starts from the log's last fsync plus the lag it tolerates instead of `start`.
+//! While the floor is ahead of the clock, fresh assertions are refused with 503
+//! `temporarily_unavailable` and `Retry-After`. This assumes the system clock does not move
+//! backwards across a restart by more than the downtime.
+//!
+//! **Offboarding.** The store deletes the registration (secret, keys, RAT hash) and records an
+//! agent revocation; `App::verify` refuses every access token of the agent issued at or before
+//! it. A token request in that same second would mint a token that is dead on arrival, so it is
+//! answered 503 with `Retry-After: 1` instead.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use latchkey_core::claims::{Audience, Claims, TokenType, Validation};
+use latchkey_core::{Algorithm, Jwk, RejectedError, UnverifiedToken, VerifiedToken, VerifyingKey};
+
+use super::Form;
+use super::mindsphere::{
+    MINDSPHERE_SCHEMA, SOUTHGATE_AUDIENCE, TokenKey, TokenRequest, TokenResponse,
+};
+use super::onboarding::{AGENT_RSA_ALGS, AgentState, agent_key_policy, stored_key_error};
+use crate::app::App;
+use crate::error::{ApiError, Error, WireError};
+use crate::http::{Outcome, Request, RequestContext, Response};
+use crate::replay_log::{LogRefusal, ReplayLogConfig};
+use crate::store::{AuthMethod, ClientAuth, WriteOp};
+
+/// Scopes of every agent access token.
+pub const AGENT_SCOPES: [&str; 1] = ["mdsp:core:agent"];
+
+#[derive(Debug)]
+pub(super) struct CachedKeys {
+    client: Weak<ClientAuth>,
+    keys: Vec<VerifyingKey>,
+    /// Per key in `keys`: whether the last rotation introduced it. Using a key the rotation
+    /// kept (the Node SDK sends the same key again) proves nothing about the rotation answer.
+    fresh: Vec<bool>,
+    /// The rotation's replaced keys that are not among `keys`.
+    previous: Vec<VerifyingKey>,
+}
+
+/// Which of a client's credentials authenticated a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Used {
+    /// One that the last rotation did not change (or there is no live rotation).
+    Unchanged,
+    /// One that the last rotation introduced: its first use is the cut-over.
+    New,
+    /// One that the last rotation replaced, within its grace window.
+    Previous,
+}
+
+/// The replay floor for a process started at `start` whose validation tolerates `leeway`
+/// seconds of clock skew, where nothing tells what the previous process accepted (see the
+/// module docs for why the skew is added). `+ 1`: clocks are read in whole seconds, so the
+/// previous process may have accepted an assertion with `iat = start + leeway` in the very
+/// second this one started.
+pub fn replay_floor(start: u64, leeway: u64) -> u64 {
+    start.saturating_add(leeway).saturating_add(1)
+}
+
+/// Why a token request was refused: an error, or "come back in a moment".
+#[derive(Debug)]
+pub enum TokenRefusal {
+    Error(Error),
+    /// 503 `temporarily_unavailable` with `Retry-After`.
+    Later {
+        seconds: u64,
+        reason: String,
+    },
+}
+
+impl<E: Into<Error>> From<E> for TokenRefusal {
+    fn from(e: E) -> Self {
+        TokenRefusal::Error(e.into())
+    }
+}
+
+impl AgentState {
+    // -----------------------------------------------------------------------------------------
+    // Token endpoint
+
+    pub(super) fn token(
+        &self,
+        req: &Request<'_>,
+        ctx: &RequestContext<'_>,
+    ) -> Result<Outcome, Error> {
+        let now = self.app.now();
+        let clock = std::time::Instant::now();
+        let source = super::throttle::source_key(ctx.peer().ip());
+        if let Some(wait) = self.app.source_throttle.check(&source, clock) {
+            let ip = ctx.peer().ip().to_string();
+            let throttle = &self.app.source_throttle;
+            return Err(super::throttle::refuse(
+                &self.app, throttle, "source", &ip, wait,
+            ));
+        }
+        let forged = std::cell::Cell::new(false);
+        let result = Form::from_request(req)
+            .map_err(TokenRefusal::from)
+            .and_then(|form| {
+                // RFC 8705: no assertion, no secret, the TLS client certificate instead.
+                if super::mtls_client_auth::is_mtls_token_request(&form)
+                    && ctx.client_certificates().is_some()
+                {
+                    let (client, x5t) =
+                        super::mtls_client_auth::authenticate(&self.app, &form, ctx)?;
+                    return Ok((self.issue_to(&client, now, Some(x5t))?, None));
+                }
+                let request = TokenRequest::parse(&form)?;
+                // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
+                let x5t = super::mtls_client_auth::client_certificate(&self.app, ctx)?
+                    .map(|c| c.thumbprint());
+                self.issue_checked(&request, now, x5t, &forged)
+            });
+        if forged.get() {
+            // Counted per claimed client id (read again only on this failure path), so one
+            // agent with a wrong key behind a shared address does not lock out the others.
+            let who = Form::from_request(req)
+                .ok()
+                .and_then(|f| {
+                    let parsed = UnverifiedToken::parse(f.get("client_assertion")?).ok()?;
+                    latchkey_core::dangerous::insecure_issuer(&parsed)
+                        .ok()
+                        .flatten()
+                        .map(|s| s.to_owned())
+                })
+                .unwrap_or_default();
+            self.app.source_throttle.failure_of(&source, &who, clock);
+        }
+        match result {
+            Ok((answer, cut_over)) => Ok(self.answer_after(
+                cut_over,
+                ctx,
+                Response::json(200, &answer).header("Pragma", "no-cache"),
+            )),
+            Err(TokenRefusal::Error(e)) => Err(e),
+            Err(TokenRefusal::Later { seconds, reason }) => {
+                let wire = WireError::new(503, "temporarily_unavailable", reason);
+                Ok(Response::from_wire(&wire)
+                    .header("Retry-After", seconds.max(1).to_string())
+                    .into())
+            }
+        }
+    }
+
+    /// Authenticates the client assertion and mints an access token (everything but HTTP).
+    pub fn issue(&self, request: &TokenRequest, now: u64) -> Result<TokenResponse, TokenRefusal> {
+        self.issue_bound(request, now, None)
+    }
+
+    /// [`AgentState::issue`], binding the token to a client certificate (`cnf.x5t#S256`). A
+    /// cut-over this request causes is submitted without waiting for it.
+    pub fn issue_bound(
+        &self,
+        request: &TokenRequest,
+        now: u64,
+        x5t: Option<String>,
+    ) -> Result<TokenResponse, TokenRefusal> {
+        let forged = std::cell::Cell::new(false);
+        let (answer, cut_over) = self.issue_checked(request, now, x5t, &forged)?;
+        if let Some(op) = cut_over {
+            self.app.submit(op, |_| {});
+        }
+        Ok(answer)
+    }
+
+    /// Authenticates and mints; also returns the cut-over to commit when this is the first use
+    /// of a rotation's new credentials (the HTTP answer waits for it).
+    fn issue_checked(
+        &self,
+        request: &TokenRequest,
+        now: u64,
+        x5t: Option<String>,
+        forged: &std::cell::Cell<bool>,
+    ) -> Result<(TokenResponse, Option<WriteOp>), TokenRefusal> {
+        let (client, claims, used) = self.authenticate(&request.client_assertion, now, forged)?;
+        if let Some(id) = &request.client_id
+            && *id != client.client_id
+        {
+            return Err(ApiError::InvalidClient(
+                "client_id does not match the assertion's issuer".into(),
+            )
+            .into());
+        }
+        if now >= client.secret_expires_at {
+            // MCL answers a 400 from this endpoint by rotating its credentials, which is
+            // exactly what it must do.
+            return Err(ApiError::InvalidGrant(format!(
+                "the agent's credentials expired at {}; rotate the registration (PUT {} with the \
+                 registration access token) and sign a new assertion",
+                client.secret_expires_at,
+                self.registration_uri(&client.client_id)
+            ))
+            .into());
+        }
+        let iat = claims
+            .iat
+            .ok_or(RejectedError::MissingClaim("iat"))
+            .map_err(|e| invalid_assertion(&e.into()))?;
+        if iat < self.replay_floor {
+            if now < self.replay_floor {
+                return Err(TokenRefusal::Later {
+                    seconds: self.replay_floor - now,
+                    reason: "the authority restarted moments ago and cannot yet tell fresh \
+                             assertions from replayed ones; sign a new assertion and retry"
+                        .into(),
+                });
+            }
+            return Err(ApiError::InvalidClient(
+                "client assertion issued before the authority restarted; sign a new one".into(),
+            )
+            .into());
+        }
+        let max_age = self.app.settings.assertion_max_age;
+        if now
+            > iat
+                .saturating_add(max_age)
+                .saturating_add(assertion_leeway(&self.app))
+        {
+            return Err(ApiError::InvalidClient(format!(
+                "client assertion was issued more than {max_age} s ago; sign a new one"
+            ))
+            .into());
+        }
+        let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
+            return Err(invalid_assertion(&RejectedError::MissingClaim("jti").into()).into());
+        };
+        // Remember the jti only as long as the age check above would let it through again:
+        // after that a replay is refused as too old, so memory is bounded by rate × max age.
+        let remember_until = exp.min(iat.saturating_add(max_age));
+        let fingerprint = self.app.replay.fingerprint(&client.client_id, jti);
+        match self.app.replay.check_and_insert_fingerprint(
+            fingerprint,
+            Some(iat),
+            remember_until,
+            now,
+        ) {
+            // Logged before the token is minted: a process that dies after answering has the
+            // entry in the page cache for the next one.
+            Ok(until) => {
+                if let Some(log) = &self.app.replay_log {
+                    log.append(fingerprint, until, now)
+                        .map_err(|e| log_refusal(e, self.app.settings.replay_log))?;
+                }
+            }
+            Err(latchkey_core::replay::ReplayError::Full) => {
+                return Err(TokenRefusal::Later {
+                    seconds: 60,
+                    reason: "too many recent client assertions; retry later".into(),
+                });
+            }
+            Err(e) => return Err(invalid_assertion(&e.into()).into()),
+        }
+        let answer = self.issue_to(&client, now, x5t)?;
+        let cut_over = match used {
+            Used::New => self.cut_over(&client, now),
+            Used::Unchanged | Used::Previous => None,
+        };
+        Ok((answer, cut_over))
+    }
+
+    /// Mints for an authenticated client (after the method-specific checks).
+    fn issue_to(
+        &self,
+        client: &ClientAuth,
+        now: u64,
+        x5t: Option<String>,
+    ) -> Result<TokenResponse, TokenRefusal> {
+        if self.app.agent_revoked(&client.client_id, now) {
+            // Re-registered within the second of an offboarding: a token minted now would be
+            // refused as revoked. Nothing was issued; the jti is spent, so sign a new one.
+            return Err(TokenRefusal::Later {
+                seconds: 1,
+                reason: "the agent was offboarded this second; retry with a new assertion".into(),
+            });
+        }
+        let answer = self.mint_access_token(client, now, x5t)?;
+        // Look up before inserting: the insert path clones the id, and all but an agent's
+        // first token find the entry.
+        let activity = self.activity.pin();
+        match activity.get(client.client_id.as_str()) {
+            Some(at) => at.store(now, Ordering::Relaxed),
+            None => activity
+                .get_or_insert_with(client.client_id.clone(), || AtomicU64::new(0))
+                .store(now, Ordering::Relaxed),
+        }
+        Ok(answer)
+    }
+
+    /// Finds the client the assertion names (unverified `iss`), verifies the assertion with
+    /// that client's credentials and RFC 7523 rules. Every failure is 401 `invalid_client`.
+    /// `forged` is set when the assertion names an unknown client or its signature does not
+    /// verify: the failures that say the caller is guessing.
+    fn authenticate(
+        &self,
+        assertion: &str,
+        now: u64,
+        forged: &std::cell::Cell<bool>,
+    ) -> Result<(Arc<ClientAuth>, Claims, Used), Error> {
+        let parsed = UnverifiedToken::parse(assertion).map_err(|e| invalid_assertion(&e))?;
+        let issuer = latchkey_core::dangerous::insecure_issuer(&parsed)
+            .map_err(|e| invalid_assertion(&e))?
+            .ok_or_else(|| invalid_assertion(&RejectedError::MissingClaim("iss").into()))?;
+        let Some(client) = self.app.store.hot().client(&issuer) else {
+            forged.set(true);
+            self.rsa_keys.pin().remove(&issuer);
+            return Err(ApiError::InvalidClient(
+                "unknown client (not registered, or offboarded)".into(),
+            )
+            .into());
+        };
+        // A client id in backoff after failed assertions is refused before any check.
+        let clock = std::time::Instant::now();
+        if let Some(wait) = self.app.client_throttle.check(&client.client_id, clock) {
+            return Err(super::throttle::refuse(
+                &self.app,
+                &self.app.client_throttle,
+                "client",
+                &client.client_id,
+                wait,
+            ));
+        }
+        let checked = self.verify_assertion(&client, parsed, assertion, now, forged);
+        let (verified, used) = match checked {
+            Ok(v) => {
+                self.app.client_throttle.success(&client.client_id);
+                v
+            }
+            Err(e) => {
+                if forged.get() {
+                    self.app.client_throttle.failure(&client.client_id, clock);
+                }
+                return Err(e);
+            }
+        };
+        self.app.metrics.tokens_verified(1);
+        let claims = verified.into_claims();
+        if let Some(ten) = claims.extra_str("ten")
+            && ten != client.tenant
+        {
+            return Err(ApiError::InvalidClient("assertion names another tenant".into()).into());
+        }
+        Ok((client, claims, used))
+    }
+
+    /// Checks the assertion's signature (and claims) with the client's secret or keys, the
+    /// ones a rotation replaced included while its grace lasts.
+    fn verify_assertion(
+        &self,
+        client: &Arc<ClientAuth>,
+        parsed: UnverifiedToken<'_>,
+        assertion: &str,
+        now: u64,
+        forged: &std::cell::Cell<bool>,
+    ) -> Result<(VerifiedToken, Used), Error> {
+        // Only a signature that does not verify says the caller lacks the secret or key; a
+        // signed assertion with a bad claim is the agent's own mistake.
+        let refuse = |e: &latchkey_core::Error| {
+            if matches!(
+                e,
+                latchkey_core::Error::Rejected(
+                    RejectedError::BadSignature
+                        | RejectedError::UnknownKey
+                        | RejectedError::AlgorithmMismatch
+                )
+            ) {
+                forged.set(true);
+            }
+            invalid_assertion(e)
+        };
+        let validation = self.assertion_validation();
+        let alg = parsed.header().alg();
+        let previous = client.previous_at(now);
+        Ok(match client.auth_method {
+            AuthMethod::ClientSecretJwt => {
+                if client.secret.is_none() {
+                    return Err(stored_key_error(&client.client_id, &"no secret"));
+                }
+                if !alg.is_hmac() {
+                    return Err(refuse(&RejectedError::AlgorithmMismatch.into()));
+                }
+                // Built from the secret once per entry and algorithm, not per request.
+                let key = client
+                    .hmac_key(alg)
+                    .map_err(|e| stored_key_error(&client.client_id, &e))?;
+                match (parsed.verify(key, validation, now), previous) {
+                    (Ok(v), None) => (v, Used::Unchanged),
+                    (Ok(v), Some(p)) if p.secret == client.secret => (v, Used::Unchanged),
+                    (Ok(v), Some(_)) => (v, Used::New),
+                    // Within a rotation's grace window the replaced secret still counts.
+                    (Err(latchkey_core::Error::Rejected(RejectedError::BadSignature)), Some(p))
+                        if p.secret.is_some() && now < p.secret_expires_at =>
+                    {
+                        let key = p
+                            .hmac_key(alg)
+                            .map_err(|e| stored_key_error(&client.client_id, &e))?;
+                        let v = UnverifiedToken::parse(assertion)
+                            .and_then(|t| t.verify(key, validation, now))
+                            .map_err(|e| refuse(&e))?;
+                        (v, Used::Previous)
+                    }
+                    (Err(e), _) => return Err(refuse(&e)),
+                }
+            }
+            AuthMethod::PrivateKeyJwt => {
+                let cached = self.rsa_keys_of(client)?;
+                match verify_with_any(assertion, &cached.keys, validation, now) {
+                    Ok((v, i)) if previous.is_some() && cached.fresh[i] => (v, Used::New),
+                    Ok((v, _)) => (v, Used::Unchanged),
+                    Err(
+                        e @ latchkey_core::Error::Rejected(
+                            RejectedError::BadSignature | RejectedError::UnknownKey,
+                        ),
+                    ) => match previous {
+                        Some(p) if !cached.previous.is_empty() && now < p.secret_expires_at => {
+                            let (v, _) =
+                                verify_with_any(assertion, &cached.previous, validation, now)
+                                    .map_err(|_| refuse(&e))?;
+                            (v, Used::Previous)
+                        }
+                        _ => return Err(refuse(&e)),
+                    },
+                    Err(e) => return Err(refuse(&e)),
+                }
+            }
+            AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth => {
+                return Err(ApiError::InvalidClient(
+                    "this client authenticates with its TLS certificate".into(),
+                )
+                .into());
+            }
+        })
+    }
+
+    /// RFC 7523 §3 rules for this authority: `iss` = `sub`, `exp` and `jti` required, lifetime
+    /// at most the replay cache's bound (25 h: MCL signs 24-hour assertions), audience this
+    /// token endpoint, our issuer or MindSphere's `southgate`. Built once: everything it
+    /// depends on (settings, base URL, issuer) is fixed once the server serves.
+    pub fn assertion_validation(&self) -> &Validation {
+        self.assertion_validation.get_or_init(|| Validation {
+            leeway: assertion_leeway(&self.app),
+            audiences: vec![
+                self.token_endpoint(),
+                self.app.issuer().to_owned(),
+                SOUTHGATE_AUDIENCE.to_owned(),
+            ],
+            max_lifetime: Some(self.app.settings.replay.max_lifetime),
+            ..Validation::new(TokenType::ClientAssertion)
+        })
+    }
+
+    fn rsa_keys_of(&self, client: &Arc<ClientAuth>) -> Result<Arc<CachedKeys>, Error> {
+        if let Some(cached) = self.rsa_keys.pin().get(&client.client_id)
+            && std::ptr::eq(cached.client.as_ptr(), Arc::as_ptr(client))
+        {
+            return Ok(Arc::clone(cached));
+        }
+        let parse = |jwks: &[String]| {
+            jwks.iter()
+                .map(|j| {
+                    Jwk::from_json(j.as_bytes())
+                        .and_then(|jwk| jwk.to_verifying_key(AGENT_RSA_ALGS, &agent_key_policy()))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| stored_key_error(&client.client_id, &e))
+        };
+        let keys = parse(&client.jwks)?;
+        let replaced = match &client.previous {
+            Some(p) => parse(&p.jwks)?,
+            None => Vec::new(),
+        };
+        let prints = |ks: &[VerifyingKey]| ks.iter().map(|k| k.thumbprint()).collect::<Vec<_>>();
+        let (current, old) = (prints(&keys), prints(&replaced));
+        let fresh = current
+            .iter()
+            .map(|t| client.previous.is_some() && !old.contains(t))
+            .collect();
+        let previous = replaced
+            .into_iter()
+            .zip(&old)
+            .filter(|(_, t)| !current.contains(t))
+            .map(|(k, _)| k)
+            .collect();
+        let cached = Arc::new(CachedKeys {
+            client: Arc::downgrade(client),
+            keys,
+            fresh,
+            previous,
+        });
+        self.rsa_keys
+            .pin()
+            .insert(client.client_id.clone(), Arc::clone(&cached));
+        Ok(cached)
+    }
+
+    fn mint_access_token(
+        &self,
+        client: &ClientAuth,
+        now: u64,
+        x5t: Option<String>,
+    ) -> Result<TokenResponse, Error> {
+        let app = &self.app;
+        let lifetime = app.settings.access_token_lifetime;
+        let mut claims = app.base_claims(
+            &client.client_id,
+            Audience::Many(vec![SOUTHGATE_AUDIENCE.to_owned()]),
+            lifetime,
+            now,
+        );
+        let scope: Vec<String> = AGENT_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+        claims
+            .extra
+            .insert("ten".into(), client.tenant.clone().into());
+        claims
+            .extra
+            .insert("client_id".into(), client.client_id.clone().into());
+        claims.extra.insert("scope".into(), scope.clone().into());
+        claims
+            .extra
+            .insert("schemas".into(), vec![MINDSPHERE_SCHEMA].into());
+        if let Some(x5t) = x5t {
+            // RFC 8705 §3.1: the token is bound to the client certificate.
+            claims
+                .extra
+                .insert("cnf".into(), serde_json::json!({ "x5t#S256": x5t }));
+        }
+        let access_token = app.mint(
+            app.tenant_alg(&client.tenant),
+            TokenType::AccessToken,
+            &claims,
+        )?;
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: lifetime,
+            scope,
+            jti: claims.jti.unwrap_or_default(),
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Keys
+
+    /// `GET /oauth/token_key`: the key agents verify their access tokens with. Agents do not
+    /// say who they are here, so this is the active key of the default tenant's algorithm
+    /// (RS256 unless configured otherwise); `?alg=` picks another. Tenants whose agents use
+    /// the Node SDK must keep RS* or ES256 (its verifier cannot check EdDSA).
+    pub(super) fn token_key(&self, req: &Request<'_>) -> Result<Outcome, Error> {
+        let query = Form::query(req)?;
+        let alg = match query.get("alg") {
+            Some(name) => Algorithm::from_name(name)
+                .ok()
+                .filter(|a| !a.is_hmac())
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "alg must be RS256, RS384, RS512, ES256 or EdDSA".into(),
+                    )
+                })?,
+            None => self.app.tenant_alg(&self.app.settings.default_tenant),
+        };
+        let snap = self.app.keys.snapshot();
+        let minter = snap
+            .minter(alg)
+            .ok_or_else(|| ApiError::NotFound(format!("no active {alg} signing key")))?;
+        let key = minter.key().verifying_key();
+        let answer = TokenKey {
+            jwk: Jwk::from_public_key(&key)?,
+            value: key.to_pem_one_line()?,
+        };
+        // Cacheable until the next key of this algorithm activates, no longer.
+        let max_age = self.app.key_cache_max_age(Some(alg), self.app.now());
+        Ok(super::oauth::key_set_response(req, &answer, max_age).into())
+    }
+}
+
+/// Verifies an assertion with the key its `kid` names or, without a kid, with each key in
+/// turn (at most [`MAX_AGENT_KEYS`](super::onboarding::MAX_AGENT_KEYS) RSA verifications).
+fn verify_with_any(
+    token: &str,
+    keys: &[VerifyingKey],
+    v: &Validation,
+    now: u64,
+) -> Result<(VerifiedToken, usize), latchkey_core::Error> {
+    let parsed = UnverifiedToken::parse(token)?;
+    if let Some(kid) = parsed.header().kid() {
+        let i = keys
+            .iter()
+            .position(|k| k.kid() == Some(kid))
+            .ok_or(RejectedError::UnknownKey)?;
+        return parsed.verify(&keys[i], v, now).map(|t| (t, i));
+    }
+    // Verification consumes the parsed token; parsing again is cheap next to an RSA check.
+    let mut last = latchkey_core::Error::from(RejectedError::BadSignature);
+    for (i, key) in keys.iter().enumerate() {
+        match UnverifiedToken::parse(token)?.verify(key, v, now) {
+            Ok(verified) => return Ok((verified, i)),
+            Err(
+                e @ latchkey_core::Error::Rejected(
+                    RejectedError::BadSignature | RejectedError::AlgorithmMismatch,
+                ),
+            ) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// The skew tolerated on assertions: the configured leeway, but never longer than the replay
+/// cache remembers a `jti` past its `exp` (else an assertion could be accepted again after the
+/// cache forgot it).
+pub(super) fn assertion_leeway(app: &App) -> u64 {
+    app.assertion_leeway()
+}
+
+/// A token request whose assertion could not be logged: come back shortly (the jti is
+/// spent; clients sign a new assertion per try).
+fn log_refusal(e: LogRefusal, config: ReplayLogConfig) -> TokenRefusal {
+    let seconds = config.sync_interval.as_secs().max(1);
+    TokenRefusal::Later {
+        seconds,
+        reason: match e {
+            LogRefusal::Full => "too many recent client assertions to record; retry later",
+            LogRefusal::Unavailable => "the replay log is not being written; retry later",
+            LogRefusal::Closed => "the authority is stopping; retry later",
+        }
+        .into(),
+    }
+}
+
+fn invalid_assertion(e: &latchkey_core::Error) -> Error {
+    match e {
+        latchkey_core::Error::Unavailable(_) => Error::Token(e.clone()),
+        _ => ApiError::InvalidClient(format!("client assertion refused: {e}")).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::registration::validate_agent_jwks;
+    use crate::app::{AppSettings, TenantDecl};
+    use crate::http::Metrics;
+    use crate::store::{NewAgent, NewIat, Registration, Rotation, Secret, SecurityProfile};
+    use latchkey_core::JwkSet;
+    use latchkey_core::SigningKey;
+    use serde_json::json;
+
+    const SECRET: &str = "ly7zmXbz0Izla6B82xlAYRVBcKDcCFatwmnHQmR8Ycw";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        state: Arc<AgentState>,
+        now: u64,
+    }
+
+    fn fixture_with(settings: AppSettings, floor_offset: i64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = App::open(dir.path(), settings, Arc::new(Metrics::new())).unwrap();
+        let app = Arc::new(app);
+        let now = app.now();
+        let floor = now.saturating_add_signed(floor_offset);
+        Fixture {
+            _dir: dir,
+            state: Arc::new(AgentState::with_floor(app, floor)),
+            now,
+        }
+    }
+
+    fn fixture() -> Fixture {
+        fixture_with(AppSettings::default(), -600)
+    }
+
+    impl Fixture {
+        fn app(&self) -> &Arc<App> {
+            &self.state.app
+        }
+
+        /// Creates and registers an agent straight through the store.
+        fn agent(
+            &self,
+            tenant: &str,
+            id: &str,
+            profile: SecurityProfile,
+            expires_at: u64,
+            jwks: Vec<String>,
+        ) {
+            let jti = format!("iat-{id}");
+            self.app()
+                .write(WriteOp::CreateAgent(NewAgent {
+                    tenant: tenant.into(),
+                    id: id.into(),
+                    name: format!("name {id}"),
+                    security_profile: profile,
+                    iat: Some(NewIat {
+                        jti: jti.clone(),
+                        expires_at: self.now + 3600,
+                    }),
+                    now: self.now,
+                }))
+                .unwrap();
+            let (method, secret) = match profile {
+                SecurityProfile::SharedSecret => {
+                    (AuthMethod::ClientSecretJwt, Some(Secret::from(SECRET)))
+                }
+                SecurityProfile::Rsa3072 => (AuthMethod::PrivateKeyJwt, None),
+            };
+            self.app()
+                .write(WriteOp::Register(Registration {
+                    iat_jti: jti,
+                    tenant: tenant.into(),
+                    client_id: id.into(),
+                    auth_method: method,
+                    secret,
+                    jwks,
+                    secret_expires_at: expires_at,
+                    rat: Secret::from("rat"),
+                    now: self.now,
+                }))
+                .unwrap();
+        }
+
+        fn issue(&self, assertion: &str) -> Result<TokenResponse, (u16, String)> {
+            let req = TokenRequest {
+                client_assertion: assertion.to_owned(),
+                client_id: None,
+            };
+            self.state.issue(&req, self.now).map_err(|r| match r {
+                TokenRefusal::Error(e) => {
+                    let w = WireError::from(&e);
+                    (w.status, format!("{} {}", w.error, w.description))
+                }
+                TokenRefusal::Later { reason, .. } => (503, reason),
+            })
+        }
+    }
+
+    /// A compact JWS over `claims` with header `{"alg", "typ":"JWT"[, "kid"]}`.
+    fn sign(key: &SigningKey, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = json!({ "alg": key.algorithm().as_str(), "typ": "JWT" });
+        if let Some(kid) = kid {
+            header["kid"] = kid.into();
+        }
+        let mut t = format!(
+            "{}.{}",
+            latchkey_core::b64::encode(header.to_string().as_bytes()),
+            latchkey_core::b64::encode(claims.to_string().as_bytes())
+        );
+        let mut sig = String::new();
+        key.sign_into(t.as_bytes(), &mut sig).unwrap();
+        t.push('.');
+        t.push_str(&sig);
+        t
+    }
+
+    fn claims(client: &str, now: u64, jti: &str) -> Value {
+        json!({
+            "iss": client, "sub": client, "aud": ["southgate"], "iat": now, "nbf": now,
+            "exp": now + 3600, "jti": jti, "schemas": ["urn:siemens:mindsphere:v1"], "ten": "main"
+        })
+    }
+
+    use serde_json::Value;
+
+    fn hs(alg: Algorithm) -> SigningKey {
+        SigningKey::hmac(alg, SECRET.as_bytes()).unwrap()
+    }
+
+    fn jwk_of(key: &SigningKey, kid: Option<&str>) -> Jwk {
+        let mut jwk = Jwk::from_public_key(&key.verifying_key()).unwrap();
+        jwk.kid = kid.map(str::to_owned);
+        jwk.alg = None;
+        jwk
+    }
+
+    #[test]
+    fn shared_secret_assertions_get_one_token_each() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+            let jti = format!("j-{alg}");
+            let a = sign(&hs(alg), None, &claims("a1", f.now, &jti));
+            let t = f.issue(&a).expect("token");
+            assert_eq!((t.token_type, t.expires_in), ("Bearer", 3600));
+            assert_eq!(t.scope, AGENT_SCOPES);
+            let v = f.app().validation(TokenType::AccessToken);
+            let verified = f
+                .app()
+                .verify(&t.access_token, &v, f.now)
+                .expect("access token verifies");
+            let c = verified.claims();
+            assert_eq!(c.sub.as_deref(), Some("a1"));
+            assert_eq!(c.extra_str("ten"), Some("main"));
+            assert_eq!(c.extra_str("client_id"), Some("a1"));
+            assert_eq!(c.jti.as_deref(), Some(t.jti.as_str()));
+            assert_eq!(
+                verified.header().alg(),
+                Algorithm::RS256,
+                "RS256 by default"
+            );
+            let (status, why) = f.issue(&a).expect_err("replayed");
+            assert_eq!(status, 401, "{why}");
+            assert!(why.contains("replayed"), "{why}");
+        }
+        assert_eq!(f.state.last_token_at("a1"), Some(f.now));
+    }
+
+    /// The HMAC key cached in the hot index entry dies with the secret: after a rotation the
+    /// old secret's assertions fail and the new secret's pass.
+    #[test]
+    fn cached_hmac_key_follows_secret_rotation() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let old = hs(Algorithm::HS256);
+        f.issue(&sign(&old, None, &claims("a1", f.now, "before")))
+            .expect("old secret, key now cached");
+        let new_secret = "Zq1zmXbz0Izla6B82xlAYRVBcKDcCFatwmnHQmR8Yc0";
+        f.app()
+            .write(WriteOp::RotateRegistration(Rotation {
+                client_id: "a1".into(),
+                presented_rat: Secret::from("rat"),
+                new_rat: Secret::from("rat2"),
+                new_secret: Some(Secret::from(new_secret)),
+                new_jwks: None,
+                secret_expires_at: f.now + 7 * 86_400,
+                grace_until: 0,
+                now: f.now,
+            }))
+            .unwrap();
+        let (s, why) = f
+            .issue(&sign(&old, None, &claims("a1", f.now, "after-old")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("signature"), "{why}");
+        let new = SigningKey::hmac(Algorithm::HS256, new_secret.as_bytes()).unwrap();
+        f.issue(&sign(&new, None, &claims("a1", f.now, "after-new")))
+            .expect("new secret");
+    }
+
+    /// Regression: the replay cache filled within seconds under load because it remembered
+    /// each jti until the assertion's own `exp` (up to 25 h). Assertions must now be fresh,
+    /// and the cache holds them only for the age limit.
+    #[test]
+    fn assertion_age_bounds_the_replay_window() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let max_age = f.app().settings.assertion_max_age;
+        let leeway = assertion_leeway(f.app());
+        let key = hs(Algorithm::HS256);
+
+        // An MCL-style 24-hour assertion signed just now: accepted once, then a replay.
+        let mut c = claims("a1", f.now, "mcl-fresh");
+        c["exp"] = (f.now + 86_400).into();
+        let fresh = sign(&key, None, &c);
+        f.issue(&fresh).expect("fresh 24-hour assertion");
+        let (status, why) = f.issue(&fresh).expect_err("replayed");
+        assert_eq!(status, 401, "{why}");
+
+        // Issued just inside the age limit: still accepted.
+        let edge = f.now - max_age - leeway;
+        let mut c = claims("a1", edge, "edge");
+        c["exp"] = (f.now + 86_400).into();
+        f.issue(&sign(&key, None, &c)).expect("at the age limit");
+
+        // One second older: refused whatever its exp, with a message that says why.
+        let mut c = claims("a1", edge - 1, "too-old");
+        c["exp"] = (f.now + 86_400).into();
+        let (status, why) = f.issue(&sign(&key, None, &c)).expect_err("too old");
+        assert_eq!(status, 401, "{why}");
+        assert!(why.contains(&format!("more than {max_age} s ago")), "{why}");
+    }
+
+    #[test]
+    fn assertion_rules() {
+        let f = fixture();
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let key = hs(Algorithm::HS256);
+        let n = f.now;
+        let check = |c: Value, status: u16, needle: &str| {
+            let (s, why) = f.issue(&sign(&key, None, &c)).expect_err(needle);
+            assert_eq!(s, status, "{why}");
+            assert!(why.contains(needle), "{needle}: {why}");
+        };
+        let with = |k: &str, v: Value, jti: &str| {
+            let mut c = claims("a1", n, jti);
+            c[k] = v;
+            c
+        };
+        check(
+            with("aud", json!("https://elsewhere"), "1"),
+            401,
+            "audience",
+        );
+        check(with("exp", json!(n - 3600), "2"), 401, "expired");
+        check(with("exp", json!(n + 26 * 3600), "3"), 401, "lifetime");
+        check(with("sub", json!("other"), "4"), 401, "type");
+        check(with("ten", json!("other-tenant"), "5"), 401, "tenant");
+        let mut no_jti = claims("a1", n, "6");
+        no_jti.as_object_mut().unwrap().remove("jti");
+        check(no_jti, 401, "jti");
+        let mut no_iat = claims("a1", n, "7");
+        no_iat.as_object_mut().unwrap().remove("iat");
+        check(no_iat, 401, "iat");
+        check(claims("nobody", n, "8"), 401, "unknown client");
+        // Accepted audiences: MCL's single string, the token endpoint, the issuer; MCL's 24 h.
+        f.issue(&sign(&key, None, &with("aud", json!("southgate"), "9")))
+            .expect("string aud");
+        let endpoint = f.state.token_endpoint();
+        f.issue(&sign(&key, None, &with("aud", json!([endpoint]), "10")))
+            .expect("endpoint aud");
+        let issuer = f.app().issuer().to_owned();
+        f.issue(&sign(&key, None, &with("aud", json!(issuer), "11")))
+            .expect("issuer aud");
+        f.issue(&sign(&key, None, &with("exp", json!(n + 86_400), "12")))
+            .expect("24 h");
+        // Another secret: bad signature. An RSA-signed assertion: algorithm mismatch.
+        let other = SigningKey::hmac(Algorithm::HS256, &[7; 32]).unwrap();
+        let (s, why) = f
+            .issue(&sign(&other, None, &claims("a1", n, "13")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("signature"), "{why}");
+        let rs = SigningKey::generate(Algorithm::RS256).unwrap();
+        let (s, why) = f
+            .issue(&sign(&rs, None, &claims("a1", n, "14")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("alg"), "{why}");
+        // Our own token types are never assertions.
+        let minted = f
+            .app()
+            .mint(
+                Algorithm::RS256,
+                TokenType::AccessToken,
+                &Claims::from_json(claims("a1", n, "15").to_string().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(f.issue(&minted).unwrap_err().0, 401);
+        let req = TokenRequest {
+            client_assertion: sign(&key, None, &claims("a1", n, "16")),
+            client_id: Some("a2".into()),
+        };
+        assert!(matches!(
+            f.state.issue(&req, n),
+            Err(TokenRefusal::Error(_))
+        ));
+    }
+
+    #[test]
+    fn replay_floor_refuses_assertions_from_before_a_restart() {
+        assert_eq!(replay_floor(1000, 60), 1061);
+        // Just started: the floor is ahead of the clock.
+        let f = fixture_with(AppSettings::default(), 30);
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let key = hs(Algorithm::HS256);
+        let (s, why) = f
+            .issue(&sign(&key, None, &claims("a1", f.now, "x")))
+            .unwrap_err();
+        assert_eq!(s, 503, "{why}");
+        // An assertion issued at or after the floor is fine (a client clock ahead of ours).
+        f.issue(&sign(&key, None, &claims("a1", f.now + 30, "y")))
+            .expect("after floor");
+        // Floor passed: an old assertion is refused for good.
+        let f = fixture_with(AppSettings::default(), -10);
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let (s, why) = f
+            .issue(&sign(&key, None, &claims("a1", f.now - 20, "z")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("restarted"), "{why}");
+    }
+
+    #[test]
+    fn expired_credentials_answer_400_telling_the_agent_to_rotate() {
+        let f = fixture();
+        f.agent("main", "a1", SecurityProfile::SharedSecret, f.now, vec![]);
+        let (s, why) = f
+            .issue(&sign(
+                &hs(Algorithm::HS256),
+                None,
+                &claims("a1", f.now, "j"),
+            ))
+            .unwrap_err();
+        assert_eq!(s, 400, "{why}");
+        assert!(
+            why.contains("rotate") && why.contains("/register/a1"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn rsa_agents_sign_with_a_registered_key() {
+        let f = fixture();
+        let node = SigningKey::generate(Algorithm::RS384).unwrap();
+        let jwks = JwkSet {
+            keys: vec![jwk_of(&node, Some("mindconnect-key-1"))],
+        };
+        f.agent(
+            "main",
+            "r1",
+            SecurityProfile::Rsa3072,
+            f.now + 7 * 86_400,
+            validate_agent_jwks(&jwks).unwrap(),
+        );
+        f.issue(&sign(
+            &node,
+            Some("mindconnect-key-1"),
+            &claims("r1", f.now, "1"),
+        ))
+        .expect("Node SDK: RS384 + kid");
+        f.issue(&sign(&node, None, &claims("r1", f.now, "2")))
+            .expect("no kid: the signature decides");
+        let stranger = SigningKey::generate(Algorithm::RS256).unwrap();
+        let (s, why) = f
+            .issue(&sign(
+                &stranger,
+                Some("mindconnect-key-1"),
+                &claims("r1", f.now, "3"),
+            ))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("signature"), "{why}");
+        let (s, why) = f
+            .issue(&sign(&stranger, Some("other"), &claims("r1", f.now, "4")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("kid"), "{why}");
+        let hmac = SigningKey::hmac(Algorithm::HS256, &[1; 32]).unwrap();
+        let (s, why) = f
+            .issue(&sign(&hmac, None, &claims("r1", f.now, "5")))
+            .unwrap_err();
+        assert!(s == 401 && why.contains("alg"), "{why}");
+    }
+
+    #[test]
+    fn tenant_algorithm_signs_access_tokens() {
+        let settings = AppSettings {
+            tenants: vec![
+                TenantDecl {
+                    id: "es".into(),
+                    display_name: None,
+                    token_alg: Some("ES256".into()),
+                },
+                TenantDecl {
+                    id: "ed".into(),
+                    display_name: None,
+                    token_alg: Some("EdDSA".into()),
+                },
+            ],
+            ..AppSettings::default()
+        };
+        let f = fixture_with(settings, -600);
+        for (tenant, alg) in [("es", Algorithm::ES256), ("ed", Algorithm::EdDSA)] {
+            let id = format!("agent-{tenant}");
+            f.agent(
+                tenant,
+                &id,
+                SecurityProfile::SharedSecret,
+                f.now + 86_400 * 7,
+                vec![],
+            );
+            let mut c = claims(&id, f.now, "j");
+            c["ten"] = tenant.into();
+            let t = f
+                .issue(&sign(&hs(Algorithm::HS256), None, &c))
+                .expect("token");
+            let parsed = UnverifiedToken::parse(&t.access_token).unwrap();
+            assert_eq!(parsed.header().alg(), alg);
+        }
+    }
+}
