@@ -582,8 +582,9 @@ pub struct AppSettings {
     /// (MCL signs 24-hour assertions), bounds the cache: both SDKs sign a fresh assertion for
     /// every token request.
     pub assertion_max_age: u64,
-    /// How to unlock the master key file (its passphrase). Never from the TOML file: set by
-    /// `serve` from `--passphrase-file` or `LATCHKEY_PASSPHRASE`.
+    /// How `App::open` unlocks the master key file (its passphrase). Never from the TOML
+    /// file; `serve` opens the store itself with `--passphrase-file` or
+    /// `LATCHKEY_PASSPHRASE`.
     pub master_key: KeyFileOptions,
     /// Replay cache sizing for client assertions. Size `capacity` for at least
     /// 1.5 × peak token rate × (`assertion_max_age` + leeway).

@@ -14,6 +14,11 @@
 //! Every change to the [`KeyRing`](latchkey_core::keyring::KeyRing) (a key added, made to
 //! sign, retired) is made here, each after or before the store write it mirrors so that no
 //! token is ever signed by a key the ring cannot verify, nor by one the store does not hold.
+//!
+//! [`AppSettings::key_prepublication`]: crate::config::AppSettings::key_prepublication
+//! [`AppSettings::jwks_max_age`]: crate::config::AppSettings::jwks_max_age
+//! [`AppSettings::unpublish_after`]: crate::config::AppSettings::unpublish_after
+//! [`AppSettings::retire_after`]: crate::config::AppSettings::retire_after
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,9 +34,10 @@ use crate::store::{
 
 impl App {
     /// Rotates the key of `alg` the way consumers can follow: a new key is published now and
-    /// activated by the maintenance thread after [`AppSettings::key_prepublication`]. If one is
-    /// already published for `alg`, that one is returned. Blocking (RSA key generation, store
-    /// writes): call it off the event loop.
+    /// activated by the maintenance thread after the pre-publication
+    /// ([`crate::config::AppSettings::key_prepublication`]). If one is already published for
+    /// `alg`, that one is returned. Blocking (RSA key generation, store writes): call it off
+    /// the event loop.
     pub fn rotate_key(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
         self.publish_key(alg, by, self.now())
     }
@@ -200,7 +206,8 @@ impl App {
         })
     }
 
-    /// `max-age` for a published key set: [`AppSettings::jwks_max_age`], and for the single
+    /// `max-age` for a published key set: [`crate::config::AppSettings::jwks_max_age`], and
+    /// for the single
     /// active key of `alg` (`token_key`) no later than that algorithm's next activation.
     pub fn key_cache_max_age(&self, single: Option<Algorithm>, now: u64) -> u64 {
         let max_age = self.settings.jwks_max_age();

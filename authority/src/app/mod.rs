@@ -55,8 +55,7 @@ use crate::http::Metrics;
 use crate::pki::TrustState;
 use crate::replay_log::ReplayLog;
 use crate::store::{
-    RevocationKind, RevocationRecord, Store, StoreError, StoreOptions, TenantRecord, WriteOp,
-    WriteOutcome,
+    RevocationKind, RevocationRecord, Store, StoreError, StoreOptions, WriteOp, WriteOutcome,
 };
 
 /// Everything an [`App`] is made of that its caller decides.

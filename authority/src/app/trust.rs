@@ -91,7 +91,8 @@ impl Trust {
             {
                 Ok(_) => Some(tx),
                 Err(e) => {
-                    tracing::error!(error = %e, "could not start the trust thread; rebuilding on the writer");
+                    let msg = "could not start the trust thread; rebuilding inline";
+                    tracing::error!(error = %e, "{msg}");
                     None
                 }
             }

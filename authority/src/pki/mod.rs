@@ -12,12 +12,13 @@
 //! CLI process and sends the authority a CSR; the authority signs it with its CA and records the
 //! certificate (never a private key). A CSR can also come from the agent itself.
 //!
-//! **What is trusted.** The TLS layer's [`TrustStore`] is rebuilt from: the data directory's CA
-//! and `--client-ca` files (the *base*), plus every `Trusted` (pinned) and `TrustedCa`
-//! (anchor) certificate in the store that is valid and not revoked. Revoked fingerprints are
-//! the `cert:` revocations plus certificates marked `Revoked`. [`TrustState::refresh`] runs after
-//! every commit that changes any of that, before the request that caused it is answered, so the
-//! next handshake sees it.
+//! **What is trusted.** The TLS layer's [`crate::tls::TrustStore`] is rebuilt from: the data
+//! directory's CA and `--client-ca` files (the *base*), plus every `Trusted` (pinned) and
+//! `TrustedCa` (anchor) certificate in the store that is valid and not revoked. Revoked
+//! fingerprints are the `cert:` revocations plus certificates marked `Revoked`.
+//! [`TrustState::refresh`] runs after every commit that changes any of that (off the store's
+//! writer thread), before the request that caused it is answered, so the next handshake sees
+//! it.
 //!
 //! **Pinned or anchored.** A certificate trusted by alias (`cert trust`) is *pinned*: it
 //! authenticates exactly itself, by SHA-256 fingerprint, under `tls_client_auth` and
