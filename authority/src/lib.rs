@@ -9,11 +9,13 @@
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod http;
+pub mod permissions;
 pub mod pki;
 pub mod replay_log;
 pub mod store;

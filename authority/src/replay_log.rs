@@ -494,7 +494,7 @@ impl ReplayLog {
 
 impl Drop for ReplayLog {
     fn drop(&mut self) {
-        if let Err(e) = self.close(crate::app::unix_now()) {
+        if let Err(e) = self.close(crate::clock::unix_now()) {
             tracing::error!(error = %e, "closing the replay log failed");
         }
     }

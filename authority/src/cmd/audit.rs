@@ -121,7 +121,7 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
             .map_err(|e| e.to_string());
     }
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(crate::app::unix_now().saturating_sub(d.as_secs()));
+        return Ok(crate::clock::unix_now().saturating_sub(d.as_secs()));
     }
     Err(format!(
         "{s:?} is not a time (RFC 3339, Unix seconds, or a duration ago like 1h)"
@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(parse_time("1700000000"), Ok(1_700_000_000));
         assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000));
         let ago = parse_time("1h").unwrap();
-        assert!(crate::app::unix_now() - ago >= 3600);
+        assert!(crate::clock::unix_now() - ago >= 3600);
         assert!(parse_time("yesterday-ish").is_err());
         assert_eq!(encode("a b/é"), "a%20b%2F%C3%A9");
     }

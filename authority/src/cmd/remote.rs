@@ -18,7 +18,8 @@ use base64::Engine as _;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::app::{ADMIN_CLIENT_FILE, App, AppConfig, AppSettings};
+use crate::app::{ADMIN_CLIENT_FILE, App};
+use crate::config::{AppConfig, AppSettings};
 use crate::error::Error;
 use crate::http::Metrics;
 use crate::store::{KeyFileOptions, Store, StoreOptions};
@@ -594,7 +595,7 @@ pub fn print(json: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
 
 /// A Unix time as RFC 3339 (UTC, seconds).
 pub fn time(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    crate::clock::rfc3339(secs)
 }
 
 /// A JSON string member, or "".

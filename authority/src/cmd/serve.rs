@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::app::{App, AppConfig};
-use crate::config::{LogFormat, ServeSettings, Settings, TlsFiles};
+use crate::app::{App, AppSettings, Parts};
+use crate::config::{LogFormat, ServeSettings, Settings, SettingsFile, TlsFiles};
 use crate::error::Error;
 use crate::http::{Metrics, Router, Server, ServerConfig};
-use crate::store::{KeyFileOptions, MasterKey};
+use crate::pki::{TrustConfig, TrustState};
+use crate::store::{MasterKey, Store, StoreOptions};
 use crate::tls::{self, ClientAuthMode, Created, TrustStore};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -81,10 +82,10 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         default.is_file().then_some(default)
     });
     let file = match &config_path {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::default(),
+        Some(path) => SettingsFile::read(path)?,
+        None => SettingsFile::default(),
     };
-    let settings = args.settings.merge(file).resolve()?;
+    let settings = args.settings.merge(file.server.clone()).resolve()?;
     *json = settings.log_format == LogFormat::Json;
     let json = *json;
     init_logging(&settings)?;
@@ -98,24 +99,35 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let metrics = Arc::new(Metrics::new());
-    let key = args.passphrase.key_options()?;
-    let mut app = open_state(
+    let app_settings = AppSettings {
+        client_throttle: settings.client_throttle,
+        source_throttle: settings.source_throttle,
+        ..file.app_settings()?
+    };
+    let store = Store::open_or_create(
         &args.data_dir,
-        config_path.as_deref(),
-        key,
-        (settings.client_throttle, settings.source_throttle),
-        metrics.clone(),
-        json,
+        StoreOptions {
+            key: args.passphrase.key_options()?,
+            ..StoreOptions::default()
+        },
     )?;
     // Earlier releases kept the TLS private keys in clear; seal them whatever this start serves.
-    let sealed = tls::CertFiles::in_dir(&args.data_dir).seal_plain_keys(app.store.master_key())?;
+    let sealed = tls::CertFiles::in_dir(&args.data_dir).seal_plain_keys(store.master_key())?;
     if !sealed.is_empty() {
         tracing::info!(files = ?sealed, "sealed plain private keys under the master key and removed them");
     }
     let admin = args.data_dir.join(crate::app::ADMIN_CLIENT_FILE);
-    if crate::credentials::seal_plain(&admin, app.store.master_key())? {
+    if crate::credentials::seal_plain(&admin, store.master_key())? {
         tracing::info!(file = %admin.display(), "sealed the admin client secret under the master key");
     }
+    let own_ca = match (&settings.tls_files, settings.plain_http) {
+        (None, false) => Some(ensure_own_certificates(
+            &args.data_dir,
+            &settings,
+            store.master_key(),
+        )?),
+        _ => None,
+    };
     let (tls, trust, more_tls, server_cert) = if settings.plain_http {
         tracing::warn!(
             "serving plain HTTP: credentials cross the network unencrypted (use only on loopback)"
@@ -123,7 +135,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         (None, None, vec![None; settings.more_listeners.len()], None)
     } else {
         let (config, trust, more, cert) =
-            tls_config(&args.data_dir, &settings, app.store.master_key())?;
+            tls_config(&args.data_dir, &settings, store.master_key())?;
         (
             Some(config),
             trust,
@@ -131,21 +143,28 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
             Some(cert),
         )
     };
-    app.trust = trust;
-    if app.trust.is_some() {
-        // The store's trust store (imports, revocations) on top of the files.
-        let files = crate::pki::TrustState::file_anchors(&args.data_dir, &settings.client_cas)?;
-        app.mtls.set_base(files);
-    }
+    // The store's trust store (imports, revocations) on top of the files.
+    let file_anchors = match &trust {
+        Some(_) => TrustState::file_anchors(&args.data_dir, &settings.client_cas)?,
+        None => Vec::new(),
+    };
     // The server certificate's expiry in /metrics is read from a PEM chain.
-    if let Some(TlsFiles::Pem { cert, .. }) = &settings.tls_files {
-        app.mtls.set_server_cert_file(cert.clone());
-    } else if settings.tls_files.is_none() && !settings.plain_http {
-        let files = crate::tls::CertFiles::in_dir(&args.data_dir);
-        app.mtls.set_server_cert_file(files.server_cert);
+    let server_cert_file = match &settings.tls_files {
+        Some(TlsFiles::Pem { cert, .. }) => Some(cert.clone()),
+        None if !settings.plain_http => {
+            Some(crate::tls::CertFiles::in_dir(&args.data_dir).server_cert)
+        }
+        _ => None,
+    };
+    let trust = TrustState::new(TrustConfig {
+        tls: trust,
+        file_anchors,
+        server_cert: server_cert_file,
+    });
+    let app = open_state(store, app_settings, trust, metrics.clone(), json)?;
+    if let Some(ca) = &own_ca {
+        announce_ca(ca, &settings);
     }
-    // Also without mutual TLS: tokens bound to a revoked certificate must stay refused.
-    app.mtls.refresh(&app)?;
     let state = Arc::new(app);
     let router = router_for(&state, &settings);
 
@@ -335,25 +354,18 @@ fn listen(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, Error> {
 /// profiles, the `admin` operator client). The first client's credentials go to a file whose
 /// path, never the secret, is printed.
 fn open_state(
-    data_dir: &Path,
-    config: Option<&Path>,
-    key: KeyFileOptions,
-    (client_throttle, source_throttle): (
-        crate::api::throttle::ThrottleConfig,
-        crate::api::throttle::ThrottleConfig,
-    ),
+    store: Store,
+    settings: AppSettings,
+    trust: TrustState,
     metrics: Arc<Metrics>,
     json: bool,
 ) -> Result<App, Error> {
-    let app_config = match config {
-        Some(path) => AppConfig::from_file(path)?,
-        None => AppConfig::default(),
-    };
-    let mut settings = app_config.resolve()?;
-    settings.master_key = key;
-    settings.client_throttle = client_throttle;
-    settings.source_throttle = source_throttle;
-    let (app, first_run) = App::open(data_dir, settings, metrics)?;
+    let (app, first_run) = App::build(Parts {
+        store,
+        settings,
+        metrics,
+        trust,
+    })?;
     if let Some(path) = &first_run.admin_credentials {
         if json {
             tracing::info!(file = %path.display(), "created operator client `admin`; its credentials are in the file");
@@ -390,24 +402,46 @@ type TlsConfigs = (
     Arc<tls::ServerCert>,
 );
 
-fn tls_config(data_dir: &Path, s: &ServeSettings, key: &MasterKey) -> Result<TlsConfigs, Error> {
-    if s.tls_files.is_none() {
-        let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
-        if created != Created::Nothing {
-            tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
-        } else {
-            warn_unnamed(&files.server_cert, &s.server_names);
-        }
-        // Printed on every start so operators know what clients must trust.
-        if s.log_format == LogFormat::Json {
-            tracing::info!(ca = %files.ca_cert.display(), "clients must trust the CA certificate");
-        } else {
-            eprintln!(
-                "latchkey: clients must trust the CA certificate at {}",
-                files.ca_cert.display()
-            );
-        }
+/// The data directory's CA and server certificate, created on first run.
+struct OwnCa {
+    files: tls::CertFiles,
+    created: bool,
+}
+
+/// Creates the data directory's CA and server certificate if missing (before the state is
+/// built, since the trust is built with them).
+fn ensure_own_certificates(
+    data_dir: &Path,
+    s: &ServeSettings,
+    key: &MasterKey,
+) -> Result<OwnCa, Error> {
+    let (files, created) = tls::ensure_certificates(data_dir, key, &s.server_names)?;
+    Ok(OwnCa {
+        files,
+        created: created != Created::Nothing,
+    })
+}
+
+/// Tells the operator about the data directory's CA, after the first-run lines.
+fn announce_ca(ca: &OwnCa, s: &ServeSettings) {
+    let files = &ca.files;
+    if ca.created {
+        tracing::info!(ca = %files.ca_cert.display(), "created server certificate");
+    } else {
+        warn_unnamed(&files.server_cert, &s.server_names);
     }
+    // Printed on every start so operators know what clients must trust.
+    if s.log_format == LogFormat::Json {
+        tracing::info!(ca = %files.ca_cert.display(), "clients must trust the CA certificate");
+    } else {
+        eprintln!(
+            "latchkey: clients must trust the CA certificate at {}",
+            files.ca_cert.display()
+        );
+    }
+}
+
+fn tls_config(data_dir: &Path, s: &ServeSettings, key: &MasterKey) -> Result<TlsConfigs, Error> {
     let (chain, key) = server_identity(data_dir, s, key)?;
     let cert = tls::ServerCert::new(chain, key)?;
     let any_client_auth = std::iter::once(s.client_auth)

@@ -116,7 +116,7 @@ impl HmacKeys {
 
 /// A signing key with its private half unsealed.
 #[derive(Debug)]
-pub struct SigningKey {
+pub struct StoredSigningKey {
     pub kid: String,
     pub alg: String,
     pub state: KeyState,
@@ -150,7 +150,7 @@ impl From<&RevocationRecord> for Revocation {
 pub struct HotIndex {
     clients: papaya::HashMap<String, Arc<ClientAuth>>,
     operator_clients: SkipMap<String, Arc<OperatorClientRecord>>,
-    keys: SkipMap<String, Arc<SigningKey>>,
+    keys: SkipMap<String, Arc<StoredSigningKey>>,
     /// One map per `RevocationKind`, indexed by `kind as usize`, so lookups borrow a `&str`.
     revocations: [SkipMap<String, Revocation>; 4],
     commits: AtomicU64,
@@ -161,7 +161,7 @@ pub struct HotIndex {
 pub(crate) enum HotChange {
     Client(String, Option<Arc<ClientAuth>>),
     OperatorClient(String, Option<Arc<OperatorClientRecord>>),
-    Key(String, Option<Arc<SigningKey>>),
+    Key(String, Option<Arc<StoredSigningKey>>),
     Revocation(RevocationKind, String, Option<Revocation>),
 }
 
@@ -186,12 +186,12 @@ impl HotIndex {
     }
 
     /// The signing key `kid` (any state).
-    pub fn signing_key(&self, kid: &str) -> Option<Arc<SigningKey>> {
+    pub fn signing_key(&self, kid: &str) -> Option<Arc<StoredSigningKey>> {
         self.keys.get(kid).map(|e| e.value().clone())
     }
 
     /// All signing keys, in kid order.
-    pub fn signing_keys(&self) -> Vec<Arc<SigningKey>> {
+    pub fn signing_keys(&self) -> Vec<Arc<StoredSigningKey>> {
         self.keys.iter().map(|e| e.value().clone()).collect()
     }
 

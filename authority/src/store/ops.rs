@@ -13,7 +13,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec::{self, Record};
 use super::error::{DbResult, StoreError};
-use super::hot::{ClientAuth, HotChange, PreviousCredentials, Revocation, SigningKey};
+use super::hot::{ClientAuth, HotChange, PreviousCredentials, Revocation, StoredSigningKey};
 use super::records::*;
 use super::schema::*;
 use super::seal::{MasterKey, SealContext, Secret, SecretHash};
@@ -1679,8 +1679,8 @@ pub(crate) fn hot_client(
     }
 }
 
-pub(crate) fn hot_key(rec: &SigningKeyRecord, private_key: Secret) -> SigningKey {
-    SigningKey {
+pub(crate) fn hot_key(rec: &SigningKeyRecord, private_key: Secret) -> StoredSigningKey {
+    StoredSigningKey {
         kid: rec.kid.clone(),
         alg: rec.alg.clone(),
         state: rec.state,

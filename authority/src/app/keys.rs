@@ -1,0 +1,412 @@
+//! The key life cycle, and the only code that changes the key ring.
+//!
+//! `Published` → `Active` → `Retiring` → `Retired`. A rotation first publishes the new key
+//! (JWKS, `/token_keys`) without signing with it, for [`AppSettings::key_prepublication`]; the
+//! published key sets are served with `Cache-Control: max-age` of at most that
+//! ([`AppSettings::jwks_max_age`]), so a consumer that caches them as told has the new `kid`
+//! before the first token it signs. Then the maintenance thread activates it: it signs, and the
+//! previous key becomes `Retiring`, which only verifies. A retiring key leaves the published
+//! sets once the tokens others verify (access and operator tokens) have expired
+//! ([`AppSettings::unpublish_after`]), and the ring once everything it signed has
+//! ([`AppSettings::retire_after`], boarding tokens included): then it is `Retired`.
+//! [`App::rotate_key_now`] (emergencies, `keys rotate --now`) activates at once.
+//!
+//! Every change to the [`KeyRing`](latchkey_core::keyring::KeyRing) (a key added, made to
+//! sign, retired) is made here, each after or before the store write it mirrors so that no
+//! token is ever signed by a key the ring cannot verify, nor by one the store does not hold.
+//!
+//! [`AppSettings::key_prepublication`]: crate::config::AppSettings::key_prepublication
+//! [`AppSettings::jwks_max_age`]: crate::config::AppSettings::jwks_max_age
+//! [`AppSettings::unpublish_after`]: crate::config::AppSettings::unpublish_after
+//! [`AppSettings::retire_after`]: crate::config::AppSettings::retire_after
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use latchkey_core::Algorithm;
+
+use super::{App, FIRST_RUN_ALGORITHMS, SYSTEM};
+use crate::error::{ApiError, Error};
+use crate::store::{
+    KeyState, NewSigningKey, RevocationKind, RevocationRecord, Secret, SigningKeyRecord,
+    StoredSigningKey, WriteOp,
+};
+
+impl App {
+    /// Rotates the key of `alg` the way consumers can follow: a new key is published now and
+    /// activated by the maintenance thread after the pre-publication
+    /// ([`crate::config::AppSettings::key_prepublication`]). If one is already published for
+    /// `alg`, that one is returned. Blocking (RSA key generation, store writes): call it off
+    /// the event loop.
+    pub fn rotate_key(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        self.publish_key(alg, by, self.now())
+    }
+
+    fn publish_key(&self, alg: Algorithm, by: &str, now: u64) -> Result<SigningKeyRecord, Error> {
+        if self.settings.key_prepublication == 0 {
+            return self.rotate_key_now(alg, by);
+        }
+        if let Some(pending) = self.published_key(alg) {
+            return self
+                .store
+                .read()?
+                .signing_keys()?
+                .into_iter()
+                .find(|r| r.kid == pending.kid)
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!("signing key {:?}", pending.kid)).into()
+                });
+        }
+        if alg.is_hmac() {
+            return Err(
+                ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
+            );
+        }
+        let key = latchkey_core::SigningKey::generate(alg)?;
+        // In the ring (and so the JWKS) before its publication time is read and recorded, so
+        // the pre-publication counts from when consumers could first see it.
+        self.keys.add_verifying_key(key.verifying_key())?;
+        let now = now.max(self.now());
+        let written = self.write(WriteOp::AddSigningKey(new_key_op(
+            &key,
+            KeyState::Published,
+            KeyOrigin::Generated,
+            by,
+            now,
+        )?));
+        match written.and_then(|o| Ok(o.into_record::<SigningKeyRecord>()?)) {
+            Ok(rec) => Ok(rec),
+            Err(e) => {
+                let _ = self.keys.retire(key.kid());
+                Err(e)
+            }
+        }
+    }
+
+    /// Emergency rotation: the new key signs at once (a key already published for `alg` is the
+    /// one activated, since consumers may have it). Consumers that cached the key set without
+    /// it miss its `kid` until their cache expires.
+    pub fn rotate_key_now(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        if let Some(pending) = self.published_key(alg) {
+            return self.activate_key(&pending, by, self.now());
+        }
+        let key = latchkey_core::SigningKey::generate(alg)?;
+        self.install_key(key, KeyOrigin::Generated, by)
+    }
+
+    /// The published (not yet active) key of `alg`, if any.
+    pub(super) fn published_key(&self, alg: Algorithm) -> Option<Arc<StoredSigningKey>> {
+        self.store
+            .hot()
+            .signing_keys()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Published && k.alg == alg.as_str())
+            .max_by_key(|k| (k.created_at, k.kid.clone()))
+    }
+
+    /// Makes a published key the active key of its algorithm; the previous active key retires.
+    fn activate_key(
+        &self,
+        k: &StoredSigningKey,
+        by: &str,
+        now: u64,
+    ) -> Result<SigningKeyRecord, Error> {
+        let alg = Algorithm::from_name(&k.alg)?;
+        let key = latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
+            .with_kid(k.kid.clone());
+        let previous = self.active_kids(alg);
+        let rec = self
+            .write(WriteOp::SetSigningKeyState {
+                kid: k.kid.clone(),
+                state: KeyState::Active,
+                by: by.to_owned(),
+                now,
+            })?
+            .into_record::<SigningKeyRecord>()?;
+        self.take_over(key, previous, by, now)?;
+        Ok(rec)
+    }
+
+    /// `key` (already recorded active) joins the ring and signs; the keys it replaces start
+    /// retiring, after it verifies, so no token is ever signed by a key the ring lacks.
+    fn take_over(
+        &self,
+        key: latchkey_core::SigningKey,
+        previous: Vec<String>,
+        by: &str,
+        now: u64,
+    ) -> Result<(), Error> {
+        self.keys.rotate(key)?;
+        for kid in previous {
+            self.write(WriteOp::SetSigningKeyState {
+                kid,
+                state: KeyState::Retiring,
+                by: by.to_owned(),
+                now,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn active_kids(&self, alg: Algorithm) -> Vec<String> {
+        self.store
+            .hot()
+            .signing_keys()
+            .into_iter()
+            .filter(|k| k.state == KeyState::Active && k.alg == alg.as_str())
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
+    /// Activates published keys whose pre-publication has passed. Returns their kids.
+    pub fn activate_due_keys(&self, now: u64) -> Result<Vec<String>, Error> {
+        let mut activated = Vec::new();
+        let keys = self.store.hot().signing_keys();
+        // A key published by a scheduled rotation before an import must not take over from
+        // the imported (pinned) key; it waits for an explicit `keys rotate`.
+        let pinned_active = |alg: &str| {
+            keys.iter()
+                .any(|a| a.alg == alg && a.state == KeyState::Active && a.pinned)
+        };
+        for k in &keys {
+            if k.state == KeyState::Published
+                && now >= self.settings.activates_at(k.state_changed_at)
+                && !pinned_active(&k.alg)
+            {
+                self.activate_key(k, SYSTEM, now)?;
+                activated.push(k.kid.clone());
+            }
+        }
+        Ok(activated)
+    }
+
+    /// When the next published key is due to sign (Unix seconds), if any.
+    pub fn next_activation(&self, alg: Option<Algorithm>) -> Option<u64> {
+        self.store
+            .hot()
+            .signing_keys()
+            .iter()
+            .filter(|k| k.state == KeyState::Published && alg.is_none_or(|a| k.alg == a.as_str()))
+            .map(|k| self.settings.activates_at(k.state_changed_at))
+            .min()
+    }
+
+    /// Whether `kid` belongs in the published key sets at `now`: every key in the ring except
+    /// retiring keys whose externally verified tokens have all expired.
+    pub fn is_published(&self, kid: &str, now: u64) -> bool {
+        self.store.hot().signing_key(kid).is_none_or(|k| {
+            k.state != KeyState::Retiring
+                || now
+                    < k.state_changed_at
+                        .saturating_add(self.settings.unpublish_after())
+        })
+    }
+
+    /// `max-age` for a published key set: [`crate::config::AppSettings::jwks_max_age`], and
+    /// for the single
+    /// active key of `alg` (`token_key`) no later than that algorithm's next activation.
+    pub fn key_cache_max_age(&self, single: Option<Algorithm>, now: u64) -> u64 {
+        let max_age = self.settings.jwks_max_age();
+        match single.and_then(|alg| self.next_activation(Some(alg))) {
+            // A second early: `now` is truncated and the cache counts from the answer's arrival.
+            Some(at) => max_age.min(at.saturating_sub(now).saturating_sub(1)),
+            None => max_age,
+        }
+    }
+
+    /// Makes `key` (generated or imported) the active key of its algorithm; the previous one
+    /// keeps verifying until it retires.
+    pub fn install_key(
+        &self,
+        key: latchkey_core::SigningKey,
+        origin: KeyOrigin,
+        by: &str,
+    ) -> Result<SigningKeyRecord, Error> {
+        let now = self.now();
+        let alg = key.algorithm();
+        if alg.is_hmac() {
+            return Err(
+                ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
+            );
+        }
+        let previous = self.active_kids(alg);
+        let rec = self
+            .write(WriteOp::AddSigningKey(new_key_op(
+                &key,
+                KeyState::Active,
+                origin,
+                by,
+                now,
+            )?))?
+            .into_record::<SigningKeyRecord>()?;
+        // The new key verifies (and signs) before the old one stops signing.
+        self.take_over(key, previous, by, now)?;
+        Ok(rec)
+    }
+
+    /// Retires keys whose overlap has passed and, when scheduled rotation is on, rotates
+    /// active keys older than the interval. Returns the kids retired.
+    pub fn retire_expired_keys(&self, now: u64) -> Result<Vec<String>, Error> {
+        let mut retired = Vec::new();
+        for k in self.store.hot().signing_keys() {
+            if k.state == KeyState::Retiring
+                && now
+                    >= k.state_changed_at
+                        .saturating_add(self.settings.retire_after())
+            {
+                self.write(WriteOp::SetSigningKeyState {
+                    kid: k.kid.clone(),
+                    state: KeyState::Retired,
+                    by: SYSTEM.into(),
+                    now,
+                })?;
+                self.keys.retire(&k.kid)?;
+                retired.push(k.kid.clone());
+            }
+        }
+        Ok(retired)
+    }
+
+    /// Publishes the successor of every active key that is due for rotation within the
+    /// pre-publication time, so it activates when the interval is over. Returns the kids
+    /// published.
+    pub fn scheduled_rotation(&self, now: u64) -> Result<Vec<String>, Error> {
+        let Some(interval) = self.settings.key_rotation_interval else {
+            return Ok(Vec::new());
+        };
+        let lead = interval.min(self.settings.key_prepublication);
+        let mut rotated = Vec::new();
+        for k in self.store.hot().signing_keys() {
+            // An imported key stays until an operator rotates or revokes it: verifiers may
+            // be configured with its certificate rather than the key set.
+            if k.state == KeyState::Active
+                && !k.pinned
+                && now >= k.state_changed_at.saturating_add(interval - lead)
+            {
+                let alg = Algorithm::from_name(&k.alg)?;
+                if self.published_key(alg).is_some() {
+                    continue;
+                }
+                let rec = self.publish_key(alg, SYSTEM, now)?;
+                rotated.push(rec.kid);
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Revokes a signing key: it stops signing at once (a fresh key of its algorithm takes
+    /// over if it was active) and every token it signed is refused.
+    pub fn revoke_key(&self, kid: &str, by: &str, reason: &str) -> Result<RevocationRecord, Error> {
+        let key = self
+            .store
+            .hot()
+            .signing_key(kid)
+            .ok_or_else(|| ApiError::NotFound(format!("signing key {kid:?} not found")))?;
+        if key.state == KeyState::Active {
+            self.rotate_key_now(Algorithm::from_name(&key.alg)?, by)?;
+        }
+        let now = self.now();
+        let rec = self
+            .write(WriteOp::Revoke {
+                kind: RevocationKind::Key,
+                id: kid.to_owned(),
+                by: by.to_owned(),
+                reason: reason.to_owned(),
+                now,
+                forget_after: now.saturating_add(self.settings.retire_after()),
+            })?
+            .into_record::<RevocationRecord>()?;
+        if key.state != KeyState::Retired {
+            self.write(WriteOp::SetSigningKeyState {
+                kid: kid.to_owned(),
+                state: KeyState::Retired,
+                by: by.to_owned(),
+                now,
+            })?;
+        }
+        self.keys.retire(kid)?;
+        Ok(rec)
+    }
+
+    /// Generates the first-run keys for every algorithm that has no active key.
+    pub(super) fn ensure_keys(&self, now: u64) -> Result<Vec<String>, Error> {
+        let keys = self.store.hot().signing_keys();
+        let mut generated = Vec::new();
+        for alg in FIRST_RUN_ALGORITHMS {
+            if keys
+                .iter()
+                .any(|k| k.state == KeyState::Active && k.alg == alg.as_str())
+            {
+                continue;
+            }
+            let key = latchkey_core::SigningKey::generate(alg)?;
+            self.write(WriteOp::AddSigningKey(new_key_op(
+                &key,
+                KeyState::Active,
+                KeyOrigin::Generated,
+                SYSTEM,
+                now,
+            )?))?;
+            generated.push(key.kid().to_owned());
+        }
+        Ok(generated)
+    }
+
+    /// Loads every non-retired key into the ring: the newest active key per algorithm signs,
+    /// everything else only verifies.
+    pub(super) fn load_keys(&self) -> Result<(), Error> {
+        let mut keys = self.store.hot().signing_keys();
+        keys.sort_by_key(|k| (k.created_at, k.kid.clone()));
+        let mut active: HashMap<Algorithm, latchkey_core::SigningKey> = HashMap::new();
+        for k in keys.iter().filter(|k| k.state != KeyState::Retired) {
+            let alg = Algorithm::from_name(&k.alg)?;
+            let key = latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
+                .with_kid(k.kid.clone());
+            if k.state == KeyState::Active {
+                if let Some(older) = active.insert(alg, key) {
+                    self.keys.add_verifying_key(older.verifying_key())?;
+                }
+            } else {
+                self.keys.add_verifying_key(key.verifying_key())?;
+            }
+        }
+        for (_, key) in active {
+            self.keys.rotate(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where an installed signing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Generated by the authority: scheduled rotation replaces it.
+    Generated,
+    /// Imported by an operator, with its certificate chain (DER, leaf first; may be empty):
+    /// pinned, so only an explicit rotation or revocation replaces it.
+    Imported { certificate_chain: Vec<Vec<u8>> },
+}
+
+fn new_key_op(
+    key: &latchkey_core::SigningKey,
+    state: KeyState,
+    origin: KeyOrigin,
+    by: &str,
+    now: u64,
+) -> Result<NewSigningKey, Error> {
+    let (certificate_chain, pinned) = match origin {
+        KeyOrigin::Generated => (Vec::new(), false),
+        KeyOrigin::Imported { certificate_chain } => (certificate_chain, true),
+    };
+    Ok(NewSigningKey {
+        certificate_chain,
+        pinned,
+        kid: key.kid().to_owned(),
+        alg: key.algorithm().as_str().to_owned(),
+        state,
+        private_key: Secret::new(key.to_pkcs8_der()?.to_vec()),
+        public_key: key.verifying_key().to_spki_der()?,
+        by: by.to_owned(),
+        now,
+    })
+}
