@@ -2,10 +2,13 @@
 //! See `authority/src/store/DESIGN.md` for the on-disk format.
 //!
 //! - [`Store::open_or_create`] opens `<dir>/latchkey.redb` with `<dir>/master.key`.
-//! - Writes go through one writer thread ([`Store::submit`], [`Store::write`]) that group-commits
-//!   whatever is queued, durably (two-phase commit), and answers each request on its own.
-//! - Reads use MVCC snapshots ([`Store::read`]) that never wait for the writer, or the hot
-//!   in-memory indexes ([`Store::hot`]) that the token path uses without locks.
+//! - Every write goes through [`Store::submit`] ([`Store::write`] waits for it) to the store's
+//!   committer, which applies it with `ops::apply`: redb's is one writer thread that
+//!   group-commits whatever is queued, durably (two-phase commit), and answers each request on
+//!   its own.
+//! - Reads use [`Snapshot`]s ([`Store::read`], a [`ReadView`] that never waits for the writer),
+//!   or the hot in-memory indexes ([`Store::hot`]) that the token path reads directly, without
+//!   locks. `DESIGN.md` ("The engine seam") says what another storage engine provides.
 
 mod codec;
 mod commit;
