@@ -125,45 +125,6 @@ pub(super) fn create(
     }
 }
 
-fn issue_iat(
-    t: &Tables<'_>,
-    p: &mut Plan,
-    mut agent: AgentRecord,
-    iat: NewIat,
-    now: u64,
-) -> Result<(AgentRecord, BoardingRecord), StoreError> {
-    check_id("jti", &iat.jti)?;
-    if agent.state == BoardingState::Onboarded {
-        return Err(StoreError::InvalidState(format!(
-            "agent {:?} is onboarded; offboard it before boarding again",
-            agent.id
-        )));
-    }
-    if t.boarding.get(iat.jti.as_str()).db("read")?.is_some() {
-        return Err(StoreError::Conflict(
-            "initial access token id reused".into(),
-        ));
-    }
-    if let Some(old) = agent.current_iat.take() {
-        p.del(StrTable::Boarding, &old);
-    }
-    let rec = BoardingRecord {
-        jti: iat.jti.clone(),
-        agent_id: agent.id.clone(),
-        tenant: agent.tenant.clone(),
-        issued_at: now,
-        expires_at: iat.expires_at,
-        used_at: None,
-    };
-    p.put(StrTable::Boarding, &iat.jti, &rec)?;
-    agent.current_iat = Some(iat.jti);
-    agent.state = BoardingState::Onboarding;
-    agent.etag += 1;
-    agent.updated_at = now;
-    p.put(StrTable::Agents, &agent.id, &agent)?;
-    Ok((agent, rec))
-}
-
 pub(super) fn update(
     t: &Tables<'_>,
     p: &mut Plan,
@@ -262,6 +223,45 @@ pub(super) fn issue_boarding_token(
     let agent = agent_of(t, tenant, agent_id)?;
     let (agent, rec) = issue_iat(t, p, agent, iat, now)?;
     Ok(WriteOutcome::Boarding(agent, rec))
+}
+
+fn issue_iat(
+    t: &Tables<'_>,
+    p: &mut Plan,
+    mut agent: AgentRecord,
+    iat: NewIat,
+    now: u64,
+) -> Result<(AgentRecord, BoardingRecord), StoreError> {
+    check_id("jti", &iat.jti)?;
+    if agent.state == BoardingState::Onboarded {
+        return Err(StoreError::InvalidState(format!(
+            "agent {:?} is onboarded; offboard it before boarding again",
+            agent.id
+        )));
+    }
+    if t.boarding.get(iat.jti.as_str()).db("read")?.is_some() {
+        return Err(StoreError::Conflict(
+            "initial access token id reused".into(),
+        ));
+    }
+    if let Some(old) = agent.current_iat.take() {
+        p.del(StrTable::Boarding, &old);
+    }
+    let rec = BoardingRecord {
+        jti: iat.jti.clone(),
+        agent_id: agent.id.clone(),
+        tenant: agent.tenant.clone(),
+        issued_at: now,
+        expires_at: iat.expires_at,
+        used_at: None,
+    };
+    p.put(StrTable::Boarding, &iat.jti, &rec)?;
+    agent.current_iat = Some(iat.jti);
+    agent.state = BoardingState::Onboarding;
+    agent.etag += 1;
+    agent.updated_at = now;
+    p.put(StrTable::Agents, &agent.id, &agent)?;
+    Ok((agent, rec))
 }
 
 pub(super) fn put_datasource_config(
