@@ -2,12 +2,16 @@
 //! See `authority/src/store/DESIGN.md` for the on-disk format.
 //!
 //! - [`Store::open_or_create`] opens `<dir>/latchkey.redb` with `<dir>/master.key`.
-//! - Writes go through one writer thread ([`Store::submit`], [`Store::write`]) that group-commits
-//!   whatever is queued, durably (two-phase commit), and answers each request on its own.
-//! - Reads use MVCC snapshots ([`Store::read`]) that never wait for the writer, or the hot
-//!   in-memory indexes ([`Store::hot`]) that the token path uses without locks.
+//! - Every write goes through [`Store::submit`] ([`Store::write`] waits for it) to the store's
+//!   committer, which applies it with `ops::apply`: redb's is one writer thread that
+//!   group-commits whatever is queued, durably (two-phase commit), and answers each request on
+//!   its own.
+//! - Reads use [`Snapshot`]s ([`Store::read`], a [`ReadView`] that never waits for the writer),
+//!   or the hot in-memory indexes ([`Store::hot`]) that the token path reads directly, without
+//!   locks. `DESIGN.md` ("The engine seam") says what another storage engine provides.
 
 mod codec;
+mod commit;
 mod error;
 mod hot;
 mod maintenance;
@@ -17,13 +21,12 @@ mod records;
 mod schema;
 mod seal;
 mod snapshot;
+mod view;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use crossbeam::channel::Sender;
 use redb::{ConcurrencyMode, Database, ReadableDatabase, StorageBackend};
 
 pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
@@ -39,9 +42,12 @@ pub use schema::SCHEMA_VERSION;
 pub use seal::{
     BLAKE3_PREFIX, KeyFileOptions, MasterKey, PBKDF2_ITERATIONS, SealContext, Secret, SecretHash,
 };
-pub use snapshot::{AgentPage, MAX_PAGE, Snapshot};
+pub use snapshot::{AgentPage, MAX_PAGE};
+pub use view::{ReadView, Snapshot};
 
+use commit::Committer;
 use error::DbResult;
+use writer::Writer;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "latchkey.redb";
@@ -100,13 +106,6 @@ impl DataDir {
     }
 }
 
-type Reply = Box<dyn FnOnce(Result<WriteOutcome, StoreError>) + Send + 'static>;
-
-pub(crate) struct Request {
-    op: WriteOp,
-    reply: Reply,
-}
-
 /// A handle to the open store. Cheap to clone; the writer stops when the last clone drops.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -114,13 +113,15 @@ pub struct Store {
 }
 
 struct Inner {
+    /// Every write goes through it (`Store::submit`); reads never do: the hot index and
+    /// snapshots are read directly. First, so that dropping the store closes the queue and
+    /// waits for the writer before anything else goes.
+    committer: Box<dyn Committer>,
     db: Arc<Database>,
     hot: Arc<HotIndex>,
     observer: Arc<ObserverSlot>,
     paths: DataDir,
     key: Arc<MasterKey>,
-    tx: Option<Sender<Request>>,
-    writer: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -128,19 +129,6 @@ impl std::fmt::Debug for Inner {
         f.debug_struct("Store")
             .field("dir", &self.paths.dir)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(w) = self.writer.take() {
-            // A reply closure may hold the last handle and drop it on the writer thread itself;
-            // joining there would wait forever. The thread ends on its own once the queue closes.
-            if w.thread().id() != std::thread::current().id() {
-                let _ = w.join();
-            }
-        }
     }
 }
 
@@ -193,25 +181,23 @@ impl Store {
         let hot = Arc::new(HotIndex::default());
         snapshot::load_hot(&db, &key, &hot)?;
         let key = Arc::new(key);
-        let (tx, rx) = crossbeam::channel::bounded(options.queue_capacity.max(1));
         let observer = Arc::new(ObserverSlot::new());
-        let writer = writer::spawn(
+        let writer = Writer::spawn(
             db.clone(),
             key.clone(),
             hot.clone(),
             observer.clone(),
-            rx,
-            options.max_batch.max(1),
+            options.queue_capacity,
+            options.max_batch,
         )?;
         Ok(Store {
             inner: Arc::new(Inner {
+                committer: Box::new(writer),
                 db,
                 hot,
                 observer,
                 paths,
                 key,
-                tx: Some(tx),
-                writer: Some(writer),
             }),
         })
     }
@@ -224,17 +210,7 @@ impl Store {
         op: WriteOp,
         reply: impl FnOnce(Result<WriteOutcome, StoreError>) + Send + 'static,
     ) {
-        let req = Request {
-            op,
-            reply: Box::new(reply),
-        };
-        let Some(tx) = &self.inner.tx else {
-            (req.reply)(Err(StoreError::Closed));
-            return;
-        };
-        if let Err(crossbeam::channel::SendError(req)) = tx.send(req) {
-            (req.reply)(Err(StoreError::Closed));
-        }
+        self.inner.committer.submit(op, Box::new(reply));
     }
 
     /// Submits a write and waits for its outcome (CLI, tests).
@@ -249,7 +225,7 @@ impl Store {
     /// A consistent MVCC snapshot for reads. Never waits for the writer.
     pub fn read(&self) -> Result<Snapshot, StoreError> {
         let txn = self.inner.db.begin_read().db("begin read")?;
-        Ok(Snapshot::new(txn))
+        Ok(Snapshot::new(snapshot::RedbSnapshot::new(txn)))
     }
 
     /// The hot indexes (clients, operator clients, signing keys, revocations).

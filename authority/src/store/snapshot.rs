@@ -1,5 +1,6 @@
-//! Reads: a [`Snapshot`] is one MVCC read transaction, consistent across tables, that never
-//! waits for the writer. Also the loader of the hot indexes at open.
+//! The redb engine's reads: a [`RedbSnapshot`] is one MVCC read transaction, consistent across
+//! tables, that never waits for the writer (the [`ReadView`] behind `Snapshot`). Also the
+//! loader of the hot indexes at open.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use super::ops::{hot_key, unsealed_client};
 use super::records::*;
 use super::schema::*;
 use super::seal::{MasterKey, SealContext};
+use super::view::ReadView;
 
 /// Most agents one page may hold.
 pub const MAX_PAGE: usize = 1000;
@@ -26,14 +28,14 @@ pub struct AgentPage {
     pub next: Option<String>,
 }
 
-/// A consistent read view of the whole store.
-pub struct Snapshot {
+/// One redb read transaction.
+pub(crate) struct RedbSnapshot {
     txn: ReadTransaction,
 }
 
-impl std::fmt::Debug for Snapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Snapshot")
+impl RedbSnapshot {
+    pub(crate) fn new(txn: ReadTransaction) -> Self {
+        RedbSnapshot { txn }
     }
 }
 
@@ -62,29 +64,21 @@ fn all<R: Record>(
     Ok(out)
 }
 
-impl Snapshot {
-    pub(crate) fn new(txn: ReadTransaction) -> Self {
-        Snapshot { txn }
-    }
-
-    pub fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
+impl ReadView for RedbSnapshot {
+    fn tenant(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
         lookup(&self.txn, TENANTS, id)
     }
 
-    pub fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+    fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         all(&self.txn, TENANTS)
     }
 
     /// The agent `id` if it belongs to `tenant` (another tenant's agent is invisible).
-    pub fn agent(&self, tenant: &str, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+    fn agent(&self, tenant: &str, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         Ok(lookup::<AgentRecord>(&self.txn, AGENTS, id)?.filter(|a| a.tenant == tenant))
     }
 
-    pub fn agent_by_name(
-        &self,
-        tenant: &str,
-        name: &str,
-    ) -> Result<Option<AgentRecord>, StoreError> {
+    fn agent_by_name(&self, tenant: &str, name: &str) -> Result<Option<AgentRecord>, StoreError> {
         let names = self.txn.open_table(AGENT_NAMES).db("open table")?;
         let id = match names.get((tenant, name)).db("read")? {
             Some(v) => v.value().to_string(),
@@ -94,7 +88,7 @@ impl Snapshot {
     }
 
     /// A page of `tenant`'s agents with ids after `after`, at most `limit` (≤ [`MAX_PAGE`]).
-    pub fn agents(
+    fn agents(
         &self,
         tenant: &str,
         after: Option<&str>,
@@ -132,7 +126,7 @@ impl Snapshot {
     }
 
     /// Number of agents of `tenant` (walks the index).
-    pub fn agent_count(&self, tenant: &str) -> Result<u64, StoreError> {
+    fn agent_count(&self, tenant: &str) -> Result<u64, StoreError> {
         let idx = self.txn.open_table(TENANT_AGENTS).db("open table")?;
         let mut n = 0;
         for entry in idx.range((tenant, "")..).db("read")? {
@@ -145,18 +139,17 @@ impl Snapshot {
         Ok(n)
     }
 
-    pub fn boarding(&self, jti: &str) -> Result<Option<BoardingRecord>, StoreError> {
+    fn boarding(&self, jti: &str) -> Result<Option<BoardingRecord>, StoreError> {
         lookup(&self.txn, BOARDING, jti)
     }
 
-    /// The stored registration (secret still sealed; the hot index has it in clear).
     /// The grace-window row of `client_id`'s last rotation, if one is kept.
-    pub fn rotation(&self, client_id: &str) -> Result<Option<RotationRecord>, StoreError> {
+    fn rotation(&self, client_id: &str) -> Result<Option<RotationRecord>, StoreError> {
         lookup(&self.txn, ROTATIONS, client_id)
     }
 
     /// The data source configuration of agent `id` if it belongs to `tenant`.
-    pub fn datasource_config(
+    fn datasource_config(
         &self,
         tenant: &str,
         id: &str,
@@ -167,36 +160,36 @@ impl Snapshot {
         )
     }
 
-    pub fn registration(&self, client_id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
+    fn registration(&self, client_id: &str) -> Result<Option<RegistrationRecord>, StoreError> {
         lookup(&self.txn, REGISTRATIONS, client_id)
     }
 
-    pub fn operator_client(&self, id: &str) -> Result<Option<OperatorClientRecord>, StoreError> {
+    fn operator_client(&self, id: &str) -> Result<Option<OperatorClientRecord>, StoreError> {
         lookup(&self.txn, OPERATOR_CLIENTS, id)
     }
 
-    pub fn operator_clients(&self) -> Result<Vec<OperatorClientRecord>, StoreError> {
+    fn operator_clients(&self) -> Result<Vec<OperatorClientRecord>, StoreError> {
         all(&self.txn, OPERATOR_CLIENTS)
     }
 
-    pub fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, StoreError> {
+    fn profile(&self, name: &str) -> Result<Option<ProfileRecord>, StoreError> {
         lookup(&self.txn, PROFILES, name)
     }
 
-    pub fn profiles(&self) -> Result<Vec<ProfileRecord>, StoreError> {
+    fn profiles(&self) -> Result<Vec<ProfileRecord>, StoreError> {
         all(&self.txn, PROFILES)
     }
 
     /// Signing keys as stored (private halves sealed).
-    pub fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+    fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         all(&self.txn, SIGNING_KEYS)
     }
 
-    pub fn certificate(&self, alias: &str) -> Result<Option<CertificateRecord>, StoreError> {
+    fn certificate(&self, alias: &str) -> Result<Option<CertificateRecord>, StoreError> {
         lookup(&self.txn, CERTIFICATES, alias)
     }
 
-    pub fn certificate_by_fingerprint(
+    fn certificate_by_fingerprint(
         &self,
         fp: &str,
     ) -> Result<Option<CertificateRecord>, StoreError> {
@@ -208,11 +201,11 @@ impl Snapshot {
         self.certificate(&alias)
     }
 
-    pub fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+    fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
         all(&self.txn, CERTIFICATES)
     }
 
-    pub fn revocation(
+    fn revocation(
         &self,
         kind: RevocationKind,
         id: &str,
@@ -224,7 +217,7 @@ impl Snapshot {
         }
     }
 
-    pub fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
+    fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
         let t = self.txn.open_table(REVOCATIONS).db("open table")?;
         let mut out = Vec::new();
         for entry in t.iter().db("read")? {
@@ -235,7 +228,7 @@ impl Snapshot {
     }
 
     /// Audit entries with `seq > after`, oldest first, at most `limit` (≤ [`MAX_PAGE`]).
-    pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let t: ReadOnlyTable<u64, &[u8]> = self.txn.open_table(AUDIT).db("open table")?;
         let mut out = Vec::new();
         for entry in t.range(after.saturating_add(1)..).db("read")? {

@@ -16,27 +16,74 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam::channel::Receiver;
+use crossbeam::channel::{Receiver, Sender};
 use redb::Database;
 
+use super::commit::{Committer, Reply};
 use super::error::{DbResult, StoreError};
 use super::hot::{HotChange, HotIndex};
 use super::ops::{self, Tables};
 use super::seal::MasterKey;
-use super::{ObserverSlot, Request, WriteOutcome};
+use super::{ObserverSlot, WriteOp, WriteOutcome};
 
-pub(crate) fn spawn(
-    db: Arc<Database>,
-    key: Arc<MasterKey>,
-    hot: Arc<HotIndex>,
-    observer: Arc<ObserverSlot>,
-    rx: Receiver<Request>,
-    max_batch: usize,
-) -> Result<JoinHandle<()>, StoreError> {
-    std::thread::Builder::new()
-        .name("latchkey-store-writer".into())
-        .spawn(move || run(&db, &key, &hot, &observer, &rx, max_batch))
-        .map_err(StoreError::io("spawn store writer"))
+/// One queued op and where its answer goes.
+struct Request {
+    op: WriteOp,
+    reply: Reply,
+}
+
+/// The redb engine's [`Committer`]: a bounded queue in front of the writer thread. Dropping it
+/// closes the queue; the thread answers what is queued, then ends.
+pub(crate) struct Writer {
+    tx: Option<Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn spawn(
+        db: Arc<Database>,
+        key: Arc<MasterKey>,
+        hot: Arc<HotIndex>,
+        observer: Arc<ObserverSlot>,
+        queue_capacity: usize,
+        max_batch: usize,
+    ) -> Result<Writer, StoreError> {
+        let (tx, rx) = crossbeam::channel::bounded(queue_capacity.max(1));
+        let thread = std::thread::Builder::new()
+            .name("latchkey-store-writer".into())
+            .spawn(move || run(&db, &key, &hot, &observer, &rx, max_batch.max(1)))
+            .map_err(StoreError::io("spawn store writer"))?;
+        Ok(Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Committer for Writer {
+    fn submit(&self, op: WriteOp, reply: Reply) {
+        let req = Request { op, reply };
+        let Some(tx) = &self.tx else {
+            (req.reply)(Err(StoreError::Closed));
+            return;
+        };
+        if let Err(crossbeam::channel::SendError(req)) = tx.send(req) {
+            (req.reply)(Err(StoreError::Closed));
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.thread.take() {
+            // A reply closure may hold the last handle and drop it on the writer thread itself;
+            // joining there would wait forever. The thread ends on its own once the queue closes.
+            if w.thread().id() != std::thread::current().id() {
+                let _ = w.join();
+            }
+        }
+    }
 }
 
 fn run(
@@ -113,7 +160,7 @@ struct Committed {
 fn commit_group(
     db: &Database,
     key: &MasterKey,
-    ops: Vec<super::WriteOp>,
+    ops: Vec<WriteOp>,
 ) -> Result<Vec<Committed>, StoreError> {
     let mut txn = db.begin_write().db("begin write")?;
     // Attacker-influenced data: redb's design notes recommend two-phase commit (it is implied

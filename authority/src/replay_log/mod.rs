@@ -40,13 +40,21 @@
 //! before it in the header or record, and integers are little-endian. Kinds: `1` entry
 //! (fingerprint 16, remember-until u64), `2` open (boot id 16, time u64, floor u64), `3`
 //! checkpoint (time u64), `4` close (time u64).
+//!
+//! Files by job: this one opens the log and appends on the request path; `format.rs` holds
+//! the byte format, `recover.rs` reads what earlier processes left and decides the floor,
+//! `sync.rs` is the sync thread's fsync, rotation and deletion, and the graceful close.
+
+mod format;
+mod recover;
+mod sync;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -57,6 +65,10 @@ use crate::error::Error;
 use crate::http::Metrics;
 use crate::store::{SealContext, Store};
 
+pub use format::ENTRY_BYTES;
+use format::{OPEN, entry_record, header, open_payload, record};
+use recover::Scan;
+
 /// Directory of the log inside the data directory.
 pub const DIR: &str = "replay-log";
 /// Where the hash key is sealed (the AEAD's associated data).
@@ -64,16 +76,6 @@ const SEAL: SealContext<'static> = SealContext {
     table: "replay-log",
     key: "fingerprint-key",
 };
-const MAGIC: &[u8; 4] = b"LKRL";
-const VERSION: u8 = 1;
-const ENTRY: u8 = 1;
-const OPEN: u8 = 2;
-const CHECKPOINT: u8 = 3;
-const CLOSE: u8 = 4;
-/// Bytes of one entry record: length, kind, 24 payload bytes, check.
-pub const ENTRY_BYTES: u64 = 30;
-/// Longest sealed key a header may claim (a 32-byte key seals to 61 bytes).
-const MAX_SEALED: usize = 256;
 
 /// `[tokens]` settings of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,139 +359,6 @@ impl ReplayLog {
     pub fn floor(&self) -> u64 {
         self.floor
     }
-
-    /// Starts the thread that fsyncs, rotates and deletes. It holds a weak reference and ends
-    /// at [`ReplayLog::close`] or when the log is dropped.
-    pub fn start_sync(self: &Arc<Self>, clock: fn() -> u64) -> io::Result<()> {
-        let weak: Weak<ReplayLog> = Arc::downgrade(self);
-        let interval = self.config.sync_interval;
-        let handle = std::thread::Builder::new()
-            .name("latchkey-replay-log".into())
-            .spawn(move || {
-                loop {
-                    std::thread::park_timeout(interval);
-                    let Some(log) = weak.upgrade() else { return };
-                    if log.closed.load(Ordering::Acquire) {
-                        return;
-                    }
-                    if let Err(e) = log.sync(clock()) {
-                        tracing::error!(error = %e, "replay log sync failed");
-                    }
-                }
-            })?;
-        if let Ok(mut slot) = self.sync_thread.lock() {
-            *slot = Some(handle);
-        }
-        Ok(())
-    }
-
-    /// One round of the sync thread: checkpoint and fsync, then rotate and delete.
-    pub fn sync(&self, now: u64) -> Result<(), Error> {
-        let current = self.current.load_full();
-        let older = self.older.lock().map_err(|_| poisoned())?.clone();
-        let mut dirty = current.dirty.swap(false, Ordering::AcqRel);
-        for s in &older {
-            if s.dirty.swap(false, Ordering::AcqRel) {
-                dirty = true;
-                s.file.sync_data()?;
-            }
-        }
-        // Idle: nothing to make durable. A checkpoint is still due well before the lag runs
-        // out, since appends are refused once the last one on disk is older than that.
-        let half_lag = self.config.max_sync_lag() / 2;
-        if dirty
-            || now
-                >= self
-                    .durable_at
-                    .load(Ordering::Acquire)
-                    .saturating_add(half_lag)
-        {
-            let checkpoint = record(CHECKPOINT, &now.to_le_bytes());
-            (&current.file).write_all(&checkpoint)?;
-            current
-                .bytes
-                .fetch_add(checkpoint.len() as u64, Ordering::Relaxed);
-            self.total_bytes
-                .fetch_add(checkpoint.len() as u64, Ordering::Relaxed);
-            current.file.sync_data()?;
-            self.durable_at.fetch_max(now, Ordering::AcqRel);
-        }
-
-        let size_limit = self.config.max_bytes / 4;
-        if self.failed.load(Ordering::Acquire)
-            || now >= current.opened_at.saturating_add(self.window)
-            || current.bytes.load(Ordering::Relaxed) >= size_limit
-        {
-            let next = new_segment(
-                &self.dir,
-                current.seq + 1,
-                &self.sealed_key,
-                self.boot_id,
-                now,
-                self.floor,
-            )?;
-            sync_dir(&self.dir)?;
-            self.total_bytes
-                .fetch_add(next.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
-            self.current.store(Arc::new(next));
-            self.older.lock().map_err(|_| poisoned())?.push(current);
-            self.failed.store(false, Ordering::Release);
-            self.durable_at.fetch_max(now, Ordering::AcqRel);
-        } else {
-            drop(current);
-        }
-
-        let mut older = self.older.lock().map_err(|_| poisoned())?;
-        let mut removed = false;
-        older.retain(|s| {
-            // Only the list holds it (no writer can reach it any more) and all of it expired.
-            let dead = Arc::strong_count(s) == 1
-                && s.max_expiry.load(Ordering::SeqCst) < now
-                && !s.dirty.load(Ordering::Acquire);
-            if dead && fs::remove_file(&s.path).is_ok() {
-                self.total_bytes
-                    .fetch_sub(s.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
-                removed = true;
-                return false;
-            }
-            true
-        });
-        drop(older);
-        if removed {
-            sync_dir(&self.dir)?;
-        }
-        self.metrics
-            .set_replay_log_bytes(self.total_bytes.load(Ordering::Relaxed));
-        Ok(())
-    }
-
-    /// Graceful stop: refuses further appends, writes `Close` and fsyncs every segment, so the
-    /// next start knows nothing was lost even after a machine crash. Call after the event
-    /// loops have stopped; idempotent.
-    pub fn close(&self, now: u64) -> Result<(), Error> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        if let Some(handle) = self.sync_thread.lock().ok().and_then(|mut h| h.take()) {
-            handle.thread().unpark();
-            // The thread may hold the last strong reference and be dropping the log itself.
-            if handle.thread().id() != std::thread::current().id() {
-                let _ = handle.join();
-            }
-        }
-        for s in self.older.lock().map_err(|_| poisoned())?.iter() {
-            s.file.sync_data()?;
-        }
-        let current = self.current.load_full();
-        if self.failed.load(Ordering::Acquire) {
-            // A partial record may precede it: no Close, recovery applies the floor.
-            current.file.sync_data()?;
-            return Ok(());
-        }
-        (&current.file).write_all(&record(CLOSE, &now.to_le_bytes()))?;
-        current.file.sync_data()?;
-        Ok(())
-    }
 }
 
 impl Drop for ReplayLog {
@@ -524,56 +393,6 @@ fn parse_boot_id(text: &str) -> Option<[u8; 16]> {
         out[i] = u8::from_str_radix(s, 16).ok()?;
     }
     (out != [0; 16]).then_some(out)
-}
-
-fn check(bytes: &[u8]) -> [u8; 4] {
-    let h = blake3::hash(bytes);
-    let mut c = [0u8; 4];
-    c.copy_from_slice(&h.as_bytes()[..4]);
-    c
-}
-
-fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(payload.len() + 6);
-    // Payloads are at most 32 bytes (the kinds above).
-    r.push(payload.len() as u8);
-    r.push(kind);
-    r.extend_from_slice(payload);
-    let c = check(&r);
-    r.extend_from_slice(&c);
-    r
-}
-
-/// An entry record, framed as [`record`] frames it, without allocating (the token path).
-fn entry_record(fingerprint: Fingerprint, remember_until: u64) -> [u8; ENTRY_BYTES as usize] {
-    let mut r = [0u8; ENTRY_BYTES as usize];
-    r[0] = 24;
-    r[1] = ENTRY;
-    r[2..18].copy_from_slice(&fingerprint.0);
-    r[18..26].copy_from_slice(&remember_until.to_le_bytes());
-    let c = check(&r[..26]);
-    r[26..].copy_from_slice(&c);
-    r
-}
-
-fn header(sealed_key: &[u8]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(sealed_key.len() + 11);
-    h.extend_from_slice(MAGIC);
-    h.push(VERSION);
-    // Sealed keys are short (MAX_SEALED).
-    h.extend_from_slice(&(sealed_key.len() as u16).to_le_bytes());
-    h.extend_from_slice(sealed_key);
-    let c = check(&h);
-    h.extend_from_slice(&c);
-    h
-}
-
-fn open_payload(boot_id: [u8; 16], now: u64, floor: u64) -> [u8; 32] {
-    let mut p = [0u8; 32];
-    p[..16].copy_from_slice(&boot_id);
-    p[16..24].copy_from_slice(&now.to_le_bytes());
-    p[24..].copy_from_slice(&floor.to_le_bytes());
-    p
 }
 
 /// Creates segment `seq` with its header and `Open` record, fsynced (the caller fsyncs the
@@ -627,200 +446,6 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// What reading the segments found.
-#[derive(Default)]
-struct Scan {
-    key: Option<(Zeroizing<[u8; 32]>, Vec<u8>)>,
-    entries: Vec<(Fingerprint, u64)>,
-    segments: Vec<ScannedSegment>,
-    /// Latest checkpoint time (open, checkpoint and close records all are).
-    last_sync: Option<u64>,
-    /// Boot id of the last `Open` in the last segment.
-    last_boot: Option<[u8; 16]>,
-    /// The last segment ended with `Close`.
-    clean: bool,
-    /// Some segment had bytes that did not check out, or a header that did not open.
-    damaged: bool,
-    /// A segment's header did not open (unknown key): its entries are lost.
-    unreadable: bool,
-    floors: Vec<u64>,
-}
-
-struct ScannedSegment {
-    seq: u64,
-    path: PathBuf,
-    len: u64,
-    /// Bytes up to the first record that did not check out.
-    valid_len: u64,
-    max_expiry: u64,
-    damaged_key: bool,
-}
-
-impl Scan {
-    fn segment(&mut self, seq: u64, path: PathBuf, bytes: &[u8], store: &Store) {
-        let mut seg = ScannedSegment {
-            seq,
-            path,
-            len: bytes.len() as u64,
-            valid_len: bytes.len() as u64,
-            max_expiry: 0,
-            damaged_key: false,
-        };
-        self.clean = false;
-        self.last_boot = None;
-        let Some((sealed, mut rest)) = parse_header(bytes) else {
-            // Not even a header: a segment created just before a machine crash, or damage.
-            self.damaged = true;
-            if bytes.len() > 4 + 1 + 2 {
-                self.unreadable = true;
-            }
-            seg.damaged_key = true;
-            self.segments.push(seg);
-            return;
-        };
-        let key = match store.unseal(SEAL, sealed) {
-            Ok(k) if k.expose().len() == 32 => {
-                let mut key = Zeroizing::new([0u8; 32]);
-                key.copy_from_slice(k.expose());
-                key
-            }
-            _ => {
-                self.damaged = true;
-                self.unreadable = true;
-                seg.damaged_key = true;
-                self.segments.push(seg);
-                return;
-            }
-        };
-        match &self.key {
-            Some((k, _)) if **k != *key => {
-                // Sealed by this master key but another hash key: not from this log.
-                self.damaged = true;
-                self.unreadable = true;
-                seg.damaged_key = true;
-                self.segments.push(seg);
-                return;
-            }
-            Some(_) => {}
-            None => self.key = Some((key, sealed.to_vec())),
-        }
-        while !rest.is_empty() {
-            let Some((kind, payload, tail)) = parse_record(rest) else {
-                self.damaged = true;
-                seg.valid_len = (bytes.len() - rest.len()) as u64;
-                break;
-            };
-            rest = tail;
-            self.clean = false;
-            match (kind, payload.len()) {
-                (ENTRY, 24) => {
-                    let mut fp = [0u8; 16];
-                    fp.copy_from_slice(&payload[..16]);
-                    let until = u64_at(payload, 16);
-                    seg.max_expiry = seg.max_expiry.max(until);
-                    self.entries.push((Fingerprint(fp), until));
-                }
-                (OPEN, 32) => {
-                    let mut boot = [0u8; 16];
-                    boot.copy_from_slice(&payload[..16]);
-                    self.last_boot = Some(boot);
-                    self.synced(u64_at(payload, 16));
-                    let floor = u64_at(payload, 24);
-                    if floor > 0 {
-                        self.floors.push(floor);
-                    }
-                }
-                (CHECKPOINT, 8) => self.synced(u64_at(payload, 0)),
-                (CLOSE, 8) => {
-                    self.synced(u64_at(payload, 0));
-                    self.clean = true;
-                }
-                _ => {
-                    // A well-framed record of a kind this release does not know: from a newer
-                    // release. Its meaning is unknown, so nothing after it is trusted.
-                    self.damaged = true;
-                    seg.valid_len = (bytes.len() - rest.len() - payload.len() - 6) as u64;
-                    break;
-                }
-            }
-        }
-        self.segments.push(seg);
-    }
-
-    fn synced(&mut self, at: u64) {
-        self.last_sync = Some(self.last_sync.map_or(at, |s| s.max(at)));
-    }
-
-    /// The floor a start must apply and why (see the module docs).
-    fn floor(&self, start: &StartContext, max_sync_lag: u64) -> (Option<u64>, &'static str) {
-        let old_rule = Some(crate::api::onboarding::replay_floor(
-            start.now,
-            start.leeway,
-        ));
-        if self.segments.is_empty() {
-            return if start.has_clients {
-                (old_rule, "no replay log on a store with registered agents")
-            } else {
-                (None, "new replay log")
-            };
-        }
-        if self.unreadable || self.key.is_none() {
-            return (old_rule, "a replay log segment could not be read");
-        }
-        if self.clean && !self.damaged {
-            return (None, "the previous process stopped cleanly");
-        }
-        let same_boot = start.boot_id != [0; 16] && self.last_boot == Some(start.boot_id);
-        if same_boot {
-            return if self.damaged {
-                (old_rule, "the replay log was damaged on this boot")
-            } else {
-                (None, "the previous process ended on this boot")
-            };
-        }
-        let last = self
-            .last_sync
-            .map_or(start.now, |s| s.saturating_add(max_sync_lag))
-            .min(start.now);
-        (
-            Some(crate::api::onboarding::replay_floor(last, start.leeway)),
-            "the machine restarted since the last sync",
-        )
-    }
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-/// `(sealed key, rest)` if the header checks out.
-fn parse_header(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    if bytes.len() < 7 || &bytes[..4] != MAGIC || bytes[4] != VERSION {
-        return None;
-    }
-    let len = usize::from(u16::from_le_bytes([bytes[5], bytes[6]]));
-    if len > MAX_SEALED || bytes.len() < 7 + len + 4 {
-        return None;
-    }
-    let body = &bytes[..7 + len];
-    if bytes[7 + len..7 + len + 4] != check(body) {
-        return None;
-    }
-    Some((&bytes[7..7 + len], &bytes[7 + len + 4..]))
-}
-
-/// `(kind, payload, rest)` if the next record is whole and checks out.
-fn parse_record(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let len = usize::from(*bytes.first()?);
-    let end = 2 + len;
-    if bytes.len() < end + 4 || bytes[end..end + 4] != check(&bytes[..end]) {
-        return None;
-    }
-    Some((bytes[1], &bytes[2..end], &bytes[end + 4..]))
 }
 
 #[cfg(test)]
@@ -1126,25 +751,5 @@ mod tests {
         crash(log);
         let (_, r) = f.open(T0 + 1, [0; 16]);
         assert!(r.floor.is_some(), "{}", r.reason);
-    }
-
-    #[test]
-    fn record_framing_round_trips() {
-        let mut payload = [0u8; 24];
-        payload[..16].copy_from_slice(&fp(3).0);
-        payload[16..].copy_from_slice(&T0.to_le_bytes());
-        assert_eq!(entry_record(fp(3), T0)[..], record(ENTRY, &payload)[..]);
-        let r = record(CHECKPOINT, &T0.to_le_bytes());
-        let (kind, payload, rest) = parse_record(&r).unwrap();
-        assert_eq!(
-            (kind, payload, rest),
-            (CHECKPOINT, &T0.to_le_bytes()[..], &[][..])
-        );
-        for cut in 0..r.len() {
-            assert!(parse_record(&r[..cut]).is_none(), "cut at {cut}");
-        }
-        let h = header(b"sealed");
-        assert_eq!(parse_header(&h), Some((&b"sealed"[..], &[][..])));
-        assert!(parse_header(&h[..h.len() - 1]).is_none());
     }
 }
