@@ -14,7 +14,7 @@ use aws_lc_rs::signature as lc;
 pub enum Ed25519Backend {
     /// ed25519-dalek `verify_strict`, on its AVX-512 IFMA backend.
     Dalek,
-    /// aws-lc-rs after [`strict_encoding`] (the byte-level `verify_strict` rules).
+    /// aws-lc-rs after `ed25519::strict_encoding` (the byte-level `verify_strict` rules).
     AwsLc,
 }
 
