@@ -27,7 +27,6 @@ use super::request::{Head, Parsed, Request, parse_head};
 use super::response::Response;
 use super::router::{Dispatch, RouteId, Router};
 use super::{HttpError, Limits};
-use crate::error::Error;
 
 /// Stop reading while this much unparsed input is buffered.
 const READ_CAP: usize = 64 * 1024;
@@ -815,10 +814,7 @@ impl Connection {
     /// Queues an error answer for input the transport refuses, and stops reading.
     fn refuse(&mut self, env: &mut Env<'_>, e: HttpError, reason: CloseReason, now: Instant) {
         tracing::debug!(peer = %self.peer, error = %e, "request refused");
-        let mut response = Response::from_error(&Error::Http(e.clone()));
-        if e == HttpError::Overloaded {
-            response = response.header("Retry-After", "1");
-        }
+        let response = env.router.refuse(&e);
         self.queue.push_back(Answer {
             seq: self.next_seq,
             response: Some(response),
@@ -874,15 +870,12 @@ impl Connection {
                 // A panicking handler costs its request a 500, not the loop its connections.
                 let result = catch_unwind(AssertUnwindSafe(|| handler.handle(&req, &ctx)));
                 let response = match result {
-                    Ok(Ok(Outcome::Ready(r))) => Some(r),
-                    Ok(Ok(Outcome::Deferred)) if ctx.deferred.get() => None,
-                    Ok(Ok(Outcome::Deferred)) => Some(Response::from_error(&Error::Io(
-                        io::Error::other("handler deferred without taking a completion"),
+                    Ok(Outcome::Ready(r)) => Some(r),
+                    Ok(Outcome::Deferred) if ctx.deferred.get() => None,
+                    Ok(Outcome::Deferred) => Some(env.router.refuse(&HttpError::Internal(
+                        "handler deferred without taking a completion",
                     ))),
-                    Ok(Err(e)) => Some(Response::from_error(&e)),
-                    Err(_) => Some(Response::from_error(&Error::Io(io::Error::other(
-                        "handler panicked",
-                    )))),
+                    Err(_) => Some(env.router.refuse(&HttpError::Internal("handler panicked"))),
                 };
                 (id, response)
             }

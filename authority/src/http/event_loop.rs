@@ -244,7 +244,11 @@ impl EventLoop {
         Ok(Self {
             poll,
             listener: Some(listener),
-            handle: LoopHandle { tx, waker },
+            handle: LoopHandle {
+                tx,
+                waker,
+                refuse: shared.router.refusals(),
+            },
             completions,
             conns: Vec::new(),
             free: Vec::new(),
@@ -588,36 +592,35 @@ mod tests {
     use std::net::TcpStream;
 
     use super::*;
-    use crate::error::Error;
     use crate::http::{Outcome, Request, RequestContext, Response};
 
     /// Answers after `ms` milliseconds from another thread, like the store writer does.
-    fn slow(req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    fn slow(req: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
         let ms: u64 = req.param("ms").and_then(|m| m.parse().ok()).unwrap_or(0);
         let completion = ctx.defer();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));
-            completion.complete(Ok(Response::text(200, "text/plain", format!("slow {ms}"))));
+            completion.complete(Response::text(200, "text/plain", format!("slow {ms}")));
         });
-        Ok(Outcome::Deferred)
+        Outcome::Deferred
     }
 
-    fn fast(_: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
-        Ok(Response::text(200, "text/plain", "fast").into())
+    fn fast(_: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+        Response::text(200, "text/plain", "fast").into()
     }
 
     /// Parks the request until the test releases it.
     static GATE: std::sync::Mutex<Vec<crate::http::Completion>> = std::sync::Mutex::new(Vec::new());
 
-    fn gated(_: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    fn gated(_: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
         GATE.lock().unwrap().push(ctx.defer());
-        Ok(Outcome::Deferred)
+        Outcome::Deferred
     }
 
-    fn abandoned(_: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    fn abandoned(_: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
         let completion = ctx.defer();
         std::thread::spawn(move || drop(completion));
-        Ok(Outcome::Deferred)
+        Outcome::Deferred
     }
 
     fn start() -> (SocketAddr, RunningServer) {
@@ -625,7 +628,7 @@ mod tests {
     }
 
     fn start_with(limits: Limits) -> (SocketAddr, RunningServer) {
-        let mut router = Router::new();
+        let mut router = Router::new(crate::http::testing::refusal);
         router
             .get("/slow/{ms}", slow)
             .get("/fast", fast)
