@@ -649,3 +649,302 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::http::handler::{Completed, Completion, Outcome, RequestContext};
+    use crate::http::{Request, testing};
+
+    /// A socket in memory: what the client sent and has not been read, what the server wrote.
+    #[derive(Default)]
+    struct Mem {
+        input: VecDeque<u8>,
+        eof: bool,
+        output: Vec<u8>,
+        write_shut: std::cell::Cell<bool>,
+    }
+
+    impl Read for Mem {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.input.is_empty() {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.input.len());
+            for (b, byte) in buf.iter_mut().zip(self.input.drain(..n)) {
+                *b = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Mem {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            assert!(!self.write_shut.get(), "write after shutdown");
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for Mem {
+        fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.input.len());
+            for (b, byte) in buf.iter_mut().zip(self.input.iter()) {
+                *b = *byte;
+            }
+            Ok(n)
+        }
+
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.write_shut.set(true);
+            Ok(())
+        }
+    }
+
+    thread_local! {
+        /// Completions the `/later` handler parked, for the test to answer.
+        static PARKED: RefCell<Vec<Completion>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn hi(_: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+        Response::text(200, "text/plain", "hi").into()
+    }
+
+    fn echo(req: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+        Response::text(200, "text/plain", req.body().to_vec()).into()
+    }
+
+    fn later(_: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
+        PARKED.with(|p| p.borrow_mut().push(ctx.defer()));
+        Outcome::Deferred
+    }
+
+    /// One plain connection over `Mem`, with the loop environment around it and a clock the
+    /// test moves.
+    struct Fixture {
+        conn: Connection<Mem>,
+        env: Env,
+        completions: crossbeam::channel::Receiver<Completed>,
+        now: Instant,
+        _poll: mio::Poll,
+    }
+
+    impl Fixture {
+        fn new(limits: Limits) -> Self {
+            let mut router = Router::new(testing::refusal);
+            router
+                .get("/hi", hi)
+                .post("/echo", echo)
+                .get("/later", later);
+            let metrics = Arc::new(Metrics::new());
+            metrics.init_routes(router.labels());
+            let poll = mio::Poll::new().expect("poll");
+            let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+            let (tx, completions) = crossbeam::channel::unbounded();
+            let admission = Arc::new(Admission::new(&limits));
+            let peer: SocketAddr = "192.0.2.1:4000".parse().expect("address");
+            let admitted = Admitted {
+                _connection: admission.connections.try_take().expect("slot"),
+                _source: admission.sources.try_admit(peer.ip()).expect("source"),
+            };
+            let now = Instant::now();
+            let env = Env {
+                handle: LoopHandle {
+                    tx,
+                    waker,
+                    refuse: router.refusals(),
+                },
+                router: Arc::new(router),
+                metrics,
+                limits,
+                admission,
+                date: DateCache::default(),
+            };
+            let conn = Connection::new(Mem::default(), peer, 0, 1, None, admitted, now);
+            Self {
+                conn,
+                env,
+                completions,
+                now,
+                _poll: poll,
+            }
+        }
+
+        /// The client sends `bytes`; the loop sees a readable event and drives.
+        fn send(&mut self, bytes: &[u8]) -> Status {
+            self.conn.socket.input.extend(bytes);
+            self.conn.on_event(true, false);
+            self.conn.drive(&mut self.env, self.now)
+        }
+
+        /// The client half-closes.
+        fn close(&mut self) -> Status {
+            self.conn.socket.eof = true;
+            self.conn.on_event(true, true);
+            self.conn.drive(&mut self.env, self.now)
+        }
+
+        /// What the server wrote since the last call.
+        fn written(&mut self) -> String {
+            String::from_utf8(std::mem::take(&mut self.conn.socket.output)).expect("ASCII")
+        }
+
+        /// Delivers every finished deferred answer, as the loop does.
+        fn deliver(&mut self) -> Status {
+            let mut status = Status::Open { more: false };
+            while let Ok(done) = self.completions.try_recv() {
+                status = self
+                    .conn
+                    .complete(done.seq, done.response, &mut self.env, self.now);
+            }
+            status
+        }
+
+        /// Moves the clock to the connection's next deadline and fires it.
+        fn expire(&mut self) -> Status {
+            self.now = self.conn.deadline(&self.env.limits).expect("a deadline");
+            self.conn.on_timeout(&mut self.env, self.now)
+        }
+    }
+
+    const GET_HI: &[u8] = b"GET /hi HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// Status lines of the answers in `out`, in order.
+    fn statuses(out: &str) -> Vec<&str> {
+        out.match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &out[i + 9..i + 12])
+            .collect()
+    }
+
+    #[test]
+    fn keep_alive_answers_one_request_after_another() {
+        let mut f = Fixture::new(Limits::default());
+        assert_eq!(f.send(GET_HI), Status::Open { more: false });
+        let out = f.written();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("Content-Length: 2\r\n\r\nhi"), "{out}");
+        assert!(!out.contains("Connection: close"), "{out}");
+        assert_eq!(f.send(GET_HI), Status::Open { more: false });
+        assert_eq!(statuses(&f.written()), ["200"]);
+        // Idle between requests: the keep-alive timer closes it.
+        f.now += Duration::from_millis(1);
+        assert_eq!(f.expire(), Status::Done(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn pipelined_answers_leave_in_request_order() {
+        let mut f = Fixture::new(Limits::default());
+        let mut burst = b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        burst.extend_from_slice(GET_HI);
+        burst.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nping");
+        f.send(&burst);
+        // The first answer is not ready, so nothing may leave yet.
+        assert_eq!(f.written(), "");
+        let parked = PARKED.with(|p| p.borrow_mut().pop()).expect("deferred");
+        parked.complete(Response::text(202, "text/plain", "later"));
+        f.deliver();
+        let out = f.written();
+        assert_eq!(statuses(&out), ["202", "200", "200"], "{out}");
+        let (later, rest) = out.split_once("later").expect("first body");
+        assert!(later.starts_with("HTTP/1.1 202"));
+        assert!(rest.ends_with("\r\n\r\nping"), "{rest}");
+    }
+
+    #[test]
+    fn an_abandoned_deferred_request_is_answered_500() {
+        let mut f = Fixture::new(Limits::default());
+        f.send(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+        drop(PARKED.with(|p| p.borrow_mut().pop()).expect("deferred"));
+        f.deliver();
+        let out = f.written();
+        assert_eq!(statuses(&out), ["500"], "{out}");
+        assert!(out.contains("server_error"), "{out}");
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_refused_and_the_connection_closes() {
+        let mut f = Fixture::new(Limits {
+            max_body: 8,
+            ..Limits::default()
+        });
+        let status = f.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n");
+        let out = f.written();
+        assert_eq!(statuses(&out), ["413"], "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+        // The answer is out and the write side shut: the connection lingers until EOF.
+        assert_eq!(status, Status::Open { more: false });
+        assert!(f.conn.socket.write_shut.get());
+        assert_eq!(f.close(), Status::Done(CloseReason::BadRequest));
+    }
+
+    #[test]
+    fn a_head_that_stops_arriving_is_answered_408() {
+        let limits = Limits::default();
+        let mut f = Fixture::new(limits.clone());
+        let start = f.now;
+        f.send(b"GET /hi HTTP/1.1\r\nHo");
+        assert_eq!(f.written(), "");
+        assert_eq!(
+            f.conn.deadline(&f.env.limits),
+            Some(start + limits.request_head_timeout)
+        );
+        f.expire();
+        let out = f.written();
+        assert_eq!(statuses(&out), ["408"], "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+    }
+
+    #[test]
+    fn connection_close_and_head_are_honoured() {
+        let mut f = Fixture::new(Limits::default());
+        f.send(
+            b"HEAD /hi HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /hi HTTP/1.1\r\n\r\n",
+        );
+        let out = f.written();
+        // HEAD: the length of the body it would have had, no body; nothing after the close.
+        assert_eq!(statuses(&out), ["200"], "{out}");
+        assert!(
+            out.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n"),
+            "{out}"
+        );
+        assert_eq!(f.close(), Status::Done(CloseReason::Client));
+    }
+
+    #[test]
+    fn a_silent_connection_gets_only_the_hello_timeout() {
+        let limits = Limits::default();
+        let mut f = Fixture::new(limits.clone());
+        let start = f.now;
+        assert_eq!(
+            f.conn.deadline(&f.env.limits),
+            Some(start + limits.hello_timeout)
+        );
+        assert_eq!(f.expire(), Status::Done(CloseReason::HelloTimeout));
+    }
+
+    #[test]
+    fn the_request_limit_closes_after_the_last_answer() {
+        let mut f = Fixture::new(Limits {
+            max_requests_per_connection: 2,
+            ..Limits::default()
+        });
+        let mut two = GET_HI.to_vec();
+        two.extend_from_slice(GET_HI);
+        f.send(&two);
+        let out = f.written();
+        assert_eq!(statuses(&out), ["200", "200"], "{out}");
+        assert_eq!(out.matches("Connection: close").count(), 1, "{out}");
+        assert!(out.ends_with("Connection: close\r\n\r\nhi"), "{out}");
+    }
+}
