@@ -6,7 +6,7 @@
 //! event loop calls `Connection::drive` on readiness, on completions and on timer expiry;
 //! `drive` reports whether the connection is done.
 //!
-//! Sans-IO in the sense that matters for tests: the socket is any [`Socket`] and the time is
+//! Sans-IO in the sense that matters for tests: the socket is any `Socket` and the time is
 //! an argument, so every transition is tested with bytes in memory and a made-up clock.
 //! `phase` holds the request-level state, `exchange` requests and answers, `tls` the
 //! handshake's bookkeeping.
