@@ -197,12 +197,9 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if self.inner.is_some() {
+        if let Some(refuse) = self.inner.as_ref().map(|i| i.handle.refuse) {
             tracing::error!("deferred request dropped without an answer");
-            let refuse = self.inner.as_ref().map(|i| i.handle.refuse);
-            if let Some(refuse) = refuse {
-                self.send(refuse(&HttpError::Internal("deferred request abandoned")));
-            }
+            self.send(refuse(&HttpError::Internal("deferred request abandoned")));
         }
     }
 }
