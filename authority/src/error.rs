@@ -3,9 +3,13 @@
 //! Every layer keeps its own family enum (`store::StoreError`, `http::HttpError`,
 //! `latchkey_core::Error`, [`ApiError`]) and folds into [`Error`]. [`WireError::from`] is the
 //! only code that decides an HTTP status and OAuth `error` code: handlers return `Error`, the
-//! transport renders `WireError`. Keep it that way so a status can be audited in one screen.
+//! transport knows nothing of either: the API layer renders `Error` into an `http::Response`
+//! here ([`Response::from_error`], [`refusal`] for what the transport refuses itself). Keep it
+//! that way so a status can be audited in one screen.
 
 use std::fmt;
+
+use crate::http::{HttpError, Outcome, Response};
 
 /// Everything that can go wrong in the authority.
 #[non_exhaustive]
@@ -25,7 +29,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// The transport refused a request before any handler saw it.
     #[error(transparent)]
-    Http(#[from] crate::http::HttpError),
+    Http(#[from] HttpError),
     /// The store refused or failed an operation.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -90,6 +94,13 @@ pub enum ApiError {
         retry_after: u64,
         description: String,
     },
+    /// The server cannot decide the request yet (it restarted moments ago, or cannot record
+    /// it): the client may send it again in `retry_after` seconds.
+    #[error("{description}")]
+    Unavailable {
+        retry_after: u64,
+        description: String,
+    },
 }
 
 /// What goes on the wire for an error: status, OAuth `error` code, human description.
@@ -151,6 +162,11 @@ fn api_wire(e: &ApiError) -> WireError {
             w.retry_after = Some(*retry_after);
             return w;
         }
+        ApiError::Unavailable { retry_after, .. } => {
+            let mut w = WireError::new(503, "temporarily_unavailable", e.to_string());
+            w.retry_after = Some((*retry_after).max(1));
+            return w;
+        }
         ApiError::InvalidRequest(_) => (400, "invalid_request"),
         ApiError::InvalidClient(_) => (401, "invalid_client"),
         ApiError::InvalidGrant(_) => (400, "invalid_grant"),
@@ -168,8 +184,8 @@ fn api_wire(e: &ApiError) -> WireError {
     WireError::new(status, code, e.to_string())
 }
 
-fn http_wire(e: &crate::http::HttpError) -> WireError {
-    use crate::http::HttpError as H;
+fn http_wire(e: &HttpError) -> WireError {
+    use HttpError as H;
     let status = match e {
         H::Malformed(_) => 400,
         H::Timeout => 408,
@@ -179,11 +195,69 @@ fn http_wire(e: &crate::http::HttpError) -> WireError {
         H::HeadersTooLarge | H::TooManyHeaders => 431,
         H::UnsupportedTransferCoding => 501,
         H::VersionNotSupported => 505,
+        H::BadPathParameter(_) => 400,
+        H::NotFound => return WireError::new(404, "not_found", e.to_string()),
+        H::MethodNotAllowed(_) => return WireError::new(405, "method_not_allowed", e.to_string()),
         H::Overloaded => {
-            return WireError::new(503, "temporarily_unavailable", e.to_string());
+            let mut w = WireError::new(503, "temporarily_unavailable", e.to_string());
+            w.retry_after = Some(1);
+            return w;
+        }
+        H::Internal(_) => {
+            return WireError::new(500, "server_error", "internal error; see the server log");
         }
     };
     WireError::new(status, "invalid_request", e.to_string())
+}
+
+/// How the API renders errors into responses: through [`WireError::from`], nowhere else.
+impl Response {
+    /// The OAuth-style error body and status [`WireError`] decides for `e`. Internal errors
+    /// are logged here, once, since their details never reach the client.
+    pub fn from_error(e: &Error) -> Self {
+        let wire = WireError::from(e);
+        if wire.status >= 500 {
+            tracing::error!(error = %e, "request failed");
+        }
+        Self::from_wire(&wire)
+    }
+
+    pub fn from_wire(wire: &WireError) -> Self {
+        let r = Self::raw_json(wire.status, wire.to_json().into_bytes());
+        match wire.retry_after {
+            Some(secs) => r.header("Retry-After", secs.to_string()),
+            None => r,
+        }
+    }
+
+    /// A JSON body.
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
+        // Serialising a value built by our own code into a Vec cannot fail on I/O; a failing
+        // `Serialize` impl (non-string map keys) is a bug, answered with 500 rather than a panic.
+        match serde_json::to_vec(value) {
+            Ok(body) => Self::raw_json(status, body),
+            Err(e) => Self::from_error(&Error::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// A handler's or a deferred request's result, rendered.
+impl From<Result<Response, Error>> for Response {
+    fn from(result: Result<Response, Error>) -> Self {
+        result.unwrap_or_else(|e| Response::from_error(&e))
+    }
+}
+
+/// A route handler's result, rendered.
+impl From<Result<Outcome, Error>> for Outcome {
+    fn from(result: Result<Outcome, Error>) -> Self {
+        result.unwrap_or_else(|e| Outcome::Ready(Response::from_error(&e)))
+    }
+}
+
+/// The transport's own refusals ([`crate::http::Refusals`]), rendered like every other error.
+pub fn refusal(e: &HttpError) -> Response {
+    Response::from_error(&Error::Http(e.clone()))
 }
 
 /// Token-core errors where a handler did not choose a more specific OAuth code: unreadable
@@ -298,5 +372,55 @@ mod tests {
         assert_eq!((w.status, w.error), (409, "conflict"));
         let body: serde_json::Value = serde_json::from_str(&w.to_json()).unwrap();
         assert_eq!(body["error_description"], "name taken");
+    }
+
+    /// What the transport refuses is worded here too: router refusals keep their OAuth codes,
+    /// a spent body budget and a token request that must wait both carry `Retry-After`.
+    #[test]
+    fn transport_refusals_and_retry_later_map_here() {
+        let check = |e: HttpError, status: u16, code: &str, retry: Option<&str>| {
+            let r = refusal(&e);
+            let body = String::from_utf8_lossy(r.body_bytes()).into_owned();
+            assert_eq!(r.status, status, "{e}");
+            assert!(body.contains(code) && body.contains(&e.to_string()) || status == 500);
+            assert_eq!(r.header_value("Retry-After"), retry, "{e}");
+        };
+        check(HttpError::NotFound, 404, "not_found", None);
+        check(
+            HttpError::MethodNotAllowed("PUT".into()),
+            405,
+            "method_not_allowed",
+            None,
+        );
+        check(
+            HttpError::BadPathParameter("id".into()),
+            400,
+            "invalid_request",
+            None,
+        );
+        check(
+            HttpError::Overloaded,
+            503,
+            "temporarily_unavailable",
+            Some("1"),
+        );
+        check(
+            HttpError::Internal("handler panicked"),
+            500,
+            "server_error",
+            None,
+        );
+        let r = refusal(&HttpError::Internal("secret detail"));
+        assert!(!String::from_utf8_lossy(r.body_bytes()).contains("secret detail"));
+        for (after, header) in [(0, "1"), (30, "30")] {
+            let e = Error::Api(ApiError::Unavailable {
+                retry_after: after,
+                description: "restarted moments ago".into(),
+            });
+            let r = Response::from_error(&e);
+            assert_eq!(r.status, 503);
+            assert_eq!(r.header_value("Retry-After"), Some(header));
+            assert!(String::from_utf8_lossy(r.body_bytes()).contains("temporarily_unavailable"));
+        }
     }
 }

@@ -48,97 +48,10 @@ use sha2::{Digest as _, Sha512};
 
 use ed25519_dalek::VerifyingKey;
 
+use crate::ed25519::strict_encoding;
+
 /// Groups this small are verified one by one instead of bisected further.
 pub const SINGLE_BELOW: usize = 4;
-
-/// y-coordinates (little-endian, sign bit clear) of the small-order points: 0 (order 4),
-/// 1 (identity), p − 1 (order 2) and ±y₈ (order 8). From libsodium's blocklist; the tests
-/// check each against dalek's own `is_weak`.
-const SMALL_ORDER_Y: [[u8; 32]; 5] = [
-    [0; 32],
-    [
-        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0,
-    ],
-    [
-        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-        0xff, 0x7f,
-    ],
-    [
-        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
-        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
-        0xfc, 0x05,
-    ],
-    [
-        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
-        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
-        0x03, 0x7a,
-    ],
-];
-
-/// The field prime p = 2²⁵⁵ − 19, little-endian.
-const P: [u8; 32] = [
-    0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
-];
-
-fn y_of(point: &[u8; 32]) -> [u8; 32] {
-    let mut y = *point;
-    y[31] &= 0x7f;
-    y
-}
-
-/// The group order L = 2²⁵² + 27742317777372353535851937790883648493, little-endian.
-const L: [u8; 32] = [
-    0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
-];
-
-/// The rules of `verify_strict` that only need the signature's bytes: `R` canonical and not
-/// of small order, `s` < L. With these (and the key's rules, checked at import) any backend
-/// that tests the cofactorless equation by comparing `R`'s bytes agrees with `verify_strict`.
-pub(crate) fn strict_encoding(signature: &[u8; 64]) -> bool {
-    let (r, s) = signature.split_at(32);
-    let (Ok(r), Ok(s)) = (<&[u8; 32]>::try_from(r), <&[u8; 32]>::try_from(s)) else {
-        return false;
-    };
-    is_canonical_point(r) && !is_small_order(r) && less_than(s, &L)
-}
-
-/// Little-endian comparison a < b.
-fn less_than(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    for i in (0..32).rev() {
-        if a[i] != b[i] {
-            return a[i] < b[i];
-        }
-    }
-    false
-}
-
-/// True if `point` is the canonical encoding of its point: y < p, and the sign bit is clear
-/// when x = 0 (y = ±1).
-pub(crate) fn is_canonical_point(point: &[u8; 32]) -> bool {
-    let y = y_of(point);
-    if !less_than(&y, &P) {
-        return false;
-    }
-    let sign = point[31] & 0x80 != 0;
-    !(sign && (y == SMALL_ORDER_Y[1] || y == SMALL_ORDER_Y[2]))
-}
-
-/// True if `point` encodes (canonically or not) a point of small order.
-pub(crate) fn is_small_order(point: &[u8; 32]) -> bool {
-    let y = y_of(point);
-    SMALL_ORDER_Y.contains(&y)
-        // y ≥ p reduces mod p; only p and p + 1 (≡ 0, 1) fit in 255 bits among small-order ys.
-        || y == P
-        || y == {
-            let mut p1 = P;
-            p1[0] += 1;
-            p1
-        }
-}
 
 /// One signature to check.
 #[derive(Debug, Clone, Copy)]
@@ -220,7 +133,7 @@ impl Batch<'_, '_> {
         if group.len() <= SINGLE_BELOW {
             for &(i, _) in group {
                 let it = &self.items[i];
-                ok[i] = crate::keys::ed25519_dalek_strict(it.key, it.message, it.signature);
+                ok[i] = crate::ed25519::verify_dalek_strict(it.key, it.message, it.signature);
             }
             return;
         }
@@ -287,39 +200,8 @@ impl Batch<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ed25519::{L, SMALL_ORDER_Y};
     use ed25519_dalek::{Signature, Signer as _, Verifier as _};
-
-    #[test]
-    fn small_order_table_matches_dalek() {
-        for y in SMALL_ORDER_Y {
-            for sign in [0u8, 0x80] {
-                let mut enc = y;
-                enc[31] |= sign;
-                assert!(is_small_order(&enc));
-                if let Ok(key) = VerifyingKey::from_bytes(&enc) {
-                    assert!(key.is_weak(), "{enc:02x?} decompresses but is not weak");
-                }
-            }
-        }
-        // Order-8 points decompress, so the table really contains curve points.
-        assert!(VerifyingKey::from_bytes(&SMALL_ORDER_Y[3]).is_ok_and(|k| k.is_weak()));
-        assert!(VerifyingKey::from_bytes(&SMALL_ORDER_Y[4]).is_ok_and(|k| k.is_weak()));
-    }
-
-    #[test]
-    fn canonical_encoding_rules() {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let a = key.verifying_key().to_bytes();
-        assert!(is_canonical_point(&a));
-        assert!(!is_small_order(&a));
-        assert!(!is_canonical_point(&P));
-        let mut high = [0xffu8; 32];
-        high[31] = 0x7f;
-        assert!(!is_canonical_point(&high));
-        let mut neg_identity = SMALL_ORDER_Y[1];
-        neg_identity[31] |= 0x80;
-        assert!(!is_canonical_point(&neg_identity));
-    }
 
     fn add_l_to_s(sig: &mut [u8; 64]) {
         let mut carry = 0u16;
@@ -360,7 +242,10 @@ mod tests {
     #[test]
     fn single_backends_are_verify_strict() {
         use crate::alg::Algorithm;
-        use crate::keys::{ed25519_aws_lc_strict, ed25519_dalek_strict};
+        use crate::ed25519::{
+            verify_aws_lc_strict as ed25519_aws_lc_strict,
+            verify_dalek_strict as ed25519_dalek_strict,
+        };
         use aws_lc_rs::signature::{ED25519, ParsedPublicKey};
         let (keys, msgs, sigs) = items_for(6);
         for ((key, msg), sig) in keys.iter().zip(&msgs).zip(&sigs) {

@@ -9,7 +9,7 @@
 //! - Ed25519 single verification, chosen once per process ([`ed25519_backend`]): ed25519-dalek
 //!   where its AVX-512 IFMA backend runs, otherwise aws-lc-rs (which beats dalek's AVX2
 //!   backend). Either way the `verify_strict` rules that need only bytes are checked first
-//!   (`batch::strict_encoding`; the key's own rules at import), so neither
+//!   (`ed25519::strict_encoding`; the key's own rules at import), so neither
 //!   decompresses R; both accept exactly what dalek's `verify_strict` accepts (differential
 //!   test in `batch`). Numbers: bench/results/core.md.
 //! - Ed25519 batch verification: ed25519-dalek (aws-lc has none), with the point decompressed
@@ -33,6 +33,14 @@ use zeroize::Zeroizing;
 use crate::alg::{Algorithm, AlgorithmSet};
 use crate::b64;
 use crate::error::{Error, KeyError, MalformedError, RejectedError};
+use crate::pem::{pem_decode, pem_encode};
+
+pub use crate::ed25519::{Ed25519Backend, ed25519_backend};
+
+mod params;
+mod parse;
+
+use params::{hmac_alg, hmac_len, rsa_encoding, rsa_params, rsa_slot};
 
 /// Largest RSA modulus any policy may allow. Larger keys are refused on byte length alone,
 /// before any bignum arithmetic (a 16k-bit key makes every verification ~30× slower).
@@ -368,58 +376,6 @@ impl fmt::Debug for SigningKey {
 // ---------------------------------------------------------------------------------------------
 // Verifying keys
 
-/// Which library checks single Ed25519 signatures in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ed25519Backend {
-    /// ed25519-dalek `verify_strict`, on its AVX-512 IFMA backend.
-    Dalek,
-    /// aws-lc-rs after `batch::strict_encoding` (the byte-level `verify_strict` rules).
-    AwsLc,
-}
-
-/// The faster of the two on this CPU: dalek when it was built with its IFMA backend (see
-/// `.cargo/config.toml`) and the CPU has AVX-512 IFMA, aws-lc-rs otherwise.
-pub fn ed25519_backend() -> Ed25519Backend {
-    static CHOICE: std::sync::OnceLock<Ed25519Backend> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| {
-        #[cfg(all(target_arch = "x86_64", curve25519_dalek_backend = "avx512"))]
-        if std::arch::is_x86_feature_detected!("avx512ifma")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            return Ed25519Backend::Dalek;
-        }
-        Ed25519Backend::AwsLc
-    })
-}
-
-/// `verify_strict` without its cost: dalek's `verify_strict` decompresses R (a field
-/// exponentiation, ~30 % of the call) only to test it for small order. The byte-level rules
-/// in [`crate::batch::strict_encoding`] decide the same thing, and the plain `verify` then
-/// checks the same cofactorless equation (R compared by its bytes, s < L) that
-/// `verify_strict` checks; A was vetted at import.
-pub(crate) fn ed25519_dalek_strict(
-    key: &ed25519_dalek::VerifyingKey,
-    message: &[u8],
-    sig: &[u8; 64],
-) -> bool {
-    use ed25519_dalek::Verifier as _;
-    crate::batch::strict_encoding(sig)
-        && key
-            .verify(message, &ed25519_dalek::Signature::from_bytes(sig))
-            .is_ok()
-}
-
-/// aws-lc checks the cofactorless equation [s]B = R + [k]A by comparing R's bytes with the
-/// canonical encoding of the computed point; with the encoding rules checked first and A
-/// vetted at import, that is `verify_strict`.
-pub(crate) fn ed25519_aws_lc_strict(
-    key: &lc::ParsedPublicKey,
-    message: &[u8],
-    sig: &[u8; 64],
-) -> bool {
-    crate::batch::strict_encoding(sig) && key.verify_sig(message, sig).is_ok()
-}
-
 /// A signature made by [`SigningKey::signature`]; its bytes via `as_ref()`.
 pub struct Signature(SignatureInner);
 
@@ -504,161 +460,6 @@ pub enum KeyKind {
 }
 
 impl VerifyingKey {
-    /// An Ed25519 public key (32 bytes). Small-order and non-canonical points are refused so
-    /// that strict and batch verification agree on the key.
-    pub fn ed25519(public: &[u8]) -> Result<VerifyingKey, Error> {
-        let bytes: &[u8; 32] = public.try_into().map_err(|_| KeyError::Encoding)?;
-        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::Encoding)?;
-        if key.is_weak() || !crate::batch::is_canonical_point(bytes) {
-            return Err(KeyError::WeakEd25519.into());
-        }
-        let parsed =
-            lc::ParsedPublicKey::new(&lc::ED25519, bytes).map_err(|_| KeyError::Encoding)?;
-        Ok(VerifyingKey {
-            kid: None,
-            algorithms: AlgorithmSet::one(Algorithm::EdDSA),
-            inner: VerifyingInner::Ed25519 { dalek: key, parsed },
-        })
-    }
-
-    /// A P-256 public key as an uncompressed SEC1 point (65 bytes, `04‖x‖y`).
-    pub fn es256(point: &[u8]) -> Result<VerifyingKey, Error> {
-        let point: [u8; 65] = point.try_into().map_err(|_| KeyError::Encoding)?;
-        if point[0] != 0x04 {
-            return Err(KeyError::Encoding.into());
-        }
-        let parsed = lc::ParsedPublicKey::new(&lc::ECDSA_P256_SHA256_FIXED, point)
-            .map_err(|_| KeyError::Encoding)?;
-        Ok(VerifyingKey {
-            kid: None,
-            algorithms: AlgorithmSet::one(Algorithm::ES256),
-            inner: VerifyingInner::Es256 { parsed, point },
-        })
-    }
-
-    /// An RSA public key from big-endian `n` and `e`, allowed `algorithms` (a subset of
-    /// [`AlgorithmSet::RSA_PKCS1`]), checked against `policy` by length before any bignum work.
-    pub fn rsa(
-        n: &[u8],
-        e: &[u8],
-        algorithms: AlgorithmSet,
-        policy: &RsaPolicy,
-    ) -> Result<VerifyingKey, Error> {
-        if algorithms.is_empty() || !algorithms.is_subset(AlgorithmSet::RSA_PKCS1) {
-            return Err(KeyError::AlgorithmNotAllowed.into());
-        }
-        let (n, bits) = policy.check(n, e)?;
-        // The `rsa` crate validates the key as a whole (a second, independent opinion).
-        rsa::RsaPublicKey::new_with_max_size(
-            rsa::BigUint::from_bytes_be(n),
-            rsa::BigUint::from_bytes_be(e),
-            RSA_MAX_BITS,
-        )
-        .map_err(|_| KeyError::Encoding)?;
-        let components = lc::RsaPublicKeyComponents {
-            n,
-            e: &[0x01u8, 0x00, 0x01][..],
-        };
-        let mut parsed: [Option<lc::ParsedPublicKey>; 3] = [None, None, None];
-        for alg in algorithms.iter() {
-            let params = rsa_params(alg)?;
-            let key = components
-                .to_parsed_public_key(params)
-                .map_err(|_| KeyError::Encoding)?;
-            parsed[rsa_slot(alg)] = Some(key);
-        }
-        Ok(VerifyingKey {
-            kid: None,
-            algorithms,
-            inner: VerifyingInner::Rsa {
-                n: n.to_vec(),
-                e: vec![0x01, 0x00, 0x01],
-                bits,
-                parsed,
-            },
-        })
-    }
-
-    /// An HMAC key (shared secret of at least 256 bits) for exactly `alg`.
-    pub fn hmac(alg: Algorithm, secret: &[u8]) -> Result<VerifyingKey, Error> {
-        let hash = hmac_alg(alg)?;
-        if secret.len() < HMAC_MIN_BYTES {
-            return Err(KeyError::WeakHmacKey.into());
-        }
-        Ok(VerifyingKey {
-            kid: None,
-            algorithms: AlgorithmSet::one(alg),
-            inner: VerifyingInner::Hmac {
-                key: Box::new(hmac::Key::new(hash, secret)),
-                secret: Zeroizing::new(secret.to_vec()),
-            },
-        })
-    }
-
-    /// A public key from SPKI DER (`PUBLIC KEY`): Ed25519, P-256 or RSA. RSA keys get
-    /// `rsa_algorithms` and `policy`; other types ignore them.
-    pub fn from_spki_der(
-        der: &[u8],
-        rsa_algorithms: AlgorithmSet,
-        policy: &RsaPolicy,
-    ) -> Result<VerifyingKey, Error> {
-        if der.len() > MAX_SPKI_LEN {
-            return Err(KeyError::RsaSize {
-                bits: 0,
-                min: policy.min_bits,
-                max: policy.max_bits.min(RSA_MAX_BITS),
-            }
-            .into());
-        }
-        if let Some(pk) = der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
-            return VerifyingKey::ed25519(pk);
-        }
-        if let Some(point) = der.strip_prefix(&P256_SPKI_PREFIX[..]) {
-            return VerifyingKey::es256(point);
-        }
-        // Structure only (no bignums): SPKI → PKCS#1 RSAPublicKey → n, e.
-        let spki =
-            rsa::pkcs8::SubjectPublicKeyInfoRef::try_from(der).map_err(|_| KeyError::Encoding)?;
-        if spki.algorithm.oid != rsa::pkcs1::ALGORITHM_OID {
-            return Err(KeyError::Unsupported.into());
-        }
-        let bits = spki
-            .subject_public_key
-            .as_bytes()
-            .ok_or(KeyError::Encoding)?;
-        VerifyingKey::from_pkcs1_der(bits, rsa_algorithms, policy)
-    }
-
-    fn from_pkcs1_der(
-        der: &[u8],
-        algorithms: AlgorithmSet,
-        policy: &RsaPolicy,
-    ) -> Result<VerifyingKey, Error> {
-        use rsa::pkcs1::der::Decode as _;
-        let key = rsa::pkcs1::RsaPublicKey::from_der(der).map_err(|_| KeyError::Encoding)?;
-        VerifyingKey::rsa(
-            key.modulus.as_bytes(),
-            key.public_exponent.as_bytes(),
-            algorithms,
-            policy,
-        )
-    }
-
-    /// A public key from PEM: `PUBLIC KEY` (SPKI) or `RSA PUBLIC KEY` (PKCS#1). The one-line
-    /// form (no newlines) is accepted too.
-    pub fn from_pem(
-        pem: &str,
-        rsa_algorithms: AlgorithmSet,
-        policy: &RsaPolicy,
-    ) -> Result<VerifyingKey, Error> {
-        let (label, der) = pem_decode(pem)?;
-        match label.as_str() {
-            "PUBLIC KEY" => VerifyingKey::from_spki_der(&der, rsa_algorithms, policy),
-            "RSA PUBLIC KEY" => VerifyingKey::from_pkcs1_der(&der, rsa_algorithms, policy),
-            _ => Err(MalformedError::Pem.into()),
-        }
-    }
-
     /// Sets the key id.
     pub fn with_kid(mut self, kid: impl Into<String>) -> VerifyingKey {
         self.kid = Some(kid.into());
@@ -728,8 +529,12 @@ impl VerifyingKey {
                     .try_into()
                     .map_err(|_| MalformedError::SignatureLength)?;
                 match ed25519_backend() {
-                    Ed25519Backend::Dalek => ed25519_dalek_strict(dalek, message, sig),
-                    Ed25519Backend::AwsLc => ed25519_aws_lc_strict(parsed, message, sig),
+                    Ed25519Backend::Dalek => {
+                        crate::ed25519::verify_dalek_strict(dalek, message, sig)
+                    }
+                    Ed25519Backend::AwsLc => {
+                        crate::ed25519::verify_aws_lc_strict(parsed, message, sig)
+                    }
                 }
             }
             VerifyingInner::Es256 { parsed, .. } => {
@@ -860,87 +665,6 @@ impl PartialEq for VerifyingKey {
             _ => false,
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-fn hmac_alg(alg: Algorithm) -> Result<hmac::Algorithm, KeyError> {
-    match alg {
-        Algorithm::HS256 => Ok(hmac::HMAC_SHA256),
-        Algorithm::HS384 => Ok(hmac::HMAC_SHA384),
-        Algorithm::HS512 => Ok(hmac::HMAC_SHA512),
-        _ => Err(KeyError::AlgorithmNotAllowed),
-    }
-}
-
-fn hmac_len(alg: Algorithm) -> usize {
-    match alg {
-        Algorithm::HS384 => 48,
-        Algorithm::HS512 => 64,
-        _ => 32,
-    }
-}
-
-fn rsa_slot(alg: Algorithm) -> usize {
-    match alg {
-        Algorithm::RS384 => 1,
-        Algorithm::RS512 => 2,
-        _ => 0,
-    }
-}
-
-fn rsa_params(alg: Algorithm) -> Result<&'static lc::RsaParameters, KeyError> {
-    match alg {
-        Algorithm::RS256 => Ok(&lc::RSA_PKCS1_2048_8192_SHA256),
-        Algorithm::RS384 => Ok(&lc::RSA_PKCS1_2048_8192_SHA384),
-        Algorithm::RS512 => Ok(&lc::RSA_PKCS1_2048_8192_SHA512),
-        _ => Err(KeyError::AlgorithmNotAllowed),
-    }
-}
-
-fn rsa_encoding(alg: Algorithm) -> Result<&'static dyn lc::RsaEncoding, Error> {
-    match alg {
-        Algorithm::RS256 => Ok(&lc::RSA_PKCS1_SHA256),
-        Algorithm::RS384 => Ok(&lc::RSA_PKCS1_SHA384),
-        Algorithm::RS512 => Ok(&lc::RSA_PKCS1_SHA512),
-        _ => Err(KeyError::AlgorithmNotAllowed.into()),
-    }
-}
-
-/// Largest PEM document we parse.
-const MAX_PEM_LEN: usize = 8 * 1024;
-
-/// Parses one PEM block: returns its label and DER body. Accepts the one-line form.
-pub(crate) fn pem_decode(pem: &str) -> Result<(String, Vec<u8>), Error> {
-    if pem.len() > MAX_PEM_LEN {
-        return Err(MalformedError::TooLarge { limit: MAX_PEM_LEN }.into());
-    }
-    let pem = pem.trim();
-    let rest = pem.strip_prefix("-----BEGIN ").ok_or(MalformedError::Pem)?;
-    let (label, rest) = rest.split_once("-----").ok_or(MalformedError::Pem)?;
-    let end = format!("-----END {label}-----");
-    let body = rest.strip_suffix(end.as_str()).ok_or(MalformedError::Pem)?;
-    if label.is_empty() || body.contains('-') || body.contains(':') {
-        // No nested armour and no RFC 1421 headers (encrypted PEM is not supported).
-        return Err(MalformedError::Pem.into());
-    }
-    let compact: Vec<u8> = body.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    let der = b64::decode_standard(&compact).map_err(|_| MalformedError::Pem)?;
-    Ok((label.to_owned(), der))
-}
-
-/// PEM with 64-column lines and a trailing newline.
-pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
-    let body = b64::encode_standard(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in body.as_bytes().chunks(64) {
-        // Standard base64 is ASCII, so every chunk is valid UTF-8.
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@
 //! **Backends by measurement** (reference machine, one core):
 //! - Ed25519 sign: aws-lc-rs, 12 µs vs 29 µs for ed25519-dalek.
 //! - Ed25519 verify: `verify_strict`'s rules checked on the signature's bytes
-//!   (`batch::strict_encoding`), then the cofactorless equation on ed25519-dalek's AVX-512
+//!   (`ed25519::strict_encoding`), then the cofactorless equation on ed25519-dalek's AVX-512
 //!   IFMA backend where the CPU has it (~20–24 µs), otherwise aws-lc-rs (~40–50 µs); never a
 //!   decompression of R. Keys hold the decompressed point.
 //! - Ed25519 batch verify: one random linear combination on curve25519-dalek's vartime
@@ -52,6 +52,7 @@ pub mod b64;
 pub mod batch;
 pub mod claims;
 pub mod dangerous;
+mod ed25519;
 pub mod error;
 pub mod json;
 pub mod jti;
@@ -60,6 +61,7 @@ pub mod jws;
 pub mod keyring;
 pub mod keys;
 pub mod mint;
+mod pem;
 pub mod replay;
 pub mod revocation;
 pub mod verify;

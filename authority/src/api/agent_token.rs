@@ -43,7 +43,7 @@ use super::mindsphere::{
 };
 use super::onboarding::{AGENT_RSA_ALGS, AgentState, agent_key_policy, stored_key_error};
 use crate::app::App;
-use crate::error::{ApiError, Error, WireError};
+use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response};
 use crate::replay_log::{LogRefusal, ReplayLogConfig};
 use crate::store::{AuthMethod, ClientAuth, WriteOp};
@@ -82,23 +82,6 @@ pub fn replay_floor(start: u64, leeway: u64) -> u64 {
     start.saturating_add(leeway).saturating_add(1)
 }
 
-/// Why a token request was refused: an error, or "come back in a moment".
-#[derive(Debug)]
-pub enum TokenRefusal {
-    Error(Error),
-    /// 503 `temporarily_unavailable` with `Retry-After`.
-    Later {
-        seconds: u64,
-        reason: String,
-    },
-}
-
-impl<E: Into<Error>> From<E> for TokenRefusal {
-    fn from(e: E) -> Self {
-        TokenRefusal::Error(e.into())
-    }
-}
-
 impl AgentState {
     // -----------------------------------------------------------------------------------------
     // Token endpoint
@@ -119,23 +102,20 @@ impl AgentState {
             ));
         }
         let forged = std::cell::Cell::new(false);
-        let result = Form::from_request(req)
-            .map_err(TokenRefusal::from)
-            .and_then(|form| {
-                // RFC 8705: no assertion, no secret, the TLS client certificate instead.
-                if super::mtls_client_auth::is_mtls_token_request(&form)
-                    && ctx.client_certificates().is_some()
-                {
-                    let (client, x5t) =
-                        super::mtls_client_auth::authenticate(&self.app, &form, ctx)?;
-                    return Ok((self.issue_to(&client, now, Some(x5t))?, None));
-                }
-                let request = TokenRequest::parse(&form)?;
-                // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
-                let x5t = super::mtls_client_auth::client_certificate(&self.app, ctx)?
-                    .map(|c| c.thumbprint());
-                self.issue_checked(&request, now, x5t, &forged)
-            });
+        let result = Form::from_request(req).and_then(|form| {
+            // RFC 8705: no assertion, no secret, the TLS client certificate instead.
+            if super::mtls_client_auth::is_mtls_token_request(&form)
+                && ctx.client_certificates().is_some()
+            {
+                let (client, x5t) = super::mtls_client_auth::authenticate(&self.app, &form, ctx)?;
+                return Ok((self.issue_to(&client, now, Some(x5t))?, None));
+            }
+            let request = TokenRequest::parse(&form)?;
+            // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
+            let x5t = super::mtls_client_auth::client_certificate(&self.app, ctx)?
+                .map(|c| c.thumbprint());
+            self.issue_checked(&request, now, x5t, &forged)
+        });
         if forged.get() {
             // Counted per claimed client id (read again only on this failure path), so one
             // agent with a wrong key behind a shared address does not lock out the others.
@@ -157,18 +137,12 @@ impl AgentState {
                 ctx,
                 Response::json(200, &answer).header("Pragma", "no-cache"),
             )),
-            Err(TokenRefusal::Error(e)) => Err(e),
-            Err(TokenRefusal::Later { seconds, reason }) => {
-                let wire = WireError::new(503, "temporarily_unavailable", reason);
-                Ok(Response::from_wire(&wire)
-                    .header("Retry-After", seconds.max(1).to_string())
-                    .into())
-            }
+            Err(e) => Err(e),
         }
     }
 
     /// Authenticates the client assertion and mints an access token (everything but HTTP).
-    pub fn issue(&self, request: &TokenRequest, now: u64) -> Result<TokenResponse, TokenRefusal> {
+    pub fn issue(&self, request: &TokenRequest, now: u64) -> Result<TokenResponse, Error> {
         self.issue_bound(request, now, None)
     }
 
@@ -179,7 +153,7 @@ impl AgentState {
         request: &TokenRequest,
         now: u64,
         x5t: Option<String>,
-    ) -> Result<TokenResponse, TokenRefusal> {
+    ) -> Result<TokenResponse, Error> {
         let forged = std::cell::Cell::new(false);
         let (answer, cut_over) = self.issue_checked(request, now, x5t, &forged)?;
         if let Some(op) = cut_over {
@@ -196,7 +170,7 @@ impl AgentState {
         now: u64,
         x5t: Option<String>,
         forged: &std::cell::Cell<bool>,
-    ) -> Result<(TokenResponse, Option<WriteOp>), TokenRefusal> {
+    ) -> Result<(TokenResponse, Option<WriteOp>), Error> {
         let (client, claims, used) = self.authenticate(&request.client_assertion, now, forged)?;
         if let Some(id) = &request.client_id
             && *id != client.client_id
@@ -223,12 +197,12 @@ impl AgentState {
             .map_err(|e| invalid_assertion(&e.into()))?;
         if iat < self.replay_floor {
             if now < self.replay_floor {
-                return Err(TokenRefusal::Later {
-                    seconds: self.replay_floor - now,
-                    reason: "the authority restarted moments ago and cannot yet tell fresh \
+                return Err(Error::from(ApiError::Unavailable {
+                    retry_after: self.replay_floor - now,
+                    description: "the authority restarted moments ago and cannot yet tell fresh \
                              assertions from replayed ones; sign a new assertion and retry"
                         .into(),
-                });
+                }));
             }
             return Err(ApiError::InvalidClient(
                 "client assertion issued before the authority restarted; sign a new one".into(),
@@ -247,7 +221,9 @@ impl AgentState {
             .into());
         }
         let (Some(jti), Some(exp)) = (claims.jti.as_deref(), claims.exp) else {
-            return Err(invalid_assertion(&RejectedError::MissingClaim("jti").into()).into());
+            return Err(invalid_assertion(
+                &RejectedError::MissingClaim("jti").into(),
+            ));
         };
         // Remember the jti only as long as the age check above would let it through again:
         // after that a replay is refused as too old, so memory is bounded by rate × max age.
@@ -268,12 +244,12 @@ impl AgentState {
                 }
             }
             Err(latchkey_core::replay::ReplayError::Full) => {
-                return Err(TokenRefusal::Later {
-                    seconds: 60,
-                    reason: "too many recent client assertions; retry later".into(),
-                });
+                return Err(Error::from(ApiError::Unavailable {
+                    retry_after: 60,
+                    description: "too many recent client assertions; retry later".into(),
+                }));
             }
-            Err(e) => return Err(invalid_assertion(&e.into()).into()),
+            Err(e) => return Err(invalid_assertion(&e.into())),
         }
         let answer = self.issue_to(&client, now, x5t)?;
         let cut_over = match used {
@@ -289,14 +265,15 @@ impl AgentState {
         client: &ClientAuth,
         now: u64,
         x5t: Option<String>,
-    ) -> Result<TokenResponse, TokenRefusal> {
+    ) -> Result<TokenResponse, Error> {
         if self.app.agent_revoked(&client.client_id, now) {
             // Re-registered within the second of an offboarding: a token minted now would be
             // refused as revoked. Nothing was issued; the jti is spent, so sign a new one.
-            return Err(TokenRefusal::Later {
-                seconds: 1,
-                reason: "the agent was offboarded this second; retry with a new assertion".into(),
-            });
+            return Err(Error::from(ApiError::Unavailable {
+                retry_after: 1,
+                description: "the agent was offboarded this second; retry with a new assertion"
+                    .into(),
+            }));
         }
         let answer = self.mint_access_token(client, now, x5t)?;
         // Look up before inserting: the insert path clones the id, and all but an agent's
@@ -638,17 +615,17 @@ pub(super) fn assertion_leeway(app: &App) -> u64 {
 
 /// A token request whose assertion could not be logged: come back shortly (the jti is
 /// spent; clients sign a new assertion per try).
-fn log_refusal(e: LogRefusal, config: ReplayLogConfig) -> TokenRefusal {
+fn log_refusal(e: LogRefusal, config: ReplayLogConfig) -> Error {
     let seconds = config.sync_interval.as_secs().max(1);
-    TokenRefusal::Later {
-        seconds,
-        reason: match e {
+    Error::from(ApiError::Unavailable {
+        retry_after: seconds,
+        description: match e {
             LogRefusal::Full => "too many recent client assertions to record; retry later",
             LogRefusal::Unavailable => "the replay log is not being written; retry later",
             LogRefusal::Closed => "the authority is stopping; retry later",
         }
         .into(),
-    }
+    })
 }
 
 fn invalid_assertion(e: &latchkey_core::Error) -> Error {
@@ -748,12 +725,9 @@ mod tests {
                 client_assertion: assertion.to_owned(),
                 client_id: None,
             };
-            self.state.issue(&req, self.now).map_err(|r| match r {
-                TokenRefusal::Error(e) => {
-                    let w = WireError::from(&e);
-                    (w.status, format!("{} {}", w.error, w.description))
-                }
-                TokenRefusal::Later { reason, .. } => (503, reason),
+            self.state.issue(&req, self.now).map_err(|e| {
+                let w = crate::error::WireError::from(&e);
+                (w.status, format!("{} {}", w.error, w.description))
             })
         }
     }
@@ -986,7 +960,7 @@ mod tests {
         };
         assert!(matches!(
             f.state.issue(&req, n),
-            Err(TokenRefusal::Error(_))
+            Err(e) if !matches!(e, Error::Api(ApiError::Unavailable { .. }))
         ));
     }
 

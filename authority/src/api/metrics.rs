@@ -18,20 +18,19 @@ pub fn route(router: &mut Router, app: &Arc<App>, access: MetricsAccess) {
             router.metrics_route(app.metrics.clone());
         }
         MetricsAccess::Operator => {
-            let app = Arc::clone(app);
-            router.get(
-                "/metrics",
-                move |req: &Request<'_>, _: &RequestContext<'_>| -> Result<Outcome, Error> {
-                    let p = auth::operator(&app, req, Permission::MetricsRead)?;
-                    if !p.is_authority(&app) {
-                        return Err(ApiError::NotFound("metrics not found".into()).into());
-                    }
-                    Ok(
-                        Response::text(200, "text/plain; version=0.0.4", app.metrics.render())
-                            .into(),
-                    )
-                },
-            );
+            super::register(router, app, "", &[("GET", "/metrics", operator_metrics)]);
         }
     }
+}
+
+fn operator_metrics(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    _: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::MetricsRead)?;
+    if !p.is_authority(app) {
+        return Err(ApiError::NotFound("metrics not found".into()).into());
+    }
+    Ok(Response::text(200, "text/plain; version=0.0.4", app.metrics.render()).into())
 }

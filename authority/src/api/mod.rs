@@ -1,5 +1,6 @@
 //! The HTTP APIs: each module registers its routes in [`routes`] and answers with
-//! `crate::error::Error` on refusal (rendered by `error::WireError`, the one mapping).
+//! `crate::error::Error` on refusal; [`register`] renders it (through `error::WireError`, the
+//! one mapping) into the response the transport sends.
 //!
 //! Shared request parsing lives here: [`Form`] (`application/x-www-form-urlencoded`, also
 //! used for query strings), bearer and Basic credentials, and JSON bodies. Everything is
@@ -61,7 +62,9 @@ pub fn register<S: Send + Sync + 'static>(
         router.route(
             method,
             &format!("{prefix}{path}"),
-            move |req: &Request<'_>, ctx: &RequestContext<'_>| handler(&s, req, ctx),
+            move |req: &Request<'_>, ctx: &RequestContext<'_>| -> Outcome {
+                handler(&s, req, ctx).into()
+            },
         );
     }
 }

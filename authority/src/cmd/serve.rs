@@ -175,7 +175,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     // page it serves is the main server's).
     let metrics_server = match metrics_listener {
         Some(listener) => {
-            let mut r = Router::new();
+            let mut r = Router::new(crate::error::refusal);
             crate::api::metrics::route(&mut r, &state, settings.metrics_access);
             let config = ServerConfig {
                 threads: 1,
@@ -384,7 +384,7 @@ fn open_state(
 
 /// The routes: built-ins (`/metrics` unless it has a listener of its own), then every API.
 fn router_for(state: &Arc<State>, settings: &ServeSettings) -> Router {
-    let mut router = Router::new();
+    let mut router = Router::new(crate::error::refusal);
     router.health_route();
     if settings.metrics_listen.is_none() {
         crate::api::metrics::route(&mut router, state, settings.metrics_access);

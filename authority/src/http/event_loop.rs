@@ -38,22 +38,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// instead (another thread may take each freed descriptor first; never spin).
 const EVICT_PER_ACCEPT_ERROR: usize = 4;
 
-/// An `Env` for connection `idx` from the loop's fields (a macro, because a method would
-/// borrow the whole loop while a connection in it is borrowed too).
-macro_rules! env {
-    ($l:ident, $idx:expr) => {
-        Env {
-            router: &$l.shared.router,
-            metrics: &$l.shared.metrics,
-            limits: &$l.shared.limits,
-            admission: &$l.shared.admission,
-            handle: &$l.handle,
-            date: &mut $l.date,
-            token: $idx,
-        }
-    };
-}
-
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -94,7 +78,7 @@ struct Shared {
     tls: Option<Arc<rustls::ServerConfig>>,
     drain_timeout: Duration,
     shutdown: Arc<AtomicBool>,
-    admission: Admission,
+    admission: Arc<Admission>,
 }
 
 impl Server {
@@ -133,7 +117,7 @@ impl Server {
     /// Starts the event loop threads.
     pub fn start(self) -> io::Result<RunningServer> {
         let shutdown = Arc::new(AtomicBool::new(false));
-        let admission = Admission::new(&self.config.limits);
+        let admission = Arc::new(Admission::new(&self.config.limits));
         self.metrics.watch_body_buffer(admission.bodies.clone());
         let shared = Arc::new(Shared {
             router: self.router,
@@ -149,7 +133,7 @@ impl Server {
             let listener = mio::net::TcpListener::from_std(self.listener.try_clone()?);
             loops.push(EventLoop::new(listener, shared.clone())?);
         }
-        let wakers: Arc<[Arc<Waker>]> = loops.iter().map(|l| l.handle.waker.clone()).collect();
+        let wakers: Arc<[Arc<Waker>]> = loops.iter().map(|l| l.env.handle.waker.clone()).collect();
         let mut threads = Vec::new();
         for (i, mut l) in loops.into_iter().enumerate() {
             threads.push(
@@ -215,7 +199,8 @@ impl ShutdownHandle {
 struct EventLoop {
     poll: Poll,
     listener: Option<mio::net::TcpListener>,
-    handle: LoopHandle,
+    /// What its connections share: built once, here.
+    env: Env,
     completions: crossbeam::channel::Receiver<Completed>,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
@@ -227,7 +212,6 @@ struct EventLoop {
     /// Connections that stopped early with work left.
     again: Vec<usize>,
     shared: Arc<Shared>,
-    date: DateCache,
     next_generation: u64,
     accept_paused_until: Option<Instant>,
     accept_failing: bool,
@@ -244,7 +228,18 @@ impl EventLoop {
         Ok(Self {
             poll,
             listener: Some(listener),
-            handle: LoopHandle { tx, waker },
+            env: Env {
+                router: Arc::clone(&shared.router),
+                metrics: Arc::clone(&shared.metrics),
+                limits: shared.limits.clone(),
+                admission: Arc::clone(&shared.admission),
+                handle: LoopHandle {
+                    tx,
+                    waker,
+                    refuse: shared.router.refusals(),
+                },
+                date: DateCache::default(),
+            },
             completions,
             conns: Vec::new(),
             free: Vec::new(),
@@ -252,7 +247,6 @@ impl EventLoop {
             idle: BTreeSet::new(),
             again: Vec::new(),
             shared,
-            date: DateCache::default(),
             next_generation: 0,
             accept_paused_until: None,
             accept_failing: false,
@@ -444,7 +438,7 @@ impl EventLoop {
                 continue;
             }
             self.next_generation += 1;
-            let conn = Connection::new(stream, peer, self.next_generation, tls, admitted, now);
+            let conn = Connection::new(stream, peer, idx, self.next_generation, tls, admitted, now);
             self.shared.metrics.connection_opened();
             tracing::trace!(%peer, "accepted");
             self.conns[idx] = Some(conn);
@@ -471,10 +465,9 @@ impl EventLoop {
     fn take_completions(&mut self, now: Instant) {
         while let Ok(done) = self.completions.try_recv() {
             let idx = done.token;
-            let mut env = env!(self, idx);
             let status = match self.conns.get_mut(idx) {
                 Some(Some(conn)) if conn.generation == done.generation => {
-                    conn.complete(done.seq, done.response, &mut env, now)
+                    conn.complete(done.seq, done.response, &mut self.env, now)
                 }
                 // The connection went away (client closed, timeout): nobody to answer.
                 _ => continue,
@@ -484,11 +477,10 @@ impl EventLoop {
     }
 
     fn drive(&mut self, idx: usize, now: Instant) {
-        let mut env = env!(self, idx);
         let Some(Some(conn)) = self.conns.get_mut(idx) else {
             return;
         };
-        let status = conn.drive(&mut env, now);
+        let status = conn.drive(&mut self.env, now);
         self.after(idx, status);
     }
 
@@ -498,11 +490,10 @@ impl EventLoop {
                 break;
             }
             self.timers.pop_first();
-            let mut env = env!(self, idx);
             let status = match self.conns.get_mut(idx) {
                 Some(Some(conn)) if conn.generation == generation && conn.scheduled == Some(at) => {
                     conn.scheduled = None;
-                    conn.on_timeout(&mut env, now)
+                    conn.on_timeout(&mut self.env, now)
                 }
                 _ => continue,
             };
@@ -588,36 +579,35 @@ mod tests {
     use std::net::TcpStream;
 
     use super::*;
-    use crate::error::Error;
     use crate::http::{Outcome, Request, RequestContext, Response};
 
     /// Answers after `ms` milliseconds from another thread, like the store writer does.
-    fn slow(req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    fn slow(req: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
         let ms: u64 = req.param("ms").and_then(|m| m.parse().ok()).unwrap_or(0);
         let completion = ctx.defer();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));
-            completion.complete(Ok(Response::text(200, "text/plain", format!("slow {ms}"))));
+            completion.complete(Response::text(200, "text/plain", format!("slow {ms}")));
         });
-        Ok(Outcome::Deferred)
+        Outcome::Deferred
     }
 
-    fn fast(_: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
-        Ok(Response::text(200, "text/plain", "fast").into())
+    fn fast(_: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+        Response::text(200, "text/plain", "fast").into()
     }
 
     /// Parks the request until the test releases it.
     static GATE: std::sync::Mutex<Vec<crate::http::Completion>> = std::sync::Mutex::new(Vec::new());
 
-    fn gated(_: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    fn gated(_: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
         GATE.lock().unwrap().push(ctx.defer());
-        Ok(Outcome::Deferred)
+        Outcome::Deferred
     }
 
-    fn abandoned(_: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    fn abandoned(_: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
         let completion = ctx.defer();
         std::thread::spawn(move || drop(completion));
-        Ok(Outcome::Deferred)
+        Outcome::Deferred
     }
 
     fn start() -> (SocketAddr, RunningServer) {
@@ -625,7 +615,7 @@ mod tests {
     }
 
     fn start_with(limits: Limits) -> (SocketAddr, RunningServer) {
-        let mut router = Router::new();
+        let mut router = Router::new(crate::http::testing::refusal);
         router
             .get("/slow/{ms}", slow)
             .get("/fast", fast)

@@ -13,21 +13,23 @@ use std::time::Instant;
 
 use rustls_pki_types::CertificateDer;
 
+use super::HttpError;
 use super::metrics::Metrics;
 use super::request::Request;
 use super::response::Response;
-use crate::error::Error;
+use super::router::Refusals;
 
-/// Answers requests. Implemented for `Fn(&Request, &RequestContext) -> Result<Outcome, Error>`.
+/// Answers requests. Implemented for `Fn(&Request, &RequestContext) -> Outcome`. A handler
+/// renders its own refusals: the transport has no error type for it to return.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error>;
+    fn handle(&self, req: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome;
 }
 
 impl<F> Handler for F
 where
-    F: Fn(&Request<'_>, &RequestContext<'_>) -> Result<Outcome, Error> + Send + Sync + 'static,
+    F: Fn(&Request<'_>, &RequestContext<'_>) -> Outcome + Send + Sync + 'static,
 {
-    fn handle(&self, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    fn handle(&self, req: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
         self(req, ctx)
     }
 }
@@ -65,6 +67,8 @@ pub struct TlsInfo {
 pub(crate) struct LoopHandle {
     pub tx: crossbeam::channel::Sender<Completed>,
     pub waker: Arc<mio::Waker>,
+    /// Words the 500 a dropped [`Completion`] sends.
+    pub refuse: Refusals,
 }
 
 /// A finished deferred request on its way back to its loop.
@@ -166,13 +170,10 @@ struct CompletionInner {
 }
 
 impl Completion {
-    /// Sends the answer (an error renders through `error::WireError`) and wakes the loop.
-    pub fn complete(mut self, result: Result<Response, Error>) {
-        let response = match result {
-            Ok(r) => r,
-            Err(e) => Response::from_error(&e),
-        };
-        self.send(response);
+    /// Sends the answer and wakes the loop. Anything that renders into a [`Response`] will
+    /// do (the application renders its `Result`s through its error mapping).
+    pub fn complete(mut self, answer: impl Into<Response>) {
+        self.send(answer.into());
     }
 
     fn send(&mut self, response: Response) {
@@ -196,11 +197,9 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if self.inner.is_some() {
+        if let Some(refuse) = self.inner.as_ref().map(|i| i.handle.refuse) {
             tracing::error!("deferred request dropped without an answer");
-            self.send(Response::from_error(&Error::Io(std::io::Error::other(
-                "deferred request abandoned",
-            ))));
+            self.send(refuse(&HttpError::Internal("deferred request abandoned")));
         }
     }
 }

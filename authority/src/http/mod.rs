@@ -7,6 +7,10 @@
 //! [`body`]) before anything acts on them, hands each to the [`Router`], and writes the answers
 //! back strictly in request order.
 //!
+//! The transport knows nothing above it: a handler answers with an [`Outcome`], and the
+//! refusals the transport decides itself ([`HttpError`]) are worded by the renderer the
+//! application gives the [`Router`], so the application's error mapping stays in one place.
+//!
 //! Handlers never block the loop. A handler that needs a durable write returns
 //! [`Outcome::Deferred`] after taking a [`Completion`] from its [`RequestContext`]; whoever
 //! finishes the work (the store's writer thread) calls [`Completion::complete`], which sends the
@@ -32,10 +36,11 @@ pub use handler::{Completion, Handler, Outcome, RequestContext, TlsInfo};
 pub use metrics::Metrics;
 pub use request::Request;
 pub use response::Response;
-pub use router::{RouteId, Router};
+pub use router::{Refusals, RouteId, Router};
 
-/// A request the transport refuses before any handler sees it. Rendered by
-/// `error::http_wire`, like every other error.
+/// A request the transport refuses before any handler sees it, or an answer it had to make up
+/// itself. The transport does not word these: the [`Router`]'s refusal renderer (the
+/// application's one error mapping) turns each into a [`Response`].
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
@@ -71,6 +76,21 @@ pub enum HttpError {
     /// spent: 503 with `Retry-After`, the client may send again shortly.
     #[error("server busy: too many request bodies in progress; retry shortly")]
     Overloaded,
+    /// No route has this path.
+    #[error("no such resource")]
+    NotFound,
+    /// The path has routes, none for this method (the method is the field).
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(String),
+    /// A `{name}` path segment (the name is the field) is not validly percent-encoded.
+    #[error(
+        "path parameter {0}: malformed percent-encoding (a '%' needs two hex digits, and the \
+         decoded value must be UTF-8)"
+    )]
+    BadPathParameter(String),
+    /// No answer came from the handler: it panicked, or deferred and lost its completion.
+    #[error("internal: {0}")]
+    Internal(&'static str),
 }
 
 /// Every size, count and time an HTTP client controls. Defaults are conservative for an
@@ -151,6 +171,36 @@ impl Default for Limits {
             max_connections_per_source: 1024,
             max_tls_handshakes: 256,
             max_pipelined: 32,
+        }
+    }
+}
+
+/// A stand-in for the application's refusal renderer, so the transport's tests need nothing
+/// above it: the statuses the application's mapping gives, an OAuth-shaped body.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{HttpError as H, Response};
+
+    pub fn refusal(e: &H) -> Response {
+        let (status, code) = match e {
+            H::NotFound => (404, "not_found"),
+            H::MethodNotAllowed(_) => (405, "method_not_allowed"),
+            H::Timeout => (408, "invalid_request"),
+            H::BodyTooLarge => (413, "invalid_request"),
+            H::UriTooLong => (414, "invalid_request"),
+            H::ExpectationFailed => (417, "invalid_request"),
+            H::HeadersTooLarge | H::TooManyHeaders => (431, "invalid_request"),
+            H::Internal(_) => (500, "server_error"),
+            H::UnsupportedTransferCoding => (501, "invalid_request"),
+            H::Overloaded => (503, "temporarily_unavailable"),
+            H::VersionNotSupported => (505, "invalid_request"),
+            _ => (400, "invalid_request"),
+        };
+        let body = serde_json::json!({ "error": code, "error_description": e.to_string() });
+        let r = Response::raw_json(status, body.to_string().into_bytes());
+        match e {
+            H::Overloaded => r.header("Retry-After", "1"),
+            _ => r,
         }
     }
 }

@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use crate::error::{Error, WireError};
-
 /// An HTTP response a handler returns.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Response {
@@ -22,17 +20,8 @@ impl Response {
         }
     }
 
-    /// A JSON body. Responses from an authority carry credentials, so caches must not keep them.
-    pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
-        // Serialising a value built by our own code into a Vec cannot fail on I/O; a failing
-        // `Serialize` impl (non-string map keys) is a bug, answered with 500 rather than a panic.
-        match serde_json::to_vec(value) {
-            Ok(body) => Self::raw_json(status, body),
-            Err(e) => Self::from_error(&Error::Io(std::io::Error::other(e))),
-        }
-    }
-
-    /// Already-serialised JSON.
+    /// Already-serialised JSON. Responses from an authority carry credentials, so caches must
+    /// not keep them.
     pub fn raw_json(status: u16, body: Vec<u8>) -> Self {
         Self::new(status)
             .header("Content-Type", "application/json")
@@ -45,24 +34,6 @@ impl Response {
         Self::new(status)
             .header("Content-Type", content_type)
             .body(body.into())
-    }
-
-    /// The OAuth-style error body and status `error::WireError` decides for `e`. Internal
-    /// errors are logged here, once, since their details never reach the client.
-    pub fn from_error(e: &Error) -> Self {
-        let wire = WireError::from(e);
-        if wire.status >= 500 {
-            tracing::error!(error = %e, "request failed");
-        }
-        Self::from_wire(&wire)
-    }
-
-    pub fn from_wire(wire: &WireError) -> Self {
-        let r = Self::raw_json(wire.status, wire.to_json().into_bytes());
-        match wire.retry_after {
-            Some(secs) => r.header("Retry-After", secs.to_string()),
-            None => r,
-        }
     }
 
     /// Adds a header. Values with CR, LF or NUL are replaced by an empty value rather than

@@ -1,8 +1,8 @@
 //! A small path router: method + path segments, `{name}` segments capture.
 //!
 //! Later issues register their handlers here (`router.get("/api/.../agents/{id}", handler)`).
-//! Unknown paths answer 404, known paths with the wrong method 405 with `Allow`; both render
-//! through `error::WireError` like every other error. HEAD is served by the GET route with the
+//! Unknown paths answer 404, known paths with the wrong method 405 with `Allow`; the router
+//! names the refusal ([`HttpError`]) and the renderer it was built with words it. HEAD is served by the GET route with the
 //! body dropped. When several patterns match, the one with literal segments earliest wins, so
 //! `/agents/register` beats `/agents/{id}`.
 //!
@@ -15,20 +15,25 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::HttpError;
 use super::handler::{Handler, Outcome, RequestContext};
 use super::metrics::Metrics;
 use super::request::Request;
 use super::response::Response;
-use crate::error::{ApiError, Error, WireError};
+
+/// Words the refusals the transport decides itself (status, body, headers). The application
+/// supplies it, so the transport never maps errors to the wire. A plain `fn`: called only on
+/// refusals, it costs the answered requests nothing.
+pub type Refusals = fn(&HttpError) -> Response;
 
 /// Index of a route, used for metrics labels. `Router::unmatched` is one past the last route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteId(pub usize);
 
 /// Routes registered before the server starts.
-#[derive(Default)]
 pub struct Router {
     routes: Vec<Route>,
+    refuse: Refusals,
     /// Routes whose pattern has no `{param}`, by pattern, then `(method, index)` (the first
     /// registered per method): a request path equal to such a pattern is found without
     /// scanning every route. See [`Router::dispatch`] for why the answer is the same.
@@ -67,8 +72,23 @@ pub enum Dispatch<'r, 'p> {
 }
 
 impl Router {
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty router whose refusals `refuse` words.
+    pub fn new(refuse: Refusals) -> Self {
+        Self {
+            routes: Vec::new(),
+            refuse,
+            literal: HashMap::new(),
+        }
+    }
+
+    /// The answer to a request the transport refuses with `e`.
+    pub fn refuse(&self, e: &HttpError) -> Response {
+        (self.refuse)(e)
+    }
+
+    /// The renderer, for whoever answers outside a router borrow (a dropped completion).
+    pub fn refusals(&self) -> Refusals {
+        self.refuse
     }
 
     /// Registers `handler` for `method` and `pattern` (`/a/{param}/b`).
@@ -140,8 +160,8 @@ impl Router {
     pub fn metrics_route(&mut self, metrics: Arc<Metrics>) -> &mut Self {
         self.get(
             "/metrics",
-            move |_: &Request<'_>, _: &RequestContext<'_>| -> Result<Outcome, Error> {
-                Ok(Response::text(200, "text/plain; version=0.0.4", metrics.render()).into())
+            move |_: &Request<'_>, _: &RequestContext<'_>| -> Outcome {
+                Response::text(200, "text/plain; version=0.0.4", metrics.render()).into()
             },
         )
     }
@@ -189,13 +209,9 @@ impl Router {
         let mut decoded = Vec::with_capacity(params.len());
         for (name, raw) in params {
             let Some(value) = decode_segment(raw) else {
-                let e = Error::Api(ApiError::InvalidRequest(format!(
-                    "path parameter {name}: malformed percent-encoding (a '%' needs two hex \
-                     digits, and the decoded value must be UTF-8)"
-                )));
                 return Dispatch::Refused {
                     id,
-                    response: Response::from_error(&e),
+                    response: self.refuse(&HttpError::BadPathParameter(name.to_owned())),
                 };
             };
             decoded.push((name, value));
@@ -231,10 +247,9 @@ impl Router {
         }
         let id = self.unmatched();
         if allow.is_empty() {
-            let e = Error::Api(ApiError::NotFound("no such resource".into()));
             return Dispatch::Refused {
                 id,
-                response: Response::from_error(&e),
+                response: self.refuse(&HttpError::NotFound),
             };
         }
         if allow.contains(&"GET") {
@@ -242,16 +257,15 @@ impl Router {
         }
         allow.sort_unstable();
         allow.dedup();
-        let e = Error::Api(ApiError::MethodNotAllowed(format!(
-            "method {method} not allowed"
-        )));
-        let response = Response::from_wire(&WireError::from(&e)).header("Allow", allow.join(", "));
+        let response = self
+            .refuse(&HttpError::MethodNotAllowed(method.to_owned()))
+            .header("Allow", allow.join(", "));
         Dispatch::Refused { id, response }
     }
 }
 
-fn healthz(_: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
-    Ok(Response::raw_json(200, br#"{"status":"ok"}"#.to_vec()).into())
+fn healthz(_: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+    Response::raw_json(200, br#"{"status":"ok"}"#.to_vec()).into()
 }
 
 impl fmt::Debug for Dispatch<'_, '_> {
@@ -345,15 +359,12 @@ impl fmt::Debug for Router {
 mod tests {
     use super::*;
 
-    fn ok(
-        _: &super::super::Request<'_>,
-        _: &super::super::RequestContext<'_>,
-    ) -> Result<Outcome, Error> {
-        Ok(Response::new(204).into())
+    fn ok(_: &super::super::Request<'_>, _: &super::super::RequestContext<'_>) -> Outcome {
+        Response::new(204).into()
     }
 
     fn router() -> Router {
-        let mut r = Router::new();
+        let mut r = Router::new(super::super::testing::refusal);
         r.get("/agents/{id}", ok)
             .post("/agents/register", ok)
             .get("/", ok)

@@ -6,28 +6,36 @@
 //! event loop calls `Connection::drive` on readiness, on completions and on timer expiry;
 //! `drive` reports whether the connection is done.
 //!
+//! Sans-IO in the sense that matters for tests: the socket is any `Socket` and the time is
+//! an argument, so every transition is tested with bytes in memory and a made-up clock.
+//! `phase` holds the request-level state, `exchange` requests and answers, `tls` the
+//! handshake's bookkeeping.
+//!
 //! [`Completion`]: super::handler::Completion
+
+mod exchange;
+mod phase;
+mod tls;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use super::admission::{Admission, BodyBudget, BodyReservation, SlotGuard, Slots, SourceGuard};
-use super::body::BodyDecoder;
+use self::exchange::Answer;
+use self::phase::Phase;
+use self::tls::client_hello_ready;
+use super::admission::{Admission, SlotGuard, Slots, SourceGuard};
 use super::date::DateCache;
 use super::drain::DrainTracker;
-use super::handler::{LoopHandle, Outcome, RequestContext, Slot, TlsInfo};
+use super::handler::{LoopHandle, TlsInfo};
 use super::metrics::{CloseReason, Metrics};
-use super::request::{Head, Parsed, Request, parse_head};
 use super::response::Response;
-use super::router::{Dispatch, RouteId, Router};
+use super::router::Router;
 use super::{HttpError, Limits};
-use crate::error::Error;
 
 /// Stop reading while this much unparsed input is buffered.
 const READ_CAP: usize = 64 * 1024;
@@ -52,194 +60,34 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Buffers larger than this are freed when a connection goes idle, so memory a large or
 /// hostile request needed returns to the allocator instead of staying with the connection.
 const IDLE_BUF_KEEP: usize = 4 * 1024;
-/// A TLS record header: content type, version, 16-bit length.
-const TLS_RECORD_HEADER: usize = 5;
-/// Content type of TLS handshake records.
-const TLS_HANDSHAKE: u8 = 22;
-/// Largest TLS plaintext record a ClientHello can arrive in (2^14 + header).
-const TLS_MAX_RECORD: usize = TLS_RECORD_HEADER + 16 * 1024;
 
-/// What every connection of a loop shares.
-pub(crate) struct Env<'a> {
-    pub router: &'a Router,
-    pub metrics: &'a Arc<Metrics>,
-    pub limits: &'a Limits,
-    pub admission: &'a Admission,
-    pub handle: &'a LoopHandle,
-    pub date: &'a mut DateCache,
-    pub token: usize,
+/// What every connection of a loop shares. Built once per loop (the loop owns it); a
+/// connection borrows it for each call.
+pub(crate) struct Env {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub admission: Arc<Admission>,
+    pub handle: LoopHandle,
+    pub date: DateCache,
 }
 
-/// Where a connection is in its protocol.
-enum Phase {
-    /// TLS, accepted at `since`; no complete ClientHello record yet. Holds no handshake slot:
-    /// a socket that does nothing costs nothing but its descriptor.
-    Hello { since: Instant },
-    /// TLS handshake in progress since the ClientHello arrived; holds a handshake slot.
-    Handshake { since: Instant },
-    /// Between requests.
-    Idle,
-    /// Part of a request head has arrived (at `since`); `scanned` bytes are checked.
-    Head { since: Instant, scanned: usize },
-    /// The head is parsed; the body is arriving.
-    Body {
-        head: Box<Head>,
-        decoder: BodyDecoder,
-        body: Vec<u8>,
-        since: Instant,
-        received: u64,
-        continued: bool,
-        /// This body's share of `Limits::max_body_buffer`, taken once it has to wait for
-        /// more bytes (a body that arrives with its head never takes one).
-        reservation: Option<BodyReservation>,
-    },
-    /// No more requests: answer what is queued, then close.
-    Closing { reason: CloseReason },
-    /// Answers are out and our write side is shut; discarding input until EOF or `LINGER`.
-    Lingering {
-        since: Instant,
-        reason: CloseReason,
-        discarded: usize,
-    },
+/// What a connection needs from its socket: bytes both ways, a look at unread bytes (a
+/// ClientHello must be whole before it takes a handshake slot) and a half-close. The event
+/// loop's sockets are mio's; the unit tests' are in memory.
+pub(crate) trait Socket: Read + Write {
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn shutdown_write(&self) -> io::Result<()>;
 }
 
-/// The result of one `Phase::step`.
-enum Step {
-    /// Need more bytes.
-    Wait(Phase),
-    /// A complete request; the connection continues in the given phase.
-    Request(Phase, Box<Head>, Vec<u8>),
-    /// The input is refused: answer with the error and close.
-    Fail(HttpError),
-}
-
-impl Phase {
-    /// Consumes what it can from `buf`.
-    fn step(
-        self,
-        buf: &mut Vec<u8>,
-        limits: &Limits,
-        budget: &Arc<BodyBudget>,
-        now: Instant,
-    ) -> Step {
-        match self {
-            Phase::Idle if !buf.is_empty() => Phase::Head {
-                since: now,
-                scanned: 0,
-            }
-            .step(buf, limits, budget, now),
-            Phase::Head { since, scanned } => match parse_head(buf, scanned, limits) {
-                Ok(Parsed::Partial { scanned }) => Step::Wait(Phase::Head { since, scanned }),
-                Ok(Parsed::Complete { head, len }) => {
-                    buf.drain(..len);
-                    match BodyDecoder::new(head.framing) {
-                        None => Step::Request(Phase::Idle, Box::new(head), Vec::new()),
-                        Some(decoder) => Phase::Body {
-                            head: Box::new(head),
-                            decoder,
-                            body: Vec::new(),
-                            since: now,
-                            received: 0,
-                            continued: false,
-                            reservation: None,
-                        }
-                        .step(buf, limits, budget, now),
-                    }
-                }
-                Err(e) => Step::Fail(e),
-            },
-            Phase::Body {
-                head,
-                mut decoder,
-                mut body,
-                since,
-                received,
-                continued,
-                mut reservation,
-            } => match decoder.decode(buf, &mut body, limits) {
-                Ok(p) => {
-                    buf.drain(..p.consumed);
-                    let received = received + p.consumed as u64;
-                    if p.done {
-                        return Step::Request(Phase::Idle, head, body);
-                    }
-                    // The body must wait for more bytes: from here on it holds memory on the
-                    // server's account. A declared length is reserved whole, up front, so a
-                    // body admitted once can always finish; a chunked body pays as it grows.
-                    let r = reservation.get_or_insert_with(|| budget.reservation());
-                    let need = match &decoder {
-                        BodyDecoder::Length { remaining } => body
-                            .len()
-                            .saturating_add(usize::try_from(*remaining).unwrap_or(usize::MAX)),
-                        BodyDecoder::Chunked(_) => body.capacity(),
-                    };
-                    if !r.grow_to(need) {
-                        return Step::Fail(HttpError::Overloaded);
-                    }
-                    if let BodyDecoder::Length { .. } = decoder {
-                        // Exactly the declared size: growth by doubling would hold up to
-                        // twice what was reserved.
-                        body.reserve_exact(need - body.len());
-                    }
-                    Step::Wait(Phase::Body {
-                        head,
-                        decoder,
-                        body,
-                        since,
-                        received,
-                        continued,
-                        reservation,
-                    })
-                }
-                Err(e) => Step::Fail(e),
-            },
-            other => Step::Wait(other),
-        }
+impl Socket for TcpStream {
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::peek(self, buf)
     }
 
-    /// When this phase times out, and why.
-    fn deadline(&self, limits: &Limits) -> Option<(Instant, CloseReason)> {
-        match self {
-            Phase::Hello { since } => {
-                Some((*since + limits.hello_timeout, CloseReason::HelloTimeout))
-            }
-            Phase::Handshake { since } => Some((
-                *since + limits.handshake_timeout,
-                CloseReason::HandshakeTimeout,
-            )),
-            Phase::Head { since, .. } => Some((
-                *since + limits.request_head_timeout,
-                CloseReason::HeadTimeout,
-            )),
-            Phase::Body {
-                since, received, ..
-            } => {
-                // The body may arrive as slowly as `min_body_rate` after a grace period; a
-                // client that keeps up keeps pushing its deadline out, but never past
-                // `body_timeout`: bytes sent early must not buy time to hold them.
-                let rate = limits.min_body_rate.max(1);
-                let allowance = Duration::from_millis(received.saturating_mul(1000) / rate);
-                let by_rate = *since + limits.request_head_timeout + allowance;
-                Some((
-                    by_rate.min(*since + limits.body_timeout),
-                    CloseReason::BodyTimeout,
-                ))
-            }
-            Phase::Lingering { since, reason, .. } => Some((*since + LINGER, *reason)),
-            Phase::Idle | Phase::Closing { .. } => None,
-        }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
     }
-}
-
-/// An answer waiting its turn.
-struct Answer {
-    seq: u64,
-    /// `None` while a deferred handler works.
-    response: Option<Response>,
-    head_only: bool,
-    close: bool,
-    route: RouteId,
-    received: Instant,
 }
 
 /// What a connection holds from admission for its whole life (given back on drop).
@@ -257,8 +105,10 @@ pub(crate) enum Status {
     Done(CloseReason),
 }
 
-pub(crate) struct Connection {
-    pub socket: TcpStream,
+pub(crate) struct Connection<S = TcpStream> {
+    pub socket: S,
+    /// This connection's index in its loop (where deferred answers are sent).
+    token: usize,
     pub peer: SocketAddr,
     pub generation: u64,
     /// The timer entry the loop holds for this connection.
@@ -291,10 +141,11 @@ pub(crate) struct Connection {
     idle_since: Instant,
 }
 
-impl Connection {
+impl<S: Socket> Connection<S> {
     pub fn new(
-        socket: TcpStream,
+        socket: S,
         peer: SocketAddr,
+        token: usize,
         generation: u64,
         tls: Option<rustls::ServerConnection>,
         admitted: Admitted,
@@ -306,6 +157,7 @@ impl Connection {
         };
         Self {
             socket,
+            token,
             peer,
             generation,
             scheduled: None,
@@ -338,13 +190,13 @@ impl Connection {
     }
 
     /// Does all the work that can be done now without blocking.
-    pub fn drive(&mut self, env: &mut Env<'_>, now: Instant) -> Status {
+    pub fn drive(&mut self, env: &mut Env, now: Instant) -> Status {
         for _ in 0..MAX_ROUNDS {
             let mut progress = false;
             if let Phase::Lingering { .. } = self.phase {
                 return self.linger(now);
             }
-            if self.may_read(env.limits) {
+            if self.may_read(&env.limits) {
                 match self.fill(&env.admission.handshakes) {
                     Ok(0) => {}
                     Ok(_) => progress = true,
@@ -359,7 +211,7 @@ impl Connection {
                     Err(Fatal::Tls) => {
                         // Let rustls' alert go out before closing; ignore errors, we are done.
                         let _ = self.flush();
-                        return Status::Done(self.tls_failure(env.metrics));
+                        return Status::Done(self.tls_failure(&env.metrics));
                     }
                     Err(Fatal::Io) => return Status::Done(CloseReason::Io),
                     Err(Fatal::HandshakeLimit) => {
@@ -382,10 +234,10 @@ impl Connection {
             if self.handshake_slot.is_some()
                 && self.tls.as_ref().is_some_and(|t| !t.is_handshaking())
             {
-                self.finish_handshake(env.metrics, now);
+                self.finish_handshake(&env.metrics, now);
                 progress = true;
             }
-            let was_blocked = self.backpressured(env.limits);
+            let was_blocked = self.backpressured(&env.limits);
             progress |= self.process(env, now);
             self.move_answers(env, now);
             if self.flush().is_err() {
@@ -393,7 +245,7 @@ impl Connection {
             }
             // Answers or output drained below the bounds: buffered requests can go on (no new
             // readiness event will come for bytes we already hold).
-            progress |= was_blocked && !self.backpressured(env.limits);
+            progress |= was_blocked && !self.backpressured(&env.limits);
             if self.output_pending() {
                 self.write_since.get_or_insert(now);
             } else {
@@ -460,15 +312,15 @@ impl Connection {
     }
 
     /// Handles an expired deadline; `Done` if the connection must go now.
-    pub fn on_timeout(&mut self, env: &mut Env<'_>, now: Instant) -> Status {
+    pub fn on_timeout(&mut self, env: &mut Env, now: Instant) -> Status {
         if let Some(since) = self.write_since
             && now >= since + env.limits.write_timeout
         {
             return Status::Done(CloseReason::WriteTimeout);
         }
-        if self.is_idle() && now >= self.idle_since + self.idle_limit(env.limits) {
+        if self.is_idle() && now >= self.idle_since + self.idle_limit(&env.limits) {
             // Silent from the start: the hello timeout, whatever the transport.
-            if self.requests == 0 && self.idle_limit(env.limits) == env.limits.hello_timeout {
+            if self.requests == 0 && self.idle_limit(&env.limits) == env.limits.hello_timeout {
                 if let Some(held_back) = env.admission.logs.hello_timeout.allow(now) {
                     tracing::info!(peer = %self.peer, held_back, "closing connections that sent no request in time");
                 }
@@ -481,7 +333,7 @@ impl Connection {
             self.readable = true;
             return self.drive(env, now);
         }
-        match self.phase.deadline(env.limits) {
+        match self.phase.deadline(&env.limits) {
             Some((t, reason)) if now >= t => match reason {
                 CloseReason::HandshakeTimeout => {
                     env.metrics.tls_handshake_failed();
@@ -513,7 +365,7 @@ impl Connection {
         &mut self,
         seq: u64,
         response: Response,
-        env: &mut Env<'_>,
+        env: &mut Env,
         now: Instant,
     ) -> Status {
         if let Some(a) = self
@@ -726,210 +578,12 @@ impl Connection {
         self.out_pos < self.out.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    fn finish_handshake(&mut self, metrics: &Metrics, now: Instant) {
-        self.handshake_slot = None;
-        if let Some(tls) = &self.tls {
-            metrics.tls_handshake_done(tls.handshake_kind());
-            self.tls_info = Some(TlsInfo {
-                version: tls.protocol_version(),
-                alpn: tls.alpn_protocol().map(<[u8]>::to_vec),
-                client_certificates: tls.peer_certificates().map(<[_]>::to_vec),
-            });
-        }
-        if let Phase::Handshake { .. } = self.phase {
-            self.phase = Phase::Idle;
-        }
-        self.idle_since = now;
-    }
-
-    fn tls_failure(&self, metrics: &Metrics) -> CloseReason {
-        if self.handshake_slot.is_some() {
-            metrics.tls_handshake_failed();
-            CloseReason::HandshakeFailed
-        } else {
-            CloseReason::Io
-        }
-    }
-
-    /// Parses and dispatches complete requests while the pipelining bounds allow.
-    fn process(&mut self, env: &mut Env<'_>, now: Instant) -> bool {
-        let mut progress = false;
-        while !self.backpressured(env.limits) {
-            let phase = std::mem::replace(
-                &mut self.phase,
-                Phase::Closing {
-                    reason: CloseReason::Io,
-                },
-            );
-            match phase.step(&mut self.read_buf, env.limits, &env.admission.bodies, now) {
-                Step::Wait(phase) => {
-                    self.phase = phase;
-                    self.maybe_continue();
-                    break;
-                }
-                Step::Request(phase, head, body) => {
-                    self.phase = phase;
-                    self.dispatch(env, &head, &body, now);
-                    progress = true;
-                }
-                Step::Fail(HttpError::Overloaded) => {
-                    if let Some(held_back) = env.admission.logs.body_budget.allow(now) {
-                        tracing::warn!(
-                            peer = %self.peer,
-                            budget = env.limits.max_body_buffer,
-                            held_back,
-                            "request body budget spent; answering 503"
-                        );
-                    }
-                    self.refuse(env, HttpError::Overloaded, CloseReason::BodyBudget, now);
-                    progress = true;
-                    break;
-                }
-                Step::Fail(e) => {
-                    self.refuse(env, e, CloseReason::BadRequest, now);
-                    progress = true;
-                    break;
-                }
-            }
-        }
-        progress
-    }
-
-    /// Sends `100 Continue` for a body the client is holding back, if no earlier answer is due.
-    fn maybe_continue(&mut self) {
-        if let Phase::Body {
-            head,
-            received: 0,
-            continued,
-            ..
-        } = &mut self.phase
-            && head.expect_continue
-            && !*continued
-            && self.queue.is_empty()
-        {
-            *continued = true;
-            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        }
-    }
-
-    /// Queues an error answer for input the transport refuses, and stops reading.
-    fn refuse(&mut self, env: &mut Env<'_>, e: HttpError, reason: CloseReason, now: Instant) {
-        tracing::debug!(peer = %self.peer, error = %e, "request refused");
-        let mut response = Response::from_error(&Error::Http(e.clone()));
-        if e == HttpError::Overloaded {
-            response = response.header("Retry-After", "1");
-        }
-        self.queue.push_back(Answer {
-            seq: self.next_seq,
-            response: Some(response),
-            head_only: false,
-            close: true,
-            route: env.router.unmatched(),
-            received: now,
-        });
-        self.next_seq += 1;
-        self.phase = Phase::Closing { reason };
-        // Nothing more is parsed: what was buffered goes back to the allocator now, not when
-        // the connection finally closes (a refused flood holds no memory while it lingers).
-        self.read_buf = Vec::new();
-    }
-
-    fn dispatch(&mut self, env: &mut Env<'_>, head: &Head, body: &[u8], now: Instant) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.requests += 1;
-        let mut close = None;
-        if !head.keep_alive {
-            close = Some(CloseReason::Client);
-        }
-        if self.requests >= env.limits.max_requests_per_connection {
-            close = Some(CloseReason::MaxRequests);
-        }
-        // Shutting down: the last request already received gets `Connection: close`; any
-        // received after it in the same burst is answered too.
-        if self.draining && self.read_buf.is_empty() && !self.readable {
-            close = Some(CloseReason::Shutdown);
-        }
-        let (route, response) = match env.router.dispatch(head.method(), head.path()) {
-            Dispatch::Refused { id, response } => (id, Some(response)),
-            Dispatch::Found {
-                id,
-                handler,
-                params,
-            } => {
-                let req = Request::new(head, body, params);
-                let ctx = RequestContext {
-                    peer: self.peer,
-                    tls: self.tls_info.as_ref(),
-                    metrics: env.metrics,
-                    received: now,
-                    slot: Slot {
-                        handle: env.handle,
-                        token: env.token,
-                        generation: self.generation,
-                        seq,
-                    },
-                    deferred: Default::default(),
-                };
-                // A panicking handler costs its request a 500, not the loop its connections.
-                let result = catch_unwind(AssertUnwindSafe(|| handler.handle(&req, &ctx)));
-                let response = match result {
-                    Ok(Ok(Outcome::Ready(r))) => Some(r),
-                    Ok(Ok(Outcome::Deferred)) if ctx.deferred.get() => None,
-                    Ok(Ok(Outcome::Deferred)) => Some(Response::from_error(&Error::Io(
-                        io::Error::other("handler deferred without taking a completion"),
-                    ))),
-                    Ok(Err(e)) => Some(Response::from_error(&e)),
-                    Err(_) => Some(Response::from_error(&Error::Io(io::Error::other(
-                        "handler panicked",
-                    )))),
-                };
-                (id, response)
-            }
-        };
-        self.queue.push_back(Answer {
-            seq,
-            response,
-            head_only: head.method() == "HEAD",
-            close: close.is_some(),
-            route,
-            received: now,
-        });
-        if let Some(reason) = close {
-            self.phase = Phase::Closing { reason };
-        }
-    }
-
-    /// Serialises finished answers at the front of the queue, in order.
-    fn move_answers(&mut self, env: &mut Env<'_>, now: Instant) {
-        while let Some(front) = self.queue.front_mut() {
-            let Some(response) = front.response.take() else {
-                break;
-            };
-            let date = env.date.now();
-            response.write_to(&mut self.out, date, front.head_only, front.close);
-            env.metrics.record_request(
-                front.route.0,
-                response.status,
-                now.saturating_duration_since(front.received),
-            );
-            let close = front.close;
-            self.queue.pop_front();
-            self.idle_since = now;
-            if close {
-                // Nothing after a closing answer is sent.
-                self.queue.clear();
-                break;
-            }
-        }
-    }
-
     fn start_linger(&mut self, reason: CloseReason, now: Instant) -> Status {
         if let Some(tls) = self.tls.as_mut() {
             tls.send_close_notify();
             let _ = tls.write_tls(&mut self.socket);
         }
-        if self.peer_eof || self.socket.shutdown(Shutdown::Write).is_err() {
+        if self.peer_eof || self.socket.shutdown_write().is_err() {
             return Status::Done(reason);
         }
         // Lingering only discards raw bytes: the TLS session and the buffers are done with.
@@ -984,32 +638,6 @@ enum Fatal {
     HandshakeLimit,
 }
 
-/// Whether the socket holds a whole first TLS record (the ClientHello, which clients send in
-/// one record), or EOF (true: the read that follows reports it). Peeks, so nothing is
-/// consumed. Anything that is not a handshake record is let through for rustls to refuse.
-fn client_hello_ready(socket: &TcpStream) -> io::Result<bool> {
-    let mut buf = [0u8; TLS_MAX_RECORD];
-    let n = socket.peek(&mut buf)?;
-    Ok(hello_record_complete(&buf[..n]))
-}
-
-/// `peeked` is all the socket holds: is the first record whole (or the socket at EOF)?
-fn hello_record_complete(peeked: &[u8]) -> bool {
-    if peeked.is_empty() {
-        return true;
-    }
-    if peeked[0] != TLS_HANDSHAKE {
-        return true;
-    }
-    let Some(header) = peeked.get(..TLS_RECORD_HEADER) else {
-        return false;
-    };
-    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-    // A length no record may have is refused by rustls at once; waiting for it would only
-    // turn a malformed hello into a silent one.
-    len > TLS_MAX_RECORD - TLS_RECORD_HEADER || peeked.len() >= TLS_RECORD_HEADER + len
-}
-
 enum ReadErr {
     WouldBlock,
     Fatal(Fatal),
@@ -1024,129 +652,299 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
     use super::*;
+    use crate::http::handler::{Completed, Completion, Outcome, RequestContext};
+    use crate::http::{Request, testing};
 
-    fn head(len: usize) -> Vec<u8> {
-        format!("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n").into_bytes()
+    /// A socket in memory: what the client sent and has not been read, what the server wrote.
+    #[derive(Default)]
+    struct Mem {
+        input: VecDeque<u8>,
+        eof: bool,
+        output: Vec<u8>,
+        write_shut: std::cell::Cell<bool>,
     }
 
-    /// Steps a fresh connection's phase over `input`.
-    fn step(input: &[u8], limits: &Limits, budget: &Arc<BodyBudget>, now: Instant) -> Step {
-        let mut buf = input.to_vec();
-        Phase::Idle.step(&mut buf, limits, budget, now)
+    impl Read for Mem {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.input.is_empty() {
+                return if self.eof {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(self.input.len());
+            for (b, byte) in buf.iter_mut().zip(self.input.drain(..n)) {
+                *b = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Mem {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            assert!(!self.write_shut.get(), "write after shutdown");
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for Mem {
+        fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.input.len());
+            for (b, byte) in buf.iter_mut().zip(self.input.iter()) {
+                *b = *byte;
+            }
+            Ok(n)
+        }
+
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.write_shut.set(true);
+            Ok(())
+        }
+    }
+
+    thread_local! {
+        /// Completions the `/later` handler parked, for the test to answer.
+        static PARKED: RefCell<Vec<Completion>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn hi(_: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+        Response::text(200, "text/plain", "hi").into()
+    }
+
+    fn echo(req: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+        Response::text(200, "text/plain", req.body().to_vec()).into()
+    }
+
+    fn later(_: &Request<'_>, ctx: &RequestContext<'_>) -> Outcome {
+        PARKED.with(|p| p.borrow_mut().push(ctx.defer()));
+        Outcome::Deferred
+    }
+
+    /// One plain connection over `Mem`, with the loop environment around it and a clock the
+    /// test moves.
+    struct Fixture {
+        conn: Connection<Mem>,
+        env: Env,
+        completions: crossbeam::channel::Receiver<Completed>,
+        now: Instant,
+        _poll: mio::Poll,
+    }
+
+    impl Fixture {
+        fn new(limits: Limits) -> Self {
+            let mut router = Router::new(testing::refusal);
+            router
+                .get("/hi", hi)
+                .post("/echo", echo)
+                .get("/later", later);
+            let metrics = Arc::new(Metrics::new());
+            metrics.init_routes(router.labels());
+            let poll = mio::Poll::new().expect("poll");
+            let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+            let (tx, completions) = crossbeam::channel::unbounded();
+            let admission = Arc::new(Admission::new(&limits));
+            let peer: SocketAddr = "192.0.2.1:4000".parse().expect("address");
+            let admitted = Admitted {
+                _connection: admission.connections.try_take().expect("slot"),
+                _source: admission.sources.try_admit(peer.ip()).expect("source"),
+            };
+            let now = Instant::now();
+            let env = Env {
+                handle: LoopHandle {
+                    tx,
+                    waker,
+                    refuse: router.refusals(),
+                },
+                router: Arc::new(router),
+                metrics,
+                limits,
+                admission,
+                date: DateCache::default(),
+            };
+            let conn = Connection::new(Mem::default(), peer, 0, 1, None, admitted, now);
+            Self {
+                conn,
+                env,
+                completions,
+                now,
+                _poll: poll,
+            }
+        }
+
+        /// The client sends `bytes`; the loop sees a readable event and drives.
+        fn send(&mut self, bytes: &[u8]) -> Status {
+            self.conn.socket.input.extend(bytes);
+            self.conn.on_event(true, false);
+            self.conn.drive(&mut self.env, self.now)
+        }
+
+        /// The client half-closes.
+        fn close(&mut self) -> Status {
+            self.conn.socket.eof = true;
+            self.conn.on_event(true, true);
+            self.conn.drive(&mut self.env, self.now)
+        }
+
+        /// What the server wrote since the last call.
+        fn written(&mut self) -> String {
+            String::from_utf8(std::mem::take(&mut self.conn.socket.output)).expect("ASCII")
+        }
+
+        /// Delivers every finished deferred answer, as the loop does.
+        fn deliver(&mut self) -> Status {
+            let mut status = Status::Open { more: false };
+            while let Ok(done) = self.completions.try_recv() {
+                status = self
+                    .conn
+                    .complete(done.seq, done.response, &mut self.env, self.now);
+            }
+            status
+        }
+
+        /// Moves the clock to the connection's next deadline and fires it.
+        fn expire(&mut self) -> Status {
+            self.now = self.conn.deadline(&self.env.limits).expect("a deadline");
+            self.conn.on_timeout(&mut self.env, self.now)
+        }
+    }
+
+    const GET_HI: &[u8] = b"GET /hi HTTP/1.1\r\nHost: t\r\n\r\n";
+
+    /// Status lines of the answers in `out`, in order.
+    fn statuses(out: &str) -> Vec<&str> {
+        out.match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &out[i + 9..i + 12])
+            .collect()
     }
 
     #[test]
-    fn a_front_loaded_body_gets_no_more_than_the_body_timeout() {
-        let limits = Limits::default();
-        let budget = BodyBudget::new(limits.max_body_buffer);
-        let now = Instant::now();
-        let len = limits.max_body;
-        let mut input = head(len);
-        input.resize(input.len() + len - 1, b'x');
-        let Step::Wait(phase) = step(&input, &limits, &budget, now) else {
-            panic!("the body is one byte short");
-        };
-        let (at, reason) = phase.deadline(&limits).expect("a body has a deadline");
-        assert_eq!(reason, CloseReason::BodyTimeout);
-        // At the minimum rate alone, a mebibyte sent at once would buy ~17 minutes.
-        assert_eq!(at, now + limits.body_timeout);
+    fn keep_alive_answers_one_request_after_another() {
+        let mut f = Fixture::new(Limits::default());
+        assert_eq!(f.send(GET_HI), Status::Open { more: false });
+        let out = f.written();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.ends_with("Content-Length: 2\r\n\r\nhi"), "{out}");
+        assert!(!out.contains("Connection: close"), "{out}");
+        assert_eq!(f.send(GET_HI), Status::Open { more: false });
+        assert_eq!(statuses(&f.written()), ["200"]);
+        // Idle between requests: the keep-alive timer closes it.
+        f.now += Duration::from_millis(1);
+        assert_eq!(f.expire(), Status::Done(CloseReason::IdleTimeout));
     }
 
     #[test]
-    fn a_slow_start_still_times_out_by_rate() {
-        let limits = Limits::default();
-        let budget = BodyBudget::new(limits.max_body_buffer);
-        let now = Instant::now();
-        let Step::Wait(phase) = step(&head(1000), &limits, &budget, now) else {
-            panic!("no body yet");
-        };
-        let (at, _) = phase.deadline(&limits).unwrap();
-        assert_eq!(at, now + limits.request_head_timeout);
+    fn pipelined_answers_leave_in_request_order() {
+        let mut f = Fixture::new(Limits::default());
+        let mut burst = b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        burst.extend_from_slice(GET_HI);
+        burst.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nping");
+        f.send(&burst);
+        // The first answer is not ready, so nothing may leave yet.
+        assert_eq!(f.written(), "");
+        let parked = PARKED.with(|p| p.borrow_mut().pop()).expect("deferred");
+        parked.complete(Response::text(202, "text/plain", "later"));
+        f.deliver();
+        let out = f.written();
+        assert_eq!(statuses(&out), ["202", "200", "200"], "{out}");
+        let (later, rest) = out.split_once("later").expect("first body");
+        assert!(later.starts_with("HTTP/1.1 202"));
+        assert!(rest.ends_with("\r\n\r\nping"), "{rest}");
     }
 
     #[test]
-    fn bodies_that_must_wait_reserve_their_declared_length_and_give_it_back() {
-        let limits = Limits {
-            max_body_buffer: 1500,
+    fn an_abandoned_deferred_request_is_answered_500() {
+        let mut f = Fixture::new(Limits::default());
+        f.send(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+        drop(PARKED.with(|p| p.borrow_mut().pop()).expect("deferred"));
+        f.deliver();
+        let out = f.written();
+        assert_eq!(statuses(&out), ["500"], "{out}");
+        assert!(out.contains("server_error"), "{out}");
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_refused_and_the_connection_closes() {
+        let mut f = Fixture::new(Limits {
+            max_body: 8,
             ..Limits::default()
-        };
-        let budget = BodyBudget::new(limits.max_body_buffer);
-        let now = Instant::now();
-        // Arrives whole with its head: never touches the budget.
-        let mut whole = head(1000);
-        whole.extend_from_slice(&[b'x'; 1000]);
-        assert!(matches!(
-            step(&whole, &limits, &budget, now),
-            Step::Request(..)
-        ));
-        assert_eq!(budget.used(), 0);
-        // Must wait: reserves all 1000 declared bytes, up front.
-        let Step::Wait(waiting) = step(&head(1000), &limits, &budget, now) else {
-            panic!("no body yet");
-        };
-        assert_eq!(budget.used(), 1000);
-        // A second waiting body does not fit next to it: refused, not queued without bound.
-        assert!(matches!(
-            step(&head(1000), &limits, &budget, now),
-            Step::Fail(HttpError::Overloaded)
-        ));
-        assert_eq!(budget.used(), 1000, "a refused body holds nothing");
-        // The first finishes: its share returns.
-        let mut rest = vec![b'x'; 1000];
-        let Step::Request(_, _, body) = waiting.step(&mut rest, &limits, &budget, now) else {
-            panic!("the body is complete");
-        };
-        assert_eq!(body.len(), 1000);
-        assert_eq!(budget.used(), 0);
+        });
+        let status = f.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n");
+        let out = f.written();
+        assert_eq!(statuses(&out), ["413"], "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+        // The answer is out and the write side shut: the connection lingers until EOF.
+        assert_eq!(status, Status::Open { more: false });
+        assert!(f.conn.socket.write_shut.get());
+        assert_eq!(f.close(), Status::Done(CloseReason::BadRequest));
     }
 
     #[test]
-    fn chunked_bodies_pay_for_what_they_hold() {
-        let limits = Limits {
-            max_body_buffer: 4096,
+    fn a_head_that_stops_arriving_is_answered_408() {
+        let limits = Limits::default();
+        let mut f = Fixture::new(limits.clone());
+        let start = f.now;
+        f.send(b"GET /hi HTTP/1.1\r\nHo");
+        assert_eq!(f.written(), "");
+        assert_eq!(
+            f.conn.deadline(&f.env.limits),
+            Some(start + limits.request_head_timeout)
+        );
+        f.expire();
+        let out = f.written();
+        assert_eq!(statuses(&out), ["408"], "{out}");
+        assert!(out.contains("Connection: close"), "{out}");
+    }
+
+    #[test]
+    fn connection_close_and_head_are_honoured() {
+        let mut f = Fixture::new(Limits::default());
+        f.send(
+            b"HEAD /hi HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /hi HTTP/1.1\r\n\r\n",
+        );
+        let out = f.written();
+        // HEAD: the length of the body it would have had, no body; nothing after the close.
+        assert_eq!(statuses(&out), ["200"], "{out}");
+        assert!(
+            out.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n"),
+            "{out}"
+        );
+        assert_eq!(f.close(), Status::Done(CloseReason::Client));
+    }
+
+    #[test]
+    fn a_silent_connection_gets_only_the_hello_timeout() {
+        let limits = Limits::default();
+        let mut f = Fixture::new(limits.clone());
+        let start = f.now;
+        assert_eq!(
+            f.conn.deadline(&f.env.limits),
+            Some(start + limits.hello_timeout)
+        );
+        assert_eq!(f.expire(), Status::Done(CloseReason::HelloTimeout));
+    }
+
+    #[test]
+    fn the_request_limit_closes_after_the_last_answer() {
+        let mut f = Fixture::new(Limits {
+            max_requests_per_connection: 2,
             ..Limits::default()
-        };
-        let budget = BodyBudget::new(limits.max_body_buffer);
-        let mut input =
-            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec();
-        input.extend_from_slice(&[b'x'; 0x800]);
-        input.extend_from_slice(b"\r\n");
-        let Step::Wait(_held) = step(&input, &limits, &budget, Instant::now()) else {
-            panic!("no last chunk yet");
-        };
-        assert!(budget.used() >= 0x800);
-        let mut big =
-            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n".to_vec();
-        big.extend_from_slice(&[b'x'; 0x1000]);
-        assert!(matches!(
-            step(&big, &limits, &budget, Instant::now()),
-            Step::Fail(HttpError::Overloaded)
-        ));
-    }
-
-    #[test]
-    fn a_client_hello_counts_once_its_first_record_is_whole() {
-        assert!(!hello_record_complete(&[22, 3, 1]), "partial header");
-        assert!(
-            !hello_record_complete(&[22, 3, 1, 0, 4, 1, 2, 3]),
-            "partial record"
-        );
-        assert!(hello_record_complete(&[22, 3, 1, 0, 4, 1, 2, 3, 4]));
-        assert!(
-            hello_record_complete(&[22, 3, 1, 0, 1, 9, 22, 3]),
-            "more behind it"
-        );
-        assert!(hello_record_complete(&[]), "EOF: let the read report it");
-        assert!(
-            hello_record_complete(b"GET / HTTP/1.1"),
-            "not TLS: rustls refuses it"
-        );
-        // A length past the largest record is let through for rustls to refuse.
-        assert!(hello_record_complete(&[22, 3, 1, 0xff, 0xff, 1, 2, 3]));
-        assert!(
-            !hello_record_complete(&[22, 3, 1, 0x40, 0x00, 1, 2, 3]),
-            "2^14 is legal"
-        );
+        });
+        let mut two = GET_HI.to_vec();
+        two.extend_from_slice(GET_HI);
+        f.send(&two);
+        let out = f.written();
+        assert_eq!(statuses(&out), ["200", "200"], "{out}");
+        assert_eq!(out.matches("Connection: close").count(), 1, "{out}");
+        assert!(out.ends_with("Connection: close\r\n\r\nhi"), "{out}");
     }
 }
