@@ -148,7 +148,7 @@ fn token_endpoint_follows_rfc_6749_and_publishes_keys_in_the_uaa_shape() {
     let data = dir.path().join("data");
     let auth = Authority::start(&data, None);
     assert!(
-        auth.stderr().contains("admin-client.json"),
+        auth.wait_stderr("admin-client.json"),
         "first run names the credentials file"
     );
     let secret = admin_secret(&auth);

@@ -104,7 +104,7 @@ fn sighup_serves_the_replaced_data_directory_certificate_and_keeps_live_connecti
     s.signal("HUP");
     wait_served(s.addr, &new);
     assert!(
-        s.stderr().contains("server certificate reloaded"),
+        s.wait_stderr("server certificate reloaded"),
         "{}",
         s.stderr()
     );

@@ -99,6 +99,19 @@ impl Authority {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
     }
 
+    /// Whether `needle` shows up on stderr within 5 s: stderr is read on its own thread, so a
+    /// line written before the ready line may still be in the pipe when `start` returns.
+    pub fn wait_stderr(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.stderr().contains(needle) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// What the server calls itself: `content.baseUrl` of boarding configurations.
     pub fn base_url(&self) -> String {
         format!("https://{}", self.addr)
