@@ -127,6 +127,8 @@ pub struct AppSettings {
     pub client_throttle: crate::api::throttle::ThrottleConfig,
     /// The same per source address (IPv6: per /64).
     pub source_throttle: crate::api::throttle::ThrottleConfig,
+    /// Refusal tallies and audit retention (set by `serve` from its flags).
+    pub audit: crate::refusal_audit::AuditPolicy,
 }
 
 impl Default for AppSettings {
@@ -162,6 +164,7 @@ impl Default for AppSettings {
             replay_log: ReplayLogConfig::default(),
             client_throttle: crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT,
             source_throttle: crate::api::throttle::ThrottleConfig::SOURCE_DEFAULT,
+            audit: crate::refusal_audit::AuditPolicy::DEFAULT,
         }
     }
 }
@@ -421,6 +424,7 @@ impl AppConfig {
             },
             client_throttle: d.client_throttle,
             source_throttle: d.source_throttle,
+            audit: d.audit,
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {
@@ -477,6 +481,8 @@ pub struct App {
     pub client_throttle: crate::api::throttle::FailureThrottle<String>,
     /// Failed authentications by source address (token, introspection, registration).
     pub source_throttle: crate::api::throttle::FailureThrottle<u128>,
+    /// Refusals of unauthenticated requests, counted until the maintenance thread audits them.
+    pub refusals: crate::refusal_audit::RefusalTally,
     /// Mutual-TLS trust, if client authentication is on (set by `serve` before sharing).
     pub trust: Option<Arc<TrustStore>>,
     /// The store's side of mutual-TLS trust: rebuilt into `trust` after commits
@@ -566,6 +572,7 @@ impl App {
             source_throttle: crate::api::throttle::FailureThrottle::new_distinct(
                 settings.source_throttle,
             ),
+            refusals: crate::refusal_audit::RefusalTally::new(settings.audit.max_keys),
             settings,
             trust: None,
             mtls: crate::pki::TrustState::default(),
@@ -1126,7 +1133,11 @@ impl App {
     /// [`App::stop_maintenance`] is called.
     pub fn start_maintenance(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak: Weak<App> = Arc::downgrade(self);
-        let interval = self.settings.maintenance_interval;
+        // Tallied refusals are written at least this often too.
+        let interval = self
+            .settings
+            .maintenance_interval
+            .min(self.settings.audit.flush_interval);
         let stopping = Arc::clone(&self.stopping);
         std::thread::Builder::new()
             .name("latchkey-maintenance".into())
@@ -1157,6 +1168,7 @@ impl App {
 
     /// One maintenance pass.
     pub fn maintain(&self, now: u64) -> Result<(), Error> {
+        crate::refusal_audit::maintain(self, now)?;
         for kid in self.activate_due_keys(now)? {
             tracing::info!(kid, "published signing key activated");
         }

@@ -272,6 +272,22 @@ pub struct Settings {
     /// 16); when full, the one with the oldest failure is forgotten [default: 65536].
     #[arg(long, value_name = "N")]
     pub auth_failure_table: Option<usize>,
+    /// How often refusals of unauthenticated requests (wrong client secrets, throttled
+    /// guesses), counted in memory, are written to the audit log as one row per claimed client
+    /// id, source address and error; also written at shutdown [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub audit_flush_interval: Option<HumanDuration>,
+    /// Distinct (client id, source, error) keys counted per flush interval; refusals for
+    /// further keys are audited together in one `*other*` row [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub audit_refusal_keys: Option<usize>,
+    /// Audit rows older than this many days are removed by the maintenance thread, oldest
+    /// first; 0 keeps them [default: 90].
+    #[arg(long, value_name = "DAYS")]
+    pub audit_retention_days: Option<u64>,
+    /// Most audit rows kept; beyond it the oldest are removed; 0: no limit [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub audit_max_rows: Option<u64>,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -312,6 +328,8 @@ pub struct ServeSettings {
     pub client_throttle: crate::api::throttle::ThrottleConfig,
     /// Backoff after failed authentications per source address.
     pub source_throttle: crate::api::throttle::ThrottleConfig,
+    /// Refusal tallies and audit retention.
+    pub audit: crate::refusal_audit::AuditPolicy,
 }
 
 impl Settings {
@@ -368,7 +386,11 @@ impl Settings {
             auth_failure_limit,
             auth_source_failure_limit,
             auth_backoff_max,
-            auth_failure_table
+            auth_failure_table,
+            audit_flush_interval,
+            audit_refusal_keys,
+            audit_retention_days,
+            audit_max_rows
         )
     }
 
@@ -486,6 +508,18 @@ impl Settings {
             },
             ..client_throttle
         };
+        let ad = crate::refusal_audit::AuditPolicy::DEFAULT;
+        let audit = crate::refusal_audit::AuditPolicy {
+            flush_interval: dur(
+                self.audit_flush_interval,
+                ad.flush_interval,
+                "audit-flush-interval",
+            )?,
+            max_keys: positive(self.audit_refusal_keys, ad.max_keys, "audit-refusal-keys")?,
+            retention_days: self.audit_retention_days.unwrap_or(ad.retention_days),
+            max_rows: self.audit_max_rows.unwrap_or(ad.max_rows),
+            prune_batch: ad.prune_batch,
+        };
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -530,6 +564,7 @@ impl Settings {
             metrics_access: self.metrics_access.unwrap_or_default(),
             metrics_listen: self.metrics_listen,
             client_throttle,
+            audit,
             source_throttle,
         })
     }

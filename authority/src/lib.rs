@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod pki;
+pub mod refusal_audit;
 pub mod replay_log;
 pub mod store;
 pub mod tls;

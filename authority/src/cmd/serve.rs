@@ -104,6 +104,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         config_path.as_deref(),
         key,
         (settings.client_throttle, settings.source_throttle),
+        settings.audit,
         metrics.clone(),
         json,
     )?;
@@ -314,6 +315,10 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     state.stop_maintenance();
     maintenance.thread().unpark();
     let _ = maintenance.join();
+    // Refusals counted since the last pass are audited before the store closes.
+    if let Err(e) = state.refusals.flush(&state.store, state.now()) {
+        tracing::error!(error = %e, "writing the refusal tally failed");
+    }
     // Flush: the last store handle closes the writer after its queue is empty.
     match Arc::try_unwrap(state) {
         Ok(state) => drop(state),
@@ -342,6 +347,7 @@ fn open_state(
         crate::api::throttle::ThrottleConfig,
         crate::api::throttle::ThrottleConfig,
     ),
+    audit: crate::refusal_audit::AuditPolicy,
     metrics: Arc<Metrics>,
     json: bool,
 ) -> Result<App, Error> {
@@ -353,6 +359,7 @@ fn open_state(
     settings.master_key = key;
     settings.client_throttle = client_throttle;
     settings.source_throttle = source_throttle;
+    settings.audit = audit;
     let (app, first_run) = App::open(data_dir, settings, metrics)?;
     if let Some(path) = &first_run.admin_credentials {
         if json {

@@ -131,6 +131,8 @@ pub enum WriteOp {
     Forget {
         now: u64,
     },
+    /// Removes the oldest audit rows (retention), in one bounded batch.
+    PruneAudit(super::audit_prune::PruneAudit),
     /// Appends an audit entry for an event the store does not see itself.
     Audit {
         actor: String,
@@ -266,6 +268,9 @@ pub enum WriteOutcome {
     Audit {
         seq: u64,
     },
+    AuditPruned {
+        removed: u64,
+    },
 }
 
 type Bytes = &'static [u8];
@@ -379,6 +384,8 @@ pub(crate) enum Mutation {
     PutRevocation(&'static str, String, Vec<u8>),
     DelRevocation(String, String),
     PutFingerprint(String, String),
+    /// Audit rows `first..=last`.
+    DelAudit(u64, u64),
 }
 
 /// The writes an op will make, encoded up front.
@@ -387,7 +394,7 @@ pub(crate) struct Plan {
     muts: Vec<Mutation>,
     /// Audit entries besides the op's own (e.g. the cut-over a rotation implies), appended
     /// before it; their fields are ids, bounded like every key.
-    audits: Vec<AuditRecord>,
+    pub(super) audits: Vec<AuditRecord>,
 }
 
 impl Plan {
@@ -401,7 +408,7 @@ impl Plan {
         self.muts.push(Mutation::Del(table, key.to_string()));
     }
 
-    fn push(&mut self, m: Mutation) {
+    pub(super) fn push(&mut self, m: Mutation) {
         self.muts.push(m);
     }
 
@@ -418,6 +425,7 @@ impl Plan {
                 | Mutation::DelTenantAgent(a, b)
                 | Mutation::DelRevocation(a, b) => [a, b],
                 Mutation::PutRevocation(_, k, _) | Mutation::PutFingerprint(k, _) => [k, ""],
+                Mutation::DelAudit(..) => ["", ""],
             }
         });
         for k in keys {
@@ -474,6 +482,11 @@ fn execute(t: &mut Tables<'_>, plan: Plan) -> Result<(), StoreError> {
                 t.cert_fingerprints
                     .insert(fp.as_str(), alias.as_str())
                     .db(op)?;
+            }
+            Mutation::DelAudit(first, last) => {
+                for seq in first..=last {
+                    t.audit.remove(seq).db(op)?;
+                }
             }
         }
     }
@@ -1049,6 +1062,7 @@ fn plan_op(
             Ok(WriteOutcome::Revocation(rec))
         }
         WriteOp::Forget { now } => forget(t, p, key, hot, now),
+        WriteOp::PruneAudit(req) => super::audit_prune::plan(t, p, &req),
         // Nothing to plan: `apply` appends the entry, as for every audited op, under the
         // sequence number it reads here (the next one; ops apply one at a time).
         WriteOp::Audit { .. } => Ok(WriteOutcome::Audit { seq: t.next_audit }),
