@@ -5,7 +5,9 @@
 //! wire speed. Such refusals are counted here, in memory, per (event, claimed client id,
 //! source address, OAuth error code), and written by the maintenance thread as one aggregated
 //! audit row per key and interval: `actor` is the claimed id, `subject` says
-//! `count=N source=ADDR interval=FROM..TO`, the outcome carries the first refusal's message.
+//! `ID count=N source=ADDR interval=FROM..TO error=CODE` (the claimed id first, as a single
+//! refusal's subject was), the outcome carries the first refusal's message. The metrics are
+//! updated at each flush.
 //!
 //! The table holds at most `max_keys` keys per interval; refusals for further keys go to one
 //! `*other*` row (its count, the keys it absorbed), counted in
@@ -178,12 +180,12 @@ impl RefusalTally {
             .rows
             .into_iter()
             .map(|(k, c)| WriteOp::Audit {
-                actor: k.actor,
                 event: k.event.into(),
                 subject: format!(
-                    "count={} source={} interval={from}..{now} error={}",
-                    c.n, k.source, k.code
+                    "{} count={} source={} interval={from}..{now} error={}",
+                    k.actor, c.n, k.source, k.code
                 ),
+                actor: k.actor,
                 outcome: AuditOutcome::Refused(c.reason),
                 now,
             })
@@ -371,7 +373,7 @@ mod tests {
             (
                 "admin",
                 "token.refuse",
-                "count=1000 source=192.0.2.7 interval=100..160 error=invalid_client"
+                "admin count=1000 source=192.0.2.7 interval=100..160 error=invalid_client"
             )
         );
         assert!(t.take(200).is_empty(), "the table is emptied by a flush");
@@ -398,7 +400,11 @@ mod tests {
         let other = ops.iter().find(|o| subject(o).0 == OTHER_ACTOR).unwrap();
         assert_eq!(subject(other).2, "count=7 interval=1..2");
         let c0 = ops.iter().find(|o| subject(o).0 == "c0").unwrap();
-        assert!(subject(c0).2.starts_with("count=2 "), "{:?}", subject(c0));
+        assert!(
+            subject(c0).2.starts_with("c0 count=2 "),
+            "{:?}",
+            subject(c0)
+        );
     }
 
     #[test]
@@ -417,7 +423,9 @@ mod tests {
         assert!(ops.iter().any(|o| subject(o).0 == "-"));
         let v6 = ops.iter().find(|o| subject(o).0 == "v6").unwrap();
         assert!(
-            subject(v6).2.contains("count=2 source=2001:db8:1:2::/64"),
+            subject(v6)
+                .2
+                .contains("v6 count=2 source=2001:db8:1:2::/64"),
             "{:?}",
             subject(v6)
         );
@@ -430,5 +438,29 @@ mod tests {
         assert_eq!(d.max_keys, 10_000);
         assert_eq!(d.retention_days, 90);
         assert_eq!(d.max_rows, 1_000_000);
+        const DOC: &str = include_str!("../../docs/configuration.md");
+        for row in [
+            "| `audit-flush-interval` | `--audit-flush-interval` | `60s` |",
+            "| `audit-refusal-keys` | `--audit-refusal-keys` | `10000` |",
+            "| `audit-retention-days` | `--audit-retention-days` | `90` |",
+            "| `audit-max-rows` | `--audit-max-rows` | `1000000` |",
+        ] {
+            assert!(DOC.contains(row), "docs/configuration.md lacks {row}");
+        }
+        assert!(DOC.contains("batches of 10000 rows"));
+        assert_eq!(d.prune_batch, 10_000);
+    }
+
+    #[test]
+    fn metrics_name_the_counts() {
+        let t = RefusalTally::new(1);
+        t.record("token.refuse", "a", V4, "invalid_client", "x", 1);
+        t.record("token.refuse", "b", V4, "invalid_client", "x", 1);
+        let m = t.metrics();
+        assert!(m.contains("latchkey_audit_refusals_total 2\n"), "{m}");
+        assert!(
+            m.contains("latchkey_audit_refusals_overflow_total 1\n"),
+            "{m}"
+        );
     }
 }
