@@ -157,6 +157,11 @@ impl Default for AppSettings {
                 // 8 bytes a slot, allocated as the load needs them: at most 32 MiB, enough
                 // for ~11k assertions/s sustained at the default age limit and leeway.
                 capacity: 1 << 22,
+                // Half the cache: one agent at ~11k assertions/s sustained (30k/s for over a
+                // minute) at the default age limit, and never more than half for one agent.
+                max_per_issuer: 1 << 21,
+                // `assertion_max_age` plus the leeway on both ends, as `resolve` sets it.
+                share_window: 120 + 2 * 60,
                 ..ReplayConfig::default()
             },
             rotation_grace: 6 * 3600,
@@ -282,6 +287,8 @@ pub struct TokensConfig {
     pub assertion_max_age: Option<crate::config::HumanDuration>,
     /// Slots in the client-assertion replay cache (8 bytes each).
     pub replay_capacity: Option<usize>,
+    /// Most recent assertions one agent may hold in the replay cache.
+    pub replay_max_per_issuer: Option<usize>,
     /// How often the replay log is fsynced.
     pub replay_log_sync_interval: Option<crate::config::HumanDuration>,
     /// Most bytes the replay log may hold (30 per accepted assertion).
@@ -357,6 +364,11 @@ impl AppConfig {
                 "agents.datasource-config-max-bytes must be 2..={MAX_DATASOURCE_CONFIG_BYTES}"
             )));
         }
+        let assertion_max_age = secs(
+            t.assertion_max_age,
+            d.assertion_max_age,
+            "assertion-max-age",
+        )?;
         let settings = AppSettings {
             issuer: t.issuer,
             public_url: t.public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -397,14 +409,14 @@ impl AppConfig {
             tenants: self.tenants,
             profiles: self.profiles,
             clients: self.clients,
-            assertion_max_age: secs(
-                t.assertion_max_age,
-                d.assertion_max_age,
-                "assertion-max-age",
-            )?,
+            assertion_max_age,
             master_key: KeyFileOptions::default(),
             replay: ReplayConfig {
                 capacity: t.replay_capacity.unwrap_or(d.replay.capacity),
+                max_per_issuer: t.replay_max_per_issuer.unwrap_or(d.replay.max_per_issuer),
+                // How long an accepted assertion is remembered at most (see the token
+                // endpoint): its age limit and the leeway on both ends.
+                share_window: assertion_max_age.saturating_add(leeway.saturating_mul(2)),
                 ..d.replay
             },
             rotation_grace: self
@@ -483,6 +495,8 @@ pub struct App {
     pub source_throttle: crate::api::throttle::FailureThrottle<u128>,
     /// Refusals of unauthenticated requests, counted until the maintenance thread audits them.
     pub refusals: crate::refusal_audit::RefusalTally,
+    /// Client assertions refused for lack of room in the replay cache (for `/metrics`).
+    pub replay_refused: crate::api::replay_refusal::ReplayRefusals,
     /// Mutual-TLS trust, if client authentication is on (set by `serve` before sharing).
     pub trust: Option<Arc<TrustStore>>,
     /// The store's side of mutual-TLS trust: rebuilt into `trust` after commits
@@ -573,6 +587,7 @@ impl App {
                 settings.source_throttle,
             ),
             refusals: crate::refusal_audit::RefusalTally::new(settings.audit.max_keys),
+            replay_refused: Default::default(),
             settings,
             trust: None,
             mtls: crate::pki::TrustState::default(),

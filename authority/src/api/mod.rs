@@ -14,6 +14,7 @@ pub mod mindsphere;
 pub mod oauth;
 pub mod onboarding;
 pub mod operator;
+pub mod replay_refusal;
 pub mod throttle;
 pub mod validate;
 

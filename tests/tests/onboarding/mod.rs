@@ -14,6 +14,7 @@ use crate::util::https::{Authority, form_encode};
 use crate::util::server::Response;
 
 mod datasource;
+mod replay_share;
 mod rotation;
 mod throttle;
 
