@@ -81,7 +81,7 @@ fn token(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<
             // Unauthenticated: counted, audited as one row per key and interval.
             let code = crate::error::WireError::from(&e).error;
             let claimed = claimed_client(req, &form);
-            (app.refusals).record(
+            app.refusals.record(
                 "token.refuse",
                 &claimed,
                 ctx.peer().ip(),
