@@ -1183,7 +1183,6 @@ impl App {
 
     /// One maintenance pass.
     pub fn maintain(&self, now: u64) -> Result<(), Error> {
-        crate::refusal_audit::maintain(self, now)?;
         for kid in self.activate_due_keys(now)? {
             tracing::info!(kid, "published signing key activated");
         }
@@ -1198,7 +1197,7 @@ impl App {
         {
             self.revocations.purge(now);
         }
-        Ok(())
+        crate::refusal_audit::maintain(self, now)
     }
 
     // -----------------------------------------------------------------------------------------
