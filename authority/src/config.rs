@@ -282,6 +282,22 @@ pub struct Settings {
     /// 16); when full, the one with the oldest failure is forgotten [default: 65536].
     #[arg(long, value_name = "N")]
     pub auth_failure_table: Option<usize>,
+    /// How often refusals of unauthenticated requests (wrong client secrets, throttled
+    /// guesses), counted in memory, are written to the audit log as one row per claimed client
+    /// id, source address and error; also written at shutdown [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub audit_flush_interval: Option<HumanDuration>,
+    /// Distinct (client id, source, error) keys counted per flush interval; refusals for
+    /// further keys are audited together in one `*other*` row [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub audit_refusal_keys: Option<usize>,
+    /// Audit rows older than this many days are removed by the maintenance thread, oldest
+    /// first; 0 keeps them [default: 90].
+    #[arg(long, value_name = "DAYS")]
+    pub audit_retention_days: Option<u64>,
+    /// Most audit rows kept; beyond it the oldest are removed; 0: no limit [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub audit_max_rows: Option<u64>,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -322,6 +338,8 @@ pub struct ServeSettings {
     pub client_throttle: crate::api::throttle::ThrottleConfig,
     /// Backoff after failed authentications per source address.
     pub source_throttle: crate::api::throttle::ThrottleConfig,
+    /// Refusal tallies and audit retention.
+    pub audit: crate::refusal_audit::AuditPolicy,
 }
 
 impl Settings {
@@ -370,7 +388,11 @@ impl Settings {
             auth_failure_limit,
             auth_source_failure_limit,
             auth_backoff_max,
-            auth_failure_table
+            auth_failure_table,
+            audit_flush_interval,
+            audit_refusal_keys,
+            audit_retention_days,
+            audit_max_rows
         )
     }
 
@@ -488,6 +510,18 @@ impl Settings {
             },
             ..client_throttle
         };
+        let ad = crate::refusal_audit::AuditPolicy::DEFAULT;
+        let audit = crate::refusal_audit::AuditPolicy {
+            flush_interval: dur(
+                self.audit_flush_interval,
+                ad.flush_interval,
+                "audit-flush-interval",
+            )?,
+            max_keys: positive(self.audit_refusal_keys, ad.max_keys, "audit-refusal-keys")?,
+            retention_days: self.audit_retention_days.unwrap_or(ad.retention_days),
+            max_rows: self.audit_max_rows.unwrap_or(ad.max_rows),
+            prune_batch: ad.prune_batch,
+        };
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -532,6 +566,7 @@ impl Settings {
             metrics_access: self.metrics_access.unwrap_or_default(),
             metrics_listen: self.metrics_listen,
             client_throttle,
+            audit,
             source_throttle,
         })
     }
@@ -602,6 +637,8 @@ pub struct AppSettings {
     pub client_throttle: crate::api::throttle::ThrottleConfig,
     /// The same per source address (IPv6: per /64).
     pub source_throttle: crate::api::throttle::ThrottleConfig,
+    /// Refusal tallies and audit retention (set by `serve` from its flags).
+    pub audit: crate::refusal_audit::AuditPolicy,
 }
 
 impl Default for AppSettings {
@@ -630,6 +667,11 @@ impl Default for AppSettings {
                 // 8 bytes a slot, allocated as the load needs them: at most 32 MiB, enough
                 // for ~11k assertions/s sustained at the default age limit and leeway.
                 capacity: 1 << 22,
+                // Half the cache: one agent at ~11k assertions/s sustained (30k/s for over a
+                // minute) at the default age limit, and never more than half for one agent.
+                max_per_issuer: 1 << 21,
+                // `assertion_max_age` plus the leeway on both ends, as `resolve` sets it.
+                share_window: 120 + 2 * 60,
                 ..ReplayConfig::default()
             },
             rotation_grace: 6 * 3600,
@@ -637,6 +679,7 @@ impl Default for AppSettings {
             replay_log: ReplayLogConfig::default(),
             client_throttle: crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT,
             source_throttle: crate::api::throttle::ThrottleConfig::SOURCE_DEFAULT,
+            audit: crate::refusal_audit::AuditPolicy::DEFAULT,
         }
     }
 }
@@ -754,6 +797,8 @@ pub struct TokensConfig {
     pub assertion_max_age: Option<HumanDuration>,
     /// Slots in the client-assertion replay cache (8 bytes each).
     pub replay_capacity: Option<usize>,
+    /// Most recent assertions one agent may hold in the replay cache.
+    pub replay_max_per_issuer: Option<usize>,
     /// How often the replay log is fsynced.
     pub replay_log_sync_interval: Option<HumanDuration>,
     /// Most bytes the replay log may hold (30 per accepted assertion).
@@ -829,6 +874,11 @@ impl AppConfig {
                 "agents.datasource-config-max-bytes must be 2..={MAX_DATASOURCE_CONFIG_BYTES}"
             )));
         }
+        let assertion_max_age = secs(
+            t.assertion_max_age,
+            d.assertion_max_age,
+            "assertion-max-age",
+        )?;
         let settings = AppSettings {
             issuer: t.issuer,
             public_url: t.public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -869,14 +919,14 @@ impl AppConfig {
             tenants: self.tenants,
             profiles: self.profiles,
             clients: self.clients,
-            assertion_max_age: secs(
-                t.assertion_max_age,
-                d.assertion_max_age,
-                "assertion-max-age",
-            )?,
+            assertion_max_age,
             master_key: KeyFileOptions::default(),
             replay: ReplayConfig {
                 capacity: t.replay_capacity.unwrap_or(d.replay.capacity),
+                max_per_issuer: t.replay_max_per_issuer.unwrap_or(d.replay.max_per_issuer),
+                // How long an accepted assertion is remembered at most (see the token
+                // endpoint): its age limit and the leeway on both ends.
+                share_window: assertion_max_age.saturating_add(leeway.saturating_mul(2)),
                 ..d.replay
             },
             rotation_grace: self
@@ -896,6 +946,7 @@ impl AppConfig {
             },
             client_throttle: d.client_throttle,
             source_throttle: d.source_throttle,
+            audit: d.audit,
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod permissions;
 pub mod pki;
+pub mod refusal_audit;
 pub mod replay_log;
 pub mod store;
 pub mod tls;

@@ -320,6 +320,7 @@ fn hmac_group(c: &mut Criterion, f: &Fixture) {
         max_lifetime: 3600,
         leeway: 0,
         floor: None,
+        ..ReplayConfig::default()
     })
     .expect("os rng");
     // Criterion calls the closure once per sample: the clock must live outside it, or time
@@ -332,6 +333,35 @@ fn hmac_group(c: &mut Criterion, f: &Fixture) {
             let now = f.now + n / 1000;
             let claims = token.claims();
             cache
+                .check_and_insert(
+                    claims.iss.as_deref().unwrap_or(""),
+                    &f.jti.next_compact(),
+                    None,
+                    now + 10,
+                    now,
+                )
+                .expect("fresh jti")
+        })
+    });
+    // The same with a per-issuer share (one issuer, far below its share): the share's cost
+    // beside the plain check.
+    let shared = ReplayCache::with_random_key(ReplayConfig {
+        capacity: 1 << 16,
+        max_lifetime: 3600,
+        leeway: 0,
+        floor: None,
+        max_per_issuer: 1 << 15,
+        share_window: 20,
+    })
+    .expect("os rng");
+    let clock = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function("latchkey/verify+replay_check+issuer_share", |b| {
+        b.iter(|| {
+            let token = jws::verify(black_box(&assertion), &key, &validation, f.now).expect("ok");
+            let n = clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let now = f.now + n / 1000;
+            let claims = token.claims();
+            shared
                 .check_and_insert(
                     claims.iss.as_deref().unwrap_or(""),
                     &f.jti.next_compact(),

@@ -7,7 +7,11 @@
 # Attacks (bench/src/attack.rs): none (the baseline), idle (connect, never send a
 # ClientHello), slow-body (a token request declaring 1 MiB, all but one byte sent at once,
 # then nothing), keep-alive (one request, then hold the connection; this run starts the
-# server under a 1024 file-descriptor limit, soft and hard, as on a default system).
+# server under a 1024 file-descriptor limit, soft and hard, as on a default system),
+# refused-auth (operator token requests claiming one unknown client id with a wrong secret,
+# back to back on ABUSE_REFUSERS keep-alive connections: growth of the server's memory and of
+# the data directory per 50k refused requests, with the refusals' audit rows written at
+# shutdown included).
 #
 # Loopback only, release builds, default server limits, two server threads, a fresh server
 # per run on one data directory, every run bounded in time (ABUSE_DURATION, default 10 s,
@@ -19,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 RATE=${ABUSE_RATE:-500}
+REFUSERS=${ABUSE_REFUSERS:-4}
 ATTACKERS=${ABUSE_ATTACKERS:-1000}
 DURATION=${ABUSE_DURATION:-10s}
 SETTLE=${ABUSE_SETTLE:-8}
@@ -59,6 +64,7 @@ measure() {
         --agents-file "$AGENTS" --scenario token-secret-jwt --agents 200 --connections 4 \
         --requests 2000 --assertion-lifetime 5s --json > /dev/null
     local before; before=$(rss_kib "$LK_PID" VmRSS)
+    local data_before; data_before=$(du -sk "$DATA" | cut -f1)
     echo "$BIN/latchkey-loadgen --target URL --ca DATA/ca.pem --credentials operator.json --agents-file agents.jsonl --scenario token-secret-jwt --agents 200 --connections 4 --rate $RATE --duration $DURATION --assertion-lifetime 5s $* --json    # $label (server: latchkey serve --threads 2$([ "$fd" = - ] || echo ", ulimit -n $fd"))" >> "$COMMANDS"
     "$BIN/latchkey-loadgen" --target "$LK_URL" --ca "$DATA/ca.pem" --credentials "$WORK/operator.json" \
         --agents-file "$AGENTS" --scenario token-secret-jwt --agents 200 --connections 4 \
@@ -70,17 +76,23 @@ measure() {
         | grep -E '^latchkey_connections_closed_total\{reason="(evicted|hello_timeout|body_timeout|body_budget|connection_limit|source_limit|handshake_limit)"\}' \
         | sed -E 's/^latchkey_connections_closed_total\{reason="([a-z_]+)"\} /\1=/' | tr '\n' ' ')
     echo "$label: $(uptime)" >> "$LOADS"
-    jq -c --arg lbl "$label" --argjson before "$before" --argjson peak "$peak" --argjson after "$after" \
-        --arg closed "$metrics" --arg load "$(cut -d' ' -f1 /proc/loadavg)" \
-        '{"label": $lbl, "rss_before_kib": $before, "rss_peak_kib": $peak, "rss_after_kib": $after, "closed": $closed, "load": $load} + del(.series)' \
-        "$WORK/one.json" >> "$RESULTS"
+    local load; load=$(cut -d' ' -f1 /proc/loadavg)
+    # Stopped first: the shutdown writes what was tallied, and that counts.
     stop_latchkey
+    local data_after; data_after=$(du -sk "$DATA" | cut -f1)
+    jq -c --arg lbl "$label" --argjson before "$before" --argjson peak "$peak" --argjson after "$after" \
+        --argjson dbefore "$data_before" --argjson dafter "$data_after" \
+        --arg closed "$metrics" --arg load "$load" \
+        '{"label": $lbl, "rss_before_kib": $before, "rss_peak_kib": $peak, "rss_after_kib": $after, "data_before_kib": $dbefore, "data_after_kib": $dafter, "closed": $closed, "load": $load,
+          "refused": ([.notes[] | capture("refused-auth: (?<n>[0-9]+) requests refused") | .n | tonumber] | first // 0)} + del(.series)' \
+        "$WORK/one.json" >> "$RESULTS"
 }
 
 measure "no attack" -
 measure "attack-idle x $ATTACKERS" - --attack idle --attack-connections "$ATTACKERS"
 measure "attack-slowbody x $ATTACKERS" - --attack slow-body --attack-connections "$ATTACKERS"
 measure "attack-keepalive x $ATTACKERS, fd limit 1024" 1024 --attack keep-alive --attack-connections "$ATTACKERS"
+measure "attack-refused-auth x $REFUSERS" - --attack refused-auth --attack-connections "$REFUSERS" --attack-client-id guessed-client
 
 {
     echo "# The transport under abuse"
@@ -93,11 +105,19 @@ measure "attack-keepalive x $ATTACKERS, fd limit 1024" 1024 --attack keep-alive 
     echo "build, default limits, two threads. RSS: before the attack (after a warm-up), peak (VmHWM),"
     echo "and ${SETTLE} s after the attack ended."
     echo
-    echo "| run | requests | ok | success | errors by kind | p50 µs | p99 µs | RSS before MiB | peak MiB | after MiB | connections the server closed, by reason |"
-    echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    echo "| run | requests | ok | success | errors by kind | p50 µs | p99 µs | RSS before MiB | peak MiB | after MiB | data dir growth KiB | connections the server closed, by reason |"
+    echo "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     jq -r '
       def mib: . / 1024 | . * 10 | round / 10;
-      "| \(.label) | \(.requests) | \(.ok) | \(if .requests > 0 then (.ok * 1000 / .requests | round / 10) else 0 end) % | \(.errors_by_kind | to_entries | map("\(.key) \(.value)") | join(", ")) | \(.latency_us.p50) | \(.latency_us.p99) | \(.rss_before_kib | mib) | \(.rss_peak_kib | mib) | \(.rss_after_kib | mib) | \(.closed) |"' "$RESULTS"
+      "| \(.label) | \(.requests) | \(.ok) | \(if .requests > 0 then (.ok * 1000 / .requests | round / 10) else 0 end) % | \(.errors_by_kind | to_entries | map("\(.key) \(.value)") | join(", ")) | \(.latency_us.p50) | \(.latency_us.p99) | \(.rss_before_kib | mib) | \(.rss_peak_kib | mib) | \(.rss_after_kib | mib) | \(.data_after_kib - .data_before_kib) | \(.closed) |"' "$RESULTS"
+    echo
+    echo "Refused authentication (the data directory measured after the server stopped, so the"
+    echo "tallied refusals written at shutdown count; the legitimate client's replay log is in it too):"
+    echo
+    jq -r '
+      def mib: . / 1024 | . * 100 | round / 100;
+      select(.refused > 0) |
+      "- \(.label): \(.refused) requests refused; per 50k refused: RSS growth (peak − before) \((.rss_peak_kib - .rss_before_kib) * 50000 / .refused | mib) MiB, data directory growth \((.data_after_kib - .data_before_kib) * 50000 / .refused | mib) MiB"' "$RESULTS"
     echo
     echo "Notes from the load generator:"
     echo

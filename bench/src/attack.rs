@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,11 @@ pub enum Attack {
     /// (takes file descriptors, not CPU).
     #[value(name = "keep-alive")]
     KeepAlive,
+    /// `attack-refused-auth`: operator token requests (`POST /oauth/token`) for
+    /// `--attack-client-id` with a wrong secret, back to back on keep-alive connections (one
+    /// thread each, at most 16): refusals nobody authenticated, as fast as they come back.
+    #[value(name = "refused-auth")]
+    RefusedAuth,
 }
 
 impl Attack {
@@ -37,6 +42,7 @@ impl Attack {
             Attack::Idle => "attack-idle",
             Attack::SlowBody => "attack-slowbody",
             Attack::KeepAlive => "attack-keepalive",
+            Attack::RefusedAuth => "attack-refused-auth",
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct AttackConfig {
     /// Declared body length for `SlowBody`.
     pub body: usize,
     pub token_path: String,
+    /// The client id `RefusedAuth` claims.
+    pub client_id: String,
 }
 
 /// What the attack achieved, for the report.
@@ -64,6 +72,9 @@ pub struct AttackReport {
     pub failed_connects: u64,
     /// Most hostile connections open at once.
     pub peak_open: usize,
+    /// `RefusedAuth`: requests answered 401 or 429, and answered otherwise.
+    pub refused: u64,
+    pub other_answers: u64,
 }
 
 /// The running attack.
@@ -119,6 +130,9 @@ impl Held {
 }
 
 fn run(config: &AttackConfig, stop: &AtomicBool) -> AttackReport {
+    if config.attack == Attack::RefusedAuth {
+        return refused_auth(config, stop);
+    }
     let mut report = AttackReport::default();
     let mut held: Vec<Option<Held>> = (0..config.connections).map(|_| None).collect();
     while !stop.load(Ordering::Relaxed) {
@@ -150,6 +164,50 @@ fn run(config: &AttackConfig, stop: &AtomicBool) -> AttackReport {
     report
 }
 
+/// Most threads `RefusedAuth` runs.
+const MAX_REFUSED_AUTH_THREADS: usize = 16;
+
+fn refused_auth(config: &AttackConfig, stop: &AtomicBool) -> AttackReport {
+    use base64::Engine as _;
+    let threads = config.connections.clamp(1, MAX_REFUSED_AUTH_THREADS);
+    let credentials = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:wrong-secret-for-the-attack", config.client_id));
+    let auth = format!("Authorization: Basic {credentials}");
+    let headers = [auth.as_str()];
+    let request = crate::http::Request {
+        method: "POST",
+        path: "/oauth/token",
+        headers: &headers,
+        content_type: Some("application/x-www-form-urlencoded"),
+        body: b"grant_type=client_credentials",
+    };
+    let (refused, other, failed) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut client =
+                    crate::client::Client::new(Arc::clone(&config.target), config.tls.clone());
+                while !stop.load(Ordering::Relaxed) {
+                    let counter = match client.request(&request) {
+                        Ok(r) if matches!(r.status, 401 | 429) => &refused,
+                        Ok(_) => &other,
+                        Err(_) => &failed,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    AttackReport {
+        opened: threads as u64,
+        peak_open: threads,
+        failed_connects: failed.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        other_answers: other.load(Ordering::Relaxed),
+        ..AttackReport::default()
+    }
+}
+
 /// Opens one hostile connection and puts it in its state; the socket is left non-blocking.
 fn open(config: &AttackConfig) -> io::Result<Held> {
     let sock = TcpStream::connect_timeout(&config.target.addr, Duration::from_secs(1))?;
@@ -171,7 +229,7 @@ fn open(config: &AttackConfig) -> io::Result<Held> {
     };
     let host = config.target.host_header();
     match config.attack {
-        Attack::Idle => {}
+        Attack::Idle | Attack::RefusedAuth => {}
         Attack::SlowBody => {
             let mut req = format!(
                 "POST {} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",

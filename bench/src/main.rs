@@ -186,7 +186,9 @@ pub struct Args {
     /// Hold hostile connections open during the run (the scenario is then the legitimate
     /// client whose success rate and latency are measured): `idle` (attack-idle: never send a
     /// byte), `slow-body` (attack-slowbody: all of a large body but one byte, then stall),
-    /// `keep-alive` (attack-keepalive: one request, then hold the connection idle).
+    /// `keep-alive` (attack-keepalive: one request, then hold the connection idle),
+    /// `refused-auth` (attack-refused-auth: operator token requests with a wrong secret, back to
+    /// back, one thread per connection up to 16).
     #[arg(long, value_enum)]
     pub attack: Option<attack::Attack>,
     /// Hostile connections the attack keeps open (reopening those the server closes).
@@ -198,6 +200,9 @@ pub struct Args {
     /// How long the attack runs before the timed phase starts.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     pub attack_ramp: Duration,
+    /// The client id the `refused-auth` attack claims (with a wrong secret).
+    #[arg(long, default_value = "admin")]
+    pub attack_client_id: String,
 }
 
 fn main() -> ExitCode {

@@ -315,6 +315,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
                 connections: args.attack_connections,
                 body: args.attack_body,
                 token_path: args.token_path.clone(),
+                client_id: args.attack_client_id.clone(),
             })
             .map_err(|e| Error::io("starting the attack thread", e))?;
             std::thread::sleep(args.attack_ramp);
@@ -458,6 +459,12 @@ pub fn run(args: &Args) -> Result<(), Error> {
             r.closed_by_server,
             r.failed_connects
         ));
+        if kind == crate::attack::Attack::RefusedAuth {
+            notes.push(format!(
+                "refused-auth: {} requests refused (401/429), {} answered otherwise",
+                r.refused, r.other_answers
+            ));
+        }
     }
     let mut stats = Stats::default();
     let mut elapsed = Duration::ZERO;

@@ -39,6 +39,22 @@
 //! fill the table with assertions that expire in ten years. (One client can still use up
 //! capacity by minting many short-lived assertions; rate-limit per client above this layer.)
 //!
+//! **Per-issuer share.** With [`ReplayConfig::max_per_issuer`] set, one issuer (one agent)
+//! cannot fill the table and make every other issuer's assertions `Full`: an issuer whose
+//! live entries reach its share is refused with [`ReplayError::IssuerShare`] while the others
+//! go on. Live entries are counted per issuer in a small count-min sketch: two of
+//! [`SHARE_CELLS`] cells (picked by a keyed SipHash of the issuer), each a ring of
+//! [`SHARE_BUCKETS`] counters by expiry time, and the issuer's count is the smaller of its two
+//! cells. A cell shared with other issuers only ever overcounts, so an issuer never gets more
+//! than its share; an honest issuer is refused early only if both its cells are shared with
+//! issuers that together hold a share, which the two choices make rare. A counter keeps an
+//! entry until its bucket (`share_window / (SHARE_BUCKETS - 1)` seconds wide) has passed, so
+//! the count is a little high, never low, for entries within `share_window`; entries
+//! remembered longer are counted in the last bucket. Entries [`ReplayCache::restore`] puts
+//! back are not counted (a restart forgets the counts, not the entries). The sketch costs
+//! 64 KiB, allocated only when the share is set; a check reads two cache lines and an insert
+//! updates them.
+//!
 //! **False positives.** A legitimate assertion is refused as [`ReplayError::Replayed`] only
 //! if a live entry in one of its buckets, stored under the same choice, has the same
 //! fingerprint: bucket index and choice are part of the effective fingerprint. A check
@@ -82,6 +98,10 @@ pub const MAX_CAPACITY: usize = 1 << 30;
 pub const FIRST_LEVEL_SLOTS: usize = 4096;
 /// Each level brings the total number of slots to this many times the previous total.
 pub const LEVEL_GROWTH: usize = 4;
+/// Cells of the per-issuer share sketch (see the module docs).
+pub const SHARE_CELLS: usize = 1024;
+/// Expiry-time counters per cell (one cache line).
+pub const SHARE_BUCKETS: usize = 8;
 
 const EXPIRY_BITS: u32 = 32;
 const EXPIRY_MASK: u64 = (1 << EXPIRY_BITS) - 1;
@@ -101,6 +121,9 @@ pub enum ReplayError {
     BeforeFloor,
     /// `exp` is already past (beyond leeway) or further ahead than `max_lifetime` allows.
     ExpiryOutOfRange,
+    /// This issuer's live entries reached [`ReplayConfig::max_per_issuer`]; other issuers are
+    /// not affected.
+    IssuerShare,
 }
 
 impl fmt::Display for ReplayError {
@@ -110,6 +133,7 @@ impl fmt::Display for ReplayError {
             Self::Full => "replay cache full",
             Self::BeforeFloor => "assertion issued before the replay floor",
             Self::ExpiryOutOfRange => "assertion exp outside the accepted range",
+            Self::IssuerShare => "this client holds its share of the replay cache",
         })
     }
 }
@@ -133,6 +157,12 @@ pub struct ReplayConfig {
     pub leeway: u64,
     /// Assertions whose `iat` is before this Unix time, or that have no `iat`, are refused.
     pub floor: Option<u64>,
+    /// Most live entries one issuer may hold (0: no per-issuer limit). Approximate from
+    /// above: see "Per-issuer share" in the module docs.
+    pub max_per_issuer: usize,
+    /// The longest an entry is usually remembered (seconds), which sizes the share counters'
+    /// buckets; 0 means `max_lifetime + leeway`.
+    pub share_window: u64,
 }
 
 impl Default for ReplayConfig {
@@ -142,6 +172,8 @@ impl Default for ReplayConfig {
             max_lifetime: 3600,
             leeway: 60,
             floor: None,
+            max_per_issuer: 0,
+            share_window: 0,
         }
     }
 }
@@ -156,7 +188,21 @@ pub struct ReplayCache {
     leeway: u64,
     floor: Option<u64>,
     key: Zeroizing<[u8; 32]>,
+    shares: Option<Shares>,
 }
+
+/// Live entries per issuer, approximately (see "Per-issuer share" in the module docs).
+struct Shares {
+    max: u64,
+    /// Seconds per bucket.
+    width: u64,
+    hasher: std::hash::RandomState,
+    cells: Box<[ShareCell]>,
+}
+
+/// Counters by expiry bucket: `| bucket number: 32 bits | count: 32 bits |`.
+#[repr(align(64))]
+struct ShareCell([AtomicU64; SHARE_BUCKETS]);
 
 /// One table of buckets, allocated on first need.
 struct Level {
@@ -189,6 +235,20 @@ impl ReplayCache {
                 table: OnceBox::new(),
             })
             .collect();
+        let shares = (config.max_per_issuer > 0).then(|| {
+            let window = match config.share_window {
+                0 => config.max_lifetime.saturating_add(config.leeway),
+                w => w,
+            };
+            Shares {
+                max: config.max_per_issuer as u64,
+                width: window.div_ceil(SHARE_BUCKETS as u64 - 1).max(1),
+                hasher: std::hash::RandomState::new(),
+                cells: (0..SHARE_CELLS)
+                    .map(|_| ShareCell(std::array::from_fn(|_| AtomicU64::new(0))))
+                    .collect(),
+            }
+        });
         let cache = Self {
             levels,
             allocated: AtomicUsize::new(0),
@@ -197,6 +257,7 @@ impl ReplayCache {
             leeway: config.leeway,
             floor: config.floor,
             key: Zeroizing::new(key),
+            shares,
         };
         cache.grow(0);
         cache
@@ -234,8 +295,45 @@ impl ReplayCache {
         exp: u64,
         now: u64,
     ) -> Result<(), ReplayError> {
-        self.check_and_insert_fingerprint(self.fingerprint(issuer, jti), iat, exp, now)
+        self.check_and_insert_for(issuer, self.fingerprint(issuer, jti), iat, exp, now)
             .map(|_| ())
+    }
+
+    /// [`ReplayCache::check_and_insert_fingerprint`] held to `issuer`'s share (when
+    /// [`ReplayConfig::max_per_issuer`] is set): an issuer at its share is refused with
+    /// [`ReplayError::IssuerShare`] before anything is inserted.
+    pub fn check_and_insert_for(
+        &self,
+        issuer: &str,
+        fingerprint: Fingerprint,
+        iat: Option<u64>,
+        exp: u64,
+        now: u64,
+    ) -> Result<u64, ReplayError> {
+        let Some(shares) = &self.shares else {
+            return self.check_and_insert_fingerprint(fingerprint, iat, exp, now);
+        };
+        let cells = shares.cells_of(issuer);
+        let now_rel = now.saturating_sub(EPOCH);
+        if shares.live(cells, now_rel) >= shares.max {
+            return Err(ReplayError::IssuerShare);
+        }
+        let until = self.check_and_insert_fingerprint(fingerprint, iat, exp, now)?;
+        shares.add(cells, until.saturating_sub(EPOCH), now_rel);
+        Ok(until)
+    }
+
+    /// Seconds until an issuer at its share may have room again: one share bucket (at least
+    /// 1; 1 without a share).
+    pub fn share_retry_after(&self) -> u64 {
+        self.shares.as_ref().map_or(1, |s| s.width)
+    }
+
+    /// An estimate from above of `issuer`'s live entries at `now` (0 without a share).
+    pub fn issuer_entries(&self, issuer: &str, now: u64) -> u64 {
+        self.shares
+            .as_ref()
+            .map_or(0, |s| s.live(s.cells_of(issuer), now.saturating_sub(EPOCH)))
     }
 
     /// The keyed fingerprint of `(issuer, jti)`: what the table and a replay log store.
@@ -412,6 +510,66 @@ impl ReplayCache {
     }
 }
 
+impl Shares {
+    /// The issuer's two distinct cells.
+    fn cells_of(&self, issuer: &str) -> [usize; 2] {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(issuer);
+        let n = SHARE_CELLS as u64;
+        let a = (h & 0xFFFF_FFFF) % n;
+        let mut b = (h >> 32) % n;
+        if a == b {
+            b = (a + 1) % n;
+        }
+        // Both are below SHARE_CELLS.
+        [a as usize, b as usize]
+    }
+
+    /// The smaller of the two cells' counts of buckets that have not passed at `now_rel`.
+    fn live(&self, cells: [usize; 2], now_rel: u64) -> u64 {
+        let current = now_rel / self.width;
+        cells
+            .iter()
+            .map(|&c| {
+                self.cells[c]
+                    .0
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .filter(|v| (v >> 32) >= current)
+                    .map(|v| v & 0xFFFF_FFFF)
+                    .sum::<u64>()
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Counts one entry remembered until `until_rel` in both cells.
+    fn add(&self, cells: [usize; 2], until_rel: u64, now_rel: u64) {
+        let current = now_rel / self.width;
+        // Beyond the ring's reach, the last bucket it has.
+        let bucket = (until_rel / self.width).min(current + SHARE_BUCKETS as u64 - 1);
+        let tag = bucket & 0xFFFF_FFFF;
+        for &c in &cells {
+            let slot = &self.cells[c].0[(bucket % SHARE_BUCKETS as u64) as usize];
+            let mut v = slot.load(Ordering::Relaxed);
+            loop {
+                let new = match v >> 32 {
+                    t if t == tag => v.saturating_add(1).min(v | 0xFFFF_FFFF),
+                    // The slot holds a bucket that has passed: this one takes it over.
+                    t if t < tag => (tag << 32) | 1,
+                    // A later bucket already has the slot (only for an entry that expires
+                    // before it could matter): nothing to count.
+                    _ => break,
+                };
+                match slot.compare_exchange_weak(v, new, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(seen) => v = seen,
+                }
+            }
+        }
+    }
+}
+
 impl Level {
     /// The key's two distinct buckets in this level (`level` decorrelates the levels, so keys
     /// crowded together in one level spread out in the next).
@@ -507,7 +665,90 @@ mod tests {
             max_lifetime: 600,
             leeway: 0,
             floor: None,
+            ..ReplayConfig::default()
         })
+    }
+
+    fn shared(max_per_issuer: usize) -> ReplayCache {
+        cache(ReplayConfig {
+            capacity: 1 << 12,
+            max_lifetime: 600,
+            leeway: 0,
+            max_per_issuer,
+            share_window: 70,
+            ..ReplayConfig::default()
+        })
+    }
+
+    #[test]
+    fn an_issuer_at_its_share_is_refused_and_others_go_on() {
+        let c = shared(100);
+        for i in 0..100 {
+            assert_eq!(
+                c.check_and_insert("hog", &format!("{i}"), None, NOW + 60, NOW),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            c.check_and_insert("hog", "one-more", None, NOW + 60, NOW),
+            Err(ReplayError::IssuerShare)
+        );
+        assert_eq!(c.issuer_entries("hog", NOW), 100);
+        // Nothing was inserted for the refused one: it is fresh once the share frees up.
+        for i in 0..50 {
+            assert_eq!(
+                c.check_and_insert(&format!("agent-{i}"), "j", None, NOW + 60, NOW),
+                Ok(())
+            );
+        }
+        // Once the hog's entries expired (and their bucket passed), it is served again.
+        let later = NOW + 60 + 2 * 10 + 1;
+        assert_eq!(c.issuer_entries("hog", later), 0);
+        assert_eq!(
+            c.check_and_insert("hog", "one-more", None, later + 60, later),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn without_a_share_one_issuer_may_use_the_whole_cache() {
+        let c = shared(0);
+        for i in 0..200 {
+            assert_eq!(
+                c.check_and_insert("hog", &format!("{i}"), None, NOW + 60, NOW),
+                Ok(())
+            );
+        }
+        assert_eq!(c.issuer_entries("hog", NOW), 0);
+    }
+
+    #[test]
+    fn the_share_counts_from_above_never_below() {
+        // Entries remembered beyond the window still count, in its last bucket.
+        let c = shared(10);
+        for i in 0..10 {
+            assert_eq!(
+                c.check_and_insert("long", &format!("{i}"), None, NOW + 500, NOW),
+                Ok(())
+            );
+        }
+        assert_eq!(c.issuer_entries("long", NOW + 60), 10);
+        assert_eq!(
+            c.check_and_insert("long", "x", None, NOW + 500, NOW + 60),
+            Err(ReplayError::IssuerShare)
+        );
+        // A replay is still a replay, and a refused share inserts nothing.
+        let c = shared(1);
+        assert_eq!(c.check_and_insert("a", "j", None, NOW + 60, NOW), Ok(()));
+        assert_eq!(
+            c.check_and_insert("a", "j", None, NOW + 60, NOW),
+            Err(ReplayError::IssuerShare)
+        );
+        assert_eq!(c.check_and_insert("b", "j", None, NOW + 60, NOW), Ok(()));
+        assert_eq!(
+            c.check_and_insert("b", "j", None, NOW + 60, NOW),
+            Err(ReplayError::IssuerShare)
+        );
     }
 
     #[test]
@@ -812,6 +1053,7 @@ mod tests {
             max_lifetime: 600,
             leeway: 0,
             floor: None,
+            ..ReplayConfig::default()
         });
         let mut accepted = Vec::new();
         let mut full = 0;

@@ -229,7 +229,8 @@ impl AgentState {
         // after that a replay is refused as too old, so memory is bounded by rate × max age.
         let remember_until = exp.min(iat.saturating_add(max_age));
         let fingerprint = self.app.replay.fingerprint(&client.client_id, jti);
-        match self.app.replay.check_and_insert_fingerprint(
+        match self.app.replay.check_and_insert_for(
+            &client.client_id,
             fingerprint,
             Some(iat),
             remember_until,
@@ -243,13 +244,12 @@ impl AgentState {
                         .map_err(|e| log_refusal(e, self.app.settings.replay_log))?;
                 }
             }
-            Err(latchkey_core::replay::ReplayError::Full) => {
-                return Err(Error::from(ApiError::Unavailable {
-                    retry_after: 60,
-                    description: "too many recent client assertions; retry later".into(),
-                }));
+            Err(e) => {
+                return Err(
+                    super::replay_refusal::room_refusal(&self.app, &client.client_id, e)
+                        .unwrap_or_else(|| invalid_assertion(&e.into())),
+                );
             }
-            Err(e) => return Err(invalid_assertion(&e.into())),
         }
         let answer = self.issue_to(&client, now, x5t)?;
         let cut_over = match used {

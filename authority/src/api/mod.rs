@@ -21,6 +21,7 @@ pub mod oauth;
 pub mod onboarding;
 pub mod operator;
 pub mod registration;
+pub mod replay_refusal;
 pub mod throttle;
 pub mod validate;
 mod write;

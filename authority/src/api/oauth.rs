@@ -79,13 +79,15 @@ fn token(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<
     let (client, _) = match auth::client_credentials(app, req, ctx, &form) {
         Ok(c) => c,
         Err(e) => {
+            // Unauthenticated: counted, audited as one row per key and interval.
+            let code = crate::error::WireError::from(&e).error;
             let claimed = claimed_client(req, &form);
-            audit_async(
-                app,
-                &claimed,
+            app.refusals.record(
                 "token.refuse",
                 &claimed,
-                AuditOutcome::Refused(e.to_string()),
+                ctx.peer().ip(),
+                code,
+                &e.to_string(),
                 now,
             );
             return with_client_challenge(Err(e));

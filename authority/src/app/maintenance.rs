@@ -16,7 +16,11 @@ impl App {
     /// [`App::stop_maintenance`] is called.
     pub fn start_maintenance(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let weak: Weak<App> = Arc::downgrade(self);
-        let interval = self.settings.maintenance_interval;
+        // Tallied refusals are written at least this often too.
+        let interval = self
+            .settings
+            .maintenance_interval
+            .min(self.settings.audit.flush_interval);
         let stopping = Arc::clone(&self.stopping);
         std::thread::Builder::new()
             .name("latchkey-maintenance".into())
@@ -61,6 +65,6 @@ impl App {
         {
             self.revocations.purge(now);
         }
-        Ok(())
+        crate::refusal_audit::maintain(self, now)
     }
 }

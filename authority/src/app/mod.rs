@@ -91,6 +91,10 @@ pub struct App {
     pub client_throttle: crate::api::throttle::FailureThrottle<String>,
     /// Failed authentications by source address (token, introspection, registration).
     pub source_throttle: crate::api::throttle::FailureThrottle<u128>,
+    /// Refusals of unauthenticated requests, counted until the maintenance thread audits them.
+    pub refusals: crate::refusal_audit::RefusalTally,
+    /// Client assertions refused for lack of room in the replay cache (for `/metrics`).
+    pub replay_refused: crate::api::replay_refusal::ReplayRefusals,
     /// Mutual-TLS trust: rebuilt after commits that change certificates or certificate
     /// revocations, before they are answered.
     pub mtls: Trust,
@@ -187,6 +191,8 @@ impl App {
             source_throttle: crate::api::throttle::FailureThrottle::new_distinct(
                 settings.source_throttle,
             ),
+            refusals: crate::refusal_audit::RefusalTally::new(settings.audit.max_keys),
+            replay_refused: Default::default(),
             settings,
             mtls: Trust::new(trust),
             urls: OnceLock::new(),

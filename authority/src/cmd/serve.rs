@@ -102,6 +102,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     let app_settings = AppSettings {
         client_throttle: settings.client_throttle,
         source_throttle: settings.source_throttle,
+        audit: settings.audit,
         ..file.app_settings()?
     };
     let store = Store::open_or_create(
@@ -333,6 +334,10 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     state.stop_maintenance();
     maintenance.thread().unpark();
     let _ = maintenance.join();
+    // Refusals counted since the last pass are audited before the store closes.
+    if let Err(e) = state.refusals.flush(&state.store, state.now()) {
+        tracing::error!(error = %e, "writing the refusal tally failed");
+    }
     // Flush: the last store handle closes the writer after its queue is empty.
     match Arc::try_unwrap(state) {
         Ok(state) => drop(state),

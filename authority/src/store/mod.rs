@@ -33,6 +33,7 @@ pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as enc
 pub use error::StoreError;
 pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, StoredSigningKey};
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
+pub use ops::PruneAudit;
 pub use ops::{
     MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig,
     NewIat, NewSigningKey, Registration, Rotation, WriteOp, WriteOutcome,

@@ -51,6 +51,7 @@ impl WriteOutcome {
             WriteOutcome::Revocation(_) => "revocation",
             WriteOutcome::Forgotten { .. } => "forgotten",
             WriteOutcome::Audit { .. } => "audit",
+            WriteOutcome::AuditPruned { .. } => "audit pruned",
         }
     }
 }

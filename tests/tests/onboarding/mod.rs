@@ -15,6 +15,7 @@ use crate::util::server::Response;
 
 mod credentials;
 mod datasource;
+mod replay_share;
 mod rotation;
 mod throttle;
 

@@ -913,7 +913,8 @@ fn audit_trail_and_cli_on_a_stopped_server() {
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
     let cfg = config(dir.path(), "");
-    let auth = Authority::start(&data, Some(&cfg));
+    // Refused logins are audited at each flush; a short interval keeps the test short.
+    let auth = Authority::start_with(&data, Some(&cfg), &["--audit-flush-interval", "300ms"]);
     let secret = admin_secret(&auth);
     let _ = token_for(&auth, "Job", "secret");
     let r = auth.form(
@@ -937,6 +938,11 @@ fn audit_trail_and_cli_on_a_stopped_server() {
     assert_eq!(agent.status, 201, "{}", agent.text());
     let _ = cli_json(&auth, &["revoke", "--agent", "a1"]);
     let _ = cli_json(&auth, &["client", "delete", "ops"]);
+    let end = Instant::now() + Duration::from_secs(30);
+    while cli_json(&auth, &["audit", "--event", "token.refuse"])["entries"] == json!([]) {
+        assert!(Instant::now() < end, "the refused login was never audited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let all = cli_json(&auth, &["audit", "--limit", "1000"]);
     let entries = all["entries"].as_array().expect("entries").clone();
@@ -2126,6 +2132,7 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
     assert_eq!(header(&auth.operator_token())["kid"], new.as_str());
 }
 
+mod audit_abuse;
 mod import;
 mod signing_cert;
 mod throttle;

@@ -16,6 +16,7 @@ mod audit;
 mod certificates;
 mod clients;
 mod keys;
+mod prune;
 mod registration;
 mod revocations;
 
@@ -33,6 +34,7 @@ pub use audit::MAX_AUDIT_FIELD_BYTES;
 pub use certificates::NewCertificate;
 pub use keys::NewSigningKey;
 pub(crate) use keys::hot_key;
+pub use prune::PruneAudit;
 pub(crate) use registration::unsealed_client;
 pub use registration::{Registration, Rotation};
 
@@ -149,6 +151,8 @@ pub enum WriteOp {
     Forget {
         now: u64,
     },
+    /// Removes the oldest audit rows (retention), in one bounded batch.
+    PruneAudit(PruneAudit),
     /// Appends an audit entry for an event the store does not see itself.
     Audit {
         actor: String,
@@ -188,6 +192,9 @@ pub enum WriteOutcome {
     },
     Audit {
         seq: u64,
+    },
+    AuditPruned {
+        removed: u64,
     },
 }
 
@@ -302,6 +309,8 @@ pub(crate) enum Mutation {
     PutRevocation(&'static str, String, Vec<u8>),
     DelRevocation(String, String),
     PutFingerprint(String, String),
+    /// Audit rows `first..=last`.
+    DelAudit(u64, u64),
 }
 
 /// The writes an op will make, encoded up front.
@@ -357,6 +366,7 @@ impl Plan {
                 | Mutation::DelTenantAgent(a, b)
                 | Mutation::DelRevocation(a, b) => [a, b],
                 Mutation::PutRevocation(_, k, _) | Mutation::PutFingerprint(k, _) => [k, ""],
+                Mutation::DelAudit(..) => ["", ""],
             }
         });
         for k in keys {
@@ -413,6 +423,11 @@ fn execute(t: &mut Tables<'_>, plan: Plan) -> Result<(), StoreError> {
                 t.cert_fingerprints
                     .insert(fp.as_str(), alias.as_str())
                     .db(op)?;
+            }
+            Mutation::DelAudit(first, last) => {
+                for seq in first..=last {
+                    t.audit.remove(seq).db(op)?;
+                }
             }
         }
     }
@@ -652,6 +667,7 @@ fn dispatch(
             revocations::revoke_op(t, p, hot, args)
         }
         WriteOp::Forget { now } => revocations::forget(t, p, key, hot, now),
+        WriteOp::PruneAudit(req) => prune::plan(t, p, &req),
         WriteOp::Audit {
             actor,
             event,
