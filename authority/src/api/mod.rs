@@ -6,6 +6,7 @@
 //! recognised completely before a handler acts on it, with counts and sizes bounded.
 
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod datasource;
@@ -28,6 +29,7 @@ use crate::http::{Outcome, Request, RequestContext, Router};
 pub fn routes(router: &mut Router, app: &Arc<App>) {
     oauth::routes(router, app);
     operator::routes(router, app);
+    audit::routes(router, app);
     certs::routes(router, app);
     let agent_state = Arc::new(onboarding::AgentState::new(Arc::clone(app)));
     agents::routes(router, &agent_state);

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::remote::{Place, Target, print, s, time};
-use crate::api::operator::{AuditFilter, audit_json, audit_page};
+use crate::api::audit::{AuditFilter, audit_json, audit_page};
 use crate::error::Error;
 
 #[derive(Debug, clap::Args)]
