@@ -7,6 +7,7 @@
 //! - Reads use MVCC snapshots ([`Store::read`]) that never wait for the writer, or the hot
 //!   in-memory indexes ([`Store::hot`]) that the token path uses without locks.
 
+mod agent_index;
 mod codec;
 mod error;
 mod hot;
@@ -25,6 +26,9 @@ use std::thread::JoinHandle;
 use crossbeam::channel::Sender;
 use redb::{ConcurrencyMode, Database, ReadableDatabase, StorageBackend};
 
+pub use agent_index::{
+    AgentIndex, ListPage, ListRequest, Order, SortKey, SortRange, SortValue, Start,
+};
 pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
 pub use error::StoreError;
 pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, SigningKey};

@@ -266,6 +266,9 @@ pub(crate) fn load_hot(db: &Database, key: &MasterKey, hot: &HotIndex) -> Result
             Some(Arc::new(unsealed_client(key, &rec, rotation.as_ref())?)),
         ));
     }
+    for rec in all::<AgentRecord>(&txn, AGENTS)? {
+        hot.apply(HotChange::Agent(rec.id.clone(), Some(Arc::new(rec))));
+    }
     for rec in all::<OperatorClientRecord>(&txn, OPERATOR_CLIENTS)? {
         hot.apply(HotChange::OperatorClient(
             rec.id.clone(),
