@@ -2126,5 +2126,6 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
     assert_eq!(header(&auth.operator_token())["kid"], new.as_str());
 }
 
+mod listing;
 mod signing_cert;
 mod throttle;
