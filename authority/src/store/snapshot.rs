@@ -249,6 +249,31 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Audit entries with `seq < before` (all with `None`), newest first, at most `limit`
+    /// (≤ [`MAX_PAGE`]).
+    pub fn audit_before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let t: ReadOnlyTable<u64, &[u8]> = self.txn.open_table(AUDIT).db("open table")?;
+        let mut out = Vec::new();
+        let range = match before {
+            Some(b) => t.range(..b),
+            None => t.range(0..),
+        };
+        for entry in range.db("read")?.rev() {
+            if out.len() == limit.clamp(1, MAX_PAGE) {
+                break;
+            }
+            let (_, v) = entry.db("read")?;
+            out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
 /// Fills the hot indexes from the database (at open).
 pub(crate) fn load_hot(db: &Database, key: &MasterKey, hot: &HotIndex) -> Result<(), StoreError> {
     let txn = db.begin_read().db("begin read")?;
