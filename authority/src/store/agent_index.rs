@@ -427,16 +427,14 @@ impl AgentIndex {
                 };
                 let mut page = ListPage::default();
                 let mut matched = 0usize;
-                let mut scanned = 0usize;
                 let mut last_key = None;
                 let mut fill_key = None;
                 let mut ended = true;
-                for k in iter {
+                for (scanned, k) in iter.enumerate() {
                     if scanned == req.max_scan.max(limit) {
                         ended = false;
                         break;
                     }
-                    scanned += 1;
                     last_key = Some(k);
                     let Some(a) = lookup(k) else { continue };
                     if !keep(&a) {
@@ -510,7 +508,7 @@ mod tests {
             id: id.into(),
             tenant: tenant.into(),
             name: name.into(),
-            security_profile: if etag % 2 == 0 {
+            security_profile: if etag.is_multiple_of(2) {
                 SecurityProfile::SharedSecret
             } else {
                 SecurityProfile::Rsa3072
@@ -676,7 +674,7 @@ mod tests {
             let a = agent("t", &format!("a{i:03}"), "n", 0, i);
             index.apply(&a.id.clone(), Some(Arc::new(a)));
         }
-        let keep = |a: &AgentRecord| a.etag % 10 == 0;
+        let keep = |a: &AgentRecord| a.etag.is_multiple_of(10);
         let mut req = ListRequest {
             tenant: "t",
             state: None,
