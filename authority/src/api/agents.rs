@@ -516,12 +516,10 @@ fn decode_cursor(c: &str, order: Order) -> Result<SortKey, ApiError> {
     let id = id.as_str().ok_or_else(bad)?;
     let value = match (order, value) {
         (Order::Id, serde_json::Value::Null) => SortValue::None,
-        (Order::ETag, serde_json::Value::Number(n)) => {
+        (Order::ETag | Order::SecurityProfile, serde_json::Value::Number(n)) => {
             SortValue::Number(n.as_u64().ok_or_else(bad)?)
         }
-        (Order::Name | Order::SecurityProfile, serde_json::Value::String(s)) => {
-            SortValue::Text(s.into())
-        }
+        (Order::Name, serde_json::Value::String(s)) => SortValue::Text(s.into()),
         _ => return Err(bad()),
     };
     Ok((value, id.into()))

@@ -26,7 +26,7 @@ use super::codec;
 use super::error::{DbResult, StoreError};
 use super::hot::HotChange;
 use super::ops::WriteOp;
-use super::records::{AgentRecord, BoardingState};
+use super::records::{AgentRecord, BoardingState, SecurityProfile};
 use super::schema::AGENTS;
 
 /// Target chunk length; a chunk splits at twice this. Tiny under test, so that the model
@@ -173,7 +173,11 @@ impl Order {
         let v = match self {
             Order::Id => SortValue::None,
             Order::Name => SortValue::Text(a.name.as_str().into()),
-            Order::SecurityProfile => SortValue::Text(a.security_profile.as_str().into()),
+            // The rank of the profile's name among the names, so the order is the wire's.
+            Order::SecurityProfile => SortValue::Number(match a.security_profile {
+                SecurityProfile::Rsa3072 => 0,
+                SecurityProfile::SharedSecret => 1,
+            }),
             Order::ETag => SortValue::Number(a.etag),
         };
         (v, Arc::clone(id))
@@ -187,15 +191,15 @@ struct Partition {
 }
 
 impl Partition {
-    fn insert(&mut self, a: &AgentRecord, id: &Arc<str>) {
-        for (o, set) in Order::ALL.iter().zip(&mut self.orders) {
-            set.insert(o.key(a, id));
+    fn insert(&mut self, keys: &[SortKey; 4]) {
+        for (k, set) in keys.iter().zip(&mut self.orders) {
+            set.insert(k.clone());
         }
     }
 
-    fn remove(&mut self, a: &AgentRecord, id: &Arc<str>) {
-        for (o, set) in Order::ALL.iter().zip(&mut self.orders) {
-            set.remove(&o.key(a, id));
+    fn remove(&mut self, keys: &[SortKey; 4]) {
+        for (k, set) in keys.iter().zip(&mut self.orders) {
+            set.remove(k);
         }
     }
 }
@@ -322,8 +326,9 @@ impl AgentIndex {
         if let Some((key, old)) = inner.agents.remove_entry(id)
             && let Some(t) = inner.tenants.get_mut(&old.tenant)
         {
-            t.parts[0].remove(&old, &key);
-            t.parts[state_part(old.state)].remove(&old, &key);
+            let keys = Order::ALL.map(|o| o.key(&old, &key));
+            t.parts[0].remove(&keys);
+            t.parts[state_part(old.state)].remove(&keys);
             if t.parts[0].orders[0].is_empty() {
                 inner.tenants.remove(&old.tenant);
             }
@@ -331,8 +336,10 @@ impl AgentIndex {
         if let Some(rec) = rec {
             let key: Arc<str> = id.into();
             let t = inner.tenants.entry(rec.tenant.clone()).or_default();
-            t.parts[0].insert(&rec, &key);
-            t.parts[state_part(rec.state)].insert(&rec, &key);
+            // One allocation per key, shared by both partitions.
+            let keys = Order::ALL.map(|o| o.key(&rec, &key));
+            t.parts[0].insert(&keys);
+            t.parts[state_part(rec.state)].insert(&keys);
             inner.agents.insert(key, rec);
         }
     }
@@ -501,7 +508,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::records::SecurityProfile;
 
     fn agent(tenant: &str, id: &str, name: &str, state: u8, etag: u64) -> AgentRecord {
         AgentRecord {

@@ -342,4 +342,9 @@ fn listing_survives_a_restart() {
     let seen = all_pages(&auth, &token, "size=5&sort=name,desc");
     let want: Vec<String> = (0..12).rev().map(|i| format!("rs-{i:02}")).collect();
     assert_eq!(seen, want);
+    // Ties (one profile, one eTag) fall back to the id, through the cursor too.
+    let mut asc = want.clone();
+    asc.reverse();
+    assert_eq!(all_pages(&auth, &token, "size=5&sort=securityProfile"), asc);
+    assert_eq!(all_pages(&auth, &token, "size=4&sort=eTag,desc"), want);
 }
