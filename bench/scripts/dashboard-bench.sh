@@ -79,6 +79,14 @@ done
     echo '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
     jq -r '"| \(.agents_n) | \(.pollers) | \(.throughput_rps | floor) | \(.latency_us.p50) | \(.latency_us.p99) | \(.pages.ok // "–") | \(.pages.latency_us.p50 // "–") | \(.pages.latency_us.p99 // "–") | \(.load) |"' "$RESULTS"
     echo
+    echo "## How to read this"
+    echo
+    echo "- The target: token p99 with 4 pollers at most 2 × alone, and page p50 flat as the fleet grows."
+    echo "  Each page is served from the agent list index (O(page)), so neither depends on the fleet size."
+    echo "- The machine is shared and was loaded (see \`load\`): differences of a few ms at p99 between rows"
+    echo "  are noise, and so is the lower throughput of the first run at each size (a cold server and"
+    echo "  page cache)."
+    echo
     echo "## Commands"
     echo
     echo '```sh'
