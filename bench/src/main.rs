@@ -32,6 +32,7 @@
 mod assertion;
 mod attack;
 mod client;
+mod dashboard;
 mod engine;
 mod error;
 mod http;
@@ -182,6 +183,21 @@ pub struct Args {
     /// Write an SVG plot of throughput and latency over time.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+
+    /// The dashboard scenario: this many operator pollers (needs --credentials of the agents'
+    /// tenant), each fetching --poll-path every --poll-interval beside the measured requests;
+    /// page latency is reported separately from the requests'.
+    #[arg(long, default_value_t = 0)]
+    pub pollers: usize,
+    /// How often each poller fetches its page.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub poll_interval: Duration,
+    /// The page the pollers fetch.
+    #[arg(
+        long,
+        default_value = "/api/agentmanagement/v3/agents?page=0&size=100&sort=name"
+    )]
+    pub poll_path: String,
 
     /// Hold hostile connections open during the run (the scenario is then the legitimate
     /// client whose success rate and latency are measured): `idle` (attack-idle: never send a

@@ -192,6 +192,7 @@ mod tests {
             elapsed: Duration::from_secs(3),
             stats,
             notes: vec![],
+            pages: None,
         };
         let doc = svg(&summary);
         assert!(doc.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));

@@ -323,6 +323,31 @@ pub fn run(args: &Args) -> Result<(), Error> {
         }
     };
 
+    // ---- Dashboard pollers, started before the timed phase so it runs under them.
+    let dashboard = if args.pollers > 0 {
+        let Some(op) = operator.clone() else {
+            return Err(Error::Usage(
+                "--pollers needs --credentials of an operator of the agents' tenant".into(),
+            ));
+        };
+        say(&format!(
+            "dashboard: {} poller(s) every {:?} on {}",
+            args.pollers, args.poll_interval, args.poll_path
+        ));
+        Some(crate::dashboard::start(
+            crate::dashboard::DashboardConfig {
+                target: Arc::clone(&target),
+                tls: tls.clone(),
+                operator: op,
+                pollers: args.pollers,
+                interval: args.poll_interval,
+                path: args.poll_path.clone(),
+            },
+        )?)
+    } else {
+        None
+    };
+
     // ---- Workers.
     let threads = args.threads.clamp(1, args.connections.max(1));
     let introspect_tokens = Arc::new(introspect_tokens);
@@ -448,6 +473,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
     });
 
     // ---- Report.
+    let pages = dashboard.map(crate::dashboard::Running::stop);
     if let Some((kind, running)) = attack {
         let r = running.stop();
         notes.push(format!(
@@ -518,6 +544,7 @@ pub fn run(args: &Args) -> Result<(), Error> {
         elapsed,
         stats,
         notes,
+        pages,
     };
     if let Some(path) = &args.plot {
         std::fs::write(path, crate::plot::svg(&summary))

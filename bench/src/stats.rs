@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 /// Latencies are recorded in microseconds, from 1 µs to an hour.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Longest series kept (seconds); later seconds fold into the last bucket.
 const MAX_SERIES: usize = 24 * 3600;
 
@@ -203,6 +203,8 @@ pub struct Summary {
     pub stats: Stats,
     /// Lines about how the run was done (pre-minted pools, early ends…).
     pub notes: Vec<String>,
+    /// What the dashboard pollers saw (`--pollers`).
+    pub pages: Option<crate::dashboard::PageStats>,
 }
 
 impl Summary {
@@ -258,6 +260,7 @@ impl Summary {
                 "max": p.max, "mean": p.mean,
             },
             "notes": self.notes,
+            "pages": self.pages.as_ref().map(crate::dashboard::PageStats::to_json),
             "series": series,
         })
     }
@@ -296,6 +299,9 @@ impl fmt::Display for Summary {
             for (k, v) in &self.stats.errors {
                 writeln!(f, "  {v:>10}  {k}")?;
             }
+        }
+        if let Some(p) = &self.pages {
+            writeln!(f, "pages        {}", p.line())?;
         }
         for n in &self.notes {
             writeln!(f, "note         {n}")?;
@@ -386,6 +392,7 @@ mod tests {
             elapsed: Duration::from_secs(2),
             stats,
             notes: vec!["n".into()],
+            pages: None,
         };
         assert_eq!(s.requests(), 201);
         assert!((s.throughput() - 100.0).abs() < 1e-9);

@@ -14,19 +14,30 @@
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+
 use super::auth::{self, Permission, Principal};
 use super::mindsphere::{
-    API_BASE, Agent, AgentCreate, AgentId, AgentQuery, AgentUpdate, BoardingConfiguration,
-    BoardingContent, IfMatch, OnboardingStatus, OnlineStatus, rfc3339_millis,
+    API_BASE, Agent, AgentCreate, AgentField, AgentId, AgentQuery, AgentUpdate,
+    BoardingConfiguration, BoardingContent, Compare, Condition, IfMatch, OnboardingStatus,
+    OnlineStatus, rfc3339_millis,
 };
 use super::onboarding::AgentState;
 use super::{Route, register, validate, write};
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
-use crate::store::{AgentRecord, BoardingRecord, BoardingState, NewAgent, NewIat, WriteOp};
+use crate::store::{
+    AgentRecord, BoardingRecord, BoardingState, ListRequest, NewAgent, NewIat, Order, SortKey,
+    SortRange, SortValue, Start, WriteOp,
+};
 
-/// A tenant's agents are read in pages of this many to build a list answer.
-const READ_BATCH: usize = 1000;
+/// Most agents one list request looks at while checking conditions the index does not
+/// order (`contains`, `endsWith`, a condition on another field than the sort, the online
+/// status). A page cut short by it carries a `Latchkey-Next-Cursor` to continue from and
+/// `last: false`, and its `totalElements` is a lower bound.
+pub const MAX_LIST_SCAN: usize = 10_000;
+/// The response header carrying the cursor of the next page.
+pub const NEXT_CURSOR: &str = "Latchkey-Next-Cursor";
 /// Reissue the IAT when less than this is left of it, so an agent never gets one that expires
 /// before it can use it.
 const IAT_MIN_REMAINING: u64 = 60;
@@ -103,21 +114,94 @@ impl AgentState {
         }))
     }
 
+    /// One page from the list index: O(page) when the filter is on the boarding status and
+    /// the sort field (`eq`, `startsWith`); other conditions and the online status are checked
+    /// on a walk bounded by [`MAX_LIST_SCAN`]. Nothing here reads the store.
     fn list(&self, req: &Request<'_>) -> Result<Outcome, Error> {
         let p = self.caller(req, Permission::AgentsRead)?;
         let query = AgentQuery::parse(&super::Form::query(req)?)?;
-        let snap = self.app.store.read()?;
-        let mut all = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = snap.agents(&p.tenant, after.as_deref(), READ_BATCH)?;
-            all.extend(page.agents);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
+        let mut order = order_of(query.sort);
+        let mut conditions: Vec<&Condition> = query.filter.iter().collect();
+        // Ids and names are unique within a tenant: an equality on either is at most one
+        // agent, found through its own order whatever the sort.
+        let unique = conditions.iter().position(|c| {
+            c.compare == Compare::Eq
+                && matches!(
+                    c.field,
+                    AgentField::Id | AgentField::EntityId | AgentField::Name
+                )
+        });
+        let pick = unique.or_else(|| {
+            conditions.iter().position(|c| {
+                matches!(c.compare, Compare::Eq | Compare::StartsWith)
+                    && order_of(c.field) == order
+                    && matches!(order, Order::Id | Order::Name)
+            })
+        });
+        let range = pick.map(|i| {
+            let c = conditions.remove(i);
+            order = order_of(c.field);
+            match c.compare {
+                Compare::Eq => SortRange::Eq(c.value.clone()),
+                _ => SortRange::Prefix(c.value.clone()),
+            }
+        });
+        let mut state = query.boarding;
+        if query.online == Some(true) {
+            // Only onboarded agents are ever online.
+            match state {
+                None | Some(BoardingState::Onboarded) => state = Some(BoardingState::Onboarded),
+                Some(_) => {
+                    return Ok(Response::json(200, &query.answer(Vec::new(), 0, true)).into());
+                }
             }
         }
-        Ok(Response::json(200, &query.page(all)).into())
+        let start = match &query.after {
+            Some(c) => Start::After(decode_cursor(c, order)?),
+            None => Start::Offset(
+                usize::try_from(u64::from(query.page) * u64::from(query.size))
+                    .unwrap_or(usize::MAX),
+            ),
+        };
+        let list = ListRequest {
+            tenant: &p.tenant,
+            state,
+            order,
+            descending: query.descending,
+            range,
+            start,
+            limit: query.size as usize,
+            max_scan: MAX_LIST_SCAN,
+        };
+        let now = self.app.now();
+        let online = |a: &AgentRecord| self.is_online(a, now);
+        let keep = |a: &AgentRecord| {
+            conditions.iter().all(|c| c.matches(a)) && query.online.is_none_or(|o| online(a) == o)
+        };
+        let residual = !conditions.is_empty() || query.online.is_some();
+        let keep: Option<&dyn Fn(&AgentRecord) -> bool> = if residual { Some(&keep) } else { None };
+        let page = self.app.store.hot().agents().list(&list, keep);
+        let content: Vec<Agent> = page.agents.iter().map(|a| Agent::from(&**a)).collect();
+        let mut total = page.total;
+        if matches!(list.start, Start::Offset(_)) && !page.exact {
+            // A lower bound: what was skipped and what this page holds.
+            total = total.max(list_offset(&list) + content.len() as u64);
+        }
+        let body = query.answer(content, total, page.next.is_none());
+        let mut response = Response::json(200, &body);
+        if let Some(next) = &page.next {
+            response = response.header(NEXT_CURSOR, encode_cursor(order, next));
+        }
+        Ok(response.into())
+    }
+
+    /// Online: onboarded, and holding an access token this process issued that is still
+    /// valid (seen within one access-token lifetime), as `GET /agents/{id}/status` says.
+    fn is_online(&self, a: &AgentRecord, now: u64) -> bool {
+        a.state == BoardingState::Onboarded
+            && self
+                .last_token_at(&a.id)
+                .is_some_and(|at| now < at.saturating_add(self.app.settings.access_token_lifetime))
     }
 
     fn show(&self, req: &Request<'_>) -> Result<Outcome, Error> {
@@ -340,4 +424,67 @@ fn if_match(req: &Request<'_>) -> Result<IfMatch, Error> {
 
 fn agent_response(status: u16, agent: &AgentRecord) -> Response {
     Response::json(status, &Agent::from(agent)).header("ETag", format!("\"{}\"", agent.etag))
+}
+
+/// The index order of a sort field (`id` and `entityId` are the same value).
+fn order_of(f: AgentField) -> Order {
+    match f {
+        AgentField::Id | AgentField::EntityId => Order::Id,
+        AgentField::Name => Order::Name,
+        AgentField::SecurityProfile => Order::SecurityProfile,
+        AgentField::ETag => Order::ETag,
+    }
+}
+
+fn order_tag(o: Order) -> &'static str {
+    match o {
+        Order::Id => "id",
+        Order::Name => "name",
+        Order::SecurityProfile => "securityProfile",
+        Order::ETag => "eTag",
+    }
+}
+
+fn list_offset(l: &ListRequest<'_>) -> u64 {
+    match l.start {
+        Start::Offset(n) => n as u64,
+        Start::After(_) => 0,
+    }
+}
+
+/// A cursor: base64url of the JSON `[order, sort value, id]` of the last agent of a page. It
+/// names a position, not a row, so it stays valid when that agent changes or goes away.
+fn encode_cursor(order: Order, k: &SortKey) -> String {
+    let v = match &k.0 {
+        SortValue::None => serde_json::Value::Null,
+        SortValue::Number(n) => (*n).into(),
+        SortValue::Text(t) => (**t).into(),
+    };
+    let json = serde_json::json!([order_tag(order), v, &*k.1]).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_cursor(c: &str, order: Order) -> Result<SortKey, ApiError> {
+    let bad = || ApiError::InvalidRequest("after is not a cursor of this list's sort".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| bad())?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let serde_json::Value::Array(a) = v else {
+        return Err(bad());
+    };
+    let [tag, value, id] = <[serde_json::Value; 3]>::try_from(a).map_err(|_| bad())?;
+    if tag.as_str() != Some(order_tag(order)) {
+        return Err(bad());
+    }
+    let id = id.as_str().ok_or_else(bad)?;
+    let value = match (order, value) {
+        (Order::Id, serde_json::Value::Null) => SortValue::None,
+        (Order::ETag | Order::SecurityProfile, serde_json::Value::Number(n)) => {
+            SortValue::Number(n.as_u64().ok_or_else(bad)?)
+        }
+        (Order::Name, serde_json::Value::String(s)) => SortValue::Text(s.into()),
+        _ => return Err(bad()),
+    };
+    Ok((value, id.into()))
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::Form;
 use super::validate::{self, Field};
 use crate::error::ApiError;
-use crate::store::{AgentRecord, SecurityProfile};
+use crate::store::{AgentRecord, BoardingState, SecurityProfile};
 
 /// Path prefix of the agent-management API.
 pub const API_BASE: &str = "/api/agentmanagement/v3";
@@ -328,7 +328,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn matches(&self, a: &AgentRecord) -> bool {
+    pub fn matches(&self, a: &AgentRecord) -> bool {
         let text = self.field.text(a);
         let v = self.value.as_str();
         match self.compare {
@@ -342,7 +342,10 @@ impl Condition {
 
 /// A recognised list request. `filter` is MindSphere's JSON filter: an object of field →
 /// value (equality) or field → `{"eq"|"contains"|"startsWith"|"endsWith": value}`, all of
-/// which must hold; `sort` is Spring's `property[,asc|desc]`.
+/// which must hold; `sort` is Spring's `property[,asc|desc]`. Two more filter fields take
+/// equality only: `boardingStatus` (`NOT_ONBOARDED`, `ONBOARDING`, `ONBOARDED`) and
+/// `onlineStatus` (`ONLINE`, `OFFLINE`, as `GET /agents/{id}/status` answers). `after` is a
+/// cursor from a previous page's `Latchkey-Next-Cursor` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentQuery {
     pub page: u32,
@@ -350,7 +353,13 @@ pub struct AgentQuery {
     pub sort: AgentField,
     pub descending: bool,
     pub filter: Vec<Condition>,
+    pub boarding: Option<BoardingState>,
+    pub online: Option<bool>,
+    pub after: Option<String>,
 }
+
+/// Longest list cursor accepted.
+pub const MAX_CURSOR: usize = 2048;
 
 /// Most conditions in one filter.
 const MAX_CONDITIONS: usize = 8;
@@ -386,47 +395,39 @@ impl AgentQuery {
                 (AgentField::parse(field.trim())?, descending)
             }
         };
-        let filter = match form.get("filter") {
-            None => Vec::new(),
+        let (filter, boarding, online) = match form.get("filter") {
+            None => (Vec::new(), None, None),
             Some(f) => parse_filter(f)?,
         };
+        let after = form.get("after").map(str::to_owned);
+        if after.as_ref().is_some_and(|a| a.len() > MAX_CURSOR) {
+            return Err(ApiError::InvalidRequest(format!(
+                "after must be at most {MAX_CURSOR} bytes"
+            )));
+        }
         Ok(AgentQuery {
             page,
             size,
             sort,
             descending,
             filter,
+            boarding,
+            online,
+            after,
         })
     }
 
-    /// Filters, sorts and cuts one page out of all of a tenant's agents.
-    pub fn page(&self, mut agents: Vec<AgentRecord>) -> PagedAgent {
-        agents.retain(|a| self.filter.iter().all(|c| c.matches(a)));
-        agents.sort_by(|a, b| {
-            let ord = match self.sort {
-                AgentField::ETag => a.etag.cmp(&b.etag),
-                f => f.text(a).cmp(&f.text(b)),
-            }
-            .then_with(|| a.id.cmp(&b.id));
-            if self.descending { ord.reverse() } else { ord }
-        });
-        let total = agents.len() as u64;
+    /// The Spring page of `content`, out of `total` matching agents; `last` when nothing
+    /// follows it.
+    pub fn answer(&self, content: Vec<Agent>, total: u64, last: bool) -> PagedAgent {
         let size = u64::from(self.size);
-        let total_pages = total.div_ceil(size);
-        let start = u64::from(self.page).saturating_mul(size);
-        let content: Vec<Agent> = agents
-            .iter()
-            .skip(usize::try_from(start).unwrap_or(usize::MAX))
-            .take(self.size as usize)
-            .map(Agent::from)
-            .collect();
         PagedAgent {
             number_of_elements: content.len() as u64,
             content,
-            last: u64::from(self.page) + 1 >= total_pages,
-            total_pages,
+            last,
+            total_pages: total.div_ceil(size),
             total_elements: total,
-            first: self.page == 0,
+            first: self.page == 0 && self.after.is_none(),
             sort: vec![SortOrder {
                 direction: if self.descending { "DESC" } else { "ASC" },
                 property: self.sort.as_str(),
@@ -439,9 +440,44 @@ impl AgentQuery {
             number: self.page,
         }
     }
+
+    /// Filters, sorts and cuts one page out of all of a tenant's agents: the naive model the
+    /// indexed list is tested against (`online` says whether an agent is online).
+    pub fn page(
+        &self,
+        mut agents: Vec<AgentRecord>,
+        online: impl Fn(&AgentRecord) -> bool,
+    ) -> PagedAgent {
+        agents.retain(|a| {
+            self.filter.iter().all(|c| c.matches(a))
+                && self.boarding.is_none_or(|s| a.state == s)
+                && self.online.is_none_or(|o| online(a) == o)
+        });
+        agents.sort_by(|a, b| {
+            let ord = match self.sort {
+                AgentField::ETag => a.etag.cmp(&b.etag),
+                f => f.text(a).cmp(&f.text(b)),
+            }
+            .then_with(|| a.id.cmp(&b.id));
+            if self.descending { ord.reverse() } else { ord }
+        });
+        let total = agents.len() as u64;
+        let start = u64::from(self.page).saturating_mul(u64::from(self.size));
+        let content: Vec<Agent> = agents
+            .iter()
+            .skip(usize::try_from(start).unwrap_or(usize::MAX))
+            .take(self.size as usize)
+            .map(Agent::from)
+            .collect();
+        let last = start.saturating_add(u64::from(self.size)) >= total;
+        self.answer(content, total, last)
+    }
 }
 
-fn parse_filter(text: &str) -> Result<Vec<Condition>, ApiError> {
+/// What a filter says: conditions on agent fields, a boarding status, an online status.
+type Filter = (Vec<Condition>, Option<BoardingState>, Option<bool>);
+
+fn parse_filter(text: &str) -> Result<Filter, ApiError> {
     let bad = || {
         ApiError::InvalidRequest(
             "filter must be a JSON object of field: value or field: {\"eq\"|\"contains\"|\
@@ -458,8 +494,62 @@ fn parse_filter(text: &str) -> Result<Vec<Condition>, ApiError> {
             "at most {MAX_CONDITIONS} filter conditions"
         )));
     }
-    map.into_iter()
-        .map(|(field, v)| {
+    let (mut boarding, mut online) = (None, None);
+    let mut conditions = Vec::new();
+    for (field, v) in map {
+        let eq = || match &v {
+            serde_json::Value::String(s) => Some(s.as_str()),
+            serde_json::Value::Object(op) if op.len() == 1 => match op.get("eq") {
+                Some(serde_json::Value::String(s)) => Some(s.as_str()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match field.as_str() {
+            "boardingStatus" => {
+                boarding = Some(match eq() {
+                    Some("NOT_ONBOARDED") => BoardingState::NotOnboarded,
+                    Some("ONBOARDING") => BoardingState::Onboarding,
+                    Some("ONBOARDED") => BoardingState::Onboarded,
+                    _ => {
+                        return Err(ApiError::InvalidRequest(
+                            "boardingStatus filter must equal NOT_ONBOARDED, ONBOARDING or \
+                             ONBOARDED"
+                                .into(),
+                        ));
+                    }
+                });
+                continue;
+            }
+            "onlineStatus" => {
+                online = Some(match eq() {
+                    Some("ONLINE") => true,
+                    Some("OFFLINE") => false,
+                    _ => {
+                        return Err(ApiError::InvalidRequest(
+                            "onlineStatus filter must equal ONLINE or OFFLINE".into(),
+                        ));
+                    }
+                });
+                continue;
+            }
+            _ => {}
+        }
+        conditions.push(condition(field, v)?);
+    }
+    Ok((conditions, boarding, online))
+}
+
+fn condition(field: String, v: serde_json::Value) -> Result<Condition, ApiError> {
+    let bad = || {
+        ApiError::InvalidRequest(
+            "filter must be a JSON object of field: value or field: {\"eq\"|\"contains\"|\
+             \"startsWith\"|\"endsWith\": value}"
+                .into(),
+        )
+    };
+    {
+        {
             let field = AgentField::parse(&field)?;
             let (compare, value) = match v {
                 serde_json::Value::String(s) => (Compare::Eq, s),
@@ -483,8 +573,8 @@ fn parse_filter(text: &str) -> Result<Vec<Condition>, ApiError> {
                 compare,
                 value,
             })
-        })
-        .collect()
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -844,7 +934,7 @@ mod tests {
         let all: Vec<AgentRecord> = (0..25)
             .map(|i| agent(&format!("a{i:02}"), &format!("name-{}", 24 - i), i))
             .collect();
-        let page = query("").expect("defaults").page(all.clone());
+        let page = query("").expect("defaults").page(all.clone(), |_| false);
         assert_eq!(
             (
                 page.size,
@@ -858,20 +948,20 @@ mod tests {
         assert_eq!(page.content[0].id, "a00");
         let page = query("page=2&size=10&sort=eTag,desc")
             .expect("q")
-            .page(all.clone());
+            .page(all.clone(), |_| false);
         assert_eq!(page.number_of_elements, 5);
         assert!(page.last && !page.first);
         assert_eq!(page.content[0].id, "a04");
         assert_eq!(page.sort[0].direction, "DESC");
-        let page = query("sort=name").expect("q").page(all.clone());
+        let page = query("sort=name").expect("q").page(all.clone(), |_| false);
         assert_eq!(page.content[0].name, "name-0");
         let f = "filter=%7B%22name%22%3A%7B%22startsWith%22%3A%22name-1%22%7D%7D&size=100";
-        let page = query(f).expect("q").page(all.clone());
+        let page = query(f).expect("q").page(all.clone(), |_| false);
         // name-1 and name-10 .. name-19
         assert_eq!(page.total_elements, 11);
         let page = query("filter=%7B%22id%22%3A%22a03%22%7D")
             .expect("q")
-            .page(all.clone());
+            .page(all.clone(), |_| false);
         assert_eq!(
             page.content
                 .iter()
@@ -879,7 +969,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["a03"]
         );
-        let page = query("page=9").expect("q").page(all);
+        let page = query("page=9").expect("q").page(all, |_| false);
         assert!(page.content.is_empty() && page.last);
         for bad in [
             "size=0",

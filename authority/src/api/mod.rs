@@ -9,6 +9,7 @@
 pub mod agent_credentials;
 pub mod agent_token;
 pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod clients;
@@ -38,6 +39,7 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
     oauth::routes(router, app);
     operator::routes(router, app);
     clients::routes(router, app);
+    audit::routes(router, app);
     certs::routes(router, app);
     let agent_state = Arc::new(onboarding::AgentState::new(Arc::clone(app)));
     agents::routes(router, &agent_state);

@@ -15,8 +15,9 @@ use std::sync::{Arc, OnceLock};
 use crossbeam_skiplist::SkipMap;
 use latchkey_core::{Algorithm, KeyError, VerifyingKey};
 
+use super::agent_index::AgentIndex;
 use super::records::{
-    AuthMethod, KeyState, OperatorClientRecord, RevocationKind, RevocationRecord,
+    AgentRecord, AuthMethod, KeyState, OperatorClientRecord, RevocationKind, RevocationRecord,
 };
 use super::seal::Secret;
 
@@ -153,6 +154,8 @@ pub struct HotIndex {
     keys: SkipMap<String, Arc<StoredSigningKey>>,
     /// One map per `RevocationKind`, indexed by `kind as usize`, so lookups borrow a `&str`.
     revocations: [SkipMap<String, Revocation>; 4],
+    /// Agents in list order, per tenant (see `agent_index`); never read by the token path.
+    agents: AgentIndex,
     commits: AtomicU64,
 }
 
@@ -163,6 +166,7 @@ pub(crate) enum HotChange {
     OperatorClient(String, Option<Arc<OperatorClientRecord>>),
     Key(String, Option<Arc<StoredSigningKey>>),
     Revocation(RevocationKind, String, Option<Revocation>),
+    Agent(String, Option<Arc<AgentRecord>>),
 }
 
 fn slot(kind: RevocationKind) -> usize {
@@ -198,6 +202,11 @@ impl HotIndex {
     /// The revocation of `id` of the given kind, if one is recorded.
     pub fn revocation(&self, kind: RevocationKind, id: &str) -> Option<Revocation> {
         self.revocations[slot(kind)].get(id).map(|e| *e.value())
+    }
+
+    /// Every tenant's agents, indexed for listing.
+    pub fn agents(&self) -> &AgentIndex {
+        &self.agents
     }
 
     /// Number of registered clients (for metrics and benches).
@@ -241,6 +250,7 @@ impl HotIndex {
             HotChange::Revocation(kind, id, None) => {
                 self.revocations[slot(kind)].remove(&id);
             }
+            HotChange::Agent(id, rec) => self.agents.apply(&id, rec),
         }
     }
 

@@ -10,6 +10,7 @@
 //!   or the hot in-memory indexes ([`Store::hot`]) that the token path reads directly, without
 //!   locks. `DESIGN.md` ("The engine seam") says what another storage engine provides.
 
+mod agent_index;
 mod codec;
 mod commit;
 mod error;
@@ -29,6 +30,9 @@ use std::sync::Arc;
 
 use redb::{ConcurrencyMode, Database, ReadableDatabase, StorageBackend};
 
+pub use agent_index::{
+    AgentIndex, ListPage, ListRequest, Order, SortKey, SortRange, SortValue, Start,
+};
 pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
 pub use error::StoreError;
 pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, StoredSigningKey};

@@ -240,6 +240,29 @@ impl ReadView for RedbSnapshot {
         }
         Ok(out)
     }
+
+    /// Audit entries with `seq < before` (all with `None`), newest first, at most `limit`
+    /// (≤ [`MAX_PAGE`]).
+    fn audit_before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let t: ReadOnlyTable<u64, &[u8]> = self.txn.open_table(AUDIT).db("open table")?;
+        let mut out = Vec::new();
+        let range = match before {
+            Some(b) => t.range(..b),
+            None => t.range(0..),
+        };
+        for entry in range.db("read")?.rev() {
+            if out.len() == limit.clamp(1, MAX_PAGE) {
+                break;
+            }
+            let (_, v) = entry.db("read")?;
+            out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
 }
 
 /// Fills the hot indexes from the database (at open).
@@ -258,6 +281,9 @@ pub(crate) fn load_hot(db: &Database, key: &MasterKey, hot: &HotIndex) -> Result
             rec.client_id.clone(),
             Some(Arc::new(unsealed_client(key, &rec, rotation.as_ref())?)),
         ));
+    }
+    for rec in all::<AgentRecord>(&txn, AGENTS)? {
+        hot.apply(HotChange::Agent(rec.id.clone(), Some(Arc::new(rec))));
     }
     for rec in all::<OperatorClientRecord>(&txn, OPERATOR_CLIENTS)? {
         hot.apply(HotChange::OperatorClient(

@@ -56,6 +56,13 @@ pub trait ReadView {
     fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
     /// Audit entries with `seq > after`, oldest first, at most `limit` (≤ `MAX_PAGE`).
     fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Audit entries with `seq < before` (all with `None`), newest first, at most `limit`
+    /// (≤ `MAX_PAGE`).
+    fn audit_before(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
 /// A consistent read view of the whole store (`Store::read`), never waiting for the writer.

@@ -336,3 +336,37 @@ fn loadgen_gives_up_on_a_dead_server_after_bounded_attempts() {
         "{attempts} connection attempts (bound {bound}):\n{stderr}"
     );
 }
+
+/// The dashboard scenario: pollers fetch the agent list beside the token requests, and the
+/// summary reports their pages apart from the tokens.
+#[test]
+fn loadgen_dashboard_pollers_report_page_latency_apart() {
+    let (server, _dir) = server(false);
+    let s = summary(
+        &server,
+        &[
+            "--agents",
+            "5",
+            "--duration",
+            "2s",
+            "--connections",
+            "2",
+            "--pollers",
+            "2",
+            "--poll-interval",
+            "100ms",
+        ],
+    );
+    assert_eq!(s["errors"], 0, "{s:#}");
+    let pages = &s["pages"];
+    assert_eq!(pages["pollers"], 2, "{s:#}");
+    assert_eq!(pages["errors"], 0, "{s:#}");
+    assert!(pages["ok"].as_u64().is_some_and(|n| n > 0), "{s:#}");
+    assert!(
+        pages["latency_us"]["p50"].as_u64().is_some_and(|v| v > 0),
+        "{s:#}"
+    );
+    // Without pollers there is no page report.
+    let s = summary(&server, &["--agents", "5", "--requests", "50"]);
+    assert!(s["pages"].is_null(), "{s:#}");
+}

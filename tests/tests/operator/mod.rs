@@ -2132,7 +2132,9 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
     assert_eq!(header(&auth.operator_token())["kid"], new.as_str());
 }
 
+mod audit;
 mod audit_abuse;
 mod import;
+mod listing;
 mod signing_cert;
 mod throttle;
