@@ -126,10 +126,12 @@ fn retention_prunes_the_oldest_rows() {
         assert!(Instant::now() < end, "not pruned: {rows:#?}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    let seqs: Vec<u64> = rows
+    // `latchkey audit` prints newest first.
+    let mut seqs: Vec<u64> = rows
         .iter()
         .map(|r| r["seq"].as_u64().expect("seq"))
         .collect();
+    seqs.sort_unstable();
     assert!(seqs[0] > 20, "the oldest rows went: {seqs:?}");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "dense: {seqs:?}");
     let prune = rows
