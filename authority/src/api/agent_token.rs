@@ -290,6 +290,14 @@ impl AgentState {
         now: u64,
         x5t: Option<String>,
     ) -> Result<TokenResponse, TokenRefusal> {
+        // After authentication, so only the agent itself learns it is suspended. 401, not
+        // 400: MindConnect libraries answer a 400 here by rotating, which suspension refuses.
+        if self.app.store.hot().agent_suspended(&client.client_id) {
+            return Err(ApiError::InvalidClient(
+                "the agent is suspended by its operator; it gets tokens again once resumed".into(),
+            )
+            .into());
+        }
         if self.app.agent_revoked(&client.client_id, now) {
             // Re-registered within the second of an offboarding: a token minted now would be
             // refused as revoked. Nothing was issued; the jti is spent, so sign a new one.

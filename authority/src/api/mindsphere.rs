@@ -738,6 +738,7 @@ mod tests {
             current_iat: None,
             created_at: 1,
             updated_at: 1,
+            suspended_at: None,
         };
         let json = serde_json::to_value(Agent::from(&rec)).expect("json");
         assert_eq!(
@@ -831,6 +832,7 @@ mod tests {
             current_iat: None,
             created_at: 1,
             updated_at: 1,
+            suspended_at: None,
         }
     }
 

@@ -259,6 +259,14 @@ pub(crate) fn load_hot(db: &Database, key: &MasterKey, hot: &HotIndex) -> Result
             Some(Arc::new(unsealed_client(key, &rec, rotation.as_ref())?)),
         ));
     }
+    let t = txn.open_table(AGENTS).db("open table")?;
+    for entry in t.iter().db("load agents")? {
+        let (_, v) = entry.db("load agents")?;
+        let rec: AgentRecord = codec::decode(v.value())?;
+        if let Some(at) = rec.suspended_at {
+            hot.apply(HotChange::AgentSuspension(rec.id, Some(at)));
+        }
+    }
     for rec in all::<OperatorClientRecord>(&txn, OPERATOR_CLIENTS)? {
         hot.apply(HotChange::OperatorClient(
             rec.id.clone(),
