@@ -303,7 +303,9 @@ impl AgentState {
             // refused as revoked. Nothing was issued; the jti is spent, so sign a new one.
             return Err(TokenRefusal::Later {
                 seconds: 1,
-                reason: "the agent was offboarded this second; retry with a new assertion".into(),
+                reason:
+                    "the agent was offboarded or suspended this second; retry with a new assertion"
+                        .into(),
             });
         }
         let answer = self.mint_access_token(client, now, x5t)?;

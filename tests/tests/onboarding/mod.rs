@@ -16,6 +16,7 @@ use crate::util::server::Response;
 mod credentials;
 mod datasource;
 mod rotation;
+mod suspend;
 mod throttle;
 
 const API: &str = "/api/agentmanagement/v3";

@@ -2128,4 +2128,5 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
 
 mod import;
 mod signing_cert;
+mod suspend;
 mod throttle;
