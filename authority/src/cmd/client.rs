@@ -179,7 +179,7 @@ pub fn run(args: &ClientArgs) -> Result<(), Error> {
             });
         }
         (ClientCommand::RotateSecret { id, grace }, place) => {
-            let grace = grace.map(|g| std::time::Duration::from(*g).as_secs());
+            let grace = grace.map(|g| g.as_secs());
             let v = match place {
                 Place::Remote(r) => r
                     .call(
