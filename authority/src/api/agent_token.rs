@@ -897,7 +897,9 @@ mod tests {
             client_assertion: sign(&key, None, &claims("a1", later, "j-4")),
             client_id: None,
         };
-        let t = f.state.issue(&req, later).ok().expect("token after resume");
+        let Ok(t) = f.state.issue(&req, later) else {
+            panic!("no token after resume");
+        };
         assert!(f.app().verify(&t.access_token, &v, later).is_ok());
         assert!(f.app().verify(&earlier.access_token, &v, later).is_err());
     }
