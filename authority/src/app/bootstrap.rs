@@ -210,7 +210,7 @@ impl App {
             }
             let hash = SecretHash::parse(&c.hashed_secret)
                 .map_err(|e| Error::Config(format!("client {:?}: {e}", c.identifier)))?;
-            let rec = OperatorClientRecord {
+            let mut rec = OperatorClientRecord {
                 id: c.identifier.clone(),
                 tenant: c
                     .tenant
@@ -231,7 +231,6 @@ impl App {
                 previous_secret_hash: None,
                 previous_valid_until: 0,
             };
-            let mut rec = rec;
             if let Some(existing) = self.store.hot().operator_client(&rec.id) {
                 // A suspension outlives restarts and settings changes: only an operator
                 // resumes a client.
