@@ -322,8 +322,8 @@ fn created(v: &Value) -> String {
 
 fn listing(v: &Value) -> String {
     let mut out = format!(
-        "{:<24} {:<12} {:<16} {:<16} CREATED\n",
-        "CLIENT", "TENANT", "PROFILE", "HASH"
+        "{:<24} {:<12} {:<16} {:<16} {:<10} CREATED\n",
+        "CLIENT", "TENANT", "PROFILE", "HASH", "STATE"
     );
     for c in v
         .get("clients")
@@ -332,11 +332,16 @@ fn listing(v: &Value) -> String {
         .flatten()
     {
         out.push_str(&format!(
-            "{:<24} {:<12} {:<16} {:<16} {}\n",
+            "{:<24} {:<12} {:<16} {:<16} {:<10} {}\n",
             s(c, "client_id"),
             s(c, "tenant"),
             s(c, "profile"),
             s(c, "hash_scheme"),
+            if c["suspended"] == true {
+                "suspended"
+            } else {
+                "active"
+            },
             time(c.get("created_at").and_then(Value::as_u64).unwrap_or(0)),
         ));
     }

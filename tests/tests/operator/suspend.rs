@@ -290,6 +290,14 @@ fn clients_are_suspended_resumed_and_rotated_offline() {
         serde_json::from_slice(&out.stdout).expect("json")
     };
     assert_eq!(run(&["client", "suspend", "offline"])["suspended"], true);
+    let out = cli(&["client", "list", "--data-dir", d]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("offline ") && l.contains(" suspended ")),
+        "{listing}"
+    );
     let rotated = run(&["client", "rotate-secret", "offline", "--grace", "1h"]);
     let new = rotated["client_secret"]
         .as_str()
