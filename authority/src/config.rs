@@ -628,6 +628,12 @@ pub struct AppSettings {
     /// has not used its new ones yet (seconds; 0: they die at once). Lets an agent whose
     /// rotation answer was lost repeat the rotation and get the same answer.
     pub rotation_grace: u64,
+    /// How long an operator client's replaced secret keeps working after a secret rotation
+    /// that names no grace (seconds; `[tokens] client-secret-grace`).
+    pub client_secret_grace: u64,
+    /// The longest grace a secret rotation may ask for (seconds;
+    /// `[tokens] client-secret-grace-max`).
+    pub client_secret_grace_max: u64,
     /// Largest stored `dataSourceConfiguration` (bytes of JSON).
     pub datasource_config_max_bytes: usize,
     /// The on-disk log of accepted assertions that keeps restarts replay-safe.
@@ -675,6 +681,8 @@ impl Default for AppSettings {
                 ..ReplayConfig::default()
             },
             rotation_grace: 6 * 3600,
+            client_secret_grace: 24 * 3600,
+            client_secret_grace_max: 30 * 24 * 3600,
             datasource_config_max_bytes: 64 * 1024,
             replay_log: ReplayLogConfig::default(),
             client_throttle: crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT,
@@ -803,6 +811,10 @@ pub struct TokensConfig {
     pub replay_log_sync_interval: Option<HumanDuration>,
     /// Most bytes the replay log may hold (30 per accepted assertion).
     pub replay_log_max_size: Option<u64>,
+    /// Default grace of an operator client's replaced secret.
+    pub client_secret_grace: Option<HumanDuration>,
+    /// Longest grace a secret rotation may ask for.
+    pub client_secret_grace_max: Option<HumanDuration>,
 }
 
 /// `[keys]`.
@@ -879,6 +891,17 @@ impl AppConfig {
             d.assertion_max_age,
             "assertion-max-age",
         )?;
+        let client_secret_grace_max = t
+            .client_secret_grace_max
+            .map_or(d.client_secret_grace_max, |h| h.0.as_secs());
+        let client_secret_grace = t
+            .client_secret_grace
+            .map_or(d.client_secret_grace, |h| h.0.as_secs());
+        if client_secret_grace > client_secret_grace_max {
+            return Err(Error::Config(
+                "tokens.client-secret-grace must not exceed tokens.client-secret-grace-max".into(),
+            ));
+        }
         let settings = AppSettings {
             issuer: t.issuer,
             public_url: t.public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -933,6 +956,8 @@ impl AppConfig {
                 .agents
                 .rotation_grace
                 .map_or(d.rotation_grace, |h| h.0.as_secs()),
+            client_secret_grace,
+            client_secret_grace_max,
             datasource_config_max_bytes,
             replay_log: ReplayLogConfig {
                 sync_interval: t

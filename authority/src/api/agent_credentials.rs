@@ -5,7 +5,9 @@
 //! `agents:read` is enough.
 //!
 //! The MindSphere `Agent` shape has no room for these fields, and the SDKs read that shape, so
-//! they get a route of their own rather than extra members on `GET /agents/{id}`.
+//! they get a route of their own rather than extra members on `GET /agents/{id}`. For the
+//! same reason suspension lives here: `POST /api/latchkey/v1/agents/{id}/suspend` and
+//! `/resume` (`agents:write`), and `suspended` in the credentials view.
 
 use std::sync::Arc;
 
@@ -15,14 +17,21 @@ use serde_json::{Value, json};
 use super::auth::{self, Permission};
 use super::mindsphere::{AgentId, rfc3339_millis};
 use super::onboarding::AgentState;
-use super::{Route, register, validate};
+use super::{Route, register, validate, write};
 use crate::error::{ApiError, Error};
-use crate::http::{Outcome, Request, Response, Router};
-use crate::store::{BoardingState, RegistrationRecord};
+use crate::http::{Outcome, Request, RequestContext, Response, Router};
+use crate::store::{AgentRecord, BoardingState, RegistrationRecord, WriteOp};
 
 pub fn routes(router: &mut Router, state: &Arc<AgentState>) {
-    let table: [(&str, &str, Route<AgentState>); 1] =
-        [("GET", "/{id}/credentials", |s, req, _| credentials(s, req))];
+    let table: [(&str, &str, Route<AgentState>); 3] = [
+        ("GET", "/{id}/credentials", |s, req, _| credentials(s, req)),
+        ("POST", "/{id}/suspend", |s, req, ctx| {
+            suspension(s, req, ctx, true)
+        }),
+        ("POST", "/{id}/resume", |s, req, ctx| {
+            suspension(s, req, ctx, false)
+        }),
+    ];
     register(router, state, "/api/latchkey/v1/agents", &table);
 }
 
@@ -60,8 +69,50 @@ fn credentials(state: &Arc<AgentState>, req: &Request<'_>) -> Result<Outcome, Er
         "registration": registration.as_ref().map(|r| view(r, rotation.map(|x| x.grace_until))),
         "lastSeen": last_seen.map(rfc3339_millis),
         "online": online,
+        "suspended": agent.suspended_at.is_some(),
+        "suspendedAt": agent.suspended_at.map(rfc3339_millis),
     });
     Ok(Response::json(200, &body).into())
+}
+
+/// Suspends or resumes an agent. Suspended, it is refused tokens (every auth method),
+/// registration and rotation, and the tokens it holds are revoked from the answer on; its
+/// records, registration, keys and boarding state stay, so a resume needs no new boarding.
+/// Tokens issued before the suspension stay revoked after it.
+fn suspension(
+    state: &Arc<AgentState>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+    suspend: bool,
+) -> Result<Outcome, Error> {
+    let app = &state.app;
+    let p = auth::operator(app, req, Permission::AgentsWrite)?;
+    let id = AgentId::parse_as(
+        validate::ENTITY_ID.named("id"),
+        req.param("id").unwrap_or(""),
+    )?;
+    let now = app.now();
+    let op = WriteOp::SuspendAgent {
+        tenant: p.tenant,
+        id: id.as_str().to_owned(),
+        suspend,
+        by: p.client_id,
+        now,
+        // Every token the agent holds has expired by then.
+        forget_after: now
+            .saturating_add(app.settings.access_token_lifetime)
+            .saturating_add(app.settings.leeway),
+    };
+    Ok(write::submit(app, ctx, op, |agent: AgentRecord| {
+        Ok(Response::json(
+            200,
+            &json!({
+                "id": agent.id,
+                "suspended": agent.suspended_at.is_some(),
+                "suspendedAt": agent.suspended_at.map(rfc3339_millis),
+            }),
+        ))
+    }))
 }
 
 /// A registration without its secrets: method, generation, expiry and key thumbprints.

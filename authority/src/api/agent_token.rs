@@ -266,13 +266,22 @@ impl AgentState {
         now: u64,
         x5t: Option<String>,
     ) -> Result<TokenResponse, Error> {
+        // After authentication, so only the agent itself learns it is suspended. 401, not
+        // 400: MindConnect libraries answer a 400 here by rotating, which suspension refuses.
+        if self.app.store.hot().agent_suspended(&client.client_id) {
+            return Err(ApiError::InvalidClient(
+                "the agent is suspended by its operator; it gets tokens again once resumed".into(),
+            )
+            .into());
+        }
         if self.app.agent_revoked(&client.client_id, now) {
             // Re-registered within the second of an offboarding: a token minted now would be
             // refused as revoked. Nothing was issued; the jti is spent, so sign a new one.
             return Err(Error::from(ApiError::Unavailable {
                 retry_after: 1,
-                description: "the agent was offboarded this second; retry with a new assertion"
-                    .into(),
+                description:
+                    "the agent was offboarded or suspended this second; retry with a new assertion"
+                        .into(),
             }));
         }
         let answer = self.mint_access_token(client, now, x5t)?;
@@ -806,6 +815,66 @@ mod tests {
             assert!(why.contains("replayed"), "{why}");
         }
         assert_eq!(f.state.last_token_at("a1"), Some(f.now));
+    }
+
+    /// A suspension is read from the hot index: the agent's next assertion is refused (401,
+    /// saying why), its earlier token stops verifying, another agent is served, and a resume
+    /// lets a fresh assertion through.
+    #[test]
+    fn suspended_agents_get_no_token_until_resumed() {
+        let f = fixture();
+        for id in ["a1", "a2"] {
+            f.agent(
+                "main",
+                id,
+                SecurityProfile::SharedSecret,
+                f.now + 86_400,
+                vec![],
+            );
+        }
+        let key = hs(Algorithm::HS256);
+        let earlier = f
+            .issue(&sign(&key, None, &claims("a1", f.now, "j-1")))
+            .expect("token");
+        let suspend = |suspend: bool, now: u64| {
+            f.app()
+                .write(WriteOp::SuspendAgent {
+                    tenant: "main".into(),
+                    id: "a1".into(),
+                    suspend,
+                    by: "op".into(),
+                    now,
+                    forget_after: now + 7200,
+                })
+                .unwrap();
+        };
+        suspend(true, f.now);
+        assert!(f.app().store.hot().agent_suspended("a1"));
+        let (status, why) = f
+            .issue(&sign(&key, None, &claims("a1", f.now, "j-2")))
+            .expect_err("suspended");
+        assert_eq!(status, 401, "{why}");
+        assert!(
+            why.contains("invalid_client") && why.contains("suspended"),
+            "{why}"
+        );
+        let v = f.app().validation(TokenType::AccessToken);
+        assert!(f.app().verify(&earlier.access_token, &v, f.now).is_err());
+        f.issue(&sign(&key, None, &claims("a2", f.now, "j-3")))
+            .expect("another agent is served");
+        // Resumed a second later: a fresh assertion gets a token that verifies.
+        suspend(false, f.now + 1);
+        assert!(!f.app().store.hot().agent_suspended("a1"));
+        let later = f.now + 1;
+        let req = TokenRequest {
+            client_assertion: sign(&key, None, &claims("a1", later, "j-4")),
+            client_id: None,
+        };
+        let Ok(t) = f.state.issue(&req, later) else {
+            panic!("no token after resume");
+        };
+        assert!(f.app().verify(&t.access_token, &v, later).is_ok());
+        assert!(f.app().verify(&earlier.access_token, &v, later).is_err());
     }
 
     /// The HMAC key cached in the hot index entry dies with the secret: after a rotation the

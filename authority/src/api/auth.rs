@@ -90,7 +90,7 @@ pub fn principal_of(app: &App, verified: &VerifiedToken) -> Option<Principal> {
     let tenant = claims.extra_str("ten")?;
     let generation = claims.extra.get(GENERATION_CLAIM)?.as_u64()?;
     let client = app.store.hot().operator_client(sub)?;
-    if client.tenant != tenant || client.generation != generation {
+    if client.tenant != tenant || client.generation != generation || client.suspended_at.is_some() {
         return None;
     }
     // A used profile cannot be deleted; should it be missing anyway, the token grants nothing.
@@ -226,6 +226,13 @@ pub fn client_credentials(
         ));
     }
     match authenticate(app, &id, &secret, method) {
+        // Said only to a caller that proved the secret.
+        Some(c) if c.suspended_at.is_some() => {
+            app.client_throttle.success(&id);
+            Err(invalid_client(
+                "this client is suspended; an operator must resume it",
+            ))
+        }
         Some(c) => {
             app.client_throttle.success(&id);
             Ok((c, method))
@@ -250,7 +257,7 @@ fn authenticate(
 ) -> Option<std::sync::Arc<OperatorClientRecord>> {
     let lookup = |id: &str| app.store.hot().operator_client(id);
     let check = |client: Option<std::sync::Arc<OperatorClientRecord>>, secret: &str| match client {
-        Some(c) if c.secret_hash.verify(secret.as_bytes()) => Some(c),
+        Some(c) if c.secret_matches(secret.as_bytes(), app.now()) => Some(c),
         Some(_) => None,
         None => {
             // Same work for unknown clients, so timing does not reveal which ids exist.

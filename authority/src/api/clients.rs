@@ -1,5 +1,5 @@
-//! Operator clients and profiles under `/api/latchkey/v1`: list, create and delete clients,
-//! list, put and delete profiles. Every call needs an operator bearer token with
+//! Operator clients and profiles under `/api/latchkey/v1`: list, create, delete, suspend,
+//! resume clients and rotate their secrets; list, put and delete profiles. Every call needs an operator bearer token with
 //! `clients:read` or `clients:admin`.
 //!
 //! Tenants: a client sees and manages only its own tenant's clients; profiles are global, so
@@ -18,13 +18,20 @@ use super::{Route, json_body, validate, write};
 use crate::app::{self, App};
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
-use crate::store::{OperatorClientRecord, ProfileRecord, SecretHash, WriteOp};
+use crate::store::{OperatorClientRecord, ProfileRecord, SecretHash, SecretRotation, WriteOp};
 
 pub fn routes(router: &mut Router, app: &Arc<App>) {
-    let table: [(&str, &str, Route<App>); 6] = [
+    let table: [(&str, &str, Route<App>); 9] = [
         ("GET", "/clients", list_clients),
         ("POST", "/clients", create_client),
         ("DELETE", "/clients/{id}", delete_client),
+        ("POST", "/clients/{id}/suspend", |a, r, c| {
+            suspension(a, r, c, true)
+        }),
+        ("POST", "/clients/{id}/resume", |a, r, c| {
+            suspension(a, r, c, false)
+        }),
+        ("POST", "/clients/{id}/rotate-secret", rotate_secret),
         ("GET", "/profiles", list_profiles),
         ("PUT", "/profiles/{name}", put_profile),
         ("DELETE", "/profiles/{name}", delete_profile),
@@ -41,6 +48,14 @@ pub struct ClientView {
     pub profile: String,
     pub hash_scheme: String,
     pub created_at: u64,
+    /// Suspended clients get no token and their tokens are refused.
+    #[serde(default)]
+    pub suspended: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_at: Option<u64>,
+    /// Until when the secret a rotation replaced still works (absent when none is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_valid_until: Option<u64>,
 }
 
 impl From<&OperatorClientRecord> for ClientView {
@@ -52,6 +67,12 @@ impl From<&OperatorClientRecord> for ClientView {
             profile: c.profile.clone(),
             hash_scheme: c.secret_hash.scheme().to_owned(),
             created_at: c.created_at,
+            suspended: c.suspended_at.is_some(),
+            suspended_at: c.suspended_at,
+            previous_valid_until: c
+                .previous_secret_hash
+                .as_ref()
+                .map(|_| c.previous_valid_until),
         }
     }
 }
@@ -142,6 +163,9 @@ fn create_client(
         profile,
         created_at: app.now(),
         generation: 0, // drawn by the store
+        suspended_at: None,
+        previous_secret_hash: None,
+        previous_valid_until: 0,
     };
     let op = WriteOp::CreateOperatorClient {
         record,
@@ -171,18 +195,7 @@ fn delete_client(
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsAdmin)?;
     let id = validate::CLIENT_ID.lookup(req.param("id").unwrap_or(""))?;
-    let client = match app.store.hot().operator_client(id) {
-        Some(c) if c.tenant == p.tenant || p.is_authority(app) => c,
-        _ => return Err(not_found("client")),
-    };
-    // Like profiles: a client that holds more than the caller is out of its reach.
-    let held = auth::profile_permissions(app, &client.profile).unwrap_or(Permissions::EMPTY);
-    if !held.is_subset(p.permissions) {
-        return Err(ApiError::Forbidden(format!(
-            "client {id:?} holds more than this token; only a client holding as much may delete it"
-        ))
-        .into());
-    }
+    within_reach(app, &p, id, "delete")?;
     let op = WriteOp::DeleteOperatorClient {
         id: id.to_owned(),
         by: p.client_id,
@@ -191,6 +204,126 @@ fn delete_client(
     Ok(write::submit(app, ctx, op, |_: OperatorClientRecord| {
         Ok(Response::new(204))
     }))
+}
+
+/// The client `id` if `p` may change it: visible to it (its tenant, or any for the authority)
+/// and holding no more than it does (like profiles: a stronger client is out of its reach).
+fn within_reach(
+    app: &App,
+    p: &Principal,
+    id: &str,
+    verb: &str,
+) -> Result<Arc<OperatorClientRecord>, Error> {
+    let client = match app.store.hot().operator_client(id) {
+        Some(c) if c.tenant == p.tenant || p.is_authority(app) => c,
+        _ => return Err(not_found("client")),
+    };
+    let held = auth::profile_permissions(app, &client.profile).unwrap_or(Permissions::EMPTY);
+    if !held.is_subset(p.permissions) {
+        return Err(ApiError::Forbidden(format!(
+            "client {id:?} holds more than this token; only a client holding as much may {verb} it"
+        ))
+        .into());
+    }
+    Ok(client)
+}
+
+/// `POST /clients/{id}/suspend` and `/resume`. A suspension ends the client's tokens for
+/// good (a new generation) and refuses its token requests; its record, secret and profile
+/// stay, so a resume lets it ask for tokens again. No client suspends itself: it could not
+/// resume itself either.
+fn suspension(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+    suspend: bool,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
+    let id = validate::CLIENT_ID.lookup(req.param("id").unwrap_or(""))?;
+    let verb = if suspend { "suspend" } else { "resume" };
+    within_reach(app, &p, id, verb)?;
+    if suspend && id == p.client_id {
+        return Err(ApiError::Forbidden(
+            "a client cannot suspend itself; another administrator must".into(),
+        )
+        .into());
+    }
+    let op = WriteOp::SuspendOperatorClient {
+        id: id.to_owned(),
+        suspend,
+        by: p.client_id,
+        now: app.now(),
+    };
+    Ok(write::submit(app, ctx, op, |c: OperatorClientRecord| {
+        Ok(Response::json(200, &ClientView::from(&c)))
+    }))
+}
+
+/// `POST /clients/{id}/rotate-secret` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRotationBody {
+    /// Seconds the replaced secret keeps working [default: `[tokens] client-secret-grace`];
+    /// 0 ends it at once.
+    #[serde(default)]
+    pub grace: Option<u64>,
+}
+
+/// `POST /clients/{id}/rotate-secret`: a new generated secret, shown once; the replaced one
+/// keeps working for the grace period. Tokens already issued stay valid until they expire
+/// (the generation does not change). A client may rotate its own secret. Clients declared in
+/// the settings file are refused: the file is their source and would undo the rotation.
+fn rotate_secret(
+    app: &Arc<App>,
+    req: &Request<'_>,
+    ctx: &RequestContext<'_>,
+) -> Result<Outcome, Error> {
+    let p = auth::operator(app, req, Permission::ClientsAdmin)?;
+    let id = validate::CLIENT_ID.lookup(req.param("id").unwrap_or(""))?;
+    let body: SecretRotationBody = if req.body().is_empty() {
+        SecretRotationBody::default()
+    } else {
+        json_body(req)?
+    };
+    within_reach(app, &p, id, "rotate the secret of")?;
+    if app.settings.clients.iter().any(|c| c.identifier == id) {
+        return Err(ApiError::Conflict(format!(
+            "client {id:?} is declared in the settings file; change its hashed-secret there"
+        ))
+        .into());
+    }
+    let max = app.settings.client_secret_grace_max;
+    let grace = body.grace.unwrap_or(app.settings.client_secret_grace);
+    if grace > max {
+        return Err(ApiError::InvalidRequest(format!(
+            "grace must be at most {max} seconds (tokens.client-secret-grace-max)"
+        ))
+        .into());
+    }
+    let secret = app::generate_secret()?;
+    let now = app.now();
+    let op = WriteOp::RotateOperatorClientSecret(SecretRotation {
+        id: id.to_owned(),
+        secret_hash: SecretHash::blake3(secret.as_bytes())?,
+        grace_until: now.saturating_add(grace),
+        by: p.client_id,
+        now,
+    });
+    Ok(write::submit(
+        app,
+        ctx,
+        op,
+        move |c: OperatorClientRecord| {
+            let mut body = serde_json::to_value(ClientView::from(&c)).unwrap_or_default();
+            if let serde_json::Value::Object(m) = &mut body {
+                m.insert(
+                    "client_secret".into(),
+                    serde_json::Value::String(secret.to_string()),
+                );
+            }
+            Ok(Response::json(200, &body))
+        },
+    ))
 }
 
 fn list_profiles(

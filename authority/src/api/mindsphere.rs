@@ -828,6 +828,7 @@ mod tests {
             current_iat: None,
             created_at: 1,
             updated_at: 1,
+            suspended_at: None,
         };
         let json = serde_json::to_value(Agent::from(&rec)).expect("json");
         assert_eq!(
@@ -921,6 +922,7 @@ mod tests {
             current_iat: None,
             created_at: 1,
             updated_at: 1,
+            suspended_at: None,
         }
     }
 

@@ -581,6 +581,9 @@ mod tests {
                 profile: profile.into(),
                 created_at: 1,
                 generation: 0,
+                suspended_at: None,
+                previous_secret_hash: None,
+                previous_valid_until: 0,
             },
             by: "test".into(),
         })

@@ -210,7 +210,7 @@ impl App {
             }
             let hash = SecretHash::parse(&c.hashed_secret)
                 .map_err(|e| Error::Config(format!("client {:?}: {e}", c.identifier)))?;
-            let rec = OperatorClientRecord {
+            let mut rec = OperatorClientRecord {
                 id: c.identifier.clone(),
                 tenant: c
                     .tenant
@@ -227,13 +227,21 @@ impl App {
                     .unwrap_or_else(|| ADMINISTRATOR.to_owned()),
                 created_at: now,
                 generation: 0, // drawn by the store
+                suspended_at: None,
+                previous_secret_hash: None,
+                previous_valid_until: 0,
             };
             if let Some(existing) = self.store.hot().operator_client(&rec.id) {
+                // A suspension outlives restarts and settings changes: only an operator
+                // resumes a client.
+                rec.suspended_at = existing.suspended_at;
                 // Any change (a new secret above all) re-creates the client: a new
                 // generation, so tokens issued under the old settings stop working.
                 let same = OperatorClientRecord {
                     created_at: existing.created_at,
                     generation: existing.generation,
+                    previous_secret_hash: existing.previous_secret_hash.clone(),
+                    previous_valid_until: existing.previous_valid_until,
                     ..rec.clone()
                 };
                 if *existing == same {
@@ -267,6 +275,9 @@ impl App {
             profile: ADMINISTRATOR.into(),
             created_at: now,
             generation: 0, // drawn by the store
+            suspended_at: None,
+            previous_secret_hash: None,
+            previous_valid_until: 0,
         };
         let path = self.store.paths().dir.join(ADMIN_CLIENT_FILE);
         // Written before the client exists: a crash in between leaves a file for a client that

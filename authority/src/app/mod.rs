@@ -489,9 +489,33 @@ mod tests {
         // Changing the declared hash replaces the client.
         let mut changed = settings;
         changed.clients[0].hashed_secret = SecretHash::usercube(b"other").to_text();
-        let (app, _) = open(dir.path(), changed);
+        let (app, _) = open(dir.path(), changed.clone());
         let job = app.store.hot().operator_client("Job").unwrap();
         assert!(job.secret_hash.verify(b"other") && !job.secret_hash.verify(b"secret"));
+        // A suspension outlives a restart with the same settings and a changed secret.
+        app.write(WriteOp::SuspendOperatorClient {
+            id: "Job".into(),
+            suspend: true,
+            by: "test".into(),
+            now: app.now(),
+        })
+        .unwrap();
+        let suspended = app.store.hot().operator_client("Job").unwrap();
+        let settings = changed;
+        drop(app);
+        let (app, _) = open(dir.path(), settings.clone());
+        assert_eq!(
+            *app.store.hot().operator_client("Job").unwrap(),
+            *suspended,
+            "unchanged settings leave the suspended client as it is"
+        );
+        drop(app);
+        let mut again = settings;
+        again.clients[0].hashed_secret = SecretHash::usercube(b"third").to_text();
+        let (app, _) = open(dir.path(), again);
+        let job = app.store.hot().operator_client("Job").unwrap();
+        assert!(job.secret_hash.verify(b"third"));
+        assert_eq!(job.suspended_at, suspended.suspended_at, "still suspended");
     }
 
     /// Configured ids are stored and audited like requested ones, so they follow the same

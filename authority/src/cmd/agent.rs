@@ -47,6 +47,11 @@ pub enum AgentCommand {
     },
     /// Offboard an agent: its registration, secrets and tokens are revoked.
     Offboard { id: String },
+    /// Suspend an agent: its token requests, registration and rotation are refused and the
+    /// tokens it holds are revoked; its records, registration and keys stay.
+    Suspend { id: String },
+    /// Resume a suspended agent: it gets tokens again, without boarding again.
+    Resume { id: String },
     /// Create many agents from a JSON-lines or CSV file (factory provisioning); lines that
     /// fail are reported by number, and re-running creates only what is missing.
     Import(super::import::ImportArgs),
@@ -206,6 +211,27 @@ pub fn run(args: &AgentArgs) -> Result<(), Error> {
                 .ok()?;
             print(json, &v, |_| format!("offboarded agent {id}"));
         }
+        AgentCommand::Suspend { id } | AgentCommand::Resume { id } => {
+            let verb = match &args.command {
+                AgentCommand::Suspend { .. } => "suspend",
+                _ => "resume",
+            };
+            let v = r
+                .call(
+                    "POST",
+                    &format!("/api/latchkey/v1/agents/{}/{verb}", segment(id)),
+                    None,
+                    &[],
+                )?
+                .ok()?;
+            print(json, &v, |v| {
+                if v["suspended"] == true {
+                    format!("suspended agent {id}")
+                } else {
+                    format!("agent {id} is active")
+                }
+            });
+        }
         AgentCommand::Delete { id } => {
             let etag = etag(&r, id)?;
             r.call(
@@ -247,6 +273,9 @@ fn credentials_text(c: &Value) -> String {
         "offline"
     };
     let mut out = format!("last seen: {seen} ({online})\n");
+    if let Some(at) = c.get("suspendedAt").and_then(Value::as_str) {
+        out.push_str(&format!("SUSPENDED since {at}\n"));
+    }
     let reg = &c["registration"];
     if reg.is_null() {
         out.push_str("registration: none\n");

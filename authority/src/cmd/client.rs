@@ -1,4 +1,4 @@
-//! `latchkey client create|list|delete`: operator clients, through a running server's API or
+//! `latchkey client create|list|delete|suspend|resume|rotate-secret`: operator clients, through a running server's API or
 //! on a stopped server's data directory.
 
 use serde_json::{Value, json};
@@ -7,7 +7,7 @@ use super::remote::{Place, Target, print, s, segment, time};
 use crate::api::validate;
 use crate::app::{self, App};
 use crate::error::Error;
-use crate::store::{OperatorClientRecord, SecretHash, WriteOp, WriteOutcome};
+use crate::store::{OperatorClientRecord, SecretHash, SecretRotation, WriteOp, WriteOutcome};
 
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
@@ -40,6 +40,21 @@ pub enum ClientCommand {
     List,
     /// Delete an operator client; its tokens stop working at once.
     Delete { id: String },
+    /// Suspend an operator client: no token grant, and the tokens it holds stop working for
+    /// good; its record, secret and profile stay.
+    Suspend { id: String },
+    /// Resume a suspended operator client: it may ask for tokens again.
+    Resume { id: String },
+    /// Give an operator client a new generated secret, printed once; the replaced secret
+    /// keeps working for the grace period. Tokens already issued stay valid until they expire.
+    RotateSecret {
+        id: String,
+        /// How long the replaced secret keeps working ("0s": not at all) [default: the
+        /// server's `[tokens] client-secret-grace`, 24h unless set; at most
+        /// `client-secret-grace-max`].
+        #[arg(long)]
+        grace: Option<humantime::Duration>,
+    },
     /// Print the secret of a credentials file (--credentials), opening the first run's sealed
     /// `admin-client.json` with the `master.key` beside it: for clients such as curl.
     Secret,
@@ -128,6 +143,56 @@ pub fn run(args: &ClientArgs) -> Result<(), Error> {
                 format!("deleted client {id}")
             });
         }
+        (ClientCommand::Suspend { id } | ClientCommand::Resume { id }, place) => {
+            let suspend = matches!(args.command, ClientCommand::Suspend { .. });
+            let v = match place {
+                Place::Remote(r) => {
+                    let verb = if suspend { "suspend" } else { "resume" };
+                    r.call(
+                        "POST",
+                        &format!("/api/latchkey/v1/clients/{}/{verb}", segment(id)),
+                        None,
+                        &[],
+                    )?
+                    .ok()?
+                }
+                Place::Local(app) => {
+                    validate::CLIENT_ID.lookup(id)?;
+                    let c: OperatorClientRecord = app
+                        .write(WriteOp::SuspendOperatorClient {
+                            id: id.clone(),
+                            suspend,
+                            by: "cli".into(),
+                            now: app.now(),
+                        })?
+                        .into_record()?;
+                    serde_json::to_value(crate::api::clients::ClientView::from(&c))
+                        .unwrap_or_default()
+                }
+            };
+            print(json, &v, |v| {
+                if v["suspended"] == true {
+                    format!("suspended client {id}")
+                } else {
+                    format!("client {id} is active")
+                }
+            });
+        }
+        (ClientCommand::RotateSecret { id, grace }, place) => {
+            let grace = grace.map(|g| g.as_secs());
+            let v = match place {
+                Place::Remote(r) => r
+                    .call(
+                        "POST",
+                        &format!("/api/latchkey/v1/clients/{}/rotate-secret", segment(id)),
+                        Some(&json!({ "grace": grace })),
+                        &[],
+                    )?
+                    .ok()?,
+                Place::Local(app) => rotate_local(&app, id, grace)?,
+            };
+            print(json, &v, rotated);
+        }
         (ClientCommand::Delete { id }, Place::Local(app)) => {
             validate::CLIENT_ID.lookup(id)?;
             app.write(WriteOp::DeleteOperatorClient {
@@ -175,6 +240,9 @@ fn create_local(
         profile: profile.unwrap_or(app::READ_ONLY).to_owned(),
         created_at: app.now(),
         generation: 0, // drawn by the store
+        suspended_at: None,
+        previous_secret_hash: None,
+        previous_valid_until: 0,
     };
     let WriteOutcome::OperatorClient(c) = app.write(WriteOp::CreateOperatorClient {
         record,
@@ -188,6 +256,55 @@ fn create_local(
         m.insert("client_secret".into(), Value::String(s.to_string()));
     }
     Ok(v)
+}
+
+/// The offline rotation: the same rules as the API's.
+fn rotate_local(app: &App, id: &str, grace: Option<u64>) -> Result<Value, Error> {
+    validate::CLIENT_ID.lookup(id)?;
+    if app.settings.clients.iter().any(|c| c.identifier == id) {
+        return Err(Error::Cli(format!(
+            "client {id:?} is declared in the settings file; change its hashed-secret there"
+        )));
+    }
+    let max = app.settings.client_secret_grace_max;
+    let grace = grace.unwrap_or(app.settings.client_secret_grace);
+    if grace > max {
+        return Err(Error::Cli(format!(
+            "--grace must be at most {max} seconds (tokens.client-secret-grace-max)"
+        )));
+    }
+    let secret = app::generate_secret()?;
+    let now = app.now();
+    let c: OperatorClientRecord = app
+        .write(WriteOp::RotateOperatorClientSecret(SecretRotation {
+            id: id.to_owned(),
+            secret_hash: SecretHash::blake3(secret.as_bytes())?,
+            grace_until: now.saturating_add(grace),
+            by: "cli".into(),
+            now,
+        }))?
+        .into_record()?;
+    let mut v = serde_json::to_value(crate::api::clients::ClientView::from(&c)).unwrap_or_default();
+    if let Value::Object(m) = &mut v {
+        m.insert("client_secret".into(), Value::String(secret.to_string()));
+    }
+    Ok(v)
+}
+
+fn rotated(v: &Value) -> String {
+    let mut out = format!(
+        "new secret for client {} (shown once): {}",
+        s(v, "client_id"),
+        s(v, "client_secret")
+    );
+    match v.get("previous_valid_until").and_then(Value::as_u64) {
+        Some(until) => out.push_str(&format!(
+            "\nthe previous secret works until {}",
+            time(until)
+        )),
+        None => out.push_str("\nthe previous secret no longer works"),
+    }
+    out
 }
 
 fn created(v: &Value) -> String {
@@ -205,8 +322,8 @@ fn created(v: &Value) -> String {
 
 fn listing(v: &Value) -> String {
     let mut out = format!(
-        "{:<24} {:<12} {:<16} {:<16} CREATED\n",
-        "CLIENT", "TENANT", "PROFILE", "HASH"
+        "{:<24} {:<12} {:<16} {:<16} {:<10} CREATED\n",
+        "CLIENT", "TENANT", "PROFILE", "HASH", "STATE"
     );
     for c in v
         .get("clients")
@@ -215,11 +332,16 @@ fn listing(v: &Value) -> String {
         .flatten()
     {
         out.push_str(&format!(
-            "{:<24} {:<12} {:<16} {:<16} {}\n",
+            "{:<24} {:<12} {:<16} {:<16} {:<10} {}\n",
             s(c, "client_id"),
             s(c, "tenant"),
             s(c, "profile"),
             s(c, "hash_scheme"),
+            if c["suspended"] == true {
+                "suspended"
+            } else {
+                "active"
+            },
             time(c.get("created_at").and_then(Value::as_u64).unwrap_or(0)),
         ));
     }

@@ -474,14 +474,36 @@ impl AgentIndex {
 /// The agent an op may change, if any: the writer reads it back after the commit and publishes
 /// it here, so the index follows every path that writes agents without each path saying so.
 pub(crate) fn touched(op: &WriteOp) -> Option<String> {
+    // No wildcard: a new op must say whether it writes an agent record, or the list index
+    // would serve a stale one.
     match op {
         WriteOp::CreateAgent(new) => Some(new.id.clone()),
-        WriteOp::UpdateAgent { id, .. } | WriteOp::DeleteAgent { id, .. } => Some(id.clone()),
+        WriteOp::UpdateAgent { id, .. }
+        | WriteOp::DeleteAgent { id, .. }
+        | WriteOp::SuspendAgent { id, .. } => Some(id.clone()),
         WriteOp::IssueBoardingToken { agent_id, .. } | WriteOp::Offboard { agent_id, .. } => {
             Some(agent_id.clone())
         }
         WriteOp::Register(r) => Some(r.client_id.clone()),
-        _ => None,
+        WriteOp::PutTenant { .. }
+        | WriteOp::RotateRegistration(_)
+        | WriteOp::CutOver { .. }
+        | WriteOp::PutDataSourceConfig(_)
+        | WriteOp::CreateOperatorClient { .. }
+        | WriteOp::SuspendOperatorClient { .. }
+        | WriteOp::RotateOperatorClientSecret { .. }
+        | WriteOp::DeleteOperatorClient { .. }
+        | WriteOp::PutProfile { .. }
+        | WriteOp::DeleteProfile { .. }
+        | WriteOp::AddSigningKey(_)
+        | WriteOp::SetSigningKeyState { .. }
+        | WriteOp::AddCertificate(_)
+        | WriteOp::SetCertificateState { .. }
+        | WriteOp::RenameCertificate { .. }
+        | WriteOp::Revoke { .. }
+        | WriteOp::Forget { .. }
+        | WriteOp::PruneAudit(_)
+        | WriteOp::Audit { .. } => None,
     }
 }
 
@@ -528,6 +550,7 @@ mod tests {
             current_iat: None,
             created_at: 0,
             updated_at: 0,
+            suspended_at: None,
         }
     }
 

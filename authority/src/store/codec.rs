@@ -90,7 +90,10 @@ fn decode_body<T: bincode::Decode<()>>(table: &'static str, body: &[u8]) -> Resu
 pub(crate) mod legacy {
     use bincode::{Decode, Encode};
 
-    use super::super::records::{KeyState, OperatorClientRecord, SigningKeyRecord};
+    use super::super::records::{
+        AgentRecord, BoardingState, KeyState, OperatorClientRecord, SecurityProfile,
+        SigningKeyRecord,
+    };
     use super::super::seal::SecretHash;
     use super::{StoreError, decode_body};
 
@@ -106,21 +109,88 @@ pub(crate) mod legacy {
         pub created_at: u64,
     }
 
+    /// `operator_clients` version 2: a generation, but no suspension and no previous secret.
+    #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+    pub(crate) struct OperatorClientRecordV2 {
+        pub id: String,
+        pub tenant: String,
+        pub secret_hash: SecretHash,
+        pub display_name: String,
+        pub profile: String,
+        pub created_at: u64,
+        pub generation: u64,
+    }
+
+    impl From<OperatorClientRecordV2> for OperatorClientRecord {
+        fn from(v2: OperatorClientRecordV2) -> Self {
+            OperatorClientRecord {
+                id: v2.id,
+                tenant: v2.tenant,
+                secret_hash: v2.secret_hash,
+                display_name: v2.display_name,
+                profile: v2.profile,
+                created_at: v2.created_at,
+                generation: v2.generation,
+                suspended_at: None,
+                previous_secret_hash: None,
+                previous_valid_until: 0,
+            }
+        }
+    }
+
     pub(crate) fn operator_client(
         version: u8,
         body: &[u8],
     ) -> Option<Result<OperatorClientRecord, StoreError>> {
+        match version {
+            1 => Some(
+                decode_body::<OperatorClientRecordV1>("operator_clients", body).map(|v1| {
+                    OperatorClientRecordV2 {
+                        id: v1.id,
+                        tenant: v1.tenant,
+                        secret_hash: v1.secret_hash,
+                        display_name: v1.display_name,
+                        profile: v1.profile,
+                        created_at: v1.created_at,
+                        generation: 0,
+                    }
+                    .into()
+                }),
+            ),
+            2 => Some(
+                decode_body::<OperatorClientRecordV2>("operator_clients", body).map(Into::into),
+            ),
+            _ => None,
+        }
+    }
+
+    /// `agents` version 1: no suspension.
+    #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+    pub(crate) struct AgentRecordV1 {
+        pub id: String,
+        pub tenant: String,
+        pub name: String,
+        pub security_profile: SecurityProfile,
+        pub state: BoardingState,
+        pub etag: u64,
+        pub current_iat: Option<String>,
+        pub created_at: u64,
+        pub updated_at: u64,
+    }
+
+    pub(crate) fn agent(version: u8, body: &[u8]) -> Option<Result<AgentRecord, StoreError>> {
         (version == 1).then(|| {
-            decode_body::<OperatorClientRecordV1>("operator_clients", body).map(|v1| {
-                OperatorClientRecord {
-                    id: v1.id,
-                    tenant: v1.tenant,
-                    secret_hash: v1.secret_hash,
-                    display_name: v1.display_name,
-                    profile: v1.profile,
-                    created_at: v1.created_at,
-                    generation: 0,
-                }
+            decode_body::<AgentRecordV1>("agents", body).map(|v1| AgentRecord {
+                id: v1.id,
+                tenant: v1.tenant,
+                name: v1.name,
+                security_profile: v1.security_profile,
+                state: v1.state,
+                etag: v1.etag,
+                current_iat: v1.current_iat,
+                created_at: v1.created_at,
+                updated_at: v1.updated_at,
+                suspended_at: None,
             })
         })
     }
@@ -257,6 +327,107 @@ mod tests {
             items: vec![],
         };
         assert!(matches!(encode(&big), Err(StoreError::Invalid(_))));
+    }
+
+    /// `[version][payload]`, as an older release wrote it.
+    fn older<T: bincode::Encode>(version: u8, v: &T) -> Vec<u8> {
+        let mut out = vec![version];
+        out.extend(bincode::encode_to_vec(v, bincode::config::standard()).unwrap());
+        out
+    }
+
+    #[test]
+    fn agents_of_version_1_read_as_not_suspended() {
+        use super::super::records::{AgentRecord, BoardingState, SecurityProfile};
+        let v1 = legacy::AgentRecordV1 {
+            id: "a1".into(),
+            tenant: "t".into(),
+            name: "n".into(),
+            security_profile: SecurityProfile::SharedSecret,
+            state: BoardingState::Onboarded,
+            etag: 3,
+            current_iat: None,
+            created_at: 1,
+            updated_at: 2,
+        };
+        let bytes = older(1, &v1);
+        let agent = decode::<AgentRecord>(&bytes).unwrap();
+        assert_eq!((agent.id.as_str(), agent.etag), ("a1", 3));
+        assert_eq!(agent.suspended_at, None);
+        assert!(matches!(
+            decode::<AgentRecord>(&bytes[..bytes.len() - 1]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let suspended = AgentRecord {
+            suspended_at: Some(9),
+            ..agent
+        };
+        let bytes = encode(&suspended).unwrap();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(decode::<AgentRecord>(&bytes).unwrap(), suspended);
+    }
+
+    #[test]
+    fn operator_clients_of_versions_1_and_2_read_without_suspension_or_previous_secret() {
+        use super::super::records::OperatorClientRecord;
+        use super::super::seal::SecretHash;
+        let hash = SecretHash::usercube(b"s");
+        let v2 = legacy::OperatorClientRecordV2 {
+            id: "c".into(),
+            tenant: "t".into(),
+            secret_hash: hash.clone(),
+            display_name: "C".into(),
+            profile: "p".into(),
+            created_at: 4,
+            generation: 77,
+        };
+        let c = decode::<OperatorClientRecord>(&older(2, &v2)).unwrap();
+        assert_eq!(c.generation, 77);
+        assert_eq!(
+            (
+                c.suspended_at,
+                c.previous_secret_hash.clone(),
+                c.previous_valid_until
+            ),
+            (None, None, 0)
+        );
+        let v1 = legacy::OperatorClientRecordV1 {
+            id: "c".into(),
+            tenant: "t".into(),
+            secret_hash: hash.clone(),
+            display_name: "C".into(),
+            profile: "p".into(),
+            created_at: 4,
+        };
+        let c1 = decode::<OperatorClientRecord>(&older(1, &v1)).unwrap();
+        assert_eq!(c1, OperatorClientRecord { generation: 0, ..c });
+        // A version 2 payload labelled 3 is corrupt, never misread.
+        assert!(matches!(
+            decode::<OperatorClientRecord>(&older(3, &v2)),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn previous_secret_works_only_within_its_grace() {
+        use super::super::records::OperatorClientRecord;
+        use super::super::seal::SecretHash;
+        let c = OperatorClientRecord {
+            id: "c".into(),
+            tenant: "t".into(),
+            secret_hash: SecretHash::blake3(b"new").unwrap(),
+            display_name: "C".into(),
+            profile: "p".into(),
+            created_at: 0,
+            generation: 1,
+            suspended_at: None,
+            previous_secret_hash: Some(SecretHash::blake3(b"old").unwrap()),
+            previous_valid_until: 100,
+        };
+        assert!(c.secret_matches(b"new", 99) && c.secret_matches(b"new", 100));
+        assert!(c.secret_matches(b"old", 99));
+        assert!(!c.secret_matches(b"old", 100));
+        assert!(!c.secret_matches(b"other", 99));
     }
 
     proptest::proptest! {

@@ -152,6 +152,9 @@ pub struct HotIndex {
     clients: papaya::HashMap<String, Arc<ClientAuth>>,
     operator_clients: SkipMap<String, Arc<OperatorClientRecord>>,
     keys: SkipMap<String, Arc<StoredSigningKey>>,
+    /// Suspended agents and when they were suspended: read on every agent token request, so
+    /// a hash map like `clients`, not a skip list.
+    suspended_agents: papaya::HashMap<String, u64>,
     /// One map per `RevocationKind`, indexed by `kind as usize`, so lookups borrow a `&str`.
     revocations: [SkipMap<String, Revocation>; 4],
     /// Agents in list order, per tenant (see `agent_index`); never read by the token path.
@@ -165,6 +168,8 @@ pub(crate) enum HotChange {
     Client(String, Option<Arc<ClientAuth>>),
     OperatorClient(String, Option<Arc<OperatorClientRecord>>),
     Key(String, Option<Arc<StoredSigningKey>>),
+    /// An agent suspended (since) or resumed (`None`).
+    AgentSuspension(String, Option<u64>),
     Revocation(RevocationKind, String, Option<Revocation>),
     Agent(String, Option<Arc<AgentRecord>>),
 }
@@ -187,6 +192,11 @@ impl HotIndex {
     /// The operator client `id`, if any.
     pub fn operator_client(&self, id: &str) -> Option<Arc<OperatorClientRecord>> {
         self.operator_clients.get(id).map(|e| e.value().clone())
+    }
+
+    /// Whether agent `id` is suspended: one hash lookup, no store read.
+    pub fn agent_suspended(&self, id: &str) -> bool {
+        self.suspended_agents.pin().contains_key(id)
     }
 
     /// The signing key `kid` (any state).
@@ -244,6 +254,12 @@ impl HotIndex {
             HotChange::Key(id, None) => {
                 self.keys.remove(&id);
             }
+            HotChange::AgentSuspension(id, Some(at)) => {
+                self.suspended_agents.pin().insert(id, at);
+            }
+            HotChange::AgentSuspension(id, None) => {
+                self.suspended_agents.pin().remove(&id);
+            }
             HotChange::Revocation(kind, id, Some(v)) => {
                 self.revocations[slot(kind)].insert(id, v);
             }
@@ -256,5 +272,21 @@ impl HotIndex {
 
     pub(crate) fn bump(&self) {
         self.commits.fetch_add(1, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suspension_is_set_and_lifted_in_memory() {
+        let hot = HotIndex::default();
+        assert!(!hot.agent_suspended("a1"));
+        hot.apply(HotChange::AgentSuspension("a1".into(), Some(5)));
+        assert!(hot.agent_suspended("a1"));
+        assert!(!hot.agent_suspended("a2"), "only the suspended agent");
+        hot.apply(HotChange::AgentSuspension("a1".into(), None));
+        assert!(!hot.agent_suspended("a1"));
     }
 }

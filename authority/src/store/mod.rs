@@ -40,7 +40,7 @@ pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, c
 pub use ops::PruneAudit;
 pub use ops::{
     MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig,
-    NewIat, NewSigningKey, Registration, Rotation, WriteOp, WriteOutcome,
+    NewIat, NewSigningKey, Registration, Rotation, SecretRotation, WriteOp, WriteOutcome,
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;

@@ -84,8 +84,20 @@ pub struct AgentRecord {
     pub current_iat: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// When an operator suspended the agent: its token requests and registration rotations
+    /// are refused and the tokens it held were revoked; records, registration and keys stay.
+    /// Version 1 records had none and read as not suspended.
+    pub suspended_at: Option<u64>,
 }
-record!(AgentRecord, "agents", 1);
+
+impl Record for AgentRecord {
+    const NAME: &'static str = "agents";
+    const VERSION: u8 = 2;
+
+    fn decode_older(version: u8, body: &[u8]) -> Option<Result<Self, super::StoreError>> {
+        super::codec::legacy::agent(version, body)
+    }
+}
 
 /// An initial access token, usable for exactly one registration before `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -196,11 +208,34 @@ pub struct OperatorClientRecord {
     /// tokens carry it (`gen`) and stop working when it changes. Changing a client's secret
     /// re-creates it. Version 1 records had none and read as 0.
     pub generation: u64,
+    /// When an operator suspended the client: no token grant, and the suspension drew a new
+    /// generation, so tokens issued before it stay dead after a resume.
+    pub suspended_at: Option<u64>,
+    /// The secret a rotation replaced, still accepted until `previous_valid_until`.
+    pub previous_secret_hash: Option<SecretHash>,
+    /// End of the previous secret's grace (Unix seconds); meaningless without
+    /// `previous_secret_hash`. Versions 1 and 2 had neither, nor `suspended_at`.
+    pub previous_valid_until: u64,
+}
+
+impl OperatorClientRecord {
+    /// Whether `secret` is this client's secret at `now`: the current one, or the previous
+    /// one within its grace. Both hashes are checked whenever a previous one is kept, so the
+    /// work does not say which matched.
+    pub fn secret_matches(&self, secret: &[u8], now: u64) -> bool {
+        let current = self.secret_hash.verify(secret);
+        let previous = self
+            .previous_secret_hash
+            .as_ref()
+            .is_some_and(|h| h.verify(secret))
+            && now < self.previous_valid_until;
+        current | previous
+    }
 }
 
 impl Record for OperatorClientRecord {
     const NAME: &'static str = "operator_clients";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
 
     fn decode_older(version: u8, body: &[u8]) -> Option<Result<Self, super::StoreError>> {
         super::codec::legacy::operator_client(version, body)

@@ -283,6 +283,9 @@ pub(crate) fn load_hot(db: &Database, key: &MasterKey, hot: &HotIndex) -> Result
         ));
     }
     for rec in all::<AgentRecord>(&txn, AGENTS)? {
+        if let Some(at) = rec.suspended_at {
+            hot.apply(HotChange::AgentSuspension(rec.id.clone(), Some(at)));
+        }
         hot.apply(HotChange::Agent(rec.id.clone(), Some(Arc::new(rec))));
     }
     for rec in all::<OperatorClientRecord>(&txn, OPERATOR_CLIENTS)? {

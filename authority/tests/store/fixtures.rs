@@ -1,7 +1,8 @@
 //! Format fixtures: a data directory and encoded records per fixture generation, committed
-//! under `authority/tests/fixtures/v<N>/`. `v3` is this release's (signing keys carry a
-//! certificate chain and a pinned flag); `v2` (operator clients gained a generation) and `v1`
-//! were written before, and must keep reading.
+//! under `authority/tests/fixtures/v<N>/`. `v4` is this release's (agents and operator clients
+//! can be suspended, operator clients keep a rotated-away secret for a grace period); `v3`
+//! (signing keys carry a certificate chain and a pinned flag), `v2` (operator clients gained a
+//! generation) and `v1` were written before, and must keep reading.
 //!
 //! Regenerate this release's (only when adding a new fixture generation, never to "fix" a
 //! failing read): `LATCHKEY_WRITE_FIXTURES=1 cargo test -p latchkey-authority --test store fixtures`.
@@ -13,7 +14,7 @@ use latchkey_authority::store::*;
 use crate::util::*;
 
 /// This release's fixture generation.
-const CURRENT: u32 = 3;
+const CURRENT: u32 = 4;
 
 fn fixture_dir() -> PathBuf {
     fixture_dir_of(CURRENT)
@@ -86,16 +87,7 @@ fn records() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "operator_client",
-            encode_record(&OperatorClientRecord {
-                id: "admin".into(),
-                tenant: TENANT.into(),
-                secret_hash: hash,
-                display_name: "Admin".into(),
-                profile: "administrator".into(),
-                created_at: 5,
-                generation: OPERATOR_CLIENT_GENERATION,
-            })
-            .unwrap(),
+            encode_record(&operator_client()).unwrap(),
         ),
         (
             "profile",
@@ -174,7 +166,42 @@ fn tenant() -> TenantRecord {
     }
 }
 
+/// The fixture operator client: suspended, with a previous secret in its grace.
+fn operator_client() -> OperatorClientRecord {
+    OperatorClientRecord {
+        suspended_at: Some(9),
+        previous_secret_hash: Some(SecretHash::usercube(b"previous")),
+        previous_valid_until: 90,
+        ..operator_client_before_version_4()
+    }
+}
+
+/// The fixture operator client as a version 2 record holds it (version 1: generation 0).
+fn operator_client_before_version_4() -> OperatorClientRecord {
+    OperatorClientRecord {
+        id: "admin".into(),
+        tenant: TENANT.into(),
+        secret_hash: SecretHash::parse("K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=").unwrap(),
+        display_name: "Admin".into(),
+        profile: "administrator".into(),
+        created_at: 5,
+        generation: OPERATOR_CLIENT_GENERATION,
+        suspended_at: None,
+        previous_secret_hash: None,
+        previous_valid_until: 0,
+    }
+}
+
+/// The fixture agent: suspended.
 fn agent() -> AgentRecord {
+    AgentRecord {
+        suspended_at: Some(8),
+        ..agent_before_version_4()
+    }
+}
+
+/// The fixture agent as a version 1 record holds it: never suspended.
+fn agent_before_version_4() -> AgentRecord {
     AgentRecord {
         id: "e1".into(),
         tenant: TENANT.into(),
@@ -185,6 +212,7 @@ fn agent() -> AgentRecord {
         current_iat: Some("iat-1".into()),
         created_at: 3,
         updated_at: 4,
+        suspended_at: None,
     }
 }
 
@@ -230,6 +258,9 @@ fn write_store(dir: &Path) {
                 profile: "administrator".into(),
                 created_at: 5,
                 generation: 0,
+                suspended_at: None,
+                previous_secret_hash: None,
+                previous_valid_until: 0,
             },
             by: "fixture".into(),
         })
@@ -261,6 +292,59 @@ fn write_store(dir: &Path) {
         }))
         .unwrap();
     store.write(revoke_op("tok-1")).unwrap();
+    // Since generation 4: a suspended agent, a suspended client with a previous secret.
+    store
+        .write(WriteOp::SuspendAgent {
+            tenant: TENANT.into(),
+            id: "shared".into(),
+            suspend: true,
+            by: "fixture".into(),
+            now: 8,
+            forget_after: 1_900_000_000,
+        })
+        .unwrap();
+    store
+        .write(WriteOp::CreateOperatorClient {
+            record: OperatorClientRecord {
+                id: "ops".into(),
+                display_name: "Ops".into(),
+                ..operator_client_before_version_4()
+            },
+            by: "fixture".into(),
+        })
+        .unwrap();
+    store
+        .write(WriteOp::RotateOperatorClientSecret(SecretRotation {
+            id: "ops".into(),
+            secret_hash: SecretHash::usercube(b"ops-new"),
+            grace_until: 1_900_000_000,
+            by: "fixture".into(),
+            now: 9,
+        }))
+        .unwrap();
+    store
+        .write(WriteOp::SuspendOperatorClient {
+            id: "ops".into(),
+            suspend: true,
+            by: "fixture".into(),
+            now: 10,
+        })
+        .unwrap();
+}
+
+/// What generation 4 added to the fixture store reads back.
+fn check_version_4_store(store: &Store) {
+    assert!(store.hot().agent_suspended("shared"));
+    assert!(!store.hot().agent_suspended("waiting"));
+    let snap = store.read().unwrap();
+    assert_eq!(
+        snap.agent(TENANT, "shared").unwrap().unwrap().suspended_at,
+        Some(8)
+    );
+    let ops = store.hot().operator_client("ops").unwrap();
+    assert_eq!(ops.suspended_at, Some(10));
+    assert!(ops.secret_matches(b"ops-new", 100) && ops.secret_matches(b"secret", 100));
+    assert!(!ops.secret_matches(b"secret", 1_900_000_000));
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -296,12 +380,11 @@ fn fixtures_of_this_release_stay_readable() {
     assert_eq!(decode_record::<TenantRecord>(&stored).unwrap(), tenant());
     let stored = std::fs::read(fixtures.join("records/operator_client.bin")).unwrap();
     assert_eq!(
-        decode_record::<OperatorClientRecord>(&stored)
-            .unwrap()
-            .generation,
-        OPERATOR_CLIENT_GENERATION
+        decode_record::<OperatorClientRecord>(&stored).unwrap(),
+        operator_client()
     );
     let (_dir, store) = check_fixture_store(&fixtures);
+    check_version_4_store(&store);
     assert_ne!(
         store.hot().operator_client("admin").unwrap().generation,
         0,
@@ -353,18 +436,72 @@ fn check_signing_key_version_1(stored: &[u8]) {
     ));
 }
 
+/// Agents and operator clients of the formats before generation 4 (agent version 1, operator
+/// client version 2) read as never suspended, with no previous secret; cut or padded, they are
+/// corrupt, never misread.
+fn check_agent_and_client_before_version_4(fixtures: &Path) {
+    let stored = std::fs::read(fixtures.join("records/agent.bin")).unwrap();
+    assert_eq!(stored[0], 1);
+    assert_eq!(
+        decode_record::<AgentRecord>(&stored).unwrap(),
+        agent_before_version_4()
+    );
+    assert!(matches!(
+        decode_record::<AgentRecord>(&stored[..stored.len() - 1]),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let stored = std::fs::read(fixtures.join("records/operator_client.bin")).unwrap();
+    let client = decode_record::<OperatorClientRecord>(&stored).unwrap();
+    let expected = match stored[0] {
+        1 => OperatorClientRecord {
+            generation: 0,
+            ..operator_client_before_version_4()
+        },
+        _ => operator_client_before_version_4(),
+    };
+    assert_eq!(client, expected);
+    let mut long = stored.clone();
+    long.push(0);
+    assert!(matches!(
+        decode_record::<OperatorClientRecord>(&long),
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+/// Records whose format changed in generation 4.
+const CHANGED_IN_VERSION_4: [&str; 2] = ["agent", "operator_client"];
+
+#[test]
+fn fixtures_of_version_3_stay_readable() {
+    let fixtures = fixture_dir_of(3);
+    for (name, bytes) in records() {
+        if CHANGED_IN_VERSION_4.contains(&name) {
+            continue;
+        }
+        let stored = std::fs::read(fixtures.join("records").join(format!("{name}.bin"))).unwrap();
+        assert_eq!(stored, bytes, "record {name} changed format");
+    }
+    check_agent_and_client_before_version_4(&fixtures);
+    let (_dir, store) = check_fixture_store(&fixtures);
+    assert!(!store.hot().agent_suspended("shared"));
+    let admin = store.hot().operator_client("admin").unwrap();
+    assert!(admin.suspended_at.is_none() && admin.previous_secret_hash.is_none());
+}
+
 #[test]
 fn fixtures_of_version_2_stay_readable() {
     let fixtures = fixture_dir_of(2);
-    // Only signing keys changed format since: every other record has this release's bytes.
+    // Only signing keys, agents and operator clients changed format since: every other
+    // record has this release's bytes.
     for (name, bytes) in records() {
         let stored = std::fs::read(fixtures.join("records").join(format!("{name}.bin"))).unwrap();
         if name == "signing_key" {
             check_signing_key_version_1(&stored);
-        } else {
+        } else if !CHANGED_IN_VERSION_4.contains(&name) {
             assert_eq!(stored, bytes, "record {name} changed format");
         }
     }
+    check_agent_and_client_before_version_4(&fixtures);
     let stored = std::fs::read(fixtures.join("records/signing_key_published.bin")).unwrap();
     let published = decode_record::<SigningKeyRecord>(&stored).unwrap();
     assert_eq!(
@@ -390,6 +527,9 @@ fn fixtures_of_version_1_stay_readable() {
             check_signing_key_version_1(&stored);
             continue;
         }
+        if name == "agent" {
+            continue;
+        }
         if name != "operator_client" {
             assert_eq!(stored, bytes, "record {name} changed format");
             continue;
@@ -399,14 +539,8 @@ fn fixtures_of_version_1_stay_readable() {
         assert_eq!(
             client,
             OperatorClientRecord {
-                id: "admin".into(),
-                tenant: TENANT.into(),
-                secret_hash: SecretHash::parse("K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=")
-                    .unwrap(),
-                display_name: "Admin".into(),
-                profile: "administrator".into(),
-                created_at: 5,
                 generation: 0,
+                ..operator_client_before_version_4()
             },
             "a version 1 operator client reads as generation 0"
         );
@@ -422,6 +556,7 @@ fn fixtures_of_version_1_stay_readable() {
             Err(StoreError::Corrupt { .. })
         ));
     }
+    check_agent_and_client_before_version_4(&fixtures);
     let (_dir, store) = check_fixture_store(&fixtures);
     assert_eq!(store.hot().operator_client("admin").unwrap().generation, 0);
 }
@@ -497,7 +632,21 @@ fn unknown_record_versions_are_refused_clearly() {
     for (name, mut bytes) in records() {
         bytes[0] = 200;
         let err = match name {
-            "agent" => decode_record::<AgentRecord>(&bytes).unwrap_err(),
+            "agent" => {
+                let err = decode_record::<AgentRecord>(&bytes).unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        StoreError::UnknownRecordVersion {
+                            found: 200,
+                            supported: 2,
+                            ..
+                        }
+                    ),
+                    "{err:?}"
+                );
+                continue;
+            }
             "tenant" => decode_record::<TenantRecord>(&bytes).unwrap_err(),
             "registration" => decode_record::<RegistrationRecord>(&bytes).unwrap_err(),
             "revocation" => decode_record::<RevocationRecord>(&bytes).unwrap_err(),
@@ -542,7 +691,7 @@ fn unknown_record_versions_are_refused_clearly() {
         decode_record::<OperatorClientRecord>(&bytes),
         Err(StoreError::UnknownRecordVersion {
             found: 200,
-            supported: 2,
+            supported: 3,
             ..
         })
     ));

@@ -84,6 +84,9 @@ fn client(id: String, display_name: String) -> WriteOp {
             profile: PROFILE.into(),
             created_at: 100,
             generation: 0,
+            suspended_at: None,
+            previous_secret_hash: None,
+            previous_valid_until: 0,
         },
         by: huge('b'),
     }

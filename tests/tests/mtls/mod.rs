@@ -19,6 +19,7 @@ use crate::util::latchkey_bin;
 use crate::util::server::{CLIENT_TIMEOUT, Response, read_response};
 
 mod import;
+mod suspend;
 
 const API: &str = "/api/agentmanagement/v3";
 

@@ -17,6 +17,7 @@ mod credentials;
 mod datasource;
 mod replay_share;
 mod rotation;
+mod suspend;
 mod throttle;
 
 const API: &str = "/api/agentmanagement/v3";

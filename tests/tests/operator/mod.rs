@@ -2137,4 +2137,5 @@ mod audit_abuse;
 mod import;
 mod listing;
 mod signing_cert;
+mod suspend;
 mod throttle;

@@ -106,6 +106,7 @@ pub(super) fn create(
         current_iat: None,
         created_at: new.now,
         updated_at: new.now,
+        suspended_at: None,
     };
     p.push(Mutation::PutName(
         new.tenant.clone(),
@@ -200,6 +201,9 @@ pub(super) fn delete(
     }
     p.del(StrTable::Rotations, &id);
     p.del(StrTable::DataSourceConfigs, &id);
+    if agent.suspended_at.is_some() {
+        hot.push(HotChange::AgentSuspension(id.clone(), None));
+    }
     let rev = RevokeArgs {
         kind: RevocationKind::Agent,
         id: &id,
@@ -328,6 +332,48 @@ pub(super) fn offboard(
     agent.etag += 1;
     agent.updated_at = now;
     p.put(StrTable::Agents, &agent_id, &agent)?;
+    Ok(WriteOutcome::Agent(agent))
+}
+
+/// Suspends (`suspend`) or resumes an agent. Suspending revokes every token it holds (an
+/// agent revocation at `now`, so they stay dead after a resume) and marks it in the hot index,
+/// which the token endpoint reads; nothing else changes, so a resume needs no new boarding.
+/// Suspending a suspended agent, or resuming an active one, changes nothing. The MindSphere
+/// representation has no such state, so the eTag does not move.
+pub(super) fn set_suspended(
+    t: &Tables<'_>,
+    p: &mut Plan,
+    hot: &mut Vec<HotChange>,
+    r: Removal,
+    suspend: bool,
+) -> Result<WriteOutcome, StoreError> {
+    let event = if suspend {
+        "agent.suspend"
+    } else {
+        "agent.resume"
+    };
+    p.audit(&r.by, event, &r.id, r.now);
+    let mut agent = agent_of(t, &r.tenant, &r.id)?;
+    if agent.suspended_at.is_some() == suspend {
+        return Ok(WriteOutcome::Agent(agent));
+    }
+    if suspend {
+        let rev = RevokeArgs {
+            kind: RevocationKind::Agent,
+            id: &r.id,
+            by: &r.by,
+            reason: "suspended",
+            now: r.now,
+            forget_after: r.forget_after,
+        };
+        revocations::revoke(t, p, hot, rev)?;
+        agent.suspended_at = Some(r.now);
+    } else {
+        agent.suspended_at = None;
+    }
+    agent.updated_at = r.now;
+    p.put(StrTable::Agents, &r.id, &agent)?;
+    hot.push(HotChange::AgentSuspension(r.id, agent.suspended_at));
     Ok(WriteOutcome::Agent(agent))
 }
 

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::store::codec;
 use crate::store::records::*;
+use crate::store::seal::SecretHash;
 
 pub(super) fn create_client(
     t: &Tables<'_>,
@@ -57,6 +58,80 @@ pub(super) fn delete_client(
     p.del(StrTable::OperatorClients, &id);
     hot.push(HotChange::OperatorClient(id, None));
     Ok(WriteOutcome::OperatorClient(rec))
+}
+
+/// Suspends (`suspend`) or resumes an operator client. A suspension draws a new generation,
+/// which ends every token the client holds, for good; the client, its secret and its profile
+/// stay. Suspending a suspended client, or resuming an active one, changes nothing.
+pub(super) fn set_suspended(
+    t: &Tables<'_>,
+    p: &mut Plan,
+    hot: &mut Vec<HotChange>,
+    id: String,
+    suspend: bool,
+    by: &str,
+    now: u64,
+) -> Result<WriteOutcome, StoreError> {
+    let event = if suspend {
+        "client.suspend"
+    } else {
+        "client.resume"
+    };
+    p.audit(by, event, &id, now);
+    let mut rec = get::<OperatorClientRecord>(&t.operator_clients, &id)?
+        .ok_or_else(|| not_found("client", &id))?;
+    if rec.suspended_at.is_some() == suspend {
+        return Ok(WriteOutcome::OperatorClient(rec));
+    }
+    if suspend {
+        rec.suspended_at = Some(now);
+        rec.generation = new_generation()?;
+    } else {
+        rec.suspended_at = None;
+    }
+    p.put(StrTable::OperatorClients, &id, &rec)?;
+    hot.push(HotChange::OperatorClient(id, Some(Arc::new(rec.clone()))));
+    Ok(WriteOutcome::OperatorClient(rec))
+}
+
+/// Gives an operator client a new secret (its hash). The one it replaces keeps working until
+/// `grace_until` (not at all when that is not after `now`); tokens already issued keep theirs,
+/// since the generation does not change.
+pub(super) fn rotate_secret(
+    t: &Tables<'_>,
+    p: &mut Plan,
+    hot: &mut Vec<HotChange>,
+    r: SecretRotation,
+) -> Result<WriteOutcome, StoreError> {
+    p.audit(&r.by, "client.rotate-secret", &r.id, r.now);
+    let mut rec = get::<OperatorClientRecord>(&t.operator_clients, &r.id)?
+        .ok_or_else(|| not_found("client", &r.id))?;
+    let previous = std::mem::replace(&mut rec.secret_hash, r.secret_hash);
+    if r.grace_until > r.now {
+        rec.previous_secret_hash = Some(previous);
+        rec.previous_valid_until = r.grace_until;
+    } else {
+        rec.previous_secret_hash = None;
+        rec.previous_valid_until = 0;
+    }
+    p.put(StrTable::OperatorClients, &r.id, &rec)?;
+    hot.push(HotChange::OperatorClient(
+        r.id.clone(),
+        Some(Arc::new(rec.clone())),
+    ));
+    Ok(WriteOutcome::OperatorClient(rec))
+}
+
+/// The fields of [`super::WriteOp::RotateOperatorClientSecret`].
+#[derive(Debug)]
+pub struct SecretRotation {
+    pub id: String,
+    /// The new secret's hash.
+    pub secret_hash: SecretHash,
+    /// Until when the replaced secret still works.
+    pub grace_until: u64,
+    pub by: String,
+    pub now: u64,
 }
 
 pub(super) fn put_profile(p: &mut Plan, prof: ProfileRecord) -> Result<WriteOutcome, StoreError> {

@@ -32,6 +32,7 @@ use super::seal::{MasterKey, Secret};
 pub use agents::{NewAgent, NewDataSourceConfig, NewIat};
 pub use audit::MAX_AUDIT_FIELD_BYTES;
 pub use certificates::NewCertificate;
+pub use clients::SecretRotation;
 pub use keys::NewSigningKey;
 pub(crate) use keys::hot_key;
 pub use prune::PruneAudit;
@@ -102,10 +103,29 @@ pub enum WriteOp {
         now: u64,
         forget_after: u64,
     },
+    /// Suspends an agent (`suspend`) or resumes it: a suspended agent gets no token and may
+    /// not register or rotate; its tokens are revoked; its records stay.
+    SuspendAgent {
+        tenant: String,
+        id: String,
+        suspend: bool,
+        by: String,
+        now: u64,
+        forget_after: u64,
+    },
     CreateOperatorClient {
         record: OperatorClientRecord,
         by: String,
     },
+    /// Suspends an operator client (`suspend`; its tokens end for good) or resumes it.
+    SuspendOperatorClient {
+        id: String,
+        suspend: bool,
+        by: String,
+        now: u64,
+    },
+    /// A new secret for an operator client, the previous one accepted for a grace period.
+    RotateOperatorClientSecret(SecretRotation),
     DeleteOperatorClient {
         id: String,
         by: String,
@@ -612,6 +632,30 @@ fn dispatch(
             generation,
             now,
         } => registration::cut_over(t, p, key, &client_id, generation, now, hot),
+        WriteOp::SuspendAgent {
+            tenant,
+            id,
+            suspend,
+            by,
+            now,
+            forget_after,
+        } => {
+            let r = agents::Removal {
+                tenant,
+                id,
+                by,
+                now,
+                forget_after,
+            };
+            agents::set_suspended(t, p, hot, r, suspend)
+        }
+        WriteOp::SuspendOperatorClient {
+            id,
+            suspend,
+            by,
+            now,
+        } => clients::set_suspended(t, p, hot, id, suspend, &by, now),
+        WriteOp::RotateOperatorClientSecret(r) => clients::rotate_secret(t, p, hot, r),
         WriteOp::CreateOperatorClient { record, by } => {
             clients::create_client(t, p, hot, record, &by)
         }

@@ -102,6 +102,7 @@ pub(super) fn register(
     {
         return Err(StoreError::InvalidIat("superseded"));
     }
+    refuse_suspended(&agent)?;
     check_credentials(
         agent.security_profile,
         r.auth_method,
@@ -144,6 +145,24 @@ pub(super) fn register(
     Ok(WriteOutcome::Registration(rec))
 }
 
+/// A suspended agent keeps its registration but may not register or rotate it.
+fn refuse_suspended(agent: &AgentRecord) -> Result<(), StoreError> {
+    match agent.suspended_at {
+        Some(_) => Err(StoreError::InvalidState(format!(
+            "agent {:?} is suspended by its operator; it may register or rotate again once resumed",
+            agent.id
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn suspended_check(t: &Tables<'_>, id: &str) -> Result<(), StoreError> {
+    match get::<AgentRecord>(&t.agents, id)? {
+        Some(agent) => refuse_suspended(&agent),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn rotate(
     t: &Tables<'_>,
     p: &mut Plan,
@@ -162,6 +181,7 @@ pub(super) fn rotate(
     if !rec.rat_hash.verify(r.presented_rat.expose()) {
         return match grace {
             Some(g) if g.previous_rat_hash.verify(r.presented_rat.expose()) => {
+                suspended_check(t, &r.client_id)?;
                 let outcome = replay(p, key, rec, g, r, hot)?;
                 // Answered like the first time, but audited as what it is.
                 p.audit_event("agent.rotate.replay");
@@ -170,6 +190,8 @@ pub(super) fn rotate(
             _ => Err(StoreError::StaleRat),
         };
     }
+    // Checked only once the RAT proved the caller is the agent.
+    suspended_check(t, &r.client_id)?;
     let current_secret = match &rec.sealed_secret {
         Some(sealed) => Some(key.unseal(ctx, sealed)?),
         None => None,
