@@ -35,7 +35,7 @@ pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, S
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
 pub use ops::{
     MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig,
-    NewIat, NewSigningKey, Registration, Rotation, WriteOp, WriteOutcome,
+    NewIat, NewSigningKey, Registration, Rotation, Takeover, WriteOp, WriteOutcome,
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;
@@ -612,6 +612,7 @@ mod tests {
                     public_key: vec![1, 2, 3],
                     certificate_chain: vec![vec![0x30, 1], vec![0x30, 2]],
                     pinned: true,
+                    takeover: Some(Default::default()),
                     by: "test".into(),
                     now: 5,
                 }))

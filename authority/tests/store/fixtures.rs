@@ -243,6 +243,7 @@ fn write_store(dir: &Path) {
             public_key: vec![1; 32],
             certificate_chain: vec![vec![0x30, 1, 7]],
             pinned: true,
+            takeover: Some(Default::default()),
             by: "fixture".into(),
             now: 6,
         }))

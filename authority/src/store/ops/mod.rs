@@ -31,8 +31,8 @@ use super::seal::{MasterKey, Secret};
 pub use agents::{NewAgent, NewDataSourceConfig, NewIat};
 pub use audit::MAX_AUDIT_FIELD_BYTES;
 pub use certificates::NewCertificate;
-pub use keys::NewSigningKey;
 pub(crate) use keys::hot_key;
+pub use keys::{NewSigningKey, Takeover};
 pub(crate) use registration::unsealed_client;
 pub use registration::{Registration, Rotation};
 
@@ -114,9 +114,12 @@ pub enum WriteOp {
         name: String,
     },
     AddSigningKey(NewSigningKey),
+    /// Moves a signing key to `state`. Making it `Active` needs a [`Takeover`]: a
+    /// compare-and-swap on the active keys of its algorithm, which retire in the same write.
     SetSigningKeyState {
         kid: String,
         state: KeyState,
+        takeover: Option<Takeover>,
         by: String,
         now: u64,
     },
@@ -321,6 +324,19 @@ impl Plan {
     /// audited op, before anything can refuse it.
     fn audit(&mut self, actor: &str, event: &str, subject: &str, at: u64) {
         self.entry = Some(AuditInfo::new(actor, event, subject, at));
+    }
+
+    /// Adds a successful audit entry besides the op's own (fields bounded here), appended
+    /// only if the op succeeds.
+    fn extra_audit(&mut self, actor: &str, event: &str, subject: &str, at: u64) {
+        self.audits.push(AuditRecord {
+            seq: 0,
+            at,
+            actor: audit::audit_text(actor),
+            event: audit::audit_text(event),
+            subject: audit::audit_text(subject),
+            outcome: AuditOutcome::Success,
+        });
     }
 
     /// Renames the event of the op's own entry.
@@ -609,12 +625,14 @@ fn dispatch(
         WriteOp::SetSigningKeyState {
             kid,
             state,
+            takeover,
             by,
             now,
         } => {
             let change = keys::StateChange {
                 kid,
                 state,
+                takeover,
                 by,
                 now,
             };
