@@ -264,10 +264,14 @@ fn put_profile(
         .into());
     }
     let permissions: Vec<String> = perms.iter().map(|p| p.as_str().to_owned()).collect();
-    let op = WriteOp::PutProfile(ProfileRecord {
-        name: name.clone(),
-        permissions: permissions.clone(),
-    });
+    let op = WriteOp::PutProfile {
+        record: ProfileRecord {
+            name: name.clone(),
+            permissions: permissions.clone(),
+        },
+        by: p.client_id,
+        now: app.now(),
+    };
     Ok(write::submit(app, ctx, op, move |_: ProfileRecord| {
         Ok(Response::json(
             200,
@@ -290,7 +294,11 @@ fn delete_profile(
         return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
     }
     may_change_profile(app, &p, &name)?;
-    let op = WriteOp::DeleteProfile { name };
+    let op = WriteOp::DeleteProfile {
+        name,
+        by: p.client_id,
+        now: app.now(),
+    };
     Ok(write::submit(app, ctx, op, |_: ProfileRecord| {
         Ok(Response::new(204))
     }))

@@ -215,10 +215,14 @@ fn write_store(dir: &Path) {
         .write(create_op("waiting", "Waiting Agent", "iat-waiting"))
         .unwrap();
     store
-        .write(WriteOp::PutProfile(ProfileRecord {
-            name: "administrator".into(),
-            permissions: vec!["agents:write".into()],
-        }))
+        .write(WriteOp::PutProfile {
+            record: ProfileRecord {
+                name: "administrator".into(),
+                permissions: vec!["agents:write".into()],
+            },
+            by: "test".into(),
+            now: 1,
+        })
         .unwrap();
     store
         .write(WriteOp::CreateOperatorClient {

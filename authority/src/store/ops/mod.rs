@@ -38,6 +38,10 @@ pub use registration::{Registration, Rotation};
 
 use audit::AuditInfo;
 
+/// The actor of the audit entries of what the process does by itself (configuration applied at
+/// start-up, maintenance).
+pub const SYSTEM_ACTOR: &str = "system";
+
 /// Longest id, name, alias or jti the store accepts (bytes).
 pub const MAX_ID_BYTES: usize = 256;
 /// Most JWKs one registration may hold.
@@ -47,8 +51,11 @@ pub const MAX_JWKS: usize = 8;
 #[non_exhaustive]
 #[derive(Debug)]
 pub enum WriteOp {
-    /// Creates or replaces a tenant.
-    PutTenant(TenantRecord),
+    /// Creates or replaces a tenant (from the configuration, at start-up).
+    PutTenant {
+        record: TenantRecord,
+        now: u64,
+    },
     /// Creates an agent (`NOT_ONBOARDED`); with `iat`, also issues its first initial access token
     /// in the same transaction (→ `ONBOARDING`).
     CreateAgent(NewAgent),
@@ -59,6 +66,7 @@ pub enum WriteOp {
         if_match: Option<u64>,
         name: Option<String>,
         security_profile: Option<SecurityProfile>,
+        by: String,
         now: u64,
     },
     /// Deletes an agent, its registration and boarding state, and revokes its tokens.
@@ -75,6 +83,7 @@ pub enum WriteOp {
         tenant: String,
         agent_id: String,
         iat: NewIat,
+        by: String,
         now: u64,
     },
     /// Registers an agent, consuming its initial access token exactly once.
@@ -109,9 +118,15 @@ pub enum WriteOp {
         by: String,
         now: u64,
     },
-    PutProfile(ProfileRecord),
+    PutProfile {
+        record: ProfileRecord,
+        by: String,
+        now: u64,
+    },
     DeleteProfile {
         name: String,
+        by: String,
+        now: u64,
     },
     AddSigningKey(NewSigningKey),
     /// Moves a signing key to `state`. Making it `Active` needs a [`Takeover`]: a
@@ -545,7 +560,7 @@ fn dispatch(
     hot: &mut Vec<HotChange>,
 ) -> Result<WriteOutcome, StoreError> {
     match op {
-        WriteOp::PutTenant(rec) => agents::put_tenant(p, rec),
+        WriteOp::PutTenant { record, now } => agents::put_tenant(p, record, now),
         WriteOp::CreateAgent(new) => agents::create(t, p, new),
         WriteOp::UpdateAgent {
             tenant,
@@ -553,6 +568,7 @@ fn dispatch(
             if_match,
             name,
             security_profile,
+            by,
             now,
         } => agents::update(
             t,
@@ -563,6 +579,7 @@ fn dispatch(
                 if_match,
                 name,
                 security_profile,
+                by,
                 now,
             },
         ),
@@ -587,8 +604,9 @@ fn dispatch(
             tenant,
             agent_id,
             iat,
+            by,
             now,
-        } => agents::issue_boarding_token(t, p, &tenant, &agent_id, iat, now),
+        } => agents::issue_boarding_token(t, p, &tenant, &agent_id, iat, &by, now),
         WriteOp::PutDataSourceConfig(c) => agents::put_datasource_config(t, p, c),
         WriteOp::Offboard {
             tenant,
@@ -619,8 +637,8 @@ fn dispatch(
         WriteOp::DeleteOperatorClient { id, by, now } => {
             clients::delete_client(t, p, hot, id, &by, now)
         }
-        WriteOp::PutProfile(prof) => clients::put_profile(p, prof),
-        WriteOp::DeleteProfile { name } => clients::delete_profile(t, p, &name),
+        WriteOp::PutProfile { record, by, now } => clients::put_profile(p, record, &by, now),
+        WriteOp::DeleteProfile { name, by, now } => clients::delete_profile(t, p, &name, &by, now),
         WriteOp::AddSigningKey(k) => keys::add(t, p, key, hot, k),
         WriteOp::SetSigningKeyState {
             kid,
