@@ -2126,6 +2126,7 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
     assert_eq!(header(&auth.operator_token())["kid"], new.as_str());
 }
 
+mod audit_trail;
 mod import;
 mod signing_cert;
 mod throttle;
