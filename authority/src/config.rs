@@ -282,6 +282,14 @@ pub struct Settings {
     /// 16); when full, the one with the oldest failure is forgotten [default: 65536].
     #[arg(long, value_name = "N")]
     pub auth_failure_table: Option<usize>,
+    /// Threads that serve heavy reads (listings, the CRL) and key work off the event loops
+    /// [default: 2].
+    #[arg(long, value_name = "N")]
+    pub offload_threads: Option<usize>,
+    /// Heavy requests that may wait for one of those threads; more are answered 503 with
+    /// `Retry-After` [default: 64].
+    #[arg(long, value_name = "N")]
+    pub offload_queue: Option<usize>,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -322,6 +330,8 @@ pub struct ServeSettings {
     pub client_throttle: crate::api::throttle::ThrottleConfig,
     /// Backoff after failed authentications per source address.
     pub source_throttle: crate::api::throttle::ThrottleConfig,
+    /// The off-loop pool for heavy reads.
+    pub offload: crate::api::offload::OffloadConfig,
 }
 
 impl Settings {
@@ -370,7 +380,9 @@ impl Settings {
             auth_failure_limit,
             auth_source_failure_limit,
             auth_backoff_max,
-            auth_failure_table
+            auth_failure_table,
+            offload_threads,
+            offload_queue
         )
     }
 
@@ -488,6 +500,16 @@ impl Settings {
             },
             ..client_throttle
         };
+        let od = crate::api::offload::OffloadConfig::default();
+        let offload = crate::api::offload::OffloadConfig {
+            threads: self.offload_threads.unwrap_or(od.threads),
+            queue: self.offload_queue.unwrap_or(od.queue),
+        };
+        if !(1..=256).contains(&offload.threads) || offload.queue > 1 << 20 {
+            return Err(Error::Config(
+                "offload-threads must be between 1 and 256, offload-queue at most 1048576".into(),
+            ));
+        }
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -533,6 +555,7 @@ impl Settings {
             metrics_listen: self.metrics_listen,
             client_throttle,
             source_throttle,
+            offload,
         })
     }
 }
@@ -602,6 +625,8 @@ pub struct AppSettings {
     pub client_throttle: crate::api::throttle::ThrottleConfig,
     /// The same per source address (IPv6: per /64).
     pub source_throttle: crate::api::throttle::ThrottleConfig,
+    /// The off-loop pool for heavy reads (set by `serve` from its flags).
+    pub offload: crate::api::offload::OffloadConfig,
 }
 
 impl Default for AppSettings {
@@ -637,6 +662,7 @@ impl Default for AppSettings {
             replay_log: ReplayLogConfig::default(),
             client_throttle: crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT,
             source_throttle: crate::api::throttle::ThrottleConfig::SOURCE_DEFAULT,
+            offload: crate::api::offload::OffloadConfig::default(),
         }
     }
 }
@@ -896,6 +922,7 @@ impl AppConfig {
             },
             client_throttle: d.client_throttle,
             source_throttle: d.source_throttle,
+            offload: d.offload,
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {

@@ -90,6 +90,12 @@ pub enum ApiError {
         retry_after: u64,
         description: String,
     },
+    /// No room for this request now (a bounded pool is full): 503 with `Retry-After`.
+    #[error("{description}")]
+    Busy {
+        retry_after: u64,
+        description: String,
+    },
 }
 
 /// What goes on the wire for an error: status, OAuth `error` code, human description.
@@ -148,6 +154,11 @@ fn api_wire(e: &ApiError) -> WireError {
         // would tell well-behaved clients the whole server is down.
         ApiError::Throttled { retry_after, .. } => {
             let mut w = WireError::new(429, "slow_down", e.to_string());
+            w.retry_after = Some(*retry_after);
+            return w;
+        }
+        ApiError::Busy { retry_after, .. } => {
+            let mut w = WireError::new(503, "temporarily_unavailable", e.to_string());
             w.retry_after = Some(*retry_after);
             return w;
         }

@@ -59,19 +59,22 @@ impl From<&OperatorClientRecord> for ClientView {
 fn list_clients(
     app: &Arc<App>,
     req: &Request<'_>,
-    _: &RequestContext<'_>,
+    ctx: &RequestContext<'_>,
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsRead)?;
     let all = p.is_authority(app);
-    let clients: Vec<ClientView> = app
-        .store
-        .read()?
-        .operator_clients()?
-        .iter()
-        .filter(|c| all || c.tenant == p.tenant)
-        .map(ClientView::from)
-        .collect();
-    Ok(Response::json(200, &json!({ "clients": clients })).into())
+    let job = Arc::clone(app);
+    super::offload::run(app, ctx, move || {
+        let clients: Vec<ClientView> = job
+            .store
+            .read()?
+            .operator_clients()?
+            .iter()
+            .filter(|c| all || c.tenant == p.tenant)
+            .map(ClientView::from)
+            .collect();
+        Ok(Response::json(200, &json!({ "clients": clients })))
+    })
 }
 
 /// `POST /clients` body.

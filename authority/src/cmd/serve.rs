@@ -102,6 +102,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     let app_settings = AppSettings {
         client_throttle: settings.client_throttle,
         source_throttle: settings.source_throttle,
+        offload: settings.offload,
         ..file.app_settings()?
     };
     let store = Store::open_or_create(
