@@ -162,6 +162,7 @@ impl App {
         let alg = Algorithm::from_name(&k.alg)?;
         let key = latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
             .with_kid(k.kid.clone());
+        let _one = self.one_activation();
         let rec = self
             .write(WriteOp::SetSigningKeyState {
                 kid: k.kid.clone(),
@@ -197,6 +198,16 @@ impl App {
                 result => return result,
             }
         }
+    }
+
+    /// Taken from an activation's write until its key signs, so that two activations reach
+    /// the ring in the order the store committed them (the store decides which wins; this
+    /// only keeps the ring from signing with the loser).
+    fn one_activation(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data: a panic while it was held leaves nothing inconsistent.
+        self.activations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `key` (already recorded active, and the keys it replaced retiring, in the same write)
@@ -320,6 +331,7 @@ impl App {
                 ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
             );
         }
+        let _one = self.one_activation();
         let rec = self.with_takeover(alg, scheduled, |takeover| {
             let op = new_key_op(
                 &key,

@@ -100,6 +100,8 @@ pub struct App {
     /// Token algorithm per tenant (from the tenants table), read without locks.
     tenant_algs: ArcSwap<HashMap<String, Algorithm>>,
     stopping: Arc<AtomicBool>,
+    /// Held from an activation's store write until its key signs (`app/keys`).
+    activations: std::sync::Mutex<()>,
 }
 
 impl App {
@@ -197,6 +199,7 @@ impl App {
             urls: OnceLock::new(),
             tenant_algs: ArcSwap::from_pointee(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
+            activations: std::sync::Mutex::new(()),
         })
     }
 
