@@ -298,6 +298,14 @@ pub struct Settings {
     /// Most audit rows kept; beyond it the oldest are removed; 0: no limit [default: 1000000].
     #[arg(long, value_name = "N")]
     pub audit_max_rows: Option<u64>,
+    /// Threads that serve heavy reads (listings, the CRL) and key work off the event loops
+    /// [default: 2].
+    #[arg(long, value_name = "N")]
+    pub offload_threads: Option<usize>,
+    /// Heavy requests that may wait for one of those threads; more are answered 503 with
+    /// `Retry-After` [default: 64].
+    #[arg(long, value_name = "N")]
+    pub offload_queue: Option<usize>,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -340,6 +348,8 @@ pub struct ServeSettings {
     pub source_throttle: crate::api::throttle::ThrottleConfig,
     /// Refusal tallies and audit retention.
     pub audit: crate::refusal_audit::AuditPolicy,
+    /// The off-loop pool for heavy reads.
+    pub offload: crate::api::offload::OffloadConfig,
 }
 
 impl Settings {
@@ -392,7 +402,9 @@ impl Settings {
             audit_flush_interval,
             audit_refusal_keys,
             audit_retention_days,
-            audit_max_rows
+            audit_max_rows,
+            offload_threads,
+            offload_queue
         )
     }
 
@@ -522,6 +534,16 @@ impl Settings {
             max_rows: self.audit_max_rows.unwrap_or(ad.max_rows),
             prune_batch: ad.prune_batch,
         };
+        let od = crate::api::offload::OffloadConfig::default();
+        let offload = crate::api::offload::OffloadConfig {
+            threads: self.offload_threads.unwrap_or(od.threads),
+            queue: self.offload_queue.unwrap_or(od.queue),
+        };
+        if !(1..=256).contains(&offload.threads) || offload.queue > 1 << 20 {
+            return Err(Error::Config(
+                "offload-threads must be between 1 and 256, offload-queue at most 1048576".into(),
+            ));
+        }
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -568,6 +590,7 @@ impl Settings {
             client_throttle,
             audit,
             source_throttle,
+            offload,
         })
     }
 }
@@ -645,6 +668,8 @@ pub struct AppSettings {
     pub source_throttle: crate::api::throttle::ThrottleConfig,
     /// Refusal tallies and audit retention (set by `serve` from its flags).
     pub audit: crate::refusal_audit::AuditPolicy,
+    /// The off-loop pool for heavy reads (set by `serve` from its flags).
+    pub offload: crate::api::offload::OffloadConfig,
 }
 
 impl Default for AppSettings {
@@ -688,6 +713,7 @@ impl Default for AppSettings {
             client_throttle: crate::api::throttle::ThrottleConfig::CLIENT_DEFAULT,
             source_throttle: crate::api::throttle::ThrottleConfig::SOURCE_DEFAULT,
             audit: crate::refusal_audit::AuditPolicy::DEFAULT,
+            offload: crate::api::offload::OffloadConfig::default(),
         }
     }
 }
@@ -972,6 +998,7 @@ impl AppConfig {
             client_throttle: d.client_throttle,
             source_throttle: d.source_throttle,
             audit: d.audit,
+            offload: d.offload,
         };
         for tenant in &settings.tenants {
             if let Some(alg) = &tenant.token_alg {

@@ -47,12 +47,15 @@ fn options(max_batch: usize) -> StoreOptions {
 
 fn put_tenant(store: &Store) {
     store
-        .write(WriteOp::PutTenant(TenantRecord {
-            id: TENANT.into(),
-            display_name: "bench".into(),
-            token_alg: "RS256".into(),
-            created_at: 0,
-        }))
+        .write(WriteOp::PutTenant {
+            record: TenantRecord {
+                id: TENANT.into(),
+                display_name: "bench".into(),
+                token_alg: "RS256".into(),
+                created_at: 0,
+            },
+            now: 1,
+        })
         .expect("tenant");
 }
 
@@ -66,6 +69,7 @@ fn create(id: &str) -> WriteOp {
             jti: format!("iat-{id}"),
             expires_at: u64::MAX,
         }),
+        by: "test".into(),
         now: 1,
     })
 }

@@ -705,6 +705,7 @@ mod tests {
                         jti: jti.clone(),
                         expires_at: self.now + 3600,
                     }),
+                    by: "test".into(),
                     now: self.now,
                 }))
                 .unwrap();

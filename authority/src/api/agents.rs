@@ -10,7 +10,9 @@
 //! Creating an agent also issues its first initial access token in the same transaction
 //! (`NOT_ONBOARDED` → `ONBOARDING`, as MindSphere does automatically). The boarding
 //! configuration mints the IAT JWT from the stored boarding record each time it is asked for,
-//! and issues a fresh record when the last one expired or the agent was offboarded.
+//! and issues a fresh record when the last one expired or the agent was offboarded. Every
+//! answer that carries an IAT is audited (`agent.boarding.disclose`, the operator as actor)
+//! and sent only once that entry has committed: whoever read a credential is on record.
 
 use std::sync::Arc;
 
@@ -25,10 +27,11 @@ use super::mindsphere::{
 use super::onboarding::AgentState;
 use super::{Route, register, validate, write};
 use crate::error::{ApiError, Error};
-use crate::http::{Outcome, Request, RequestContext, Response, Router};
+use crate::http::{Completion, Outcome, Request, RequestContext, Response, Router};
+use crate::store::outcome::FromOutcome;
 use crate::store::{
-    AgentRecord, BoardingRecord, BoardingState, ListRequest, NewAgent, NewIat, Order, SortKey,
-    SortRange, SortValue, Start, WriteOp,
+    AgentRecord, AuditOutcome, BoardingRecord, BoardingState, ListRequest, NewAgent, NewIat, Order,
+    SortKey, SortRange, SortValue, Start, WriteOp,
 };
 
 /// Most agents one list request looks at while checking conditions the index does not
@@ -107,6 +110,7 @@ impl AgentState {
             name: new.name.as_str().to_owned(),
             security_profile: new.security_profile,
             iat: Some(self.new_iat(now)),
+            by: p.client_id,
             now,
         });
         Ok(write::submit(&self.app, ctx, op, |agent: AgentRecord| {
@@ -224,6 +228,7 @@ impl AgentState {
             if_match: if_match.expected(),
             name: Some(change.name.as_str().to_owned()),
             security_profile: Some(change.security_profile),
+            by: p.client_id,
             now: self.app.now(),
         };
         Ok(write::submit(&self.app, ctx, op, |agent: AgentRecord| {
@@ -320,29 +325,55 @@ impl AgentState {
             Some(jti) => self.app.store.read()?.boarding(jti)?,
             None => None,
         };
+        let done = ctx.defer();
         if let Some(rec) =
             current.filter(|r| r.used_at.is_none() && r.expires_at > now + IAT_MIN_REMAINING)
         {
-            return Ok(Response::json(200, &self.configuration(&agent, Some(&rec))?).into());
+            self.disclose(done, p.client_id, agent, rec);
+            return Ok(Outcome::Deferred);
         }
         let op = WriteOp::IssueBoardingToken {
             tenant: p.tenant,
             agent_id: agent.id.clone(),
             iat: self.new_iat(now),
+            by: p.client_id.clone(),
             now,
         };
         let state = Arc::clone(self);
-        Ok(write::submit(
-            &self.app,
-            ctx,
-            op,
-            move |(agent, rec): (AgentRecord, BoardingRecord)| {
+        self.app.submit(op, move |result| {
+            match result.and_then(<(AgentRecord, BoardingRecord)>::from_outcome) {
+                Ok((agent, rec)) => state.disclose(done, p.client_id, agent, rec),
+                Err(e) => done.complete(Err(e.into())),
+            }
+        });
+        Ok(Outcome::Deferred)
+    }
+
+    /// Answers with the configuration carrying the IAT of `rec` once its disclosure to `by`
+    /// is on record; a failed audit write answers as the error it is, without the IAT.
+    fn disclose(
+        self: &Arc<Self>,
+        done: Completion,
+        by: String,
+        agent: AgentRecord,
+        rec: BoardingRecord,
+    ) {
+        let op = WriteOp::Audit {
+            actor: by,
+            event: "agent.boarding.disclose".into(),
+            subject: agent.id.clone(),
+            outcome: AuditOutcome::Success,
+            now: self.app.now(),
+        };
+        let state = Arc::clone(self);
+        self.app.submit(op, move |result| {
+            done.complete(result.map_err(Error::from).and_then(|_| {
                 Ok(Response::json(
                     200,
                     &state.configuration(&agent, Some(&rec))?,
                 ))
-            },
-        ))
+            }));
+        });
     }
 
     /// The configuration for `agent`, with the IAT of `rec` (none once onboarded).

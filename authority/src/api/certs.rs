@@ -99,9 +99,15 @@ fn changed_view(
     }
 }
 
-fn list(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
+fn list(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
     admin(app, req, Permission::KeysRead)?;
-    Ok(Response::json(200, &json!({ "certificates": views(app)? })).into())
+    let job = Arc::clone(app);
+    super::offload::run(app, ctx, move || {
+        Ok(Response::json(
+            200,
+            &json!({ "certificates": views(&job)? }),
+        ))
+    })
 }
 
 fn ca(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
@@ -115,12 +121,14 @@ fn ca(app: &Arc<App>, req: &Request<'_>, _: &RequestContext<'_>) -> Result<Outco
 /// The CA's CRL (DER, `application/pkix-crl`). No authentication: a CRL is signed, public
 /// information (it lists serial numbers and dates only), and relays checking offline fetch it
 /// without operator credentials, as they would from any CA's distribution point.
-fn crl(app: &Arc<App>, _: &Request<'_>, _: &RequestContext<'_>) -> Result<Outcome, Error> {
-    let der = app.mtls.crl(app)?;
-    Ok(Response::new(200)
-        .header("Content-Type", "application/pkix-crl")
-        .body(der.to_vec())
-        .into())
+fn crl(app: &Arc<App>, _: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    let job = Arc::clone(app);
+    super::offload::run(app, ctx, move || {
+        let der = job.mtls.crl(&job)?;
+        Ok(Response::new(200)
+            .header("Content-Type", "application/pkix-crl")
+            .body(der.to_vec()))
+    })
 }
 
 fn import(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {

@@ -80,19 +80,22 @@ impl From<&OperatorClientRecord> for ClientView {
 fn list_clients(
     app: &Arc<App>,
     req: &Request<'_>,
-    _: &RequestContext<'_>,
+    ctx: &RequestContext<'_>,
 ) -> Result<Outcome, Error> {
     let p = auth::operator(app, req, Permission::ClientsRead)?;
     let all = p.is_authority(app);
-    let clients: Vec<ClientView> = app
-        .store
-        .read()?
-        .operator_clients()?
-        .iter()
-        .filter(|c| all || c.tenant == p.tenant)
-        .map(ClientView::from)
-        .collect();
-    Ok(Response::json(200, &json!({ "clients": clients })).into())
+    let job = Arc::clone(app);
+    super::offload::run(app, ctx, move || {
+        let clients: Vec<ClientView> = job
+            .store
+            .read()?
+            .operator_clients()?
+            .iter()
+            .filter(|c| all || c.tenant == p.tenant)
+            .map(ClientView::from)
+            .collect();
+        Ok(Response::json(200, &json!({ "clients": clients })))
+    })
 }
 
 /// `POST /clients` body.
@@ -397,10 +400,14 @@ fn put_profile(
         .into());
     }
     let permissions: Vec<String> = perms.iter().map(|p| p.as_str().to_owned()).collect();
-    let op = WriteOp::PutProfile(ProfileRecord {
-        name: name.clone(),
-        permissions: permissions.clone(),
-    });
+    let op = WriteOp::PutProfile {
+        record: ProfileRecord {
+            name: name.clone(),
+            permissions: permissions.clone(),
+        },
+        by: p.client_id,
+        now: app.now(),
+    };
     Ok(write::submit(app, ctx, op, move |_: ProfileRecord| {
         Ok(Response::json(
             200,
@@ -423,7 +430,11 @@ fn delete_profile(
         return Err(ApiError::Conflict(format!("profile {name:?} is built in")).into());
     }
     may_change_profile(app, &p, &name)?;
-    let op = WriteOp::DeleteProfile { name };
+    let op = WriteOp::DeleteProfile {
+        name,
+        by: p.client_id,
+        now: app.now(),
+    };
     Ok(write::submit(app, ctx, op, |_: ProfileRecord| {
         Ok(Response::new(204))
     }))

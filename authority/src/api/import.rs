@@ -50,7 +50,7 @@ fn import_handler(
     let p = auth::operator(app, req, Permission::AgentsWrite)?;
     let items = parse_batch(req.body())?;
     let done = ctx.defer();
-    import(app, &p.tenant, &items, move |results| {
+    import(app, &p.tenant, &p.client_id, &items, move |results| {
         done.complete(Ok(Response::json(200, &summary(&results))));
     })?;
     Ok(Outcome::Deferred)
@@ -85,13 +85,14 @@ pub fn summary(results: &[ItemResult]) -> Value {
     })
 }
 
-/// Creates every valid entry of `items` in `tenant`; `done` gets one result per entry, in
+/// Creates every valid entry of `items` in `tenant`, audited as done `by`; `done` gets one result per entry, in
 /// order, once the last write has committed (on the store's writer thread, or at once when
 /// nothing needed writing). Reads one snapshot to tell re-runs from clashes; never blocks.
 /// Fails whole, before writing anything, only when the store cannot be read.
 pub fn import(
     app: &App,
     tenant: &str,
+    by: &str,
     items: &[Value],
     done: impl FnOnce(Vec<ItemResult>) + Send + 'static,
 ) -> Result<(), Error> {
@@ -138,6 +139,7 @@ pub fn import(
                         jti: app.jti.next_uuid(),
                         expires_at: now.saturating_add(app.settings.boarding_token_lifetime),
                     }),
+                    by: by.to_owned(),
                     now,
                 }),
             )),

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mindsphere;
 pub mod mtls_client_auth;
 pub mod oauth;
+pub mod offload;
 pub mod onboarding;
 pub mod operator;
 pub mod registration;

@@ -632,10 +632,14 @@ mod tests {
         let (_dir, app) = app();
         let both = Permissions::parse(&["agents:read", "agents:write"]).unwrap();
         let put = |perms: &[&str]| {
-            app.write(WriteOp::PutProfile(crate::store::ProfileRecord {
-                name: "Ops".into(),
-                permissions: perms.iter().map(|p| p.to_string()).collect(),
-            }))
+            app.write(WriteOp::PutProfile {
+                record: crate::store::ProfileRecord {
+                    name: "Ops".into(),
+                    permissions: perms.iter().map(|p| p.to_string()).collect(),
+                },
+                by: "test".into(),
+                now: 1,
+            })
             .unwrap();
         };
         put(&["agents:read", "agents:write"]);

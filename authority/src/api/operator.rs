@@ -23,7 +23,7 @@ use super::mindsphere::AgentId;
 use super::{Route, json_body, validate, write};
 use crate::app::{self, App};
 use crate::error::{ApiError, Error};
-use crate::http::{Completion, Outcome, Request, RequestContext, Response, Router};
+use crate::http::{Outcome, Request, RequestContext, Response, Router};
 use crate::store::{KeyState, RevocationKind, RevocationRecord, SigningKeyRecord, WriteOp};
 
 /// Prefix of every route here.
@@ -54,19 +54,6 @@ pub(super) fn authority(app: &App, p: &Principal, what: &str) -> Result<(), Erro
     } else {
         Err(not_found(what))
     }
-}
-
-/// Runs blocking work (key generation, PKCS#12) off the event loop.
-fn off_loop(
-    ctx: &RequestContext<'_>,
-    work: impl FnOnce() -> Result<Response, Error> + Send + 'static,
-) -> Result<Outcome, Error> {
-    let completion: Completion = ctx.defer();
-    std::thread::Builder::new()
-        .name("latchkey-keywork".into())
-        .spawn(move || completion.complete(work()))
-        .map_err(Error::Io)?;
-    Ok(Outcome::Deferred)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,7 +192,7 @@ fn rotate_key(
         }
     };
     let app = Arc::clone(app);
-    off_loop(ctx, move || {
+    super::offload::run(&app.clone(), ctx, move || {
         let rec = if body.now {
             app.rotate_key_now(alg, &p.client_id)?
         } else {
@@ -258,7 +245,7 @@ fn import_key(
     let body: ImportBody = json_body(req)?;
     validate::KID.check_opt(body.kid.as_deref())?;
     let app = Arc::clone(app);
-    off_loop(ctx, move || {
+    super::offload::run(&app.clone(), ctx, move || {
         let (key, certificate_chain) = body.signing_key()?;
         let origin = app::KeyOrigin::Imported { certificate_chain };
         let rec = app.install_key(key, origin, &p.client_id)?;
@@ -531,7 +518,7 @@ fn revoke(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result
                 return Err(not_found("signing key"));
             }
             let app = Arc::clone(app);
-            off_loop(ctx, move || {
+            super::offload::run(&app.clone(), ctx, move || {
                 app.revoke_key(&kid, &p.client_id, &reason).and_then(view)
             })
         }

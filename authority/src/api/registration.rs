@@ -510,6 +510,7 @@ mod tests {
             name: "a1".into(),
             security_profile: SecurityProfile::SharedSecret,
             iat: None,
+            by: "test".into(),
             now,
         }))
         .unwrap();
@@ -529,6 +530,7 @@ mod tests {
                     jti: "iat-2".into(),
                     expires_at: now + 3600,
                 },
+                by: "test".into(),
                 now,
             })
             .unwrap()

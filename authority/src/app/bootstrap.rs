@@ -143,7 +143,11 @@ impl App {
         }
         for p in wanted {
             if snap.profile(&p.name)?.as_ref() != Some(&p) {
-                self.write(WriteOp::PutProfile(p))?;
+                self.write(WriteOp::PutProfile {
+                    record: p,
+                    by: SYSTEM.into(),
+                    now: self.now(),
+                })?;
             }
         }
         Ok(())
@@ -188,7 +192,7 @@ impl App {
                 token_alg: alg,
             };
             if existing.as_ref() != Some(&rec) {
-                self.write(WriteOp::PutTenant(rec))?;
+                self.write(WriteOp::PutTenant { record: rec, now })?;
             }
         }
         let snap = self.store.read()?;

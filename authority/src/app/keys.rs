@@ -11,6 +11,12 @@
 //! ([`AppSettings::retire_after`], boarding tokens included): then it is `Retired`.
 //! [`App::rotate_key_now`] (emergencies, `keys rotate --now`) activates at once.
 //!
+//! Activation is a compare-and-swap decided by the store ([`Takeover`]): the write names the
+//! active keys it replaces and is refused if they changed since they were read, so a stale
+//! decision (the maintenance thread's, taken before seconds of key generation) never retires a
+//! key activated meanwhile. Operators' actions re-read and retry; scheduled ones give up until
+//! the next maintenance pass, and are refused while an imported (pinned) key is active.
+//!
 //! Every change to the [`KeyRing`](latchkey_core::keyring::KeyRing) (a key added, made to
 //! sign, retired) is made here, each after or before the store write it mirrors so that no
 //! token is ever signed by a key the ring cannot verify, nor by one the store does not hold.
@@ -29,8 +35,18 @@ use super::{App, FIRST_RUN_ALGORITHMS, SYSTEM};
 use crate::error::{ApiError, Error};
 use crate::store::{
     KeyState, NewSigningKey, RevocationKind, RevocationRecord, Secret, SigningKeyRecord,
-    StoredSigningKey, WriteOp,
+    StoreError, StoredSigningKey, Takeover, WriteOp,
 };
+
+/// How often an operator's activation is retried when the active keys change under it.
+const ACTIVATION_ATTEMPTS: usize = 4;
+
+/// A maintenance decision: activate `key`, replacing the active keys seen when deciding.
+#[derive(Debug)]
+pub(super) struct DueActivation {
+    pub key: Arc<StoredSigningKey>,
+    pub takeover: Takeover,
+}
 
 impl App {
     /// Rotates the key of `alg` the way consumers can follow: a new key is published now and
@@ -39,12 +55,18 @@ impl App {
     /// `alg`, that one is returned. Blocking (RSA key generation, store writes): call it off
     /// the event loop.
     pub fn rotate_key(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
-        self.publish_key(alg, by, self.now())
+        self.publish_key(alg, by, self.now(), false)
     }
 
-    fn publish_key(&self, alg: Algorithm, by: &str, now: u64) -> Result<SigningKeyRecord, Error> {
+    fn publish_key(
+        &self,
+        alg: Algorithm,
+        by: &str,
+        now: u64,
+        scheduled: bool,
+    ) -> Result<SigningKeyRecord, Error> {
         if self.settings.key_prepublication == 0 {
-            return self.rotate_key_now(alg, by);
+            return self.rotate_now(alg, by, scheduled);
         }
         if let Some(pending) = self.published_key(alg) {
             return self
@@ -71,6 +93,7 @@ impl App {
             &key,
             KeyState::Published,
             KeyOrigin::Generated,
+            None,
             by,
             now,
         )?));
@@ -87,11 +110,20 @@ impl App {
     /// one activated, since consumers may have it). Consumers that cached the key set without
     /// it miss its `kid` until their cache expires.
     pub fn rotate_key_now(&self, alg: Algorithm, by: &str) -> Result<SigningKeyRecord, Error> {
+        self.rotate_now(alg, by, false)
+    }
+
+    fn rotate_now(
+        &self,
+        alg: Algorithm,
+        by: &str,
+        scheduled: bool,
+    ) -> Result<SigningKeyRecord, Error> {
         if let Some(pending) = self.published_key(alg) {
-            return self.activate_key(&pending, by, self.now());
+            return self.activate_key(&pending, by, self.now(), scheduled);
         }
         let key = latchkey_core::SigningKey::generate(alg)?;
-        self.install_key(key, KeyOrigin::Generated, by)
+        self.install(key, KeyOrigin::Generated, by, scheduled)
     }
 
     /// The published (not yet active) key of `alg`, if any.
@@ -110,41 +142,78 @@ impl App {
         k: &StoredSigningKey,
         by: &str,
         now: u64,
+        scheduled: bool,
+    ) -> Result<SigningKeyRecord, Error> {
+        let alg = Algorithm::from_name(&k.alg)?;
+        self.with_takeover(alg, scheduled, |takeover| {
+            self.activate(k, takeover, by, now)
+        })
+    }
+
+    /// One activation write of published key `k`, a compare-and-swap on `takeover`; on
+    /// success the key signs.
+    pub(super) fn activate(
+        &self,
+        k: &StoredSigningKey,
+        takeover: Takeover,
+        by: &str,
+        now: u64,
     ) -> Result<SigningKeyRecord, Error> {
         let alg = Algorithm::from_name(&k.alg)?;
         let key = latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
             .with_kid(k.kid.clone());
-        let previous = self.active_kids(alg);
+        let _one = self.one_activation();
         let rec = self
             .write(WriteOp::SetSigningKeyState {
                 kid: k.kid.clone(),
                 state: KeyState::Active,
+                takeover: Some(takeover),
                 by: by.to_owned(),
                 now,
             })?
             .into_record::<SigningKeyRecord>()?;
-        self.take_over(key, previous, by, now)?;
+        self.take_over(key)?;
         Ok(rec)
     }
 
-    /// `key` (already recorded active) joins the ring and signs; the keys it replaces start
-    /// retiring, after it verifies, so no token is ever signed by a key the ring lacks.
-    fn take_over(
+    /// Runs an activation write against the active keys of `alg` as they are now. An
+    /// operator's action replaces whatever is active, so when they change under it, it reads
+    /// them again (a bounded number of times); a scheduled one returns the conflict.
+    fn with_takeover(
         &self,
-        key: latchkey_core::SigningKey,
-        previous: Vec<String>,
-        by: &str,
-        now: u64,
-    ) -> Result<(), Error> {
-        self.keys.rotate(key)?;
-        for kid in previous {
-            self.write(WriteOp::SetSigningKeyState {
-                kid,
-                state: KeyState::Retiring,
-                by: by.to_owned(),
-                now,
-            })?;
+        alg: Algorithm,
+        scheduled: bool,
+        mut write: impl FnMut(Takeover) -> Result<SigningKeyRecord, Error>,
+    ) -> Result<SigningKeyRecord, Error> {
+        let mut attempt = 1;
+        loop {
+            let takeover = Takeover {
+                replaces: self.active_kids(alg),
+                scheduled,
+            };
+            match write(takeover) {
+                Err(e) if !scheduled && is_conflict(&e) && attempt < ACTIVATION_ATTEMPTS => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
         }
+    }
+
+    /// Taken from an activation's write until its key signs, so that two activations reach
+    /// the ring in the order the store committed them (the store decides which wins; this
+    /// only keeps the ring from signing with the loser).
+    fn one_activation(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data: a panic while it was held leaves nothing inconsistent.
+        self.activations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `key` (already recorded active, and the keys it replaced retiring, in the same write)
+    /// signs. The replaced keys stay in the ring, verifying, until they retire.
+    fn take_over(&self, key: latchkey_core::SigningKey) -> Result<(), Error> {
+        self.keys.rotate(key)?;
         Ok(())
     }
 
@@ -158,26 +227,49 @@ impl App {
             .collect()
     }
 
-    /// Activates published keys whose pre-publication has passed. Returns their kids.
+    /// Activates published keys whose pre-publication has passed. Returns their kids. An
+    /// activation the store refuses because the ring changed since the decision is left for
+    /// the next pass to re-evaluate.
     pub fn activate_due_keys(&self, now: u64) -> Result<Vec<String>, Error> {
         let mut activated = Vec::new();
-        let keys = self.store.hot().signing_keys();
-        // A key published by a scheduled rotation before an import must not take over from
-        // the imported (pinned) key; it waits for an explicit `keys rotate`.
-        let pinned_active = |alg: &str| {
-            keys.iter()
-                .any(|a| a.alg == alg && a.state == KeyState::Active && a.pinned)
-        };
-        for k in &keys {
-            if k.state == KeyState::Published
-                && now >= self.settings.activates_at(k.state_changed_at)
-                && !pinned_active(&k.alg)
-            {
-                self.activate_key(k, SYSTEM, now)?;
-                activated.push(k.kid.clone());
+        for due in self.due_activations(now) {
+            match self.activate(&due.key, due.takeover, SYSTEM, now) {
+                Ok(rec) => activated.push(rec.kid),
+                Err(e) if is_conflict(&e) => {
+                    tracing::info!(kid = %due.key.kid, error = %e, "activation deferred");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(activated)
+    }
+
+    /// The maintenance decision: the published keys due at `now`, each with the active keys
+    /// it would replace as they are now.
+    pub(super) fn due_activations(&self, now: u64) -> Vec<DueActivation> {
+        let keys = self.store.hot().signing_keys();
+        let active = |alg: &str| -> Vec<&Arc<StoredSigningKey>> {
+            keys.iter()
+                .filter(|a| a.alg == alg && a.state == KeyState::Active)
+                .collect()
+        };
+        keys.iter()
+            // A key published by a scheduled rotation before an import does not take over
+            // from the imported (pinned) key; it waits for an explicit `keys rotate`. The
+            // store checks this again inside the write.
+            .filter(|k| {
+                k.state == KeyState::Published
+                    && now >= self.settings.activates_at(k.state_changed_at)
+                    && !active(&k.alg).iter().any(|a| a.pinned)
+            })
+            .map(|k| DueActivation {
+                key: Arc::clone(k),
+                takeover: Takeover {
+                    replaces: active(&k.alg).iter().map(|a| a.kid.clone()).collect(),
+                    scheduled: true,
+                },
+            })
+            .collect()
     }
 
     /// When the next published key is due to sign (Unix seconds), if any.
@@ -222,6 +314,16 @@ impl App {
         origin: KeyOrigin,
         by: &str,
     ) -> Result<SigningKeyRecord, Error> {
+        self.install(key, origin, by, false)
+    }
+
+    fn install(
+        &self,
+        key: latchkey_core::SigningKey,
+        origin: KeyOrigin,
+        by: &str,
+        scheduled: bool,
+    ) -> Result<SigningKeyRecord, Error> {
         let now = self.now();
         let alg = key.algorithm();
         if alg.is_hmac() {
@@ -229,18 +331,21 @@ impl App {
                 ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
             );
         }
-        let previous = self.active_kids(alg);
-        let rec = self
-            .write(WriteOp::AddSigningKey(new_key_op(
+        let _one = self.one_activation();
+        let rec = self.with_takeover(alg, scheduled, |takeover| {
+            let op = new_key_op(
                 &key,
                 KeyState::Active,
-                origin,
+                origin.clone(),
+                Some(takeover),
                 by,
                 now,
-            )?))?
-            .into_record::<SigningKeyRecord>()?;
-        // The new key verifies (and signs) before the old one stops signing.
-        self.take_over(key, previous, by, now)?;
+            )?;
+            Ok(self
+                .write(WriteOp::AddSigningKey(op))?
+                .into_record::<SigningKeyRecord>()?)
+        })?;
+        self.take_over(key)?;
         Ok(rec)
     }
 
@@ -257,6 +362,7 @@ impl App {
                 self.write(WriteOp::SetSigningKeyState {
                     kid: k.kid.clone(),
                     state: KeyState::Retired,
+                    takeover: None,
                     by: SYSTEM.into(),
                     now,
                 })?;
@@ -287,8 +393,15 @@ impl App {
                 if self.published_key(alg).is_some() {
                     continue;
                 }
-                let rec = self.publish_key(alg, SYSTEM, now)?;
-                rotated.push(rec.kid);
+                match self.publish_key(alg, SYSTEM, now, true) {
+                    Ok(rec) => rotated.push(rec.kid),
+                    // Without pre-publication the successor activates at once, and the ring
+                    // changed since this pass read it: the next pass decides again.
+                    Err(e) if is_conflict(&e) => {
+                        tracing::info!(alg = %k.alg, error = %e, "scheduled rotation deferred");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(rotated)
@@ -320,6 +433,7 @@ impl App {
             self.write(WriteOp::SetSigningKeyState {
                 kid: kid.to_owned(),
                 state: KeyState::Retired,
+                takeover: None,
                 by: by.to_owned(),
                 now,
             })?;
@@ -340,10 +454,15 @@ impl App {
                 continue;
             }
             let key = latchkey_core::SigningKey::generate(alg)?;
+            let takeover = Takeover {
+                replaces: Vec::new(),
+                scheduled: true,
+            };
             self.write(WriteOp::AddSigningKey(new_key_op(
                 &key,
                 KeyState::Active,
                 KeyOrigin::Generated,
+                Some(takeover),
                 SYSTEM,
                 now,
             )?))?;
@@ -387,10 +506,15 @@ pub enum KeyOrigin {
     Imported { certificate_chain: Vec<Vec<u8>> },
 }
 
+fn is_conflict(e: &Error) -> bool {
+    matches!(e, Error::Store(StoreError::Conflict(_)))
+}
+
 fn new_key_op(
     key: &latchkey_core::SigningKey,
     state: KeyState,
     origin: KeyOrigin,
+    takeover: Option<Takeover>,
     by: &str,
     now: u64,
 ) -> Result<NewSigningKey, Error> {
@@ -401,6 +525,7 @@ fn new_key_op(
     Ok(NewSigningKey {
         certificate_chain,
         pinned,
+        takeover,
         kid: key.kid().to_owned(),
         alg: key.algorithm().as_str().to_owned(),
         state,
@@ -409,4 +534,109 @@ fn new_key_op(
         by: by.to_owned(),
         now,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::AppSettings;
+    use crate::store::AuditOutcome;
+
+    fn open(dir: &Path) -> App {
+        let metrics = Arc::new(crate::http::Metrics::new());
+        App::open(dir, AppSettings::default(), metrics).unwrap().0
+    }
+
+    fn minter(app: &App, alg: Algorithm) -> String {
+        let snap = app.keys.snapshot();
+        snap.minter(alg).unwrap().key().kid().to_owned()
+    }
+
+    /// Regression: the maintenance thread decided to activate a published key, an operator
+    /// imported a key meanwhile, and the stale activation then took over, retiring the
+    /// imported (pinned) key. The store now refuses the stale write.
+    #[test]
+    fn a_stale_scheduled_activation_does_not_retire_a_key_imported_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = open(dir.path());
+        let published = app.rotate_key(Algorithm::RS256, "op").unwrap();
+        let later = app.now() + 10 * 86_400;
+        let decided = app.due_activations(later);
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].key.kid, published.kid);
+        assert_eq!(decided[0].takeover.replaces.len(), 1);
+
+        let imported = latchkey_core::SigningKey::generate(Algorithm::RS256)
+            .unwrap()
+            .with_kid("imported".to_owned());
+        let origin = KeyOrigin::Imported {
+            certificate_chain: vec![vec![0x30, 0]],
+        };
+        app.install_key(imported, origin, "op").unwrap();
+
+        let DueActivation { key, takeover } = decided.into_iter().next().unwrap();
+        let stale = app.activate(&key, takeover, SYSTEM, later);
+        assert!(is_conflict(&stale.unwrap_err()));
+        let hot = app.store.hot();
+        assert_eq!(hot.signing_key("imported").unwrap().state, KeyState::Active);
+        assert_eq!(
+            hot.signing_key(&published.kid).unwrap().state,
+            KeyState::Published
+        );
+        assert_eq!(minter(&app, Algorithm::RS256), "imported");
+        let audit = app.store.read().unwrap().audit(0, 1000).unwrap();
+        let refused = audit
+            .iter()
+            .filter(|a| a.event == "key.activate" && a.subject == published.kid)
+            .map(|a| &a.outcome)
+            .collect::<Vec<_>>();
+        assert!(
+            matches!(refused[..], [AuditOutcome::Refused(_)]),
+            "{refused:?}"
+        );
+        // The maintenance pass itself defers rather than fails, and a scheduled activation
+        // that names the pinned key is refused too.
+        assert!(app.activate_due_keys(later).unwrap().is_empty());
+        let current = Takeover {
+            replaces: vec!["imported".into()],
+            scheduled: true,
+        };
+        assert!(is_conflict(
+            &app.activate(&key, current, SYSTEM, later).unwrap_err()
+        ));
+        assert_eq!(minter(&app, Algorithm::RS256), "imported");
+    }
+
+    /// An activation naming keys that are not the active ones is refused; an operator's
+    /// rotation reads them afresh, and the keys it replaces start retiring in the same write,
+    /// audited under the operator.
+    #[test]
+    fn activation_is_a_compare_and_swap_and_retires_what_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = open(dir.path());
+        let first = minter(&app, Algorithm::ES256);
+        let published = app.rotate_key(Algorithm::ES256, "op").unwrap();
+        // Stale view for an operator action: it re-reads and wins.
+        let stale = Takeover {
+            replaces: vec!["gone".into()],
+            scheduled: false,
+        };
+        let key = app.store.hot().signing_key(&published.kid).unwrap();
+        assert!(is_conflict(
+            &app.activate(&key, stale, "op", app.now()).unwrap_err()
+        ));
+        let rec = app.rotate_key_now(Algorithm::ES256, "op").unwrap();
+        assert_eq!(rec.kid, published.kid);
+        assert_eq!(minter(&app, Algorithm::ES256), published.kid);
+        let hot = app.store.hot();
+        assert_eq!(hot.signing_key(&first).unwrap().state, KeyState::Retiring);
+        let audit = app.store.read().unwrap().audit(0, 1000).unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.event == "key.retiring" && a.subject == first && a.actor == "op")
+        );
+    }
 }

@@ -98,10 +98,14 @@ pub struct App {
     /// Mutual-TLS trust: rebuilt after commits that change certificates or certificate
     /// revocations, before they are answered.
     pub mtls: Trust,
+    /// The bounded pool for heavy reads and blocking work, off the event loops.
+    pub offload: crate::api::offload::Offload,
     urls: OnceLock<lookup::Urls>,
     /// Token algorithm per tenant (from the tenants table), read without locks.
     tenant_algs: ArcSwap<HashMap<String, Algorithm>>,
     stopping: Arc<AtomicBool>,
+    /// Held from an activation's store write until its key signs (`app/keys`).
+    activations: std::sync::Mutex<()>,
 }
 
 impl App {
@@ -178,7 +182,10 @@ impl App {
             .map_err(|_| Error::Config("system random source failed".into()))?;
         let jti = JtiGenerator::random()
             .map_err(|_| Error::Config("system random source failed".into()))?;
+        let offload = crate::api::offload::Offload::new(settings.offload, Some(metrics.clone()))
+            .map_err(Error::Io)?;
         Ok(App {
+            offload,
             store,
             keys: Arc::new(KeyRing::new()),
             revocations: Arc::new(RevocationSet::new()),
@@ -198,6 +205,7 @@ impl App {
             urls: OnceLock::new(),
             tenant_algs: ArcSwap::from_pointee(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
+            activations: std::sync::Mutex::new(()),
         })
     }
 

@@ -137,7 +137,7 @@ fn batch(place: &Place, tenant: Option<&str>, chunk: &[Entry]) -> Result<Vec<Ite
                 return Err(usage(&format!("tenant {tenant:?} does not exist")));
             }
             let (tx, rx) = crossbeam::channel::bounded(1);
-            import(app, &tenant, &agents, move |results| {
+            import(app, &tenant, "cli", &agents, move |results| {
                 let _ = tx.send(results);
             })?;
             rx.recv()

@@ -103,6 +103,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         client_throttle: settings.client_throttle,
         source_throttle: settings.source_throttle,
         audit: settings.audit,
+        offload: settings.offload,
         ..file.app_settings()?
     };
     let store = Store::open_or_create(

@@ -40,7 +40,7 @@ pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, c
 pub use ops::PruneAudit;
 pub use ops::{
     MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig,
-    NewIat, NewSigningKey, Registration, Rotation, SecretRotation, WriteOp, WriteOutcome,
+    NewIat, NewSigningKey, Registration, Rotation, SecretRotation, Takeover, WriteOp, WriteOutcome,
 };
 pub use records::*;
 pub use schema::SCHEMA_VERSION;
@@ -373,12 +373,15 @@ mod tests {
     fn open(dir: &Path) -> Store {
         let store = Store::open_or_create(dir, StoreOptions::default()).unwrap();
         store
-            .write(WriteOp::PutTenant(TenantRecord {
-                id: T.into(),
-                display_name: "A".into(),
-                token_alg: "RS256".into(),
-                created_at: 1,
-            }))
+            .write(WriteOp::PutTenant {
+                record: TenantRecord {
+                    id: T.into(),
+                    display_name: "A".into(),
+                    token_alg: "RS256".into(),
+                    created_at: 1,
+                },
+                now: 1,
+            })
             .unwrap();
         store
     }
@@ -393,6 +396,7 @@ mod tests {
                 jti: jti.into(),
                 expires_at: 1_000,
             }),
+            by: "test".into(),
             now: 10,
         }))
     }
@@ -586,6 +590,7 @@ mod tests {
                     jti: "iat-2".into(),
                     expires_at: 1_000,
                 },
+                by: "test".into(),
                 now: 41,
             })
             .unwrap();
@@ -617,6 +622,7 @@ mod tests {
                     public_key: vec![1, 2, 3],
                     certificate_chain: vec![vec![0x30, 1], vec![0x30, 2]],
                     pinned: true,
+                    takeover: Some(Default::default()),
                     by: "test".into(),
                     now: 5,
                 }))
@@ -711,6 +717,7 @@ mod tests {
                 if_match,
                 name: Some(name.into()),
                 security_profile: None,
+                by: "test".into(),
                 now: 50,
             })
         };
@@ -828,5 +835,441 @@ mod tests {
         );
         let store = Store::open(restored.path(), StoreOptions::default()).unwrap();
         assert!(store.hot().client("e1").is_some());
+    }
+
+    /// One number per kind of op, from a match without a wildcard: a new `WriteOp` does not
+    /// compile here until it is listed, and the test below fails until it is exercised.
+    fn op_kind(op: &WriteOp) -> usize {
+        match op {
+            WriteOp::PutTenant { .. } => 0,
+            WriteOp::CreateAgent(_) => 1,
+            WriteOp::UpdateAgent { .. } => 2,
+            WriteOp::DeleteAgent { .. } => 3,
+            WriteOp::IssueBoardingToken { .. } => 4,
+            WriteOp::Register(_) => 5,
+            WriteOp::RotateRegistration(_) => 6,
+            WriteOp::CutOver { .. } => 7,
+            WriteOp::PutDataSourceConfig(_) => 8,
+            WriteOp::Offboard { .. } => 9,
+            WriteOp::CreateOperatorClient { .. } => 10,
+            WriteOp::DeleteOperatorClient { .. } => 11,
+            WriteOp::PutProfile { .. } => 12,
+            WriteOp::DeleteProfile { .. } => 13,
+            WriteOp::AddSigningKey(_) => 14,
+            WriteOp::SetSigningKeyState { .. } => 15,
+            WriteOp::AddCertificate(_) => 16,
+            WriteOp::SetCertificateState { .. } => 17,
+            WriteOp::RenameCertificate { .. } => 18,
+            WriteOp::Revoke { .. } => 19,
+            WriteOp::Forget { .. } => 20,
+            WriteOp::Audit { .. } => 21,
+            WriteOp::SuspendAgent { .. } => 22,
+            WriteOp::SuspendOperatorClient { .. } => 23,
+            WriteOp::RotateOperatorClientSecret(_) => 24,
+            WriteOp::PruneAudit(_) => 25,
+        }
+    }
+    const OP_KINDS: usize = 26;
+
+    /// Every kind of op that changes state leaves an audit entry naming who did what to which
+    /// subject, and none carries a secret.
+    #[test]
+    fn every_op_is_audited_with_its_actor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let op = "op-client";
+        let steps: Vec<(WriteOp, &str, &str, &str)> = vec![
+            (
+                WriteOp::PutTenant {
+                    record: TenantRecord {
+                        id: "tenant-b".into(),
+                        display_name: "B".into(),
+                        token_alg: "RS256".into(),
+                        created_at: 5,
+                    },
+                    now: 5,
+                },
+                "system",
+                "tenant.put",
+                "tenant-b",
+            ),
+            (
+                WriteOp::CreateAgent(NewAgent {
+                    tenant: T.into(),
+                    id: "e1".into(),
+                    name: "n1".into(),
+                    security_profile: SecurityProfile::SharedSecret,
+                    iat: Some(NewIat {
+                        jti: "iat-1".into(),
+                        expires_at: 1_000,
+                    }),
+                    by: op.into(),
+                    now: 10,
+                }),
+                op,
+                "agent.create",
+                "e1",
+            ),
+            (
+                WriteOp::UpdateAgent {
+                    tenant: T.into(),
+                    id: "e1".into(),
+                    if_match: None,
+                    name: Some("n2".into()),
+                    security_profile: None,
+                    by: op.into(),
+                    now: 11,
+                },
+                op,
+                "agent.update",
+                "e1",
+            ),
+            (
+                WriteOp::SuspendAgent {
+                    tenant: T.into(),
+                    id: "e1".into(),
+                    suspend: true,
+                    by: op.into(),
+                    now: 11,
+                    forget_after: 1_000,
+                },
+                op,
+                "agent.suspend",
+                "e1",
+            ),
+            (
+                WriteOp::SuspendAgent {
+                    tenant: T.into(),
+                    id: "e1".into(),
+                    suspend: false,
+                    by: op.into(),
+                    now: 11,
+                    forget_after: 1_000,
+                },
+                op,
+                "agent.resume",
+                "e1",
+            ),
+            (
+                WriteOp::IssueBoardingToken {
+                    tenant: T.into(),
+                    agent_id: "e1".into(),
+                    iat: NewIat {
+                        jti: "iat-2".into(),
+                        expires_at: 1_000,
+                    },
+                    by: op.into(),
+                    now: 12,
+                },
+                op,
+                "agent.boarding.issue",
+                "e1",
+            ),
+            (
+                WriteOp::Register(Registration {
+                    iat_jti: "iat-2".into(),
+                    tenant: T.into(),
+                    client_id: "e1".into(),
+                    auth_method: AuthMethod::ClientSecretJwt,
+                    secret: Some(Secret::from("shared-secret")),
+                    jwks: vec![],
+                    secret_expires_at: 5_000,
+                    rat: Secret::from("rat-1"),
+                    now: 20,
+                }),
+                "e1",
+                "agent.register",
+                "e1",
+            ),
+            (
+                WriteOp::RotateRegistration(Rotation {
+                    client_id: "e1".into(),
+                    presented_rat: Secret::from("rat-1"),
+                    new_rat: Secret::from("rat-2"),
+                    new_secret: Some(Secret::from("secret-2")),
+                    new_jwks: None,
+                    secret_expires_at: 6_000,
+                    grace_until: 100,
+                    now: 30,
+                }),
+                "e1",
+                "agent.rotate",
+                "e1",
+            ),
+            (
+                WriteOp::CutOver {
+                    client_id: "e1".into(),
+                    generation: 2,
+                    now: 31,
+                },
+                "e1",
+                "agent.rotate.cutover",
+                "e1",
+            ),
+            (
+                WriteOp::PutDataSourceConfig(NewDataSourceConfig {
+                    tenant: T.into(),
+                    agent_id: "e1".into(),
+                    if_match: None,
+                    new_id: "cfg-1".into(),
+                    json: "{}".into(),
+                    by: op.into(),
+                    now: 32,
+                }),
+                op,
+                "agent.datasource.put",
+                "e1",
+            ),
+            (
+                WriteOp::Offboard {
+                    tenant: T.into(),
+                    agent_id: "e1".into(),
+                    by: op.into(),
+                    now: 40,
+                    forget_after: 50,
+                },
+                op,
+                "agent.offboard",
+                "e1",
+            ),
+            (
+                WriteOp::DeleteAgent {
+                    tenant: T.into(),
+                    id: "e1".into(),
+                    if_match: None,
+                    by: op.into(),
+                    now: 41,
+                    forget_after: 50,
+                },
+                op,
+                "agent.delete",
+                "e1",
+            ),
+            (
+                WriteOp::PutProfile {
+                    record: ProfileRecord {
+                        name: "viewers".into(),
+                        permissions: vec!["agents:read".into()],
+                    },
+                    by: op.into(),
+                    now: 42,
+                },
+                op,
+                "profile.put",
+                "viewers",
+            ),
+            (
+                WriteOp::CreateOperatorClient {
+                    record: OperatorClientRecord {
+                        id: "viewer".into(),
+                        tenant: T.into(),
+                        secret_hash: SecretHash::usercube(b"client-secret"),
+                        display_name: "Viewer".into(),
+                        profile: "viewers".into(),
+                        created_at: 43,
+                        generation: 0,
+                        suspended_at: None,
+                        previous_secret_hash: None,
+                        previous_valid_until: 0,
+                    },
+                    by: op.into(),
+                },
+                op,
+                "client.create",
+                "viewer",
+            ),
+            (
+                WriteOp::SuspendOperatorClient {
+                    id: "viewer".into(),
+                    suspend: true,
+                    by: op.into(),
+                    now: 43,
+                },
+                op,
+                "client.suspend",
+                "viewer",
+            ),
+            (
+                WriteOp::RotateOperatorClientSecret(SecretRotation {
+                    id: "viewer".into(),
+                    secret_hash: SecretHash::usercube(b"secret-3"),
+                    grace_until: 100,
+                    by: op.into(),
+                    now: 43,
+                }),
+                op,
+                "client.rotate-secret",
+                "viewer",
+            ),
+            (
+                WriteOp::DeleteOperatorClient {
+                    id: "viewer".into(),
+                    by: op.into(),
+                    now: 44,
+                },
+                op,
+                "client.delete",
+                "viewer",
+            ),
+            (
+                WriteOp::DeleteProfile {
+                    name: "viewers".into(),
+                    by: op.into(),
+                    now: 45,
+                },
+                op,
+                "profile.delete",
+                "viewers",
+            ),
+            (
+                WriteOp::AddSigningKey(NewSigningKey {
+                    kid: "k1".into(),
+                    alg: "EdDSA".into(),
+                    state: KeyState::Published,
+                    private_key: Secret::new(vec![7u8; 32]),
+                    public_key: vec![1, 2, 3],
+                    certificate_chain: vec![],
+                    pinned: false,
+                    takeover: None,
+                    by: op.into(),
+                    now: 46,
+                }),
+                op,
+                "key.add",
+                "k1",
+            ),
+            (
+                WriteOp::SetSigningKeyState {
+                    kid: "k1".into(),
+                    state: KeyState::Active,
+                    takeover: Some(Takeover::default()),
+                    by: op.into(),
+                    now: 47,
+                },
+                op,
+                "key.activate",
+                "k1",
+            ),
+            (
+                WriteOp::AddCertificate(NewCertificate {
+                    alias: "relay".into(),
+                    fingerprint: "cd".repeat(32),
+                    subject: "CN=relay".into(),
+                    kind: CertificateKind::Trusted,
+                    not_after: 1_900_000_000,
+                    der: vec![0x30, 0x00],
+                    private_key: None,
+                    by: op.into(),
+                    now: 48,
+                }),
+                op,
+                "cert.add",
+                "relay",
+            ),
+            (
+                WriteOp::RenameCertificate {
+                    alias: "relay".into(),
+                    new_alias: "relay-2".into(),
+                    by: op.into(),
+                    now: 49,
+                },
+                op,
+                "cert.rename",
+                "",
+            ),
+            (
+                WriteOp::SetCertificateState {
+                    alias: "relay-2".into(),
+                    state: CertificateState::Revoked,
+                    by: op.into(),
+                    now: 50,
+                },
+                op,
+                "cert.state",
+                "relay-2",
+            ),
+            (
+                WriteOp::Revoke {
+                    kind: RevocationKind::Token,
+                    id: "jti-1".into(),
+                    by: op.into(),
+                    reason: "test".into(),
+                    now: 51,
+                    forget_after: 52,
+                },
+                op,
+                "revoke",
+                "",
+            ),
+            (WriteOp::Forget { now: 100 }, "system", "forget", ""),
+            (
+                WriteOp::PruneAudit(PruneAudit {
+                    before_time: None,
+                    max_rows: Some(3),
+                    batch: 1_000,
+                    by: "system".into(),
+                    now: 100,
+                }),
+                "system",
+                "audit.prune",
+                "",
+            ),
+            (
+                WriteOp::Audit {
+                    actor: op.into(),
+                    event: "agent.boarding.disclose".into(),
+                    subject: "e2".into(),
+                    outcome: AuditOutcome::Success,
+                    now: 101,
+                },
+                op,
+                "agent.boarding.disclose",
+                "e2",
+            ),
+        ];
+        let mut covered = [false; OP_KINDS];
+        for (write, actor, event, subject) in steps {
+            let kind = op_kind(&write);
+            covered[kind] = true;
+            // The newest entry's seq, not the count: a prune removes rows as it audits itself.
+            let before = store
+                .read()
+                .unwrap()
+                .audit(0, 10_000)
+                .unwrap()
+                .last()
+                .map(|a| a.seq);
+            let label = format!("{write:?}");
+            store
+                .write(write)
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let audit = store.read().unwrap().audit(0, 10_000).unwrap();
+            assert!(
+                audit.last().map(|a| a.seq) > before,
+                "op kind {kind} left no audit entry"
+            );
+            let own = audit.last().unwrap();
+            assert_eq!(
+                (own.actor.as_str(), own.event.as_str(), &own.outcome),
+                (actor, event, &AuditOutcome::Success),
+                "op kind {kind}"
+            );
+            if !subject.is_empty() {
+                assert_eq!(own.subject, subject, "op kind {kind}");
+            }
+        }
+        let missing: Vec<usize> = (0..OP_KINDS).filter(|&k| !covered[k]).collect();
+        assert!(missing.is_empty(), "op kinds never exercised: {missing:?}");
+        let audit = store.read().unwrap().audit(0, 10_000).unwrap();
+        let text = format!("{audit:?}");
+        for secret in [
+            "shared-secret",
+            "secret-2",
+            "rat-1",
+            "rat-2",
+            "client-secret",
+        ] {
+            assert!(!text.contains(secret), "audit carries {secret:?}");
+        }
     }
 }

@@ -243,10 +243,14 @@ fn write_store(dir: &Path) {
         .write(create_op("waiting", "Waiting Agent", "iat-waiting"))
         .unwrap();
     store
-        .write(WriteOp::PutProfile(ProfileRecord {
-            name: "administrator".into(),
-            permissions: vec!["agents:write".into()],
-        }))
+        .write(WriteOp::PutProfile {
+            record: ProfileRecord {
+                name: "administrator".into(),
+                permissions: vec!["agents:write".into()],
+            },
+            by: "test".into(),
+            now: 1,
+        })
         .unwrap();
     store
         .write(WriteOp::CreateOperatorClient {
@@ -274,6 +278,7 @@ fn write_store(dir: &Path) {
             public_key: vec![1; 32],
             certificate_chain: vec![vec![0x30, 1, 7]],
             pinned: true,
+            takeover: Some(Default::default()),
             by: "fixture".into(),
             now: 6,
         }))

@@ -165,10 +165,14 @@ fn op(kind: &Kind, n: usize, dup_seen: &mut bool) -> (WriteOp, bool) {
             true,
         ),
         Kind::ProfileHuge => (
-            WriteOp::PutProfile(ProfileRecord {
-                name: format!("p{n}"),
-                permissions: vec!["x".repeat(64 * 1024); 5],
-            }),
+            WriteOp::PutProfile {
+                record: ProfileRecord {
+                    name: format!("p{n}"),
+                    permissions: vec!["x".repeat(64 * 1024); 5],
+                },
+                by: "test".into(),
+                now: 1,
+            },
             false,
         ),
         Kind::CertHuge => (
@@ -227,10 +231,14 @@ fn setup(dir: &std::path::Path) -> (Store, Arc<Groups>) {
     store.set_commit_observer(groups.clone());
     store.write(tenant_op()).unwrap();
     store
-        .write(WriteOp::PutProfile(ProfileRecord {
-            name: PROFILE.into(),
-            permissions: vec!["agents:read".into()],
-        }))
+        .write(WriteOp::PutProfile {
+            record: ProfileRecord {
+                name: PROFILE.into(),
+                permissions: vec!["agents:read".into()],
+            },
+            by: "test".into(),
+            now: 1,
+        })
         .unwrap();
     (store, groups)
 }

@@ -190,6 +190,7 @@ fn op_for(m: &Model, s: &Step, n: u64) -> Option<WriteOp> {
                 jti: format!("j{n}"),
                 expires_at: u64::MAX,
             },
+            by: "test".into(),
             now: 100,
         },
         Step::Revoke { jti } => revoke_op(&format!("t{jti}")),

@@ -121,12 +121,15 @@ impl StorageBackend for FaultyBackend {
 }
 
 pub fn tenant_op() -> WriteOp {
-    WriteOp::PutTenant(TenantRecord {
-        id: TENANT.into(),
-        display_name: "Tenant A".into(),
-        token_alg: "RS256".into(),
-        created_at: 1,
-    })
+    WriteOp::PutTenant {
+        record: TenantRecord {
+            id: TENANT.into(),
+            display_name: "Tenant A".into(),
+            token_alg: "RS256".into(),
+            created_at: 1,
+        },
+        now: 1,
+    }
 }
 
 pub fn create_op(id: &str, name: &str, jti: &str) -> WriteOp {
@@ -139,6 +142,7 @@ pub fn create_op(id: &str, name: &str, jti: &str) -> WriteOp {
             jti: jti.into(),
             expires_at: u64::MAX,
         }),
+        by: "test".into(),
         now: 100,
     })
 }

@@ -2134,6 +2134,7 @@ fn default_rotation_publishes_first_and_key_sets_are_cacheable() {
 
 mod audit;
 mod audit_abuse;
+mod audit_trail;
 mod import;
 mod listing;
 mod signing_cert;

@@ -17,6 +17,8 @@ pub struct NewAgent {
     pub name: String,
     pub security_profile: SecurityProfile,
     pub iat: Option<NewIat>,
+    /// Who creates it: an operator client id, or the process for bulk imports.
+    pub by: String,
     pub now: u64,
 }
 
@@ -49,6 +51,7 @@ pub(super) struct AgentUpdate {
     pub if_match: Option<u64>,
     pub name: Option<String>,
     pub security_profile: Option<SecurityProfile>,
+    pub by: String,
     pub now: u64,
 }
 
@@ -62,7 +65,13 @@ pub(super) struct Removal {
     pub forget_after: u64,
 }
 
-pub(super) fn put_tenant(p: &mut Plan, rec: TenantRecord) -> Result<WriteOutcome, StoreError> {
+pub(super) fn put_tenant(
+    p: &mut Plan,
+    rec: TenantRecord,
+    now: u64,
+) -> Result<WriteOutcome, StoreError> {
+    // Tenants come only from the configuration, applied by the process at start-up.
+    p.audit(super::SYSTEM_ACTOR, "tenant.put", &rec.id, now);
     check_id("tenant id", &rec.id)?;
     p.put(StrTable::Tenants, &rec.id, &rec)?;
     Ok(WriteOutcome::Tenant(rec))
@@ -73,6 +82,7 @@ pub(super) fn create(
     p: &mut Plan,
     new: NewAgent,
 ) -> Result<WriteOutcome, StoreError> {
+    p.audit(&new.by, "agent.create", &new.id, new.now);
     check_id("agent id", &new.id)?;
     check_id("agent name", &new.name)?;
     if t.tenants.get(new.tenant.as_str()).db("read")?.is_none() {
@@ -120,6 +130,7 @@ pub(super) fn create(
             Ok(WriteOutcome::Agent(agent))
         }
         Some(iat) => {
+            p.extra_audit(&new.by, "agent.boarding.issue", &new.id, new.now);
             let (agent, rec) = issue_iat(t, p, agent, iat, new.now)?;
             Ok(WriteOutcome::Boarding(agent, rec))
         }
@@ -137,8 +148,10 @@ pub(super) fn update(
         if_match,
         name,
         security_profile,
+        by,
         now,
     } = u;
+    p.audit(&by, "agent.update", &id, now);
     let mut agent = agent_of(t, &tenant, &id)?;
     check_etag(&agent, if_match)?;
     if let Some(prof) = security_profile
@@ -222,8 +235,10 @@ pub(super) fn issue_boarding_token(
     tenant: &str,
     agent_id: &str,
     iat: NewIat,
+    by: &str,
     now: u64,
 ) -> Result<WriteOutcome, StoreError> {
+    p.audit(by, "agent.boarding.issue", agent_id, now);
     let agent = agent_of(t, tenant, agent_id)?;
     let (agent, rec) = issue_iat(t, p, agent, iat, now)?;
     Ok(WriteOutcome::Boarding(agent, rec))
@@ -273,6 +288,7 @@ pub(super) fn put_datasource_config(
     p: &mut Plan,
     c: NewDataSourceConfig,
 ) -> Result<WriteOutcome, StoreError> {
+    p.audit(&c.by, "agent.datasource.put", &c.agent_id, c.now);
     check_id("configuration id", &c.new_id)?;
     let agent = agent_of(t, &c.tenant, &c.agent_id)?;
     let existing = get::<DataSourceConfigRecord>(&t.datasource_configs, &agent.id)?;

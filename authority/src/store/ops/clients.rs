@@ -134,7 +134,13 @@ pub struct SecretRotation {
     pub now: u64,
 }
 
-pub(super) fn put_profile(p: &mut Plan, prof: ProfileRecord) -> Result<WriteOutcome, StoreError> {
+pub(super) fn put_profile(
+    p: &mut Plan,
+    prof: ProfileRecord,
+    by: &str,
+    now: u64,
+) -> Result<WriteOutcome, StoreError> {
+    p.audit(by, "profile.put", &prof.name, now);
     check_id("profile name", &prof.name)?;
     p.put(StrTable::Profiles, &prof.name, &prof)?;
     Ok(WriteOutcome::Profile(prof))
@@ -144,7 +150,10 @@ pub(super) fn delete_profile(
     t: &Tables<'_>,
     p: &mut Plan,
     name: &str,
+    by: &str,
+    now: u64,
 ) -> Result<WriteOutcome, StoreError> {
+    p.audit(by, "profile.delete", name, now);
     let prof =
         get::<ProfileRecord>(&t.profiles, name)?.ok_or_else(|| not_found("profile", name))?;
     for entry in t.operator_clients.iter().db("read")? {

@@ -33,13 +33,17 @@ pub use agents::{NewAgent, NewDataSourceConfig, NewIat};
 pub use audit::MAX_AUDIT_FIELD_BYTES;
 pub use certificates::NewCertificate;
 pub use clients::SecretRotation;
-pub use keys::NewSigningKey;
 pub(crate) use keys::hot_key;
+pub use keys::{NewSigningKey, Takeover};
 pub use prune::PruneAudit;
 pub(crate) use registration::unsealed_client;
 pub use registration::{Registration, Rotation};
 
 use audit::AuditInfo;
+
+/// The actor of the audit entries of what the process does by itself (configuration applied at
+/// start-up, maintenance).
+pub const SYSTEM_ACTOR: &str = "system";
 
 /// Longest id, name, alias or jti the store accepts (bytes).
 pub const MAX_ID_BYTES: usize = 256;
@@ -50,8 +54,11 @@ pub const MAX_JWKS: usize = 8;
 #[non_exhaustive]
 #[derive(Debug)]
 pub enum WriteOp {
-    /// Creates or replaces a tenant.
-    PutTenant(TenantRecord),
+    /// Creates or replaces a tenant (from the configuration, at start-up).
+    PutTenant {
+        record: TenantRecord,
+        now: u64,
+    },
     /// Creates an agent (`NOT_ONBOARDED`); with `iat`, also issues its first initial access token
     /// in the same transaction (→ `ONBOARDING`).
     CreateAgent(NewAgent),
@@ -62,6 +69,7 @@ pub enum WriteOp {
         if_match: Option<u64>,
         name: Option<String>,
         security_profile: Option<SecurityProfile>,
+        by: String,
         now: u64,
     },
     /// Deletes an agent, its registration and boarding state, and revokes its tokens.
@@ -78,6 +86,7 @@ pub enum WriteOp {
         tenant: String,
         agent_id: String,
         iat: NewIat,
+        by: String,
         now: u64,
     },
     /// Registers an agent, consuming its initial access token exactly once.
@@ -131,14 +140,23 @@ pub enum WriteOp {
         by: String,
         now: u64,
     },
-    PutProfile(ProfileRecord),
+    PutProfile {
+        record: ProfileRecord,
+        by: String,
+        now: u64,
+    },
     DeleteProfile {
         name: String,
+        by: String,
+        now: u64,
     },
     AddSigningKey(NewSigningKey),
+    /// Moves a signing key to `state`. Making it `Active` needs a [`Takeover`]: a
+    /// compare-and-swap on the active keys of its algorithm, which retire in the same write.
     SetSigningKeyState {
         kid: String,
         state: KeyState,
+        takeover: Option<Takeover>,
         by: String,
         now: u64,
     },
@@ -350,6 +368,19 @@ impl Plan {
     /// audited op, before anything can refuse it.
     fn audit(&mut self, actor: &str, event: &str, subject: &str, at: u64) {
         self.entry = Some(AuditInfo::new(actor, event, subject, at));
+    }
+
+    /// Adds a successful audit entry besides the op's own (fields bounded here), appended
+    /// only if the op succeeds.
+    fn extra_audit(&mut self, actor: &str, event: &str, subject: &str, at: u64) {
+        self.audits.push(AuditRecord {
+            seq: 0,
+            at,
+            actor: audit::audit_text(actor),
+            event: audit::audit_text(event),
+            subject: audit::audit_text(subject),
+            outcome: AuditOutcome::Success,
+        });
     }
 
     /// Renames the event of the op's own entry.
@@ -564,7 +595,7 @@ fn dispatch(
     hot: &mut Vec<HotChange>,
 ) -> Result<WriteOutcome, StoreError> {
     match op {
-        WriteOp::PutTenant(rec) => agents::put_tenant(p, rec),
+        WriteOp::PutTenant { record, now } => agents::put_tenant(p, record, now),
         WriteOp::CreateAgent(new) => agents::create(t, p, new),
         WriteOp::UpdateAgent {
             tenant,
@@ -572,6 +603,7 @@ fn dispatch(
             if_match,
             name,
             security_profile,
+            by,
             now,
         } => agents::update(
             t,
@@ -582,6 +614,7 @@ fn dispatch(
                 if_match,
                 name,
                 security_profile,
+                by,
                 now,
             },
         ),
@@ -606,8 +639,9 @@ fn dispatch(
             tenant,
             agent_id,
             iat,
+            by,
             now,
-        } => agents::issue_boarding_token(t, p, &tenant, &agent_id, iat, now),
+        } => agents::issue_boarding_token(t, p, &tenant, &agent_id, iat, &by, now),
         WriteOp::PutDataSourceConfig(c) => agents::put_datasource_config(t, p, c),
         WriteOp::Offboard {
             tenant,
@@ -662,18 +696,20 @@ fn dispatch(
         WriteOp::DeleteOperatorClient { id, by, now } => {
             clients::delete_client(t, p, hot, id, &by, now)
         }
-        WriteOp::PutProfile(prof) => clients::put_profile(p, prof),
-        WriteOp::DeleteProfile { name } => clients::delete_profile(t, p, &name),
+        WriteOp::PutProfile { record, by, now } => clients::put_profile(p, record, &by, now),
+        WriteOp::DeleteProfile { name, by, now } => clients::delete_profile(t, p, &name, &by, now),
         WriteOp::AddSigningKey(k) => keys::add(t, p, key, hot, k),
         WriteOp::SetSigningKeyState {
             kid,
             state,
+            takeover,
             by,
             now,
         } => {
             let change = keys::StateChange {
                 kid,
                 state,
+                takeover,
                 by,
                 now,
             };

@@ -123,6 +123,11 @@ pub(super) fn forget(
             }
         }
     }
+    // Audited when it drops anything; a pass with nothing expired changes nothing.
+    if revocations + boarding > 0 {
+        let what = format!("{revocations} revocations, {boarding} boarding tokens");
+        p.audit(super::SYSTEM_ACTOR, "forget", &what, now);
+    }
     Ok(WriteOutcome::Forgotten {
         revocations,
         boarding,
