@@ -75,6 +75,32 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// `--store etcd://…`: reaches the cluster (a linearizable read) before anything is created,
+/// then refuses, since the engine cannot serve yet; a build without the feature refused it
+/// when the settings were resolved.
+fn open_cluster(engine: &crate::store::StoreEngine) -> Result<(), Error> {
+    let crate::store::StoreEngine::Etcd { endpoints } = engine else {
+        return Ok(());
+    };
+    #[cfg(feature = "etcd")]
+    {
+        let cluster =
+            crate::store::etcd::Cluster::connect(endpoints, std::time::Duration::from_secs(5))?;
+        let status = cluster.status()?;
+        tracing::info!(
+            endpoints = cluster.endpoints(),
+            revision = status.revision,
+            members = status.members,
+            "reached the etcd cluster"
+        );
+    }
+    Err(Error::Config(format!(
+        "store etcd://{}: the etcd engine cannot serve yet (bootstrap, mirror and writes are \
+         not built; see ARCHITECTURE.md, \"Cluster\")",
+        endpoints.join(",")
+    )))
+}
+
 /// `json` becomes true as soon as the settings (flags or file) ask for JSON logs.
 fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     let config_path = args.config.clone().or_else(|| {
@@ -97,6 +123,8 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         .iter()
         .map(|(addr, _)| listen(*addr))
         .collect::<Result<Vec<_>, _>>()?;
+
+    open_cluster(&settings.store)?;
 
     let metrics = Arc::new(Metrics::new());
     let app_settings = AppSettings {
