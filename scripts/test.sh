@@ -33,6 +33,10 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" scripts/fuzz-smoke.sh
 if ! command -v etcd >/dev/null || ! command -v protoc >/dev/null; then
     apt-get update -qq && apt-get install -y -qq etcd-server protobuf-compiler
 fi
+# The gates of .ci/run, for the code only the feature compiles.
+cargo clippy --locked -p latchkey-authority -p latchkey-tests --all-targets \
+    --features latchkey-authority/etcd,latchkey-tests/etcd -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -p latchkey-authority --features etcd --quiet
 cargo build --locked -p latchkey-authority --features etcd --bins
 LATCHKEY_REQUIRE_ETCD=1 cargo test --locked -p latchkey-tests --features etcd -- cluster:: 2>&1 | tee -a "$log"
 # One closing line with the totals of every cargo test binary above.
