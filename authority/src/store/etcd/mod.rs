@@ -1,16 +1,40 @@
 //! The etcd engine (cargo feature `etcd`): authorities sharing one etcd cluster. Its design is
-//! in ARCHITECTURE.md ("Cluster"); what exists so far is the connection: a client on a tokio
-//! runtime of its own, driven only from the store's threads (never from an event loop), with a
-//! deadline on every request so an unreachable or leaderless cluster is an error, not a hang.
+//! in ARCHITECTURE.md ("Cluster"); what exists so far is the connection (a client on a tokio
+//! runtime of its own, driven only from the store's threads, never from an event loop, with a
+//! deadline on every request so an unreachable or leaderless cluster is an error, not a hang)
+//! and the cluster's meta.
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
 
-use super::StoreError;
+use super::schema::{META_CREATED_AT, META_KEY_ID, META_SCHEMA_VERSION, SCHEMA_VERSION};
+use super::seal::hex;
+use super::{MasterKey, StoreError};
 
 /// The prefix of every key this engine writes: `/lk/<cluster>/<table>/<key>`.
 pub const KEY_PREFIX: &str = "/lk/";
+
+/// The cluster name in every key, until a setting chooses another (one etcd cluster may then
+/// hold several authority clusters).
+pub const CLUSTER_NAME: &str = "default";
+
+/// The etcd key of row `key` of `table`: `/lk/<cluster>/<table>/<key>`.
+fn row_key(table: &str, key: &str) -> String {
+    format!("{KEY_PREFIX}{CLUSTER_NAME}/{table}/{key}")
+}
+
+/// What [`Cluster::claim_meta`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaClaim {
+    /// The cluster was empty: this node wrote its meta (schema version, creation time, master
+    /// key id).
+    Initialised,
+    /// The cluster's meta matches this node's schema version and master key.
+    Joined,
+}
 
 /// A connected etcd client and the runtime that drives it.
 pub struct Cluster {
@@ -95,5 +119,95 @@ impl Cluster {
                 reason: format!("not answering: {e}"),
             })?;
         Ok(ClusterStatus { revision, members })
+    }
+
+    /// Claims the cluster's meta for this node's master key, in one Txn: an empty cluster gets
+    /// this node's schema version, creation time and master key id (written alone and first,
+    /// as `init_schema` writes redb's meta, since the first-run steps after it each create
+    /// only what is missing); otherwise the stored ones must match. A node whose master key is
+    /// not the cluster's could open none of its sealed secrets, so it is refused, naming both
+    /// key ids.
+    pub fn claim_meta(
+        &self,
+        key: &MasterKey,
+        key_file: &std::path::Path,
+        now: u64,
+    ) -> Result<MetaClaim, StoreError> {
+        let id_key = row_key("meta", META_KEY_ID);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                id_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(
+                    row_key("meta", META_SCHEMA_VERSION),
+                    u64::from(SCHEMA_VERSION).to_be_bytes(),
+                    None,
+                ),
+                TxnOp::put(row_key("meta", META_CREATED_AT), now.to_be_bytes(), None),
+                TxnOp::put(id_key, key.id(), None),
+            ])
+            .or_else([TxnOp::get(
+                row_key("meta", ""),
+                Some(GetOptions::new().with_prefix()),
+            )]);
+        let mut client = self.client.clone();
+        let response = self
+            .runtime
+            .block_on(client.txn(txn))
+            .map_err(|e| self.error(format!("cannot claim the cluster's meta: {e}")))?;
+        if response.succeeded() {
+            return Ok(MetaClaim::Initialised);
+        }
+        let mut schema = None;
+        let mut stored_id = None;
+        for op in response.op_responses() {
+            let TxnOpResponse::Get(get) = op else {
+                continue;
+            };
+            for kv in get.kvs() {
+                let name = kv.key().strip_prefix(row_key("meta", "").as_bytes());
+                match name {
+                    Some(n) if n == META_SCHEMA_VERSION.as_bytes() => {
+                        schema = Some(kv.value().to_vec())
+                    }
+                    Some(n) if n == META_KEY_ID.as_bytes() => stored_id = Some(kv.value().to_vec()),
+                    _ => {}
+                }
+            }
+        }
+        let schema = schema.ok_or_else(|| {
+            self.error("the cluster's meta has a master key id but no schema version".into())
+        })?;
+        let version = super::codec::decode_u64(META_SCHEMA_VERSION, &schema)?;
+        if version != u64::from(SCHEMA_VERSION) {
+            return Err(self.error(format!(
+                "the cluster has schema version {version}, this release reads version \
+                 {SCHEMA_VERSION}; was it written by a newer latchkey?"
+            )));
+        }
+        let stored_id = stored_id.unwrap_or_default();
+        if stored_id != key.id() {
+            return Err(StoreError::BadKeyFile {
+                path: key_file.to_path_buf(),
+                reason: format!(
+                    "its master key id {} is not the one of the etcd cluster at {} ({}): every \
+                     node of a cluster needs the same master.key",
+                    hex(&key.id()),
+                    self.endpoints,
+                    hex(&stored_id)
+                ),
+            });
+        }
+        Ok(MetaClaim::Joined)
+    }
+
+    fn error(&self, reason: String) -> StoreError {
+        StoreError::Etcd {
+            endpoints: self.endpoints.clone(),
+            reason,
+        }
     }
 }
