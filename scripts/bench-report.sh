@@ -63,7 +63,7 @@ fi
     echo "rustc: $(rustc --version)"
     echo "node: $(node --version 2>/dev/null || echo none)"
     echo '```'
-    for section in core store server onboarding mtls loadgen abuse allocator footprint; do
+    for section in core store server onboarding mtls loadgen abuse allocator footprint cluster; do
         echo
         if [ -f "bench/results/$section.md" ]; then
             # Demote the section's headings one level under this document's title (not lines

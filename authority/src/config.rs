@@ -135,6 +135,11 @@ pub struct Settings {
     #[arg(long, value_name = "ADDR[,client-auth=MODE]")]
     #[serde(deserialize_with = "listen_list")]
     pub listen: Option<Vec<ListenSpec>>,
+    /// Storage engine: `redb` (the data directory's database file) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]`, authorities sharing one etcd cluster (needs a build
+    /// with the cargo feature `etcd`) [default: redb].
+    #[arg(long, value_name = "redb|etcd://HOST:PORT[,...]")]
+    pub store: Option<crate::store::StoreEngine>,
     /// Event loop threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -325,6 +330,7 @@ pub enum TlsFiles {
 pub struct ServeSettings {
     /// The first listener (its address is the one printed and used in metadata).
     pub listen: SocketAddr,
+    pub store: crate::store::StoreEngine,
     pub threads: usize,
     pub plain_http: bool,
     pub server_names: Vec<String>,
@@ -365,6 +371,7 @@ impl Settings {
         }
         over!(
             listen,
+            store,
             threads,
             insecure_plain_http,
             server_names,
@@ -562,8 +569,11 @@ impl Settings {
             .map(|l| (l.addr, l.client_auth.unwrap_or(client_auth)));
         let (listen, first_auth) = listeners.next().unwrap_or((default_listen, client_auth));
         let more_listeners: Vec<_> = listeners.collect();
+        let store = self.store.unwrap_or_default();
+        store.check_built().map_err(Error::Config)?;
         Ok(ServeSettings {
             listen,
+            store,
             more_listeners,
             threads,
             plain_http: self.insecure_plain_http.unwrap_or(false),

@@ -75,6 +75,46 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// `--store etcd://…`: reaches the cluster (a linearizable read) and claims its meta for this
+/// node's master key (`DIR/master.key`, created with the data directory on a first start), so
+/// a node with another key is refused; then refuses to serve, since the engine cannot yet. A
+/// build without the feature refused the setting when it was resolved.
+fn open_cluster(
+    engine: &crate::store::StoreEngine,
+    data_dir: &Path,
+    passphrase: &super::passphrase::PassphraseArgs,
+) -> Result<(), Error> {
+    let crate::store::StoreEngine::Etcd { endpoints } = engine else {
+        return Ok(());
+    };
+    #[cfg(feature = "etcd")]
+    {
+        use crate::store::etcd::{Cluster, MetaClaim};
+        let cluster = Cluster::connect(endpoints, std::time::Duration::from_secs(5))?;
+        let status = cluster.status()?;
+        tracing::info!(
+            endpoints = cluster.endpoints(),
+            revision = status.revision,
+            members = status.members,
+            "reached the etcd cluster"
+        );
+        // Read only here: a passphrase on standard input can be read once.
+        let master = crate::store::open_master_key(data_dir, &passphrase.key_options()?)?;
+        let key_file = data_dir.join(crate::store::KEY_FILE);
+        match cluster.claim_meta(&master, &key_file, crate::clock::unix_now())? {
+            MetaClaim::Initialised => tracing::info!("initialised the empty etcd cluster's meta"),
+            MetaClaim::Joined => tracing::info!("the etcd cluster's master key id is this node's"),
+        }
+    }
+    #[cfg(not(feature = "etcd"))]
+    let _ = (data_dir, passphrase);
+    Err(Error::Config(format!(
+        "store etcd://{}: the etcd engine cannot serve yet (bootstrap beyond the cluster's \
+         meta, the mirror and writes are not built; see ARCHITECTURE.md, \"Cluster\")",
+        endpoints.join(",")
+    )))
+}
+
 /// `json` becomes true as soon as the settings (flags or file) ask for JSON logs.
 fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     let config_path = args.config.clone().or_else(|| {
@@ -97,6 +137,8 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         .iter()
         .map(|(addr, _)| listen(*addr))
         .collect::<Result<Vec<_>, _>>()?;
+
+    open_cluster(&settings.store, &args.data_dir, &args.passphrase)?;
 
     let metrics = Arc::new(Metrics::new());
     let app_settings = AppSettings {

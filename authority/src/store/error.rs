@@ -62,6 +62,10 @@ pub enum StoreError {
     /// A file sealed under the master key (a TLS private key) is malformed or does not open.
     #[error("sealed file {}: {reason}", path.display())]
     BadSealedFile { path: PathBuf, reason: String },
+    /// The etcd cluster of `--store etcd://…` is unreachable, refused a request, or holds
+    /// something this node cannot use.
+    #[error("etcd cluster {endpoints}: {reason}")]
+    Etcd { endpoints: String, reason: String },
     /// The writer failed an earlier commit (an I/O error); the store must be reopened.
     #[error("the store failed an earlier write and must be reopened")]
     Poisoned,

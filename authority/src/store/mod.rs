@@ -13,7 +13,10 @@
 mod agent_index;
 mod codec;
 mod commit;
+mod engine;
 mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod hot;
 mod maintenance;
 mod ops;
@@ -34,6 +37,7 @@ pub use agent_index::{
     AgentIndex, ListPage, ListRequest, Order, SortKey, SortRange, SortValue, Start,
 };
 pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
+pub use engine::{ETCD_BUILD_COMMAND, MAX_ETCD_ENDPOINTS, StoreEngine};
 pub use error::StoreError;
 pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, StoredSigningKey};
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod https;
 pub mod server;
 

@@ -1,0 +1,234 @@
+//! A throwaway 3-member etcd cluster on loopback for the cluster tests: free ports, a temp
+//! dir per member, healthy before it is handed out, every member killed on drop.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The etcd binary: `LATCHKEY_ETCD_BIN`, else `etcd` on the PATH (Debian's `etcd-server`).
+pub fn etcd_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LATCHKEY_ETCD_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
+}
+
+/// The etcd binary, or `None` after printing why the calling test is skipped. With
+/// `LATCHKEY_REQUIRE_ETCD=1` (set by `scripts/test.sh`, which installs etcd) a missing binary
+/// fails the test instead, so the cluster tests cannot pass by skipping where they should run.
+pub fn etcd_or_skip(test: &str) -> Option<PathBuf> {
+    let bin = etcd_bin();
+    if bin.is_none() {
+        assert!(
+            std::env::var_os("LATCHKEY_REQUIRE_ETCD").is_none_or(|v| v != "1"),
+            "{test}: LATCHKEY_REQUIRE_ETCD=1 but no etcd binary (install etcd-server)"
+        );
+        eprintln!("{test}: skipped: no etcd binary on the PATH (apt-get install etcd-server)");
+    }
+    bin
+}
+
+/// One member of a running [`EtcdCluster`].
+#[derive(Debug)]
+pub struct Member {
+    pub name: String,
+    /// `127.0.0.1:PORT` of its client URL.
+    pub client: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// Three etcd members on loopback, killed (and their data removed) on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+/// How long a cluster may take to elect a leader and answer `/health` on every member.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
+
+impl EtcdCluster {
+    /// Starts three members with the etcd at `bin` and waits until every member reports
+    /// healthy (which needs an elected leader). Panics with the members' logs otherwise.
+    pub fn start(bin: &Path) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Hold all six ports at once so no two members get the same one; release them just
+        // before etcd binds them.
+        let holds: Vec<TcpListener> = (0..6)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+            .collect();
+        let ports: Vec<u16> = holds
+            .iter()
+            .map(|l| l.local_addr().expect("port").port())
+            .collect();
+        drop(holds);
+        let names = ["m1", "m2", "m3"];
+        let initial_cluster = names
+            .iter()
+            .zip(&ports[3..])
+            .map(|(n, p)| format!("{n}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let client = format!("127.0.0.1:{}", ports[i]);
+                let peer = format!("http://127.0.0.1:{}", ports[3 + i]);
+                let log = dir.path().join(format!("{name}.log"));
+                let out = std::fs::File::create(&log).expect("member log");
+                let child = Command::new(bin)
+                    .arg("--name")
+                    .arg(name)
+                    .arg("--data-dir")
+                    .arg(dir.path().join(name))
+                    .arg("--listen-client-urls")
+                    .arg(format!("http://{client}"))
+                    .arg("--advertise-client-urls")
+                    .arg(format!("http://{client}"))
+                    .arg("--listen-peer-urls")
+                    .arg(&peer)
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(&peer)
+                    .arg("--initial-cluster")
+                    .arg(&initial_cluster)
+                    .arg("--initial-cluster-state")
+                    .arg("new")
+                    .arg("--initial-cluster-token")
+                    .arg(format!("lk-test-{}", ports[0]))
+                    // Loopback: short heartbeats elect a leader quickly.
+                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone().expect("log"))
+                    .stderr(out)
+                    .spawn()
+                    .expect("spawn etcd");
+                Member {
+                    name: (*name).to_owned(),
+                    client,
+                    child: Some(child),
+                    log,
+                }
+            })
+            .collect();
+        let mut cluster = EtcdCluster { members, _dir: dir };
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// `HOST:PORT,HOST:PORT,HOST:PORT`: what `--store etcd://` takes.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.client.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every member's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {} ---\n{}", m.name, tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        loop {
+            for m in &mut self.members {
+                if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    let logs = self.logs();
+                    panic!("etcd member exited during start ({status}):\n{logs}");
+                }
+            }
+            if self.members.iter().all(|m| healthy(&m.client)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd cluster not healthy within {HEALTHY_WITHIN:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A linearizable read of `key` through the member at `index`, over etcd's JSON gateway:
+    /// the value, or `None` when absent.
+    pub fn get(&self, index: usize, key: &str) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({ "key": b64.encode(key) }).to_string();
+        let answer = http_post(&self.members[index].client, "/v3/kv/range", &body)
+            .unwrap_or_else(|e| panic!("range on {}: {e}", self.members[index].name));
+        let v: serde_json::Value = serde_json::from_str(&answer).expect("range answer is JSON");
+        v["kvs"][0]["value"]
+            .as_str()
+            .map(|s| b64.decode(s).expect("base64 value"))
+    }
+
+    /// Puts `key` = `value` through the member at `index`, over etcd's JSON gateway.
+    pub fn put(&self, index: usize, key: &str, value: &[u8]) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body =
+            serde_json::json!({ "key": b64.encode(key), "value": b64.encode(value) }).to_string();
+        http_post(&self.members[index].client, "/v3/kv/put", &body)
+            .unwrap_or_else(|e| panic!("put on {}: {e}", self.members[index].name));
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// `GET /health` answers `{"health":"true"}` once the member has a leader.
+fn healthy(client: &str) -> bool {
+    http("GET", client, "/health", "").is_ok_and(|b| b.contains(r#""health":"true""#))
+}
+
+fn http_post(client: &str, path: &str, body: &str) -> Result<String, String> {
+    http("POST", client, path, body)
+}
+
+/// One HTTP/1.1 exchange with `Connection: close`; the body of a 200 answer.
+fn http(method: &str, client: &str, path: &str, body: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(client).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {client}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP head in {answer:?}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{head}\n{body}"));
+    }
+    Ok(body.to_owned())
+}
