@@ -34,7 +34,10 @@ pub enum AgentCommand {
     /// List agents.
     List,
     /// Show an agent, its boarding status and (with agents:write) its boarding configuration.
-    Show { id: String },
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Change an agent's name or security profile (what is not given stays).
     Update {
         id: String,
@@ -46,17 +49,29 @@ pub enum AgentCommand {
         security_profile: Option<String>,
     },
     /// Offboard an agent: its registration, secrets and tokens are revoked.
-    Offboard { id: String },
+    Offboard {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Suspend an agent: its token requests, registration and rotation are refused and the
     /// tokens it holds are revoked; its records, registration and keys stay.
-    Suspend { id: String },
+    Suspend {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Resume a suspended agent: it gets tokens again, without boarding again.
-    Resume { id: String },
+    Resume {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Create many agents from a JSON-lines or CSV file (factory provisioning); lines that
     /// fail are reported by number, and re-running creates only what is missing.
     Import(super::import::ImportArgs),
     /// Delete an agent (and revoke everything it holds).
-    Delete { id: String },
+    Delete {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
 }
 
 pub fn run(args: &AgentArgs) -> Result<(), Error> {

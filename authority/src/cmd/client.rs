@@ -39,12 +39,21 @@ pub enum ClientCommand {
     /// List operator clients.
     List,
     /// Delete an operator client; its tokens stop working at once.
-    Delete { id: String },
+    Delete {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Suspend an operator client: no token grant, and the tokens it holds stop working for
     /// good; its record, secret and profile stay.
-    Suspend { id: String },
+    Suspend {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Resume a suspended operator client: it may ask for tokens again.
-    Resume { id: String },
+    Resume {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Give an operator client a new generated secret, printed once; the replaced secret
     /// keeps working for the grace period. Tokens already issued stay valid until they expire.
     RotateSecret {

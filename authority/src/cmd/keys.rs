@@ -69,7 +69,8 @@ pub enum KeysCommand {
     /// Write a key's certificate chain as PEM (leaf first), or its public key as PEM when it
     /// has no certificate: for verifiers configured with a file instead of the JWKS.
     Export {
-        /// Key id.
+        /// Key id (thumbprint kids may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
         /// Write here instead of standard output.
         #[arg(long)]
@@ -222,4 +223,35 @@ fn listing(v: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: KeysArgs,
+    }
+
+    /// Regression: a thumbprint kid starts with `-` one time in 64, and `keys export -zab…`
+    /// was refused as an unknown flag.
+    #[test]
+    fn a_kid_may_start_with_a_hyphen() {
+        let kid = "-zRt5xGZg_D5JB551SjzFgs4kzQs4-2thHNrymYgVuo";
+        for argv in [
+            vec!["latchkey", "export", kid, "--json"],
+            vec!["latchkey", "export", "--json", kid],
+        ] {
+            let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let KeysCommand::Export { kid: got, .. } = cli.args.command else {
+                panic!("{argv:?}: not export");
+            };
+            assert_eq!(got, kid);
+            assert!(cli.args.target.json, "{argv:?}: --json still a flag");
+        }
+    }
 }
