@@ -104,7 +104,6 @@ impl CloseReason {
 #[derive(Debug)]
 pub struct Metrics {
     routes: OnceLock<Box<[RouteStats]>>,
-    latency: Histogram<{ LATENCY_BUCKETS.len() + 1 }>,
     tokens_minted: AtomicU64,
     tokens_verified: AtomicU64,
     open_connections: AtomicI64,
@@ -127,6 +126,8 @@ struct RouteStats {
     method: String,
     pattern: String,
     counts: [AtomicU64; STATUS_SLOTS],
+    /// From the request's first byte to its answer being queued.
+    latency: Histogram<{ LATENCY_BUCKETS.len() + 1 }>,
 }
 
 #[derive(Debug)]
@@ -157,20 +158,30 @@ impl<const N: usize> Histogram<N> {
         self.count.fetch_add(1, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, bounds: &[f64], sum_scale: f64) {
+    /// `labels` is empty or `k="v",...` without braces.
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64], sum_scale: f64) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let mut cumulative = 0;
         for (i, b) in bounds.iter().enumerate() {
             cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
         cumulative += self.buckets[bounds.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
         let _ = writeln!(
             out,
-            "{name}_sum {}",
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{braced} {}",
             self.sum.load(Relaxed) as f64 * sum_scale
         );
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Relaxed));
+        let _ = writeln!(out, "{name}_count{braced} {}", self.count.load(Relaxed));
     }
 }
 
@@ -178,7 +189,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             routes: OnceLock::new(),
-            latency: Histogram::new(),
             tokens_minted: AtomicU64::new(0),
             tokens_verified: AtomicU64::new(0),
             open_connections: AtomicI64::new(0),
@@ -211,19 +221,21 @@ impl Metrics {
                 method,
                 pattern,
                 counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                latency: Histogram::new(),
             })
             .collect();
         let _ = self.routes.set(stats);
     }
 
-    /// One answered request: route index (as given to `init_routes`), status, latency.
+    /// One answered request: route index (as given to `init_routes`), status, and the time
+    /// from the request's first byte to its answer being queued.
     pub fn record_request(&self, route: usize, status: u16, latency: Duration) {
         if let Some(r) = self.routes.get().and_then(|routes| routes.get(route)) {
             r.counts[status_slot(status)].fetch_add(1, Relaxed);
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            r.latency
+                .observe(&LATENCY_BUCKETS, latency.as_secs_f64(), micros);
         }
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency
-            .observe(&LATENCY_BUCKETS, latency.as_secs_f64(), micros);
     }
 
     /// Access tokens minted (the token endpoints call this).
@@ -324,13 +336,19 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP latchkey_http_request_duration_seconds Time from a request's last byte to its answer being queued.\n# TYPE latchkey_http_request_duration_seconds histogram\n");
-        self.latency.render(
-            &mut out,
-            "latchkey_http_request_duration_seconds",
-            &LATENCY_BUCKETS,
-            1e-6,
-        );
+        out.push_str("# HELP latchkey_http_request_duration_seconds Time from a request's first byte to its answer being queued, by route.\n# TYPE latchkey_http_request_duration_seconds histogram\n");
+        for r in self.routes.get().map(|r| &r[..]).unwrap_or(&[]) {
+            if r.latency.count.load(Relaxed) > 0 {
+                let labels = format!("method=\"{}\",route=\"{}\"", r.method, r.pattern);
+                r.latency.render(
+                    &mut out,
+                    "latchkey_http_request_duration_seconds",
+                    &labels,
+                    &LATENCY_BUCKETS,
+                    1e-6,
+                );
+            }
+        }
         let counters = [
             (
                 "latchkey_tokens_minted_total",
@@ -404,6 +422,7 @@ impl Metrics {
         self.commit_batch.render(
             &mut out,
             "latchkey_store_commit_batch_size",
+            "",
             &BATCH_BUCKETS,
             1.0,
         );
@@ -445,8 +464,12 @@ mod tests {
             "latchkey_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
         ));
         assert!(text.contains("status=\"2xx\"} 1"));
-        assert!(text.contains("latchkey_http_request_duration_seconds_bucket{le=\"0.0005\"} 1"));
-        assert!(text.contains("latchkey_http_request_duration_seconds_count 2"));
+        assert!(text.contains(
+            "latchkey_http_request_duration_seconds_bucket{method=\"GET\",route=\"/healthz\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "latchkey_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"} 2"
+        ));
         assert!(text.contains("latchkey_store_commit_batch_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("latchkey_tokens_minted_total 2"));
     }
