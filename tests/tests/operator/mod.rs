@@ -2138,3 +2138,50 @@ mod import;
 mod listing;
 mod signing_cert;
 mod throttle;
+
+#[test]
+fn token_latency_is_labelled_by_route_and_a_wrong_secret_is_logged_without_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    auth.operator_token();
+    let metrics = auth.json("GET", "/metrics", None, None).text();
+    assert!(
+        metrics.contains(
+            "latchkey_http_request_duration_seconds_count{method=\"POST\",route=\"/oauth/token\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "latchkey_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/token\",le=\"+Inf\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    // The raw path of a request no route serves never becomes a label.
+    auth.json("GET", "/no/such/path-3f9c", None, None);
+    let metrics = auth.json("GET", "/metrics", None, None).text();
+    assert!(!metrics.contains("path-3f9c"), "{metrics}");
+    assert!(metrics.contains("route=\"unmatched\""), "{metrics}");
+
+    let wrong = "wrong-secret-7d1e5a";
+    let r = auth.form(
+        "/oauth/token",
+        "grant_type=client_credentials",
+        &[("Authorization", &basic("admin", wrong))],
+    );
+    assert_error(&r, 401, "invalid_client");
+    assert!(
+        auth.wait_stderr("authentication failed"),
+        "no log line; stderr:\n{}",
+        auth.stderr()
+    );
+    let err = auth.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("authentication failed"))
+        .expect("the line");
+    assert!(line.contains("client_id=admin"), "{line}");
+    assert!(line.contains("peer=127.0.0.1"), "{line}");
+    assert!(!err.contains(wrong), "the secret is logged:\n{err}");
+    auth.stop();
+}
