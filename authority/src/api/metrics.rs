@@ -13,6 +13,12 @@ use crate::http::{Outcome, Request, RequestContext, Response, Router};
 
 /// Registers `GET /metrics` on `router` with the given access rule.
 pub fn route(router: &mut Router, app: &Arc<App>, access: MetricsAccess) {
+    let weak = Arc::downgrade(app);
+    app.metrics.set_collector(Box::new(move |out: &mut String| {
+        if let Some(app) = weak.upgrade() {
+            collect(&app, out);
+        }
+    }));
     match access {
         MetricsAccess::Public => {
             router.metrics_route(app.metrics.clone());
@@ -21,6 +27,29 @@ pub fn route(router: &mut Router, app: &Arc<App>, access: MetricsAccess) {
             super::register(router, app, "", &[("GET", "/metrics", operator_metrics)]);
         }
     }
+}
+
+/// Gauges read at each scrape from in-memory state (never the store): agents by boarding
+/// state from the list index (O(tenants)), and the replay cache's size.
+fn collect(app: &App, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push_str(
+        "# HELP latchkey_agents Agents by boarding state.\n# TYPE latchkey_agents gauge\n",
+    );
+    for (state, n) in app.store.hot().agents().count_by_state() {
+        let _ = writeln!(out, "latchkey_agents{{state=\"{}\"}} {n}", state.as_str());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP latchkey_replay_cache_capacity Most client assertions the replay cache can remember.\n\
+         # TYPE latchkey_replay_cache_capacity gauge\n\
+         latchkey_replay_cache_capacity {}\n\
+         # HELP latchkey_replay_cache_bytes Memory the replay cache's slot tables hold now.\n\
+         # TYPE latchkey_replay_cache_bytes gauge\n\
+         latchkey_replay_cache_bytes {}",
+        app.replay.capacity(),
+        app.replay.heap_bytes()
+    );
 }
 
 fn operator_metrics(

@@ -100,6 +100,17 @@ impl CloseReason {
     }
 }
 
+/// Writes exposition lines (each ending in a newline) read fresh at every scrape.
+pub type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+
+struct Collecting(Collector);
+
+impl std::fmt::Debug for Collecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collector")
+    }
+}
+
 /// All counters of one process. Share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -114,6 +125,12 @@ pub struct Metrics {
     tls_resumed_handshakes: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     commit_batch: Histogram<{ BATCH_BUCKETS.len() + 1 }>,
+    commit_latency: Histogram<{ LATENCY_BUCKETS.len() + 1 }>,
+    writer_queue_depth: AtomicU64,
+    /// When this process started serving (Unix seconds).
+    started: f64,
+    /// Gauges the application reads at each scrape ([`Metrics::set_collector`]).
+    collector: OnceLock<Collecting>,
     replay_log_bytes: AtomicU64,
     replay_log_refused: AtomicU64,
     body_buffer: OnceLock<Arc<super::admission::BodyBudget>>,
@@ -199,6 +216,12 @@ impl Default for Metrics {
             tls_resumed_handshakes: AtomicU64::new(0),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             commit_batch: Histogram::new(),
+            commit_latency: Histogram::new(),
+            writer_queue_depth: AtomicU64::new(0),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            collector: OnceLock::new(),
             replay_log_bytes: AtomicU64::new(0),
             replay_log_refused: AtomicU64::new(0),
             body_buffer: OnceLock::new(),
@@ -262,6 +285,24 @@ impl Metrics {
     pub fn observe_commit_batch(&self, size: usize) {
         self.commit_batch
             .observe(&BATCH_BUCKETS, size as f64, size as u64);
+    }
+
+    /// One store commit: from the writer taking the group off its queue to durable.
+    pub fn observe_commit_latency(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.commit_latency
+            .observe(&LATENCY_BUCKETS, took.as_secs_f64(), micros);
+    }
+
+    /// Requests waiting in the store writer's queue (the writer reports it per group).
+    pub fn set_writer_queue_depth(&self, waiting: usize) {
+        self.writer_queue_depth.store(waiting as u64, Relaxed);
+    }
+
+    /// Sets the gauges the application computes at each scrape (they must be cheap: no store
+    /// reads). Only the first call counts.
+    pub fn set_collector(&self, collector: Collector) {
+        let _ = self.collector.set(Collecting(collector));
     }
 
     pub fn connection_opened(&self) {
@@ -426,11 +467,84 @@ impl Metrics {
             &BATCH_BUCKETS,
             1.0,
         );
+        out.push_str("# HELP latchkey_store_commit_duration_seconds Time from the store writer taking a group off its queue to its durable commit.\n# TYPE latchkey_store_commit_duration_seconds histogram\n");
+        self.commit_latency.render(
+            &mut out,
+            "latchkey_store_commit_duration_seconds",
+            "",
+            &LATENCY_BUCKETS,
+            1e-6,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_store_writer_queue_depth Write requests waiting in the store writer's queue when it last took a group.\n# TYPE latchkey_store_writer_queue_depth gauge\nlatchkey_store_writer_queue_depth {}",
+            self.writer_queue_depth.load(Relaxed)
+        );
+        self.render_process(&mut out);
+        if let Some(Collecting(collect)) = self.collector.get() {
+            collect(&mut out);
+        }
         for lines in self.sections.load().values() {
             out.push_str(lines);
         }
         out
     }
+
+    /// The standard process series, the build and the uptime.
+    fn render_process(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_build_info The running build.\n# TYPE latchkey_build_info gauge\nlatchkey_build_info{{version=\"{}\",profile=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "# HELP process_start_time_seconds When the process started serving, Unix seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}",
+            self.started
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_uptime_seconds Seconds since the process started serving.\n# TYPE latchkey_uptime_seconds gauge\nlatchkey_uptime_seconds {:.3}",
+            (now - self.started).max(0.0)
+        );
+        // Linux's /proc; elsewhere these series are left out rather than reported wrong.
+        if let Some(rss) = resident_bytes() {
+            let _ = writeln!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle itself is one of the entries.
+            let open = fds.count().saturating_sub(1);
+            let _ = writeln!(
+                out,
+                "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {open}"
+            );
+        }
+    }
+}
+
+/// `VmRSS` of /proc/self/status, in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 fn status_slot(status: u16) -> usize {
@@ -499,6 +613,36 @@ mod tests {
                 )),
                 "{reason}"
             );
+        }
+    }
+
+    #[test]
+    fn process_store_and_collected_series_are_exposed() {
+        let m = Metrics::new();
+        m.observe_commit_latency(Duration::from_millis(30));
+        m.set_writer_queue_depth(7);
+        m.set_collector(Box::new(|out: &mut String| {
+            out.push_str("collected_series 3\n")
+        }));
+        let text = m.render();
+        assert!(text.contains("latchkey_store_commit_duration_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(text.contains("latchkey_store_commit_duration_seconds_bucket{le=\"0.05\"} 1\n"));
+        assert!(text.contains("latchkey_store_writer_queue_depth 7\n"));
+        assert!(text.contains("collected_series 3\n"));
+        assert!(text.contains(&format!(
+            "latchkey_build_info{{version=\"{}\",",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("process_start_time_seconds "));
+        if cfg!(target_os = "linux") {
+            let value = |name: &str| -> f64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{name}: {text}"))
+            };
+            assert!(value("process_resident_memory_bytes") > 0.0);
+            assert!(value("process_open_fds") >= 3.0);
         }
     }
 }
