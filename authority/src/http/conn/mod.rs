@@ -1074,22 +1074,48 @@ mod tests {
     #[test]
     fn a_pipelined_request_is_timed_from_its_own_first_byte() {
         let mut f = Fixture::new(Limits::default());
-        // The first request sits behind a deferred answer while the second arrives later.
-        f.send(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n");
+        // Behind a deferred answer, a second request's head arrives in two reads 200 ms
+        // apart, the first of them with the end of the first request.
+        let mut burst = b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        burst.extend_from_slice(b"GET /hi HTTP/1.1\r\n");
+        f.send(&burst);
+        f.now += Duration::from_millis(200);
+        f.send(b"Host: t\r\n\r\n");
+        f.now += Duration::from_millis(200);
+        let parked = PARKED.with(|p| p.borrow_mut().pop()).expect("deferred");
+        parked.complete(Response::text(200, "text/plain", "later"));
+        f.deliver();
+        assert_eq!(statuses(&f.written()), ["200", "200"]);
+        // `/hi`: from its first byte (t0) to its answer (t0 + 200 ms), not from the read
+        // that completed it, nor from when its answer could leave (t0 + 400 ms).
+        let hi = f.latency("/hi");
+        let (lowest, half) = lowest_and_half_second(&hi);
+        assert_eq!(lowest, "le=\"0.0001\"} 0", "{hi:?}");
+        assert!(hi.contains(&"le=\"0.25\"} 1".to_owned()), "{hi:?}");
+        assert_eq!(half, "le=\"0.5\"} 1", "{hi:?}");
+        // `/later`: t0 to its completion at t0 + 400 ms.
+        let later = f.latency("/later");
+        assert!(later.contains(&"le=\"0.25\"} 0".to_owned()), "{later:?}");
+        assert!(later.contains(&"le=\"0.5\"} 1".to_owned()), "{later:?}");
+    }
+
+    #[test]
+    fn a_request_held_back_by_the_pipeline_bound_is_timed_from_its_arrival() {
+        let mut f = Fixture::new(Limits {
+            max_pipelined: 1,
+            ..Limits::default()
+        });
+        // Both arrive at once; `/hi` waits, unparsed, until `/later` is answered 400 ms on.
+        let mut burst = b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        burst.extend_from_slice(GET_HI);
+        f.send(&burst);
         f.now += Duration::from_millis(400);
-        f.send(GET_HI);
         let parked = PARKED.with(|p| p.borrow_mut().pop()).expect("deferred");
         parked.complete(Response::text(200, "text/plain", "later"));
         f.deliver();
         assert_eq!(statuses(&f.written()), ["200", "200"]);
         let hi = f.latency("/hi");
-        assert_eq!(
-            hi.first().map(String::as_str),
-            Some("le=\"0.0001\"} 1"),
-            "{hi:?}"
-        );
-        let later = f.latency("/later");
-        assert!(later.contains(&"le=\"0.25\"} 0".to_owned()), "{later:?}");
-        assert!(later.contains(&"le=\"0.5\"} 1".to_owned()), "{later:?}");
+        assert!(hi.contains(&"le=\"0.25\"} 0".to_owned()), "{hi:?}");
+        assert!(hi.contains(&"le=\"0.5\"} 1".to_owned()), "{hi:?}");
     }
 }
