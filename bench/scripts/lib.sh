@@ -80,7 +80,7 @@ wait_ready() {
         [ "$(date +%s)" -lt "$deadline" ] || break
         sleep 0.1
     done
-    url=$(sed -n "s|^$prefix||p" "$out")
+    url=$(sed -n "s|^$prefix||p" "$out" 2>/dev/null)
     [ -n "$url" ] || { echo "no ready line ($prefix) in $out" >&2; cat "$err" >&2; return 1; }
     printf '%s' "$url"
 }
