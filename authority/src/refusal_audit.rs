@@ -102,6 +102,8 @@ pub struct RefusalTally {
     /// Audit rows the retention policy removed, since start (for `/metrics`).
     pruned: AtomicU64,
     log: LogLimiter,
+    /// The INFO line per refusal ([`log_auth_failure`]).
+    auth_log: LogLimiter,
 }
 
 impl RefusalTally {
@@ -113,6 +115,7 @@ impl RefusalTally {
             counted: AtomicU64::new(0),
             pruned: AtomicU64::new(0),
             log: LogLimiter::new(Duration::from_secs(10)),
+            auth_log: LogLimiter::new(AUTH_LOG_EVERY),
         }
     }
 
@@ -128,6 +131,7 @@ impl RefusalTally {
         now: u64,
     ) {
         self.counted.fetch_add(1, Ordering::Relaxed);
+        log_auth_failure(&self.auth_log, event, claimed, source, reason);
         let key = Key {
             event,
             actor: sanitise(claimed, MAX_ID),
@@ -313,6 +317,32 @@ fn sanitise(s: &str, max: usize) -> String {
         out.push('-');
     }
     out
+}
+
+/// How often each kind of failed authentication may write a log line.
+pub const AUTH_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a failed authentication at INFO, at most once per `limiter` interval (with a count of
+/// the lines held back), so an operator sees who is failing from where without a flood of
+/// lines. `claimed` is the client id the request named (bounded and sanitised here); callers
+/// never pass a secret or token, and `reason` is the refusal's message, which names neither.
+pub fn log_auth_failure(
+    limiter: &LogLimiter,
+    event: &'static str,
+    claimed: &str,
+    peer: IpAddr,
+    reason: &str,
+) {
+    if let Some(held_back) = limiter.allow(Instant::now()) {
+        tracing::info!(
+            event,
+            client_id = %sanitise(claimed, MAX_ID),
+            peer = %peer,
+            reason = %sanitise(reason, MAX_REASON),
+            held_back,
+            "authentication failed"
+        );
+    }
 }
 
 /// The source as it is aggregated: an IPv4 address, or an IPv6 address's /64.

@@ -532,13 +532,21 @@ impl RefusalLimiter {
 static REFUSALS: std::sync::Mutex<RefusalLimiter> = std::sync::Mutex::new(RefusalLimiter::new());
 
 /// Logs a handshake that failed on the client's certificate at WARN, with the peer address
-/// and the reason, rate-limited. Other TLS failures (scanners, wrong protocol) are not
-/// logged here: they say nothing about a certificate the operator configured.
+/// and the reason, rate-limited. Other TLS failures (scanners, wrong protocol, no shared
+/// cipher suite) say nothing about a certificate the operator configured: INFO, on their own
+/// limit.
 pub fn log_refused_handshake(peer: std::net::SocketAddr, error: &rustls::Error) {
     let reason = match error {
         rustls::Error::InvalidCertificate(_) => error.to_string(),
         rustls::Error::NoCertificatesPresented => "no client certificate presented".to_owned(),
-        _ => return,
+        _ => {
+            static OTHER: crate::http::admission::LogLimiter =
+                crate::http::admission::LogLimiter::new(std::time::Duration::from_secs(10));
+            if let Some(held_back) = OTHER.allow(std::time::Instant::now()) {
+                tracing::info!(peer = %peer, reason = %error, held_back, "TLS handshake failed");
+            }
+            return;
+        }
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

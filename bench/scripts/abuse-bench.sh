@@ -48,7 +48,7 @@ start() {
             --listen 127.0.0.1:0 --config "$WORK/latchkey.toml" --threads 2 \
             > "$WORK/lk.out" 2> "$WORK/lk.err" &
         LK_PID=$!
-        LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err")
+        LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err" "$LK_PID")
     fi
 }
 

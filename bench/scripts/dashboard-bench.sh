@@ -11,7 +11,8 @@
 # ~8 min to create), DASHBOARD_DURATION (timed phase per run, default 10s),
 # DASHBOARD_INTERVAL (each poller's page interval, default 250ms), DASHBOARD_THREADS (server
 # event loops, default 2), DASHBOARD_OUT (default bench/results/dashboard.md), DASHBOARD_WORK
-# (keep the data directory and agents file there and reuse them).
+# (keep the data directory and agents file there and reuse them), BENCH_READY_TIMEOUT (seconds
+# a server start may take, default 600: a million agents load before the server listens).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -65,19 +65,23 @@ serve_latchkey() {
     "$BIN/latchkey" serve --data-dir "$DATA" --listen 127.0.0.1:0 --config "$WORK/latchkey.toml" "$@" \
         > "$WORK/lk.out" 2> "$WORK/lk.err" &
     LK_PID=$!
-    LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err")
+    LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err" "$LK_PID")
 }
 
-# wait_ready OUT PREFIX ERR — waits up to 10 s for a line starting with PREFIX in the file OUT
-# and prints the rest of it (the URL); otherwise shows the file ERR and fails.
+# wait_ready OUT PREFIX ERR [PID] — waits for a line starting with PREFIX in the file OUT and
+# prints the rest of it (the URL); otherwise shows the file ERR and fails. Waits at most
+# BENCH_READY_TIMEOUT seconds (default 600: a server opening a store of a million agents
+# loads them before it listens), and stops at once if process PID has exited.
 wait_ready() {
-    local out=$1 prefix=$2 err=$3 url
-    for _ in $(seq 100); do
-        grep -qs "^$prefix" "$out" && break
+    local out=$1 prefix=$2 err=$3 pid=${4:-} url
+    local deadline=$(( $(date +%s) + ${BENCH_READY_TIMEOUT:-600} ))
+    until grep -qs "^$prefix" "$out"; do
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then break; fi
+        [ "$(date +%s)" -lt "$deadline" ] || break
         sleep 0.1
     done
-    url=$(sed -n "s|^$prefix||p" "$out")
-    [ -n "$url" ] || { cat "$err" >&2; return 1; }
+    url=$(sed -n "s|^$prefix||p" "$out" 2>/dev/null)
+    [ -n "$url" ] || { echo "no ready line ($prefix) in $out" >&2; cat "$err" >&2; return 1; }
     printf '%s' "$url"
 }
 

@@ -45,7 +45,7 @@ start_latchkey() {
 start_peer() {
     PEER_ALG=$1 PEER_WORKERS=$2 node bench/peer/server.mjs > "$WORK/peer.out" 2> "$WORK/peer.err" &
     PEER_PID=$!
-    PEER_URL=$(wait_ready "$WORK/peer.out" 'peer listening on ' "$WORK/peer.err")
+    PEER_URL=$(wait_ready "$WORK/peer.out" 'peer listening on ' "$WORK/peer.err" "$PEER_PID")
     echo "PEER_ALG=$1 PEER_WORKERS=$2 node bench/peer/server.mjs" >> "$COMMANDS"
 }
 stop_peer() { kill "$PEER_PID"; wait "$PEER_PID" 2>/dev/null || true; PEER_PID=; }

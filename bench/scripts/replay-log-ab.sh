@@ -33,7 +33,7 @@ run() { # LABEL SERVER-BINARY
     "$2" serve --data-dir "$DATA" --listen 127.0.0.1:0 --config "$WORK/latchkey.toml" --threads 1 \
         > "$WORK/lk.out" 2> "$WORK/lk.err" &
     LK_PID=$!
-    LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err")
+    LK_URL=$(wait_ready "$WORK/lk.out" 'latchkey listening on ' "$WORK/lk.err" "$LK_PID")
     # A release without the log refuses assertions issued before start + leeway (1 s in the
     # bench config); waiting it out before every run keeps A and B alike.
     sleep 2

@@ -130,6 +130,18 @@ impl AgentState {
                 })
                 .unwrap_or_default();
             self.app.source_throttle.failure_of(&source, &who, clock);
+            if let Err(e) = &result {
+                static LOG: crate::http::admission::LogLimiter =
+                    crate::http::admission::LogLimiter::new(crate::refusal_audit::AUTH_LOG_EVERY);
+                let reason = e.to_string();
+                crate::refusal_audit::log_auth_failure(
+                    &LOG,
+                    "agent.token.refuse",
+                    &who,
+                    ctx.peer().ip(),
+                    &reason,
+                );
+            }
         }
         match result {
             Ok((answer, cut_over)) => Ok(self.answer_after(

@@ -13,6 +13,13 @@ use crate::http::{Outcome, Request, RequestContext, Response, Router};
 
 /// Registers `GET /metrics` on `router` with the given access rule.
 pub fn route(router: &mut Router, app: &Arc<App>, access: MetricsAccess) {
+    publish_replay_fill(app, app.now());
+    let weak = Arc::downgrade(app);
+    app.metrics.set_collector(Box::new(move |out: &mut String| {
+        if let Some(app) = weak.upgrade() {
+            collect(&app, out);
+        }
+    }));
     match access {
         MetricsAccess::Public => {
             router.metrics_route(app.metrics.clone());
@@ -21,6 +28,44 @@ pub fn route(router: &mut Router, app: &Arc<App>, access: MetricsAccess) {
             super::register(router, app, "", &[("GET", "/metrics", operator_metrics)]);
         }
     }
+}
+
+/// Gauges read at each scrape from in-memory state (never the store): agents by boarding
+/// state from the list index (O(tenants)), and the replay cache's size.
+fn collect(app: &App, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push_str(
+        "# HELP latchkey_agents Agents by boarding state.\n# TYPE latchkey_agents gauge\n",
+    );
+    for (state, n) in app.store.hot().agents().count_by_state() {
+        let _ = writeln!(out, "latchkey_agents{{state=\"{}\"}} {n}", state.as_str());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP latchkey_replay_cache_capacity Most client assertions the replay cache can remember.\n\
+         # TYPE latchkey_replay_cache_capacity gauge\n\
+         latchkey_replay_cache_capacity {}\n\
+         # HELP latchkey_replay_cache_bytes Memory the replay cache's slot tables hold now.\n\
+         # TYPE latchkey_replay_cache_bytes gauge\n\
+         latchkey_replay_cache_bytes {}",
+        app.replay.capacity(),
+        app.replay.heap_bytes()
+    );
+}
+
+/// Sets `latchkey_replay_cache_entries`, the assertions the replay cache remembers now.
+/// Counting scans the cache's allocated slots (at most 8 bytes × `replay-capacity`), so the
+/// maintenance thread does it once per pass, never a scrape on an event loop.
+pub fn publish_replay_fill(app: &App, now: u64) {
+    let live = app.replay.live_entries(now);
+    app.metrics.set_section(
+        "replay_cache",
+        format!(
+            "# HELP latchkey_replay_cache_entries Client assertions the replay cache remembers (as of the last maintenance pass).\n\
+             # TYPE latchkey_replay_cache_entries gauge\n\
+             latchkey_replay_cache_entries {live}\n"
+        ),
+    );
 }
 
 fn operator_metrics(
@@ -33,4 +78,33 @@ fn operator_metrics(
         return Err(ApiError::NotFound("metrics not found".into()).into());
     }
     Ok(Response::text(200, "text/plain; version=0.0.4", app.metrics.render()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::AppSettings;
+    use crate::http::Metrics;
+
+    #[test]
+    fn a_maintenance_pass_publishes_the_replay_cache_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) =
+            App::open(dir.path(), AppSettings::default(), Arc::new(Metrics::new())).unwrap();
+        let now = app.now();
+        for jti in ["a", "b", "c"] {
+            app.replay
+                .check_and_insert("agent-1", jti, Some(now), now + 60, now)
+                .unwrap();
+        }
+        // Counted on the maintenance thread, not at the scrape.
+        assert!(
+            !app.metrics
+                .render()
+                .contains("latchkey_replay_cache_entries")
+        );
+        app.maintain(now).unwrap();
+        let text = app.metrics.render();
+        assert!(text.contains("latchkey_replay_cache_entries 3\n"), "{text}");
+    }
 }

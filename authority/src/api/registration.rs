@@ -37,7 +37,9 @@ use super::onboarding::{
 use super::{validate, write};
 use crate::app::generate_secret;
 use crate::error::{ApiError, Error};
+use crate::http::admission::LogLimiter;
 use crate::http::{Outcome, Request, RequestContext, Response};
+use crate::refusal_audit::{AUTH_LOG_EVERY, log_auth_failure};
 use crate::store::outcome::Rotated;
 use crate::store::{
     AgentRecord, AuthMethod, BoardingRecord, Registration, RegistrationRecord, Rotation, Secret,
@@ -114,8 +116,11 @@ impl AgentState {
             ));
         }
         // A spent or stale IAT sent again counts once: only new tokens look like guessing.
-        let iat = self.verify_iat(token, now).inspect_err(|_| {
+        let iat = self.verify_iat(token, now).inspect_err(|e| {
             self.app.source_throttle.failure_of(&source, token, clock);
+            static LOG: LogLimiter = LogLimiter::new(AUTH_LOG_EVERY);
+            let reason = e.to_string();
+            log_auth_failure(&LOG, "registration.refuse", "-", ctx.peer().ip(), &reason);
         })?;
         let claims = iat.claims();
         let (Some(client_id), Some(jti), Some(tenant)) = (
@@ -263,7 +268,9 @@ impl AgentState {
         let rat = super::bearer(req).ok_or_else(|| {
             ApiError::InvalidToken("a registration access token (Bearer) is required".into())
         })?;
-        let rec = self.authorize_rat(client_id, rat, false)?;
+        let rec = self
+            .authorize_rat(client_id, rat, false)
+            .inspect_err(|e| log_rat_refusal(client_id, ctx, e))?;
         let mut answer = self.answer(&rec, None, rat);
         if rec.auth_method == AuthMethod::PrivateKeyJwt {
             let keys = rec
@@ -294,7 +301,9 @@ impl AgentState {
         let rat = super::bearer(req).ok_or_else(|| {
             ApiError::InvalidToken("a registration access token (Bearer) is required".into())
         })?;
-        let rec = self.authorize_rat(&client_id, rat, true)?;
+        let rec = self
+            .authorize_rat(&client_id, rat, true)
+            .inspect_err(|e| log_rat_refusal(&client_id, ctx, e))?;
         let body = RegisterRequest::parse(req.body())?;
         if let Some(id) = &body.client_id
             && *id != client_id
@@ -469,6 +478,19 @@ fn secret_text(s: &Secret) -> Result<Zeroizing<String>, Error> {
 
 fn registration_response(status: u16, answer: RegistrationResponse) -> Response {
     Response::json(status, &answer).header("Pragma", "no-cache")
+}
+
+/// A registration access token that is not current for `client_id`: logged, rate-limited.
+fn log_rat_refusal(client_id: &str, ctx: &RequestContext<'_>, e: &Error) {
+    static LOG: LogLimiter = LogLimiter::new(AUTH_LOG_EVERY);
+    let reason = e.to_string();
+    log_auth_failure(
+        &LOG,
+        "registration.rat.refuse",
+        client_id,
+        ctx.peer().ip(),
+        &reason,
+    );
 }
 
 #[cfg(test)]

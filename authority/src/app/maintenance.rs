@@ -65,6 +65,7 @@ impl App {
         {
             self.revocations.purge(now);
         }
+        crate::api::metrics::publish_replay_fill(self, now);
         crate::refusal_audit::maintain(self, now)
     }
 }

@@ -396,6 +396,12 @@ impl crate::store::CommitObserver for Metrics {
     fn committed(&self, ops: usize) {
         self.observe_commit_batch(ops);
     }
+    fn commit_took(&self, elapsed: std::time::Duration) {
+        self.observe_commit_latency(elapsed);
+    }
+    fn queue_depth(&self, waiting: usize) {
+        self.set_writer_queue_depth(waiting);
+    }
 }
 
 #[cfg(test)]

@@ -239,6 +239,7 @@ impl EventLoop {
                     refuse: shared.router.refusals(),
                 },
                 date: DateCache::default(),
+                clock: Instant::now,
             },
             completions,
             conns: Vec::new(),

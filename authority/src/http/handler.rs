@@ -123,7 +123,7 @@ impl RequestContext<'_> {
         self.metrics
     }
 
-    /// When the request was fully received.
+    /// When the request's first byte was read.
     pub fn received(&self) -> Instant {
         self.received
     }

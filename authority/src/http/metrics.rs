@@ -100,11 +100,21 @@ impl CloseReason {
     }
 }
 
+/// Writes exposition lines (each ending in a newline) read fresh at every scrape.
+pub type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+
+struct Collecting(Collector);
+
+impl std::fmt::Debug for Collecting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Collector")
+    }
+}
+
 /// All counters of one process. Share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
     routes: OnceLock<Box<[RouteStats]>>,
-    latency: Histogram<{ LATENCY_BUCKETS.len() + 1 }>,
     tokens_minted: AtomicU64,
     tokens_verified: AtomicU64,
     open_connections: AtomicI64,
@@ -115,6 +125,12 @@ pub struct Metrics {
     tls_resumed_handshakes: AtomicU64,
     closed: [AtomicU64; CloseReason::ALL.len()],
     commit_batch: Histogram<{ BATCH_BUCKETS.len() + 1 }>,
+    commit_latency: Histogram<{ LATENCY_BUCKETS.len() + 1 }>,
+    writer_queue_depth: AtomicU64,
+    /// When this process started serving (Unix seconds).
+    started: f64,
+    /// Gauges the application reads at each scrape ([`Metrics::set_collector`]).
+    collector: OnceLock<Collecting>,
     replay_log_bytes: AtomicU64,
     replay_log_refused: AtomicU64,
     body_buffer: OnceLock<Arc<super::admission::BodyBudget>>,
@@ -127,6 +143,8 @@ struct RouteStats {
     method: String,
     pattern: String,
     counts: [AtomicU64; STATUS_SLOTS],
+    /// From the request's first byte to its answer being queued.
+    latency: Histogram<{ LATENCY_BUCKETS.len() + 1 }>,
 }
 
 #[derive(Debug)]
@@ -157,20 +175,30 @@ impl<const N: usize> Histogram<N> {
         self.count.fetch_add(1, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, bounds: &[f64], sum_scale: f64) {
+    /// `labels` is empty or `k="v",...` without braces.
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64], sum_scale: f64) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let mut cumulative = 0;
         for (i, b) in bounds.iter().enumerate() {
             cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
         cumulative += self.buckets[bounds.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
         let _ = writeln!(
             out,
-            "{name}_sum {}",
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{braced} {}",
             self.sum.load(Relaxed) as f64 * sum_scale
         );
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Relaxed));
+        let _ = writeln!(out, "{name}_count{braced} {}", self.count.load(Relaxed));
     }
 }
 
@@ -178,7 +206,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             routes: OnceLock::new(),
-            latency: Histogram::new(),
             tokens_minted: AtomicU64::new(0),
             tokens_verified: AtomicU64::new(0),
             open_connections: AtomicI64::new(0),
@@ -189,6 +216,12 @@ impl Default for Metrics {
             tls_resumed_handshakes: AtomicU64::new(0),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             commit_batch: Histogram::new(),
+            commit_latency: Histogram::new(),
+            writer_queue_depth: AtomicU64::new(0),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            collector: OnceLock::new(),
             replay_log_bytes: AtomicU64::new(0),
             replay_log_refused: AtomicU64::new(0),
             body_buffer: OnceLock::new(),
@@ -211,19 +244,21 @@ impl Metrics {
                 method,
                 pattern,
                 counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                latency: Histogram::new(),
             })
             .collect();
         let _ = self.routes.set(stats);
     }
 
-    /// One answered request: route index (as given to `init_routes`), status, latency.
+    /// One answered request: route index (as given to `init_routes`), status, and the time
+    /// from the request's first byte to its answer being queued.
     pub fn record_request(&self, route: usize, status: u16, latency: Duration) {
         if let Some(r) = self.routes.get().and_then(|routes| routes.get(route)) {
             r.counts[status_slot(status)].fetch_add(1, Relaxed);
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            r.latency
+                .observe(&LATENCY_BUCKETS, latency.as_secs_f64(), micros);
         }
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency
-            .observe(&LATENCY_BUCKETS, latency.as_secs_f64(), micros);
     }
 
     /// Access tokens minted (the token endpoints call this).
@@ -250,6 +285,24 @@ impl Metrics {
     pub fn observe_commit_batch(&self, size: usize) {
         self.commit_batch
             .observe(&BATCH_BUCKETS, size as f64, size as u64);
+    }
+
+    /// One store commit: from the writer taking the group off its queue to durable.
+    pub fn observe_commit_latency(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.commit_latency
+            .observe(&LATENCY_BUCKETS, took.as_secs_f64(), micros);
+    }
+
+    /// Requests waiting in the store writer's queue (the writer reports it per group).
+    pub fn set_writer_queue_depth(&self, waiting: usize) {
+        self.writer_queue_depth.store(waiting as u64, Relaxed);
+    }
+
+    /// Sets the gauges the application computes at each scrape (they must be cheap: no store
+    /// reads). Only the first call counts.
+    pub fn set_collector(&self, collector: Collector) {
+        let _ = self.collector.set(Collecting(collector));
     }
 
     pub fn connection_opened(&self) {
@@ -324,13 +377,19 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP latchkey_http_request_duration_seconds Time from a request's last byte to its answer being queued.\n# TYPE latchkey_http_request_duration_seconds histogram\n");
-        self.latency.render(
-            &mut out,
-            "latchkey_http_request_duration_seconds",
-            &LATENCY_BUCKETS,
-            1e-6,
-        );
+        out.push_str("# HELP latchkey_http_request_duration_seconds Time from a request's first byte to its answer being queued, by route.\n# TYPE latchkey_http_request_duration_seconds histogram\n");
+        for r in self.routes.get().map(|r| &r[..]).unwrap_or(&[]) {
+            if r.latency.count.load(Relaxed) > 0 {
+                let labels = format!("method=\"{}\",route=\"{}\"", r.method, r.pattern);
+                r.latency.render(
+                    &mut out,
+                    "latchkey_http_request_duration_seconds",
+                    &labels,
+                    &LATENCY_BUCKETS,
+                    1e-6,
+                );
+            }
+        }
         let counters = [
             (
                 "latchkey_tokens_minted_total",
@@ -404,14 +463,88 @@ impl Metrics {
         self.commit_batch.render(
             &mut out,
             "latchkey_store_commit_batch_size",
+            "",
             &BATCH_BUCKETS,
             1.0,
         );
+        out.push_str("# HELP latchkey_store_commit_duration_seconds Time from the store writer taking a group off its queue to its durable commit.\n# TYPE latchkey_store_commit_duration_seconds histogram\n");
+        self.commit_latency.render(
+            &mut out,
+            "latchkey_store_commit_duration_seconds",
+            "",
+            &LATENCY_BUCKETS,
+            1e-6,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_store_writer_queue_depth Write requests waiting in the store writer's queue when it last took a group.\n# TYPE latchkey_store_writer_queue_depth gauge\nlatchkey_store_writer_queue_depth {}",
+            self.writer_queue_depth.load(Relaxed)
+        );
+        self.render_process(&mut out);
+        if let Some(Collecting(collect)) = self.collector.get() {
+            collect(&mut out);
+        }
         for lines in self.sections.load().values() {
             out.push_str(lines);
         }
         out
     }
+
+    /// The standard process series, the build and the uptime.
+    fn render_process(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_build_info The running build.\n# TYPE latchkey_build_info gauge\nlatchkey_build_info{{version=\"{}\",profile=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "# HELP process_start_time_seconds When the process started serving, Unix seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}",
+            self.started
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_uptime_seconds Seconds since the process started serving.\n# TYPE latchkey_uptime_seconds gauge\nlatchkey_uptime_seconds {:.3}",
+            (now - self.started).max(0.0)
+        );
+        // Linux's /proc; elsewhere these series are left out rather than reported wrong.
+        if let Some(rss) = resident_bytes() {
+            let _ = writeln!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle itself is one of the entries.
+            let open = fds.count().saturating_sub(1);
+            let _ = writeln!(
+                out,
+                "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {open}"
+            );
+        }
+    }
+}
+
+/// `VmRSS` of /proc/self/status, in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 fn status_slot(status: u16) -> usize {
@@ -445,8 +578,12 @@ mod tests {
             "latchkey_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
         ));
         assert!(text.contains("status=\"2xx\"} 1"));
-        assert!(text.contains("latchkey_http_request_duration_seconds_bucket{le=\"0.0005\"} 1"));
-        assert!(text.contains("latchkey_http_request_duration_seconds_count 2"));
+        assert!(text.contains(
+            "latchkey_http_request_duration_seconds_bucket{method=\"GET\",route=\"/healthz\",le=\"0.0005\"} 1"
+        ));
+        assert!(text.contains(
+            "latchkey_http_request_duration_seconds_count{method=\"GET\",route=\"/healthz\"} 2"
+        ));
         assert!(text.contains("latchkey_store_commit_batch_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("latchkey_tokens_minted_total 2"));
     }
@@ -476,6 +613,36 @@ mod tests {
                 )),
                 "{reason}"
             );
+        }
+    }
+
+    #[test]
+    fn process_store_and_collected_series_are_exposed() {
+        let m = Metrics::new();
+        m.observe_commit_latency(Duration::from_millis(30));
+        m.set_writer_queue_depth(7);
+        m.set_collector(Box::new(|out: &mut String| {
+            out.push_str("collected_series 3\n")
+        }));
+        let text = m.render();
+        assert!(text.contains("latchkey_store_commit_duration_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(text.contains("latchkey_store_commit_duration_seconds_bucket{le=\"0.05\"} 1\n"));
+        assert!(text.contains("latchkey_store_writer_queue_depth 7\n"));
+        assert!(text.contains("collected_series 3\n"));
+        assert!(text.contains(&format!(
+            "latchkey_build_info{{version=\"{}\",",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(text.contains("process_start_time_seconds "));
+        if cfg!(target_os = "linux") {
+            let value = |name: &str| -> f64 {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{name}: {text}"))
+            };
+            assert!(value("process_resident_memory_bytes") > 0.0);
+            assert!(value("process_open_fds") >= 3.0);
         }
     }
 }

@@ -313,6 +313,24 @@ impl AgentIndex {
         self.len() == 0
     }
 
+    /// Agents per boarding state, all tenants: O(tenants), from the per-state partitions.
+    pub fn count_by_state(&self) -> [(BoardingState, usize); 3] {
+        let inner = self.read();
+        [
+            BoardingState::NotOnboarded,
+            BoardingState::Onboarding,
+            BoardingState::Onboarded,
+        ]
+        .map(|s| {
+            let n = inner
+                .tenants
+                .values()
+                .map(|t| t.parts[state_part(s)].orders[0].len())
+                .sum();
+            (s, n)
+        })
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-applied change visible in a way
         // that matters more than stopping lists; keep serving.

@@ -67,6 +67,10 @@ pub const KEY_FILE: &str = "master.key";
 /// (metrics). It must not block.
 pub trait CommitObserver: Send + Sync + 'static {
     fn committed(&self, ops: usize);
+    /// How long a group took from the writer taking it off the queue to its durable commit.
+    fn commit_took(&self, _elapsed: std::time::Duration) {}
+    /// Requests left waiting in the writer's queue when it took a group.
+    fn queue_depth(&self, _waiting: usize) {}
 }
 
 /// Where the writer finds the observer; set at most once, after open.

@@ -105,6 +105,10 @@ fn run(
                 Err(_) => break,
             }
         }
+        let taken = std::time::Instant::now();
+        if let Some(o) = observer.get() {
+            o.queue_depth(rx.len());
+        }
         if poisoned {
             for r in batch.drain(..) {
                 (r.reply)(Err(StoreError::Poisoned));
@@ -122,6 +126,7 @@ fn run(
             Ok(results) => {
                 if let Some(o) = observer.get() {
                     o.committed(size);
+                    o.commit_took(taken.elapsed());
                 }
                 let mut answers = Vec::with_capacity(results.len());
                 for applied in results {

@@ -1,7 +1,10 @@
 //! What a new user meets first: the CLI's environment variables, its errors when pointed at the
 //! wrong thing, and the README's quick start.
 
+use std::io::Write as _;
 use std::path::Path;
+
+use base64::Engine as _;
 use std::process::{Command, Output};
 
 use crate::util::https::Authority;
@@ -220,6 +223,27 @@ fn json_logs_are_json_on_every_line() {
     assert_eq!(ready["url"], format!("https://{}", server.addr));
     assert_eq!(ready["addr"], server.addr.to_string());
     server.assert_serving();
+    // A refused login: its log line is JSON too, and names the client, not the secret.
+    let mut c = server.connect();
+    let wrong = "wrong-secret-41c7";
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("admin:{wrong}"));
+    let body = "grant_type=client_credentials";
+    c.write_all(
+        format!(
+            "POST /oauth/token HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {basic}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .expect("send");
+    let r = crate::util::server::read_response(&mut c, &mut Vec::new(), false).expect("answer");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        server.wait_stderr(r#""message":"authentication failed""#),
+        "{}",
+        server.stderr()
+    );
     server.signal("TERM");
     assert!(
         server
@@ -245,6 +269,16 @@ fn json_logs_are_json_on_every_line() {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{err}"));
         assert!(v.is_object(), "{line}");
+        if v["fields"]["message"] == "authentication failed" {
+            assert_eq!(v["fields"]["client_id"], "admin", "{line}");
+        }
+    }
+    assert!(!err.contains(wrong), "the secret is logged:\n{err}");
+    // Whatever follows the ready line on stdout, up to shutdown, is JSON too.
+    let out = server.stdout();
+    for line in out.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON on stdout ({e}): {line:?}"));
     }
 
     // A failure to start is a JSON line too.

@@ -2140,3 +2140,86 @@ mod listing;
 mod signing_cert;
 mod suspend;
 mod throttle;
+
+#[test]
+fn token_latency_is_labelled_by_route_and_a_wrong_secret_is_logged_without_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    auth.operator_token();
+    let metrics = auth.json("GET", "/metrics", None, None).text();
+    assert!(
+        metrics.contains(
+            "latchkey_http_request_duration_seconds_count{method=\"POST\",route=\"/oauth/token\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "latchkey_http_request_duration_seconds_bucket{method=\"POST\",route=\"/oauth/token\",le=\"+Inf\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    // The raw path of a request no route serves never becomes a label.
+    auth.json("GET", "/no/such/path-3f9c", None, None);
+    let metrics = auth.json("GET", "/metrics", None, None).text();
+    assert!(!metrics.contains("path-3f9c"), "{metrics}");
+    assert!(metrics.contains("route=\"unmatched\""), "{metrics}");
+
+    let wrong = "wrong-secret-7d1e5a";
+    let r = auth.form(
+        "/oauth/token",
+        "grant_type=client_credentials",
+        &[("Authorization", &basic("admin", wrong))],
+    );
+    assert_error(&r, 401, "invalid_client");
+    assert!(
+        auth.wait_stderr("authentication failed"),
+        "no log line; stderr:\n{}",
+        auth.stderr()
+    );
+    let err = auth.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("authentication failed"))
+        .expect("the line");
+    assert!(line.contains("client_id=admin"), "{line}");
+    assert!(line.contains("peer=127.0.0.1"), "{line}");
+    assert!(!err.contains(wrong), "the secret is logged:\n{err}");
+    auth.stop();
+}
+
+#[test]
+fn metrics_show_agents_by_state_the_process_and_the_store_writer() {
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = Authority::start(&dir.path().join("data"), None);
+    let admin = auth.operator_token();
+    for id in ["e-m1", "e-m2"] {
+        let agent = json!({"entityId": id, "name": id, "securityProfile": "SHARED_SECRET"});
+        let r = auth.json("POST", AGENTS, Some(&admin), Some(&agent));
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let metrics = auth.json("GET", "/metrics", None, None).text();
+    for line in [
+        // A created agent has its boarding configuration: onboarding until it registers.
+        "latchkey_agents{state=\"NOT_ONBOARDED\"} 0\n",
+        "latchkey_agents{state=\"ONBOARDING\"} 2\n",
+        "latchkey_agents{state=\"ONBOARDED\"} 0\n",
+        "latchkey_store_writer_queue_depth ",
+        "latchkey_store_commit_duration_seconds_count ",
+        "latchkey_replay_cache_capacity ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "latchkey_build_info{version=\"",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+    // The agents' creations were committed: the commit latency histogram saw them.
+    let commits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("latchkey_store_commit_duration_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("count");
+    assert!(commits >= 2.0, "{metrics}");
+    auth.stop();
+}

@@ -56,6 +56,24 @@ pub struct Spawned {
     /// Everything the child wrote to stderr so far (a thread keeps collecting it).
     pub stderr: Arc<Mutex<Vec<u8>>>,
     pub ready_line: String,
+    /// What the child wrote to stdout after the ready line (a thread keeps collecting it).
+    pub stdout: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Collects what `pipe` yields into a shared buffer, on its own thread, until EOF.
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("pipe lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    out
 }
 
 /// Spawns `cmd` (a `latchkey serve …` command line), collects its stderr on a thread, and
@@ -69,20 +87,7 @@ pub fn spawn_serve(mut cmd: Command, scheme: &str) -> Spawned {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn latchkey");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let mut pipe = child.stderr.take().expect("stderr piped");
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .expect("stderr lock")
-                .extend_from_slice(&buf[..n]);
-        }
-    });
+    let stderr = collect(child.stderr.take().expect("stderr piped"));
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout piped"));
     let mut line = String::new();
     let _ = stdout.read_line(&mut line);
@@ -104,11 +109,14 @@ pub fn spawn_serve(mut cmd: Command, scheme: &str) -> Spawned {
         panic!("no ready line (got {line:?}); stderr:\n{err}");
     };
     let addr = addr.parse().expect("address in the ready line");
+    // Anything after the ready line is kept (and the pipe stays open for the child).
+    let stdout = collect(stdout);
     Spawned {
         child,
         addr,
         stderr,
         ready_line: line,
+        stdout,
     }
 }
 
@@ -121,6 +129,7 @@ pub struct Server {
     dir: tempfile::TempDir,
     stderr: Arc<Mutex<Vec<u8>>>,
     pub ready_line: String,
+    stdout: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Server {
@@ -175,6 +184,7 @@ impl Server {
             addr,
             stderr,
             ready_line,
+            stdout,
         } = spawn_serve(cmd, scheme);
         Self {
             child,
@@ -183,11 +193,17 @@ impl Server {
             dir,
             stderr,
             ready_line,
+            stdout,
         }
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// What the server wrote to stdout after its ready line.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().expect("stdout lock")).into_owned()
     }
 
     pub fn pid(&self) -> u32 {

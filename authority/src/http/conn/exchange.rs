@@ -21,7 +21,10 @@ pub(super) struct Answer {
     pub head_only: bool,
     pub close: bool,
     pub route: RouteId,
+    /// When the request's first byte was read.
     pub received: Instant,
+    /// When the answer was ready (the handler returned, or its completion arrived).
+    pub answered: Instant,
 }
 
 impl<S: Socket> Connection<S> {
@@ -35,15 +38,25 @@ impl<S: Socket> Connection<S> {
                     reason: CloseReason::Io,
                 },
             );
-            match phase.step(&mut self.read_buf, &env.limits, &env.admission.bodies, now) {
+            let first_byte = self.first_byte(now);
+            let buffered = self.read_buf.len();
+            let step = phase.step(
+                &mut self.read_buf,
+                &env.limits,
+                &env.admission.bodies,
+                now,
+                first_byte,
+            );
+            self.consumed(buffered - self.read_buf.len());
+            match step {
                 Step::Wait(phase) => {
                     self.phase = phase;
                     self.maybe_continue();
                     break;
                 }
-                Step::Request(phase, head, body) => {
+                Step::Request(phase, head, body, started) => {
                     self.phase = phase;
-                    self.dispatch(env, &head, &body, now);
+                    self.dispatch(env, &head, &body, started);
                     progress = true;
                 }
                 Step::Fail(HttpError::Overloaded) => {
@@ -96,22 +109,26 @@ impl<S: Socket> Connection<S> {
     ) {
         tracing::debug!(peer = %self.peer, error = %e, "request refused");
         let response = env.router.refuse(&e);
+        let received = self.first_byte(now);
         self.queue.push_back(Answer {
             seq: self.next_seq,
             response: Some(response),
             head_only: false,
             close: true,
             route: env.router.unmatched(),
-            received: now,
+            received,
+            answered: (env.clock)(),
         });
         self.next_seq += 1;
         self.phase = Phase::Closing { reason };
         // Nothing more is parsed: what was buffered goes back to the allocator now, not when
         // the connection finally closes (a refused flood holds no memory while it lingers).
         self.read_buf = Vec::new();
+        self.arrivals.clear();
     }
 
-    pub(super) fn dispatch(&mut self, env: &mut Env, head: &Head, body: &[u8], now: Instant) {
+    /// Runs the handler for a whole request whose first byte was read at `received`.
+    pub(super) fn dispatch(&mut self, env: &mut Env, head: &Head, body: &[u8], received: Instant) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.requests += 1;
@@ -139,7 +156,7 @@ impl<S: Socket> Connection<S> {
                     peer: self.peer,
                     tls: self.tls_info.as_ref(),
                     metrics: &env.metrics,
-                    received: now,
+                    received,
                     slot: Slot {
                         handle: &env.handle,
                         token: self.token,
@@ -167,7 +184,8 @@ impl<S: Socket> Connection<S> {
             head_only: head.method() == "HEAD",
             close: close.is_some(),
             route,
-            received: now,
+            received,
+            answered: (env.clock)(),
         });
         if let Some(reason) = close {
             self.phase = Phase::Closing { reason };
@@ -185,7 +203,7 @@ impl<S: Socket> Connection<S> {
             env.metrics.record_request(
                 front.route.0,
                 response.status,
-                now.saturating_duration_since(front.received),
+                front.answered.saturating_duration_since(front.received),
             );
             let close = front.close;
             self.queue.pop_front();

@@ -47,6 +47,8 @@ const BODY_READ_CAP: usize = 16 * 1024;
 const OUT_HIGH: usize = 64 * 1024;
 /// Read-parse-write rounds per `drive` before yielding to other connections.
 const MAX_ROUNDS: usize = 16;
+/// Reads remembered for latency (see `Connection::arrivals`).
+const MAX_ARRIVALS: usize = 16;
 /// After our last answer, how long we keep reading (and discarding) so the kernel does not
 /// reset the connection and destroy that answer in the client's receive buffer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -70,6 +72,9 @@ pub(crate) struct Env {
     pub admission: Arc<Admission>,
     pub handle: LoopHandle,
     pub date: DateCache,
+    /// Reads the time where a request's latency is measured (the loop's `now` is one
+    /// reading per poll iteration; handlers run in between).
+    pub clock: fn() -> Instant,
 }
 
 /// What a connection needs from its socket: bytes both ways, a look at unread bytes (a
@@ -123,6 +128,9 @@ pub(crate) struct Connection<S = TcpStream> {
     _admitted: Admitted,
     phase: Phase,
     read_buf: Vec<u8>,
+    /// `(bytes still in read_buf, when they were read)` per read, oldest first: when a
+    /// request's first byte was read is the front's time.
+    arrivals: VecDeque<(usize, Instant)>,
     out: Vec<u8>,
     out_pos: usize,
     queue: VecDeque<Answer>,
@@ -168,6 +176,7 @@ impl<S: Socket> Connection<S> {
             _admitted: admitted,
             phase,
             read_buf: Vec::new(),
+            arrivals: VecDeque::new(),
             out: Vec::new(),
             out_pos: 0,
             queue: VecDeque::new(),
@@ -197,7 +206,7 @@ impl<S: Socket> Connection<S> {
                 return self.linger(now);
             }
             if self.may_read(&env.limits) {
-                match self.fill(&env.admission.handshakes) {
+                match self.fill(&env.admission.handshakes, env.clock) {
                     Ok(0) => {}
                     Ok(_) => progress = true,
                     Err(Fatal::Eof) => {
@@ -374,6 +383,7 @@ impl<S: Socket> Connection<S> {
             .find(|a| a.seq == seq && a.response.is_none())
         {
             a.response = Some(response);
+            a.answered = (env.clock)();
         }
         self.drive(env, now)
     }
@@ -423,7 +433,7 @@ impl<S: Socket> Connection<S> {
 
     /// Reads plaintext into `read_buf` until the socket would block or the buffer is full.
     /// Returns the bytes added.
-    fn fill(&mut self, handshakes: &Slots) -> Result<usize, Fatal> {
+    fn fill(&mut self, handshakes: &Slots, clock: fn() -> Instant) -> Result<usize, Fatal> {
         let mut chunk = [0u8; 16 * 1024];
         let mut total = 0;
         let cap = match self.phase {
@@ -442,6 +452,7 @@ impl<S: Socket> Connection<S> {
                 }
                 Ok(n) => {
                     self.read_buf.extend_from_slice(&chunk[..n]);
+                    self.arrived(n, clock());
                     total += n;
                 }
                 Err(ReadErr::WouldBlock) => break,
@@ -455,6 +466,37 @@ impl<S: Socket> Connection<S> {
             }
         }
         Ok(total)
+    }
+
+    /// Notes that `n` bytes were just read at `at`. A bounded record: past `MAX_ARRIVALS`
+    /// reads, later bytes count as read with the newest entry (a request that dribbles in
+    /// reads as started earlier, never later).
+    fn arrived(&mut self, n: usize, at: Instant) {
+        let full = self.arrivals.len() >= MAX_ARRIVALS;
+        match self.arrivals.back_mut() {
+            Some(last) if full => last.0 += n,
+            _ => self.arrivals.push_back((n, at)),
+        }
+    }
+
+    /// Forgets the record of `n` bytes taken from the front of `read_buf`.
+    pub(super) fn consumed(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.arrivals.front_mut() else {
+                return;
+            };
+            if front.0 > n {
+                front.0 -= n;
+                return;
+            }
+            n -= front.0;
+            self.arrivals.pop_front();
+        }
+    }
+
+    /// When `read_buf[0]` was read (`now` if nothing is buffered).
+    pub(super) fn first_byte(&self, now: Instant) -> Instant {
+        self.arrivals.front().map_or(now, |a| a.1)
     }
 
     /// One read of plaintext: straight from the socket, or through rustls (which also drives
@@ -652,7 +694,7 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
 
     use super::*;
@@ -715,6 +757,18 @@ mod tests {
     thread_local! {
         /// Completions the `/later` handler parked, for the test to answer.
         static PARKED: RefCell<Vec<Completion>> = const { RefCell::new(Vec::new()) };
+        /// The connection's clock (`Env::clock`): the fixture's `now`, which `/slow` moves.
+        static CLOCK: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+
+    fn test_clock() -> Instant {
+        CLOCK.with(|c| c.get()).expect("the fixture sets the clock")
+    }
+
+    /// A handler that takes 300 ms of the test clock.
+    fn slow(_: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
+        CLOCK.with(|c| c.set(c.get().map(|t| t + Duration::from_millis(300))));
+        Response::text(200, "text/plain", "slow").into()
     }
 
     fn hi(_: &Request<'_>, _: &RequestContext<'_>) -> Outcome {
@@ -746,7 +800,8 @@ mod tests {
             router
                 .get("/hi", hi)
                 .post("/echo", echo)
-                .get("/later", later);
+                .get("/later", later)
+                .get("/slow", slow);
             let metrics = Arc::new(Metrics::new());
             metrics.init_routes(router.labels());
             let poll = mio::Poll::new().expect("poll");
@@ -770,7 +825,9 @@ mod tests {
                 limits,
                 admission,
                 date: DateCache::default(),
+                clock: test_clock,
             };
+            CLOCK.with(|c| c.set(Some(now)));
             let conn = Connection::new(Mem::default(), peer, 0, 1, None, admitted, now);
             Self {
                 conn,
@@ -783,6 +840,7 @@ mod tests {
 
         /// The client sends `bytes`; the loop sees a readable event and drives.
         fn send(&mut self, bytes: &[u8]) -> Status {
+            self.sync_clock();
             self.conn.socket.input.extend(bytes);
             self.conn.on_event(true, false);
             self.conn.drive(&mut self.env, self.now)
@@ -790,9 +848,28 @@ mod tests {
 
         /// The client half-closes.
         fn close(&mut self) -> Status {
+            self.sync_clock();
             self.conn.socket.eof = true;
             self.conn.on_event(true, true);
             self.conn.drive(&mut self.env, self.now)
+        }
+
+        /// The connection's clock reads the fixture's `now` (unless a handler moves it).
+        fn sync_clock(&self) {
+            CLOCK.with(|c| c.set(Some(self.now)));
+        }
+
+        /// The latency histogram lines of `GET route`, e.g. `le="0.5"} 1`.
+        fn latency(&self, route: &str) -> Vec<String> {
+            let prefix = format!(
+                "latchkey_http_request_duration_seconds_bucket{{method=\"GET\",route=\"{route}\","
+            );
+            self.env
+                .metrics
+                .render()
+                .lines()
+                .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+                .collect()
         }
 
         /// What the server wrote since the last call.
@@ -802,6 +879,7 @@ mod tests {
 
         /// Delivers every finished deferred answer, as the loop does.
         fn deliver(&mut self) -> Status {
+            self.sync_clock();
             let mut status = Status::Open { more: false };
             while let Ok(done) = self.completions.try_recv() {
                 status = self
@@ -814,6 +892,7 @@ mod tests {
         /// Moves the clock to the connection's next deadline and fires it.
         fn expire(&mut self) -> Status {
             self.now = self.conn.deadline(&self.env.limits).expect("a deadline");
+            self.sync_clock();
             self.conn.on_timeout(&mut self.env, self.now)
         }
     }
@@ -946,5 +1025,97 @@ mod tests {
         assert_eq!(statuses(&out), ["200", "200"], "{out}");
         assert_eq!(out.matches("Connection: close").count(), 1, "{out}");
         assert!(out.ends_with("Connection: close\r\n\r\nhi"), "{out}");
+    }
+
+    /// The lowest bucket and the 0.5 s bucket of a route's latency histogram.
+    fn lowest_and_half_second(lines: &[String]) -> (&str, &str) {
+        let lowest = lines.first().expect("a histogram");
+        let half = lines
+            .iter()
+            .find(|l| l.starts_with("le=\"0.5\"}"))
+            .expect("a 0.5 s bucket");
+        (lowest, half)
+    }
+
+    #[test]
+    fn a_slow_handler_lands_in_a_slow_latency_bucket() {
+        let mut f = Fixture::new(Limits::default());
+        f.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(statuses(&f.written()), ["200"]);
+        let lines = f.latency("/slow");
+        let (lowest, half) = lowest_and_half_second(&lines);
+        assert_eq!(lowest, "le=\"0.0001\"} 0", "{lines:?}");
+        assert_eq!(half, "le=\"0.5\"} 1", "{lines:?}");
+        assert!(
+            lines.contains(&"le=\"0.25\"} 0".to_owned()),
+            "300 ms is over 0.25 s: {lines:?}"
+        );
+    }
+
+    #[test]
+    fn a_deferred_answer_is_timed_from_the_first_byte_to_its_completion() {
+        let mut f = Fixture::new(Limits::default());
+        // The head's first bytes arrive 200 ms before the rest of it.
+        f.send(b"GET /later HTTP/1.1\r\n");
+        f.now += Duration::from_millis(200);
+        f.send(b"Host: t\r\n\r\n");
+        let parked = PARKED.with(|p| p.borrow_mut().pop()).expect("deferred");
+        f.now += Duration::from_millis(100);
+        parked.complete(Response::text(200, "text/plain", "later"));
+        f.deliver();
+        assert_eq!(statuses(&f.written()), ["200"]);
+        let lines = f.latency("/later");
+        let (lowest, half) = lowest_and_half_second(&lines);
+        assert_eq!(lowest, "le=\"0.0001\"} 0", "{lines:?}");
+        assert!(lines.contains(&"le=\"0.25\"} 0".to_owned()), "{lines:?}");
+        assert_eq!(half, "le=\"0.5\"} 1", "{lines:?}");
+    }
+
+    #[test]
+    fn a_pipelined_request_is_timed_from_its_own_first_byte() {
+        let mut f = Fixture::new(Limits::default());
+        // Behind a deferred answer, a second request's head arrives in two reads 200 ms
+        // apart, the first of them with the end of the first request.
+        let mut burst = b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        burst.extend_from_slice(b"GET /hi HTTP/1.1\r\n");
+        f.send(&burst);
+        f.now += Duration::from_millis(200);
+        f.send(b"Host: t\r\n\r\n");
+        f.now += Duration::from_millis(200);
+        let parked = PARKED.with(|p| p.borrow_mut().pop()).expect("deferred");
+        parked.complete(Response::text(200, "text/plain", "later"));
+        f.deliver();
+        assert_eq!(statuses(&f.written()), ["200", "200"]);
+        // `/hi`: from its first byte (t0) to its answer (t0 + 200 ms), not from the read
+        // that completed it, nor from when its answer could leave (t0 + 400 ms).
+        let hi = f.latency("/hi");
+        let (lowest, half) = lowest_and_half_second(&hi);
+        assert_eq!(lowest, "le=\"0.0001\"} 0", "{hi:?}");
+        assert!(hi.contains(&"le=\"0.25\"} 1".to_owned()), "{hi:?}");
+        assert_eq!(half, "le=\"0.5\"} 1", "{hi:?}");
+        // `/later`: t0 to its completion at t0 + 400 ms.
+        let later = f.latency("/later");
+        assert!(later.contains(&"le=\"0.25\"} 0".to_owned()), "{later:?}");
+        assert!(later.contains(&"le=\"0.5\"} 1".to_owned()), "{later:?}");
+    }
+
+    #[test]
+    fn a_request_held_back_by_the_pipeline_bound_is_timed_from_its_arrival() {
+        let mut f = Fixture::new(Limits {
+            max_pipelined: 1,
+            ..Limits::default()
+        });
+        // Both arrive at once; `/hi` waits, unparsed, until `/later` is answered 400 ms on.
+        let mut burst = b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+        burst.extend_from_slice(GET_HI);
+        f.send(&burst);
+        f.now += Duration::from_millis(400);
+        let parked = PARKED.with(|p| p.borrow_mut().pop()).expect("deferred");
+        parked.complete(Response::text(200, "text/plain", "later"));
+        f.deliver();
+        assert_eq!(statuses(&f.written()), ["200", "200"]);
+        let hi = f.latency("/hi");
+        assert!(hi.contains(&"le=\"0.25\"} 0".to_owned()), "{hi:?}");
+        assert!(hi.contains(&"le=\"0.5\"} 1".to_owned()), "{hi:?}");
     }
 }

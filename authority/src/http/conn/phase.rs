@@ -25,6 +25,8 @@ pub(super) enum Phase {
     /// The head is parsed; the body is arriving.
     Body {
         head: Box<Head>,
+        /// When the head's first byte was read.
+        started: Instant,
         decoder: BodyDecoder,
         body: Vec<u8>,
         since: Instant,
@@ -48,35 +50,38 @@ pub(super) enum Phase {
 pub(super) enum Step {
     /// Need more bytes.
     Wait(Phase),
-    /// A complete request; the connection continues in the given phase.
-    Request(Phase, Box<Head>, Vec<u8>),
+    /// A complete request, read since the given instant (its first byte); the connection
+    /// continues in the given phase.
+    Request(Phase, Box<Head>, Vec<u8>, Instant),
     /// The input is refused: answer with the error and close.
     Fail(HttpError),
 }
 
 impl Phase {
-    /// Consumes what it can from `buf`.
+    /// Consumes what it can from `buf`; `first_byte` is when `buf[0]` was read.
     pub(super) fn step(
         self,
         buf: &mut Vec<u8>,
         limits: &Limits,
         budget: &Arc<BodyBudget>,
         now: Instant,
+        first_byte: Instant,
     ) -> Step {
         match self {
             Phase::Idle if !buf.is_empty() => Phase::Head {
-                since: now,
+                since: first_byte,
                 scanned: 0,
             }
-            .step(buf, limits, budget, now),
+            .step(buf, limits, budget, now, first_byte),
             Phase::Head { since, scanned } => match parse_head(buf, scanned, limits) {
                 Ok(Parsed::Partial { scanned }) => Step::Wait(Phase::Head { since, scanned }),
                 Ok(Parsed::Complete { head, len }) => {
                     buf.drain(..len);
                     match BodyDecoder::new(head.framing) {
-                        None => Step::Request(Phase::Idle, Box::new(head), Vec::new()),
+                        None => Step::Request(Phase::Idle, Box::new(head), Vec::new(), since),
                         Some(decoder) => Phase::Body {
                             head: Box::new(head),
+                            started: since,
                             decoder,
                             body: Vec::new(),
                             since: now,
@@ -84,13 +89,14 @@ impl Phase {
                             continued: false,
                             reservation: None,
                         }
-                        .step(buf, limits, budget, now),
+                        .step(buf, limits, budget, now, first_byte),
                     }
                 }
                 Err(e) => Step::Fail(e),
             },
             Phase::Body {
                 head,
+                started,
                 mut decoder,
                 mut body,
                 since,
@@ -102,7 +108,7 @@ impl Phase {
                     buf.drain(..p.consumed);
                     let received = received + p.consumed as u64;
                     if p.done {
-                        return Step::Request(Phase::Idle, head, body);
+                        return Step::Request(Phase::Idle, head, body, started);
                     }
                     // The body must wait for more bytes: from here on it holds memory on the
                     // server's account. A declared length is reserved whole, up front, so a
@@ -124,6 +130,7 @@ impl Phase {
                     }
                     Step::Wait(Phase::Body {
                         head,
+                        started,
                         decoder,
                         body,
                         since,
@@ -183,7 +190,7 @@ mod tests {
     /// Steps a fresh connection's phase over `input`.
     fn step(input: &[u8], limits: &Limits, budget: &Arc<BodyBudget>, now: Instant) -> Step {
         let mut buf = input.to_vec();
-        Phase::Idle.step(&mut buf, limits, budget, now)
+        Phase::Idle.step(&mut buf, limits, budget, now, now)
     }
 
     #[test]
@@ -244,7 +251,8 @@ mod tests {
         assert_eq!(budget.used(), 1000, "a refused body holds nothing");
         // The first finishes: its share returns.
         let mut rest = vec![b'x'; 1000];
-        let Step::Request(_, _, body) = waiting.step(&mut rest, &limits, &budget, now) else {
+        let Step::Request(_, _, body, _) = waiting.step(&mut rest, &limits, &budget, now, now)
+        else {
             panic!("the body is complete");
         };
         assert_eq!(body.len(), 1000);
