@@ -46,8 +46,10 @@ run() { # LABEL SERVER-BINARY
           "p50": .latency_us.p50, "p99": .latency_us.p99}' "$WORK/one.json" >> "$RESULTS"
 }
 
-# The first run also creates the agents (through the onboarding API); not measured.
-run warmup "$HEAD_BIN"
+# The first run also creates the agents (through the onboarding API); not measured. It runs
+# A, the older build, so that a store format B has added is not written before A reads it
+# (B reads every older format).
+run warmup "$BASE"
 : > "$RESULTS"
 for i in $(seq "$ROUNDS"); do
     if [ $((i % 2)) = 1 ]; then run A "$BASE"; run B "$HEAD_BIN"; else run B "$HEAD_BIN"; run A "$BASE"; fi
