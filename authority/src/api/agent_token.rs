@@ -131,15 +131,15 @@ impl AgentState {
                 .unwrap_or_default();
             self.app.source_throttle.failure_of(&source, &who, clock);
             if let Err(e) = &result {
-                static LOG: crate::http::admission::LogLimiter =
-                    crate::http::admission::LogLimiter::new(crate::refusal_audit::AUTH_LOG_EVERY);
-                let reason = e.to_string();
-                crate::refusal_audit::log_auth_failure(
-                    &LOG,
+                // Unauthenticated: logged (rate-limited) and audited as one row per claimed
+                // id, source and interval, never one row per request.
+                self.app.refusals.record(
                     "agent.token.refuse",
                     &who,
                     ctx.peer().ip(),
-                    &reason,
+                    crate::error::WireError::from(e).error,
+                    &e.to_string(),
+                    now,
                 );
             }
         }

@@ -35,11 +35,9 @@ use super::onboarding::{
     AGENT_RSA_ALGS, AgentState, MAX_AGENT_KEYS, agent_key_policy, stored_key_error,
 };
 use super::{validate, write};
-use crate::app::generate_secret;
-use crate::error::{ApiError, Error};
-use crate::http::admission::LogLimiter;
+use crate::app::{App, generate_secret};
+use crate::error::{ApiError, Error, WireError};
 use crate::http::{Outcome, Request, RequestContext, Response};
-use crate::refusal_audit::{AUTH_LOG_EVERY, log_auth_failure};
 use crate::store::outcome::Rotated;
 use crate::store::{
     AgentRecord, AuthMethod, BoardingRecord, Registration, RegistrationRecord, Rotation, Secret,
@@ -118,9 +116,15 @@ impl AgentState {
         // A spent or stale IAT sent again counts once: only new tokens look like guessing.
         let iat = self.verify_iat(token, now).inspect_err(|e| {
             self.app.source_throttle.failure_of(&source, token, clock);
-            static LOG: LogLimiter = LogLimiter::new(AUTH_LOG_EVERY);
-            let reason = e.to_string();
-            log_auth_failure(&LOG, "registration.refuse", "-", ctx.peer().ip(), &reason);
+            // Unauthenticated: logged (rate-limited) and audited in aggregate.
+            self.app.refusals.record(
+                "registration.refuse",
+                "-",
+                ctx.peer().ip(),
+                WireError::from(e).error,
+                &e.to_string(),
+                now,
+            );
         })?;
         let claims = iat.claims();
         let (Some(client_id), Some(jti), Some(tenant)) = (
@@ -270,7 +274,7 @@ impl AgentState {
         })?;
         let rec = self
             .authorize_rat(client_id, rat, false)
-            .inspect_err(|e| log_rat_refusal(client_id, ctx, e))?;
+            .inspect_err(|e| log_rat_refusal(&self.app, client_id, ctx, e, self.app.now()))?;
         let mut answer = self.answer(&rec, None, rat);
         if rec.auth_method == AuthMethod::PrivateKeyJwt {
             let keys = rec
@@ -303,7 +307,7 @@ impl AgentState {
         })?;
         let rec = self
             .authorize_rat(&client_id, rat, true)
-            .inspect_err(|e| log_rat_refusal(&client_id, ctx, e))?;
+            .inspect_err(|e| log_rat_refusal(&self.app, &client_id, ctx, e, self.app.now()))?;
         let body = RegisterRequest::parse(req.body())?;
         if let Some(id) = &body.client_id
             && *id != client_id
@@ -480,16 +484,16 @@ fn registration_response(status: u16, answer: RegistrationResponse) -> Response 
     Response::json(status, &answer).header("Pragma", "no-cache")
 }
 
-/// A registration access token that is not current for `client_id`: logged, rate-limited.
-fn log_rat_refusal(client_id: &str, ctx: &RequestContext<'_>, e: &Error) {
-    static LOG: LogLimiter = LogLimiter::new(AUTH_LOG_EVERY);
-    let reason = e.to_string();
-    log_auth_failure(
-        &LOG,
+/// A registration access token that is not current for `client_id`: logged (rate-limited) and
+/// audited in aggregate, as every unauthenticated refusal.
+fn log_rat_refusal(app: &App, client_id: &str, ctx: &RequestContext<'_>, e: &Error, now: u64) {
+    app.refusals.record(
         "registration.rat.refuse",
         client_id,
         ctx.peer().ip(),
-        &reason,
+        WireError::from(e).error,
+        &e.to_string(),
+        now,
     );
 }
 

@@ -15,6 +15,7 @@ use crate::util::server::Response;
 
 mod credentials;
 mod datasource;
+mod refusal_audit;
 mod replay_share;
 mod rotation;
 mod suspend;
