@@ -46,7 +46,11 @@ fn count(row: &Value) -> u64 {
 fn forged_agent_assertions_and_bad_iats_are_audited_as_counts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let auth = start(dir.path());
-    let key = SigningKey::hmac(Algorithm::HS256, b"not-the-agents-secret-but-long-enough-for-hs256").expect("hmac");
+    let key = SigningKey::hmac(
+        Algorithm::HS256,
+        b"not-the-agents-secret-but-long-enough-for-hs256",
+    )
+    .expect("hmac");
     let mut refused = 0;
     for _ in 0..40 {
         let assertion = sign(&key, None, &node_claims("ghost-agent", "main"));
