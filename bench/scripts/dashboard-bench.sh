@@ -12,17 +12,22 @@
 # DASHBOARD_INTERVAL (each poller's page interval, default 250ms), DASHBOARD_THREADS (server
 # event loops, default 2), DASHBOARD_OUT (default bench/results/dashboard.md), DASHBOARD_WORK
 # (keep the data directory and agents file there and reuse them), BENCH_READY_TIMEOUT (seconds
-# a server start may take, default 600: a million agents load before the server listens).
+# a server start may take, default 600: a million agents load before the server listens),
+# DASHBOARD_REGISTERED (default: every agent): at most this many agents are registered and
+# request tokens; the rest of each fleet size is created unregistered, offline, with
+# `latchkey agent import` (thousands per second, where registering through the API takes
+# minutes per 100k). The pages list the whole fleet either way.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SCALE=${DASHBOARD_SCALE:-1000,30000}
+REGISTERED=${DASHBOARD_REGISTERED:-0}
 DURATION=${DASHBOARD_DURATION:-10s}
 INTERVAL=${DASHBOARD_INTERVAL:-250ms}
 THREADS=${DASHBOARD_THREADS:-2}
 OUT=${DASHBOARD_OUT:-bench/results/dashboard.md}
 PAGE='/api/agentmanagement/v3/agents?page=0&size=100&sort=name'
-BIN=target/release
+BIN=${BIN:-target/release}
 # shellcheck source=bench/scripts/lib.sh
 . bench/scripts/lib.sh
 bench_require dashboard-bench jq openssl
@@ -40,6 +45,8 @@ echo "$BIN/latchkey serve --data-dir DATA --listen 127.0.0.1:0 --threads $THREAD
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 IFS=, read -r -a STEPS <<< "$SCALE"
 for n in "${STEPS[@]}"; do
+    fleet=$n
+    if [ "$REGISTERED" -gt 0 ] && [ "$n" -gt "$REGISTERED" ]; then n=$REGISTERED; fi
     before=$(grep -c '"kind":"secret"' "$AGENTS" 2>/dev/null || echo 0)
     if [ "$n" -gt "$before" ]; then
         start
@@ -49,15 +56,24 @@ for n in "${STEPS[@]}"; do
         echo "latchkey-loadgen $(lk_agent) --agents $n --prepare-threads 32 --requests 100    # created $((n - before)) agents in $(( $(date +%s) - t0 )) s" >> "$COMMANDS"
         stop_latchkey
     fi
+    imported=$(cat "$WORK/imported" 2>/dev/null || echo 0)
+    if [ "$fleet" -gt "$((n + imported))" ]; then
+        want=$((fleet - n - imported))
+        awk -v from="$imported" -v k="$want" 'BEGIN { for (i = from; i < from + k; i++) printf "{\"entityId\":\"fleet-%07d\"}\n", i }' > "$WORK/fleet.jsonl"
+        t0=$(date +%s)
+        "$BIN/latchkey" agent import --file "$WORK/fleet.jsonl" --data-dir "$DATA" --config "$WORK/latchkey.toml" --tenant bench > /dev/null
+        echo "latchkey agent import --file fleet.jsonl --data-dir DATA --tenant bench    # $want unregistered agents in $(( $(date +%s) - t0 )) s" >> "$COMMANDS"
+        echo $((imported + want)) > "$WORK/imported"
+    fi
     for pollers in 0 1 4; do
         start
-        label="$n agents, $pollers poller(s)"
+        label="$fleet agents, $pollers poller(s)"
         echo "== $label" >&2
         args=($(lk_agent) --agents "$n" --connections 32 --duration "$DURATION" --assertion-lifetime 5s
               --pollers "$pollers" --poll-interval "$INTERVAL" --poll-path "$PAGE")
         echo "latchkey-loadgen ${args[*]} --json    # $label" >> "$COMMANDS"
         "$BIN/latchkey-loadgen" "${args[@]}" --json > "$WORK/one.json"
-        jq -c --arg lbl "$label" --arg n "$n" --arg p "$pollers" --arg load "$(cut -d' ' -f1 /proc/loadavg)" \
+        jq -c --arg lbl "$label" --arg n "$fleet" --arg p "$pollers" --arg load "$(cut -d' ' -f1 /proc/loadavg)" \
             '{"label": $lbl, "agents_n": ($n|tonumber), "pollers": ($p|tonumber), "load": $load} + del(.series)' \
             "$WORK/one.json" >> "$RESULTS"
         stop_latchkey
@@ -82,6 +98,10 @@ done
     echo
     echo "## How to read this"
     echo
+    if [ "$REGISTERED" -gt 0 ]; then
+        echo "- At most $REGISTERED agents are registered and request tokens; larger fleets are filled up with"
+        echo "  unregistered agents (\`latchkey agent import\`, offline). Pages list the whole fleet."
+    fi
     echo "- The target: token p99 with 4 pollers at most 2 × alone, and page p50 flat as the fleet grows."
     echo "  Each page is served from the agent list index (O(page)), so neither depends on the fleet size."
     echo "- The machine is shared and was loaded (see \`load\`): differences of a few ms at p99 between rows"
