@@ -1,5 +1,5 @@
 //! Operator-side agent management under `/api/agentmanagement/v3/agents`, in the shapes the
-//! MindSphere `AgentManagementClient` sends and reads (see `mindsphere.rs`).
+//! MindSphere `AgentManagementClient` sends and reads (see `mindsphere`).
 //!
 //! Every call needs an operator bearer token: `agents:read` to look, `agents:write` to change
 //! and to obtain a boarding configuration (its initial access token boards the agent).
