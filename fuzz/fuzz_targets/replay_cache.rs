@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
             max_lifetime: 200,
             leeway: 3,
             floor: Some(NOW),
+            ..ReplayConfig::default()
         },
         [7; 32],
     );
