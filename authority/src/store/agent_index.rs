@@ -20,14 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use redb::{Database, ReadableDatabase as _};
-
-use super::codec;
-use super::error::{DbResult, StoreError};
-use super::hot::HotChange;
-use super::ops::WriteOp;
 use super::records::{AgentRecord, BoardingState, SecurityProfile};
-use super::schema::AGENTS;
 
 /// Target chunk length; a chunk splits at twice this. Tiny under test, so that the model
 /// tests cross many chunk boundaries.
@@ -487,60 +480,6 @@ impl AgentIndex {
             }
         }
     }
-}
-
-/// The agent an op may change, if any: the writer reads it back after the commit and publishes
-/// it here, so the index follows every path that writes agents without each path saying so.
-pub(crate) fn touched(op: &WriteOp) -> Option<String> {
-    // No wildcard: a new op must say whether it writes an agent record, or the list index
-    // would serve a stale one.
-    match op {
-        WriteOp::CreateAgent(new) => Some(new.id.clone()),
-        WriteOp::UpdateAgent { id, .. }
-        | WriteOp::DeleteAgent { id, .. }
-        | WriteOp::SuspendAgent { id, .. } => Some(id.clone()),
-        WriteOp::IssueBoardingToken { agent_id, .. } | WriteOp::Offboard { agent_id, .. } => {
-            Some(agent_id.clone())
-        }
-        WriteOp::Register(r) => Some(r.client_id.clone()),
-        WriteOp::PutTenant { .. }
-        | WriteOp::RotateRegistration(_)
-        | WriteOp::CutOver { .. }
-        | WriteOp::PutDataSourceConfig(_)
-        | WriteOp::CreateOperatorClient { .. }
-        | WriteOp::SuspendOperatorClient { .. }
-        | WriteOp::RotateOperatorClientSecret { .. }
-        | WriteOp::DeleteOperatorClient { .. }
-        | WriteOp::PutProfile { .. }
-        | WriteOp::DeleteProfile { .. }
-        | WriteOp::AddSigningKey(_)
-        | WriteOp::SetSigningKeyState { .. }
-        | WriteOp::AddCertificate(_)
-        | WriteOp::SetCertificateState { .. }
-        | WriteOp::RenameCertificate { .. }
-        | WriteOp::Revoke { .. }
-        | WriteOp::Forget { .. }
-        | WriteOp::PruneAudit(_)
-        | WriteOp::Audit { .. } => None,
-    }
-}
-
-/// The committed state of agents `ids`, as index changes.
-pub(crate) fn reload(db: &Database, ids: &[String]) -> Result<Vec<HotChange>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let txn = db.begin_read().db("begin read")?;
-    let t = txn.open_table(AGENTS).db("open table")?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let rec = match t.get(id.as_str()).db("read")? {
-            Some(v) => Some(Arc::new(codec::decode::<AgentRecord>(v.value())?)),
-            None => None,
-        };
-        out.push(HotChange::Agent(id.clone(), rec));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

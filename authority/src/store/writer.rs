@@ -19,7 +19,6 @@ use std::thread::JoinHandle;
 use crossbeam::channel::{Receiver, Sender};
 use redb::Database;
 
-use super::agent_index;
 use super::commit::{Committer, Reply};
 use super::error::{DbResult, StoreError};
 use super::hot::{HotChange, HotIndex};
@@ -175,15 +174,10 @@ fn commit_group(
     txn.set_two_phase_commit(true);
     txn.set_quick_repair(true);
     let mut results = Vec::with_capacity(ops.len());
-    let mut agents = Vec::new();
     {
         let mut tables = Tables::open(&txn)?;
         for op in ops {
-            let touched = agent_index::touched(&op);
             let applied = ops::apply(&mut tables, key, op)?;
-            if applied.result.is_ok() {
-                agents.extend(touched);
-            }
             results.push(Committed {
                 result: applied.result,
                 hot: applied.hot,
@@ -191,11 +185,5 @@ fn commit_group(
         }
     }
     txn.commit().db("commit")?;
-    // The list index takes agents as committed (one read, after the last op of the group).
-    if let Some(last) = results.last_mut() {
-        agents.sort_unstable();
-        agents.dedup();
-        last.hot.extend(agent_index::reload(db, &agents)?);
-    }
     Ok(results)
 }

@@ -365,6 +365,25 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The agent list index's changes, read off the plan's own agent writes: every op that
+    /// writes an agent record updates the index, with no list of such ops to keep.
+    fn agent_changes(&self) -> Result<Vec<HotChange>, StoreError> {
+        let mut out = Vec::new();
+        for m in &self.muts {
+            match m {
+                Mutation::Put(StrTable::Agents, id, bytes) => out.push(HotChange::Agent(
+                    id.clone(),
+                    Some(std::sync::Arc::new(codec::decode::<AgentRecord>(bytes)?)),
+                )),
+                Mutation::Del(StrTable::Agents, id) => {
+                    out.push(HotChange::Agent(id.clone(), None));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Names the op's own audit entry (fields bounded here). Called first thing by every
     /// audited op, before anything can refuse it.
     fn audit(&mut self, actor: &str, event: &str, subject: &str, at: u64) {
@@ -537,7 +556,13 @@ pub(crate) fn apply(
     let mut plan = Plan::default();
     let mut result = match dispatch::dispatch(t, key, op, &mut plan, &mut hot) {
         Err(e) if is_fatal(&e) => return Err(e),
-        Ok(outcome) => plan.check_keys().map(|()| outcome),
+        Ok(outcome) => plan
+            .check_keys()
+            .and_then(|()| plan.agent_changes())
+            .map(|changes| {
+                hot.extend(changes);
+                outcome
+            }),
         Err(e) => Err(e),
     };
     // Extra entries take the sequence numbers first, the op's own entry the one after them.
