@@ -179,16 +179,24 @@ fn create_client(
         ctx,
         op,
         move |c: OperatorClientRecord| {
-            let mut body = serde_json::to_value(ClientView::from(&c)).unwrap_or_default();
-            if let (Some(s), serde_json::Value::Object(m)) = (secret, &mut body) {
-                m.insert(
-                    "client_secret".into(),
-                    serde_json::Value::String(s.to_string()),
-                );
-            }
-            Ok(Response::json(201, &body))
+            Ok(Response::json(
+                201,
+                &view_with_secret(&c, secret.as_ref().map(|s| s.as_str())),
+            ))
         },
     ))
+}
+
+/// A client as the API shows it, with its new secret when one was just made (shown once).
+fn view_with_secret(c: &OperatorClientRecord, secret: Option<&str>) -> serde_json::Value {
+    let mut body = serde_json::to_value(ClientView::from(c)).unwrap_or_default();
+    if let (Some(s), serde_json::Value::Object(m)) = (secret, &mut body) {
+        m.insert(
+            "client_secret".into(),
+            serde_json::Value::String(s.to_owned()),
+        );
+    }
+    body
 }
 
 fn delete_client(
@@ -317,14 +325,10 @@ fn rotate_secret(
         ctx,
         op,
         move |c: OperatorClientRecord| {
-            let mut body = serde_json::to_value(ClientView::from(&c)).unwrap_or_default();
-            if let serde_json::Value::Object(m) = &mut body {
-                m.insert(
-                    "client_secret".into(),
-                    serde_json::Value::String(secret.to_string()),
-                );
-            }
-            Ok(Response::json(200, &body))
+            Ok(Response::json(
+                200,
+                &view_with_secret(&c, Some(secret.as_str())),
+            ))
         },
     ))
 }
