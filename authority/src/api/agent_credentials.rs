@@ -59,10 +59,7 @@ fn credentials(state: &Arc<AgentState>, req: &Request<'_>) -> Result<Outcome, Er
     };
     let now = app.now();
     let last_seen = state.last_token_at(&agent.id);
-    let online = matches!(
-        (agent.state, last_seen),
-        (BoardingState::Onboarded, Some(at)) if now < at.saturating_add(app.settings.access_token_lifetime)
-    );
+    let online = state.is_online(&agent, now);
     let body = json!({
         "id": agent.id,
         "boardingStatus": agent.state.as_str(),
@@ -98,10 +95,7 @@ fn suspension(
         suspend,
         by: p.client_id,
         now,
-        // Every token the agent holds has expired by then.
-        forget_after: now
-            .saturating_add(app.settings.access_token_lifetime)
-            .saturating_add(app.settings.leeway),
+        forget_after: state.revocation_lifetime(now),
     };
     Ok(write::submit(app, ctx, op, |agent: AgentRecord| {
         Ok(Response::json(

@@ -91,7 +91,7 @@ impl AgentState {
 
     /// How long the store keeps an agent revocation: every access token issued before it has
     /// expired by then.
-    fn revocation_lifetime(&self, now: u64) -> u64 {
+    pub(super) fn revocation_lifetime(&self, now: u64) -> u64 {
         now.saturating_add(self.app.settings.access_token_lifetime)
             .saturating_add(self.app.settings.leeway)
     }
@@ -201,7 +201,7 @@ impl AgentState {
 
     /// Online: onboarded, and holding an access token this process issued that is still
     /// valid (seen within one access-token lifetime), as `GET /agents/{id}/status` says.
-    fn is_online(&self, a: &AgentRecord, now: u64) -> bool {
+    pub(super) fn is_online(&self, a: &AgentRecord, now: u64) -> bool {
         a.state == BoardingState::Onboarded
             && self
                 .last_token_at(&a.id)
@@ -272,14 +272,10 @@ impl AgentState {
         let now = self.app.now();
         let lifetime = self.app.settings.access_token_lifetime;
         let status = match self.last_token_at(&agent.id) {
-            Some(at)
-                if agent.state == BoardingState::Onboarded && now < at.saturating_add(lifetime) =>
-            {
-                OnlineStatus {
-                    status: "ONLINE",
-                    since: rfc3339_millis(at),
-                }
-            }
+            Some(at) if self.is_online(&agent, now) => OnlineStatus {
+                status: "ONLINE",
+                since: rfc3339_millis(at),
+            },
             Some(at) => OnlineStatus {
                 status: "OFFLINE",
                 since: rfc3339_millis(at.saturating_add(lifetime).max(agent.updated_at).min(now)),
