@@ -83,10 +83,7 @@ impl AgentState {
     }
 
     fn new_iat(&self, now: u64) -> NewIat {
-        NewIat {
-            jti: self.app.jti.next_uuid(),
-            expires_at: now.saturating_add(self.app.settings.boarding_token_lifetime),
-        }
+        new_iat(&self.app, now)
     }
 
     /// How long the store keeps an agent revocation: every access token issued before it has
@@ -433,6 +430,14 @@ impl AgentState {
 }
 
 /// The agent id a path names (`{id}`).
+/// A fresh initial access token record: a new `jti`, valid for the boarding token lifetime.
+pub(super) fn new_iat(app: &crate::app::App, now: u64) -> NewIat {
+    NewIat {
+        jti: app.jti.next_uuid(),
+        expires_at: now.saturating_add(app.settings.boarding_token_lifetime),
+    }
+}
+
 fn path_id(req: &Request<'_>) -> Result<AgentId, ApiError> {
     AgentId::parse_as(
         validate::ENTITY_ID.named("id"),

@@ -20,7 +20,7 @@ use super::{Route, register};
 use crate::app::App;
 use crate::error::{ApiError, Error};
 use crate::http::{Outcome, Request, RequestContext, Response, Router};
-use crate::store::{NewAgent, NewIat, StoreError, WriteOp};
+use crate::store::{NewAgent, StoreError, WriteOp};
 
 /// Most agents one import request may carry; the CLI splits larger files.
 pub const MAX_IMPORT_BATCH: usize = 1000;
@@ -135,10 +135,7 @@ pub fn import(
                     id: new.id.as_str().to_owned(),
                     name: new.name.as_str().to_owned(),
                     security_profile: new.security_profile,
-                    iat: Some(NewIat {
-                        jti: app.jti.next_uuid(),
-                        expires_at: now.saturating_add(app.settings.boarding_token_lifetime),
-                    }),
+                    iat: Some(super::agents::new_iat(app, now)),
                     by: by.to_owned(),
                     now,
                 }),
