@@ -14,17 +14,10 @@ use super::schema::{META_CREATED_AT, META_KEY_ID, META_SCHEMA_VERSION, SCHEMA_VE
 use super::seal::hex;
 use super::{MasterKey, StoreError};
 
-/// The prefix of every key this engine writes: `/lk/<cluster>/<table>/<key>`.
-pub const KEY_PREFIX: &str = "/lk/";
+pub mod layout;
 
-/// The cluster name in every key, until a setting chooses another (one etcd cluster may then
-/// hold several authority clusters).
-pub const CLUSTER_NAME: &str = "default";
-
-/// The etcd key of row `key` of `table`: `/lk/<cluster>/<table>/<key>`.
-fn row_key(table: &str, key: &str) -> String {
-    format!("{KEY_PREFIX}{CLUSTER_NAME}/{table}/{key}")
-}
+use layout::meta_key;
+pub use layout::{CLUSTER_NAME, KEY_PREFIX};
 
 /// What [`Cluster::claim_meta`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +126,7 @@ impl Cluster {
         key_file: &std::path::Path,
         now: u64,
     ) -> Result<MetaClaim, StoreError> {
-        let id_key = row_key("meta", META_KEY_ID);
+        let id_key = meta_key(META_KEY_ID);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 id_key.clone(),
@@ -142,15 +135,15 @@ impl Cluster {
             )])
             .and_then([
                 TxnOp::put(
-                    row_key("meta", META_SCHEMA_VERSION),
+                    meta_key(META_SCHEMA_VERSION),
                     u64::from(SCHEMA_VERSION).to_be_bytes(),
                     None,
                 ),
-                TxnOp::put(row_key("meta", META_CREATED_AT), now.to_be_bytes(), None),
+                TxnOp::put(meta_key(META_CREATED_AT), now.to_be_bytes(), None),
                 TxnOp::put(id_key, key.id(), None),
             ])
             .or_else([TxnOp::get(
-                row_key("meta", ""),
+                meta_key(""),
                 Some(GetOptions::new().with_prefix()),
             )]);
         let mut client = self.client.clone();
@@ -168,7 +161,7 @@ impl Cluster {
                 continue;
             };
             for kv in get.kvs() {
-                let name = kv.key().strip_prefix(row_key("meta", "").as_bytes());
+                let name = kv.key().strip_prefix(meta_key("").as_bytes());
                 match name {
                     Some(n) if n == META_SCHEMA_VERSION.as_bytes() => {
                         schema = Some(kv.value().to_vec())
