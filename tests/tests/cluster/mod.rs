@@ -8,6 +8,15 @@ use std::process::{Command, Stdio};
 
 use crate::util::latchkey_bin;
 
+#[cfg(feature = "etcd")]
+mod across;
+#[cfg(feature = "etcd")]
+mod faults;
+#[cfg(feature = "etcd")]
+mod replay_across;
+#[cfg(feature = "etcd")]
+mod support;
+
 /// Runs `latchkey serve --data-dir DATA` with `args` until it exits (it is expected to
 /// refuse): the exit success and its stderr.
 fn serve_in(data: &Path, args: &[&str]) -> (bool, String) {

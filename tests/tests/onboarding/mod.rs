@@ -21,13 +21,13 @@ mod rotation;
 mod suspend;
 mod throttle;
 
-const API: &str = "/api/agentmanagement/v3";
+pub(crate) const API: &str = "/api/agentmanagement/v3";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -86,7 +86,7 @@ fn public_jwk(key: &SigningKey, kid: &str) -> Value {
 }
 
 /// A compact JWS with header `{"alg","typ":"JWT"[,"kid"]}`, signed by an agent's key.
-fn sign(key: &SigningKey, kid: Option<&str>, claims: &Value) -> String {
+pub(crate) fn sign(key: &SigningKey, kid: Option<&str>, claims: &Value) -> String {
     let mut header = json!({ "alg": key.algorithm().as_str(), "typ": "JWT" });
     if let Some(kid) = kid {
         header["kid"] = kid.into();
@@ -104,7 +104,7 @@ fn sign(key: &SigningKey, kid: Option<&str>, claims: &Value) -> String {
 }
 
 /// Claims the Node SDK writes (`aud` an array, one hour).
-fn node_claims(id: &str, tenant: &str) -> Value {
+pub(crate) fn node_claims(id: &str, tenant: &str) -> Value {
     let now = now();
     json!({
         "iss": id, "sub": id, "aud": ["southgate"], "iat": now, "nbf": now, "exp": now + 3600,
@@ -120,13 +120,13 @@ fn mcl_claims(id: &str, tenant: &str) -> Value {
     c
 }
 
-fn uuid() -> String {
+pub(crate) fn uuid() -> String {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).expect("random");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn token_form(assertion: &str) -> String {
+pub(crate) fn token_form(assertion: &str) -> String {
     format!(
         "grant_type=client_credentials&client_assertion_type={}&client_assertion={assertion}",
         form_encode(JWT_BEARER)
@@ -136,7 +136,7 @@ fn token_form(assertion: &str) -> String {
 /// `POST /oauth/token` as an agent does: a fresh assertion per try, retrying on 503 after
 /// `Retry-After` (a start's replay floor, or a re-registration within the second of an
 /// offboarding).
-fn token(auth: &Authority, assertion: impl Fn() -> String) -> Response {
+pub(crate) fn token(auth: &Authority, assertion: impl Fn() -> String) -> Response {
     for _ in 0..5 {
         let r = auth.form(
             &format!("{API}/oauth/token"),
@@ -156,7 +156,7 @@ fn token(auth: &Authority, assertion: impl Fn() -> String) -> Response {
     panic!("token endpoint kept answering 503");
 }
 
-fn assert_error(r: &Response, status: u16, code: &str, needle: &str) {
+pub(crate) fn assert_error(r: &Response, status: u16, code: &str, needle: &str) {
     assert_eq!(r.status, status, "{}", r.text());
     let body = r.json();
     assert_eq!(body["error"], code, "{body}");
@@ -166,7 +166,7 @@ fn assert_error(r: &Response, status: u16, code: &str, needle: &str) {
     assert!(desc.contains(needle), "{needle:?} not in {desc:?}");
 }
 
-fn create(auth: &Authority, op: &str, id: &str, name: &str, profile: &str) -> Response {
+pub(crate) fn create(auth: &Authority, op: &str, id: &str, name: &str, profile: &str) -> Response {
     auth.json(
         "POST",
         &format!("{API}/agents"),
@@ -175,7 +175,7 @@ fn create(auth: &Authority, op: &str, id: &str, name: &str, profile: &str) -> Re
     )
 }
 
-fn configuration(auth: &Authority, op: &str, id: &str) -> Value {
+pub(crate) fn configuration(auth: &Authority, op: &str, id: &str) -> Value {
     let r = auth.json(
         "GET",
         &format!("{API}/agents/{id}/boarding/configuration"),
@@ -186,11 +186,11 @@ fn configuration(auth: &Authority, op: &str, id: &str) -> Value {
     r.json()
 }
 
-fn register(auth: &Authority, iat: &str, body: &Value) -> Response {
+pub(crate) fn register(auth: &Authority, iat: &str, body: &Value) -> Response {
     auth.json("POST", &format!("{API}/register"), Some(iat), Some(body))
 }
 
-fn status(auth: &Authority, op: &str, id: &str) -> String {
+pub(crate) fn status(auth: &Authority, op: &str, id: &str) -> String {
     let r = auth.json(
         "GET",
         &format!("{API}/agents/{id}/boarding/status"),
@@ -201,7 +201,7 @@ fn status(auth: &Authority, op: &str, id: &str) -> String {
     r.json()["status"].as_str().expect("status").to_owned()
 }
 
-fn introspect(auth: &Authority, op: &str, token: &str) -> bool {
+pub(crate) fn introspect(auth: &Authority, op: &str, token: &str) -> bool {
     let r = auth.form(
         "/oauth/introspect",
         &format!("token={}", form_encode(token)),
@@ -212,7 +212,7 @@ fn introspect(auth: &Authority, op: &str, token: &str) -> bool {
 }
 
 /// Creates an agent and registers it; returns the registration response.
-fn board(auth: &Authority, op: &str, id: &str, profile: &str, body: &Value) -> Value {
+pub(crate) fn board(auth: &Authority, op: &str, id: &str, profile: &str, body: &Value) -> Value {
     let r = create(auth, op, id, &format!("agent {id}"), profile);
     assert_eq!(r.status, 201, "{}", r.text());
     let config = configuration(auth, op, id);

@@ -40,6 +40,35 @@ pub struct Member {
     pub client: String,
     child: Option<Child>,
     log: PathBuf,
+    /// How it was started: a restart runs the same command on the same data directory.
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
+impl Member {
+    /// Starts (or restarts) the member; its output is appended to its log.
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("member log");
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+    }
+}
+
+/// Settings of an [`EtcdCluster`] beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    /// `--quota-backend-bytes`: past it etcd raises its NOSPACE alarm and refuses writes.
+    pub quota_backend_bytes: Option<u64>,
 }
 
 /// Three etcd members on loopback, killed (and their data removed) on drop.
@@ -56,6 +85,11 @@ impl EtcdCluster {
     /// Starts three members with the etcd at `bin` and waits until every member reports
     /// healthy (which needs an elected leader). Panics with the members' logs otherwise.
     pub fn start(bin: &Path) -> EtcdCluster {
+        EtcdCluster::start_with(bin, &EtcdOptions::default())
+    }
+
+    /// [`EtcdCluster::start`] with `options`.
+    pub fn start_with(bin: &Path, options: &EtcdOptions) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         // Hold all six ports at once so no two members get the same one; release them just
         // before etcd binds them.
@@ -81,39 +115,47 @@ impl EtcdCluster {
                 let client = format!("127.0.0.1:{}", ports[i]);
                 let peer = format!("http://127.0.0.1:{}", ports[3 + i]);
                 let log = dir.path().join(format!("{name}.log"));
-                let out = std::fs::File::create(&log).expect("member log");
-                let child = Command::new(bin)
-                    .arg("--name")
-                    .arg(name)
-                    .arg("--data-dir")
-                    .arg(dir.path().join(name))
-                    .arg("--listen-client-urls")
-                    .arg(format!("http://{client}"))
-                    .arg("--advertise-client-urls")
-                    .arg(format!("http://{client}"))
-                    .arg("--listen-peer-urls")
-                    .arg(&peer)
-                    .arg("--initial-advertise-peer-urls")
-                    .arg(&peer)
-                    .arg("--initial-cluster")
-                    .arg(&initial_cluster)
-                    .arg("--initial-cluster-state")
-                    .arg("new")
-                    .arg("--initial-cluster-token")
-                    .arg(format!("lk-test-{}", ports[0]))
+                let mut args: Vec<String> = [
+                    "--name",
+                    name,
+                    "--data-dir",
+                    &dir.path().join(name).display().to_string(),
+                    "--listen-client-urls",
+                    &format!("http://{client}"),
+                    "--advertise-client-urls",
+                    &format!("http://{client}"),
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                    "--initial-cluster",
+                    &initial_cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    &format!("lk-test-{}", ports[0]),
                     // Loopback: short heartbeats elect a leader quickly.
-                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone().expect("log"))
-                    .stderr(out)
-                    .spawn()
-                    .expect("spawn etcd");
-                Member {
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "500",
+                ]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect();
+                if let Some(q) = options.quota_backend_bytes {
+                    args.extend(["--quota-backend-bytes".to_owned(), q.to_string()]);
+                }
+                let mut m = Member {
                     name: (*name).to_owned(),
                     client,
-                    child: Some(child),
+                    child: None,
                     log,
-                }
+                    bin: bin.to_path_buf(),
+                    args,
+                };
+                m.spawn();
+                m
             })
             .collect();
         let mut cluster = EtcdCluster { members, _dir: dir };
@@ -153,7 +195,12 @@ impl EtcdCluster {
                     panic!("etcd member exited during start ({status}):\n{logs}");
                 }
             }
-            if self.members.iter().all(|m| healthy(&m.client)) {
+            if self
+                .members
+                .iter()
+                .filter(|m| m.child.is_some())
+                .all(|m| healthy(&m.client))
+            {
                 return;
             }
             assert!(
@@ -181,12 +228,125 @@ impl EtcdCluster {
 
     /// Puts `key` = `value` through the member at `index`, over etcd's JSON gateway.
     pub fn put(&self, index: usize, key: &str, value: &[u8]) {
+        self.try_put(index, key, value)
+            .unwrap_or_else(|e| panic!("put on {}: {e}", self.members[index].name));
+    }
+
+    /// [`EtcdCluster::put`], with etcd's refusal (e.g. its space quota) as the error.
+    pub fn try_put(&self, index: usize, key: &str, value: &[u8]) -> Result<(), String> {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD;
         let body =
             serde_json::json!({ "key": b64.encode(key), "value": b64.encode(value) }).to_string();
-        http_post(&self.members[index].client, "/v3/kv/put", &body)
-            .unwrap_or_else(|e| panic!("put on {}: {e}", self.members[index].name));
+        let answer = http_post(&self.members[index].client, "/v3/kv/put", &body)?;
+        // The gateway answers 200 with an error object when the server refused.
+        match serde_json::from_str::<serde_json::Value>(&answer) {
+            Ok(v) if v.get("error").is_some() || v.get("code").is_some() => Err(answer),
+            _ => Ok(()),
+        }
+    }
+
+    /// `(member_id, leader)` as the member at `index` reports them
+    /// (`POST /v3/maintenance/status`); `None` when it does not answer.
+    pub fn status(&self, index: usize) -> Option<(String, String)> {
+        let answer = http_post(&self.members[index].client, "/v3/maintenance/status", "{}").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&answer).ok()?;
+        // uint64 fields are JSON strings in the gateway's answers.
+        let id = v["header"]["member_id"].as_str()?.to_owned();
+        let leader = v["leader"].as_str()?.to_owned();
+        Some((id, leader))
+    }
+
+    /// The index of the current leader, waiting up to [`HEALTHY_WITHIN`] for one that every
+    /// running member agrees on.
+    pub fn leader(&self) -> usize {
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        loop {
+            let statuses: Vec<Option<(String, String)>> = (0..self.members.len())
+                .map(|i| self.running(i).then(|| self.status(i)).flatten())
+                .collect();
+            let leaders: Vec<&String> = statuses.iter().flatten().map(|(_, l)| l).collect();
+            if let Some(first) = leaders.first()
+                && first.as_str() != "0"
+                && leaders.iter().all(|l| l == first)
+                && let Some(i) = statuses
+                    .iter()
+                    .position(|s| s.as_ref().is_some_and(|(id, _)| id == *first))
+            {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed etcd leader within {HEALTHY_WITHIN:?}: {statuses:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the member at `index` has a running process.
+    pub fn running(&self, index: usize) -> bool {
+        self.members[index].child.is_some()
+    }
+
+    /// SIGKILL to the member at `index` (its data directory stays for a restart).
+    pub fn kill9(&mut self, index: usize) {
+        if let Some(mut c) = self.members[index].child.take() {
+            c.kill().expect("kill -9 etcd member");
+            c.wait().expect("wait etcd member");
+        }
+    }
+
+    /// Starts the member at `index` again on its data directory and waits until every
+    /// running member reports healthy.
+    pub fn restart(&mut self, index: usize) {
+        assert!(
+            !self.running(index),
+            "{} is running",
+            self.members[index].name
+        );
+        self.members[index].spawn();
+        self.wait_healthy();
+    }
+
+    /// The cluster's current revision, read through the member at `index`.
+    pub fn revision(&self, index: usize) -> i64 {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let body = serde_json::json!({ "key": b64.encode("/"), "count_only": true }).to_string();
+        let answer = http_post(&self.members[index].client, "/v3/kv/range", &body)
+            .unwrap_or_else(|e| panic!("range on {}: {e}", self.members[index].name));
+        let v: serde_json::Value = serde_json::from_str(&answer).expect("range answer is JSON");
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("header.revision")
+    }
+
+    /// Compacts the cluster's history up to `revision` (physically: older revisions are
+    /// gone, and a watch from before it is cancelled as compacted).
+    pub fn compact(&self, index: usize, revision: i64) {
+        let body = serde_json::json!({ "revision": revision, "physical": true }).to_string();
+        http_post(&self.members[index].client, "/v3/kv/compaction", &body)
+            .unwrap_or_else(|e| panic!("compaction on {}: {e}", self.members[index].name));
+    }
+
+    /// The alarms the cluster has raised (`NOSPACE`, `CORRUPT`), as etcd names them.
+    pub fn alarms(&self, index: usize) -> Vec<String> {
+        let body = serde_json::json!({ "action": "GET" }).to_string();
+        let Ok(answer) = http_post(&self.members[index].client, "/v3/maintenance/alarm", &body)
+        else {
+            return Vec::new();
+        };
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        v["alarms"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["alarm"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[cfg(feature = "etcd")]
+pub mod cluster;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod https;
 pub mod server;
