@@ -71,7 +71,8 @@ fn malformed_store_is_refused_with_the_accepted_forms() {
 #[cfg(feature = "etcd")]
 mod with_etcd {
     use super::{serve_in, serve_refusal};
-    use crate::util::etcd::{EtcdCluster, etcd_or_skip};
+    use crate::util::cluster::EtcdProxy;
+    use crate::util::etcd::{EtcdCluster, EtcdOptions, etcd_or_skip, healthy};
 
     #[test]
     fn harness_cluster_replicates_between_members() {
@@ -83,6 +84,78 @@ mod with_etcd {
         cluster.put(0, "/lk-test/k", b"v1");
         // Range reads are linearizable by default: member 3 sees member 1's put.
         assert_eq!(cluster.get(2, "/lk-test/k").as_deref(), Some(&b"v1"[..]));
+    }
+
+    #[test]
+    fn harness_kills_the_leader_and_restarts_it_as_a_member() {
+        let Some(bin) = etcd_or_skip("harness_kills_the_leader_and_restarts_it_as_a_member") else {
+            return;
+        };
+        let mut cluster = EtcdCluster::start(&bin);
+        let leader = cluster.leader();
+        cluster.kill9(leader);
+        assert!(!cluster.running(leader));
+        let next = cluster.leader();
+        assert_ne!(next, leader, "a dead member cannot lead");
+        cluster.put(next, "/lk-test/k", b"after");
+        cluster.restart(leader);
+        // The restarted member rejoined with its data and caught up.
+        assert_eq!(
+            cluster.get(leader, "/lk-test/k").as_deref(),
+            Some(&b"after"[..])
+        );
+    }
+
+    #[test]
+    fn harness_compacts_and_fills_the_space_quota() {
+        let Some(bin) = etcd_or_skip("harness_compacts_and_fills_the_space_quota") else {
+            return;
+        };
+        let quota = 4 << 20;
+        let cluster = EtcdCluster::start_with(
+            &bin,
+            &EtcdOptions {
+                quota_backend_bytes: Some(quota),
+            },
+        );
+        cluster.put(0, "/lk-test/k", b"v1");
+        let before = cluster.revision(1);
+        cluster.put(0, "/lk-test/k", b"v2");
+        cluster.compact(2, before + 1);
+        assert!(
+            cluster.try_compact(0, before).is_err(),
+            "compacting below the compacted revision is refused"
+        );
+        assert!(cluster.alarms(0).is_empty());
+        let chunk = vec![b'x'; 512 << 10];
+        let mut n = 0;
+        while cluster
+            .try_put(0, &format!("/lk-test/fill/{n}"), &chunk)
+            .is_ok()
+        {
+            n += 1;
+            assert!(n < 64, "no NOSPACE after {n} puts");
+        }
+        assert_eq!(cluster.alarms(1), vec!["NOSPACE".to_owned()]);
+        assert!(cluster.try_put(2, "/lk-test/small", b"x").is_err());
+    }
+
+    #[test]
+    fn harness_proxy_black_holes_and_heals() {
+        let Some(bin) = etcd_or_skip("harness_proxy_black_holes_and_heals") else {
+            return;
+        };
+        let cluster = EtcdCluster::start(&bin);
+        let proxy = EtcdProxy::start(&cluster);
+        let via = proxy.endpoints();
+        let via: Vec<&str> = via.split(',').collect();
+        assert_eq!(via.len(), 3);
+        assert!(via.iter().all(|a| healthy(a)));
+        proxy.cut();
+        // No answer (a read timeout), not a refused or reset connection.
+        assert!(!healthy(via[0]));
+        proxy.heal();
+        assert!(via.iter().all(|a| healthy(a)));
     }
 
     #[test]

@@ -326,9 +326,14 @@ impl EtcdCluster {
     /// Compacts the cluster's history up to `revision` (physically: older revisions are
     /// gone, and a watch from before it is cancelled as compacted).
     pub fn compact(&self, index: usize, revision: i64) {
-        let body = serde_json::json!({ "revision": revision, "physical": true }).to_string();
-        http_post(&self.members[index].client, "/v3/kv/compaction", &body)
+        self.try_compact(index, revision)
             .unwrap_or_else(|e| panic!("compaction on {}: {e}", self.members[index].name));
+    }
+
+    /// [`EtcdCluster::compact`], with etcd's refusal as the error.
+    pub fn try_compact(&self, index: usize, revision: i64) -> Result<(), String> {
+        let body = serde_json::json!({ "revision": revision, "physical": true }).to_string();
+        http_post(&self.members[index].client, "/v3/kv/compaction", &body).map(drop)
     }
 
     /// The alarms the cluster has raised (`NOSPACE`, `CORRUPT`), as etcd names them.
@@ -362,7 +367,7 @@ impl Drop for EtcdCluster {
 }
 
 /// `GET /health` answers `{"health":"true"}` once the member has a leader.
-fn healthy(client: &str) -> bool {
+pub fn healthy(client: &str) -> bool {
     http("GET", client, "/health", "").is_ok_and(|b| b.contains(r#""health":"true""#))
 }
 
