@@ -14,7 +14,12 @@ use super::schema::{META_CREATED_AT, META_KEY_ID, META_SCHEMA_VERSION, SCHEMA_VE
 use super::seal::hex;
 use super::{MasterKey, StoreError};
 
+pub(crate) mod committer;
 pub mod layout;
+pub mod mirror;
+
+pub use committer::{ChangeListener, EngineSettings};
+pub use mirror::{Changed, MIRROR_FILE};
 
 use layout::meta_key;
 pub use layout::{CLUSTER_NAME, KEY_PREFIX};
@@ -195,6 +200,16 @@ impl Cluster {
             });
         }
         Ok(MetaClaim::Joined)
+    }
+
+    /// The master key id the cluster's meta holds, if it has been claimed.
+    pub fn meta_key_id(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut client = self.client.clone();
+        let r = self
+            .runtime
+            .block_on(client.get(meta_key(META_KEY_ID), None))
+            .map_err(|e| self.error(format!("cannot read the cluster's meta: {e}")))?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     fn error(&self, reason: String) -> StoreError {
