@@ -82,7 +82,7 @@ fn open_cluster(
     settings: &ServeSettings,
     data_dir: &Path,
     passphrase: &super::passphrase::PassphraseArgs,
-) -> Result<Option<Store>, Error> {
+) -> Result<Option<ClusterNode>, Error> {
     let crate::store::StoreEngine::Etcd { endpoints } = &settings.store else {
         return Ok(None);
     };
@@ -90,7 +90,7 @@ fn open_cluster(
     {
         use crate::store::etcd::{EngineSettings, MetaClaim};
         let started = std::time::Instant::now();
-        let (store, claim) = Store::open_cluster(
+        let (store, claim, cluster) = Store::open_cluster(
             data_dir,
             StoreOptions {
                 key: passphrase.key_options()?,
@@ -112,7 +112,16 @@ fn open_cluster(
             ms = started.elapsed().as_millis() as u64,
             "caught up with the cluster"
         );
-        Ok(Some(store))
+        let lock = cluster.bootstrap_lock(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(90),
+        )?;
+        // Whatever the node that held the lock before created is now visible here.
+        store.wait_current(CLUSTER_CATCH_UP)?;
+        Ok(Some(ClusterNode {
+            store,
+            _bootstrap: Some(Box::new(lock)),
+        }))
     }
     #[cfg(not(feature = "etcd"))]
     {
@@ -122,6 +131,12 @@ fn open_cluster(
             endpoints.join(",")
         )))
     }
+}
+
+/// A cluster node's store, and the bootstrap lock it holds until its first-run steps are done.
+struct ClusterNode {
+    store: Store,
+    _bootstrap: Option<Box<dyn std::any::Any>>,
 }
 
 /// How long a cluster node may take to load or catch up its mirror before `serve` gives up.
@@ -170,8 +185,9 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         .map(|(addr, _)| listen(*addr))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let cluster = open_cluster(&settings, &args.data_dir, &args.passphrase)?;
+    let mut cluster = open_cluster(&settings, &args.data_dir, &args.passphrase)?;
     let clustered = cluster.is_some();
+    let bootstrap_lock = cluster.as_mut().and_then(|c| c._bootstrap.take());
 
     let metrics = Arc::new(Metrics::new());
     let app_settings = AppSettings {
@@ -182,7 +198,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         ..file.app_settings()?
     };
     let store = match cluster {
-        Some(store) => store,
+        Some(node) => node.store,
         None => Store::open_or_create(
             &args.data_dir,
             StoreOptions {
@@ -245,6 +261,8 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     if let Some(ca) = &own_ca {
         announce_ca(ca, &settings);
     }
+    // The first-run steps are done: another node may run its own.
+    drop(bootstrap_lock);
     let state = Arc::new(app);
     if clustered {
         follow_cluster(&state);

@@ -7,7 +7,7 @@
 //! last proof is younger than the bound. A silent watch therefore never looks healthy: without
 //! a quorum's answer no proof arrives, and the gate closes once the bound has passed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The freshness gate of a cluster node.
@@ -19,6 +19,8 @@ pub struct Freshness {
     proven: AtomicU64,
     /// Refusals because the node was not fresh (metric).
     refused: AtomicU64,
+    /// The etcd revision the mirror has applied (metric).
+    applied: AtomicI64,
 }
 
 /// The node could not prove it is current within the bound.
@@ -55,6 +57,7 @@ impl Freshness {
             base: Instant::now(),
             proven: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            applied: AtomicI64::new(0),
         }
     }
 
@@ -67,6 +70,12 @@ impl Freshness {
     pub fn prove(&self, sent: Instant) {
         let ms = sent.saturating_duration_since(self.base).as_millis() as u64 + 1;
         self.proven.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// Whether a proof was sent at or after `since`.
+    pub fn proven_since(&self, since: Instant) -> bool {
+        let ms = since.saturating_duration_since(self.base).as_millis() as u64 + 1;
+        self.proven.load(Ordering::Acquire) >= ms
     }
 
     /// The age of the last proof at `now`.
@@ -92,6 +101,15 @@ impl Freshness {
                 })
             }
         }
+    }
+
+    /// Records the revision the mirror has applied.
+    pub fn set_applied_revision(&self, revision: i64) {
+        self.applied.store(revision, Ordering::Relaxed);
+    }
+
+    pub fn applied_revision(&self) -> i64 {
+        self.applied.load(Ordering::Relaxed)
     }
 
     /// How many requests [`Freshness::check`] refused.

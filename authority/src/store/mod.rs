@@ -233,7 +233,7 @@ impl Store {
         endpoints: &[String],
         settings: etcd::EngineSettings,
         catch_up: std::time::Duration,
-    ) -> Result<(Store, etcd::MetaClaim), StoreError> {
+    ) -> Result<(Store, etcd::MetaClaim, etcd::Cluster), StoreError> {
         let paths = DataDir {
             dir: dir.to_path_buf(),
             db: dir.join(etcd::MIRROR_FILE),
@@ -253,7 +253,6 @@ impl Store {
         }
         let key = master_key(&paths, &options.key, true)?;
         let claim = cluster.claim_meta(&key, &paths.key, crate::clock::unix_now())?;
-        drop(cluster);
         // Exclusive, unlike the single-node database: the mirror is this process's alone, and
         // only then may its commits skip the fsync (see `etcd::mirror`).
         let mut b = Database::builder();
@@ -306,7 +305,29 @@ impl Store {
                 }),
             },
             claim,
+            cluster,
         ))
+    }
+
+    /// Waits until this node has proven it is current as of a read sent after this call: what
+    /// any node wrote before the call is then in the mirror and the hot index.
+    #[cfg(feature = "etcd")]
+    pub fn wait_current(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        let Some(f) = self.inner.hot.freshness() else {
+            return Ok(());
+        };
+        let since = std::time::Instant::now();
+        let deadline = since + timeout;
+        while !f.proven_since(since) {
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::ClusterUnavailable(format!(
+                    "this node could not confirm it is current within {} s",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     /// Has `listener` told what writes (this node's and others') changed beyond the hot

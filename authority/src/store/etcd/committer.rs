@@ -569,6 +569,7 @@ impl Node {
     fn answer_applied(&mut self) {
         self.check_probe();
         let applied = self.mirror.position().revision;
+        self.freshness.set_applied_revision(applied);
         while self.pending.front().is_some_and(|p| p.revision <= applied) {
             let Some(p) = self.pending.pop_front() else {
                 break;
@@ -717,10 +718,7 @@ impl Node {
 
     /// Plans `ops` in one mirror write transaction, which is then aborted: the rows each op
     /// would write, in order, and its answer.
-    fn plan(
-        &self,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<PlannedOp>, StoreError> {
+    fn plan(&self, ops: Vec<WriteOp>) -> Result<Vec<PlannedOp>, StoreError> {
         use super::super::error::DbResult;
         let txn = self.db.begin_write().db("plan")?;
         let mut out = Vec::with_capacity(ops.len());

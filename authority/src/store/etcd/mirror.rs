@@ -380,7 +380,11 @@ mod tests {
             )
             .unwrap();
         assert!(changed.trust && changed.keys);
-        assert!(m.hot.revocation(RevocationKind::Certificate, "old").is_none());
+        assert!(
+            m.hot
+                .revocation(RevocationKind::Certificate, "old")
+                .is_none()
+        );
         assert!(m.hot.revocation(RevocationKind::Token, "new").is_some());
         assert_eq!(m.position().revision, 50);
     }
