@@ -62,6 +62,14 @@ pub fn agent(auth: &Authority, op: &str, id: &str) -> Response {
     auth.json("GET", &format!("{API}/agents/{id}"), Some(op), None)
 }
 
+/// Whether `r` is a node's clean "not now" (503 with Retry-After and an OAuth-style body): a
+/// node that cannot prove it is current within F says so, which a waiting loop waits out.
+pub fn not_now(r: &Response) -> bool {
+    r.status == 503
+        && r.header("retry-after").is_some()
+        && serde_json::from_slice::<Value>(&r.body).is_ok_and(|b| b["error"].is_string())
+}
+
 /// Waits until node `i` shows agent `id` (a read on another node than the writer's may lag
 /// behind the write it did not make); its JSON.
 pub fn wait_agent(c: &Cluster, i: usize, op: &str, id: &str) -> Value {
@@ -104,6 +112,7 @@ pub fn wait_refused(c: &Cluster, i: usize, id: &str, secret: &str) -> Response {
         match r.status {
             401 => Some(r),
             200 => None,
+            _ if not_now(&r) => None,
             _ => panic!("token for {id} on node {}: {}", i + 1, show(&r)),
         }
     })
