@@ -784,8 +784,12 @@ fn unavailable_reason(e: &etcd_client::Error) -> String {
         "the cluster store is out of space (its etcd space quota); writes are refused until \
          an operator frees space"
             .into()
+    } else if text.contains("Timeout") || text.contains("deadline") {
+        "the cluster store did not confirm the write in time; it may or may not have been \
+         made, so read before retrying"
+            .into()
     } else {
-        "the cluster store did not take the write in time; retry".into()
+        "the cluster store is unreachable or has no leader; retry".into()
     }
 }
 
