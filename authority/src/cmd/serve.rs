@@ -99,6 +99,7 @@ fn open_cluster(
             endpoints,
             EngineSettings {
                 freshness: settings.cluster_freshness,
+                max_txn_ops: settings.cluster_max_txn_ops,
                 ..EngineSettings::default()
             },
             CLUSTER_CATCH_UP,
