@@ -99,6 +99,7 @@ fn open_cluster(
             endpoints,
             EngineSettings {
                 freshness: settings.cluster_freshness,
+                max_txn_ops: settings.cluster_max_txn_ops,
                 ..EngineSettings::default()
             },
             CLUSTER_CATCH_UP,
@@ -197,6 +198,20 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         offload: settings.offload,
         ..file.app_settings()?
     };
+    // A rotation publishes the key first and activates it later: every node must have the
+    // published key before any node signs with it, so the pre-publication covers the bound.
+    if clustered
+        && app_settings.key_prepublication != 0
+        && u128::from(app_settings.key_prepublication) * 1000
+            < settings.cluster_freshness.as_millis()
+    {
+        return Err(Error::Config(format!(
+            "[keys] pre-publication ({} s) must be at least cluster-freshness ({} ms) on a \
+             cluster",
+            app_settings.key_prepublication,
+            settings.cluster_freshness.as_millis()
+        )));
+    }
     let store = match cluster {
         Some(node) => node.store,
         None => Store::open_or_create(

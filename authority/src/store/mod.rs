@@ -43,7 +43,7 @@ pub use error::StoreError;
 pub use freshness::{Freshness, Stale};
 pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, StoredSigningKey};
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
-pub use ops::PruneAudit;
+pub use ops::{FORGET_BATCH, PruneAudit};
 pub use ops::{
     MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig,
     NewIat, NewSigningKey, Registration, Rotation, SecretRotation, Takeover, WriteOp, WriteOutcome,
@@ -497,6 +497,33 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forget_removes_a_bounded_batch_per_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path(), StoreOptions::default()).unwrap();
+        let n = FORGET_BATCH + 30;
+        for i in 0..n {
+            store
+                .write(WriteOp::Revoke {
+                    kind: RevocationKind::Token,
+                    id: format!("jti-{i}"),
+                    by: "op".into(),
+                    reason: "test".into(),
+                    now: 5,
+                    forget_after: 100,
+                })
+                .unwrap();
+        }
+        let forgotten = |store: &Store| match store.write(WriteOp::Forget { now: 100 }).unwrap() {
+            WriteOutcome::Forgotten { revocations, .. } => revocations,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(forgotten(&store), FORGET_BATCH);
+        assert_eq!(forgotten(&store), 30);
+        assert_eq!(forgotten(&store), 0);
+        assert_eq!(store.hot().revocation_count(RevocationKind::Token), 0);
+    }
 
     const T: &str = "tenant-a";
 

@@ -679,7 +679,9 @@ impl Node {
                     taken,
                 });
                 self.answer_applied();
-                return Ok(());
+                // The next group plans on top of this one: wait for it to come back, or its
+                // compare would fail for certain.
+                return self.catch_up(revision).await;
             }
             // Another node wrote first: catch up to its write, then plan again.
             let latest = response
@@ -784,8 +786,12 @@ fn unavailable_reason(e: &etcd_client::Error) -> String {
         "the cluster store is out of space (its etcd space quota); writes are refused until \
          an operator frees space"
             .into()
+    } else if text.contains("Timeout") || text.contains("deadline") {
+        "the cluster store did not confirm the write in time; it may or may not have been \
+         made, so read before retrying"
+            .into()
     } else {
-        "the cluster store did not take the write in time; retry".into()
+        "the cluster store is unreachable or has no leader; retry".into()
     }
 }
 

@@ -39,6 +39,7 @@ pub use keys::{NewSigningKey, Takeover};
 pub use prune::PruneAudit;
 pub(crate) use registration::unsealed_client;
 pub use registration::{Registration, Rotation};
+pub use revocations::FORGET_BATCH;
 
 use audit::AuditInfo;
 
