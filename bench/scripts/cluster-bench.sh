@@ -10,10 +10,10 @@
 #      data directory with the master key: a full load), until serving.
 #
 # A 3-member etcd on loopback, two Latchkey nodes with one server thread each, release builds,
-# every run bounded by a request count, everything started and stopped by PID. The cluster's
+# every run bounded (a duration or a count), everything started and stopped by PID. The cluster's
 # results go into bench/results/cluster.md below its build-cost section, which is kept.
 #
-# Env: CLUSTER_REQUESTS (token requests per run, default 10000), CLUSTER_WRITES (agents per
+# Env: CLUSTER_DURATION (each token run, default 10s: runs of both nodes overlap), CLUSTER_WRITES (agents per
 # write-throughput run, default 1000), CLUSTER_BIG (agents for the rejoin, default 100000),
 # CLUSTER_OUT (default bench/results/cluster.md), ETCD (default: etcd on the PATH).
 # Build first: cargo build --release --locked -p latchkey-authority -p latchkey-bench \
@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-REQ=${CLUSTER_REQUESTS:-10000}
+DUR=${CLUSTER_DURATION:-10s}
 WRITES=${CLUSTER_WRITES:-1000}
 BIG=${CLUSTER_BIG:-100000}
 OUT=${CLUSTER_OUT:-bench/results/cluster.md}
@@ -161,7 +161,7 @@ sed -i 's|^\[tokens\]$|[tokens]\npublic-url = "https://latchkey.bench.test"|' "$
 start_node single
 CA_single=$WORK/single/ca.pem
 measure "redb single node: tokens" "$URL_single" "$CA_single" "$WORK/agents-single.jsonl" \
-    --scenario token-secret-jwt --agents 200 --connections 32 --requests "$REQ" --assertion-lifetime 5s
+    --scenario token-secret-jwt --agents 200 --connections 32 --duration "$DUR" --assertion-lifetime 5s
 OP=$(op_token "$URL_single" "$CA_single")
 read -r W_P50_REDB W_P99_REDB <<< "$(write_latency "$URL_single" "$CA_single" "$OP" wl 200)"
 measure "redb single node: writes" "$URL_single" "$CA_single" "$WORK/writes-single.jsonl" \
@@ -180,7 +180,7 @@ CA_n2=$WORK/n2/ca.pem
 echo "$BIN/latchkey serve --data-dir DIR --listen 127.0.0.1:PORT --threads 1 --config latchkey.toml [--store etcd://$ENDPOINTS]    # every node" >> "$COMMANDS"
 
 measure "etcd node 1 alone: tokens" "$URL_n1" "$CA_n1" "$WORK/agents-cluster.jsonl" \
-    --scenario token-secret-jwt --agents 200 --connections 32 --requests "$REQ" --assertion-lifetime 5s
+    --scenario token-secret-jwt --agents 200 --connections 32 --duration "$DUR" --assertion-lifetime 5s
 # Both nodes at once, the same agents (made through node 1): one load generator per node.
 cp "$WORK/agents-cluster.jsonl" "$WORK/agents-cluster-2.jsonl"
 echo "== both nodes" >&2
@@ -188,7 +188,7 @@ for n in n1 n2; do
     url_var="URL_$n" ca_var="CA_$n"
     f=$WORK/agents-cluster.jsonl; [ "$n" = n2 ] && f=$WORK/agents-cluster-2.jsonl
     "$BIN/latchkey-loadgen" --target "${!url_var}" --ca "${!ca_var}" --credentials "$WORK/operator.json" \
-        --agents-file "$f" --scenario token-secret-jwt --agents 200 --connections 32 --requests "$REQ" \
+        --agents-file "$f" --scenario token-secret-jwt --agents 200 --connections 32 --duration "$DUR" \
         --assertion-lifetime 5s --json > "$WORK/both-$n.json" &
     PIDS+=($!)
     eval "LG_$n=\$!"
@@ -260,11 +260,17 @@ for _ in $(seq 200); do
     fi
     sleep 0.05
 done
-grep -h 'loaded the cluster into the mirror\|caught up with the cluster' "$WORK/n2.err" "$WORK/n2fresh.err" > "$WORK/rejoin-log.txt" || true
+# The restarted node 2 (its last start) and the fresh node, as they logged their catch-up.
+{
+    grep 'loaded the cluster into the mirror\|caught up with the cluster' "$WORK/n2.err" | tail -1 | sed 's/^[^ ]* */node 2 restarted: /'
+    grep 'loaded the cluster into the mirror\|caught up with the cluster' "$WORK/n2fresh.err" | sed 's/^[^ ]* */fresh node: /'
+} > "$WORK/rejoin-log.txt" || true
 
 # ================================================================ Markdown
 MARK='<!-- cluster-bench.sh writes below this line; the build-cost section above is kept. -->'
-if grep -qF "$MARK" "$OUT"; then
+if [ ! -f "$OUT" ]; then
+    echo "$MARK" > "$WORK/head.md"
+elif grep -qF "$MARK" "$OUT"; then
     sed -n "1,/^$(printf '%s' "$MARK" | sed 's/[][\.*^$/]/\\&/g')\$/p" "$OUT" > "$WORK/head.md"
 else
     { cat "$OUT"; echo; echo "$MARK"; } > "$WORK/head.md"
@@ -292,7 +298,7 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int(
     echo "## Tokens per second"
     echo
     echo "HTTPS keep-alive, 32 connections, closed loop, SHARED_SECRET agents (client_secret_jwt),"
-    echo "EdDSA access tokens, $REQ requests per run. The token path of an etcd node reads its local"
+    echo "EdDSA access tokens, $DUR per run. The token path of an etcd node reads its local"
     echo "mirror only (no etcd round trip), behind the freshness gate (default \`cluster-freshness\` 2s)."
     echo
     echo "| run | requests | errors | tokens/s | p50 µs | p99 µs | load |"
@@ -331,7 +337,7 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int(
     echo "The fresh node then gave a token to an agent boarded on node 1 after it joined: $FRESH_SERVES."
     echo
     echo '```'
-    sed 's/^[^ ]* *//' "$WORK/rejoin-log.txt"
+    cat "$WORK/rejoin-log.txt"
     echo '```'
     echo
     echo "## Notes from the load generator"
@@ -342,7 +348,7 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int(
     echo
     echo '```sh'
     echo "cargo build --release --locked -p latchkey-authority -p latchkey-bench --features latchkey-authority/etcd --bins"
-    echo "bench/scripts/cluster-bench.sh    # CLUSTER_REQUESTS=$REQ CLUSTER_WRITES=$WRITES CLUSTER_BIG=$BIG"
+    echo "bench/scripts/cluster-bench.sh    # CLUSTER_DURATION=$DUR CLUSTER_WRITES=$WRITES CLUSTER_BIG=$BIG"
     cat "$COMMANDS"
     echo '```'
 } > "$WORK/out.md"
