@@ -14,7 +14,9 @@ use super::schema::{META_CREATED_AT, META_KEY_ID, META_SCHEMA_VERSION, SCHEMA_VE
 use super::seal::hex;
 use super::{MasterKey, StoreError};
 
+pub mod files;
 pub mod layout;
+pub mod migrate;
 
 use layout::meta_key;
 pub use layout::{CLUSTER_NAME, KEY_PREFIX};
