@@ -350,8 +350,77 @@ fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError>
 }
 
 #[cfg(test)]
+#[path = "test_etcd.rs"]
+pub(super) mod test_etcd;
+
+#[cfg(test)]
 mod tests {
+    use super::test_etcd::Etcd;
     use super::*;
+    use crate::store::{KeyFileOptions, MasterKey};
+
+    /// A data directory with `master.key` (a copy of `key_from`'s when given).
+    fn data_dir(root: &Path, name: &str, key_from: Option<&Path>) -> (PathBuf, MasterKey) {
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let key_file = dir.join("master.key");
+        let key = match key_from {
+            Some(from) => {
+                std::fs::copy(from.join("master.key"), &key_file).unwrap();
+                MasterKey::load(&key_file, &KeyFileOptions::default()).unwrap()
+            }
+            None => MasterKey::create(&key_file, &KeyFileOptions::default()).unwrap(),
+        };
+        (dir, key)
+    }
+
+    #[test]
+    fn nodes_of_a_cluster_get_one_ca_and_another_ca_is_refused() {
+        let Some(etcd) = Etcd::start("nodes_of_a_cluster_get_one_ca_and_another_ca_is_refused")
+        else {
+            return;
+        };
+        let cluster = etcd.connect().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let (a, key) = data_dir(root.path(), "a", None);
+        let (b, key_b) = data_dir(root.path(), "b", Some(&a));
+
+        // Neither has one: the first node creates its CA and publishes it.
+        assert_eq!(sync_ca(&cluster, &a).unwrap(), CaSync::Absent);
+        crate::tls::ensure_certificates(&a, &key, &[]).unwrap();
+        assert_eq!(publish_ca(&cluster, &a).unwrap(), Publish::Published);
+        assert_eq!(sync_ca(&cluster, &a).unwrap(), CaSync::Same);
+
+        // The second node takes it, and issues its server certificate under it with the
+        // shared master key.
+        assert_eq!(sync_ca(&cluster, &b).unwrap(), CaSync::Installed);
+        let ca_a = std::fs::read(a.join(CA_CERT)).unwrap();
+        assert_eq!(std::fs::read(b.join(CA_CERT)).unwrap(), ca_a);
+        let (_, created) = crate::tls::ensure_certificates(&b, &key_b, &[]).unwrap();
+        assert_eq!(created, crate::tls::Created::ServerCertificate);
+        assert!(issued_by(&std::fs::read(b.join(SERVER_CERT)).unwrap(), &ca_a));
+        assert_eq!(sync_ca(&cluster, &b).unwrap(), CaSync::Same);
+
+        // A node with a CA of its own is refused, naming the files to remove, and keeps it.
+        let (c, key_c) = data_dir(root.path(), "c", Some(&a));
+        crate::tls::ensure_certificates(&c, &key_c, &[]).unwrap();
+        let ca_c = std::fs::read(c.join(CA_CERT)).unwrap();
+        let err = sync_ca(&cluster, &c).unwrap_err().to_string();
+        for f in [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY] {
+            assert!(err.contains(&c.join(f).display().to_string()), "{err}");
+        }
+        assert_eq!(std::fs::read(c.join(CA_CERT)).unwrap(), ca_c);
+        // Publishing it loses to the cluster's, which the caller may install: the server
+        // certificate of the lost CA goes with it.
+        let Publish::Lost(winner) = publish_ca(&cluster, &c).unwrap() else {
+            panic!("the cluster's CA must win");
+        };
+        assert_eq!(winner.cert_pem, ca_a);
+        install_ca(&c, &winner).unwrap();
+        assert!(!c.join(SERVER_CERT).exists());
+        assert_eq!(sync_ca(&cluster, &c).unwrap(), CaSync::Same);
+        assert_eq!(cluster.read_ca().unwrap(), Some(winner));
+    }
 
     fn pem(seed: &str) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().unwrap();
