@@ -284,7 +284,7 @@ fn first_cert(pem: &[u8]) -> Option<CertificateDer<'static>> {
 }
 
 /// Whether two PEM files hold the same (first) certificate, whatever their line endings.
-fn same_cert(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_cert(a: &[u8], b: &[u8]) -> bool {
     match (first_cert(a), first_cert(b)) {
         (Some(a), Some(b)) => a == b,
         _ => a == b,
@@ -398,7 +398,10 @@ mod tests {
         assert_eq!(std::fs::read(b.join(CA_CERT)).unwrap(), ca_a);
         let (_, created) = crate::tls::ensure_certificates(&b, &key_b, &[]).unwrap();
         assert_eq!(created, crate::tls::Created::ServerCertificate);
-        assert!(issued_by(&std::fs::read(b.join(SERVER_CERT)).unwrap(), &ca_a));
+        assert!(issued_by(
+            &std::fs::read(b.join(SERVER_CERT)).unwrap(),
+            &ca_a
+        ));
         assert_eq!(sync_ca(&cluster, &b).unwrap(), CaSync::Same);
 
         // A node with a CA of its own is refused, naming the files to remove, and keeps it.

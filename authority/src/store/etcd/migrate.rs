@@ -74,6 +74,14 @@ fn import_in_progress(cluster: &Cluster) -> StoreError {
     ))
 }
 
+fn not_fresh(cluster: &Cluster, rows: i64) -> StoreError {
+    cluster.error(format!(
+        "the cluster already holds {rows} rows under {}: import needs a fresh cluster (a \
+         cluster's own data is backed up with `latchkey backup --store`)",
+        rows_prefix()
+    ))
+}
+
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportReport {
@@ -122,10 +130,19 @@ pub fn import_data_dir(
     let created_at = check_meta(&db, &key, &paths)?;
     let local_ca = local_ca(dir)?;
 
+    // Nothing is written into a cluster that holds rows, unless an interrupted import wrote
+    // them (the marker Txn checks again).
+    let marker = cluster.import_marker()?;
+    if marker.is_none() {
+        let rows = cluster.count_rows()?;
+        if rows > 0 {
+            return Err(not_fresh(cluster, rows));
+        }
+    }
     cluster.claim_meta(&key, &paths.key, created_at)?;
     if let Some(ours) = &local_ca
         && let Some(theirs) = cluster.read_ca()?
-        && theirs.cert_pem != ours.cert_pem
+        && !files::same_cert(&theirs.cert_pem, &ours.cert_pem)
     {
         return Err(cluster.error(format!(
             "the cluster has a CA ({}) that is not {}'s: import into a fresh cluster",
@@ -133,7 +150,7 @@ pub fn import_data_dir(
             dir.display()
         )));
     }
-    let (marker_revision, resumed) = cluster.begin_import(&key)?;
+    let (marker_revision, resumed) = cluster.begin_import(&key, marker)?;
     let ca = match local_ca {
         None => CaImport::NoCa,
         Some(_) => match files::publish_ca(cluster, dir)? {
@@ -317,14 +334,9 @@ impl Cluster {
     /// Writes the import marker: into a cluster without rows, or over an interrupted import's
     /// marker (clearing the rows it wrote). Returns the marker's revision, which every later
     /// Txn of the import compares, and whether an interrupted import was found.
-    fn begin_import(&self, key: &MasterKey) -> Result<(i64, bool), StoreError> {
+    fn begin_import(&self, key: &MasterKey, seen: Option<i64>) -> Result<(i64, bool), StoreError> {
         let marker = import_marker_key();
-        let mut client = self.client.clone();
-        let seen = self
-            .runtime
-            .block_on(client.get(marker.clone(), None))
-            .map_err(|e| self.error(format!("cannot read {marker}: {e}")))?;
-        let (txn, resumed) = match seen.kvs().first() {
+        let (txn, resumed) = match seen {
             // A fresh cluster: the compares prove it holds no rows and no marker.
             None => (
                 Txn::new()
@@ -343,12 +355,12 @@ impl Cluster {
                 false,
             ),
             // The claim checked the master key; this clears the rows of the interrupted import.
-            Some(kv) => (
+            Some(mod_revision) => (
                 Txn::new()
                     .when([Compare::mod_revision(
                         marker.clone(),
                         CompareOp::Equal,
-                        kv.mod_revision(),
+                        mod_revision,
                     )])
                     .and_then([
                         TxnOp::delete(rows_prefix(), Some(DeleteOptions::new().with_prefix())),
@@ -358,6 +370,7 @@ impl Cluster {
                 true,
             ),
         };
+        let mut client = self.client.clone();
         let response = self
             .runtime
             .block_on(client.txn(txn))
@@ -371,15 +384,34 @@ impl Cluster {
             _ => None,
         });
         Err(match rows {
-            Some(n) if n > 0 => self.error(format!(
-                "the cluster already holds {n} rows under {}: import needs a fresh cluster (a \
-                 cluster's own data is backed up with `latchkey backup --store`)",
-                rows_prefix()
-            )),
+            Some(n) if n > 0 => not_fresh(self, n),
             _ => self.error(format!(
                 "another `latchkey cluster import` started at the same time ({marker} changed)"
             )),
         })
+    }
+
+    /// The import marker's mod revision, if there is one.
+    fn import_marker(&self) -> Result<Option<i64>, StoreError> {
+        let mut client = self.client.clone();
+        let found = self
+            .runtime
+            .block_on(client.get(import_marker_key(), None))
+            .map_err(|e| self.error(format!("cannot read {}: {e}", import_marker_key())))?;
+        Ok(found.kvs().first().map(|kv| kv.mod_revision()))
+    }
+
+    /// How many rows the cluster holds.
+    fn count_rows(&self) -> Result<i64, StoreError> {
+        let mut client = self.client.clone();
+        let found = self
+            .runtime
+            .block_on(client.get(
+                rows_prefix(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            ))
+            .map_err(|e| self.error(format!("cannot count rows: {e}")))?;
+        Ok(found.count())
     }
 
     /// Commits one Txn of an import, which compares the marker's revision.
@@ -609,6 +641,26 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_keeps_nodes_from_starting_until_the_import_is_rerun() {
+        let Some(etcd) = super::super::files::test_etcd::Etcd::start(
+            "a_marker_keeps_nodes_from_starting_until_the_import_is_rerun",
+        ) else {
+            return;
+        };
+        let cluster = etcd.connect().unwrap();
+        check_no_import(&cluster).unwrap();
+        let mut client = cluster.client.clone();
+        cluster
+            .runtime
+            .block_on(client.put(import_marker_key(), b"x".to_vec(), None))
+            .unwrap();
+        let err = check_no_import(&cluster).unwrap_err().to_string();
+        assert!(err.contains("in progress or was interrupted"), "{err}");
+        assert!(err.contains("rerun `latchkey cluster import`"), "{err}");
+        assert!(err.contains(&etcd.endpoint), "{err}");
+    }
 
     #[test]
     fn prefix_end_is_the_first_key_after_the_prefix() {
