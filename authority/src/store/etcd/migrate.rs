@@ -458,6 +458,17 @@ impl From<StoreError> for PinnedRead {
 /// `latchkey backup --store etcd://…`: every row at one revision, and the cluster's meta, into
 /// the new file `out` (mode 0600; never overwritten; removed on failure).
 pub fn backup_cluster(cluster: &Cluster, out: &Path) -> Result<ClusterBackup, StoreError> {
+    backup_cluster_paged(cluster, out, PAGE_KEYS, &mut |_| {})
+}
+
+/// [`backup_cluster`] with `page_keys` per page, calling `after_page` with each page's pinned
+/// revision (tests compact the cluster there).
+fn backup_cluster_paged(
+    cluster: &Cluster,
+    out: &Path,
+    page_keys: i64,
+    after_page: &mut dyn FnMut(i64),
+) -> Result<ClusterBackup, StoreError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -477,7 +488,7 @@ pub fn backup_cluster(cluster: &Cluster, out: &Path) -> Result<ClusterBackup, St
             let mut w = dst.begin_write().db("begin backup")?;
             w.set_two_phase_commit(true);
             create_tables(&w)?;
-            match cluster.copy_at_one_revision(&w) {
+            match cluster.copy_at_one_revision(&w, page_keys, after_page) {
                 Ok(done) => {
                     w.commit().db("commit backup")?;
                     break done;
@@ -555,7 +566,12 @@ fn is_compacted(e: &etcd_client::Error) -> bool {
 impl Cluster {
     /// Reads every row in pages pinned at the first page's revision, then the meta at that
     /// revision, into `w`: the row count and the revision.
-    fn copy_at_one_revision(&self, w: &WriteTransaction) -> Result<(u64, i64), PinnedRead> {
+    fn copy_at_one_revision(
+        &self,
+        w: &WriteTransaction,
+        page_keys: i64,
+        after_page: &mut dyn FnMut(i64),
+    ) -> Result<(u64, i64), PinnedRead> {
         let mut kv = self
             .client
             .kv_client()
@@ -567,7 +583,7 @@ impl Cluster {
         loop {
             let mut options = GetOptions::new()
                 .with_range(end.clone())
-                .with_limit(PAGE_KEYS);
+                .with_limit(page_keys);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
@@ -584,6 +600,7 @@ impl Cluster {
                 layout::write_row(w, table, &key, Some(kv.value()))?;
                 rows += 1;
             }
+            after_page(revision);
             match page.kvs().last() {
                 Some(last) if page.more() => {
                     start = last.key().to_vec();
@@ -660,6 +677,78 @@ mod tests {
         assert!(err.contains("in progress or was interrupted"), "{err}");
         assert!(err.contains("rerun `latchkey cluster import`"), "{err}");
         assert!(err.contains(&etcd.endpoint), "{err}");
+    }
+
+    #[test]
+    fn a_backup_compacted_under_it_starts_again_at_a_newer_revision() {
+        use crate::store::KeyFileOptions;
+        let Some(etcd) = super::super::files::test_etcd::Etcd::start(
+            "a_backup_compacted_under_it_starts_again_at_a_newer_revision",
+        ) else {
+            return;
+        };
+        let cluster = etcd.connect().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key =
+            MasterKey::create(&dir.path().join("master.key"), &KeyFileOptions::default()).unwrap();
+        cluster
+            .claim_meta(&key, &dir.path().join("master.key"), 1_700_000_000)
+            .unwrap();
+        let mut client = cluster.client.clone();
+        let mut put = |id: &str| {
+            let k = layout::row_key(Table::Agents, &layout::RowKey::Str(id.into()));
+            cluster
+                .runtime
+                .block_on(client.put(k, id.as_bytes().to_vec(), None))
+                .unwrap()
+                .header()
+                .map_or(0, |h| h.revision())
+        };
+        for id in ["a", "b", "c", "d", "e"] {
+            put(id);
+        }
+        // After the first page of the first attempt, a write and a compaction past the pinned
+        // revision: the next page fails with ErrCompacted and the backup starts again.
+        let mut pinned = Vec::new();
+        let mut compactor = cluster.client.clone();
+        let out = dir.path().join("backup.redb");
+        let report = backup_cluster_paged(&cluster, &out, 2, &mut |revision| {
+            if pinned.is_empty() {
+                let now = put("f");
+                cluster
+                    .runtime
+                    .block_on(compactor.compact(now, None))
+                    .unwrap();
+            }
+            pinned.push(revision);
+        })
+        .unwrap();
+        assert_eq!(report.rows, 6);
+        assert!(pinned[0] < report.revision, "{pinned:?} {report:?}");
+        assert_eq!(*pinned.last().unwrap(), report.revision);
+
+        let db = Database::open(&out).unwrap();
+        let r = db.begin_read().unwrap();
+        let mut ids = Vec::new();
+        layout::for_each_row(&r, Table::Agents, |row| {
+            ids.push(row.value);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ids.len(), 6);
+        let meta = r.open_table(META).unwrap();
+        assert_eq!(
+            meta.get(META_KEY_ID).unwrap().unwrap().value(),
+            &key.id()[..]
+        );
+        assert_eq!(
+            codec::decode_u64(
+                META_CREATED_AT,
+                meta.get(META_CREATED_AT).unwrap().unwrap().value()
+            )
+            .unwrap(),
+            1_700_000_000
+        );
     }
 
     #[test]
