@@ -333,6 +333,28 @@ pub enum TlsFiles {
     },
 }
 
+/// A public URL as given (`--public-url`, `[tokens] public-url`): `http://` or `https://`,
+/// a host, no query or fragment, at most 2048 bytes; a trailing `/` is dropped.
+pub fn public_url(url: &str) -> Result<String, Error> {
+    let bad = |why: &str| Err(Error::Config(format!("public-url {url:?}: {why}")));
+    if url.len() > 2048 {
+        return bad("longer than 2048 bytes");
+    }
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return bad("must start with https:// or http://");
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return bad("has no host");
+    }
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_control() || c == ' ') {
+        return bad("must not hold a query, a fragment, spaces or control characters");
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 /// Settings after defaults and checks.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -676,6 +698,29 @@ impl SettingsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_urls_are_checked_and_lose_a_trailing_slash() {
+        assert_eq!(
+            public_url("https://auth.example/").unwrap(),
+            "https://auth.example"
+        );
+        assert_eq!(
+            public_url("http://10.0.0.1:8443").unwrap(),
+            "http://10.0.0.1:8443"
+        );
+        for bad in [
+            "auth.example",
+            "ftp://x",
+            "https://",
+            "https:///p",
+            "https://a?x=1",
+            "https://a#f",
+            "https://a b",
+        ] {
+            assert!(public_url(bad).is_err(), "{bad}");
+        }
+    }
 
     /// List settings are plural in the file and singular as repeatable flags; each accepts
     /// the other spelling, so an operator's guess from either side works.
