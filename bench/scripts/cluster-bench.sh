@@ -6,8 +6,9 @@
 #   2. writes: agent creation latency (sequential, one at a time) and write throughput (the load
 #      generator's agent preparation: create + boarding configuration + register, 8 clients);
 #   3. revocation reach: an agent offboarded on node 1, then the time until node 2 refuses it;
-#   4. rejoin with CLUSTER_BIG agents: a node restarted on its mirror, and a fresh node (empty
-#      data directory with the master key: a full load), until serving.
+#   4. joining with CLUSTER_BIG agents (made offline with `agent import --data-dir`, moved into
+#      a fresh etcd with `cluster import`): a fresh node (a full load), the same node restarted
+#      on its mirror, a second fresh node, each until it listens.
 #
 # A 3-member etcd on loopback, two Latchkey nodes with one server thread each, release builds,
 # every run bounded (a duration or a count), everything started and stopped by PID. The cluster's
@@ -53,6 +54,8 @@ b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
 # ---- etcd: three members on loopback.
 start_etcd() {
     local i cp=() pp=() initial=""
+    ETCD_PIDS=()
+    rm -rf "$WORK/etcd"
     for i in 1 2 3; do cp+=("$(free_port)"); pp+=("$(free_port)"); done
     for i in 0 1 2; do initial+="${initial:+,}m$((i + 1))=http://127.0.0.1:${pp[$i]}"; done
     ENDPOINTS=""
@@ -61,8 +64,9 @@ start_etcd() {
             --listen-client-urls "http://127.0.0.1:${cp[$i]}" --advertise-client-urls "http://127.0.0.1:${cp[$i]}" \
             --listen-peer-urls "http://127.0.0.1:${pp[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${pp[$i]}" \
             --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token "lk-bench-${cp[0]}" \
-            --heartbeat-interval 50 --election-timeout 500 > "$WORK/etcd-m$((i + 1)).log" 2>&1 &
+            --heartbeat-interval 50 --election-timeout 500 >> "$WORK/etcd-m$((i + 1)).log" 2>&1 &
         PIDS+=($!)
+        ETCD_PIDS+=($!)
         ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:${cp[$i]}"
     done
     for _ in $(seq 300); do
@@ -93,6 +97,7 @@ start_node() {
     printf -v "READY_MS_$name" '%s' "$(( $(now_ms) - started ))"
 }
 stop_node() { local v="PID_$1"; kill "${!v}"; wait "${!v}" 2>/dev/null || true; }
+stop_etcd() { local p; for p in "${ETCD_PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null || true; done; }
 
 # ---- HTTP helpers (curl per request: each costs a process and a TLS handshake).
 op_token() { # URL CA
@@ -155,7 +160,7 @@ write_latency() {
 
 bench_config EdDSA
 # One issuer for every node (clients reach any node under one name).
-sed -i 's|^\[tokens\]$|[tokens]\npublic-url = "https://latchkey.bench.test"|' "$WORK/latchkey.toml"
+PUBLIC=(--public-url https://latchkey.bench.test)
 
 # ================================================================ single node (redb)
 start_node single
@@ -171,13 +176,13 @@ stop_node single
 # ================================================================ two nodes on etcd
 start_etcd
 STORE="etcd://$ENDPOINTS"
-start_node n1 --store "$STORE"
+start_node n1 --store "$STORE" "${PUBLIC[@]}"
 mkdir -p "$WORK/n2"
 cp "$WORK/n1/master.key" "$WORK/n2/master.key"
-start_node n2 --store "$STORE"
+start_node n2 --store "$STORE" "${PUBLIC[@]}"
 CA_n1=$WORK/n1/ca.pem
 CA_n2=$WORK/n2/ca.pem
-echo "$BIN/latchkey serve --data-dir DIR --listen 127.0.0.1:PORT --threads 1 --config latchkey.toml [--store etcd://$ENDPOINTS]    # every node" >> "$COMMANDS"
+echo "$BIN/latchkey serve --data-dir DIR --listen 127.0.0.1:PORT --threads 1 --config latchkey.toml [--store etcd://$ENDPOINTS ${PUBLIC[*]}]    # every node" >> "$COMMANDS"
 
 measure "etcd node 1 alone: tokens" "$URL_n1" "$CA_n1" "$WORK/agents-cluster.jsonl" \
     --scenario token-secret-jwt --agents 200 --connections 32 --duration "$DUR" --assertion-lifetime 5s
@@ -226,44 +231,46 @@ for i in 1 2 3 4 5; do
 done
 POLL_MS=$( { t=$(now_ms); token_status "$URL_n2" "$CA_n2" reach-1 x > /dev/null; echo $(( $(now_ms) - t )); } )
 
-# ---- Rejoin with BIG agents: fill through node 1's API (`latchkey agent import`).
-have=$(curl -sf --cacert "$CA_n1" -H "Authorization: Bearer $OP" "$URL_n1$API/agents?page=0&size=1" | jq .totalElements)
+# ---- Rejoin with BIG agents: made offline in the (stopped) single node's directory, moved
+# into a fresh etcd with `latchkey cluster import`, then nodes start on it.
+stop_node n1
+stop_node n2
+stop_etcd
+start_etcd
+STORE="etcd://$ENDPOINTS"
 python3 -c "
 import sys
 for i in range(int(sys.argv[1])):
     print('{\"entityId\":\"big-%06d\",\"name\":\"big agent %06d\",\"securityProfile\":\"SHARED_SECRET\"}' % (i, i))
 " "$BIG" > "$WORK/big.jsonl"
-printf '{"client_id":"bench-operator","client_secret":"%s"}\n' "$OPERATOR_SECRET" > "$WORK/op-creds.json"
-echo "== importing $BIG agents through node 1" >&2
+echo "== $BIG agents: offline import, then cluster import" >&2
 t0=$(now_ms)
-"$BIN/latchkey" agent import --server "$URL_n1" --ca "$CA_n1" --credentials "$WORK/op-creds.json" \
+"$BIN/latchkey" agent import --data-dir "$WORK/single" --config "$WORK/latchkey.toml" --tenant bench \
     --file "$WORK/big.jsonl" > "$WORK/import.out" 2> "$WORK/import.err" || { cat "$WORK/import.err" >&2; exit 1; }
 IMPORT_MS=$(( $(now_ms) - t0 ))
-echo "$BIN/latchkey agent import --server URL_NODE1 --ca CA --credentials operator.json --file big.jsonl    # $BIG agents" >> "$COMMANDS"
-total=$(curl -sf --cacert "$CA_n1" -H "Authorization: Bearer $OP" "$URL_n1$API/agents?page=0&size=1" | jq .totalElements)
-
-stop_node n2
-start_node n2 --store "$STORE"
-REJOIN_MIRROR_MS=$READY_MS_n2
-stop_node n2
-rm -rf "$WORK/n2fresh"; mkdir -p "$WORK/n2fresh"
-cp "$WORK/n1/master.key" "$WORK/n2fresh/master.key"
-start_node n2fresh --store "$STORE"
-REJOIN_FRESH_MS=$READY_MS_n2fresh
-# The fresh node serves an agent boarded on node 1 after it joined.
-secret=$(board_agent "$URL_n1" "$CA_n1" "$OP" after-rejoin)
-FRESH_SERVES=no
-for _ in $(seq 200); do
-    if [ "$(token_status "$URL_n2fresh" "$WORK/n2fresh/ca.pem" after-rejoin "$secret")" = 200 ]; then
-        FRESH_SERVES=yes
-        break
-    fi
-    sleep 0.05
-done
-# The restarted node 2 (its last start) and the fresh node, as they logged their catch-up.
+t0=$(now_ms)
+"$BIN/latchkey" cluster import --from-data-dir "$WORK/single" --store "$STORE" \
+    > "$WORK/cimport.out" 2> "$WORK/cimport.err" || { cat "$WORK/cimport.err" >&2; exit 1; }
+CIMPORT_MS=$(( $(now_ms) - t0 ))
 {
-    grep 'loaded the cluster into the mirror\|caught up with the cluster' "$WORK/n2.err" | tail -1 | sed 's/^[^ ]* */node 2 restarted: /'
-    grep 'loaded the cluster into the mirror\|caught up with the cluster' "$WORK/n2fresh.err" | sed 's/^[^ ]* */fresh node: /'
+    echo "$BIN/latchkey agent import --data-dir SINGLE --config latchkey.toml --tenant bench --file big.jsonl    # $BIG agents"
+    echo "$BIN/latchkey cluster import --from-data-dir SINGLE --store etcd://…"
+} >> "$COMMANDS"
+for n in b1 b2; do mkdir -p "$WORK/$n"; cp "$WORK/single/master.key" "$WORK/$n/master.key"; done
+start_node b1 --store "$STORE" "${PUBLIC[@]}"
+JOIN_FRESH_MS=$READY_MS_b1
+stop_node b1
+start_node b1 --store "$STORE" "${PUBLIC[@]}"
+REJOIN_MIRROR_MS=$READY_MS_b1
+start_node b2 --store "$STORE" "${PUBLIC[@]}"
+JOIN_SECOND_MS=$READY_MS_b2
+OP=$(op_token "$URL_b2" "$WORK/b2/ca.pem")
+total=$(curl -sf --cacert "$WORK/b2/ca.pem" -H "Authorization: Bearer $OP" "$URL_b2$API/agents?page=0&size=1" | jq .totalElements)
+last=$(printf 'big-%06d' $((BIG - 1)))
+LAST_SEEN=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$WORK/b2/ca.pem" -H "Authorization: Bearer $OP" "$URL_b2$API/agents/$last")
+{
+    grep 'loaded the cluster into the mirror\|caught up with the cluster' "$WORK/b1.err" | sed 's/^[^ ]* */node 1: /'
+    grep 'loaded the cluster into the mirror\|caught up with the cluster' "$WORK/b2.err" | sed 's/^[^ ]* */node 2: /'
 } > "$WORK/rejoin-log.txt" || true
 
 # ================================================================ Markdown
@@ -324,17 +331,20 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int(
     echo "token (curl per poll, about $POLL_MS ms each, so this is an upper bound at that resolution),"
     echo "5 agents: ${REACH[*]} ms (median $(median "${REACH[@]}") ms)."
     echo
-    echo "## Rejoin with $total agents"
+    echo "## Joining and rejoining with $total agents"
     echo
-    echo "$BIG agents imported through node 1 (\`latchkey agent import\` over the API) in $((IMPORT_MS / 1000)) s."
-    echo "Time from starting the process until its ready line (it listens only once caught up):"
+    echo "$BIG agents created offline in the stopped single node's directory (\`agent import"
+    echo "--data-dir\`: $((IMPORT_MS / 1000)) s), moved into a fresh etcd with \`cluster import\`"
+    echo "($((CIMPORT_MS / 1000)) s). Time from starting a node until its ready line (it listens only"
+    echo "once its mirror caught up), process start, TLS and key ring included:"
     echo
     echo "| node | ms |"
     echo "| --- | ---: |"
-    echo "| node 2 restarted on its mirror | $REJOIN_MIRROR_MS |"
-    echo "| a fresh node (empty data directory + master.key: full load) | $REJOIN_FRESH_MS |"
+    echo "| node 1, first start (empty data directory + master.key: full load) | $JOIN_FRESH_MS |"
+    echo "| node 1 restarted on its mirror (nothing changed meanwhile) | $REJOIN_MIRROR_MS |"
+    echo "| node 2, first start, node 1 running (full load) | $JOIN_SECOND_MS |"
     echo
-    echo "The fresh node then gave a token to an agent boarded on node 1 after it joined: $FRESH_SERVES."
+    echo "Node 2 then listed $total agents and answered $LAST_SEEN for the last one imported."
     echo
     echo '```'
     cat "$WORK/rejoin-log.txt"

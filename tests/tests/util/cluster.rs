@@ -61,7 +61,6 @@ struct Node {
 #[derive(Debug)]
 pub struct Cluster {
     nodes: Vec<Node>,
-    config: PathBuf,
     args: Vec<String>,
     pub etcd: EtcdCluster,
     _dir: tempfile::TempDir,
@@ -101,7 +100,6 @@ impl Cluster {
             .collect();
         let mut cluster = Cluster {
             nodes,
-            config,
             args: options.args,
             etcd,
             _dir: dir,
@@ -141,9 +139,16 @@ impl Cluster {
     pub fn start_node(&mut self, i: usize) {
         assert!(self.nodes[i].running.is_none(), "node {} runs", i + 1);
         let n = &self.nodes[i];
-        let mut args: Vec<&str> = vec!["--listen", &n.listen, "--store", &n.store];
+        let mut args: Vec<&str> = vec![
+            "--listen",
+            &n.listen,
+            "--store",
+            &n.store,
+            "--public-url",
+            PUBLIC_URL,
+        ];
         args.extend(self.args.iter().map(String::as_str));
-        let auth = Authority::start_with(&n.dir, Some(&self.config), &args);
+        let auth = Authority::start_with(&n.dir, None, &args);
         self.nodes[i].running = Some(auth);
     }
 
