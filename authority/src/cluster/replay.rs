@@ -1,0 +1,637 @@
+//! Client-assertion replay protection across the nodes of a cluster (see the module docs of
+//! [`crate::cluster`] for the design): [`ReplayOwners`] knows the live nodes, picks each
+//! client's owner, forwards checks to owners from its own threads in batches, and serves the
+//! checks other nodes forward to it on `POST /internal/v1/replay`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::channel;
+use serde::{Deserialize, Serialize};
+
+use super::peer_auth::{AUTH_HEADER, PeerAuth, PeerRefusal};
+use super::peer_client::{self, PeerUrl};
+use super::rendezvous;
+use crate::error::{ApiError, Error, WireError};
+use crate::http::{Metrics, Response};
+
+/// The internal route other nodes forward checks to.
+pub const PEER_PATH: &str = "/internal/v1/replay";
+/// Most checks in one forwarded batch.
+pub const MAX_ITEMS: usize = 256;
+/// Longest `jti` a cluster accepts (a batch of [`MAX_ITEMS`] stays under the body bound).
+pub const MAX_JTI_BYTES: usize = 512;
+/// Longest client id in a forwarded check (agent ids are at most 64 bytes).
+const MAX_CLIENT_ID_BYTES: usize = 128;
+/// Membership changes remembered for per-client floors; older ones fold into one floor for
+/// every client.
+const MAX_MOVES: usize = 64;
+/// Seconds a refused request is told to wait when an owner cannot be reached or is moving.
+const RETRY_AFTER: u64 = 1;
+
+/// How checks are forwarded (`cluster-forward-threads`, `cluster-forward-queue`,
+/// `cluster-forward-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardConfig {
+    /// Threads sending batches to owners.
+    pub threads: usize,
+    /// Checks that may wait for a thread; more are refused with 503.
+    pub queue: usize,
+    /// Deadline of one batch: connect, send, answer.
+    pub timeout: Duration,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            threads: 4,
+            queue: 4096,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A live node: its id and the URL other nodes reach it at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub url: String,
+}
+
+/// One assertion to check and record: what the owner's replay cache needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub client_id: String,
+    pub jti: String,
+    pub iat: u64,
+    /// Remember the `jti` until then (the assertion's `exp`, or `iat` + max age).
+    pub until: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    from: String,
+    /// The node the sender believes owns every item.
+    owner: String,
+    items: Vec<Check>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Results {
+    results: Vec<Verdict>,
+}
+
+/// One check's answer: 200, or the refusal as it would go on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Verdict {
+    status: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    error_description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl Verdict {
+    const ACCEPTED: Verdict = Verdict {
+        status: 200,
+        error_description: String::new(),
+        retry_after: None,
+    };
+
+    fn of(result: &Result<(), Error>) -> Verdict {
+        match result {
+            Ok(()) => Verdict::ACCEPTED,
+            Err(e) => {
+                let w = WireError::from(e);
+                Verdict {
+                    status: w.status,
+                    error_description: w.description,
+                    retry_after: w.retry_after,
+                }
+            }
+        }
+    }
+
+    /// The refusal this node answers with: the owner's, by status family.
+    fn into_result(self) -> Result<(), Error> {
+        let description = self.error_description;
+        let retry_after = self.retry_after.unwrap_or(RETRY_AFTER);
+        Err(match self.status {
+            200 => return Ok(()),
+            401 => ApiError::InvalidClient(description).into(),
+            429 => ApiError::Throttled {
+                retry_after,
+                description,
+            }
+            .into(),
+            _ => ApiError::Unavailable {
+                retry_after,
+                description,
+            }
+            .into(),
+        })
+    }
+}
+
+/// Where a client's checks go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node owns the client.
+    Local,
+    /// Another node does.
+    Forward(Node),
+}
+
+/// A forwarded check's answer goes here, on a forwarding thread.
+pub type Reply = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+struct Pending {
+    owner: Node,
+    check: Check,
+    reply: Reply,
+}
+
+/// The live set and the recent changes of ownership.
+#[derive(Debug, Default)]
+struct View {
+    /// Sorted by id.
+    nodes: Vec<Node>,
+    /// Recent membership changes, oldest first.
+    moves: Vec<Move>,
+    /// The floor of changes no longer remembered one by one, for every client.
+    floor_all: u64,
+    /// Whether a view was ever installed.
+    known: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Move {
+    at: u64,
+    before: Vec<String>,
+    after: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    forwarded: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+    served: AtomicU64,
+    peer_refused: AtomicU64,
+    queued: AtomicUsize,
+    nodes: AtomicUsize,
+}
+
+struct Shared {
+    self_id: String,
+    auth: PeerAuth,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    config: ForwardConfig,
+    stats: Stats,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Shared {
+    fn publish(&self) {
+        let Some(m) = &self.metrics else { return };
+        let s = &self.stats;
+        let lines = format!(
+            "# HELP latchkey_cluster_nodes Live nodes in this node's view of the cluster.\n\
+             # TYPE latchkey_cluster_nodes gauge\nlatchkey_cluster_nodes {}\n\
+             # HELP latchkey_cluster_replay_forwarded_total Client-assertion checks answered by their owner node.\n\
+             # TYPE latchkey_cluster_replay_forwarded_total counter\nlatchkey_cluster_replay_forwarded_total {}\n\
+             # HELP latchkey_cluster_replay_failed_total Forwarded checks whose owner could not be reached or answered wrongly (answered 503).\n\
+             # TYPE latchkey_cluster_replay_failed_total counter\nlatchkey_cluster_replay_failed_total {}\n\
+             # HELP latchkey_cluster_replay_rejected_total Checks refused because the forwarding queue was full (answered 503).\n\
+             # TYPE latchkey_cluster_replay_rejected_total counter\nlatchkey_cluster_replay_rejected_total {}\n\
+             # HELP latchkey_cluster_replay_queued Forwarded checks waiting or in flight.\n\
+             # TYPE latchkey_cluster_replay_queued gauge\nlatchkey_cluster_replay_queued {}\n\
+             # HELP latchkey_cluster_replay_served_total Checks other nodes forwarded to this one.\n\
+             # TYPE latchkey_cluster_replay_served_total counter\nlatchkey_cluster_replay_served_total {}\n\
+             # HELP latchkey_cluster_peer_refused_total Peer requests refused (authentication, time, replay, size).\n\
+             # TYPE latchkey_cluster_peer_refused_total counter\nlatchkey_cluster_peer_refused_total {}\n",
+            s.nodes.load(Ordering::Relaxed),
+            s.forwarded.load(Ordering::Relaxed),
+            s.failed.load(Ordering::Relaxed),
+            s.rejected.load(Ordering::Relaxed),
+            s.queued.load(Ordering::Relaxed),
+            s.served.load(Ordering::Relaxed),
+            s.peer_refused.load(Ordering::Relaxed),
+        );
+        m.set_section("cluster_replay", lines);
+    }
+}
+
+/// Replay ownership for one node of a cluster.
+pub struct ReplayOwners {
+    shared: Arc<Shared>,
+    tx: channel::Sender<Pending>,
+    view: ArcSwap<View>,
+    /// Reference for `alive_until_ms`.
+    base: Instant,
+    /// Until when (ms after `base`) this node's lease is known to be alive; 0: not alive.
+    alive_until_ms: AtomicU64,
+    /// Clock skew tolerated on assertions.
+    leeway: u64,
+    /// Seconds after a change past which every assertion issued before its floor is too old.
+    retention: u64,
+}
+
+impl std::fmt::Debug for ReplayOwners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayOwners")
+            .field("node", &self.shared.self_id)
+            .field("nodes", &self.view.load().nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`ReplayOwners::new`] needs.
+#[derive(Debug)]
+pub struct OwnersConfig {
+    /// This node's id.
+    pub node_id: String,
+    /// The cluster's peer key (`MasterKey::peer_auth_key`).
+    pub peer_key: [u8; 32],
+    /// Trust for `https` peers (the cluster's CA); `None` allows only `http` peers.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub forward: ForwardConfig,
+    /// The assertion leeway (`App::assertion_leeway`).
+    pub leeway: u64,
+    /// `[tokens] assertion-max-age`.
+    pub max_age: u64,
+}
+
+impl ReplayOwners {
+    /// Starts the forwarding threads; they end when the returned value is dropped.
+    pub fn new(
+        config: OwnersConfig,
+        metrics: Option<Arc<Metrics>>,
+    ) -> std::io::Result<Arc<ReplayOwners>> {
+        let forward = config.forward;
+        let (tx, rx) = channel::bounded::<Pending>(forward.queue.max(1));
+        let shared = Arc::new(Shared {
+            self_id: config.node_id,
+            auth: PeerAuth::new(&config.peer_key),
+            tls: config.tls,
+            config: forward,
+            stats: Stats::default(),
+            metrics,
+        });
+        for i in 0..forward.threads.max(1) {
+            let rx = rx.clone();
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(format!("latchkey-forward-{i}"))
+                .spawn(move || forward_loop(&shared, &rx))?;
+        }
+        shared.publish();
+        Ok(Arc::new(ReplayOwners {
+            shared,
+            tx,
+            view: ArcSwap::from_pointee(View::default()),
+            base: Instant::now(),
+            alive_until_ms: AtomicU64::new(0),
+            leeway: config.leeway,
+            retention: config
+                .max_age
+                .saturating_add(config.leeway.saturating_mul(2))
+                .saturating_add(1),
+        }))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.self_id
+    }
+
+    /// The peer authentication (the membership thread and tests sign with it too).
+    pub fn auth(&self) -> &PeerAuth {
+        &self.shared.auth
+    }
+
+    /// Installs the live set seen at `now`. A change of members is remembered for the
+    /// per-client floors (module docs).
+    pub fn install(&self, mut nodes: Vec<Node>, now: u64) {
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes.dedup_by(|a, b| a.id == b.id);
+        let old = self.view.load();
+        let ids = |ns: &[Node]| ns.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
+        let (before, after) = (ids(&old.nodes), ids(&nodes));
+        let mut moves = old.moves.clone();
+        let mut floor_all = old.floor_all;
+        if before != after || !old.known {
+            moves.push(Move {
+                at: now,
+                before,
+                after,
+            });
+        }
+        moves.retain(|m| m.at.saturating_add(self.retention) >= now);
+        while moves.len() > MAX_MOVES {
+            let m = moves.remove(0);
+            floor_all = floor_all.max(self.floor_at(m.at));
+        }
+        self.shared
+            .stats
+            .nodes
+            .store(nodes.len(), Ordering::Relaxed);
+        self.view.store(Arc::new(View {
+            nodes,
+            moves,
+            floor_all,
+            known: true,
+        }));
+        self.shared.publish();
+    }
+
+    /// The lease is alive until `until` (a keep-alive answered).
+    pub fn lease_alive_until(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.base).as_millis();
+        self.alive_until_ms.store(
+            u64::try_from(ms).unwrap_or(u64::MAX).max(1),
+            Ordering::Release,
+        );
+    }
+
+    /// The lease lapsed or cannot be renewed: this node stops answering as an owner.
+    pub fn lease_lost(&self) {
+        self.alive_until_ms.store(0, Ordering::Release);
+    }
+
+    fn lease_alive(&self) -> bool {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now < self.alive_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Where `client`'s checks go, or 503 while this node knows no live set.
+    pub fn route(&self, client: &str) -> Result<Route, Error> {
+        let view = self.view.load();
+        let owner = rendezvous::owner(view.nodes.iter().map(|n| n.id.as_str()), client)
+            .ok_or_else(|| unavailable("this node does not yet know the cluster's live nodes"))?;
+        if owner == self.shared.self_id {
+            return Ok(Route::Local);
+        }
+        let node = view
+            .nodes
+            .iter()
+            .find(|n| n.id == owner)
+            .cloned()
+            .ok_or_else(|| unavailable("the cluster's live set changed; retry"))?;
+        Ok(Route::Forward(node))
+    }
+
+    /// Before this node checks `client`'s assertion as its owner: that it is the owner in its
+    /// own view and holds its lease; and the floor for `client` (assertions issued before it
+    /// are refused, since an owner before this one may have accepted them).
+    pub fn owner_floor(&self, client: &str, _now: u64) -> Result<u64, Error> {
+        if !self.lease_alive() {
+            return Err(unavailable(
+                "this node's cluster lease is not current; it checks no assertions until it is",
+            ));
+        }
+        let view = self.view.load();
+        let me = self.shared.self_id.as_str();
+        let owns =
+            |ns: &[String]| rendezvous::owner(ns.iter().map(String::as_str), client) == Some(me);
+        if rendezvous::owner(view.nodes.iter().map(|n| n.id.as_str()), client) != Some(me) {
+            return Err(unavailable(
+                "the cluster's live set is changing; this node no longer checks this agent's \
+                 assertions",
+            ));
+        }
+        let mut floor = view.floor_all;
+        for m in &view.moves {
+            if owns(&m.after) && !owns(&m.before) {
+                floor = floor.max(self.floor_at(m.at));
+            }
+        }
+        Ok(floor)
+    }
+
+    /// The floor a change at `at` sets for the clients it moved: as after a restart, an
+    /// earlier owner may have accepted assertions issued up to `at + leeway`.
+    fn floor_at(&self, at: u64) -> u64 {
+        crate::api::onboarding::replay_floor(at, self.leeway)
+    }
+
+    /// Queues `check` for its owner; `reply` gets the owner's answer (or 503 if it cannot be
+    /// reached in time) on a forwarding thread. Refused at once when the queue is full.
+    pub fn forward(&self, owner: Node, check: Check, reply: Reply) -> Result<(), Error> {
+        let s = &self.shared.stats;
+        let taken = s
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.shared.config.queue.max(1)).then_some(n + 1)
+            });
+        if taken.is_err() {
+            s.rejected.fetch_add(1, Ordering::Relaxed);
+            self.shared.publish();
+            return Err(unavailable(
+                "too many assertions waiting for their owner nodes; retry shortly",
+            ));
+        }
+        let pending = Pending {
+            owner,
+            check,
+            reply,
+        };
+        if let Err(channel::TrySendError::Full(p) | channel::TrySendError::Disconnected(p)) =
+            self.tx.try_send(pending)
+        {
+            s.queued.fetch_sub(1, Ordering::AcqRel);
+            s.rejected.fetch_add(1, Ordering::Relaxed);
+            drop(p);
+            return Err(unavailable(
+                "too many assertions waiting for their owner nodes; retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serves a forwarded batch: authenticates it, then runs `check` (this node's floor,
+    /// replay cache and log) on each item this node owns. Every refusal is an [`Error`] for
+    /// the one wire mapping; the answer is signed over the request's nonce.
+    pub fn serve(
+        &self,
+        header: Option<&str>,
+        body: &[u8],
+        now: u64,
+        check: impl Fn(&Check, u64) -> Result<(), Error>,
+    ) -> Result<Response, Error> {
+        let stats = &self.shared.stats;
+        let nonce = match self
+            .shared
+            .auth
+            .verify_request(header, PEER_PATH, body, now)
+        {
+            Ok(n) => n,
+            Err(e) => {
+                stats.peer_refused.fetch_add(1, Ordering::Relaxed);
+                self.shared.publish();
+                return Err(peer_refusal(e));
+            }
+        };
+        let batch: Batch = serde_json::from_slice(body)
+            .map_err(|e| Error::from(ApiError::InvalidRequest(format!("bad peer batch: {e}"))))?;
+        if batch.items.len() > MAX_ITEMS {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "a peer batch holds at most {MAX_ITEMS} checks"
+            ))
+            .into());
+        }
+        let misrouted = batch.owner != self.shared.self_id;
+        let results = batch
+            .items
+            .iter()
+            .map(|item| {
+                let result = if misrouted {
+                    Err(unavailable("the check reached another node than its owner"))
+                } else if item.jti.len() > MAX_JTI_BYTES
+                    || item.client_id.len() > MAX_CLIENT_ID_BYTES
+                {
+                    Err(ApiError::InvalidClient(format!(
+                        "client assertion jti longer than {MAX_JTI_BYTES} bytes"
+                    ))
+                    .into())
+                } else {
+                    self.owner_floor(&item.client_id, now)
+                        .and_then(|floor| check(item, floor))
+                };
+                Verdict::of(&result)
+            })
+            .collect();
+        stats
+            .served
+            .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+        self.shared.publish();
+        let body = serde_json::to_vec(&Results { results })
+            .map_err(|e| Error::Config(format!("encoding a peer answer: {e}")))?;
+        let auth = self.shared.auth.sign_answer(&nonce, &body);
+        Ok(Response::raw_json(200, body).header(AUTH_HEADER, auth))
+    }
+}
+
+fn forward_loop(shared: &Shared, rx: &channel::Receiver<Pending>) {
+    while let Ok(first) = rx.recv() {
+        let mut taken = vec![first];
+        while taken.len() < MAX_ITEMS {
+            match rx.try_recv() {
+                Ok(p) => taken.push(p),
+                Err(_) => break,
+            }
+        }
+        let n = taken.len();
+        let mut by_owner: HashMap<String, (Node, Vec<Pending>)> = HashMap::new();
+        for p in taken {
+            by_owner
+                .entry(p.owner.id.clone())
+                .or_insert_with(|| (p.owner.clone(), Vec::new()))
+                .1
+                .push(p);
+        }
+        for (_, (owner, group)) in by_owner {
+            send_batch(shared, &owner, group);
+        }
+        shared.stats.queued.fetch_sub(n, Ordering::AcqRel);
+        shared.publish();
+    }
+}
+
+/// Sends one owner its checks and answers each; any failure answers all of them 503.
+fn send_batch(shared: &Shared, owner: &Node, group: Vec<Pending>) {
+    let (checks, replies): (Vec<Check>, Vec<Reply>) =
+        group.into_iter().map(|p| (p.check, p.reply)).unzip();
+    match exchange(shared, owner, checks) {
+        Ok(verdicts) => {
+            shared
+                .stats
+                .forwarded
+                .fetch_add(replies.len() as u64, Ordering::Relaxed);
+            for (reply, verdict) in replies.into_iter().zip(verdicts) {
+                reply(verdict.into_result());
+            }
+        }
+        Err(reason) => {
+            shared
+                .stats
+                .failed
+                .fetch_add(replies.len() as u64, Ordering::Relaxed);
+            tracing::warn!(owner = %owner.id, url = %owner.url, reason = %reason, checks = replies.len(), "forwarding client-assertion checks failed");
+            for reply in replies {
+                reply(Err(unavailable(&format!(
+                    "the node that checks this agent's assertions ({}) cannot be reached; retry \
+                     with a new assertion",
+                    owner.id
+                ))));
+            }
+        }
+    }
+}
+
+/// One batch to one owner: its verdicts, one per check, or why there are none.
+fn exchange(shared: &Shared, owner: &Node, items: Vec<Check>) -> Result<Vec<Verdict>, String> {
+    let n = items.len();
+    let url = PeerUrl::parse(&owner.url)?;
+    let body = serde_json::to_vec(&Batch {
+        from: shared.self_id.clone(),
+        owner: owner.id.clone(),
+        items,
+    })
+    .map_err(|e| e.to_string())?;
+    let (auth, nonce) = shared
+        .auth
+        .sign_request(PEER_PATH, &body, crate::clock::unix_now());
+    let answer = peer_client::post(
+        &url,
+        shared.tls.as_ref(),
+        PEER_PATH,
+        &auth,
+        &body,
+        shared.config.timeout,
+    )?;
+    if answer.status != 200 {
+        return Err(format!(
+            "answered {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body[..answer.body.len().min(256)])
+        ));
+    }
+    if !shared
+        .auth
+        .verify_answer(&nonce, answer.auth.as_deref(), &answer.body)
+    {
+        return Err("the answer is not authenticated by the cluster's peer key".into());
+    }
+    let results: Results = serde_json::from_slice(&answer.body).map_err(|e| e.to_string())?;
+    if results.results.len() != n {
+        return Err(format!("{} verdicts for {n} checks", results.results.len()));
+    }
+    Ok(results.results)
+}
+
+fn unavailable(description: &str) -> Error {
+    ApiError::Unavailable {
+        retry_after: RETRY_AFTER,
+        description: description.into(),
+    }
+    .into()
+}
+
+fn peer_refusal(e: PeerRefusal) -> Error {
+    match e {
+        PeerRefusal::Busy => unavailable(&e.to_string()),
+        PeerRefusal::Oversize => ApiError::PayloadTooLarge(e.to_string()).into(),
+        PeerRefusal::Malformed
+        | PeerRefusal::BadMac
+        | PeerRefusal::Stale
+        | PeerRefusal::Replayed => ApiError::InvalidClient(e.to_string()).into(),
+    }
+}
