@@ -423,9 +423,12 @@ impl ReplayOwners {
     }
 
     /// Queues `check` for its owner; `reply` gets the owner's answer (or 503 if it cannot be
-    /// reached in time) on a forwarding thread. Refused at once when the queue is full.
-    pub fn forward(&self, owner: Node, check: Check, reply: Reply) -> Result<(), Error> {
+    /// reached in time) on a forwarding thread. When the queue is full, `reply` gets 503 at
+    /// once, on the caller's thread: every reply is called exactly once.
+    pub fn forward(&self, owner: Node, check: Check, reply: Reply) {
         let s = &self.shared.stats;
+        let busy =
+            || unavailable("too many assertions waiting for their owner nodes; retry shortly");
         let taken = s
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -434,26 +437,23 @@ impl ReplayOwners {
         if taken.is_err() {
             s.rejected.fetch_add(1, Ordering::Relaxed);
             self.shared.publish();
-            return Err(unavailable(
-                "too many assertions waiting for their owner nodes; retry shortly",
-            ));
+            return reply(Err(busy()));
         }
         let pending = Pending {
             owner,
             check,
             reply,
         };
+        // The count above keeps the channel from filling; it is disconnected only if every
+        // forwarding thread died.
         if let Err(channel::TrySendError::Full(p) | channel::TrySendError::Disconnected(p)) =
             self.tx.try_send(pending)
         {
             s.queued.fetch_sub(1, Ordering::AcqRel);
             s.rejected.fetch_add(1, Ordering::Relaxed);
-            drop(p);
-            return Err(unavailable(
-                "too many assertions waiting for their owner nodes; retry shortly",
-            ));
+            self.shared.publish();
+            (p.reply)(Err(busy()));
         }
-        Ok(())
     }
 
     /// Serves a forwarded batch: authenticates it, then runs `check` (this node's floor,
