@@ -635,3 +635,350 @@ fn peer_refusal(e: PeerRefusal) -> Error {
         | PeerRefusal::Replayed => ApiError::InvalidClient(e.to_string()).into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    const KEY: [u8; 32] = [5; 32];
+
+    fn owners(id: &str, forward: ForwardConfig) -> Arc<ReplayOwners> {
+        let o = ReplayOwners::new(
+            OwnersConfig {
+                node_id: id.into(),
+                peer_key: KEY,
+                tls: None,
+                forward,
+                leeway: 5,
+                max_age: 120,
+            },
+            Some(Arc::new(Metrics::new())),
+        )
+        .unwrap();
+        o.lease_alive_until(Instant::now() + Duration::from_secs(3600));
+        o
+    }
+
+    fn node(id: &str, url: &str) -> Node {
+        Node {
+            id: id.into(),
+            url: url.into(),
+        }
+    }
+
+    fn check(client: &str, jti: &str) -> Check {
+        Check {
+            client_id: client.into(),
+            jti: jti.into(),
+            iat: 1_000,
+            until: 1_100,
+        }
+    }
+
+    /// A client of `nodes` that `owner` owns.
+    fn client_of(nodes: &[&str], owner: &str) -> String {
+        (0..)
+            .map(|i| format!("agent-{i}"))
+            .find(|c| rendezvous::owner(nodes.iter().copied(), c) == Some(owner))
+            .unwrap()
+    }
+
+    /// Forwards one check and waits for its answer.
+    fn forward_one(o: &ReplayOwners, owner: Node, c: Check) -> Result<(), WireError> {
+        let (tx, rx) = mpsc::channel();
+        o.forward(
+            owner,
+            c,
+            Box::new(move |r| tx.send(r.map_err(|e| WireError::from(&e))).unwrap()),
+        );
+        rx.recv().unwrap()
+    }
+
+    /// A fake owner answering one request: `answer` gets the request's auth header and body
+    /// and returns (status, answer auth header, body).
+    fn fake_owner(
+        answer: impl FnOnce(&str, &[u8]) -> (u16, Option<String>, Vec<u8>) + Send + 'static,
+    ) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head_end, length) = loop {
+                let n = s.read(&mut buf).unwrap();
+                raw.extend_from_slice(&buf[..n]);
+                let mut headers = [httparse::EMPTY_HEADER; 16];
+                let mut req = httparse::Request::new(&mut headers);
+                if let Ok(httparse::Status::Complete(end)) = req.parse(&raw) {
+                    let len = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .map(|h| {
+                            std::str::from_utf8(h.value)
+                                .unwrap()
+                                .parse::<usize>()
+                                .unwrap()
+                        })
+                        .unwrap();
+                    break (end, len);
+                }
+            };
+            while raw.len() < head_end + length {
+                let n = s.read(&mut buf).unwrap();
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&raw[..head_end]).to_string();
+            let auth = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{AUTH_HEADER}: ")))
+                .unwrap_or("")
+                .to_owned();
+            let (status, answer_auth, body) = answer(&auth, &raw[head_end..head_end + length]);
+            let mut out = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            if let Some(a) = answer_auth {
+                out.push_str(&format!("{AUTH_HEADER}: {a}\r\n"));
+            }
+            out.push_str("\r\n");
+            s.write_all(out.as_bytes()).unwrap();
+            s.write_all(&body).unwrap();
+        });
+        url
+    }
+
+    /// The fake owner checks with the real peer side: [`ReplayOwners::serve`] of `owner`,
+    /// refusing `jti`s named "used".
+    fn serving_owner(owner: Arc<ReplayOwners>) -> String {
+        fake_owner(move |auth, body| {
+            let now = crate::clock::unix_now();
+            match owner.serve(Some(auth), body, now, |c, _| {
+                if c.jti == "used" {
+                    Err(ApiError::InvalidClient("client assertion refused: replayed".into()).into())
+                } else {
+                    Ok(())
+                }
+            }) {
+                Ok(r) => (
+                    200,
+                    r.header_value(AUTH_HEADER).map(str::to_owned),
+                    r.body_bytes().to_vec(),
+                ),
+                Err(e) => {
+                    let w = WireError::from(&e);
+                    (w.status, None, w.to_json().into_bytes())
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_forwarded_check_gets_its_owners_verdict() {
+        let nodes = ["a", "b"];
+        let owner = owners("a", ForwardConfig::default());
+        let url = serving_owner(Arc::clone(&owner));
+        owner.install(vec![node("a", &url), node("b", "http://127.0.0.1:1")], 0);
+        let client = client_of(&nodes, "a");
+        let sender = owners("b", ForwardConfig::default());
+        sender.install(vec![node("a", &url), node("b", "http://127.0.0.1:1")], 0);
+        assert_eq!(
+            sender.route(&client).unwrap(),
+            Route::Forward(node("a", &url))
+        );
+        assert_eq!(
+            forward_one(&sender, node("a", &url), check(&client, "fresh")),
+            Ok(())
+        );
+
+        let url = serving_owner(Arc::clone(&owner));
+        let w = forward_one(&sender, node("a", &url), check(&client, "used")).unwrap_err();
+        assert_eq!((w.status, w.error), (401, "invalid_client"));
+        assert!(w.description.contains("replayed"), "{w}");
+        assert_eq!(sender.shared.stats.forwarded.load(Ordering::Relaxed), 2);
+        assert_eq!(owner.shared.stats.served.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn an_unreachable_or_unauthenticated_owner_is_503_never_acceptance() {
+        let sender = owners("b", ForwardConfig::default());
+        // Nothing listens there.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let w = forward_one(
+            &sender,
+            node("a", &format!("http://127.0.0.1:{port}")),
+            check("c", "j"),
+        )
+        .unwrap_err();
+        assert_eq!((w.status, w.retry_after), (503, Some(1)));
+        assert!(w.description.contains("cannot be reached"), "{w}");
+
+        // An answer that claims acceptance without the cluster's key.
+        let url = fake_owner(|_, _| {
+            let body = br#"{"results":[{"status":200}]}"#.to_vec();
+            (
+                200,
+                Some(PeerAuth::new(&[9; 32]).sign_answer(&[0; 16], &body)),
+                body,
+            )
+        });
+        let w = forward_one(&sender, node("a", &url), check("c", "j")).unwrap_err();
+        assert_eq!(w.status, 503);
+        // The owner's refusal of the request itself (wrong key here) is 503 too.
+        let url = fake_owner(|_, _| (401, None, b"{}".to_vec()));
+        let w = forward_one(&sender, node("a", &url), check("c", "j")).unwrap_err();
+        assert_eq!(w.status, 503);
+        // A verdict count that does not match.
+        let url = fake_owner(|auth, _| {
+            let nonce = auth.split(' ').nth(2).unwrap().to_owned();
+            let mut n = [0u8; 16];
+            for (i, b) in n.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&nonce[2 * i..2 * i + 2], 16).unwrap();
+            }
+            let body = br#"{"results":[]}"#.to_vec();
+            (200, Some(PeerAuth::new(&KEY).sign_answer(&n, &body)), body)
+        });
+        let w = forward_one(&sender, node("a", &url), check("c", "j")).unwrap_err();
+        assert_eq!(w.status, 503);
+        assert_eq!(sender.shared.stats.failed.load(Ordering::Relaxed), 4);
+        assert_eq!(sender.shared.stats.forwarded.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let config = ForwardConfig {
+            threads: 1,
+            queue: 1,
+            timeout: Duration::from_secs(30),
+        };
+        let sender = owners("b", config);
+        // An owner that accepts the connection and holds it until released.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let _ = release_rx.recv();
+            drop(s);
+        });
+        let (tx, rx) = mpsc::channel();
+        let first = tx.clone();
+        sender.forward(
+            node("a", &url),
+            check("c", "1"),
+            Box::new(move |r| first.send(r.is_ok()).unwrap()),
+        );
+        // The queue holds one: the second is refused on this thread, before returning.
+        let w = forward_one(&sender, node("a", &url), check("c", "2")).unwrap_err();
+        assert_eq!((w.status, w.retry_after), (503, Some(1)));
+        assert_eq!(sender.shared.stats.rejected.load(Ordering::Relaxed), 1);
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        assert!(!rx.recv().unwrap(), "the held check fails, not accepted");
+    }
+
+    #[test]
+    fn the_peer_endpoint_refuses_misrouted_oversize_and_unauthenticated_batches() {
+        let owner = owners("a", ForwardConfig::default());
+        owner.install(vec![node("a", "http://x:1"), node("b", "http://y:1")], 0);
+        let now = crate::clock::unix_now();
+        let client = client_of(&["a", "b"], "a");
+        let batch = |owner_id: &str, n: usize, jti: &str| {
+            serde_json::to_vec(&Batch {
+                from: "b".into(),
+                owner: owner_id.into(),
+                items: (0..n).map(|_| check(&client, jti)).collect(),
+            })
+            .unwrap()
+        };
+        let serve = |body: &[u8], key: &[u8; 32]| {
+            let (h, nonce) = PeerAuth::new(key).sign_request(PEER_PATH, body, now);
+            owner
+                .serve(Some(&h), body, now, |_, _| Ok(()))
+                .map(|r| {
+                    assert!(owner.auth().verify_answer(
+                        &nonce,
+                        r.header_value(AUTH_HEADER),
+                        r.body_bytes()
+                    ));
+                    serde_json::from_slice::<Results>(r.body_bytes())
+                        .unwrap()
+                        .results
+                })
+                .map_err(|e| WireError::from(&e))
+        };
+        assert_eq!(
+            serve(&batch("a", 2, "j"), &KEY).unwrap(),
+            vec![Verdict::ACCEPTED; 2]
+        );
+        // Sent to the wrong node: nothing is checked there.
+        let v = serve(&batch("b", 1, "j"), &KEY).unwrap();
+        assert_eq!(v[0].status, 503);
+        let w = serve(&batch("a", MAX_ITEMS + 1, "j"), &KEY).unwrap_err();
+        assert_eq!(w.status, 413);
+        let v = serve(&batch("a", 1, &"j".repeat(MAX_JTI_BYTES + 1)), &KEY).unwrap();
+        assert_eq!(v[0].status, 401);
+        let w = serve(&batch("a", 1, "j"), &[6; 32]).unwrap_err();
+        assert_eq!((w.status, w.error), (401, "invalid_client"));
+        let w = serve(b"{not json", &KEY).unwrap_err();
+        assert_eq!(w.status, 400);
+        assert_eq!(owner.shared.stats.peer_refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_owner_without_a_current_lease_or_view_checks_nothing() {
+        let o = owners("a", ForwardConfig::default());
+        let w = WireError::from(&o.route("c").unwrap_err());
+        assert_eq!(w.status, 503, "no view yet");
+        o.install(vec![node("a", "http://x:1")], 100);
+        assert_eq!(o.route("c").unwrap(), Route::Local);
+        assert!(o.owner_floor("c", 100).is_ok());
+        o.lease_lost();
+        let w = WireError::from(&o.owner_floor("c", 100).unwrap_err());
+        assert_eq!((w.status, w.retry_after), (503, Some(1)));
+    }
+
+    #[test]
+    fn only_clients_that_moved_to_a_node_get_its_floor() {
+        let a = owners("a", ForwardConfig::default());
+        let floor = |t: u64| crate::api::onboarding::replay_floor(t, 5);
+        // Joining: every client it owns may have been accepted by a node before it.
+        a.install(vec![node("a", "u")], 1_000);
+        let c = "agent-0";
+        assert_eq!(a.owner_floor(c, 1_000).unwrap(), floor(1_000));
+        // b joins: a keeps the clients b does not win, with no new floor.
+        a.install(vec![node("a", "u"), node("b", "v")], 1_050);
+        let kept = client_of(&["a", "b"], "a");
+        assert_eq!(a.owner_floor(&kept, 1_050).unwrap(), floor(1_000));
+        let lost = client_of(&["a", "b"], "b");
+        assert_eq!(
+            WireError::from(&a.owner_floor(&lost, 1_050).unwrap_err()).status,
+            503,
+            "a client b owns is not a's to check"
+        );
+        // b leaves: its clients come back to a, which missed what b accepted.
+        a.install(vec![node("a", "u")], 1_100);
+        assert_eq!(a.owner_floor(&lost, 1_100).unwrap(), floor(1_100));
+        assert_eq!(a.owner_floor(&kept, 1_100).unwrap(), floor(1_000));
+        // Past the retention (max age + 2 × leeway + 1) the age check refuses everything
+        // issued before those floors: they are forgotten.
+        a.install(vec![node("a", "u")], 1_100 + 120 + 10 + 2);
+        assert_eq!(a.owner_floor(&lost, 1_232).unwrap(), 0);
+        a.install(vec![node("a", "u"), node("c", "w")], 1_400);
+        a.install(vec![node("a", "u")], 1_400);
+        let back = client_of(&["a", "c"], "c");
+        assert_eq!(a.owner_floor(&back, 1_400).unwrap(), floor(1_400));
+        let never_moved = client_of(&["a", "c"], "a");
+        assert_eq!(a.owner_floor(&never_moved, 1_400).unwrap(), 0);
+    }
+}
