@@ -30,7 +30,17 @@ pub mod peer_client;
 pub mod rendezvous;
 pub mod replay;
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::config::ServeSettings;
+use crate::error::Error;
+use crate::store::StoreEngine;
+use crate::store::etcd::Cluster;
+use crate::store::etcd::nodes::Membership;
+use replay::{ForwardConfig, Node, OwnersConfig, ReplayOwners};
 
 /// The file in the data directory holding this node's id (created on the first cluster start).
 pub const NODE_ID_FILE: &str = "node-id";
@@ -64,6 +74,88 @@ pub fn node_id(data_dir: &Path) -> std::io::Result<String> {
             Ok(id)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// `serve` on `--store etcd://`: sets the app's replay owners (before its routes are built,
+/// so the peer endpoint is among them) and starts membership, which publishes this node at
+/// its advertised URL. `None` on the redb engine: nothing changes there. Dropping the
+/// membership leaves the cluster.
+pub fn join(
+    app: &Arc<App>,
+    settings: &ServeSettings,
+    data_dir: &Path,
+    listen: SocketAddr,
+) -> Result<Option<Membership>, Error> {
+    let StoreEngine::Etcd { endpoints } = &settings.store else {
+        return Ok(None);
+    };
+    let url = advertise_url(settings, listen)?;
+    let tls = if peer_client::PeerUrl::parse(&url)
+        .map_err(Error::Config)?
+        .tls
+    {
+        let ca = crate::tls::CertFiles::in_dir(data_dir).ca_cert;
+        if !ca.exists() {
+            return Err(Error::Config(format!(
+                "cluster peers are verified against the cluster's CA certificate {}, which is \
+                 missing",
+                ca.display()
+            )));
+        }
+        Some(peer_client::tls_config(crate::tls::load_certs(&ca)?).map_err(Error::Config)?)
+    } else {
+        None
+    };
+    let id = node_id(data_dir)?;
+    let c = &settings.cluster;
+    let owners = ReplayOwners::new(
+        OwnersConfig {
+            node_id: id.clone(),
+            peer_key: *app.store.master_key().peer_auth_key(),
+            tls,
+            forward: ForwardConfig {
+                threads: c.forward_threads,
+                queue: c.forward_queue,
+                timeout: c.forward_timeout,
+            },
+            leeway: app.assertion_leeway(),
+            max_age: app.settings.assertion_max_age,
+        },
+        Some(Arc::clone(&app.metrics)),
+    )?;
+    app.replay_owners
+        .set(Arc::clone(&owners))
+        .map_err(|_| Error::Config("the replay owners are set once".into()))?;
+    let cluster = Cluster::connect(endpoints, std::time::Duration::from_secs(5))?;
+    tracing::info!(node = %id, url = %url, "joining the cluster's client-assertion owners");
+    Ok(Some(Membership::start(
+        cluster,
+        Node { id, url },
+        c.lease_ttl,
+        owners,
+    )?))
+}
+
+/// `--cluster-advertise`, or the first listener's address when it names one host.
+fn advertise_url(settings: &ServeSettings, listen: SocketAddr) -> Result<String, Error> {
+    let scheme = if settings.plain_http { "http" } else { "https" };
+    match &settings.cluster.advertise {
+        Some(url) => {
+            let parsed = peer_client::PeerUrl::parse(url)
+                .map_err(|e| Error::Config(format!("cluster-advertise {e}")))?;
+            if parsed.tls == settings.plain_http {
+                return Err(Error::Config(format!(
+                    "cluster-advertise {url:?}: this node serves {scheme}"
+                )));
+            }
+            Ok(parsed.to_string())
+        }
+        None if listen.ip().is_unspecified() => Err(Error::Config(format!(
+            "listening on {listen}, a wildcard address: set --cluster-advertise to the URL other \
+             nodes reach this one at"
+        ))),
+        None => Ok(format!("{scheme}://{listen}")),
     }
 }
 

@@ -309,6 +309,37 @@ pub struct Settings {
     /// `Retry-After` [default: 64].
     #[arg(long, value_name = "N")]
     pub offload_queue: Option<usize>,
+    /// With `--store etcd://`: the URL other nodes reach this one at, for the client-assertion
+    /// checks they forward to it (`https://HOST:PORT`; its certificate must name HOST) [default:
+    /// the listen address, unless that is a wildcard].
+    #[arg(long, value_name = "URL")]
+    pub cluster_advertise: Option<String>,
+    /// With `--store etcd://`: threads forwarding client-assertion checks to their owner nodes
+    /// [default: 4].
+    #[arg(long, value_name = "N")]
+    pub cluster_forward_threads: Option<usize>,
+    /// With `--store etcd://`: checks that may wait for those threads; more are answered 503
+    /// with `Retry-After` [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub cluster_forward_queue: Option<usize>,
+    /// With `--store etcd://`: deadline of one forwarded batch (connect, send, answer); an
+    /// owner that misses it gets its checks answered 503 [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub cluster_forward_timeout: Option<HumanDuration>,
+    /// With `--store etcd://`: TTL of this node's etcd lease: how long a node that stopped
+    /// answering keeps its clients before they move [default: 5s, 2s to 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub cluster_lease_ttl: Option<HumanDuration>,
+}
+
+/// Cluster-mode settings of one node (used with `--store etcd://` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub advertise: Option<String>,
+    pub forward_threads: usize,
+    pub forward_queue: usize,
+    pub forward_timeout: Duration,
+    pub lease_ttl: Duration,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -354,6 +385,7 @@ pub struct ServeSettings {
     pub audit: crate::refusal_audit::AuditPolicy,
     /// The off-loop pool for heavy reads.
     pub offload: crate::api::offload::OffloadConfig,
+    pub cluster: ClusterSettings,
 }
 
 impl Settings {
@@ -409,7 +441,12 @@ impl Settings {
             audit_retention_days,
             audit_max_rows,
             offload_threads,
-            offload_queue
+            offload_queue,
+            cluster_advertise,
+            cluster_forward_threads,
+            cluster_forward_queue,
+            cluster_forward_timeout,
+            cluster_lease_ttl
         )
     }
 
@@ -549,6 +586,34 @@ impl Settings {
                 "offload-threads must be between 1 and 256, offload-queue at most 1048576".into(),
             ));
         }
+        let cluster = ClusterSettings {
+            advertise: self.cluster_advertise,
+            forward_threads: self.cluster_forward_threads.unwrap_or(4),
+            forward_queue: self.cluster_forward_queue.unwrap_or(4096),
+            forward_timeout: dur(
+                self.cluster_forward_timeout,
+                Duration::from_secs(2),
+                "cluster-forward-timeout",
+            )?,
+            lease_ttl: dur(
+                self.cluster_lease_ttl,
+                Duration::from_secs(5),
+                "cluster-lease-ttl",
+            )?,
+        };
+        if !(1..=256).contains(&cluster.forward_threads)
+            || !(1..=1 << 20).contains(&cluster.forward_queue)
+            || !(Duration::from_secs(2)..=Duration::from_secs(60)).contains(&cluster.lease_ttl)
+            || cluster.forward_timeout.is_zero()
+            || cluster.forward_timeout > Duration::from_secs(60)
+        {
+            return Err(Error::Config(
+                "cluster-forward-threads must be between 1 and 256, cluster-forward-queue \
+                 between 1 and 1048576, cluster-forward-timeout up to 60s and \
+                 cluster-lease-ttl between 2s and 60s"
+                    .into(),
+            ));
+        }
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -599,6 +664,7 @@ impl Settings {
             audit,
             source_throttle,
             offload,
+            cluster,
         })
     }
 }

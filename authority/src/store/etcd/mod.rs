@@ -15,6 +15,7 @@ use super::seal::hex;
 use super::{MasterKey, StoreError};
 
 pub mod layout;
+pub mod nodes;
 
 use layout::meta_key;
 pub use layout::{CLUSTER_NAME, KEY_PREFIX};
