@@ -284,6 +284,11 @@ pub fn store_wire(e: &crate::store::StoreError) -> WireError {
         S::InvalidIat(_) => (400, "invalid_grant"),
         S::StaleRat => (401, "invalid_token"),
         S::Invalid(_) => (400, "invalid_request"),
+        S::ClusterUnavailable(_) => {
+            let mut w = WireError::new(503, "temporarily_unavailable", e.to_string());
+            w.retry_after = Some(1);
+            return w;
+        }
         _ => return WireError::new(500, "server_error", "internal error; see the server log"),
     };
     WireError::new(status, code, e.to_string())

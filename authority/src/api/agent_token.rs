@@ -110,6 +110,7 @@ impl AgentState {
         req: &Request<'_>,
         ctx: &RequestContext<'_>,
     ) -> Result<Outcome, Error> {
+        self.app.check_serving()?;
         let now = self.app.now();
         let clock = std::time::Instant::now();
         let source = super::throttle::source_key(ctx.peer().ip());

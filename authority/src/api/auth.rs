@@ -292,6 +292,7 @@ pub fn caller(
     form: &Form<'_>,
 ) -> Result<Principal, Error> {
     if let Some(token) = bearer(req) {
+        app.check_serving()?;
         let now = app.now();
         let refused = || invalid_token("bearer token refused");
         let (verified, principal) = match verify_operator_token(app, token, now) {

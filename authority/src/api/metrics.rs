@@ -51,6 +51,32 @@ fn collect(app: &App, out: &mut String) {
         app.replay.capacity(),
         app.replay.heap_bytes()
     );
+    if let Some(f) = app.store.hot().freshness() {
+        let age = f.age(std::time::Instant::now());
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_cluster_fresh 1 while this node has proven within the freshness bound that its copy of the store is current (it serves the token path), else 0.\n\
+             # TYPE latchkey_cluster_fresh gauge\n\
+             latchkey_cluster_fresh {}\n\
+             # HELP latchkey_cluster_proof_age_seconds Age of the last proof that this node is current.\n\
+             # TYPE latchkey_cluster_proof_age_seconds gauge\n\
+             latchkey_cluster_proof_age_seconds {}\n\
+             # HELP latchkey_cluster_freshness_bound_seconds The freshness bound (cluster-freshness).\n\
+             # TYPE latchkey_cluster_freshness_bound_seconds gauge\n\
+             latchkey_cluster_freshness_bound_seconds {}\n\
+             # HELP latchkey_cluster_stale_refusals_total Token-path requests refused because this node could not prove it is current.\n\
+             # TYPE latchkey_cluster_stale_refusals_total counter\n\
+             latchkey_cluster_stale_refusals_total {}\n\
+             # HELP latchkey_cluster_applied_revision The etcd revision this node's mirror has applied.\n\
+             # TYPE latchkey_cluster_applied_revision gauge\n\
+             latchkey_cluster_applied_revision {}",
+            u8::from(age.is_some_and(|a| a < f.bound())),
+            age.map_or(f64::INFINITY, |a| a.as_secs_f64()),
+            f.bound().as_secs_f64(),
+            f.refused(),
+            f.applied_revision(),
+        );
+    }
 }
 
 /// Sets `latchkey_replay_cache_entries`, the assertions the replay cache remembers now.

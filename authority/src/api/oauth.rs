@@ -74,6 +74,7 @@ fn with_client_challenge(result: Result<Outcome, Error>) -> Result<Outcome, Erro
 // Token endpoint
 
 fn token(app: &Arc<App>, req: &Request<'_>, ctx: &RequestContext<'_>) -> Result<Outcome, Error> {
+    app.check_serving()?;
     let form = Form::from_request(req)?;
     let now = app.now();
     let (client, _) = match auth::client_credentials(app, req, ctx, &form) {
@@ -358,6 +359,7 @@ fn introspect(
     req: &Request<'_>,
     ctx: &RequestContext<'_>,
 ) -> Result<Outcome, Error> {
+    app.check_serving()?;
     let form = Form::from_request(req)?;
     let principal = auth::caller(app, req, ctx, &form)?;
     if principal.kind == PrincipalKind::Operator {

@@ -473,6 +473,39 @@ impl App {
 
     /// Loads every non-retired key into the ring: the newest active key per algorithm signs,
     /// everything else only verifies.
+    /// Brings the key ring in line with the hot index after another node changed the keys
+    /// (cluster): adds what is published or retiring, signs with what is active, drops what
+    /// is retired or gone. Idempotent, and a no-op when the ring already agrees, so it may
+    /// also follow this node's own writes.
+    pub fn sync_key_ring(&self) -> Result<(), Error> {
+        let mut hot = self.store.hot().signing_keys();
+        // Active keys first: a key that stops signing must be replaced before it can retire.
+        hot.sort_by_key(|k| k.state != KeyState::Active);
+        for k in &hot {
+            let ring = self.keys.snapshot();
+            let alg = Algorithm::from_name(&k.alg)?;
+            let key = || -> Result<latchkey_core::SigningKey, Error> {
+                Ok(
+                    latchkey_core::SigningKey::from_pkcs8_der(alg, k.private_key.expose())?
+                        .with_kid(k.kid.clone()),
+                )
+            };
+            match k.state {
+                KeyState::Active if ring.minter(alg).is_none_or(|m| m.key().kid() != k.kid) => {
+                    self.keys.rotate(key()?)?;
+                }
+                KeyState::Published | KeyState::Retiring if ring.key(&k.kid).is_none() => {
+                    self.keys.add_verifying_key(key()?.verifying_key())?;
+                }
+                KeyState::Retired if ring.key(&k.kid).is_some() => {
+                    self.keys.retire(&k.kid)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn load_keys(&self) -> Result<(), Error> {
         let mut keys = self.store.hot().signing_keys();
         keys.sort_by_key(|k| (k.created_at, k.kid.clone()));

@@ -10,6 +10,9 @@ use super::App;
 use crate::error::Error;
 use crate::store::{WriteOp, WriteOutcome};
 
+/// Most `Forget` batches one maintenance pass writes.
+const FORGET_ROUNDS: usize = 50;
+
 impl App {
     /// Starts the maintenance thread: key retirement, scheduled rotation, forgetting expired
     /// revocations. It holds only a weak reference and ends when the app is dropped or
@@ -50,6 +53,10 @@ impl App {
     }
 
     /// One maintenance pass.
+    ///
+    /// Every node of a cluster runs it: each step is a write checked against the latest
+    /// state (key activation is a compare-and-swap, forgetting re-reads what expired), so two
+    /// nodes doing it at once cannot do it twice.
     pub fn maintain(&self, now: u64) -> Result<(), Error> {
         for kid in self.activate_due_keys(now)? {
             tracing::info!(kid, "published signing key activated");
@@ -60,10 +67,21 @@ impl App {
         for kid in self.scheduled_rotation(now)? {
             tracing::info!(kid, "signing key published for scheduled rotation");
         }
-        if let WriteOutcome::Forgotten { revocations, .. } = self.write(WriteOp::Forget { now })?
-            && revocations > 0
-        {
-            self.revocations.purge(now);
+        // Each `Forget` removes a bounded batch; a backlog takes a few (bounded) rounds.
+        for _ in 0..FORGET_ROUNDS {
+            let WriteOutcome::Forgotten {
+                revocations,
+                boarding,
+            } = self.write(WriteOp::Forget { now })?
+            else {
+                break;
+            };
+            if revocations > 0 {
+                self.revocations.purge(now);
+            }
+            if revocations + boarding < crate::store::FORGET_BATCH {
+                break;
+            }
         }
         crate::api::metrics::publish_replay_fill(self, now);
         crate::refusal_audit::maintain(self, now)

@@ -222,6 +222,30 @@ impl App {
         self.settings.leeway.min(self.settings.replay.leeway)
     }
 
+    /// Refuses the token path (minting, introspection, operator bearer tokens) while this
+    /// node, in a cluster, cannot prove its copy of the store is current: a revocation made
+    /// on another node must not be missed here. Always `Ok` on a single node.
+    pub fn check_serving(&self) -> Result<(), Error> {
+        self.store.hot().serving().map_err(|stale| {
+            crate::error::ApiError::Unavailable {
+                retry_after: 1,
+                description: stale.to_string(),
+            }
+            .into()
+        })
+    }
+
+    /// Follows writes of other cluster nodes beyond the hot index: the key ring (`keys`) and
+    /// the mutual-TLS trust (`trust`). Failures are logged; the next change retries.
+    pub fn follow_cluster_change(&self, keys: bool, trust: bool) {
+        if keys && let Err(e) = self.sync_key_ring() {
+            tracing::error!(error = %e, "could not follow the cluster's signing keys");
+        }
+        if trust {
+            self.mtls.refresh_logged(self);
+        }
+    }
+
     /// Unix seconds.
     pub fn now(&self) -> u64 {
         crate::clock::unix_now()

@@ -75,44 +75,91 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// `--store etcd://…`: reaches the cluster (a linearizable read) and claims its meta for this
-/// node's master key (`DIR/master.key`, created with the data directory on a first start), so
-/// a node with another key is refused; then refuses to serve, since the engine cannot yet. A
+/// `--store etcd://…`: opens this node of the cluster (see `Store::open_cluster`: the
+/// cluster's meta claimed with `DIR/master.key`, the mirror caught up); `None` for redb. A
 /// build without the feature refused the setting when it was resolved.
 fn open_cluster(
-    engine: &crate::store::StoreEngine,
+    settings: &ServeSettings,
     data_dir: &Path,
     passphrase: &super::passphrase::PassphraseArgs,
-) -> Result<(), Error> {
-    let crate::store::StoreEngine::Etcd { endpoints } = engine else {
-        return Ok(());
+) -> Result<Option<ClusterNode>, Error> {
+    let crate::store::StoreEngine::Etcd { endpoints } = &settings.store else {
+        return Ok(None);
     };
     #[cfg(feature = "etcd")]
     {
-        use crate::store::etcd::{Cluster, MetaClaim};
-        let cluster = Cluster::connect(endpoints, std::time::Duration::from_secs(5))?;
-        let status = cluster.status()?;
-        tracing::info!(
-            endpoints = cluster.endpoints(),
-            revision = status.revision,
-            members = status.members,
-            "reached the etcd cluster"
-        );
-        // Read only here: a passphrase on standard input can be read once.
-        let master = crate::store::open_master_key(data_dir, &passphrase.key_options()?)?;
-        let key_file = data_dir.join(crate::store::KEY_FILE);
-        match cluster.claim_meta(&master, &key_file, crate::clock::unix_now())? {
+        use crate::store::etcd::{EngineSettings, MetaClaim};
+        let started = std::time::Instant::now();
+        let (store, claim, cluster) = Store::open_cluster(
+            data_dir,
+            StoreOptions {
+                key: passphrase.key_options()?,
+                ..StoreOptions::default()
+            },
+            endpoints,
+            EngineSettings {
+                freshness: settings.cluster_freshness,
+                ..EngineSettings::default()
+            },
+            CLUSTER_CATCH_UP,
+        )?;
+        match claim {
             MetaClaim::Initialised => tracing::info!("initialised the empty etcd cluster's meta"),
             MetaClaim::Joined => tracing::info!("the etcd cluster's master key id is this node's"),
         }
+        tracing::info!(
+            endpoints = %endpoints.join(","),
+            ms = started.elapsed().as_millis() as u64,
+            "caught up with the cluster"
+        );
+        let lock = cluster.bootstrap_lock(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(90),
+        )?;
+        // Whatever the node that held the lock before created is now visible here.
+        store.wait_current(CLUSTER_CATCH_UP)?;
+        Ok(Some(ClusterNode {
+            store,
+            _bootstrap: Some(Box::new(lock)),
+        }))
     }
     #[cfg(not(feature = "etcd"))]
-    let _ = (data_dir, passphrase);
-    Err(Error::Config(format!(
-        "store etcd://{}: the etcd engine cannot serve yet (bootstrap beyond the cluster's \
-         meta, the mirror and writes are not built; see ARCHITECTURE.md, \"Cluster\")",
-        endpoints.join(",")
-    )))
+    {
+        let _ = (data_dir, passphrase);
+        Err(Error::Config(format!(
+            "store etcd://{}: this latchkey was built without the etcd engine",
+            endpoints.join(",")
+        )))
+    }
+}
+
+/// A cluster node's store, and the bootstrap lock it holds until its first-run steps are done.
+struct ClusterNode {
+    store: Store,
+    _bootstrap: Option<Box<dyn std::any::Any>>,
+}
+
+/// How long a cluster node may take to load or catch up its mirror before `serve` gives up.
+#[cfg(feature = "etcd")]
+const CLUSTER_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Has a cluster node's key ring and trust follow what other nodes write.
+fn follow_cluster(state: &Arc<App>) {
+    #[cfg(feature = "etcd")]
+    {
+        let weak = Arc::downgrade(state);
+        state
+            .store
+            .set_change_listener(Arc::new(move |changed: crate::store::etcd::Changed| {
+                if let Some(app) = weak.upgrade() {
+                    app.follow_cluster_change(changed.keys, changed.trust);
+                }
+            }));
+        // Changes applied before the listener was set.
+        state.follow_cluster_change(true, true);
+    }
+    #[cfg(not(feature = "etcd"))]
+    let _ = state;
 }
 
 /// `json` becomes true as soon as the settings (flags or file) ask for JSON logs.
@@ -138,7 +185,9 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         .map(|(addr, _)| listen(*addr))
         .collect::<Result<Vec<_>, _>>()?;
 
-    open_cluster(&settings.store, &args.data_dir, &args.passphrase)?;
+    let mut cluster = open_cluster(&settings, &args.data_dir, &args.passphrase)?;
+    let clustered = cluster.is_some();
+    let bootstrap_lock = cluster.as_mut().and_then(|c| c._bootstrap.take());
 
     let metrics = Arc::new(Metrics::new());
     let app_settings = AppSettings {
@@ -148,13 +197,30 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         offload: settings.offload,
         ..file.app_settings()?
     };
-    let store = Store::open_or_create(
-        &args.data_dir,
-        StoreOptions {
-            key: args.passphrase.key_options()?,
-            ..StoreOptions::default()
-        },
-    )?;
+    // A rotation publishes the key first and activates it later: every node must have the
+    // published key before any node signs with it, so the pre-publication covers the bound.
+    if clustered
+        && app_settings.key_prepublication != 0
+        && u128::from(app_settings.key_prepublication) * 1000
+            < settings.cluster_freshness.as_millis()
+    {
+        return Err(Error::Config(format!(
+            "[keys] pre-publication ({} s) must be at least cluster-freshness ({} ms) on a \
+             cluster",
+            app_settings.key_prepublication,
+            settings.cluster_freshness.as_millis()
+        )));
+    }
+    let store = match cluster {
+        Some(node) => node.store,
+        None => Store::open_or_create(
+            &args.data_dir,
+            StoreOptions {
+                key: args.passphrase.key_options()?,
+                ..StoreOptions::default()
+            },
+        )?,
+    };
     // Earlier releases kept the TLS private keys in clear; seal them whatever this start serves.
     let sealed = tls::CertFiles::in_dir(&args.data_dir).seal_plain_keys(store.master_key())?;
     if !sealed.is_empty() {
@@ -209,7 +275,12 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     if let Some(ca) = &own_ca {
         announce_ca(ca, &settings);
     }
+    // The first-run steps are done: another node may run its own.
+    drop(bootstrap_lock);
     let state = Arc::new(app);
+    if clustered {
+        follow_cluster(&state);
+    }
     // Cluster mode: this node's share of the client-assertion checks (before the routes, which
     // then include the peer endpoint).
     #[cfg(feature = "etcd")]

@@ -138,6 +138,11 @@ pub struct Settings {
     /// with the cargo feature `etcd`) [default: redb].
     #[arg(long, value_name = "redb|etcd://HOST:PORT[,...]")]
     pub store: Option<crate::store::StoreEngine>,
+    /// Cluster nodes (`--store etcd://…`) serve the token path only while they have proven
+    /// within this bound that their copy of the store is current; otherwise they answer 503,
+    /// so a revocation reaches every serving node within it. 250ms..=60s [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub cluster_freshness: Option<HumanDuration>,
     /// Event loop threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -360,6 +365,8 @@ pub struct ServeSettings {
     /// The first listener (its address is the one printed and used in metadata).
     pub listen: SocketAddr,
     pub store: crate::store::StoreEngine,
+    /// The freshness bound of a cluster node.
+    pub cluster_freshness: Duration,
     pub threads: usize,
     pub plain_http: bool,
     pub server_names: Vec<String>,
@@ -402,6 +409,7 @@ impl Settings {
         over!(
             listen,
             store,
+            cluster_freshness,
             threads,
             insecure_plain_http,
             server_names,
@@ -634,9 +642,20 @@ impl Settings {
         let more_listeners: Vec<_> = listeners.collect();
         let store = self.store.unwrap_or_default();
         store.check_built().map_err(Error::Config)?;
+        let cluster_freshness = dur(
+            self.cluster_freshness,
+            Duration::from_secs(2),
+            "cluster-freshness",
+        )?;
+        if !(Duration::from_millis(250)..=Duration::from_secs(60)).contains(&cluster_freshness) {
+            return Err(Error::Config(
+                "cluster-freshness must be between 250ms and 60s".into(),
+            ));
+        }
         Ok(ServeSettings {
             listen,
             store,
+            cluster_freshness,
             more_listeners,
             threads,
             plain_http: self.insecure_plain_http.unwrap_or(false),

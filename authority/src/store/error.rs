@@ -66,6 +66,10 @@ pub enum StoreError {
     /// something this node cannot use.
     #[error("etcd cluster {endpoints}: {reason}")]
     Etcd { endpoints: String, reason: String },
+    /// The cluster did not take a write now (no quorum, a timeout, contention, its space
+    /// quota): nothing was acknowledged; the client may retry. The text is safe to show.
+    #[error("{0}")]
+    ClusterUnavailable(String),
     /// The writer failed an earlier commit (an I/O error); the store must be reopened.
     #[error("the store failed an earlier write and must be reopened")]
     Poisoned,

@@ -157,6 +157,8 @@ pub struct HotIndex {
     suspended_agents: papaya::HashMap<String, u64>,
     /// One map per `RevocationKind`, indexed by `kind as usize`, so lookups borrow a `&str`.
     revocations: [SkipMap<String, Revocation>; 4],
+    /// Set by a cluster engine: the token path serves only while it is open.
+    gate: OnceLock<Arc<super::freshness::Freshness>>,
     /// Agents in list order, per tenant (see `agent_index`); never read by the token path.
     agents: AgentIndex,
     commits: AtomicU64,
@@ -185,6 +187,25 @@ fn slot(kind: RevocationKind) -> usize {
 
 impl HotIndex {
     /// The registered client `client_id`, if any.
+    /// `Ok` unless a cluster engine's freshness gate is closed (single node: always `Ok`).
+    pub fn serving(&self) -> Result<(), super::freshness::Stale> {
+        match self.gate.get() {
+            Some(g) => g.check(std::time::Instant::now()),
+            None => Ok(()),
+        }
+    }
+
+    /// The cluster engine's freshness gate, if there is one.
+    pub fn freshness(&self) -> Option<&Arc<super::freshness::Freshness>> {
+        self.gate.get()
+    }
+
+    /// Installs a cluster engine's gate (once, at open).
+    #[cfg(feature = "etcd")]
+    pub(crate) fn set_gate(&self, gate: Arc<super::freshness::Freshness>) {
+        let _ = self.gate.set(gate);
+    }
+
     pub fn client(&self, client_id: &str) -> Option<Arc<ClientAuth>> {
         self.clients.pin().get(client_id).cloned()
     }

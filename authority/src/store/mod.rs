@@ -17,6 +17,7 @@ mod engine;
 mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod freshness;
 mod hot;
 mod maintenance;
 mod ops;
@@ -39,9 +40,10 @@ pub use agent_index::{
 pub use codec::{MAX_RECORD_BYTES, Record, decode as decode_record, encode as encode_record};
 pub use engine::{ETCD_BUILD_COMMAND, MAX_ETCD_ENDPOINTS, StoreEngine};
 pub use error::StoreError;
+pub use freshness::{Freshness, Stale};
 pub use hot::{ClientAuth, HmacKeys, HotIndex, PreviousCredentials, Revocation, StoredSigningKey};
 pub use maintenance::{BackupReport, CheckReport, TableReport, backup_data_dir, check_data_dir};
-pub use ops::PruneAudit;
+pub use ops::{FORGET_BATCH, PruneAudit};
 pub use ops::{
     MAX_AUDIT_FIELD_BYTES, MAX_ID_BYTES, MAX_JWKS, NewAgent, NewCertificate, NewDataSourceConfig,
     NewIat, NewSigningKey, Registration, Rotation, SecretRotation, Takeover, WriteOp, WriteOutcome,
@@ -135,6 +137,9 @@ struct Inner {
     observer: Arc<ObserverSlot>,
     paths: DataDir,
     key: Arc<MasterKey>,
+    /// The cluster engine tells the application here what remote writes changed.
+    #[cfg(feature = "etcd")]
+    listener: Arc<etcd::committer::ListenerSlot>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -211,8 +216,125 @@ impl Store {
                 observer,
                 paths,
                 key,
+                #[cfg(feature = "etcd")]
+                listener: Arc::default(),
             }),
         })
+    }
+
+    /// Opens this node of a cluster on etcd (`--store etcd://…`): claims the cluster's meta
+    /// with `<dir>/master.key` (created only for an empty cluster), opens the node's mirror
+    /// (`<dir>/cluster-mirror.redb`), starts the engine, and returns once the mirror has
+    /// caught up with the cluster, or fails after `catch_up`.
+    #[cfg(feature = "etcd")]
+    pub fn open_cluster(
+        dir: &Path,
+        options: StoreOptions,
+        endpoints: &[String],
+        settings: etcd::EngineSettings,
+        catch_up: std::time::Duration,
+    ) -> Result<(Store, etcd::MetaClaim, etcd::Cluster), StoreError> {
+        let paths = DataDir {
+            dir: dir.to_path_buf(),
+            db: dir.join(etcd::MIRROR_FILE),
+            key: dir.join(KEY_FILE),
+        };
+        create_private_dir(dir)?;
+        let cluster = etcd::Cluster::connect(endpoints, settings.request_timeout)?;
+        if !paths.key.exists() && cluster.meta_key_id()?.is_some() {
+            return Err(StoreError::BadKeyFile {
+                path: paths.key.clone(),
+                reason: format!(
+                    "it is missing, and the etcd cluster at {} was initialised by another \
+                     node: copy that node's master.key here",
+                    cluster.endpoints()
+                ),
+            });
+        }
+        let key = master_key(&paths, &options.key, true)?;
+        let claim = cluster.claim_meta(&key, &paths.key, crate::clock::unix_now())?;
+        // Exclusive, unlike the single-node database: the mirror is this process's alone, and
+        // only then may its commits skip the fsync (see `etcd::mirror`).
+        let mut b = Database::builder();
+        b.set_cache_size(options.cache_bytes);
+        let db = b
+            .create_with_backend(file_backend(&paths.db, true)?)
+            .map_err(|e| open_error(e, &paths.db))?;
+        let db = Arc::new(db);
+        maintenance::init_schema(&db, &key)?;
+        let hot = Arc::new(HotIndex::default());
+        snapshot::load_hot(&db, &key, &hot)?;
+        let freshness = Arc::new(Freshness::new(settings.freshness));
+        hot.set_gate(freshness.clone());
+        let key = Arc::new(key);
+        let observer = Arc::new(ObserverSlot::new());
+        let listener = Arc::new(etcd::committer::ListenerSlot::new());
+        let engine = etcd::committer::Engine::spawn(etcd::committer::Parts {
+            endpoints: endpoints.to_vec(),
+            db: db.clone(),
+            key: key.clone(),
+            hot: hot.clone(),
+            observer: observer.clone(),
+            listener: listener.clone(),
+            freshness: freshness.clone(),
+            settings,
+        })?;
+        let deadline = std::time::Instant::now() + catch_up;
+        while freshness.age(std::time::Instant::now()).is_none() {
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::Etcd {
+                    endpoints: endpoints.join(","),
+                    reason: format!(
+                        "this node could not catch up with the cluster within {} s",
+                        catch_up.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok((
+            Store {
+                inner: Arc::new(Inner {
+                    committer: Box::new(engine),
+                    db,
+                    hot,
+                    observer,
+                    paths,
+                    key,
+                    listener,
+                }),
+            },
+            claim,
+            cluster,
+        ))
+    }
+
+    /// Waits until this node has proven it is current as of a read sent after this call: what
+    /// any node wrote before the call is then in the mirror and the hot index.
+    #[cfg(feature = "etcd")]
+    pub fn wait_current(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        let Some(f) = self.inner.hot.freshness() else {
+            return Ok(());
+        };
+        let since = std::time::Instant::now();
+        let deadline = since + timeout;
+        while !f.proven_since(since) {
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::ClusterUnavailable(format!(
+                    "this node could not confirm it is current within {} s",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Has `listener` told what writes (this node's and others') changed beyond the hot
+    /// index: signing keys, trust. Only the first call takes effect; single node: never called.
+    #[cfg(feature = "etcd")]
+    pub fn set_change_listener(&self, listener: etcd::ChangeListener) {
+        let _ = self.inner.listener.set(listener);
     }
 
     /// Queues a write. `reply` runs on the writer thread once the write is durably committed
@@ -375,6 +497,33 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forget_removes_a_bounded_batch_per_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path(), StoreOptions::default()).unwrap();
+        let n = FORGET_BATCH + 30;
+        for i in 0..n {
+            store
+                .write(WriteOp::Revoke {
+                    kind: RevocationKind::Token,
+                    id: format!("jti-{i}"),
+                    by: "op".into(),
+                    reason: "test".into(),
+                    now: 5,
+                    forget_after: 100,
+                })
+                .unwrap();
+        }
+        let forgotten = |store: &Store| match store.write(WriteOp::Forget { now: 100 }).unwrap() {
+            WriteOutcome::Forgotten { revocations, .. } => revocations,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(forgotten(&store), FORGET_BATCH);
+        assert_eq!(forgotten(&store), 30);
+        assert_eq!(forgotten(&store), 0);
+        assert_eq!(store.hot().revocation_count(RevocationKind::Token), 0);
+    }
 
     const T: &str = "tenant-a";
 

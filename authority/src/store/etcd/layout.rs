@@ -137,6 +137,15 @@ pub struct Row {
     pub value: Vec<u8>,
 }
 
+/// One row-level change an op makes, in the order it makes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowChange {
+    Put(Table, RowKey, Vec<u8>),
+    Del(Table, RowKey),
+    /// Audit rows `first..=last` (retention): one range delete, whatever its length.
+    DelAuditRange(u64, u64),
+}
+
 /// The etcd key of `key` in `table`.
 pub fn row_key(table: Table, key: &RowKey) -> String {
     let mut out = format!("{}{}/", rows_prefix(), table.name());
@@ -304,6 +313,26 @@ pub fn write_row(
             }
         }
         (t, _) => return Err(wrong_key(t, key)),
+    }
+    Ok(())
+}
+
+/// Empties `table` (a full reload replaces every row).
+pub fn clear_table(txn: &WriteTransaction, table: Table) -> Result<(), StoreError> {
+    let op = "mirror clear";
+    macro_rules! clear {
+        ($def:expr) => {{
+            txn.delete_table($def).db(op)?;
+            txn.open_table($def).db(op)?;
+        }};
+    }
+    match table {
+        Table::AgentNames => clear!(AGENT_NAMES),
+        Table::TenantAgents => clear!(TENANT_AGENTS),
+        Table::Revocations => clear!(REVOCATIONS),
+        Table::CertFingerprints => clear!(CERT_FINGERPRINTS),
+        Table::Audit => clear!(AUDIT),
+        t => clear!(str_def(t).expect("every other table is string-keyed")),
     }
     Ok(())
 }

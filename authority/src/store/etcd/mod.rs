@@ -7,15 +7,20 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 
 use super::schema::{META_CREATED_AT, META_KEY_ID, META_SCHEMA_VERSION, SCHEMA_VERSION};
 use super::seal::hex;
 use super::{MasterKey, StoreError};
 
+pub(crate) mod committer;
 pub mod layout;
+pub mod mirror;
 pub mod nodes;
+
+pub use committer::{ChangeListener, EngineSettings};
+pub use mirror::{Changed, MIRROR_FILE};
 
 use layout::meta_key;
 pub use layout::{CLUSTER_NAME, KEY_PREFIX};
@@ -42,6 +47,26 @@ impl std::fmt::Debug for Cluster {
         f.debug_struct("Cluster")
             .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
+    }
+}
+
+/// Held while this node runs the first-run steps; released (its lease revoked) on drop.
+#[derive(Debug)]
+pub struct BootstrapLock {
+    cluster: Cluster,
+    lease: i64,
+}
+
+impl Drop for BootstrapLock {
+    fn drop(&mut self) {
+        let mut client = self.cluster.client.clone();
+        if let Err(e) = self
+            .cluster
+            .runtime
+            .block_on(client.lease_revoke(self.lease))
+        {
+            tracing::warn!(error = %e, "could not release the bootstrap lock; it ends with its lease");
+        }
     }
 }
 
@@ -196,6 +221,63 @@ impl Cluster {
             });
         }
         Ok(MetaClaim::Joined)
+    }
+
+    /// Takes the cluster's bootstrap lock: one node at a time runs the first-run steps
+    /// (signing keys, the `admin` client, the configuration's tenants, profiles and clients),
+    /// so two nodes starting together against an empty cluster do not both create them. The
+    /// lock is a key on a lease of `ttl`: a node that dies holding it frees it when the lease
+    /// ends. Waits at most `wait`.
+    pub fn bootstrap_lock(
+        self,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<BootstrapLock, StoreError> {
+        let key = meta_key("bootstrap-lock");
+        let deadline = std::time::Instant::now() + wait;
+        let mut client = self.client.clone();
+        let lease = self
+            .runtime
+            .block_on(client.lease_grant(ttl.as_secs().max(1) as i64, None))
+            .map_err(|e| self.error(format!("cannot take the bootstrap lock: {e}")))?
+            .id();
+        loop {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    b"bootstrap".to_vec(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let taken = self
+                .runtime
+                .block_on(client.txn(txn))
+                .map_err(|e| self.error(format!("cannot take the bootstrap lock: {e}")))?
+                .succeeded();
+            if taken {
+                return Ok(BootstrapLock {
+                    cluster: self,
+                    lease,
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(self.error(format!(
+                    "another node held the bootstrap lock for {} s",
+                    wait.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The master key id the cluster's meta holds, if it has been claimed.
+    pub fn meta_key_id(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut client = self.client.clone();
+        let r = self
+            .runtime
+            .block_on(client.get(meta_key(META_KEY_ID), None))
+            .map_err(|e| self.error(format!("cannot read the cluster's meta: {e}")))?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     fn error(&self, reason: String) -> StoreError {

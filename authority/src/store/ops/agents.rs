@@ -30,7 +30,7 @@ pub struct NewIat {
 }
 
 /// A data source configuration write.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewDataSourceConfig {
     pub tenant: String,
     pub agent_id: String,

@@ -10,7 +10,7 @@ use super::{
 use crate::store::records::*;
 use crate::store::seal::{MasterKey, SealContext, Secret};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewCertificate {
     pub alias: String,
     pub fingerprint: String,

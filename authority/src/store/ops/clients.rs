@@ -123,7 +123,7 @@ pub(super) fn rotate_secret(
 }
 
 /// The fields of [`super::WriteOp::RotateOperatorClientSecret`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SecretRotation {
     pub id: String,
     /// The new secret's hash.

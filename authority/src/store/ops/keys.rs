@@ -19,7 +19,7 @@ use crate::store::hot::StoredSigningKey;
 use crate::store::records::*;
 use crate::store::seal::{MasterKey, SealContext, Secret};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewSigningKey {
     pub kid: String,
     pub alg: String,

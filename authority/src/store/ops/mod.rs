@@ -39,6 +39,7 @@ pub use keys::{NewSigningKey, Takeover};
 pub use prune::PruneAudit;
 pub(crate) use registration::unsealed_client;
 pub use registration::{Registration, Rotation};
+pub use revocations::FORGET_BATCH;
 
 use audit::AuditInfo;
 
@@ -53,7 +54,7 @@ pub const MAX_JWKS: usize = 8;
 
 /// A request to change the store. Answered by [`WriteOutcome`] or a [`StoreError`].
 #[non_exhaustive]
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WriteOp {
     /// Creates or replaces a tenant (from the configuration, at start-up).
     PutTenant {
@@ -552,6 +553,17 @@ pub(crate) fn apply(
     key: &MasterKey,
     op: WriteOp,
 ) -> Result<Applied, StoreError> {
+    apply_recording(t, key, op, None)
+}
+
+/// [`apply`], also recording each row the op writes, in order, into `rows` (the etcd engine
+/// sends them to the cluster instead of committing the transaction).
+pub(crate) fn apply_recording(
+    t: &mut Tables<'_>,
+    key: &MasterKey,
+    op: WriteOp,
+    #[allow(unused_mut)] mut rows: Option<&mut Vec<RowChange>>,
+) -> Result<Applied, StoreError> {
     let mut hot = Vec::new();
     let mut plan = Plan::default();
     let mut result = match dispatch::dispatch(t, key, op, &mut plan, &mut hot) {
@@ -595,16 +607,89 @@ pub(crate) fn apply(
         None => None,
     };
     match result {
-        Ok(_) => execute(t, plan)?,
+        Ok(_) => {
+            if let Some(rows) = rows.as_deref_mut() {
+                rows.extend(plan.muts.iter().map(RowChange::of));
+            }
+            execute(t, plan)?
+        }
         Err(_) => hot.clear(),
     }
-    for bytes in &extra {
-        t.append_audit(bytes)?;
-    }
-    if let Some(bytes) = entry {
-        t.append_audit(&bytes)?;
+    for bytes in extra.iter().chain(entry.as_ref()) {
+        let seq = t.append_audit(bytes)?;
+        if let Some(rows) = rows.as_deref_mut() {
+            rows.push(RowChange::audit(seq, bytes));
+        }
     }
     Ok(Applied { result, hot })
+}
+
+/// Without the etcd engine nothing records rows: `apply` passes `None`.
+#[cfg(not(feature = "etcd"))]
+pub(crate) struct RowChange;
+
+#[cfg(not(feature = "etcd"))]
+impl RowChange {
+    fn of(_: &Mutation) -> Self {
+        RowChange
+    }
+
+    fn audit(_: u64, _: &[u8]) -> Self {
+        RowChange
+    }
+}
+
+#[cfg(feature = "etcd")]
+use super::etcd::layout::{RowChange, RowKey, Table as RowTable};
+
+#[cfg(feature = "etcd")]
+impl RowChange {
+    fn audit(seq: u64, bytes: &[u8]) -> Self {
+        RowChange::Put(RowTable::Audit, RowKey::Seq(seq), bytes.to_vec())
+    }
+
+    /// The row-level change a planned mutation makes.
+    fn of(m: &Mutation) -> Self {
+        let str_table = |t: &StrTable| match t {
+            StrTable::Tenants => RowTable::Tenants,
+            StrTable::Agents => RowTable::Agents,
+            StrTable::Boarding => RowTable::Boarding,
+            StrTable::Registrations => RowTable::Registrations,
+            StrTable::OperatorClients => RowTable::OperatorClients,
+            StrTable::Profiles => RowTable::Profiles,
+            StrTable::SigningKeys => RowTable::SigningKeys,
+            StrTable::Certificates => RowTable::Certificates,
+            StrTable::Rotations => RowTable::Rotations,
+            StrTable::DataSourceConfigs => RowTable::DataSourceConfigs,
+        };
+        let pair = |a: &String, b: &String| RowKey::Pair(a.clone(), b.clone());
+        match m {
+            Mutation::Put(t, k, v) => {
+                RowChange::Put(str_table(t), RowKey::Str(k.clone()), v.clone())
+            }
+            Mutation::Del(t, k) => RowChange::Del(str_table(t), RowKey::Str(k.clone())),
+            Mutation::PutName(a, b, id) => {
+                RowChange::Put(RowTable::AgentNames, pair(a, b), id.as_bytes().to_vec())
+            }
+            Mutation::DelName(a, b) => RowChange::Del(RowTable::AgentNames, pair(a, b)),
+            Mutation::PutTenantAgent(a, b) => {
+                RowChange::Put(RowTable::TenantAgents, pair(a, b), Vec::new())
+            }
+            Mutation::DelTenantAgent(a, b) => RowChange::Del(RowTable::TenantAgents, pair(a, b)),
+            Mutation::PutRevocation(kind, id, v) => RowChange::Put(
+                RowTable::Revocations,
+                RowKey::Pair((*kind).to_owned(), id.clone()),
+                v.clone(),
+            ),
+            Mutation::DelRevocation(a, b) => RowChange::Del(RowTable::Revocations, pair(a, b)),
+            Mutation::PutFingerprint(fp, alias) => RowChange::Put(
+                RowTable::CertFingerprints,
+                RowKey::Str(fp.clone()),
+                alias.as_bytes().to_vec(),
+            ),
+            Mutation::DelAudit(first, last) => RowChange::DelAuditRange(*first, *last),
+        }
+    }
 }
 
 /// Errors that mean the transaction itself is unusable.

@@ -12,7 +12,7 @@ use crate::store::records::*;
 use crate::store::seal::{MasterKey, SealContext, Secret, SecretHash};
 
 /// A registration request, already authenticated by the IAT's signature upstream.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Registration {
     /// The IAT's `jti`; consumed by this registration.
     pub iat_jti: String,
@@ -29,7 +29,7 @@ pub struct Registration {
 }
 
 /// A rotation request (RFC 7592 PUT).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rotation {
     pub client_id: String,
     /// The RAT the client presented; must be the current one.

@@ -84,6 +84,11 @@ pub(super) fn revoke(
 
 /// Drops revocations whose `forget_after` has passed, spent or expired boarding rows, and
 /// rotation grace windows that ended unused.
+/// Most rows one `Forget` removes, so that one op stays one small transaction (an etcd
+/// transaction takes 128 operations by default); the maintenance pass repeats it while it
+/// comes back full.
+pub const FORGET_BATCH: u64 = 100;
+
 pub(super) fn forget(
     t: &Tables<'_>,
     p: &mut Plan,
@@ -91,8 +96,12 @@ pub(super) fn forget(
     hot: &mut Vec<HotChange>,
     now: u64,
 ) -> Result<WriteOutcome, StoreError> {
-    let (mut revocations, mut boarding) = (0, 0);
+    let (mut revocations, mut boarding, mut rotations) = (0, 0, 0);
+    let full = |r: u64, b: u64, o: u64| r + b + o >= FORGET_BATCH;
     for entry in t.revocations.iter().db("read")? {
+        if full(revocations, boarding, rotations) {
+            break;
+        }
         let (k, v) = entry.db("read")?;
         let rec: RevocationRecord = codec::decode(v.value())?;
         if rec.forget_after <= now {
@@ -103,6 +112,9 @@ pub(super) fn forget(
         }
     }
     for entry in t.boarding.iter().db("read")? {
+        if full(revocations, boarding, rotations) {
+            break;
+        }
         let (k, v) = entry.db("read")?;
         let rec: BoardingRecord = codec::decode(v.value())?;
         if rec.used_at.is_some() || rec.expires_at <= now {
@@ -111,10 +123,14 @@ pub(super) fn forget(
         }
     }
     for entry in t.rotations.iter().db("read")? {
+        if full(revocations, boarding, rotations) {
+            break;
+        }
         let (k, v) = entry.db("read")?;
         let row: RotationRecord = codec::decode(v.value())?;
         if row.grace_until <= now {
             p.del(StrTable::Rotations, k.value());
+            rotations += 1;
             if let Some(rec) = get::<RegistrationRecord>(&t.registrations, k.value())? {
                 hot.push(HotChange::Client(
                     rec.client_id.clone(),
