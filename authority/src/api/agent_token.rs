@@ -71,10 +71,12 @@ enum Checked {
     Forward(Box<Forward>),
 }
 
-/// An authenticated assertion whose `jti` another node checks.
+/// An authenticated assertion whose `jti` another node checks (the owner, or the previous
+/// owners of a client that moved here).
 #[cfg(feature = "etcd")]
 struct Forward {
-    owner: crate::cluster::replay::Node,
+    /// The owner, or the previous owners when this node is the owner.
+    to: Vec<crate::cluster::replay::Node>,
     check: crate::cluster::replay::Check,
     client: Arc<ClientAuth>,
     x5t: Option<String>,
@@ -276,15 +278,31 @@ impl AgentState {
                 jti: jti.to_owned(),
                 iat,
                 until: remember_until,
+                handoff: false,
             };
             match owners.route(&client.client_id)? {
                 Route::Local => {
-                    let floor = owners.owner_floor(&client.client_id, now)?;
-                    self.check_moved(&check, floor, now)?;
+                    let plan = owners.owner_plan(&client.client_id)?;
+                    self.check_moved(&check, plan.floor, now)?;
+                    self.record(&client.client_id, jti, iat, remember_until, now)?;
+                    // Moved here from a live node: it checks and records the jti too.
+                    if !plan.previous.is_empty() {
+                        return Ok(Checked::Forward(Box::new(Forward {
+                            to: plan.previous,
+                            check: Check {
+                                handoff: true,
+                                ..check
+                            },
+                            client,
+                            x5t,
+                            used,
+                        })));
+                    }
+                    return self.finish_issue(&client, now, x5t, used);
                 }
                 Route::Forward(owner) => {
                     return Ok(Checked::Forward(Box::new(Forward {
-                        owner,
+                        to: vec![owner],
                         check,
                         client,
                         x5t,
@@ -294,9 +312,20 @@ impl AgentState {
             }
         }
         self.record(&client.client_id, jti, iat, remember_until, now)?;
-        let answer = self.issue_to(&client, now, x5t)?;
+        self.finish_issue(&client, now, x5t, used)
+    }
+
+    /// Mints once the assertion's `jti` is recorded.
+    fn finish_issue(
+        &self,
+        client: &ClientAuth,
+        now: u64,
+        x5t: Option<String>,
+        used: Used,
+    ) -> Result<Checked, Error> {
+        let answer = self.issue_to(client, now, x5t)?;
         let cut_over = match used {
-            Used::New => self.cut_over(&client, now),
+            Used::New => self.cut_over(client, now),
             Used::Unchanged | Used::Previous => None,
         };
         Ok(Checked::Issued(answer, cut_over))
@@ -728,14 +757,14 @@ impl AgentState {
         let done = ctx.defer();
         let state = Arc::clone(self);
         let Forward {
-            owner,
+            to,
             check,
             client,
             x5t,
             used,
         } = f;
-        owners.forward(
-            owner,
+        owners.forward_all(
+            to,
             check,
             Box::new(move |checked| {
                 let answer = match checked.and_then(|()| state.issue_to(&client, now, x5t)) {
@@ -770,7 +799,7 @@ impl AgentState {
 #[cfg(feature = "etcd")]
 pub fn peer_routes(router: &mut crate::http::Router, state: &Arc<AgentState>) {
     use crate::cluster::peer_auth::AUTH_HEADER;
-    use crate::cluster::replay::PEER_PATH;
+    use crate::cluster::replay::{PEER_PATH, Served};
     if state.app.replay_owners.get().is_none() {
         return;
     }
@@ -778,15 +807,23 @@ pub fn peer_routes(router: &mut crate::http::Router, state: &Arc<AgentState>) {
     router.route(
         "POST",
         PEER_PATH,
-        move |req: &Request<'_>, _: &RequestContext<'_>| -> Outcome {
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| -> Outcome {
             let Some(owners) = s.app.replay_owners.get() else {
                 return Response::from_error(&Error::Config("no cluster owners".into())).into();
             };
             let now = s.app.now();
-            let answer = owners.serve(req.header(AUTH_HEADER), req.body(), now, |check, floor| {
+            let served = owners.serve(req.header(AUTH_HEADER), req.body(), now, |check, floor| {
                 s.check_forwarded(check, floor, now)
             });
-            Outcome::Ready(answer.into())
+            match served {
+                Ok(Served::Ready(r)) => Outcome::Ready(r),
+                Ok(Served::Handoff(h)) => {
+                    let done = ctx.defer();
+                    owners.finish(h, move |r| done.complete(r));
+                    Outcome::Deferred
+                }
+                Err(e) => Outcome::Ready(Response::from_error(&e)),
+            }
         },
     );
 }

@@ -70,6 +70,10 @@ pub struct Check {
     pub iat: u64,
     /// Remember the `jti` until then (the assertion's `exp`, or `iat` + max age).
     pub until: u64,
+    /// Sent by a new owner to the client's previous owner, which checks and records it in its
+    /// replay cache whoever owns the client now (module docs of [`crate::cluster`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -149,8 +153,25 @@ pub enum Route {
     Forward(Node),
 }
 
+/// What the owner of a client checks besides its own replay cache, for the clients that moved
+/// to it within the retention: assertions issued before `floor` are refused (an owner since
+/// gone may have accepted them), and `previous` owners still live check and record the `jti`
+/// too (a handoff), so a move between live nodes costs no refusals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerPlan {
+    pub floor: u64,
+    pub previous: Vec<Node>,
+}
+
 /// A forwarded check's answer goes here, on a forwarding thread.
 pub type Reply = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+/// Replies of one [`ReplayOwners::forward_all`] still outstanding.
+struct Join {
+    left: usize,
+    first_error: Option<Error>,
+    reply: Option<Reply>,
+}
 
 struct Pending {
     owner: Node,
@@ -324,7 +345,17 @@ impl ReplayOwners {
         nodes.dedup_by(|a, b| a.id == b.id);
         let old = self.view.load();
         let ids = |ns: &[Node]| ns.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
-        let (before, after) = (ids(&old.nodes), ids(&nodes));
+        let after = ids(&nodes);
+        // A node's first view: the others owned every client before it was there.
+        let before = if old.known {
+            ids(&old.nodes)
+        } else {
+            after
+                .iter()
+                .filter(|id| **id != self.shared.self_id)
+                .cloned()
+                .collect()
+        };
         let mut moves = old.moves.clone();
         let mut floor_all = old.floor_all;
         if before != after || !old.known {
@@ -389,9 +420,9 @@ impl ReplayOwners {
     }
 
     /// Before this node checks `client`'s assertion as its owner: that it is the owner in its
-    /// own view and holds its lease; and the floor for `client` (assertions issued before it
-    /// are refused, since an owner before this one may have accepted them).
-    pub fn owner_floor(&self, client: &str, _now: u64) -> Result<u64, Error> {
+    /// own view and holds its lease; and what else the check needs for a client that moved
+    /// here recently ([`OwnerPlan`]).
+    pub fn owner_plan(&self, client: &str) -> Result<OwnerPlan, Error> {
         if !self.lease_alive() {
             return Err(unavailable(
                 "this node's cluster lease is not current; it checks no assertions until it is",
@@ -399,21 +430,36 @@ impl ReplayOwners {
         }
         let view = self.view.load();
         let me = self.shared.self_id.as_str();
-        let owns =
-            |ns: &[String]| rendezvous::owner(ns.iter().map(String::as_str), client) == Some(me);
+        fn owner_in<'a>(ns: &'a [String], client: &str) -> Option<&'a str> {
+            rendezvous::owner(ns.iter().map(String::as_str), client)
+        }
         if rendezvous::owner(view.nodes.iter().map(|n| n.id.as_str()), client) != Some(me) {
             return Err(unavailable(
                 "the cluster's live set is changing; this node no longer checks this agent's \
                  assertions",
             ));
         }
-        let mut floor = view.floor_all;
+        let mut plan = OwnerPlan {
+            floor: view.floor_all,
+            previous: Vec::new(),
+        };
         for m in &view.moves {
-            if owns(&m.after) && !owns(&m.before) {
-                floor = floor.max(self.floor_at(m.at));
+            if owner_in(&m.after, client) != Some(me) {
+                continue;
+            }
+            match owner_in(&m.before, client) {
+                Some(p) if p == me => {}
+                // The previous owner is still live: its cache knows what it accepted.
+                Some(p) if let Some(node) = view.nodes.iter().find(|n| n.id == p) => {
+                    if !plan.previous.contains(node) {
+                        plan.previous.push(node.clone());
+                    }
+                }
+                // Gone (or nobody): what it accepted is lost to this node.
+                _ => plan.floor = plan.floor.max(self.floor_at(m.at)),
             }
         }
-        Ok(floor)
+        Ok(plan)
     }
 
     /// The floor a change at `at` sets for the clients it moved: as after a restart, an
@@ -456,16 +502,58 @@ impl ReplayOwners {
         }
     }
 
-    /// Serves a forwarded batch: authenticates it, then runs `check` (this node's floor,
-    /// replay cache and log) on each item this node owns. Every refusal is an [`Error`] for
-    /// the one wire mapping; the answer is signed over the request's nonce.
+    /// Forwards `check` to every node of `nodes`; `reply` gets `Ok` once all accepted, else
+    /// the first refusal. Every reply is called exactly once.
+    pub fn forward_all(&self, nodes: Vec<Node>, check: Check, reply: Reply) {
+        if nodes.len() <= 1 {
+            match nodes.into_iter().next() {
+                Some(node) => self.forward(node, check, reply),
+                None => reply(Ok(())),
+            }
+            return;
+        }
+        let join = Arc::new(std::sync::Mutex::new(Join {
+            left: nodes.len(),
+            first_error: None,
+            reply: Some(reply),
+        }));
+        for node in nodes {
+            let join = Arc::clone(&join);
+            self.forward(
+                node,
+                check.clone(),
+                Box::new(move |r| {
+                    let mut j = join.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = r
+                        && j.first_error.is_none()
+                    {
+                        j.first_error = Some(e);
+                    }
+                    j.left -= 1;
+                    if j.left == 0
+                        && let Some(reply) = j.reply.take()
+                    {
+                        let result = j.first_error.take().map_or(Ok(()), Err);
+                        drop(j);
+                        reply(result);
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Serves a forwarded batch: authenticates it, then runs `check` (this node's floors,
+    /// replay cache and log) on each item: as the owner, or as the previous owner of a
+    /// handoff. Every refusal is an [`Error`] for the one wire mapping; the answer is signed
+    /// over the request's nonce. Items whose clients moved here from a live node also need
+    /// that node's check: then the answer comes from [`ReplayOwners::finish`].
     pub fn serve(
         &self,
         header: Option<&str>,
         body: &[u8],
         now: u64,
         check: impl Fn(&Check, u64) -> Result<(), Error>,
-    ) -> Result<Response, Error> {
+    ) -> Result<Served, Error> {
         let stats = &self.shared.stats;
         let nonce = match self
             .shared
@@ -488,34 +576,126 @@ impl ReplayOwners {
             .into());
         }
         let misrouted = batch.owner != self.shared.self_id;
-        let results = batch
-            .items
-            .iter()
-            .map(|item| {
-                let result = if misrouted {
-                    Err(unavailable("the check reached another node than its owner"))
-                } else if item.jti.len() > MAX_JTI_BYTES
-                    || item.client_id.len() > MAX_CLIENT_ID_BYTES
-                {
-                    Err(ApiError::InvalidClient(format!(
-                        "client assertion jti longer than {MAX_JTI_BYTES} bytes"
-                    ))
-                    .into())
-                } else {
-                    self.owner_floor(&item.client_id, now)
-                        .and_then(|floor| check(item, floor))
-                };
-                Verdict::of(&result)
-            })
-            .collect();
+        let mut pending = Vec::new();
+        let mut verdicts = Vec::with_capacity(batch.items.len());
+        for (i, item) in batch.items.into_iter().enumerate() {
+            let result = if misrouted {
+                Err(unavailable("the check reached another node than its owner"))
+            } else if item.jti.len() > MAX_JTI_BYTES || item.client_id.len() > MAX_CLIENT_ID_BYTES {
+                Err(ApiError::InvalidClient(format!(
+                    "client assertion jti longer than {MAX_JTI_BYTES} bytes"
+                ))
+                .into())
+            } else if item.handoff {
+                // As the previous owner: what this cache holds, whoever owns the client now.
+                check(&item, 0)
+            } else {
+                self.owner_plan(&item.client_id).and_then(|plan| {
+                    check(&item, plan.floor)?;
+                    if !plan.previous.is_empty() {
+                        pending.push((
+                            i,
+                            plan.previous,
+                            Check {
+                                handoff: true,
+                                ..item
+                            },
+                        ));
+                    }
+                    Ok(())
+                })
+            };
+            verdicts.push(Verdict::of(&result));
+        }
         stats
             .served
-            .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+            .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
         self.shared.publish();
-        let body = serde_json::to_vec(&Results { results })
-            .map_err(|e| Error::Config(format!("encoding a peer answer: {e}")))?;
-        let auth = self.shared.auth.sign_answer(&nonce, &body);
-        Ok(Response::raw_json(200, body).header(AUTH_HEADER, auth))
+        if pending.is_empty() {
+            return Ok(Served::Ready(sign_results(&self.shared, &nonce, verdicts)));
+        }
+        Ok(Served::Handoff(Handoff {
+            nonce,
+            verdicts,
+            pending,
+        }))
+    }
+
+    /// Completes a batch that needs previous owners' checks: forwards them and calls `done`
+    /// with the signed answer once all are in (on a forwarding thread, or this one when the
+    /// queue is full).
+    pub fn finish(&self, handoff: Handoff, done: impl FnOnce(Response) + Send + 'static) {
+        let Handoff {
+            nonce,
+            verdicts,
+            pending,
+        } = handoff;
+        let state = Arc::new(std::sync::Mutex::new(Finishing {
+            left: pending.len(),
+            verdicts,
+            done: Some(Box::new(done)),
+        }));
+        for (i, previous, check) in pending {
+            let state = Arc::clone(&state);
+            let shared = Arc::clone(&self.shared);
+            self.forward_all(
+                previous,
+                check,
+                Box::new(move |r| {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    if let (Err(_), Some(v)) = (&r, st.verdicts.get_mut(i)) {
+                        *v = Verdict::of(&r);
+                    }
+                    st.left -= 1;
+                    if st.left == 0
+                        && let Some(done) = st.done.take()
+                    {
+                        let verdicts = std::mem::take(&mut st.verdicts);
+                        drop(st);
+                        done(sign_results(&shared, &nonce, verdicts));
+                    }
+                }),
+            );
+        }
+    }
+}
+
+/// What [`ReplayOwners::serve`] answers.
+#[derive(Debug)]
+pub enum Served {
+    Ready(Response),
+    /// Some checks wait for previous owners: [`ReplayOwners::finish`].
+    Handoff(Handoff),
+}
+
+/// A served batch waiting for previous owners' checks.
+#[derive(Debug)]
+pub struct Handoff {
+    nonce: super::peer_auth::Nonce,
+    verdicts: Vec<Verdict>,
+    /// Item index, the previous owners to ask, the check to send them.
+    pending: Vec<(usize, Vec<Node>, Check)>,
+}
+
+struct Finishing {
+    left: usize,
+    verdicts: Vec<Verdict>,
+    done: Option<Box<dyn FnOnce(Response) + Send>>,
+}
+
+/// The signed answer of a batch.
+fn sign_results(
+    shared: &Shared,
+    nonce: &super::peer_auth::Nonce,
+    results: Vec<Verdict>,
+) -> Response {
+    match serde_json::to_vec(&Results { results }) {
+        Ok(body) => {
+            let auth = shared.auth.sign_answer(nonce, &body);
+            Response::raw_json(200, body).header(AUTH_HEADER, auth)
+        }
+        // Unsigned: the sender refuses it, so its checks answer 503.
+        Err(e) => Response::from_error(&Error::Config(format!("encoding a peer answer: {e}"))),
     }
 }
 
@@ -676,6 +856,7 @@ mod tests {
             jti: jti.into(),
             iat: 1_000,
             until: 1_100,
+            handoff: false,
         }
     }
 
@@ -766,11 +947,12 @@ mod tests {
                     Ok(())
                 }
             }) {
-                Ok(r) => (
+                Ok(Served::Ready(r)) => (
                     200,
                     r.header_value(AUTH_HEADER).map(str::to_owned),
                     r.body_bytes().to_vec(),
                 ),
+                Ok(Served::Handoff(_)) => (500, None, b"unexpected handoff".to_vec()),
                 Err(e) => {
                     let w = WireError::from(&e);
                     (w.status, None, w.to_json().into_bytes())
@@ -784,6 +966,7 @@ mod tests {
         let nodes = ["a", "b"];
         let owner = owners("a", ForwardConfig::default());
         let url = serving_owner(Arc::clone(&owner));
+        owner.install(vec![node("a", &url)], 0);
         owner.install(vec![node("a", &url), node("b", "http://127.0.0.1:1")], 0);
         let client = client_of(&nodes, "a");
         let sender = owners("b", ForwardConfig::default());
@@ -890,6 +1073,7 @@ mod tests {
     #[test]
     fn the_peer_endpoint_refuses_misrouted_oversize_and_unauthenticated_batches() {
         let owner = owners("a", ForwardConfig::default());
+        owner.install(vec![node("a", "http://x:1")], 0);
         owner.install(vec![node("a", "http://x:1"), node("b", "http://y:1")], 0);
         let now = crate::clock::unix_now();
         let client = client_of(&["a", "b"], "a");
@@ -905,7 +1089,10 @@ mod tests {
             let (h, nonce) = PeerAuth::new(key).sign_request(PEER_PATH, body, now);
             owner
                 .serve(Some(&h), body, now, |_, _| Ok(()))
-                .map(|r| {
+                .map(|served| {
+                    let Served::Ready(r) = served else {
+                        panic!("no handoff for a client that never moved")
+                    };
                     assert!(owner.auth().verify_answer(
                         &nonce,
                         r.header_value(AUTH_HEADER),
@@ -942,43 +1129,129 @@ mod tests {
         assert_eq!(w.status, 503, "no view yet");
         o.install(vec![node("a", "http://x:1")], 100);
         assert_eq!(o.route("c").unwrap(), Route::Local);
-        assert!(o.owner_floor("c", 100).is_ok());
+        assert!(o.owner_plan("c").is_ok());
         o.lease_lost();
-        let w = WireError::from(&o.owner_floor("c", 100).unwrap_err());
+        let w = WireError::from(&o.owner_plan("c").unwrap_err());
         assert_eq!((w.status, w.retry_after), (503, Some(1)));
     }
 
+    fn plan(floor: u64, previous: &[Node]) -> OwnerPlan {
+        OwnerPlan {
+            floor,
+            previous: previous.to_vec(),
+        }
+    }
+
     #[test]
-    fn only_clients_that_moved_to_a_node_get_its_floor() {
+    fn clients_moved_from_a_gone_node_get_a_floor_and_from_a_live_one_a_handoff() {
         let a = owners("a", ForwardConfig::default());
         let floor = |t: u64| crate::api::onboarding::replay_floor(t, 5);
-        // Joining: every client it owns may have been accepted by a node before it.
+        // The first node: every client it owns may have been accepted by a node now gone.
         a.install(vec![node("a", "u")], 1_000);
-        let c = "agent-0";
-        assert_eq!(a.owner_floor(c, 1_000).unwrap(), floor(1_000));
-        // b joins: a keeps the clients b does not win, with no new floor.
+        assert_eq!(a.owner_plan("agent-0").unwrap(), plan(floor(1_000), &[]));
+        // b joins: a keeps the clients b does not win, with nothing new to check.
         a.install(vec![node("a", "u"), node("b", "v")], 1_050);
         let kept = client_of(&["a", "b"], "a");
-        assert_eq!(a.owner_floor(&kept, 1_050).unwrap(), floor(1_000));
+        assert_eq!(a.owner_plan(&kept).unwrap(), plan(floor(1_000), &[]));
         let lost = client_of(&["a", "b"], "b");
         assert_eq!(
-            WireError::from(&a.owner_floor(&lost, 1_050).unwrap_err()).status,
+            WireError::from(&a.owner_plan(&lost).unwrap_err()).status,
             503,
             "a client b owns is not a's to check"
         );
-        // b leaves: its clients come back to a, which missed what b accepted.
+        // b leaves: its clients come back to a, which cannot ask b what it accepted.
         a.install(vec![node("a", "u")], 1_100);
-        assert_eq!(a.owner_floor(&lost, 1_100).unwrap(), floor(1_100));
-        assert_eq!(a.owner_floor(&kept, 1_100).unwrap(), floor(1_000));
+        assert_eq!(a.owner_plan(&lost).unwrap(), plan(floor(1_100), &[]));
+        assert_eq!(a.owner_plan(&kept).unwrap(), plan(floor(1_000), &[]));
         // Past the retention (max age + 2 × leeway + 1) the age check refuses everything
         // issued before those floors: they are forgotten.
         a.install(vec![node("a", "u")], 1_100 + 120 + 10 + 2);
-        assert_eq!(a.owner_floor(&lost, 1_232).unwrap(), 0);
-        a.install(vec![node("a", "u"), node("c", "w")], 1_400);
-        a.install(vec![node("a", "u")], 1_400);
-        let back = client_of(&["a", "c"], "c");
-        assert_eq!(a.owner_floor(&back, 1_400).unwrap(), floor(1_400));
-        let never_moved = client_of(&["a", "c"], "a");
-        assert_eq!(a.owner_floor(&never_moved, 1_400).unwrap(), 0);
+        assert_eq!(a.owner_plan(&lost).unwrap(), plan(0, &[]));
+
+        // A node joining live nodes asks the previous owner instead of refusing.
+        let d = owners("d", ForwardConfig::default());
+        d.install(vec![node("a", "u"), node("d", "x")], 1_500);
+        let to_d = client_of(&["a", "d"], "d");
+        assert_eq!(d.owner_plan(&to_d).unwrap(), plan(0, &[node("a", "u")]));
+        // The previous owner leaves: what it accepted before the move is lost, so the move's
+        // floor applies; its own clients move with the floor of its departure.
+        d.install(vec![node("d", "x")], 1_600);
+        assert_eq!(d.owner_plan(&to_d).unwrap(), plan(floor(1_500), &[]));
+        let from_a = client_of(&["a", "d"], "a");
+        assert_eq!(d.owner_plan(&from_a).unwrap(), plan(floor(1_600), &[]));
+    }
+
+    #[test]
+    fn a_batch_for_a_moved_client_is_answered_after_the_previous_owners_check() {
+        let now = crate::clock::unix_now();
+        // b, the previous owner, answers with its real peer side.
+        let b = owners("b", ForwardConfig::default());
+        let b_url = serving_owner(Arc::clone(&b));
+        b.install(vec![node("b", &b_url)], 0);
+        let a = owners("a", ForwardConfig::default());
+        a.install(vec![node("a", "http://x:1"), node("b", &b_url)], 0);
+        let client = client_of(&["a", "b"], "a");
+        let run = |jti: &str| {
+            let body = serde_json::to_vec(&Batch {
+                from: "c".into(),
+                owner: "a".into(),
+                items: vec![check(&client, jti)],
+            })
+            .unwrap();
+            let (h, nonce) = PeerAuth::new(&KEY).sign_request(PEER_PATH, &body, now);
+            let Served::Handoff(handoff) = a.serve(Some(&h), &body, now, |_, _| Ok(())).unwrap()
+            else {
+                panic!("a client that moved from a live node needs its check")
+            };
+            let (tx, rx) = mpsc::channel();
+            a.finish(handoff, move |r| tx.send(r).unwrap());
+            let r = rx.recv().unwrap();
+            assert!(
+                a.auth()
+                    .verify_answer(&nonce, r.header_value(AUTH_HEADER), r.body_bytes())
+            );
+            serde_json::from_slice::<Results>(r.body_bytes())
+                .unwrap()
+                .results
+        };
+        assert_eq!(run("fresh"), vec![Verdict::ACCEPTED]);
+        // What b accepted before the move is refused.
+        let b_url = serving_owner(Arc::clone(&b));
+        a.install(vec![node("a", "http://x:1"), node("b", &b_url)], 0);
+        assert_eq!(run("used")[0].status, 401);
+        assert_eq!(b.shared.stats.served.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn forward_all_waits_for_every_node_and_reports_the_first_refusal() {
+        let sender = owners("s", ForwardConfig::default());
+        let ok = fake_owner(ok_answer);
+        let also_ok = fake_owner(ok_answer);
+        let (tx, rx) = mpsc::channel();
+        let t = tx.clone();
+        sender.forward_all(
+            vec![node("a", &ok), node("b", &also_ok)],
+            check("c", "j"),
+            Box::new(move |r| t.send(r.is_ok()).unwrap()),
+        );
+        assert!(rx.recv().unwrap());
+        let ok = fake_owner(ok_answer);
+        sender.forward_all(
+            vec![node("a", &ok), node("b", "http://127.0.0.1:1")],
+            check("c", "j"),
+            Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+        );
+        assert!(!rx.recv().unwrap(), "one node unreachable: refused");
+    }
+
+    /// A fake node accepting every check of a one-item batch, signed as the real one does.
+    fn ok_answer(auth: &str, _: &[u8]) -> (u16, Option<String>, Vec<u8>) {
+        let nonce = auth.split(' ').nth(2).unwrap();
+        let mut n = [0u8; 16];
+        for (i, b) in n.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&nonce[2 * i..2 * i + 2], 16).unwrap();
+        }
+        let body = br#"{"results":[{"status":200}]}"#.to_vec();
+        (200, Some(PeerAuth::new(&KEY).sign_answer(&n, &body)), body)
     }
 }
