@@ -8,6 +8,9 @@ use std::process::{Command, Stdio};
 
 use crate::util::latchkey_bin;
 
+#[cfg(feature = "etcd")]
+mod replay;
+
 /// Runs `latchkey serve --data-dir DATA` with `args` until it exits (it is expected to
 /// refuse): the exit success and its stderr.
 fn serve_in(data: &Path, args: &[&str]) -> (bool, String) {
