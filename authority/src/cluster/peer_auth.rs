@@ -136,7 +136,7 @@ impl PeerAuth {
     pub fn verify_answer(&self, nonce: &Nonce, header: Option<&str>, body: &[u8]) -> bool {
         let Some(mac) = header
             .and_then(|h| h.strip_prefix("v1 "))
-            .and_then(|m| unhex::<32>(m))
+            .and_then(unhex::<32>)
         else {
             return false;
         };
