@@ -22,6 +22,12 @@ use crate::http::{Metrics, Response};
 pub const PEER_PATH: &str = "/internal/v1/replay";
 /// Most checks in one forwarded batch.
 pub const MAX_ITEMS: usize = 256;
+/// A forwarding thread stops adding checks to a batch past this estimate of its body size,
+/// well under the smallest `max-body` a cluster node accepts
+/// ([`crate::config::MIN_CLUSTER_MAX_BODY`]).
+const BATCH_BYTES: usize = 48 * 1024;
+/// JSON a check adds besides its client id and jti (the field names, two numbers, quotes).
+const CHECK_OVERHEAD: usize = 96;
 /// Longest `jti` a cluster accepts (a batch of [`MAX_ITEMS`] stays under the body bound).
 pub const MAX_JTI_BYTES: usize = 512;
 /// Longest client id in a forwarded check (agent ids are at most 64 bytes).
@@ -701,10 +707,15 @@ fn sign_results(
 
 fn forward_loop(shared: &Shared, rx: &channel::Receiver<Pending>) {
     while let Ok(first) = rx.recv() {
+        let size = |p: &Pending| p.check.client_id.len() + p.check.jti.len() + CHECK_OVERHEAD;
+        let mut bytes = size(&first);
         let mut taken = vec![first];
-        while taken.len() < MAX_ITEMS {
+        while taken.len() < MAX_ITEMS && bytes < BATCH_BYTES - size_bound() {
             match rx.try_recv() {
-                Ok(p) => taken.push(p),
+                Ok(p) => {
+                    bytes += size(&p);
+                    taken.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -796,6 +807,12 @@ fn exchange(shared: &Shared, owner: &Node, items: Vec<Check>) -> Result<Vec<Verd
     }
     Ok(results.results)
 }
+
+/// The largest estimate one check can have (its jti and client id are bounded).
+const fn size_bound() -> usize {
+    MAX_JTI_BYTES + MAX_CLIENT_ID_BYTES + CHECK_OVERHEAD
+}
+const _: () = assert!(BATCH_BYTES + 4096 < crate::config::MIN_CLUSTER_MAX_BODY);
 
 fn unavailable(description: &str) -> Error {
     ApiError::Unavailable {

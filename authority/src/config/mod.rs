@@ -337,6 +337,10 @@ pub struct Settings {
     pub cluster_lease_ttl: Option<HumanDuration>,
 }
 
+/// The smallest `max-body` a node of a cluster accepts: its peers' batches of forwarded
+/// checks stay under it.
+pub const MIN_CLUSTER_MAX_BODY: usize = 64 * 1024;
+
 /// Cluster-mode settings of one node (used with `--store etcd://` only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
@@ -642,6 +646,14 @@ impl Settings {
         let more_listeners: Vec<_> = listeners.collect();
         let store = self.store.unwrap_or_default();
         store.check_built().map_err(Error::Config)?;
+        if matches!(store, crate::store::StoreEngine::Etcd { .. })
+            && limits.max_body < MIN_CLUSTER_MAX_BODY
+        {
+            return Err(Error::Config(format!(
+                "max-body must be at least {MIN_CLUSTER_MAX_BODY} on a cluster: nodes send each \
+                 other batches of client-assertion checks up to that size"
+            )));
+        }
         let cluster_freshness = dur(
             self.cluster_freshness,
             Duration::from_secs(2),
@@ -727,6 +739,65 @@ impl SettingsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_settings_have_defaults_and_bounds() {
+        let c = Settings::default().resolve().unwrap().cluster;
+        assert_eq!(
+            c,
+            ClusterSettings {
+                advertise: None,
+                forward_threads: 4,
+                forward_queue: 4096,
+                forward_timeout: Duration::from_secs(2),
+                lease_ttl: Duration::from_secs(5),
+            }
+        );
+        let bad = |s: Settings| {
+            let e = s.resolve().unwrap_err().to_string();
+            assert!(e.contains("cluster-"), "{e}");
+        };
+        bad(Settings {
+            cluster_lease_ttl: Some(HumanDuration(Duration::from_secs(1))),
+            ..Settings::default()
+        });
+        bad(Settings {
+            cluster_forward_queue: Some(0),
+            ..Settings::default()
+        });
+        bad(Settings {
+            cluster_forward_threads: Some(257),
+            ..Settings::default()
+        });
+        bad(Settings {
+            cluster_forward_timeout: Some(HumanDuration(Duration::from_secs(61))),
+            ..Settings::default()
+        });
+        // Peers' batches must fit a cluster node's body limit.
+        #[cfg(feature = "etcd")]
+        {
+            let etcd = Some(crate::store::StoreEngine::Etcd {
+                endpoints: vec!["127.0.0.1:2379".into()],
+            });
+            let e = Settings {
+                store: etcd.clone(),
+                max_body: Some(MIN_CLUSTER_MAX_BODY - 1),
+                ..Settings::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(e.to_string().contains("max-body must be at least"), "{e}");
+            assert!(
+                Settings {
+                    store: etcd,
+                    max_body: Some(MIN_CLUSTER_MAX_BODY),
+                    ..Settings::default()
+                }
+                .resolve()
+                .is_ok()
+            );
+        }
+    }
 
     /// List settings are plural in the file and singular as repeatable flags; each accepts
     /// the other spelling, so an operator's guess from either side works.
