@@ -301,7 +301,8 @@ impl AgentState {
                             used,
                         })));
                     }
-                    return self.finish_issue(&client, now, x5t, used);
+                    let (answer, cut_over) = self.finish_issue(&client, now, x5t, used)?;
+                    return Ok(Checked::Issued(answer, cut_over));
                 }
                 Route::Forward(owner) => {
                     return Ok(Checked::Forward(Box::new(Forward {
@@ -315,23 +316,25 @@ impl AgentState {
             }
         }
         self.record(&client.client_id, jti, iat, remember_until, now)?;
-        self.finish_issue(&client, now, x5t, used)
+        let (answer, cut_over) = self.finish_issue(&client, now, x5t, used)?;
+        Ok(Checked::Issued(answer, cut_over))
     }
 
-    /// Mints once the assertion's `jti` is recorded.
+    /// Mints once the assertion's `jti` is recorded; and the cut-over to commit first when
+    /// the assertion used a rotation's new credentials.
     fn finish_issue(
         &self,
         client: &ClientAuth,
         now: u64,
         x5t: Option<String>,
         used: Used,
-    ) -> Result<Checked, Error> {
+    ) -> Result<(TokenResponse, Option<WriteOp>), Error> {
         let answer = self.issue_to(client, now, x5t)?;
         let cut_over = match used {
             Used::New => self.cut_over(client, now),
             Used::Unchanged | Used::Previous => None,
         };
-        Ok(Checked::Issued(answer, cut_over))
+        Ok((answer, cut_over))
     }
 
     /// Refuses an assertion issued before this process's replay floor (module docs).
@@ -770,15 +773,12 @@ impl AgentState {
             to,
             check,
             Box::new(move |checked| {
-                let answer = match checked.and_then(|()| state.issue_to(&client, now, x5t)) {
-                    Ok(a) => a,
-                    Err(e) => return done.complete(Response::from_error(&e)),
-                };
+                let (answer, cut_over) =
+                    match checked.and_then(|()| state.finish_issue(&client, now, x5t, used)) {
+                        Ok(issued) => issued,
+                        Err(e) => return done.complete(Response::from_error(&e)),
+                    };
                 let response = Response::json(200, &answer).header("Pragma", "no-cache");
-                let cut_over = match used {
-                    Used::New => state.cut_over(&client, now),
-                    Used::Unchanged | Used::Previous => None,
-                };
                 match cut_over {
                     None => done.complete(response),
                     Some(op) => state.app.submit(op, move |result| {
