@@ -217,6 +217,9 @@ struct Stats {
 }
 
 struct Shared {
+    /// Refused peer requests are logged at most this often (a wrong master key or a clock
+    /// off by more than the window on one node would otherwise log every batch).
+    refusal_log: crate::http::admission::LogLimiter,
     self_id: String,
     auth: PeerAuth,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -305,6 +308,7 @@ impl ReplayOwners {
         let forward = config.forward;
         let (tx, rx) = channel::bounded::<Pending>(forward.queue.max(1));
         let shared = Arc::new(Shared {
+            refusal_log: crate::http::admission::LogLimiter::new(Duration::from_secs(10)),
             self_id: config.node_id,
             auth: PeerAuth::new(&config.peer_key),
             tls: config.tls,
@@ -570,6 +574,9 @@ impl ReplayOwners {
             Err(e) => {
                 stats.peer_refused.fetch_add(1, Ordering::Relaxed);
                 self.shared.publish();
+                if let Some(held_back) = self.shared.refusal_log.allow(Instant::now()) {
+                    tracing::warn!(reason = %e, held_back, "peer request refused (is every node's master.key the same, and its clock in time?)");
+                }
                 return Err(peer_refusal(e));
             }
         };
