@@ -35,6 +35,8 @@ enum Command {
     Audit(cmd::audit::AuditArgs),
     /// Mutual TLS: the authority's CA, agent certificates, the trust store.
     Cert(cmd::cert::CertArgs),
+    /// Authorities sharing one etcd cluster: import a single node's data directory.
+    Cluster(cmd::cluster::ClusterArgs),
     /// Write the man pages (latchkey.1 and one per subcommand) into a directory, for packaging.
     #[command(hide = true)]
     Man(ManArgs),
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         // These choose their own exit codes (2 = could not run, 1 = problems found).
         Command::Backup(args) => return cmd::backup::run(&args),
         Command::Check(args) => return cmd::check::run(&args),
+        Command::Cluster(args) => return cmd::cluster::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

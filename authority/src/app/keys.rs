@@ -214,7 +214,9 @@ impl App {
     /// signs. The replaced keys stay in the ring, verifying, until they retire.
     fn take_over(&self, key: latchkey_core::SigningKey) -> Result<(), Error> {
         self.keys.rotate(key)?;
-        Ok(())
+        // On a cluster another node's activation may have been applied (and followed) while
+        // this one's answer was on its way: the ring converges on what the store says.
+        self.sync_key_ring()
     }
 
     fn active_kids(&self, alg: Algorithm) -> Vec<String> {
@@ -331,6 +333,11 @@ impl App {
                 ApiError::InvalidRequest("HMAC keys cannot sign published tokens".into()).into(),
             );
         }
+        if let Some(bound) = self.store.hot().freshness().map(|f| f.bound())
+            && !self.active_kids(alg).is_empty()
+        {
+            return self.publish_then_activate(key, origin, by, scheduled, bound);
+        }
         let _one = self.one_activation();
         let rec = self.with_takeover(alg, scheduled, |takeover| {
             let op = new_key_op(
@@ -347,6 +354,32 @@ impl App {
         })?;
         self.take_over(key)?;
         Ok(rec)
+    }
+
+    /// A cluster's way to replace an active key at once: the key is published, every serving
+    /// node has it within the freshness `bound` (or stops serving), and only then does it
+    /// sign, so no node refuses a token another node signed with it.
+    fn publish_then_activate(
+        &self,
+        key: latchkey_core::SigningKey,
+        origin: KeyOrigin,
+        by: &str,
+        scheduled: bool,
+        bound: std::time::Duration,
+    ) -> Result<SigningKeyRecord, Error> {
+        self.keys.add_verifying_key(key.verifying_key())?;
+        let op = new_key_op(&key, KeyState::Published, origin, None, by, self.now())?;
+        if let Err(e) = self.write(WriteOp::AddSigningKey(op)) {
+            let _ = self.keys.retire(key.kid());
+            return Err(e);
+        }
+        std::thread::sleep(bound);
+        let stored = self
+            .store
+            .hot()
+            .signing_key(key.kid())
+            .ok_or_else(|| ApiError::NotFound(format!("signing key {:?}", key.kid())))?;
+        self.activate_key(&stored, by, self.now(), scheduled)
     }
 
     /// Retires keys whose overlap has passed and, when scheduled rotation is on, rotates

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cert;
 pub mod check;
 pub mod client;
+pub mod cluster;
 pub mod hash_secret;
 pub mod import;
 pub mod keys;

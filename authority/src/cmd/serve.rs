@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// dataSourceConfiguration; default 65536).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The URL clients reach the authority at (`[tokens] public-url`, which this overrides):
+    /// the `baseUrl` of boarding configurations, the metadata, the tokens' audience. Every
+    /// node of a cluster behind one load balancer takes the same [default: the listen
+    /// address].
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     #[command(flatten)]
     pub passphrase: super::passphrase::PassphraseArgs,
     #[command(flatten)]
@@ -99,6 +105,7 @@ fn open_cluster(
             endpoints,
             EngineSettings {
                 freshness: settings.cluster_freshness,
+                max_txn_ops: settings.cluster_max_txn_ops,
                 ..EngineSettings::default()
             },
             CLUSTER_CATCH_UP,
@@ -120,7 +127,7 @@ fn open_cluster(
         store.wait_current(CLUSTER_CATCH_UP)?;
         Ok(Some(ClusterNode {
             store,
-            _bootstrap: Some(Box::new(lock)),
+            lock: Some(lock),
         }))
     }
     #[cfg(not(feature = "etcd"))]
@@ -136,7 +143,59 @@ fn open_cluster(
 /// A cluster node's store, and the bootstrap lock it holds until its first-run steps are done.
 struct ClusterNode {
     store: Store,
-    _bootstrap: Option<Box<dyn std::any::Any>>,
+    #[cfg(feature = "etcd")]
+    lock: Option<crate::store::etcd::BootstrapLock>,
+}
+
+/// What a cluster node holds while it runs its first-run steps.
+#[cfg(feature = "etcd")]
+type BootstrapLock = crate::store::etcd::BootstrapLock;
+#[cfg(not(feature = "etcd"))]
+type BootstrapLock = std::convert::Infallible;
+
+/// Lets another node run its first-run steps.
+fn release(_lock: Option<BootstrapLock>) {}
+
+impl ClusterNode {
+    fn take_lock(&mut self) -> Option<BootstrapLock> {
+        #[cfg(feature = "etcd")]
+        return self.lock.take();
+        #[cfg(not(feature = "etcd"))]
+        None
+    }
+}
+
+/// The data directory's CA, made the cluster's: under the bootstrap lock, so one node creates
+/// it and every other node takes it (see `store::etcd::files`). Without a cluster, the data
+/// directory's own.
+fn own_certificates(
+    data_dir: &Path,
+    settings: &ServeSettings,
+    key: &MasterKey,
+    lock: Option<&BootstrapLock>,
+) -> Result<OwnCa, Error> {
+    let Some(lock) = lock else {
+        return ensure_own_certificates(data_dir, settings, key);
+    };
+    #[cfg(feature = "etcd")]
+    {
+        use crate::store::etcd::files::{self, CaSync, Publish};
+        let cluster = lock.cluster();
+        let synced = files::sync_ca(cluster, data_dir)?;
+        let ca = ensure_own_certificates(data_dir, settings, key)?;
+        if synced != CaSync::Absent {
+            return Ok(ca);
+        }
+        match files::publish_ca(cluster, data_dir)? {
+            Publish::Published | Publish::Same => Ok(ca),
+            Publish::Lost(winner) => {
+                files::install_ca(data_dir, &winner)?;
+                ensure_own_certificates(data_dir, settings, key)
+            }
+        }
+    }
+    #[cfg(not(feature = "etcd"))]
+    match *lock {}
 }
 
 /// How long a cluster node may take to load or catch up its mirror before `serve` gives up.
@@ -187,16 +246,19 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
 
     let mut cluster = open_cluster(&settings, &args.data_dir, &args.passphrase)?;
     let clustered = cluster.is_some();
-    let bootstrap_lock = cluster.as_mut().and_then(|c| c._bootstrap.take());
+    let bootstrap_lock = cluster.as_mut().and_then(ClusterNode::take_lock);
 
     let metrics = Arc::new(Metrics::new());
-    let app_settings = AppSettings {
+    let mut app_settings = AppSettings {
         client_throttle: settings.client_throttle,
         source_throttle: settings.source_throttle,
         audit: settings.audit,
         offload: settings.offload,
         ..file.app_settings()?
     };
+    if let Some(url) = &args.public_url {
+        app_settings.public_url = Some(crate::config::public_url(url)?);
+    }
     // A rotation publishes the key first and activates it later: every node must have the
     // published key before any node signs with it, so the pre-publication covers the bound.
     if clustered
@@ -231,10 +293,11 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         tracing::info!(file = %admin.display(), "sealed the admin client secret under the master key");
     }
     let own_ca = match (&settings.tls_files, settings.plain_http) {
-        (None, false) => Some(ensure_own_certificates(
+        (None, false) => Some(own_certificates(
             &args.data_dir,
             &settings,
             store.master_key(),
+            bootstrap_lock.as_ref(),
         )?),
         _ => None,
     };
@@ -276,7 +339,7 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
         announce_ca(ca, &settings);
     }
     // The first-run steps are done: another node may run its own.
-    drop(bootstrap_lock);
+    release(bootstrap_lock);
     let state = Arc::new(app);
     if clustered {
         follow_cluster(&state);

@@ -348,7 +348,7 @@ impl AppConfig {
         }
         let settings = AppSettings {
             issuer: t.issuer,
-            public_url: t.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            public_url: t.public_url.as_deref().map(super::public_url).transpose()?,
             default_tenant: t.default_tenant.unwrap_or(d.default_tenant),
             operator_token_lifetime: secs(
                 t.operator_lifetime,

@@ -143,6 +143,11 @@ pub struct Settings {
     /// so a revocation reaches every serving node within it. 250ms..=60s [default: 2s].
     #[arg(long, value_name = "DURATION")]
     pub cluster_freshness: Option<HumanDuration>,
+    /// Most operations a cluster node puts in one etcd transaction: etcd's own
+    /// `--max-txn-ops`, which must be raised first to raise this (bigger groups, faster bulk
+    /// writes). 16..=65536 [default: 128, etcd's default].
+    #[arg(long, value_name = "N")]
+    pub cluster_max_txn_ops: Option<usize>,
     /// Event loop threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -363,6 +368,28 @@ pub enum TlsFiles {
     },
 }
 
+/// A public URL as given (`--public-url`, `[tokens] public-url`): `http://` or `https://`,
+/// a host, no query or fragment, at most 2048 bytes; a trailing `/` is dropped.
+pub fn public_url(url: &str) -> Result<String, Error> {
+    let bad = |why: &str| Err(Error::Config(format!("public-url {url:?}: {why}")));
+    if url.len() > 2048 {
+        return bad("longer than 2048 bytes");
+    }
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return bad("must start with https:// or http://");
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return bad("has no host");
+    }
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_control() || c == ' ') {
+        return bad("must not hold a query, a fragment, spaces or control characters");
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 /// Settings after defaults and checks.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -371,6 +398,8 @@ pub struct ServeSettings {
     pub store: crate::store::StoreEngine,
     /// The freshness bound of a cluster node.
     pub cluster_freshness: Duration,
+    /// Most operations per etcd transaction.
+    pub cluster_max_txn_ops: usize,
     pub threads: usize,
     pub plain_http: bool,
     pub server_names: Vec<String>,
@@ -414,6 +443,7 @@ impl Settings {
             listen,
             store,
             cluster_freshness,
+            cluster_max_txn_ops,
             threads,
             insecure_plain_http,
             server_names,
@@ -664,10 +694,17 @@ impl Settings {
                 "cluster-freshness must be between 250ms and 60s".into(),
             ));
         }
+        let cluster_max_txn_ops = self.cluster_max_txn_ops.unwrap_or(128);
+        if !(16..=65536).contains(&cluster_max_txn_ops) {
+            return Err(Error::Config(
+                "cluster-max-txn-ops must be between 16 and 65536".into(),
+            ));
+        }
         Ok(ServeSettings {
             listen,
             store,
             cluster_freshness,
+            cluster_max_txn_ops,
             more_listeners,
             threads,
             plain_http: self.insecure_plain_http.unwrap_or(false),
@@ -796,6 +833,29 @@ mod tests {
                 .resolve()
                 .is_ok()
             );
+        }
+    }
+
+    #[test]
+    fn public_urls_are_checked_and_lose_a_trailing_slash() {
+        assert_eq!(
+            public_url("https://auth.example/").unwrap(),
+            "https://auth.example"
+        );
+        assert_eq!(
+            public_url("http://10.0.0.1:8443").unwrap(),
+            "http://10.0.0.1:8443"
+        );
+        for bad in [
+            "auth.example",
+            "ftp://x",
+            "https://",
+            "https:///p",
+            "https://a?x=1",
+            "https://a#f",
+            "https://a b",
+        ] {
+            assert!(public_url(bad).is_err(), "{bad}");
         }
     }
 

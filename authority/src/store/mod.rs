@@ -241,6 +241,7 @@ impl Store {
         };
         create_private_dir(dir)?;
         let cluster = etcd::Cluster::connect(endpoints, settings.request_timeout)?;
+        etcd::migrate::check_no_import(&cluster)?;
         if !paths.key.exists() && cluster.meta_key_id()?.is_some() {
             return Err(StoreError::BadKeyFile {
                 path: paths.key.clone(),

@@ -62,6 +62,47 @@ fn malformed_store_is_refused_with_the_accepted_forms() {
     assert!(!created);
 }
 
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn default_build_refuses_cluster_import_and_cluster_backup_naming_the_feature() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let out_file = dir.path().join("backup.redb");
+    for args in [
+        vec![
+            "cluster",
+            "import",
+            "--from-data-dir",
+            data.to_str().expect("path"),
+            "--store",
+            "etcd://127.0.0.1:2379",
+        ],
+        vec![
+            "backup",
+            "--store",
+            "etcd://127.0.0.1:2379",
+            "--out",
+            out_file.to_str().expect("path"),
+        ],
+    ] {
+        let out = Command::new(latchkey_bin())
+            .args(&args)
+            .env_remove("LATCHKEY_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run latchkey");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("cargo feature `etcd`"), "{stderr}");
+        assert!(stderr.contains("--features etcd"), "{stderr}");
+    }
+    assert!(!data.exists());
+    assert!(!out_file.exists());
+}
+
+#[cfg(feature = "etcd")]
+mod migrate;
+
 #[cfg(feature = "etcd")]
 mod with_etcd {
     use super::{serve_in, serve_refusal};

@@ -679,7 +679,9 @@ impl Node {
                     taken,
                 });
                 self.answer_applied();
-                return Ok(());
+                // The next group plans on top of this one: wait for it to come back, or its
+                // compare would fail for certain.
+                return self.catch_up(revision).await;
             }
             // Another node wrote first: catch up to its write, then plan again.
             let latest = response

@@ -15,7 +15,9 @@ use super::seal::hex;
 use super::{MasterKey, StoreError};
 
 pub(crate) mod committer;
+pub mod files;
 pub mod layout;
+pub mod migrate;
 pub mod mirror;
 pub mod nodes;
 
@@ -55,6 +57,13 @@ impl std::fmt::Debug for Cluster {
 pub struct BootstrapLock {
     cluster: Cluster,
     lease: i64,
+}
+
+impl BootstrapLock {
+    /// The cluster the lock was taken on.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
 }
 
 impl Drop for BootstrapLock {
