@@ -151,6 +151,12 @@ fn advertise_url(settings: &ServeSettings, listen: SocketAddr) -> Result<String,
             }
             Ok(parsed.to_string())
         }
+        None if settings.client_auth == crate::tls::ClientAuthMode::Required => {
+            Err(Error::Config(format!(
+                "the listener {listen} requires client certificates, which nodes do not present \
+                 to each other: set --cluster-advertise to a listener that does not"
+            )))
+        }
         None if listen.ip().is_unspecified() => Err(Error::Config(format!(
             "listening on {listen}, a wildcard address: set --cluster-advertise to the URL other \
              nodes reach this one at"
@@ -162,6 +168,38 @@ fn advertise_url(settings: &ServeSettings, listen: SocketAddr) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_advertised_url_is_the_listen_address_or_the_setting() {
+        let base = crate::config::Settings::default().resolve().unwrap();
+        let at = |s: &ServeSettings, listen: &str| advertise_url(s, listen.parse().unwrap());
+        assert_eq!(at(&base, "10.0.0.7:8443").unwrap(), "https://10.0.0.7:8443");
+        assert!(
+            at(&base, "0.0.0.0:8443").is_err(),
+            "a wildcard names no host"
+        );
+        let plain = ServeSettings {
+            plain_http: true,
+            ..base.clone()
+        };
+        assert_eq!(at(&plain, "127.0.0.1:80").unwrap(), "http://127.0.0.1:80");
+        let mut named = base.clone();
+        named.cluster.advertise = Some("https://node-1.example:9443/".into());
+        assert_eq!(
+            at(&named, "0.0.0.0:8443").unwrap(),
+            "https://node-1.example:9443"
+        );
+        named.cluster.advertise = Some("http://node-1.example:9443".into());
+        assert!(
+            at(&named, "0.0.0.0:8443").is_err(),
+            "this node serves https"
+        );
+        let required = ServeSettings {
+            client_auth: crate::tls::ClientAuthMode::Required,
+            ..base
+        };
+        assert!(at(&required, "10.0.0.7:8443").is_err());
+    }
 
     #[test]
     fn the_node_id_is_created_once_and_kept() {
