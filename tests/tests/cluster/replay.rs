@@ -253,3 +253,30 @@ fn an_unreachable_owner_is_503_and_its_clients_move_with_a_floor() {
     let r = token(&a, &used);
     assert_ne!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn a_copied_node_id_does_not_join_as_a_second_owner() {
+    let Some(bin) = etcd_or_skip("a_copied_node_id_does_not_join_as_a_second_owner") else {
+        return;
+    };
+    let etcd = EtcdCluster::start(&bin);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = format!("etcd://{}", etcd.endpoints());
+    let args = ["--store", store.as_str()];
+    let (a_dir, c_dir) = (dir.path().join("a"), dir.path().join("c"));
+    let a = Authority::start_with(&a_dir, None, &args);
+    wait_for("the first node is live", Duration::from_secs(20), || {
+        metric(&a, "latchkey_cluster_nodes") == 1.0
+    });
+    // The whole identity, node id included, as a careless copy of a data directory would.
+    copy_identity(&a_dir, &c_dir);
+    std::fs::copy(a_dir.join("node-id"), c_dir.join("node-id")).expect("copy node-id");
+    let c = Authority::start_with(&c_dir, None, &args);
+    assert!(
+        c.wait_stderr("is already live in the cluster"),
+        "{}",
+        c.stderr()
+    );
+    assert_eq!(metric(&a, "latchkey_cluster_nodes"), 1.0);
+    assert_eq!(metric(&c, "latchkey_cluster_nodes"), 0.0);
+}

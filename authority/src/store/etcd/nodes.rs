@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, GetOptions, KeyValue, PutOptions, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions,
+};
 
 use super::Cluster;
 use super::layout::cluster_prefix;
@@ -122,14 +124,31 @@ async fn session(
         url: me.url.clone(),
     })
     .map_err(|e| e.to_string())?;
-    client
-        .put(
-            format!("{prefix}{}", me.id),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
+    // Create-only: two live nodes with one id (a data directory copied with its `node-id`)
+    // would both own the same clients. A previous run of this node killed within its lease
+    // TTL holds the key until that lease expires; the retry loop waits it out.
+    let key = format!("{prefix}{}", me.id);
+    let created = client
+        .txn(
+            Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                )]),
         )
         .await
         .map_err(err("node key"))?;
+    if !created.succeeded() {
+        let _ = client.lease_revoke(lease).await;
+        return Err(format!(
+            "node id {} is already live in the cluster: another node has a copy of this data \
+             directory's node-id file (remove it there to give that node an id of its own), or \
+             this node's previous run has not expired yet (it will within cluster-lease-ttl)",
+            me.id
+        ));
+    }
     owners.lease_alive_until(sent + ttl);
     let (mut keeper, mut alive) = client
         .lease_keep_alive(lease)
