@@ -201,6 +201,8 @@ struct View {
 #[derive(Debug, Clone)]
 struct Move {
     at: u64,
+    /// Assertions issued before this may have been accepted by an owner this node cannot ask.
+    floor: u64,
     before: Vec<String>,
     after: Vec<String>,
 }
@@ -349,28 +351,33 @@ impl ReplayOwners {
     }
 
     /// Installs the live set seen at `now`. A change of members is remembered for the
-    /// per-client floors (module docs).
-    pub fn install(&self, mut nodes: Vec<Node>, now: u64) {
+    /// per-client floors and handoffs (module docs). `gone_until`, for the first view: the
+    /// latest time a node that is not live may have accepted assertions as an owner (`None`:
+    /// unknown, so `now`).
+    pub fn install(&self, mut nodes: Vec<Node>, now: u64, gone_until: Option<u64>) {
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         nodes.dedup_by(|a, b| a.id == b.id);
         let old = self.view.load();
         let ids = |ns: &[Node]| ns.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
         let after = ids(&nodes);
-        // A node's first view: the others owned every client before it was there.
-        let before = if old.known {
-            ids(&old.nodes)
+        // A node's first view: the others owned every client before it was there; what
+        // nodes now gone accepted is bounded by when they were last alive.
+        let (before, floor) = if old.known {
+            (ids(&old.nodes), self.floor_at(now))
         } else {
-            after
+            let others = after
                 .iter()
                 .filter(|id| **id != self.shared.self_id)
                 .cloned()
-                .collect()
+                .collect();
+            (others, self.floor_at(gone_until.unwrap_or(now).min(now)))
         };
         let mut moves = old.moves.clone();
         let mut floor_all = old.floor_all;
         if before != after || !old.known {
             moves.push(Move {
                 at: now,
+                floor,
                 before,
                 after,
             });
@@ -378,7 +385,7 @@ impl ReplayOwners {
         moves.retain(|m| m.at.saturating_add(self.retention) >= now);
         while moves.len() > MAX_MOVES {
             let m = moves.remove(0);
-            floor_all = floor_all.max(self.floor_at(m.at));
+            floor_all = floor_all.max(m.floor);
         }
         self.shared
             .stats
@@ -466,10 +473,32 @@ impl ReplayOwners {
                     }
                 }
                 // Gone (or nobody): what it accepted is lost to this node.
-                _ => plan.floor = plan.floor.max(self.floor_at(m.at)),
+                _ => plan.floor = plan.floor.max(m.floor),
             }
         }
         Ok(plan)
+    }
+
+    /// The floor this node applies to a handoff check of `client`, as its previous owner. The
+    /// new owner asks only this node, so what this node's own previous owners accepted is
+    /// not asked of anyone: for each recent move that gave it `client`, the floor of that
+    /// move, as if nobody could have been asked (only a first view with nobody before it
+    /// keeps its bound from when gone nodes were last alive).
+    pub fn handoff_floor(&self, client: &str) -> u64 {
+        let view = self.view.load();
+        let me = self.shared.self_id.as_str();
+        fn owner_in<'a>(ns: &'a [String], client: &str) -> Option<&'a str> {
+            rendezvous::owner(ns.iter().map(String::as_str), client)
+        }
+        view.moves
+            .iter()
+            .filter(|m| owner_in(&m.after, client) == Some(me))
+            .filter_map(|m| match owner_in(&m.before, client) {
+                Some(p) if p == me => None,
+                Some(_) => Some(self.floor_at(m.at)),
+                None => Some(m.floor),
+            })
+            .fold(view.floor_all, u64::max)
     }
 
     /// The floor a change at `at` sets for the clients it moved: as after a restart, an
@@ -600,8 +629,9 @@ impl ReplayOwners {
                 ))
                 .into())
             } else if item.handoff {
-                // As the previous owner: what this cache holds, whoever owns the client now.
-                check(&item, 0)
+                // As the previous owner: what this cache holds, whoever owns the client now,
+                // under the floors of how this node came to own it.
+                check(&item, self.handoff_floor(&item.client_id))
             } else {
                 self.owner_plan(&item.client_id).and_then(|plan| {
                     check(&item, plan.floor)?;
@@ -990,11 +1020,19 @@ mod tests {
         let nodes = ["a", "b"];
         let owner = owners("a", ForwardConfig::default());
         let url = serving_owner(Arc::clone(&owner));
-        owner.install(vec![node("a", &url)], 0);
-        owner.install(vec![node("a", &url), node("b", "http://127.0.0.1:1")], 0);
+        owner.install(vec![node("a", &url)], 0, None);
+        owner.install(
+            vec![node("a", &url), node("b", "http://127.0.0.1:1")],
+            0,
+            None,
+        );
         let client = client_of(&nodes, "a");
         let sender = owners("b", ForwardConfig::default());
-        sender.install(vec![node("a", &url), node("b", "http://127.0.0.1:1")], 0);
+        sender.install(
+            vec![node("a", &url), node("b", "http://127.0.0.1:1")],
+            0,
+            None,
+        );
         assert_eq!(
             sender.route(&client).unwrap(),
             Route::Forward(node("a", &url))
@@ -1097,8 +1135,12 @@ mod tests {
     #[test]
     fn the_peer_endpoint_refuses_misrouted_oversize_and_unauthenticated_batches() {
         let owner = owners("a", ForwardConfig::default());
-        owner.install(vec![node("a", "http://x:1")], 0);
-        owner.install(vec![node("a", "http://x:1"), node("b", "http://y:1")], 0);
+        owner.install(vec![node("a", "http://x:1")], 0, None);
+        owner.install(
+            vec![node("a", "http://x:1"), node("b", "http://y:1")],
+            0,
+            None,
+        );
         let now = crate::clock::unix_now();
         let client = client_of(&["a", "b"], "a");
         let batch = |owner_id: &str, n: usize, jti: &str| {
@@ -1151,7 +1193,7 @@ mod tests {
         let o = owners("a", ForwardConfig::default());
         let w = WireError::from(&o.route("c").unwrap_err());
         assert_eq!(w.status, 503, "no view yet");
-        o.install(vec![node("a", "http://x:1")], 100);
+        o.install(vec![node("a", "http://x:1")], 100, None);
         assert_eq!(o.route("c").unwrap(), Route::Local);
         assert!(o.owner_plan("c").is_ok());
         o.lease_lost();
@@ -1171,10 +1213,10 @@ mod tests {
         let a = owners("a", ForwardConfig::default());
         let floor = |t: u64| crate::api::onboarding::replay_floor(t, 5);
         // The first node: every client it owns may have been accepted by a node now gone.
-        a.install(vec![node("a", "u")], 1_000);
+        a.install(vec![node("a", "u")], 1_000, None);
         assert_eq!(a.owner_plan("agent-0").unwrap(), plan(floor(1_000), &[]));
         // b joins: a keeps the clients b does not win, with nothing new to check.
-        a.install(vec![node("a", "u"), node("b", "v")], 1_050);
+        a.install(vec![node("a", "u"), node("b", "v")], 1_050, None);
         let kept = client_of(&["a", "b"], "a");
         assert_eq!(a.owner_plan(&kept).unwrap(), plan(floor(1_000), &[]));
         let lost = client_of(&["a", "b"], "b");
@@ -1184,25 +1226,62 @@ mod tests {
             "a client b owns is not a's to check"
         );
         // b leaves: its clients come back to a, which cannot ask b what it accepted.
-        a.install(vec![node("a", "u")], 1_100);
+        a.install(vec![node("a", "u")], 1_100, None);
         assert_eq!(a.owner_plan(&lost).unwrap(), plan(floor(1_100), &[]));
         assert_eq!(a.owner_plan(&kept).unwrap(), plan(floor(1_000), &[]));
         // Past the retention (max age + 2 × leeway + 1) the age check refuses everything
         // issued before those floors: they are forgotten.
-        a.install(vec![node("a", "u")], 1_100 + 120 + 10 + 2);
+        a.install(vec![node("a", "u")], 1_100 + 120 + 10 + 2, None);
         assert_eq!(a.owner_plan(&lost).unwrap(), plan(0, &[]));
 
         // A node joining live nodes asks the previous owner instead of refusing.
         let d = owners("d", ForwardConfig::default());
-        d.install(vec![node("a", "u"), node("d", "x")], 1_500);
+        d.install(vec![node("a", "u"), node("d", "x")], 1_500, None);
         let to_d = client_of(&["a", "d"], "d");
         assert_eq!(d.owner_plan(&to_d).unwrap(), plan(0, &[node("a", "u")]));
         // The previous owner leaves: what it accepted before the move is lost, so the move's
         // floor applies; its own clients move with the floor of its departure.
-        d.install(vec![node("d", "x")], 1_600);
+        d.install(vec![node("d", "x")], 1_600, None);
         assert_eq!(d.owner_plan(&to_d).unwrap(), plan(floor(1_500), &[]));
         let from_a = client_of(&["a", "d"], "a");
         assert_eq!(d.owner_plan(&from_a).unwrap(), plan(floor(1_600), &[]));
+    }
+
+    #[test]
+    fn a_first_view_floor_is_bounded_by_when_gone_nodes_were_alive() {
+        let floor = |t: u64| crate::api::onboarding::replay_floor(t, 5);
+        let first = |gone: Option<u64>| {
+            let o = owners("a", ForwardConfig::default());
+            o.install(vec![node("a", "u")], 1_000, gone);
+            o.owner_plan("agent-0").unwrap()
+        };
+        // A new cluster: nobody ever owned anything.
+        assert_eq!(first(Some(0)), plan(floor(0), &[]));
+        // Every node gone since 900: what they accepted was issued by 900 + leeway.
+        assert_eq!(first(Some(900)), plan(floor(900), &[]));
+        // Unknown, or a node whose clock ran ahead: from now.
+        assert_eq!(first(None), plan(floor(1_000), &[]));
+        assert_eq!(first(Some(5_000)), plan(floor(1_000), &[]));
+    }
+
+    #[test]
+    fn a_handoff_is_checked_under_every_floor_of_how_the_node_came_to_own_the_client() {
+        let floor = |t: u64| crate::api::onboarding::replay_floor(t, 5);
+        // e joined f: its clients came from f, which e asks; but a node asking e about them
+        // cannot reach f through e, so e's handoff floor is that move's.
+        let e = owners("e", ForwardConfig::default());
+        e.install(vec![node("e", "u"), node("f", "v")], 1_000, Some(0));
+        let from_f = client_of(&["e", "f"], "e");
+        assert_eq!(e.owner_plan(&from_f).unwrap(), plan(0, &[node("f", "v")]));
+        assert_eq!(e.handoff_floor(&from_f), floor(1_000));
+        // The first node of a new cluster has nobody's acceptances to fear.
+        let g = owners("g", ForwardConfig::default());
+        g.install(vec![node("g", "u")], 1_000, Some(0));
+        assert_eq!(g.handoff_floor("agent-0"), floor(0));
+        // h joins and takes some of g's clients; h asks g, under g's floors.
+        g.install(vec![node("g", "u"), node("h", "v")], 1_010, None);
+        let hs = client_of(&["g", "h"], "h");
+        assert_eq!(g.handoff_floor(&hs), floor(0));
     }
 
     #[test]
@@ -1211,9 +1290,9 @@ mod tests {
         // b, the previous owner, answers with its real peer side.
         let b = owners("b", ForwardConfig::default());
         let b_url = serving_owner(Arc::clone(&b));
-        b.install(vec![node("b", &b_url)], 0);
+        b.install(vec![node("b", &b_url)], 0, None);
         let a = owners("a", ForwardConfig::default());
-        a.install(vec![node("a", "http://x:1"), node("b", &b_url)], 0);
+        a.install(vec![node("a", "http://x:1"), node("b", &b_url)], 0, None);
         let client = client_of(&["a", "b"], "a");
         let run = |jti: &str| {
             let body = serde_json::to_vec(&Batch {
@@ -1241,7 +1320,7 @@ mod tests {
         assert_eq!(run("fresh"), vec![Verdict::ACCEPTED]);
         // What b accepted before the move is refused.
         let b_url = serving_owner(Arc::clone(&b));
-        a.install(vec![node("a", "http://x:1"), node("b", &b_url)], 0);
+        a.install(vec![node("a", "http://x:1"), node("b", &b_url)], 0, None);
         assert_eq!(run("used")[0].status, 401);
         assert_eq!(b.shared.stats.served.load(Ordering::Relaxed), 2);
     }

@@ -27,6 +27,17 @@ pub fn nodes_prefix() -> String {
     format!("{}nodes/", cluster_prefix())
 }
 
+/// The prefix of the keys saying until when each node may own clients (Unix seconds, 8 bytes
+/// big-endian), without a lease so they outlive their node: `/lk/default/alive/`.
+pub fn alive_prefix() -> String {
+    format!("{}alive/", cluster_prefix())
+}
+
+/// Seconds the alive key runs ahead of the lease, so it is rewritten about twice a minute, not
+/// at every keep-alive (every write also reaches every node's store watch). The cost: a first
+/// node after a restart of the whole cluster refuses assertions up to this much longer.
+const ALIVE_AHEAD: u64 = 30;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct NodeValue {
     url: String,
@@ -149,6 +160,16 @@ async fn session(
             me.id
         ));
     }
+    let alive_key = format!("{}{}", alive_prefix(), me.id);
+    // Written before this node owns anything until then, so a node that finds it gone knows
+    // how long it may have accepted assertions.
+    let mut alive_written = crate::clock::unix_now()
+        .saturating_add(ttl.as_secs())
+        .saturating_add(1 + ALIVE_AHEAD);
+    client
+        .put(alive_key.as_str(), alive_written.to_be_bytes(), None)
+        .await
+        .map_err(err("alive key"))?;
     owners.lease_alive_until(sent + ttl);
     let (mut keeper, mut alive) = client
         .lease_keep_alive(lease)
@@ -163,7 +184,26 @@ async fn session(
     for kv in read.kvs() {
         apply(&mut nodes, &prefix, kv, true);
     }
-    owners.install(nodes.values().cloned().collect(), crate::clock::unix_now());
+    // Until when nodes that are gone may have owned clients: the first view's floor.
+    let alive_prefix = alive_prefix();
+    let gone_until = client
+        .get(alive_prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(err("alive keys"))?
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let id = std::str::from_utf8(kv.key().strip_prefix(alive_prefix.as_bytes())?).ok()?;
+            let until = u64::from_be_bytes(kv.value().try_into().ok()?);
+            (id != me.id && !nodes.contains_key(id)).then_some(until)
+        })
+        .max()
+        .unwrap_or(0);
+    owners.install(
+        nodes.values().cloned().collect(),
+        crate::clock::unix_now(),
+        Some(gone_until),
+    );
     let mut watch = client
         .watch(
             prefix.as_str(),
@@ -198,7 +238,11 @@ async fn session(
                         );
                     }
                 }
-                owners.install(nodes.values().cloned().collect(), crate::clock::unix_now());
+                owners.install(
+                    nodes.values().cloned().collect(),
+                    crate::clock::unix_now(),
+                    None,
+                );
             }
             Ok(Ok(None)) => break Err("node watch ended".into()),
             Ok(Err(e)) => break Err(format!("node watch: {e}")),
@@ -211,8 +255,20 @@ async fn session(
             }
             match tokio::time::timeout(interval, alive.message()).await {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    let left = Duration::from_secs(u64::try_from(r.ttl()).unwrap_or(0));
-                    owners.lease_alive_until(sent + left);
+                    let left = u64::try_from(r.ttl()).unwrap_or(0);
+                    let until = crate::clock::unix_now()
+                        .saturating_add(left)
+                        .saturating_add(1);
+                    if until > alive_written {
+                        alive_written = until.saturating_add(ALIVE_AHEAD);
+                        if let Err(e) = client
+                            .put(alive_key.as_str(), alive_written.to_be_bytes(), None)
+                            .await
+                        {
+                            break Err(format!("alive key: {e}"));
+                        }
+                    }
+                    owners.lease_alive_until(sent + Duration::from_secs(left));
                 }
                 Ok(Ok(Some(_))) => break Err("the lease expired".into()),
                 Ok(Ok(None)) => break Err("lease keep-alive stream ended".into()),
