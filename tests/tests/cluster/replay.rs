@@ -103,9 +103,51 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// Two nodes that see each other, and a SHARED_SECRET agent the second node owns (boarded on
-/// the first, a token got from the second): `(first, second, agent id, secret)`.
-fn two_nodes(dir: &Path, etcd: &EtcdCluster) -> (Authority, Authority, String, String) {
+/// Creates and registers a SHARED_SECRET agent on `node`; its client secret.
+fn board(node: &Authority, op: &str, id: &str) -> String {
+    let r = node.json(
+        "POST",
+        &format!("{API}/agents"),
+        Some(op),
+        Some(&json!({"entityId": id, "name": format!("agent {id}"), "securityProfile": "SHARED_SECRET"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let config = node.json(
+        "GET",
+        &format!("{API}/agents/{id}/boarding/configuration"),
+        Some(op),
+        None,
+    );
+    let iat = config.json()["content"]["iat"]
+        .as_str()
+        .expect("iat")
+        .to_owned();
+    let r = node.json(
+        "POST",
+        &format!("{API}/register"),
+        Some(&iat),
+        Some(&json!({})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let secret: Value = r.json()["client_secret"].clone();
+    secret.as_str().expect("client_secret").to_owned()
+}
+
+/// An agent id that `owner` owns among the nodes in `dirs`.
+fn id_owned_by(dirs: &[&Path], owner_dir: &Path, prefix: &str) -> String {
+    let ids: Vec<String> = dirs.iter().map(|d| node_id(d)).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let want = node_id(owner_dir);
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|c| owner(&refs, c) == want)
+        .expect("an id")
+}
+
+/// Two nodes of a new cluster that see each other, and a SHARED_SECRET agent for each node to
+/// own (boarded on the first, a token got from both): `(first, second, agents)` with agents
+/// `[(id, secret) owned by the first, (id, secret) owned by the second]`.
+fn two_nodes(dir: &Path, etcd: &EtcdCluster) -> (Authority, Authority, [(String, String); 2]) {
     let store = format!("etcd://{}", etcd.endpoints());
     let args = ["--store", store.as_str()];
     let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
@@ -117,51 +159,24 @@ fn two_nodes(dir: &Path, etcd: &EtcdCluster) -> (Authority, Authority, String, S
             metric(n, "latchkey_cluster_nodes") == 2.0
         });
     }
-    let (ida, idb) = (node_id(&a_dir), node_id(&b_dir));
-    // A client the second node owns: it joined the first, so it hands off rather than refusing
-    // (a client the first node owns waits out the floor of its start, alone in the cluster).
-    let id = (0..)
-        .map(|i| format!("replay-{i}"))
-        .find(|c| owner(&[&ida, &idb], c) == idb)
-        .expect("an id");
     let op = a.operator_token();
-    let r = a.json(
-        "POST",
-        &format!("{API}/agents"),
-        Some(&op),
-        Some(&json!({"entityId": id, "name": "replay agent", "securityProfile": "SHARED_SECRET"})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let config = a.json(
-        "GET",
-        &format!("{API}/agents/{id}/boarding/configuration"),
-        Some(&op),
-        None,
-    );
-    let iat = config.json()["content"]["iat"]
-        .as_str()
-        .expect("iat")
-        .to_owned();
-    let r = a.json(
-        "POST",
-        &format!("{API}/register"),
-        Some(&iat),
-        Some(&json!({})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let secret: Value = r.json()["client_secret"].clone();
-    let secret = secret.as_str().expect("client_secret").to_owned();
-    // The second node's mirror follows the first's write.
+    let agents = [&a_dir, &b_dir].map(|owner_dir| {
+        let id = id_owned_by(&[&a_dir, &b_dir], owner_dir, "replay");
+        let secret = board(&a, &op, &id);
+        (id, secret)
+    });
+    // Each node's mirror follows the first's writes; neither refuses anything at the start
+    // of a new cluster.
     let mut n = 0;
-    wait_for(
-        "the agent gets a token on the second node",
-        Duration::from_secs(10),
-        || {
-            n += 1;
-            token(&b, &assertion(&id, &secret, &format!("warm-{n}"))).status == 200
-        },
-    );
-    (a, b, id, secret)
+    for (id, secret) in &agents {
+        for node in [&a, &b] {
+            wait_for("the agent gets a token", Duration::from_secs(10), || {
+                n += 1;
+                token(node, &assertion(id, secret, &format!("warm-{n}"))).status == 200
+            });
+        }
+    }
+    (a, b, agents)
 }
 
 #[test]
@@ -171,31 +186,35 @@ fn one_assertion_sent_to_two_nodes_gets_one_token() {
     };
     let etcd = EtcdCluster::start(&bin);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (a, b, id, secret) = two_nodes(dir.path(), &etcd);
-    let forwarded = metric(&a, "latchkey_cluster_replay_forwarded_total");
-
-    // First to the node that does not own the agent: forwarded, accepted; then refused at the
-    // owner and again at the first node.
-    let j1 = assertion(&id, &secret, "j-1");
-    let r = token(&a, &j1);
-    assert_eq!(r.status, 200, "{}", r.text());
-    for node in [&b, &a] {
-        let r = token(node, &j1);
+    let (a, b, agents) = two_nodes(dir.path(), &etcd);
+    let forwarded = |n: &Authority| metric(n, "latchkey_cluster_replay_forwarded_total");
+    let before = [forwarded(&a), forwarded(&b)];
+    for (owner, other, (id, secret)) in [(&a, &b, &agents[0]), (&b, &a, &agents[1])] {
+        // First to the node that does not own the agent: forwarded, accepted; then refused at
+        // the owner and again at the first node.
+        let j1 = assertion(id, secret, "j-1");
+        let r = token(other, &j1);
+        assert_eq!(r.status, 200, "{}", r.text());
+        for node in [owner, other] {
+            let r = token(node, &j1);
+            assert_eq!(r.status, 401, "{}", r.text());
+            assert_eq!(r.json()["error"], "invalid_client");
+        }
+        // First to the owner: accepted there; refused when forwarded.
+        let j2 = assertion(id, secret, "j-2");
+        let r = token(owner, &j2);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = token(other, &j2);
         assert_eq!(r.status, 401, "{}", r.text());
-        assert_eq!(r.json()["error"], "invalid_client");
     }
-    // First to the owner: accepted there; refused when forwarded.
-    let j2 = assertion(&id, &secret, "j-2");
-    let r = token(&b, &j2);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let r = token(&a, &j2);
-    assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(
-        metric(&a, "latchkey_cluster_replay_forwarded_total") - forwarded,
-        3.0,
-        "every check of the first node went to the owner"
-    );
-    assert_eq!(metric(&a, "latchkey_cluster_replay_failed_total"), 0.0);
+    // Every check of a node that does not own the agent went to the owner (3 per agent), and
+    // the second node, which took its agent over from the first, also had the first check
+    // what it accepted (2 handoffs).
+    assert_eq!(forwarded(&a) - before[0], 3.0);
+    assert_eq!(forwarded(&b) - before[1], 3.0 + 2.0);
+    for n in [&a, &b] {
+        assert_eq!(metric(n, "latchkey_cluster_replay_failed_total"), 0.0);
+    }
 }
 
 #[test]
@@ -206,14 +225,15 @@ fn an_unreachable_owner_is_503_and_its_clients_move_with_a_floor() {
     };
     let etcd = EtcdCluster::start(&bin);
     let dir = tempfile::tempdir().expect("temp dir");
-    let (a, b, id, secret) = two_nodes(dir.path(), &etcd);
+    let (a, b, agents) = two_nodes(dir.path(), &etcd);
+    let (id, secret) = &agents[1];
     // An assertion the owner accepted just before it died.
-    let used = assertion(&id, &secret, "before-kill");
+    let used = assertion(id, secret, "before-kill");
     assert_eq!(token(&b, &used).status, 200);
     b.kill();
 
     // Until its lease expires the owner is still in the live set: unreachable, so 503.
-    let r = token(&a, &assertion(&id, &secret, "while-dead"));
+    let r = token(&a, &assertion(id, secret, "while-dead"));
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "temporarily_unavailable");
     assert!(r.header("retry-after").is_some());
@@ -228,7 +248,7 @@ fn an_unreachable_owner_is_503_and_its_clients_move_with_a_floor() {
         Duration::from_secs(30),
         || {
             n += 1;
-            let r = token(&a, &assertion(&id, &secret, &format!("after-{n}")));
+            let r = token(&a, &assertion(id, secret, &format!("after-{n}")));
             assert_ne!(
                 r.status,
                 200,
