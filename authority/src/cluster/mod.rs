@@ -132,9 +132,25 @@ pub fn join(
     Ok(Some(Membership::start(
         cluster,
         Node { id, url },
+        instance_marker(data_dir),
         c.lease_ttl,
         owners,
     )?))
+}
+
+/// What tells a restart of this node from another node with a copy of its data directory:
+/// the machine's boot, its host name and the data directory's path, hashed. A restart has all
+/// three (and the data directory's lock proves the previous run is over); a copy elsewhere
+/// differs in one.
+pub fn instance_marker(data_dir: &Path) -> String {
+    let mut h = blake3::Hasher::new_derive_key("latchkey 2026 cluster node instance v1");
+    h.update(&crate::replay_log::boot_id());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    h.update(&(host.trim().len() as u64).to_le_bytes());
+    h.update(host.trim().as_bytes());
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    h.update(path.as_os_str().as_encoded_bytes());
+    h.finalize().to_hex()[..32].to_owned()
 }
 
 /// `--cluster-advertise`, or the first listener's address when it names one host.

@@ -300,3 +300,49 @@ fn a_copied_node_id_does_not_join_as_a_second_owner() {
     assert_eq!(metric(&a, "latchkey_cluster_nodes"), 1.0);
     assert_eq!(metric(&c, "latchkey_cluster_nodes"), 0.0);
 }
+
+#[test]
+fn a_node_restarted_within_its_lease_keeps_its_agents() {
+    let Some(bin) = etcd_or_skip("a_node_restarted_within_its_lease_keeps_its_agents") else {
+        return;
+    };
+    let etcd = EtcdCluster::start(&bin);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, mut b, agents) = two_nodes(dir.path(), &etcd);
+    let store = format!("etcd://{}", etcd.endpoints());
+    let (id, secret) = &agents[1];
+    let b_dir = b.data_dir.clone();
+    let mut n = 0;
+    for how in ["kill -9", "SIGTERM"] {
+        let used = assertion(id, secret, &format!("before-{how}"));
+        assert_eq!(token(&b, &used).status, 200);
+        match how {
+            "kill -9" => b.kill(),
+            _ => b.stop(),
+        }
+        b = Authority::start_with(&b_dir, None, &["--store", store.as_str()]);
+        assert!(
+            b.wait_stderr("took over this node's registration"),
+            "{how}: {}",
+            b.stderr()
+        );
+        // The agent never moved: no floor, only 503s while the node comes back.
+        wait_for(
+            "tokens through either node",
+            Duration::from_secs(10),
+            || {
+                n += 1;
+                let r = token(&a, &assertion(id, secret, &format!("after-{n}")));
+                assert!(!r.text().contains("nodes changed"), "{how}: {}", r.text());
+                r.status == 200
+            },
+        );
+        let r = token(&b, &assertion(id, secret, &format!("owner-{n}")));
+        assert_eq!(r.status, 200, "{how}: {}", r.text());
+        // What it accepted before the restart is still refused, by its replay log.
+        for node in [&a, &b] {
+            let r = token(node, &used);
+            assert_eq!(r.status, 401, "{how}: {}", r.text());
+        }
+    }
+}

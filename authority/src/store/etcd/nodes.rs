@@ -41,10 +41,14 @@ const ALIVE_AHEAD: u64 = 30;
 #[derive(serde::Serialize, serde::Deserialize)]
 struct NodeValue {
     url: String,
+    /// Which machine boot, host name and data directory registered the key
+    /// ([`crate::cluster::instance_marker`]): a restart of the same node takes its key over.
+    #[serde(default)]
+    instance: String,
 }
 
-/// The membership thread; dropping it revokes the lease (the others move this node's clients
-/// at once instead of after the TTL) and joins the thread.
+/// The membership thread; dropping it stops it (the key expires with the lease, unless a
+/// restart takes it over first) and joins the thread.
 pub struct Membership {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -61,6 +65,7 @@ impl Membership {
     pub fn start(
         cluster: Cluster,
         me: Node,
+        instance: String,
         ttl: Duration,
         owners: Arc<ReplayOwners>,
     ) -> std::io::Result<Membership> {
@@ -68,7 +73,7 @@ impl Membership {
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("latchkey-membership".into())
-            .spawn(move || run(&cluster, &me, ttl, &owners, &flag))?;
+            .spawn(move || run(&cluster, &me, &instance, ttl, &owners, &flag))?;
         Ok(Membership {
             stop,
             thread: Some(thread),
@@ -85,11 +90,18 @@ impl Drop for Membership {
     }
 }
 
-fn run(cluster: &Cluster, me: &Node, ttl: Duration, owners: &ReplayOwners, stop: &AtomicBool) {
+fn run(
+    cluster: &Cluster,
+    me: &Node,
+    instance: &str,
+    ttl: Duration,
+    owners: &ReplayOwners,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Acquire) {
         let result = cluster
             .runtime
-            .block_on(session(cluster, me, ttl, owners, stop));
+            .block_on(session(cluster, me, instance, ttl, owners, stop));
         owners.lease_lost();
         match result {
             Ok(()) => {}
@@ -113,6 +125,7 @@ fn run(cluster: &Cluster, me: &Node, ttl: Duration, owners: &ReplayOwners, stop:
 async fn session(
     cluster: &Cluster,
     me: &Node,
+    instance: &str,
     ttl: Duration,
     owners: &ReplayOwners,
     stop: &AtomicBool,
@@ -133,32 +146,66 @@ async fn session(
     let prefix = nodes_prefix();
     let value = serde_json::to_vec(&NodeValue {
         url: me.url.clone(),
+        instance: instance.to_owned(),
     })
     .map_err(|e| e.to_string())?;
     // Create-only: two live nodes with one id (a data directory copied with its `node-id`)
-    // would both own the same clients. A previous run of this node killed within its lease
-    // TTL holds the key until that lease expires; the retry loop waits it out.
+    // would both own the same clients. The key of this very node's previous run (killed, or
+    // stopped, within its lease TTL: the same boot, host and data directory, whose lock
+    // proves that run is over) is taken over, so its clients do not move at all.
     let key = format!("{prefix}{}", me.id);
     let created = client
         .txn(
             Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
-                    key,
-                    value,
+                    key.clone(),
+                    value.clone(),
                     Some(PutOptions::new().with_lease(lease)),
-                )]),
+                )])
+                .or_else([TxnOp::get(key.clone(), None)]),
         )
         .await
         .map_err(err("node key"))?;
     if !created.succeeded() {
-        let _ = client.lease_revoke(lease).await;
-        return Err(format!(
-            "node id {} is already live in the cluster: another node has a copy of this data \
-             directory's node-id file (remove it there to give that node an id of its own), or \
-             this node's previous run has not expired yet (it will within cluster-lease-ttl)",
-            me.id
-        ));
+        let previous = created.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                let ours = serde_json::from_slice::<NodeValue>(kv.value())
+                    .is_ok_and(|v| !v.instance.is_empty() && v.instance == instance);
+                (ours, kv.mod_revision())
+            }),
+            _ => None,
+        });
+        let taken = match previous {
+            Some((true, revision)) => client
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then([TxnOp::put(
+                            key,
+                            value,
+                            Some(PutOptions::new().with_lease(lease)),
+                        )]),
+                )
+                .await
+                .map_err(err("node key"))?
+                .succeeded(),
+            _ => false,
+        };
+        if !taken {
+            let _ = client.lease_revoke(lease).await;
+            return Err(format!(
+                "node id {} is already live in the cluster: another node has a copy of this \
+                 data directory's node-id file (remove it there to give that node an id of its \
+                 own)",
+                me.id
+            ));
+        }
+        tracing::info!(node = %me.id, "took over this node's registration from its previous run");
     }
     let alive_key = format!("{}{}", alive_prefix(), me.id);
     // Written before this node owns anything until then, so a node that finds it gone knows
@@ -279,8 +326,12 @@ async fn session(
         }
     };
     owners.lease_lost();
-    // Best effort: an unrevoked lease expires after its TTL anyway.
-    let _ = tokio::time::timeout(interval, client.lease_revoke(lease)).await;
+    // Stopping, the key is left to expire: a restart within the TTL takes it over and this
+    // node's clients never move (a move from a node that is gone costs them the floor).
+    // Otherwise it is revoked (best effort; it expires anyway) so the next session starts clean.
+    if !stop.load(Ordering::Acquire) {
+        let _ = tokio::time::timeout(interval, client.lease_revoke(lease)).await;
+    }
     result
 }
 
