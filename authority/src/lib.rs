@@ -10,6 +10,8 @@
 pub mod api;
 pub mod app;
 pub mod clock;
+#[cfg(feature = "etcd")]
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 pub mod credentials;

@@ -62,6 +62,30 @@ pub(super) struct CachedKeys {
     previous: Vec<VerifyingKey>,
 }
 
+/// What [`AgentState::issue_checked`] decided.
+// Every token is an `Issued` returned by value, as the tuple it replaces was; boxing it would
+// cost an allocation per token to shrink the rare cluster variant.
+#[allow(clippy::large_enum_variant)]
+enum Checked {
+    /// A token, and the cut-over to commit before answering with it.
+    Issued(TokenResponse, Option<WriteOp>),
+    /// The client's owner is another node: the check goes there first.
+    #[cfg(feature = "etcd")]
+    Forward(Box<Forward>),
+}
+
+/// An authenticated assertion whose `jti` another node checks (the owner, or the previous
+/// owners of a client that moved here).
+#[cfg(feature = "etcd")]
+struct Forward {
+    /// The owner, or the previous owners when this node is the owner.
+    to: Vec<crate::cluster::replay::Node>,
+    check: crate::cluster::replay::Check,
+    client: Arc<ClientAuth>,
+    x5t: Option<String>,
+    used: Used,
+}
+
 /// Which of a client's credentials authenticated a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Used {
@@ -87,7 +111,7 @@ impl AgentState {
     // Token endpoint
 
     pub(super) fn token(
-        &self,
+        self: &Arc<Self>,
         req: &Request<'_>,
         ctx: &RequestContext<'_>,
     ) -> Result<Outcome, Error> {
@@ -109,7 +133,10 @@ impl AgentState {
                 && ctx.client_certificates().is_some()
             {
                 let (client, x5t) = super::mtls_client_auth::authenticate(&self.app, &form, ctx)?;
-                return Ok((self.issue_to(&client, now, Some(x5t))?, None));
+                return Ok(Checked::Issued(
+                    self.issue_to(&client, now, Some(x5t))?,
+                    None,
+                ));
             }
             let request = TokenRequest::parse(&form)?;
             // A JWT-authenticated client on a mutual-TLS connection gets a bound token too.
@@ -145,11 +172,13 @@ impl AgentState {
             }
         }
         match result {
-            Ok((answer, cut_over)) => Ok(self.answer_after(
+            Ok(Checked::Issued(answer, cut_over)) => Ok(self.answer_after(
                 cut_over,
                 ctx,
                 Response::json(200, &answer).header("Pragma", "no-cache"),
             )),
+            #[cfg(feature = "etcd")]
+            Ok(Checked::Forward(f)) => Ok(self.forward(*f, now, ctx)),
             Err(e) => Err(e),
         }
     }
@@ -168,22 +197,32 @@ impl AgentState {
         x5t: Option<String>,
     ) -> Result<TokenResponse, Error> {
         let forged = std::cell::Cell::new(false);
-        let (answer, cut_over) = self.issue_checked(request, now, x5t, &forged)?;
-        if let Some(op) = cut_over {
-            self.app.submit(op, |_| {});
+        match self.issue_checked(request, now, x5t, &forged)? {
+            Checked::Issued(answer, cut_over) => {
+                if let Some(op) = cut_over {
+                    self.app.submit(op, |_| {});
+                }
+                Ok(answer)
+            }
+            // The owner answers later, on another thread: only the HTTP path can wait for it.
+            #[cfg(feature = "etcd")]
+            Checked::Forward(_) => Err(Error::from(ApiError::Unavailable {
+                retry_after: 1,
+                description: "another node checks this agent's assertions".into(),
+            })),
         }
-        Ok(answer)
     }
 
     /// Authenticates and mints; also returns the cut-over to commit when this is the first use
-    /// of a rotation's new credentials (the HTTP answer waits for it).
+    /// of a rotation's new credentials (the HTTP answer waits for it). In a cluster, a client
+    /// another node owns comes back as the check to forward, before anything is minted.
     fn issue_checked(
         &self,
         request: &TokenRequest,
         now: u64,
         x5t: Option<String>,
         forged: &std::cell::Cell<bool>,
-    ) -> Result<(TokenResponse, Option<WriteOp>), Error> {
+    ) -> Result<Checked, Error> {
         let (client, claims, used) = self.authenticate(&request.client_assertion, now, forged)?;
         if let Some(id) = &request.client_id
             && *id != client.client_id
@@ -208,20 +247,7 @@ impl AgentState {
             .iat
             .ok_or(RejectedError::MissingClaim("iat"))
             .map_err(|e| invalid_assertion(&e.into()))?;
-        if iat < self.replay_floor {
-            if now < self.replay_floor {
-                return Err(Error::from(ApiError::Unavailable {
-                    retry_after: self.replay_floor - now,
-                    description: "the authority restarted moments ago and cannot yet tell fresh \
-                             assertions from replayed ones; sign a new assertion and retry"
-                        .into(),
-                }));
-            }
-            return Err(ApiError::InvalidClient(
-                "client assertion issued before the authority restarted; sign a new one".into(),
-            )
-            .into());
-        }
+        self.process_floor(iat, now)?;
         let max_age = self.app.settings.assertion_max_age;
         if now
             > iat
@@ -241,9 +267,107 @@ impl AgentState {
         // Remember the jti only as long as the age check above would let it through again:
         // after that a replay is refused as too old, so memory is bounded by rate × max age.
         let remember_until = exp.min(iat.saturating_add(max_age));
-        let fingerprint = self.app.replay.fingerprint(&client.client_id, jti);
+        #[cfg(feature = "etcd")]
+        if let Some(owners) = self.app.replay_owners.get() {
+            use crate::cluster::replay::{Check, MAX_JTI_BYTES, Route};
+            if jti.len() > MAX_JTI_BYTES {
+                return Err(ApiError::InvalidClient(format!(
+                    "client assertion jti longer than {MAX_JTI_BYTES} bytes"
+                ))
+                .into());
+            }
+            let check = Check {
+                client_id: client.client_id.clone(),
+                jti: jti.to_owned(),
+                iat,
+                until: remember_until,
+                handoff: false,
+            };
+            match owners.route(&client.client_id)? {
+                Route::Local => {
+                    let plan = owners.owner_plan(&client.client_id)?;
+                    self.check_moved(&check, plan.floor, now)?;
+                    self.record(&client.client_id, jti, iat, remember_until, now)?;
+                    // Moved here from a live node: it checks and records the jti too.
+                    if !plan.previous.is_empty() {
+                        return Ok(Checked::Forward(Box::new(Forward {
+                            to: plan.previous,
+                            check: Check {
+                                handoff: true,
+                                ..check
+                            },
+                            client,
+                            x5t,
+                            used,
+                        })));
+                    }
+                    let (answer, cut_over) = self.finish_issue(&client, now, x5t, used)?;
+                    return Ok(Checked::Issued(answer, cut_over));
+                }
+                Route::Forward(owner) => {
+                    return Ok(Checked::Forward(Box::new(Forward {
+                        to: vec![owner],
+                        check,
+                        client,
+                        x5t,
+                        used,
+                    })));
+                }
+            }
+        }
+        self.record(&client.client_id, jti, iat, remember_until, now)?;
+        let (answer, cut_over) = self.finish_issue(&client, now, x5t, used)?;
+        Ok(Checked::Issued(answer, cut_over))
+    }
+
+    /// Mints once the assertion's `jti` is recorded; and the cut-over to commit first when
+    /// the assertion used a rotation's new credentials.
+    fn finish_issue(
+        &self,
+        client: &ClientAuth,
+        now: u64,
+        x5t: Option<String>,
+        used: Used,
+    ) -> Result<(TokenResponse, Option<WriteOp>), Error> {
+        let answer = self.issue_to(client, now, x5t)?;
+        let cut_over = match used {
+            Used::New => self.cut_over(client, now),
+            Used::Unchanged | Used::Previous => None,
+        };
+        Ok((answer, cut_over))
+    }
+
+    /// Refuses an assertion issued before this process's replay floor (module docs).
+    fn process_floor(&self, iat: u64, now: u64) -> Result<(), Error> {
+        if iat < self.replay_floor {
+            if now < self.replay_floor {
+                return Err(Error::from(ApiError::Unavailable {
+                    retry_after: self.replay_floor - now,
+                    description: "the authority restarted moments ago and cannot yet tell fresh \
+                             assertions from replayed ones; sign a new assertion and retry"
+                        .into(),
+                }));
+            }
+            return Err(ApiError::InvalidClient(
+                "client assertion issued before the authority restarted; sign a new one".into(),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Checks the `jti` against the replay cache and records it there and in the replay log.
+    fn record(
+        &self,
+        client_id: &str,
+        jti: &str,
+        iat: u64,
+        remember_until: u64,
+        now: u64,
+    ) -> Result<(), Error> {
+        let fingerprint = self.app.replay.fingerprint(client_id, jti);
         match self.app.replay.check_and_insert_for(
-            &client.client_id,
+            client_id,
             fingerprint,
             Some(iat),
             remember_until,
@@ -256,20 +380,11 @@ impl AgentState {
                     log.append(fingerprint, until, now)
                         .map_err(|e| log_refusal(e, self.app.settings.replay_log))?;
                 }
+                Ok(())
             }
-            Err(e) => {
-                return Err(
-                    super::replay_refusal::room_refusal(&self.app, &client.client_id, e)
-                        .unwrap_or_else(|| invalid_assertion(&e.into())),
-                );
-            }
+            Err(e) => Err(super::replay_refusal::room_refusal(&self.app, client_id, e)
+                .unwrap_or_else(|| invalid_assertion(&e.into()))),
         }
-        let answer = self.issue_to(&client, now, x5t)?;
-        let cut_over = match used {
-            Used::New => self.cut_over(&client, now),
-            Used::Unchanged | Used::Previous => None,
-        };
-        Ok((answer, cut_over))
     }
 
     /// Mints for an authenticated client (after the method-specific checks).
@@ -594,6 +709,126 @@ impl AgentState {
         let max_age = self.app.key_cache_max_age(Some(alg), self.app.now());
         Ok(super::oauth::key_set_response(req, &answer, max_age).into())
     }
+}
+
+/// Cluster mode (`crate::cluster`): the owner's side of a check and forwarding to an owner.
+#[cfg(feature = "etcd")]
+impl AgentState {
+    /// Refuses an assertion issued before `floor`, the floor of a client this node came to own
+    /// when the cluster's nodes changed: its earlier owner may have accepted it.
+    fn check_moved(
+        &self,
+        check: &crate::cluster::replay::Check,
+        floor: u64,
+        now: u64,
+    ) -> Result<(), Error> {
+        if check.iat >= floor {
+            return Ok(());
+        }
+        if now < floor {
+            return Err(Error::from(ApiError::Unavailable {
+                retry_after: floor - now,
+                description: "the cluster's nodes changed moments ago and this agent's \
+                              assertions are now checked by another node; sign a new assertion \
+                              and retry"
+                    .into(),
+            }));
+        }
+        Err(ApiError::InvalidClient(
+            "client assertion issued before the cluster's nodes changed; sign a new one".into(),
+        )
+        .into())
+    }
+
+    /// Everything the owner checks of an assertion another node authenticated: this
+    /// process's floor, the client's floor, the replay cache and log.
+    fn check_forwarded(
+        &self,
+        check: &crate::cluster::replay::Check,
+        floor: u64,
+        now: u64,
+    ) -> Result<(), Error> {
+        self.process_floor(check.iat, now)?;
+        self.check_moved(check, floor, now)?;
+        self.record(&check.client_id, &check.jti, check.iat, check.until, now)
+    }
+
+    /// Defers the request until the owner answered the check; then mints (and commits a
+    /// cut-over first, as [`AgentState::answer_after`] does) on the forwarding thread.
+    fn forward(self: &Arc<Self>, f: Forward, now: u64, ctx: &RequestContext<'_>) -> Outcome {
+        let Some(owners) = self.app.replay_owners.get() else {
+            // `Checked::Forward` comes only from a node with owners.
+            return Response::from_error(&Error::Config("no cluster owners".into())).into();
+        };
+        let done = ctx.defer();
+        let state = Arc::clone(self);
+        let Forward {
+            to,
+            check,
+            client,
+            x5t,
+            used,
+        } = f;
+        owners.forward_all(
+            to,
+            check,
+            Box::new(move |checked| {
+                let (answer, cut_over) =
+                    match checked.and_then(|()| state.finish_issue(&client, now, x5t, used)) {
+                        Ok(issued) => issued,
+                        Err(e) => return done.complete(Response::from_error(&e)),
+                    };
+                let response = Response::json(200, &answer).header("Pragma", "no-cache");
+                match cut_over {
+                    None => done.complete(response),
+                    Some(op) => state.app.submit(op, move |result| {
+                        use crate::store::outcome::FromOutcome as _;
+                        done.complete(
+                            result
+                                .and_then(<()>::from_outcome)
+                                .map_err(Error::from)
+                                .map(|()| response),
+                        );
+                    }),
+                }
+            }),
+        );
+        Outcome::Deferred
+    }
+}
+
+/// `POST /internal/v1/replay`: the checks other nodes forward to this one (registered only
+/// on a node of a cluster).
+#[cfg(feature = "etcd")]
+pub fn peer_routes(router: &mut crate::http::Router, state: &Arc<AgentState>) {
+    use crate::cluster::peer_auth::AUTH_HEADER;
+    use crate::cluster::replay::{PEER_PATH, Served};
+    if state.app.replay_owners.get().is_none() {
+        return;
+    }
+    let s = Arc::clone(state);
+    router.route(
+        "POST",
+        PEER_PATH,
+        move |req: &Request<'_>, ctx: &RequestContext<'_>| -> Outcome {
+            let Some(owners) = s.app.replay_owners.get() else {
+                return Response::from_error(&Error::Config("no cluster owners".into())).into();
+            };
+            let now = s.app.now();
+            let served = owners.serve(req.header(AUTH_HEADER), req.body(), now, |check, floor| {
+                s.check_forwarded(check, floor, now)
+            });
+            match served {
+                Ok(Served::Ready(r)) => Outcome::Ready(r),
+                Ok(Served::Handoff(h)) => {
+                    let done = ctx.defer();
+                    owners.finish(h, move |r| done.complete(r));
+                    Outcome::Deferred
+                }
+                Err(e) => Outcome::Ready(Response::from_error(&e)),
+            }
+        },
+    );
 }
 
 /// Verifies an assertion with the key its `kid` names or, without a kid, with each key in

@@ -47,6 +47,8 @@ pub fn routes(router: &mut Router, app: &Arc<App>) {
     onboarding::routes(router, &agent_state);
     datasource::routes(router, &agent_state);
     agent_credentials::routes(router, &agent_state);
+    #[cfg(feature = "etcd")]
+    agent_token::peer_routes(router, &agent_state);
     import::routes(router, app);
 }
 

@@ -100,6 +100,10 @@ pub struct App {
     pub mtls: Trust,
     /// The bounded pool for heavy reads and blocking work, off the event loops.
     pub offload: crate::api::offload::Offload,
+    /// Cluster mode: the owner node of each client's assertion `jti`s, set once before the
+    /// routes are built (`crate::cluster`). Unset, the token path is the single node's.
+    #[cfg(feature = "etcd")]
+    pub replay_owners: OnceLock<Arc<crate::cluster::replay::ReplayOwners>>,
     urls: OnceLock<lookup::Urls>,
     /// Token algorithm per tenant (from the tenants table), read without locks.
     tenant_algs: ArcSwap<HashMap<String, Algorithm>>,
@@ -186,6 +190,8 @@ impl App {
             .map_err(Error::Io)?;
         Ok(App {
             offload,
+            #[cfg(feature = "etcd")]
+            replay_owners: OnceLock::new(),
             store,
             keys: Arc::new(KeyRing::new()),
             revocations: Arc::new(RevocationSet::new()),

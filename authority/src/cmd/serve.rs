@@ -344,6 +344,11 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     if clustered {
         follow_cluster(&state);
     }
+    // Cluster mode: this node's share of the client-assertion checks (before the routes, which
+    // then include the peer endpoint).
+    #[cfg(feature = "etcd")]
+    let membership =
+        crate::cluster::join(&state, &settings, &args.data_dir, listener.local_addr()?)?;
     let router = router_for(&state, &settings);
 
     let mut limits = settings.limits.clone();
@@ -497,6 +502,9 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     for r in more_running {
         r.wait();
     }
+    // Leaves the cluster: the others move this node's clients now, not after the lease TTL.
+    #[cfg(feature = "etcd")]
+    drop(membership);
     if let Some(m) = metrics_running {
         m.wait();
     }

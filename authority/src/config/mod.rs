@@ -319,6 +319,41 @@ pub struct Settings {
     /// `Retry-After` [default: 64].
     #[arg(long, value_name = "N")]
     pub offload_queue: Option<usize>,
+    /// With `--store etcd://`: the URL other nodes reach this one at, for the client-assertion
+    /// checks they forward to it (`https://HOST:PORT`; its certificate must name HOST) [default:
+    /// the listen address, unless that is a wildcard].
+    #[arg(long, value_name = "URL")]
+    pub cluster_advertise: Option<String>,
+    /// With `--store etcd://`: threads forwarding client-assertion checks to their owner nodes
+    /// [default: 4].
+    #[arg(long, value_name = "N")]
+    pub cluster_forward_threads: Option<usize>,
+    /// With `--store etcd://`: checks that may wait for those threads; more are answered 503
+    /// with `Retry-After` [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub cluster_forward_queue: Option<usize>,
+    /// With `--store etcd://`: deadline of one forwarded batch (connect, send, answer); an
+    /// owner that misses it gets its checks answered 503 [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    pub cluster_forward_timeout: Option<HumanDuration>,
+    /// With `--store etcd://`: TTL of this node's etcd lease: how long a node that stopped
+    /// answering keeps its clients before they move [default: 5s, 2s to 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub cluster_lease_ttl: Option<HumanDuration>,
+}
+
+/// The smallest `max-body` a node of a cluster accepts: its peers' batches of forwarded
+/// checks stay under it.
+pub const MIN_CLUSTER_MAX_BODY: usize = 64 * 1024;
+
+/// Cluster-mode settings of one node (used with `--store etcd://` only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub advertise: Option<String>,
+    pub forward_threads: usize,
+    pub forward_queue: usize,
+    pub forward_timeout: Duration,
+    pub lease_ttl: Duration,
 }
 
 /// A server certificate given as files instead of the data directory's.
@@ -390,6 +425,7 @@ pub struct ServeSettings {
     pub audit: crate::refusal_audit::AuditPolicy,
     /// The off-loop pool for heavy reads.
     pub offload: crate::api::offload::OffloadConfig,
+    pub cluster: ClusterSettings,
 }
 
 impl Settings {
@@ -447,7 +483,12 @@ impl Settings {
             audit_retention_days,
             audit_max_rows,
             offload_threads,
-            offload_queue
+            offload_queue,
+            cluster_advertise,
+            cluster_forward_threads,
+            cluster_forward_queue,
+            cluster_forward_timeout,
+            cluster_lease_ttl
         )
     }
 
@@ -587,6 +628,34 @@ impl Settings {
                 "offload-threads must be between 1 and 256, offload-queue at most 1048576".into(),
             ));
         }
+        let cluster = ClusterSettings {
+            advertise: self.cluster_advertise,
+            forward_threads: self.cluster_forward_threads.unwrap_or(4),
+            forward_queue: self.cluster_forward_queue.unwrap_or(4096),
+            forward_timeout: dur(
+                self.cluster_forward_timeout,
+                Duration::from_secs(2),
+                "cluster-forward-timeout",
+            )?,
+            lease_ttl: dur(
+                self.cluster_lease_ttl,
+                Duration::from_secs(5),
+                "cluster-lease-ttl",
+            )?,
+        };
+        if !(1..=256).contains(&cluster.forward_threads)
+            || !(1..=1 << 20).contains(&cluster.forward_queue)
+            || !(Duration::from_secs(2)..=Duration::from_secs(60)).contains(&cluster.lease_ttl)
+            || cluster.forward_timeout.is_zero()
+            || cluster.forward_timeout > Duration::from_secs(60)
+        {
+            return Err(Error::Config(
+                "cluster-forward-threads must be between 1 and 256, cluster-forward-queue \
+                 between 1 and 1048576, cluster-forward-timeout up to 60s and \
+                 cluster-lease-ttl between 2s and 60s"
+                    .into(),
+            ));
+        }
         let threads = match self.threads {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -607,6 +676,14 @@ impl Settings {
         let more_listeners: Vec<_> = listeners.collect();
         let store = self.store.unwrap_or_default();
         store.check_built().map_err(Error::Config)?;
+        if matches!(store, crate::store::StoreEngine::Etcd { .. })
+            && limits.max_body < MIN_CLUSTER_MAX_BODY
+        {
+            return Err(Error::Config(format!(
+                "max-body must be at least {MIN_CLUSTER_MAX_BODY} on a cluster: nodes send each \
+                 other batches of client-assertion checks up to that size"
+            )));
+        }
         let cluster_freshness = dur(
             self.cluster_freshness,
             Duration::from_secs(2),
@@ -655,6 +732,7 @@ impl Settings {
             audit,
             source_throttle,
             offload,
+            cluster,
         })
     }
 }
@@ -698,6 +776,65 @@ impl SettingsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_settings_have_defaults_and_bounds() {
+        let c = Settings::default().resolve().unwrap().cluster;
+        assert_eq!(
+            c,
+            ClusterSettings {
+                advertise: None,
+                forward_threads: 4,
+                forward_queue: 4096,
+                forward_timeout: Duration::from_secs(2),
+                lease_ttl: Duration::from_secs(5),
+            }
+        );
+        let bad = |s: Settings| {
+            let e = s.resolve().unwrap_err().to_string();
+            assert!(e.contains("cluster-"), "{e}");
+        };
+        bad(Settings {
+            cluster_lease_ttl: Some(HumanDuration(Duration::from_secs(1))),
+            ..Settings::default()
+        });
+        bad(Settings {
+            cluster_forward_queue: Some(0),
+            ..Settings::default()
+        });
+        bad(Settings {
+            cluster_forward_threads: Some(257),
+            ..Settings::default()
+        });
+        bad(Settings {
+            cluster_forward_timeout: Some(HumanDuration(Duration::from_secs(61))),
+            ..Settings::default()
+        });
+        // Peers' batches must fit a cluster node's body limit.
+        #[cfg(feature = "etcd")]
+        {
+            let etcd = Some(crate::store::StoreEngine::Etcd {
+                endpoints: vec!["127.0.0.1:2379".into()],
+            });
+            let e = Settings {
+                store: etcd.clone(),
+                max_body: Some(MIN_CLUSTER_MAX_BODY - 1),
+                ..Settings::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert!(e.to_string().contains("max-body must be at least"), "{e}");
+            assert!(
+                Settings {
+                    store: etcd,
+                    max_body: Some(MIN_CLUSTER_MAX_BODY),
+                    ..Settings::default()
+                }
+                .resolve()
+                .is_ok()
+            );
+        }
+    }
 
     #[test]
     fn public_urls_are_checked_and_lose_a_trailing_slash() {

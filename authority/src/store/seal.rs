@@ -208,6 +208,8 @@ pub struct KeyFileOptions {
 pub struct MasterKey {
     seal: LessSafeKey,
     id: [u8; 8],
+    /// Authenticates requests between the nodes of a cluster (which share the master key).
+    peer: Zeroizing<[u8; 32]>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -336,9 +338,14 @@ impl MasterKey {
         id.copy_from_slice(&id_full[..8]);
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &seal_key[..])
             .map_err(|_| StoreError::Invalid("AEAD key setup failed".into()))?;
+        let peer = Zeroizing::new(blake3::derive_key(
+            "latchkey 2026 master key: cluster peer auth v1",
+            &raw[..],
+        ));
         Ok(MasterKey {
             seal: LessSafeKey::new(unbound),
             id,
+            peer,
         })
     }
 
@@ -346,6 +353,11 @@ impl MasterKey {
     /// open rather than as a pile of failed unseals.
     pub fn id(&self) -> [u8; 8] {
         self.id
+    }
+
+    /// The key the nodes of a cluster authenticate their requests to each other with.
+    pub fn peer_auth_key(&self) -> &[u8; 32] {
+        &self.peer
     }
 
     /// Seals `plaintext` for the row named by `ctx`, with a fresh random nonce.

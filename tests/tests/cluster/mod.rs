@@ -13,6 +13,8 @@ mod across;
 #[cfg(feature = "etcd")]
 mod faults;
 #[cfg(feature = "etcd")]
+mod replay;
+#[cfg(feature = "etcd")]
 mod replay_across;
 #[cfg(feature = "etcd")]
 mod support;

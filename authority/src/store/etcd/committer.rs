@@ -17,7 +17,7 @@
 //! **Answers.** An op is answered once the watch has brought its transaction back and the
 //! mirror and hot index have applied it: read-your-writes on the node that wrote.
 //!
-//! **Freshness.** A probe reads `wseq` linearizably every quarter of the bound; when the mirror
+//! **Freshness.** A probe reads `wseq` linearizably every eighth of the bound; when the mirror
 //! has applied that write, the node is proven current as of the moment the read was sent.
 
 use std::collections::VecDeque;
@@ -266,8 +266,8 @@ impl Node {
         let (probe_tx, mut probes) = tokio::sync::mpsc::channel(4);
         tokio::spawn(probe(
             self.client.clone(),
+            self.settings.freshness / 8,
             self.settings.freshness / 4,
-            self.settings.request_timeout.min(self.settings.freshness),
             probe_tx,
         ));
         let mut restart = Some(Restart::Rewatch);
@@ -742,26 +742,28 @@ impl Node {
 }
 
 /// Reads `wseq` linearizably every `every` and reports (when the read was sent, its mod
-/// revision). A read that fails or times out reports nothing: the gate closes by itself.
+/// revision). A read that fails or takes longer than `timeout` reports nothing (the gate
+/// closes by itself) and is retried at once, so a leader election costs only its own length.
 async fn probe(
     mut client: Client,
     every: Duration,
     timeout: Duration,
     tx: tokio::sync::mpsc::Sender<(Instant, i64)>,
 ) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = every.max(Duration::from_millis(10));
     let mut failures: u64 = 0;
     loop {
-        tick.tick().await;
         let sent = Instant::now();
-        match tokio::time::timeout(timeout, client.get(layout::wseq_key(), None)).await {
+        let outcome = tokio::time::timeout(timeout, client.get(layout::wseq_key(), None)).await;
+        match outcome {
             Ok(Ok(r)) => {
                 failures = 0;
                 let wseq = r.kvs().first().map_or(0, |kv| kv.mod_revision());
                 if tx.send((sent, wseq)).await.is_err() {
                     return;
                 }
+                tokio::time::sleep_until((sent + every).into()).await;
+                continue;
             }
             Ok(Err(e)) => {
                 failures += 1;
@@ -776,6 +778,7 @@ async fn probe(
                 }
             }
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

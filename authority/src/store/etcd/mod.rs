@@ -19,6 +19,7 @@ pub mod files;
 pub mod layout;
 pub mod migrate;
 pub mod mirror;
+pub mod nodes;
 
 pub use committer::{ChangeListener, EngineSettings};
 pub use mirror::{Changed, MIRROR_FILE};
