@@ -4,7 +4,8 @@
 //! never how fast.
 
 use super::support::{
-    CONVERGE, agent, board_secret, create_with_iat, token_once, wait_agent, wait_token,
+    CONVERGE, agent, board_secret, create_with_iat, decided_token, token_once, wait_agent,
+    wait_token,
 };
 use crate::onboarding::{API, create};
 use crate::util::cluster::{Cluster, ClusterOptions, eventually, show};
@@ -145,19 +146,20 @@ fn killed_node_restarts_and_sees_what_was_written_meanwhile() {
     let new = board_secret(c.node(0), &op, "kn-new");
 
     c.start_node(1);
-    // The node listens only once it caught up: no stale answer, not even the first one.
-    let r = token_once(c.node(1), "kn-gone", &gone);
+    // The node listens only once it caught up: no stale answer, not even the first one (a
+    // clean 503 while it does not know the cluster's live nodes yet decides nothing).
+    let r = decided_token(&c, 1, "kn-gone", &gone);
     assert_eq!(
         r.status,
         401,
         "offboarded while node 2 was down: {}",
         show(&r)
     );
-    let r = token_once(c.node(1), "kn-new", &new);
+    let r = decided_token(&c, 1, "kn-new", &new);
     assert_eq!(r.status, 200, "boarded while node 2 was down: {}", show(&r));
     let r = agent(c.node(1), &op, "kn-del");
     assert_eq!(r.status, 404, "deleted while node 2 was down: {}", show(&r));
-    let r = token_once(c.node(1), "kn-keep", &keep);
+    let r = decided_token(&c, 1, "kn-keep", &keep);
     assert_eq!(r.status, 200, "{}", show(&r));
     // Nothing was compacted: it caught up through the watch, no full reload.
     let log = c.node(1).stderr();
@@ -200,7 +202,7 @@ fn compaction_past_a_stopped_node_makes_it_reload_on_restart() {
         log.contains("compacted") && log.to_lowercase().contains("reload"),
         "node 2 does not say it reloaded after the compaction:\n{log}"
     );
-    let r = token_once(c.node(1), "cp-gone", &gone);
+    let r = decided_token(&c, 1, "cp-gone", &gone);
     assert_eq!(
         r.status,
         401,
@@ -209,9 +211,9 @@ fn compaction_past_a_stopped_node_makes_it_reload_on_restart() {
     );
     let r = agent(c.node(1), &op, "cp-del");
     assert_eq!(r.status, 404, "deleted while node 2 was down: {}", show(&r));
-    let r = token_once(c.node(1), "cp-new", &new);
+    let r = decided_token(&c, 1, "cp-new", &new);
     assert_eq!(r.status, 200, "boarded while node 2 was down: {}", show(&r));
-    let r = token_once(c.node(1), "cp-keep", &keep);
+    let r = decided_token(&c, 1, "cp-keep", &keep);
     assert_eq!(r.status, 200, "{}", show(&r));
     let id = create_eventually(c.node(1), &op, "cp-after");
     wait_agent(&c, 0, &op, &id);
@@ -343,7 +345,7 @@ fn partitioned_node_stops_serving_tokens_and_serves_again_after_heal() {
         }
     });
     // Serving again means current again: the offboarding made meanwhile is applied.
-    let r = token_once(c.node(1), "pt-gone", &gone);
+    let r = decided_token(&c, 1, "pt-gone", &gone);
     assert_eq!(
         r.status,
         401,

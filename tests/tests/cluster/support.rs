@@ -81,6 +81,7 @@ pub fn wait_agent(c: &Cluster, i: usize, op: &str, id: &str) -> Value {
             match r.status {
                 200 => Some(r.json()),
                 404 => None,
+                _ if not_now(&r) => None,
                 _ => panic!("GET agent {id} on node {}: {}", i + 1, show(&r)),
             }
         },
@@ -98,8 +99,23 @@ pub fn wait_token(c: &Cluster, i: usize, id: &str, secret: &str) -> Response {
             match r.status {
                 200 => Some(r),
                 401 => None,
+                _ if not_now(&r) => None,
                 _ => panic!("token for {id} on node {}: {}", i + 1, show(&r)),
             }
+        },
+    )
+}
+
+/// The first answer of node `i` to a token request of agent `id` that is not a clean 503
+/// (a node that just started may not know the cluster's live nodes yet): what it decided.
+/// Never a retry past a decision, so a stale 200 or 401 is what the caller sees.
+pub fn decided_token(c: &Cluster, i: usize, id: &str, secret: &str) -> Response {
+    eventually(
+        &format!("node {} deciding on a token for {id}", i + 1),
+        CONVERGE,
+        || {
+            let r = token_once(c.node(i), id, secret);
+            (!not_now(&r)).then_some(r)
         },
     )
 }
