@@ -306,7 +306,9 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int(
     echo
     echo "HTTPS keep-alive, 32 connections, closed loop, SHARED_SECRET agents (client_secret_jwt),"
     echo "EdDSA access tokens, $DUR per run. The token path of an etcd node reads its local"
-    echo "mirror only (no etcd round trip), behind the freshness gate (default \`cluster-freshness\` 2s)."
+    echo "mirror only (no etcd round trip), behind the freshness gate (default \`cluster-freshness\` 2s);"
+    echo "the \`jti\` check of an agent another node owns is forwarded to that node over HTTPS"
+    echo "(batched), so about half the agents cost a node a forwarded check when two nodes run."
     echo
     echo "| run | requests | errors | tokens/s | p50 µs | p99 µs | load |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
