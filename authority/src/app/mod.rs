@@ -237,13 +237,28 @@ impl App {
 
     /// Follows writes of other cluster nodes beyond the hot index: the key ring (`keys`) and
     /// the mutual-TLS trust (`trust`). Failures are logged; the next change retries.
-    pub fn follow_cluster_change(&self, keys: bool, trust: bool) {
+    pub fn follow_cluster_change(
+        &self,
+        keys: bool,
+        trust: bool,
+        revoked: &[crate::store::RevocationRecord],
+    ) {
+        let updates: Vec<_> = revoked.iter().filter_map(revocation_update).collect();
+        if !updates.is_empty() {
+            self.revocations.apply(&updates);
+        }
         if keys && let Err(e) = self.sync_key_ring() {
             tracing::error!(error = %e, "could not follow the cluster's signing keys");
         }
         if trust {
             self.mtls.refresh_logged(self);
         }
+    }
+
+    /// Loads every token and key revocation of the store into the verify path's set again
+    /// (idempotent).
+    pub fn reload_revocations(&self) -> Result<(), Error> {
+        self.load_revocations()
     }
 
     /// Unix seconds.

@@ -129,14 +129,29 @@ pub fn join(
         .map_err(|_| Error::Config("the replay owners are set once".into()))?;
     let cluster = Cluster::connect(endpoints, std::time::Duration::from_secs(5))?;
     tracing::info!(node = %id, url = %url, "joining the cluster's client-assertion owners");
-    Ok(Some(Membership::start(
+    let membership = Membership::start(
         cluster,
         Node { id, url },
         instance_marker(data_dir),
         c.lease_ttl,
-        owners,
-    )?))
+        Arc::clone(&owners),
+    )?;
+    // The node listens once it can route every agent's assertion, so its first answers are
+    // tokens, not "retry later". A node that cannot join (its id is live elsewhere) still
+    // serves after the wait, answering 503 on the token path, and its log says why.
+    let deadline = std::time::Instant::now() + c.lease_ttl;
+    while !owners.ready() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if !owners.ready() {
+        tracing::warn!(
+            "this node is not among the cluster's live nodes yet; it answers agent token \
+             requests with 503 until it is"
+        );
+    }
+    Ok(Some(membership))
 }
+
 
 /// What tells a restart of this node from another node with a copy of its data directory:
 /// the machine's boot, its host name and the data directory's path, hashed. A restart has all

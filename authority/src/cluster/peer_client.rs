@@ -1,8 +1,10 @@
 //! The one HTTP/1.1 request a node makes to another: `POST` a body, read the answer, over
 //! rustls (verified against the cluster's CA) or, for a node serving plain HTTP on loopback,
-//! plain TCP. One connection per request (`Connection: close`): requests are batches, so the
-//! handshake is paid per batch, not per assertion. Every step is bounded by a deadline and the
-//! answer by [`super::peer_auth::MAX_BODY`]. Runs on the forwarding threads, never an event loop.
+//! plain TCP. Each forwarding thread keeps one open connection per peer and reuses it
+//! (keep-alive), so a batch costs a round trip, not a handshake; a connection the peer closed
+//! while idle is replaced once, before anything was read from it. Every step is bounded by a
+//! deadline and the answer by [`super::peer_auth::MAX_BODY`]. Runs on the forwarding threads,
+//! never an event loop.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -78,6 +80,27 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// An open connection to a peer.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn exchange(&mut self, request: &[u8], deadline: Instant) -> std::io::Result<Exchanged> {
+        match self {
+            Conn::Plain(s) => exchange(s, request, deadline),
+            Conn::Tls(s) => exchange(s.as_mut(), request, deadline),
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's open connections, by peer URL.
+    static CONNS: std::cell::RefCell<std::collections::HashMap<String, Conn>> =
+        std::cell::RefCell::default();
+}
+
 /// Posts `body` to `path` at `url` with the authentication header `auth`, all within
 /// `timeout`. `tls` must be given for an `https` URL.
 pub fn post(
@@ -89,6 +112,43 @@ pub fn post(
     timeout: Duration,
 ) -> Result<Answer, String> {
     let deadline = Instant::now() + timeout;
+    let host = if url.host.contains(':') {
+        format!("[{}]:{}", url.host, url.port)
+    } else {
+        format!("{}:{}", url.host, url.port)
+    };
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{AUTH_HEADER}: {auth}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let key = url.to_string();
+    let io = |e: std::io::Error| format!("{url}: {e}");
+    let cached = CONNS.with(|c| c.borrow_mut().remove(&key));
+    let (mut conn, reused) = match cached {
+        Some(c) => (c, true),
+        None => (connect(url, tls, deadline)?, false),
+    };
+    let mut result = conn.exchange(&request, deadline);
+    if reused && matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted) {
+        // The peer closed the idle connection before reading the request: a new one.
+        conn = connect(url, tls, deadline)?;
+        result = conn.exchange(&request, deadline);
+    }
+    let done = result.map_err(io)?;
+    if done.keep_alive {
+        CONNS.with(|c| c.borrow_mut().insert(key, conn));
+    }
+    Ok(done.answer)
+}
+
+fn connect(
+    url: &PeerUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    deadline: Instant,
+) -> Result<Conn, String> {
     let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {url}: {e}"))?
@@ -106,32 +166,21 @@ pub fn post(
     }
     let tcp = tcp.ok_or(last)?;
     let _ = tcp.set_nodelay(true);
-    let host = if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{AUTH_HEADER}: {auth}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    let io = |e: std::io::Error| format!("{url}: {e}");
-    if url.tls {
-        let config = tls.ok_or_else(|| format!("{url}: no TLS trust configured for peers"))?;
-        let name = ServerName::try_from(url.host.clone())
-            .map_err(|e| format!("{url}: bad server name: {e}"))?;
-        let conn = rustls::ClientConnection::new(Arc::clone(config), name)
-            .map_err(|e| format!("{url}: {e}"))?;
-        let mut stream = rustls::StreamOwned::new(conn, tcp);
-        exchange(&mut stream, &request, deadline).map_err(io)
-    } else {
-        let mut stream = tcp;
-        exchange(&mut stream, &request, deadline).map_err(io)
+    if !url.tls {
+        return Ok(Conn::Plain(tcp));
     }
-    .and_then(|raw| parse_answer(&raw).map_err(|e| format!("{url}: {e}")))
+    let config = tls.ok_or_else(|| format!("{url}: no TLS trust configured for peers"))?;
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| format!("{url}: bad server name: {e}"))?;
+    let conn = rustls::ClientConnection::new(Arc::clone(config), name)
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
+/// An answer, and whether the connection may carry the next request.
+struct Exchanged {
+    answer: Answer,
+    keep_alive: bool,
 }
 
 /// Time left before `deadline`, or the timeout as an error.
@@ -142,28 +191,36 @@ fn left(deadline: Instant) -> Result<Duration, String> {
         .ok_or_else(|| "timed out".to_owned())
 }
 
-/// Writes the request and reads until the peer closes, each I/O bounded by what is left of
-/// the deadline, the answer by `MAX_BODY` plus room for its head.
+/// Writes the request and reads one answer (its head, then `Content-Length` bytes), each I/O
+/// bounded by what is left of the deadline, the answer by `MAX_BODY` plus room for its head.
+/// A connection that ends before any byte of the answer is `ConnectionAborted`.
 fn exchange<S: Read + Write + Socketed>(
     stream: &mut S,
     request: &[u8],
     deadline: Instant,
-) -> std::io::Result<Vec<u8>> {
+) -> std::io::Result<Exchanged> {
     let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
     let bound = |s: &mut S| -> std::io::Result<()> {
         let d = left(deadline).map_err(|_| timed_out())?;
         s.socket().set_read_timeout(Some(d))?;
         s.socket().set_write_timeout(Some(d))
     };
+    let aborted = || std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "closed");
     bound(stream)?;
-    stream.write_all(request)?;
-    stream.flush()?;
+    match stream.write_all(request).and_then(|()| stream.flush()) {
+        Err(e) if is_closed(&e) => return Err(aborted()),
+        r => r?,
+    }
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
+        if let Some(done) = complete(&raw).map_err(std::io::Error::other)? {
+            return Ok(done);
+        }
         bound(stream)?;
         match stream.read(&mut buf) {
-            Ok(0) => return Ok(raw),
+            Ok(0) if raw.is_empty() => return Err(aborted()),
+            Ok(0) => return Err(std::io::Error::other("answer cut short")),
             Ok(n) => {
                 raw.extend_from_slice(&buf[..n]);
                 if raw.len() > MAX_BODY + 16 * 1024 {
@@ -171,13 +228,51 @@ fn exchange<S: Read + Write + Socketed>(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // A TLS peer that closes without close_notify after a complete answer.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {
-                return Ok(raw);
-            }
+            Err(e) if raw.is_empty() && is_closed(&e) => return Err(aborted()),
             Err(e) => return Err(e),
         }
     }
+}
+
+fn is_closed(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof | K::ConnectionAborted
+    )
+}
+
+/// The answer once `raw` holds all of it.
+fn complete(raw: &[u8]) -> Result<Option<Exchanged>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut res = httparse::Response::new(&mut headers);
+    let head = match res.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("bad answer: {e}")),
+    };
+    let length = res
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or("answer without Content-Length")?;
+    if length > MAX_BODY {
+        return Err("answer too large".into());
+    }
+    if raw.len() < head + length {
+        return Ok(None);
+    }
+    let close = res.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection")
+            && std::str::from_utf8(h.value).is_ok_and(|v| v.trim().eq_ignore_ascii_case("close"))
+    });
+    let answer = parse_answer(&raw[..head + length])?;
+    Ok(Some(Exchanged {
+        answer,
+        keep_alive: !close && raw.len() == head + length,
+    }))
 }
 
 /// The TCP socket under a stream, for its timeouts.

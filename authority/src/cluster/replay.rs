@@ -419,6 +419,18 @@ impl ReplayOwners {
         now < self.alive_until_ms.load(Ordering::Acquire)
     }
 
+    /// Whether this node holds its lease and sees itself among the live nodes: it can then
+    /// route every client's checks.
+    pub fn ready(&self) -> bool {
+        self.lease_alive()
+            && self
+                .view
+                .load()
+                .nodes
+                .iter()
+                .any(|n| n.id == self.shared.self_id)
+    }
+
     /// Where `client`'s checks go, or 503 while this node knows no live set.
     pub fn route(&self, client: &str) -> Result<Route, Error> {
         let view = self.view.load();

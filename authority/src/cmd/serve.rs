@@ -211,11 +211,14 @@ fn follow_cluster(state: &Arc<App>) {
             .store
             .set_change_listener(Arc::new(move |changed: crate::store::etcd::Changed| {
                 if let Some(app) = weak.upgrade() {
-                    app.follow_cluster_change(changed.keys, changed.trust);
+                    app.follow_cluster_change(changed.keys, changed.trust, &changed.revoked);
                 }
             }));
         // Changes applied before the listener was set.
-        state.follow_cluster_change(true, true);
+        state.follow_cluster_change(true, true, &[]);
+        if let Err(e) = state.reload_revocations() {
+            tracing::error!(error = %e, "could not reload revocations");
+        }
     }
     #[cfg(not(feature = "etcd"))]
     let _ = state;

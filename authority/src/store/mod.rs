@@ -239,7 +239,8 @@ impl Store {
             db: dir.join(etcd::MIRROR_FILE),
             key: dir.join(KEY_FILE),
         };
-        create_private_dir(dir)?;
+        // Nothing is created before the cluster answered: an unreachable cluster leaves no
+        // empty data directory behind.
         let cluster = etcd::Cluster::connect(endpoints, settings.request_timeout)?;
         etcd::migrate::check_no_import(&cluster)?;
         if !paths.key.exists() && cluster.meta_key_id()?.is_some() {
@@ -252,6 +253,7 @@ impl Store {
                 ),
             });
         }
+        create_private_dir(dir)?;
         let key = master_key(&paths, &options.key, true)?;
         let claim = cluster.claim_meta(&key, &paths.key, crate::clock::unix_now())?;
         // Exclusive, unlike the single-node database: the mirror is this process's alone, and

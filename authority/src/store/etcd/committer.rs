@@ -79,6 +79,11 @@ pub type ListenerSlot = std::sync::OnceLock<ChangeListener>;
 /// answered "retry later".
 const MAX_ATTEMPTS: usize = 16;
 
+/// HTTP/2 ping interval on the etcd connections. etcd closes connections that ping more often
+/// than its `--grpc-keepalive-min-time` (5 s by default); a dead connection is noticed sooner
+/// by the freshness probe, which then has the watch re-established.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// Page size of a full load.
 const LOAD_PAGE: i64 = 1000;
 
@@ -195,11 +200,11 @@ async fn connect(endpoints: &[String], s: &EngineSettings) -> Result<(Client, Cl
         .with_connect_timeout(s.request_timeout)
         .with_timeout(s.request_timeout)
         .with_require_leader(true)
-        .with_keep_alive(Duration::from_secs(2), s.request_timeout);
+        .with_keep_alive(KEEP_ALIVE, s.request_timeout);
     let watch = etcd_client::ConnectOptions::new()
         .with_connect_timeout(s.request_timeout)
         .with_require_leader(true)
-        .with_keep_alive(Duration::from_secs(2), s.request_timeout);
+        .with_keep_alive(KEEP_ALIVE, s.request_timeout);
     let client = Client::connect(urls.clone(), Some(unary))
         .await
         .map_err(fail)?;
@@ -239,6 +244,8 @@ struct Node {
     cluster_id: u64,
     /// Ops taken off the queue but not yet planned.
     carry: VecDeque<Request>,
+    /// Since when probes have shown writes the watch has not brought.
+    lagging_since: Option<Instant>,
 }
 
 impl Node {
@@ -259,6 +266,7 @@ impl Node {
             watch: None,
             cluster_id: 0,
             carry: VecDeque::new(),
+            lagging_since: None,
         })
     }
 
@@ -296,7 +304,11 @@ impl Node {
                         restart = Some(r);
                     }
                 }
-                Some(p) = probes.recv() => self.on_probe(p),
+                Some(p) = probes.recv() => {
+                    if let Err(r) = self.on_probe(p) {
+                        restart = Some(r);
+                    }
+                }
                 () = wake.notified() => {
                     if let Err(r) = self.commit_queued(&rx).await {
                         restart = Some(r);
@@ -544,16 +556,34 @@ impl Node {
     }
 
     fn notify(&self, changed: Changed) {
-        if (changed.keys || changed.trust)
+        if changed.any()
             && let Some(l) = self.listener.get()
         {
             l(changed);
         }
     }
 
-    fn on_probe(&mut self, (sent, wseq): (Instant, i64)) {
+    /// A quorum read showed the cluster's last write. A watch that has not brought it for
+    /// longer than the freshness bound is stuck (a connection that died without a reset, a
+    /// member cut off from the others): it is watched again.
+    fn on_probe(&mut self, (sent, wseq): (Instant, i64)) -> Result<(), Restart> {
         self.probe = Some((sent, wseq));
         self.check_probe();
+        if self.mirror.position().wseq >= wseq {
+            self.lagging_since = None;
+            return Ok(());
+        }
+        let since = *self.lagging_since.get_or_insert(sent);
+        if since.elapsed() > self.settings.freshness {
+            tracing::warn!(
+                applied = self.mirror.position().wseq,
+                cluster = wseq,
+                "the etcd watch fell behind the cluster; watching again"
+            );
+            self.lagging_since = None;
+            return Err(Restart::Rewatch);
+        }
+        Ok(())
     }
 
     fn check_probe(&mut self) {

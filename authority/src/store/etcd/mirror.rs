@@ -41,12 +41,22 @@ pub struct Position {
 }
 
 /// What a batch of applied rows changed outside the hot index, for the application to follow.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
     /// Signing keys: the key ring must follow the hot index.
     pub keys: bool,
     /// Certificates or certificate revocations: the TLS trust store must be rebuilt.
     pub trust: bool,
+    /// Token and key revocations written: the verify path's revocation set must add them
+    /// (it forgets by time, so removals need nothing).
+    pub revoked: Vec<RevocationRecord>,
+}
+
+impl Changed {
+    /// Whether the application has anything to follow.
+    pub fn any(&self) -> bool {
+        self.keys || self.trust || !self.revoked.is_empty()
+    }
 }
 
 impl Changed {
@@ -218,7 +228,14 @@ impl Mirror {
                         continue;
                     };
                     let entry = match get(Table::Revocations, key)? {
-                        Some(v) => Some(Revocation::from(&codec::decode::<RevocationRecord>(&v)?)),
+                        Some(v) => {
+                            let rec = codec::decode::<RevocationRecord>(&v)?;
+                            let entry = Revocation::from(&rec);
+                            if matches!(rec.kind, RevocationKind::Token | RevocationKind::Key) {
+                                changed.revoked.push(rec);
+                            }
+                            Some(entry)
+                        }
                         None => None,
                     };
                     self.hot
@@ -341,7 +358,8 @@ mod tests {
                 Some(7),
             )
             .unwrap();
-        assert_eq!(changed, Changed::default());
+        assert!(!changed.keys && !changed.trust);
+        assert_eq!(changed.revoked.len(), 1, "the verify path must learn of it");
         assert!(m.hot.revocation(RevocationKind::Token, "t1").is_some());
         assert_eq!(m.position().revision, 7);
         assert_eq!(m.position().wseq, 7);
