@@ -37,6 +37,9 @@ fi
 cargo clippy --locked -p latchkey-authority -p latchkey-tests --all-targets \
     --features latchkey-authority/etcd,latchkey-tests/etcd -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -p latchkey-authority --features etcd --quiet
+# The authority's unit tests again with the engine compiled in (the engine's own tests start a
+# one-member etcd).
+LATCHKEY_REQUIRE_ETCD=1 cargo test --locked -p latchkey-authority --features etcd --lib 2>&1 | tee -a "$log"
 cargo build --locked -p latchkey-authority --features etcd --bins
 LATCHKEY_REQUIRE_ETCD=1 cargo test --locked -p latchkey-tests --features etcd -- cluster:: 2>&1 | tee -a "$log"
 # One closing line with the totals of every cargo test binary above.
