@@ -152,7 +152,6 @@ pub fn join(
     Ok(Some(membership))
 }
 
-
 /// What tells a restart of this node from another node with a copy of its data directory:
 /// the machine's boot, its host name and the data directory's path, hashed. A restart has all
 /// three (and the data directory's lock proves the previous run is over); a copy elsewhere

@@ -265,3 +265,50 @@ fn token_revoked_on_one_node_is_refused_on_the_other() {
         assert_eq!(r.status, 200, "node {}: {}", i + 1, show(&r));
     }
 }
+
+#[test]
+fn a_node_loads_rows_larger_than_a_default_grpc_message_in_full() {
+    let Some(mut c) = two_nodes("a_node_loads_rows_larger_than_a_default_grpc_message_in_full")
+    else {
+        return;
+    };
+    let op = c.operator_token(0);
+    // 150 agents with data source configurations of about 63 KB (the default limit is 64 KiB):
+    // about 9.5 MB of rows, so at least one page of a full load exceeds gRPC's usual 4 MiB.
+    let blob = "x".repeat(63_000);
+    let mut last = String::new();
+    for i in 0..150 {
+        let id = format!("big-{i}");
+        let r = crate::onboarding::create(c.node(0), &op, &id, &id, "SHARED_SECRET");
+        assert_eq!(r.status, 201, "create {id}: {}", show(&r));
+        let body = json!({"configurationId": format!("cfg-{i}"), "dataSources": [
+            {"name": "s", "dataPoints": [], "customData": {"blob": blob}}]});
+        let r = c.node(0).json_with(
+            "PUT",
+            &format!("{API}/agents/{id}/dataSourceConfiguration"),
+            Some(&op),
+            Some(&body),
+            &[("If-Match", "0")],
+        );
+        assert_eq!(r.status, 200, "configure {id}: {}", show(&r));
+        last = id;
+    }
+    // Node 2 forgets its mirror and loads the whole cluster again.
+    c.stop(1);
+    std::fs::remove_file(c.data_dir(1).join("cluster-mirror.redb")).expect("remove mirror");
+    c.start_node(1);
+    let op2 = c.operator_token(1);
+    let r = c.node(1).json(
+        "GET",
+        &format!("{API}/agents/{last}/dataSourceConfiguration"),
+        Some(&op2),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", show(&r));
+    assert_eq!(
+        r.json()["dataSources"][0]["customData"]["blob"]
+            .as_str()
+            .map(str::len),
+        Some(63_000)
+    );
+}

@@ -84,8 +84,13 @@ const MAX_ATTEMPTS: usize = 16;
 /// by the freshness probe, which then has the watch re-established.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// Page size of a full load.
+/// Page size of a full load (smaller when a page of large rows exceeds `MAX_MESSAGE`).
 const LOAD_PAGE: i64 = 1000;
+
+/// Largest etcd answer this node decodes (a load page, a watch batch): tonic's default of
+/// 4 MiB is less than 1000 rows of 64 KiB data source configurations, and a watch batch can
+/// carry several transactions of up to etcd's 1.5 MiB each.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// An op's answer and the rows it writes, as planned.
 type PlannedOp = (Result<WriteOutcome, StoreError>, Vec<RowChange>);
@@ -395,6 +400,8 @@ impl Node {
             .with_progress_notify();
         match self
             .watcher
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE)
             .watch(layout::cluster_prefix(), Some(options))
             .await
         {
@@ -428,18 +435,26 @@ impl Node {
         let mut rows = Vec::new();
         let mut from = prefix.clone().into_bytes();
         let mut revision = 0;
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        let mut limit = LOAD_PAGE;
         loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LOAD_PAGE);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision != 0 {
                 options = options.with_revision(revision);
             }
-            let page = self
-                .client
-                .get(from.clone(), Some(options))
-                .await
-                .map_err(|e| self.unavailable("load", e))?;
+            let page = match kv.get(from.clone(), Some(options)).await {
+                Ok(page) => page,
+                // Rows of up to 256 KiB: a page of large ones can exceed even a large message
+                // limit; smaller pages then, down to one row per page.
+                Err(e) if limit > 1 && e.to_string().contains("too large") => {
+                    limit = (limit / 8).max(1);
+                    continue;
+                }
+                Err(e) => return Err(self.unavailable("load", e)),
+            };
             if revision == 0 {
                 revision = page.header().map_or(0, |h| h.revision());
             }
