@@ -38,7 +38,7 @@ use super::super::hot::HotIndex;
 use super::super::ops::{self, Tables};
 use super::super::seal::MasterKey;
 use super::super::{ObserverSlot, StoreError, WriteOp, WriteOutcome};
-use super::layout::{self, RowChange, RowKey, Table};
+use super::layout::{self, RowChange, RowKey, Table, prefix_end};
 use super::mirror::{Changed, Mirror, Position, RowUpdate};
 
 /// How the engine behaves; from the `[cluster]` settings.
@@ -870,27 +870,9 @@ fn txn_bytes(rows: &[RowChange]) -> usize {
         .sum()
 }
 
-/// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_end_is_the_first_key_after_the_prefix() {
-        assert_eq!(prefix_end(b"/lk/default/t/"), b"/lk/default/t0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-    }
 
     #[test]
     fn audit_retention_is_one_range_delete() {

@@ -30,6 +30,19 @@ pub fn rows_prefix() -> String {
     format!("{}t/", cluster_prefix())
 }
 
+/// The first key after every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: to the end of the keyspace.
+    vec![0]
+}
+
 /// The etcd key of the cluster meta entry `name`.
 pub fn meta_key(name: &str) -> String {
     format!("{}meta/{name}", cluster_prefix())
@@ -462,6 +475,17 @@ impl_read_tables!(WriteTransaction);
 mod tests {
     use super::*;
     use redb::ReadableDatabase as _;
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/lk/default/t/"), b"/lk/default/t0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        let end = prefix_end(rows_prefix().as_bytes());
+        let last = row_key(Table::Audit, &RowKey::Seq(u64::MAX));
+        assert!(last.as_bytes() < &end[..]);
+        assert!(wseq_key().as_bytes() < rows_prefix().as_bytes());
+    }
 
     #[test]
     fn row_keys_round_trip_and_keep_tuple_parts_apart() {

@@ -22,7 +22,7 @@ use super::super::seal::{KeyFileOptions, MasterKey, hex};
 use super::super::{DataDir, StoreError, builder, file_backend, open_error};
 use super::Cluster;
 use super::files::{self, Publish, SharedCa};
-use super::layout::{self, Table, meta_key, rows_prefix, wseq_key};
+use super::layout::{self, Table, meta_key, prefix_end, rows_prefix, wseq_key};
 
 /// Most operations in one Txn: etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
@@ -545,19 +545,6 @@ fn create_tables(w: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // Every byte 0xff: to the end of the keyspace.
-    vec![0]
-}
-
 fn is_compacted(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s)
         if s.message().contains("required revision has been compacted"))
@@ -749,17 +736,6 @@ mod tests {
             .unwrap(),
             1_700_000_000
         );
-    }
-
-    #[test]
-    fn prefix_end_is_the_first_key_after_the_prefix() {
-        assert_eq!(prefix_end(b"/lk/default/t/"), b"/lk/default/t0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
-        let end = prefix_end(rows_prefix().as_bytes());
-        let last = layout::row_key(Table::Audit, &layout::RowKey::Seq(u64::MAX));
-        assert!(last.as_bytes() < &end[..]);
-        assert!(layout::wseq_key().as_bytes() < rows_prefix().as_bytes());
     }
 
     /// Runs rows of the given value sizes through a batch: each Txn's (rows, bytes, count).
