@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::util::https::{Authority, form_encode};
 use crate::util::latchkey_bin;
-use crate::util::server::{CLIENT_TIMEOUT, Response, read_response};
+use crate::util::server::{CLIENT_TIMEOUT, Response, complete_handshake, read_response};
 
 mod import;
 mod suspend;
@@ -145,9 +145,7 @@ fn connect(auth: &Authority, config: Arc<rustls::ClientConfig>) -> std::io::Resu
     let sock = TcpStream::connect(auth.addr)?;
     sock.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut s = rustls::StreamOwned::new(conn, sock);
-    while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock)?;
-    }
+    complete_handshake(&mut s.conn, &mut s.sock)?;
     Ok(s)
 }
 

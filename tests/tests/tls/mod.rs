@@ -1,13 +1,13 @@
 //! HTTPS: versions, ALPN, resumption, the first-run data directory, and hostile TLS clients.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject as _;
 use std::time::{Duration, Instant};
 
-use crate::util::server::{Server, read_response, read_until_closed, tls_client};
+use crate::util::server::{Server, read_response, read_some, read_until_closed, tls_client};
 
 #[test]
 fn first_run_creates_certificates_and_serves_https() {
@@ -165,7 +165,7 @@ fn concurrent_handshakes_are_capped() {
     let mut holder = s.tcp();
     client.write_tls(&mut holder).unwrap();
     let mut server_flight = [0u8; 1];
-    assert_eq!(holder.read(&mut server_flight).unwrap(), 1);
+    assert_eq!(read_some(&mut holder, &mut server_flight).unwrap(), 1);
 
     // A whole ClientHello finds no slot and is closed. (Part of one takes no slot: silent
     // sockets are not handshakes.)

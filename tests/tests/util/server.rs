@@ -283,12 +283,7 @@ impl Server {
         let name = ServerName::try_from("localhost").expect("name");
         let conn = rustls::ClientConnection::new(config, name).expect("client connection");
         let mut stream = rustls::StreamOwned::new(conn, self.tcp());
-        while stream.conn.is_handshaking() {
-            stream
-                .conn
-                .complete_io(&mut stream.sock)
-                .expect("TLS handshake");
-        }
+        complete_handshake(&mut stream.conn, &mut stream.sock).expect("TLS handshake");
         stream
     }
 
@@ -305,9 +300,7 @@ impl Server {
             let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
             let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
             let mut stream = rustls::StreamOwned::new(conn, self.tcp());
-            while stream.conn.is_handshaking() {
-                stream.conn.complete_io(&mut stream.sock)?;
-            }
+            complete_handshake(&mut stream.conn, &mut stream.sock)?;
             Conn::Tls(Box::new(stream))
         } else {
             Conn::Plain(self.tcp())
@@ -509,9 +502,35 @@ pub fn read_response(
     }
 }
 
+/// Drives a client handshake to its end. A socket read with a timeout fails with `Interrupted`
+/// after the process was stopped and continued, even without a signal handler: retried.
+pub fn complete_handshake(
+    conn: &mut rustls::ClientConnection,
+    sock: &mut TcpStream,
+) -> io::Result<()> {
+    while conn.is_handshaking() {
+        match conn.complete_io(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One `read`, retried on `Interrupted` (see `complete_handshake`).
+pub fn read_some(stream: &mut impl Read, chunk: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(chunk) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 fn fill(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
     let mut chunk = [0u8; 16 * 1024];
-    let n = stream.read(&mut chunk)?;
+    let n = read_some(stream, &mut chunk)?;
     if n == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
@@ -525,7 +544,7 @@ pub fn read_until_closed(stream: &mut impl Read) -> Vec<u8> {
     let mut all = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        match stream.read(&mut chunk) {
+        match read_some(stream, &mut chunk) {
             Ok(0) => return all,
             Ok(n) => all.extend_from_slice(&chunk[..n]),
             Err(e)
