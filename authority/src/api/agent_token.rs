@@ -23,7 +23,9 @@
 //! our start, and `+ 1` because both clocks are read in whole seconds. After a machine crash
 //! the floor starts from the log's last fsync plus the lag it tolerates instead of `start`.
 //! While the floor is ahead of the clock, fresh assertions are refused with 503
-//! `temporarily_unavailable` and `Retry-After`. This assumes the system clock does not move
+//! `temporarily_unavailable` and `Retry-After`; so are assertions issued before it for a
+//! leeway after it (one signed by a client whose clock runs slow, or just before the floor,
+//! is still fresh), and only then does an assertion from before the floor get 401. This assumes the system clock does not move
 //! backwards across a restart by more than the downtime.
 //!
 //! **Offboarding.** The store deletes the registration (secret, keys, RAT hash) and records an
@@ -339,21 +341,13 @@ impl AgentState {
 
     /// Refuses an assertion issued before this process's replay floor (module docs).
     fn process_floor(&self, iat: u64, now: u64) -> Result<(), Error> {
-        if iat < self.replay_floor {
-            if now < self.replay_floor {
-                return Err(Error::from(ApiError::Unavailable {
-                    retry_after: self.replay_floor - now,
-                    description: "the authority restarted moments ago and cannot yet tell fresh \
-                             assertions from replayed ones; sign a new assertion and retry"
-                        .into(),
-                }));
-            }
-            return Err(ApiError::InvalidClient(
-                "client assertion issued before the authority restarted; sign a new one".into(),
-            )
-            .into());
-        }
-        Ok(())
+        below_floor(
+            iat,
+            self.replay_floor,
+            now,
+            assertion_leeway(&self.app),
+            FloorCause::Restart,
+        )
     }
 
     /// Checks the `jti` against the replay cache and records it there and in the replay log.
@@ -722,22 +716,13 @@ impl AgentState {
         floor: u64,
         now: u64,
     ) -> Result<(), Error> {
-        if check.iat >= floor {
-            return Ok(());
-        }
-        if now < floor {
-            return Err(Error::from(ApiError::Unavailable {
-                retry_after: floor - now,
-                description: "the cluster's nodes changed moments ago and this agent's \
-                              assertions are now checked by another node; sign a new assertion \
-                              and retry"
-                    .into(),
-            }));
-        }
-        Err(ApiError::InvalidClient(
-            "client assertion issued before the cluster's nodes changed; sign a new one".into(),
+        below_floor(
+            check.iat,
+            floor,
+            now,
+            assertion_leeway(&self.app),
+            FloorCause::Moved,
         )
-        .into())
     }
 
     /// Everything the owner checks of an assertion another node authenticated: this
@@ -861,6 +846,60 @@ fn verify_with_any(
         }
     }
     Err(last)
+}
+
+/// Why a replay floor applies: this process cannot know what an earlier one accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FloorCause {
+    /// The process started without a complete replay log.
+    Restart,
+    /// In a cluster, the client came to this node from one that is gone.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    Moved,
+}
+
+/// Refuses an assertion issued before `floor`. Until a leeway past the floor such an
+/// assertion may still be fresh (signed by an agent whose clock runs slow, or signed just
+/// before the floor and arriving after it): 503 with `Retry-After`, as agents sign a new
+/// assertion per try. Past that it can only be replayed or held back: 401.
+fn below_floor(
+    iat: u64,
+    floor: u64,
+    now: u64,
+    leeway: u64,
+    cause: FloorCause,
+) -> Result<(), Error> {
+    if iat >= floor {
+        return Ok(());
+    }
+    if now < floor.saturating_add(leeway) {
+        return Err(Error::from(ApiError::Unavailable {
+            retry_after: floor.saturating_sub(now).max(1),
+            description: match cause {
+                FloorCause::Restart => {
+                    "the authority restarted moments ago and cannot yet tell fresh assertions \
+                     from replayed ones; sign a new assertion and retry"
+                }
+                FloorCause::Moved => {
+                    "the cluster's nodes changed moments ago and this agent's assertions are \
+                     now checked by another node; sign a new assertion and retry"
+                }
+            }
+            .into(),
+        }));
+    }
+    Err(ApiError::InvalidClient(
+        match cause {
+            FloorCause::Restart => {
+                "client assertion issued before the authority restarted; sign a new one"
+            }
+            FloorCause::Moved => {
+                "client assertion issued before the cluster's nodes changed; sign a new one"
+            }
+        }
+        .into(),
+    )
+    .into())
 }
 
 /// The skew tolerated on assertions: the configured leeway, but never longer than the replay
@@ -1302,7 +1341,8 @@ mod tests {
         // An assertion issued at or after the floor is fine (a client clock ahead of ours).
         f.issue(&sign(&key, None, &claims("a1", f.now + 30, "y")))
             .expect("after floor");
-        // Floor passed: an old assertion is refused for good.
+        // Floor passed moments ago: one issued before it may still be fresh (a client clock
+        // behind ours, or signed just before the floor), so it is told to come back.
         let f = fixture_with(AppSettings::default(), -10);
         f.agent(
             "main",
@@ -1312,9 +1352,49 @@ mod tests {
             vec![],
         );
         let (s, why) = f
-            .issue(&sign(&key, None, &claims("a1", f.now - 20, "z")))
+            .issue(&sign(&key, None, &claims("a1", f.now - 11, "z")))
+            .unwrap_err();
+        assert!(s == 503 && why.contains("restarted"), "{why}");
+        // Floor passed by more than the leeway: an old assertion is refused for good.
+        let f = fixture_with(AppSettings::default(), -61);
+        f.agent(
+            "main",
+            "a1",
+            SecurityProfile::SharedSecret,
+            f.now + 7 * 86_400,
+            vec![],
+        );
+        let (s, why) = f
+            .issue(&sign(&key, None, &claims("a1", f.now - 62, "z")))
             .unwrap_err();
         assert!(s == 401 && why.contains("restarted"), "{why}");
+    }
+
+    #[test]
+    fn below_the_floor_is_503_for_a_leeway_past_it_then_401() {
+        let refusal = |iat, now| {
+            below_floor(iat, 1000, now, 60, FloorCause::Moved)
+                .map_err(|e| crate::error::WireError::from(&e))
+        };
+        assert!(refusal(1000, 990).is_ok());
+        assert!(refusal(1005, 1002).is_ok());
+        // Ahead of the floor: come back when it passed.
+        let w = refusal(990, 990).unwrap_err();
+        assert_eq!((w.status, w.retry_after), (503, Some(10)));
+        assert!(w.description.contains("nodes changed"), "{}", w.description);
+        // Signed in the second before the floor, arriving after it; or a slow client clock.
+        let w = refusal(999, 1001).unwrap_err();
+        assert_eq!((w.status, w.retry_after), (503, Some(1)));
+        let w = refusal(960, 1059).unwrap_err();
+        assert_eq!(w.status, 503);
+        // A leeway past the floor, nothing fresh is issued before it.
+        let w = refusal(999, 1060).unwrap_err();
+        assert_eq!(w.status, 401);
+        assert!(
+            w.description.contains("sign a new one"),
+            "{}",
+            w.description
+        );
     }
 
     #[test]

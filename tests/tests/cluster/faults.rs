@@ -4,14 +4,18 @@
 //! never how fast.
 
 use super::support::{
-    CONVERGE, agent, board_secret, create_with_iat, decided_token, token_once, wait_agent,
-    wait_token,
+    CONVERGE, agent, board_secret, create_with_iat, decided_token, id_owned_by, token_once,
+    wait_agent, wait_token,
 };
 use crate::onboarding::{API, create};
 use crate::util::cluster::{Cluster, ClusterOptions, eventually, show};
 use crate::util::etcd::EtcdOptions;
 use crate::util::https::Authority;
 use crate::util::server::Response;
+
+/// The default assertion leeway: how long after a node is lost its clients' assertions may be
+/// refused (the floor of a client whose owner is gone).
+const LEEWAY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Asserts the node's "not now" answer: 503 with Retry-After and an OAuth-style body.
 fn assert_clean_503(r: &Response, what: &str) {
@@ -308,16 +312,25 @@ fn partitioned_node_stops_serving_tokens_and_serves_again_after_heal() {
         return;
     };
     let op = c.operator_token(0);
-    let keep = board_secret(c.node(0), &op, "pt-keep");
-    let gone = board_secret(c.node(0), &op, "pt-gone");
-    wait_token(&c, 1, "pt-keep", &keep);
-    wait_token(&c, 1, "pt-gone", &gone);
+    // Agents whose client assertions node 1 checks (node 2 forwards them there), and one that
+    // node 2 checks: cut off past its lease, node 2 loses it to node 1, which cannot know what
+    // node 2 accepted and so refuses assertions issued before the move plus the leeway.
+    let dirs = [c.data_dir(0), c.data_dir(1)];
+    let keep_id = id_owned_by(&dirs, c.data_dir(0), "pt-keep");
+    let gone_id = id_owned_by(&dirs, c.data_dir(0), "pt-gone");
+    let moved_id = id_owned_by(&dirs, c.data_dir(1), "pt-moved");
+    let keep = board_secret(c.node(0), &op, &keep_id);
+    let gone = board_secret(c.node(0), &op, &gone_id);
+    let moved = board_secret(c.node(0), &op, &moved_id);
+    wait_token(&c, 1, &keep_id, &keep);
+    wait_token(&c, 1, &gone_id, &gone);
+    wait_token(&c, 1, &moved_id, &moved);
 
     c.cut(1);
     // Node 2 cannot prove it is current: it stops answering tokens (a token meanwhile is it
     // still within its bound), with a clean 503.
     let r = eventually("node 2 refusing tokens while cut off", CONVERGE, || {
-        let r = token_once(c.node(1), "pt-keep", &keep);
+        let r = token_once(c.node(1), &keep_id, &keep);
         match r.status {
             200 => None,
             503 => Some(r),
@@ -326,18 +339,18 @@ fn partitioned_node_stops_serving_tokens_and_serves_again_after_heal() {
     });
     assert_clean_503(&r, "node 2 cut off");
     // Node 1 is not affected, and revokes meanwhile.
-    let r = token_once(c.node(0), "pt-keep", &keep);
+    let r = token_once(c.node(0), &keep_id, &keep);
     assert_eq!(r.status, 200, "node 1 during the partition: {}", show(&r));
-    offboard(c.node(0), &op, "pt-gone");
+    offboard(c.node(0), &op, &gone_id);
     // Node 2 serves nothing stale while cut off: the offboarded agent is not given a token.
-    let r = token_once(c.node(1), "pt-gone", &gone);
+    let r = token_once(c.node(1), &gone_id, &gone);
     assert_clean_503(&r, "the offboarded agent on node 2 while cut off");
     let r = create(c.node(1), &op, "pt-write", "pt-write", "SHARED_SECRET");
     assert_clean_503(&r, "a write on node 2 while cut off");
 
     c.heal(1);
     eventually("node 2 serving tokens after the heal", CONVERGE, || {
-        let r = token_once(c.node(1), "pt-keep", &keep);
+        let r = token_once(c.node(1), &keep_id, &keep);
         match r.status {
             200 => Some(()),
             503 => None,
@@ -345,7 +358,7 @@ fn partitioned_node_stops_serving_tokens_and_serves_again_after_heal() {
         }
     });
     // Serving again means current again: the offboarding made meanwhile is applied.
-    let r = decided_token(&c, 1, "pt-gone", &gone);
+    let r = decided_token(&c, 1, &gone_id, &gone);
     assert_eq!(
         r.status,
         401,
@@ -354,4 +367,21 @@ fn partitioned_node_stops_serving_tokens_and_serves_again_after_heal() {
     );
     let id = create_eventually(c.node(1), &op, "pt-after");
     wait_agent(&c, 0, &op, &id);
+    // The agent node 2 checks is served again too: at once if the cut was shorter than the
+    // lease, else once the floor (at most the default leeway of 60 s after the move) passed;
+    // meanwhile only clean 503s.
+    eventually(
+        "node 2's own agent served after the heal",
+        LEEWAY + CONVERGE,
+        || {
+            let r = token_once(c.node(1), &moved_id, &moved);
+            match r.status {
+                200 => Some(()),
+                _ => {
+                    assert_clean_503(&r, "node 2's own agent after the heal");
+                    None
+                }
+            }
+        },
+    );
 }

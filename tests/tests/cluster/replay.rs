@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use latchkey_core::{Algorithm, SigningKey};
 use serde_json::{Value, json};
 
+use super::support::id_owned_by;
 use crate::util::etcd::{EtcdCluster, etcd_or_skip};
 use crate::util::https::{Authority, form_encode};
 use crate::util::server::Response;
@@ -22,31 +23,6 @@ const API: &str = "/api/agentmanagement/v3";
 fn copy_identity(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     std::fs::copy(from.join("master.key"), to.join("master.key")).expect("copy master.key");
-}
-
-fn node_id(data: &Path) -> String {
-    std::fs::read_to_string(data.join("node-id"))
-        .expect("node-id")
-        .trim()
-        .to_owned()
-}
-
-/// The owner of `client` among `nodes`: the rendezvous hash every node computes.
-fn owner<'a>(nodes: &[&'a str], client: &str) -> &'a str {
-    let weight = |node: &str| {
-        let mut h = blake3::Hasher::new_derive_key("latchkey 2026 cluster replay owner v1");
-        h.update(&(node.len() as u64).to_le_bytes());
-        h.update(node.as_bytes());
-        h.update(client.as_bytes());
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&h.finalize().as_bytes()[..8]);
-        u64::from_le_bytes(w)
-    };
-    nodes
-        .iter()
-        .copied()
-        .max_by(|a, b| weight(a).cmp(&weight(b)).then_with(|| b.cmp(a)))
-        .expect("a node")
 }
 
 fn now() -> u64 {
@@ -131,17 +107,6 @@ fn board(node: &Authority, op: &str, id: &str) -> String {
     assert_eq!(r.status, 201, "{}", r.text());
     let secret: Value = r.json()["client_secret"].clone();
     secret.as_str().expect("client_secret").to_owned()
-}
-
-/// An agent id that `owner` owns among the nodes in `dirs`.
-fn id_owned_by(dirs: &[&Path], owner_dir: &Path, prefix: &str) -> String {
-    let ids: Vec<String> = dirs.iter().map(|d| node_id(d)).collect();
-    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let want = node_id(owner_dir);
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|c| owner(&refs, c) == want)
-        .expect("an id")
 }
 
 /// Two nodes of a new cluster that see each other, and a SHARED_SECRET agent for each node to

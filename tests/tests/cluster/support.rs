@@ -1,6 +1,7 @@
 //! What the cluster tests do with agents, through the onboarding helpers: create on one node,
 //! register, get tokens from any node, and wait for a change to reach another node.
 
+use std::path::Path;
 use std::time::Duration;
 
 use latchkey_core::{Algorithm, SigningKey};
@@ -163,4 +164,42 @@ pub fn assert_clean_4xx(r: &Response, what: &str) {
     let body = r.json();
     assert!(body["error"].is_string(), "{what}: {body}");
     assert!(body["error_description"].is_string(), "{what}: {body}");
+}
+
+/// The node id in a node's data directory (created on its first cluster start).
+pub fn node_id(data: &Path) -> String {
+    std::fs::read_to_string(data.join("node-id"))
+        .expect("node-id")
+        .trim()
+        .to_owned()
+}
+
+/// The owner of `client` among `nodes`: the rendezvous hash every node computes.
+pub fn owner<'a>(nodes: &[&'a str], client: &str) -> &'a str {
+    let weight = |node: &str| {
+        let mut h = blake3::Hasher::new_derive_key("latchkey 2026 cluster replay owner v1");
+        h.update(&(node.len() as u64).to_le_bytes());
+        h.update(node.as_bytes());
+        h.update(client.as_bytes());
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        u64::from_le_bytes(w)
+    };
+    nodes
+        .iter()
+        .copied()
+        .max_by(|a, b| weight(a).cmp(&weight(b)).then_with(|| b.cmp(a)))
+        .expect("a node")
+}
+
+/// An agent id starting with `prefix` that the node of `owner_dir` owns among the nodes of
+/// `dirs`.
+pub fn id_owned_by(dirs: &[&Path], owner_dir: &Path, prefix: &str) -> String {
+    let ids: Vec<String> = dirs.iter().map(|d| node_id(d)).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let want = node_id(owner_dir);
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|c| owner(&refs, c) == want)
+        .expect("an id")
 }
