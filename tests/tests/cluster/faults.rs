@@ -84,8 +84,17 @@ fn etcd_leader_killed_tokens_keep_flowing_and_writes_resume() {
         return;
     };
     let op = c.operator_token(0);
-    let secret = board_secret(c.node(0), &op, "lk-1");
-    wait_token(&c, 1, "lk-1", &secret);
+    // One agent whose assertions each node checks: an election must not make either node look
+    // gone to the other (its agents would then wait out a floor).
+    let dirs = [c.data_dir(0), c.data_dir(1)];
+    let agents: Vec<(String, String)> = (0..2)
+        .map(|owner| {
+            let id = id_owned_by(&dirs, c.data_dir(owner), "lk");
+            let secret = board_secret(c.node(0), &op, &id);
+            wait_token(&c, 1, &id, &secret);
+            (id, secret)
+        })
+        .collect();
 
     let leader = c.etcd.leader();
     c.etcd.kill9(leader);
@@ -98,7 +107,8 @@ fn etcd_leader_killed_tokens_keep_flowing_and_writes_resume() {
         CONVERGE,
         || {
             for i in 0..2 {
-                let r = token_once(c.node(i), "lk-1", &secret);
+                let (id, secret) = &agents[i];
+                let r = token_once(c.node(i), id, secret);
                 match r.status {
                     200 => served[i] += 1,
                     503 => {
@@ -122,9 +132,19 @@ fn etcd_leader_killed_tokens_keep_flowing_and_writes_resume() {
     c.etcd.restart(leader);
     let three = create_eventually(c.node(1), &op, "lk-back");
     wait_agent(&c, 0, &op, &three);
-    for i in 0..2 {
-        let r = token_once(c.node(i), "lk-1", &secret);
-        assert_eq!(r.status, 200, "node {}: {}", i + 1, show(&r));
+    // Every agent gets tokens from every node, well within the default leeway: no client
+    // moved with a floor.
+    for (id, secret) in &agents {
+        for i in 0..2 {
+            let r = eventually(&format!("{id} on node {}", i + 1), CONVERGE, || {
+                let r = token_once(c.node(i), id, secret);
+                match r.status {
+                    503 => None,
+                    _ => Some(r),
+                }
+            });
+            assert_eq!(r.status, 200, "{id} on node {}: {}", i + 1, show(&r));
+        }
     }
 }
 
@@ -137,33 +157,39 @@ fn killed_node_restarts_and_sees_what_was_written_meanwhile() {
         return;
     };
     let op = c.operator_token(0);
-    let keep = board_secret(c.node(0), &op, "kn-keep");
-    let gone = board_secret(c.node(0), &op, "kn-gone");
+    // Agents whose assertions node 1 checks: node 2 may be down past its lease, after which
+    // its own agents wait out a floor (the partition test covers that).
+    let dirs = [c.data_dir(0), c.data_dir(1)];
+    let keep_id = id_owned_by(&dirs, c.data_dir(0), "kn-keep");
+    let gone_id = id_owned_by(&dirs, c.data_dir(0), "kn-gone");
+    let new_id = id_owned_by(&dirs, c.data_dir(0), "kn-new");
+    let keep = board_secret(c.node(0), &op, &keep_id);
+    let gone = board_secret(c.node(0), &op, &gone_id);
     create_with_iat(c.node(0), &op, "kn-del");
-    wait_token(&c, 1, "kn-keep", &keep);
-    wait_token(&c, 1, "kn-gone", &gone);
+    wait_token(&c, 1, &keep_id, &keep);
+    wait_token(&c, 1, &gone_id, &gone);
     wait_agent(&c, 1, &op, "kn-del");
 
     c.kill9(1);
-    offboard(c.node(0), &op, "kn-gone");
+    offboard(c.node(0), &op, &gone_id);
     delete(c.node(0), &op, "kn-del");
-    let new = board_secret(c.node(0), &op, "kn-new");
+    let new = board_secret(c.node(0), &op, &new_id);
 
     c.start_node(1);
     // The node listens only once it caught up: no stale answer, not even the first one (a
     // clean 503 while it does not know the cluster's live nodes yet decides nothing).
-    let r = decided_token(&c, 1, "kn-gone", &gone);
+    let r = decided_token(&c, 1, &gone_id, &gone);
     assert_eq!(
         r.status,
         401,
         "offboarded while node 2 was down: {}",
         show(&r)
     );
-    let r = decided_token(&c, 1, "kn-new", &new);
+    let r = decided_token(&c, 1, &new_id, &new);
     assert_eq!(r.status, 200, "boarded while node 2 was down: {}", show(&r));
     let r = agent(c.node(1), &op, "kn-del");
     assert_eq!(r.status, 404, "deleted while node 2 was down: {}", show(&r));
-    let r = decided_token(&c, 1, "kn-keep", &keep);
+    let r = decided_token(&c, 1, &keep_id, &keep);
     assert_eq!(r.status, 200, "{}", show(&r));
     // Nothing was compacted: it caught up through the watch, no full reload.
     let log = c.node(1).stderr();
@@ -185,17 +211,23 @@ fn compaction_past_a_stopped_node_makes_it_reload_on_restart() {
         return;
     };
     let op = c.operator_token(0);
-    let keep = board_secret(c.node(0), &op, "cp-keep");
-    let gone = board_secret(c.node(0), &op, "cp-gone");
+    // Agents whose assertions node 1 checks: node 2 may be down past its lease, after which
+    // its own agents wait out a floor (the partition test covers that).
+    let dirs = [c.data_dir(0), c.data_dir(1)];
+    let keep_id = id_owned_by(&dirs, c.data_dir(0), "cp-keep");
+    let gone_id = id_owned_by(&dirs, c.data_dir(0), "cp-gone");
+    let new_id = id_owned_by(&dirs, c.data_dir(0), "cp-new");
+    let keep = board_secret(c.node(0), &op, &keep_id);
+    let gone = board_secret(c.node(0), &op, &gone_id);
     create_with_iat(c.node(0), &op, "cp-del");
-    wait_token(&c, 1, "cp-keep", &keep);
-    wait_token(&c, 1, "cp-gone", &gone);
+    wait_token(&c, 1, &keep_id, &keep);
+    wait_token(&c, 1, &gone_id, &gone);
     wait_agent(&c, 1, &op, "cp-del");
 
     c.stop(1);
-    offboard(c.node(0), &op, "cp-gone");
+    offboard(c.node(0), &op, &gone_id);
     delete(c.node(0), &op, "cp-del");
-    let new = board_secret(c.node(0), &op, "cp-new");
+    let new = board_secret(c.node(0), &op, &new_id);
     // Everything node 2 would need to replay is gone from etcd's history.
     let revision = c.etcd.revision(0);
     c.etcd.compact(0, revision);
@@ -206,7 +238,7 @@ fn compaction_past_a_stopped_node_makes_it_reload_on_restart() {
         log.contains("compacted") && log.to_lowercase().contains("reload"),
         "node 2 does not say it reloaded after the compaction:\n{log}"
     );
-    let r = decided_token(&c, 1, "cp-gone", &gone);
+    let r = decided_token(&c, 1, &gone_id, &gone);
     assert_eq!(
         r.status,
         401,
@@ -215,9 +247,9 @@ fn compaction_past_a_stopped_node_makes_it_reload_on_restart() {
     );
     let r = agent(c.node(1), &op, "cp-del");
     assert_eq!(r.status, 404, "deleted while node 2 was down: {}", show(&r));
-    let r = decided_token(&c, 1, "cp-new", &new);
+    let r = decided_token(&c, 1, &new_id, &new);
     assert_eq!(r.status, 200, "boarded while node 2 was down: {}", show(&r));
-    let r = decided_token(&c, 1, "cp-keep", &keep);
+    let r = decided_token(&c, 1, &keep_id, &keep);
     assert_eq!(r.status, 200, "{}", show(&r));
     let id = create_eventually(c.node(1), &op, "cp-after");
     wait_agent(&c, 0, &op, &id);

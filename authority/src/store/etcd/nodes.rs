@@ -4,7 +4,8 @@
 //! lifetime to [`ReplayOwners::lease_alive_until`], measured from before each keep-alive was
 //! sent, so this node stops answering as an owner no later than etcd expires its key. A lost
 //! session (etcd unreachable, lease expired, watch ended) stops ownership at once and starts
-//! over with a new lease.
+//! over with a new lease; the key is taken over while the old lease is still alive, so to the
+//! other nodes this node never left unless its lease expired.
 //!
 //! One thread of its own with its own [`Cluster`] connection (and so its own runtime): the
 //! store's threads never wait for membership, nor membership for the store.
@@ -326,12 +327,11 @@ async fn session(
         }
     };
     owners.lease_lost();
-    // Stopping, the key is left to expire: a restart within the TTL takes it over and this
-    // node's clients never move (a move from a node that is gone costs them the floor).
-    // Otherwise it is revoked (best effort; it expires anyway) so the next session starts clean.
-    if !stop.load(Ordering::Acquire) {
-        let _ = tokio::time::timeout(interval, client.lease_revoke(lease)).await;
-    }
+    // The lease is never revoked. Stopping, the key is left to expire: a restart within the TTL
+    // takes it over. Lost (a keep-alive or the watch failed, as during an etcd leader
+    // election), the next session takes the key over under a new lease while this one is still
+    // alive. Either way the key disappears only when the lease really expired, so a brief loss
+    // moves none of this node's clients (a move from a node that is gone costs them the floor).
     result
 }
 
