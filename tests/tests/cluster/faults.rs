@@ -102,7 +102,7 @@ fn etcd_leader_killed_tokens_keep_flowing_and_writes_resume() {
     // during the election), and both nodes serve again.
     let mut served = [0u32; 2];
     let mut unavailable = [0u32; 2];
-    eventually(
+    c.eventually(
         "tokens from both nodes after the leader died",
         CONVERGE,
         || {
@@ -136,7 +136,7 @@ fn etcd_leader_killed_tokens_keep_flowing_and_writes_resume() {
     // moved with a floor.
     for (id, secret) in &agents {
         for i in 0..2 {
-            let r = eventually(&format!("{id} on node {}", i + 1), CONVERGE, || {
+            let r = c.eventually(&format!("{id} on node {}", i + 1), CONVERGE, || {
                 let r = token_once(c.node(i), id, secret);
                 match r.status {
                     503 => None,
@@ -381,7 +381,7 @@ fn partitioned_node_stops_serving_tokens_and_serves_again_after_heal() {
     assert_clean_503(&r, "a write on node 2 while cut off");
 
     c.heal(1);
-    eventually("node 2 serving tokens after the heal", CONVERGE, || {
+    c.eventually("node 2 serving tokens after the heal", CONVERGE, || {
         let r = token_once(c.node(1), &keep_id, &keep);
         match r.status {
             200 => Some(()),
@@ -402,7 +402,7 @@ fn partitioned_node_stops_serving_tokens_and_serves_again_after_heal() {
     // The agent node 2 checks is served again too: at once if the cut was shorter than the
     // lease, else once the floor (at most the default leeway of 60 s after the move) passed;
     // meanwhile only clean 503s.
-    eventually(
+    c.eventually(
         "node 2's own agent served after the heal",
         LEEWAY + CONVERGE,
         || {

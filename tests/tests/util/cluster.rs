@@ -210,6 +210,27 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+
+    /// [`eventually`], with every node's log in the failure message.
+    pub fn eventually<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not within {within:?}: {what}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// A loopback address nobody listens on (bound, then released).
