@@ -127,7 +127,11 @@ pub fn join(
     app.replay_owners
         .set(Arc::clone(&owners))
         .map_err(|_| Error::Config("the replay owners are set once".into()))?;
-    let cluster = Cluster::connect(endpoints, std::time::Duration::from_secs(5))?;
+    let cluster = Cluster::connect(
+        endpoints,
+        std::time::Duration::from_secs(5),
+        &settings.etcd_tls,
+    )?;
     tracing::info!(node = %id, url = %url, "joining the cluster's client-assertion owners");
     let membership = Membership::start(
         cluster,

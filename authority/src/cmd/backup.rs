@@ -24,6 +24,8 @@ pub struct BackupArgs {
     /// cluster's master.key).
     #[arg(long, value_name = "etcd://HOST:PORT[,...]")]
     pub store: Option<StoreEngine>,
+    #[command(flatten)]
+    pub etcd_tls: crate::config::EtcdTlsArgs,
     /// Where to write the snapshot (a new file; never overwritten).
     #[arg(long)]
     pub out: PathBuf,
@@ -36,6 +38,12 @@ pub fn run(args: &BackupArgs) -> ExitCode {
             "latchkey backup: {} exists; remove it or choose another --out",
             args.out.display()
         );
+        return ExitCode::from(2);
+    }
+    if !matches!(args.store, Some(StoreEngine::Etcd { .. }))
+        && args.etcd_tls != crate::config::EtcdTlsArgs::default()
+    {
+        eprintln!("latchkey backup: --etcd-ca, --etcd-cert and --etcd-key need --store etcd://");
         return ExitCode::from(2);
     }
     let dir = match (&args.store, &args.data_dir) {
@@ -96,7 +104,14 @@ fn cluster(engine: &StoreEngine, args: &BackupArgs) -> ExitCode {
         let StoreEngine::Etcd { endpoints } = engine else {
             return ExitCode::from(2);
         };
-        let result = Cluster::connect(endpoints, ETCD_TIMEOUT)
+        let tls = match args.etcd_tls.load() {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("latchkey backup: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let result = Cluster::connect(endpoints, ETCD_TIMEOUT, &tls)
             .and_then(|c| migrate::backup_cluster(&c, &args.out));
         match result {
             Ok(report) => {

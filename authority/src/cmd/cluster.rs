@@ -35,6 +35,8 @@ pub struct ImportArgs {
     #[arg(long, value_name = "etcd://HOST:PORT[,...]")]
     pub store: StoreEngine,
     #[command(flatten)]
+    pub etcd_tls: crate::config::EtcdTlsArgs,
+    #[command(flatten)]
     pub passphrase: super::passphrase::PassphraseArgs,
     /// Refused: a passphrase on the command line shows in `ps`. Use --passphrase-file or
     /// LATCHKEY_PASSPHRASE.
@@ -80,7 +82,8 @@ fn import(args: &ImportArgs) -> Result<(), String> {
         use crate::store::etcd::Cluster;
         use crate::store::etcd::migrate::{CaImport, import_data_dir};
         let key = args.passphrase.key_options().map_err(|e| e.to_string())?;
-        let cluster = Cluster::connect(endpoints, ETCD_TIMEOUT).map_err(|e| e.to_string())?;
+        let tls = args.etcd_tls.load()?;
+        let cluster = Cluster::connect(endpoints, ETCD_TIMEOUT, &tls).map_err(|e| e.to_string())?;
         let report = import_data_dir(&cluster, &args.from_data_dir, &key).map_err(|e| match e {
             StoreError::Locked(p) => format!(
                 "{} is in use by a running server: stop it first (an import copies a \

@@ -106,6 +106,7 @@ fn open_cluster(
             EngineSettings {
                 freshness: settings.cluster_freshness,
                 max_txn_ops: settings.cluster_max_txn_ops,
+                tls: settings.etcd_tls.clone(),
                 ..EngineSettings::default()
             },
             CLUSTER_CATCH_UP,

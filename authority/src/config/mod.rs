@@ -21,6 +21,8 @@ use crate::tls::ClientAuthMode;
 
 mod app;
 pub use app::*;
+mod etcd_tls;
+pub use etcd_tls::{EtcdTls, EtcdTlsArgs};
 
 /// Top-level TOML sections that belong to [`AppConfig`] (tokens, keys, agents, tenants,
 /// profiles, operator clients), not to the server settings.
@@ -148,6 +150,17 @@ pub struct Settings {
     /// writes). 16..=65536 [default: 128, etcd's default].
     #[arg(long, value_name = "N")]
     pub cluster_max_txn_ops: Option<usize>,
+    /// With `--store etcd://`: PEM CA certificate(s) etcd's server certificate chains to;
+    /// every connection to etcd then uses TLS [default: plain gRPC].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// With `--etcd-ca`: PEM client certificate for etcd's `--client-cert-auth` (with
+    /// `--etcd-key`).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// With `--etcd-cert`: its PEM private key.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
     /// Event loop threads [default: one per core].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -400,6 +413,8 @@ pub struct ServeSettings {
     pub cluster_freshness: Duration,
     /// Most operations per etcd transaction.
     pub cluster_max_txn_ops: usize,
+    /// How every etcd connection of the node is made.
+    pub etcd_tls: EtcdTls,
     pub threads: usize,
     pub plain_http: bool,
     pub server_names: Vec<String>,
@@ -444,6 +459,9 @@ impl Settings {
             store,
             cluster_freshness,
             cluster_max_txn_ops,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
             threads,
             insecure_plain_http,
             server_names,
@@ -684,6 +702,15 @@ impl Settings {
                  other batches of client-assertion checks up to that size"
             )));
         }
+        let etcd_tls = EtcdTls::load(
+            self.etcd_ca.as_deref(),
+            self.etcd_cert.as_deref(),
+            self.etcd_key.as_deref(),
+        )
+        .map_err(Error::Config)?;
+        if etcd_tls.is_tls() && !matches!(store, crate::store::StoreEngine::Etcd { .. }) {
+            return Err(Error::Config("etcd-ca needs --store etcd://".into()));
+        }
         let cluster_freshness = dur(
             self.cluster_freshness,
             Duration::from_secs(2),
@@ -705,6 +732,7 @@ impl Settings {
             store,
             cluster_freshness,
             cluster_max_txn_ops,
+            etcd_tls,
             more_listeners,
             threads,
             plain_http: self.insecure_plain_http.unwrap_or(false),

@@ -241,7 +241,7 @@ impl Store {
         };
         // Nothing is created before the cluster answered: an unreachable cluster leaves no
         // empty data directory behind.
-        let cluster = etcd::Cluster::connect(endpoints, settings.request_timeout)?;
+        let cluster = etcd::Cluster::connect(endpoints, settings.request_timeout, &settings.tls)?;
         etcd::migrate::check_no_import(&cluster)?;
         if !paths.key.exists() && cluster.meta_key_id()?.is_some() {
             return Err(StoreError::BadKeyFile {

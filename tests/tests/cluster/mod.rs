@@ -18,6 +18,8 @@ mod replay;
 mod replay_across;
 #[cfg(feature = "etcd")]
 mod support;
+#[cfg(feature = "etcd")]
+mod tls;
 
 /// Runs `latchkey serve --data-dir DATA` with `args` until it exits (it is expected to
 /// refuse): the exit success and its stderr.

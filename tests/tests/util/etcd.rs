@@ -397,3 +397,178 @@ fn http(method: &str, client: &str, path: &str, body: &str) -> Result<String, St
     }
     Ok(body.to_owned())
 }
+
+/// PEM files for etcd over TLS, made with `openssl`: a CA, etcd's server certificate (for IP
+/// 127.0.0.1) and a node's client certificate, each with its key.
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes the files in `dir`; panics with openssl's output if it fails.
+    pub fn make(dir: &Path) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=etcd test CA",
+        ]);
+        run(&ca);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("server.ext");
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+        for name in ["server", "client"] {
+            let (key, csr, pem, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            let mut req = vec!["req"];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=etcd test"]);
+            run(&req);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
+/// One etcd member serving clients only over TLS and only to client certificates of
+/// `files.ca` (`--client-cert-auth`); killed (and its data removed) on drop.
+#[derive(Debug)]
+pub struct TlsMember {
+    /// `127.0.0.1:PORT` of its (https) client URL.
+    pub client: String,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsMember {
+    /// Starts the member and waits until it reports healthy on its plain-HTTP metrics URL
+    /// (the client URL needs a client certificate).
+    pub fn start(bin: &Path, files: &TlsFiles) -> TlsMember {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let holds: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+            .collect();
+        let ports: Vec<u16> = holds
+            .iter()
+            .map(|l| l.local_addr().expect("port").port())
+            .collect();
+        drop(holds);
+        let client = format!("127.0.0.1:{}", ports[0]);
+        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        let metrics = format!("127.0.0.1:{}", ports[2]);
+        let log = dir.path().join("etcd.log");
+        let out = std::fs::File::create(&log).expect("member log");
+        let child = Command::new(bin)
+            .args(["--name", "t1", "--data-dir"])
+            .arg(dir.path().join("t1"))
+            .args(["--listen-client-urls", &format!("https://{client}")])
+            .args(["--advertise-client-urls", &format!("https://{client}")])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t1={peer}")])
+            .args(["--listen-metrics-urls", &format!("http://{metrics}")])
+            .arg("--cert-file")
+            .arg(&files.server_cert)
+            .arg("--key-file")
+            .arg(&files.server_key)
+            .arg("--trusted-ca-file")
+            .arg(&files.ca)
+            .arg("--client-cert-auth")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn etcd");
+        let mut member = TlsMember {
+            client,
+            child,
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        while !healthy(&metrics) {
+            if let Ok(Some(status)) = member.child.try_wait() {
+                panic!("etcd exited during start ({status}):\n{}", member.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within {HEALTHY_WITHIN:?}:\n{}",
+                member.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        member
+    }
+
+    /// Its log, for a failure message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TlsMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

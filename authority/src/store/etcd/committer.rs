@@ -54,6 +54,8 @@ pub struct EngineSettings {
     pub request_timeout: Duration,
     /// Most ops waiting for the engine; `submit` blocks while it is full.
     pub queue_capacity: usize,
+    /// How every connection to etcd is made.
+    pub tls: crate::config::EtcdTls,
 }
 
 impl Default for EngineSettings {
@@ -64,6 +66,7 @@ impl Default for EngineSettings {
             max_txn_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(5),
             queue_capacity: 16 * 1024,
+            tls: crate::config::EtcdTls::default(),
         }
     }
 }
@@ -196,20 +199,24 @@ impl Engine {
 /// would cut the stream). Both require a leader, so a partitioned member answers with an
 /// error (and cancels the watch) instead of serving a stale view.
 async fn connect(endpoints: &[String], s: &EngineSettings) -> Result<(Client, Client), StoreError> {
-    let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+    let urls: Vec<String> = endpoints.iter().map(|e| s.tls.url(e)).collect();
     let fail = |e: etcd_client::Error| StoreError::Etcd {
         endpoints: endpoints.join(","),
         reason: format!("cannot connect: {e}"),
     };
-    let unary = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(s.request_timeout)
-        .with_timeout(s.request_timeout)
-        .with_require_leader(true)
-        .with_keep_alive(KEEP_ALIVE, s.request_timeout);
-    let watch = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(s.request_timeout)
-        .with_require_leader(true)
-        .with_keep_alive(KEEP_ALIVE, s.request_timeout);
+    let unary = s.tls.apply(
+        etcd_client::ConnectOptions::new()
+            .with_connect_timeout(s.request_timeout)
+            .with_timeout(s.request_timeout)
+            .with_require_leader(true)
+            .with_keep_alive(KEEP_ALIVE, s.request_timeout),
+    );
+    let watch = s.tls.apply(
+        etcd_client::ConnectOptions::new()
+            .with_connect_timeout(s.request_timeout)
+            .with_require_leader(true)
+            .with_keep_alive(KEEP_ALIVE, s.request_timeout),
+    );
     let client = Client::connect(urls.clone(), Some(unary))
         .await
         .map_err(fail)?;

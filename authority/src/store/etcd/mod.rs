@@ -89,10 +89,14 @@ pub struct ClusterStatus {
 }
 
 impl Cluster {
-    /// Connects to `endpoints` (`HOST:PORT`, plain gRPC). Each request is bounded by
+    /// Connects to `endpoints` (`HOST:PORT`; TLS as `tls` says). Each request is bounded by
     /// `timeout` and requires a leader, so a partitioned member answers with an error at once
     /// instead of serving stale reads or waiting out the partition.
-    pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, StoreError> {
+    pub fn connect(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: &crate::config::EtcdTls,
+    ) -> Result<Self, StoreError> {
         let list = endpoints.join(",");
         let fail = |reason: String| StoreError::Etcd {
             endpoints: list.clone(),
@@ -105,11 +109,13 @@ impl Cluster {
             .thread_name("latchkey-etcd")
             .build()
             .map_err(|e| fail(format!("cannot start the client runtime: {e}")))?;
-        let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
-        let options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_require_leader(true);
+        let urls: Vec<String> = endpoints.iter().map(|e| tls.url(e)).collect();
+        let options = tls.apply(
+            ConnectOptions::new()
+                .with_connect_timeout(timeout)
+                .with_timeout(timeout)
+                .with_require_leader(true),
+        );
         let client = runtime
             .block_on(Client::connect(urls, Some(options)))
             .map_err(|e| fail(format!("cannot connect: {e}")))?;

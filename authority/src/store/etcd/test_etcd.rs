@@ -79,7 +79,11 @@ impl Etcd {
     }
 
     pub(crate) fn connect(&self) -> Result<Cluster, super::super::StoreError> {
-        Cluster::connect(std::slice::from_ref(&self.endpoint), Duration::from_secs(5))
+        Cluster::connect(
+            std::slice::from_ref(&self.endpoint),
+            Duration::from_secs(5),
+            &crate::config::EtcdTls::default(),
+        )
     }
 }
 
