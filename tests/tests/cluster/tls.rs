@@ -59,6 +59,30 @@ fn a_node_reaches_etcd_over_tls_with_its_client_certificate_and_only_so() {
         "{stderr}"
     );
 
+    // A CA that did not sign etcd's certificate: the node does not talk to an etcd it cannot
+    // authenticate (a client certificate of that CA, which etcd would refuse anyway, is not
+    // what stops it: the handshake fails on the node's side first).
+    let other_dir = dir.path().join("other-ca");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    let other = TlsFiles::make(&other_dir);
+    let (ok, stderr, created) = serve_refusal(&[
+        "--store",
+        &store,
+        "--etcd-ca",
+        other.ca.to_str().expect("path"),
+        "--etcd-cert",
+        cert,
+        "--etcd-key",
+        key,
+    ]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!("etcd cluster {}", etcd.client))
+            && stderr.contains("invalid peer certificate"),
+        "{stderr}"
+    );
+    assert!(!created);
+
     // With the CA and the client certificate: the node initialises the cluster, is fresh and
     // serves tokens.
     let data = dir.path().join("node");
