@@ -77,6 +77,16 @@ fn collect(app: &App, out: &mut String) {
             f.applied_revision(),
         );
     }
+    #[cfg(feature = "etcd")]
+    if let Some((serving, avoided)) = crate::store::etcd::health::endpoint_counts() {
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_cluster_etcd_endpoints etcd endpoints requests go to (serving) or avoid (avoided: failing their checks).\n\
+             # TYPE latchkey_cluster_etcd_endpoints gauge\n\
+             latchkey_cluster_etcd_endpoints{{state=\"serving\"}} {serving}\n\
+             latchkey_cluster_etcd_endpoints{{state=\"avoided\"}} {avoided}"
+        );
+    }
 }
 
 /// Sets `latchkey_replay_cache_entries`, the assertions the replay cache remembers now.

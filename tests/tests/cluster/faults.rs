@@ -17,6 +17,21 @@ use crate::util::server::Response;
 /// refused (the floor of a client whose owner is gone).
 const LEEWAY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The etcd endpoints a node's requests avoid.
+const AVOIDED: &str = "latchkey_cluster_etcd_endpoints{state=\"avoided\"}";
+
+/// One series of a node's metrics page, if it is there.
+fn metric(node: &Authority, series: &str) -> Option<f64> {
+    let page = node.json("GET", "/metrics", None, None).text();
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Asserts the node's "not now" answer: 503 with Retry-After and an OAuth-style body.
 fn assert_clean_503(r: &Response, what: &str) {
     assert_eq!(r.status, 503, "{what}: {}", show(r));
@@ -122,14 +137,49 @@ fn etcd_leader_killed_tokens_keep_flowing_and_writes_resume() {
         },
     );
     eprintln!("after the leader kill: tokens {served:?}, 503s {unavailable:?}");
+    // Each node's requests avoid the dead member once it failed its checks; from then on,
+    // every token request is answered although one etcd endpoint of three refuses connections.
+    for i in 0..2 {
+        c.eventually(
+            &format!("node {} avoiding the dead member", i + 1),
+            CONVERGE,
+            || (metric(c.node(i), AVOIDED) == Some(1.0)).then_some(()),
+        );
+    }
+    for (id, secret) in &agents {
+        for i in 0..2 {
+            c.eventually(&format!("{id} served on node {}", i + 1), CONVERGE, || {
+                (token_once(c.node(i), id, secret).status == 200).then_some(())
+            });
+            for _ in 0..20 {
+                let r = token_once(c.node(i), id, secret);
+                assert_eq!(
+                    r.status,
+                    200,
+                    "{id} on node {} with one etcd member dead: {}\n{}",
+                    i + 1,
+                    show(&r),
+                    c.logs()
+                );
+            }
+        }
+    }
     // Writes resume on both nodes under the new leader, and each reaches the other node.
     let one = create_eventually(c.node(0), &op, "lk-after-1");
     let two = create_eventually(c.node(1), &op, "lk-after-2");
     wait_agent(&c, 1, &op, &one);
     wait_agent(&c, 0, &op, &two);
 
-    // The old leader comes back as a follower; the cluster keeps taking writes.
+    // The old leader comes back as a follower, and requests use it again; the cluster keeps
+    // taking writes.
     c.etcd.restart(leader);
+    for i in 0..2 {
+        c.eventually(
+            &format!("node {} using the restarted member", i + 1),
+            CONVERGE,
+            || (metric(c.node(i), AVOIDED) == Some(0.0)).then_some(()),
+        );
+    }
     let three = create_eventually(c.node(1), &op, "lk-back");
     wait_agent(&c, 0, &op, &three);
     // Every agent gets tokens from every node, well within the default leeway: no client

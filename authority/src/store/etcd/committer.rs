@@ -220,7 +220,11 @@ async fn connect(endpoints: &[String], s: &EngineSettings) -> Result<(Client, Cl
     let client = Client::connect(urls.clone(), Some(unary))
         .await
         .map_err(fail)?;
-    let watcher = Client::connect(urls, Some(watch)).await.map_err(fail)?;
+    let watcher = Client::connect(urls.clone(), Some(watch))
+        .await
+        .map_err(fail)?;
+    super::health::manage(&client, &urls, &s.tls);
+    super::health::manage(&watcher, &urls, &s.tls);
     Ok((client, watcher))
 }
 

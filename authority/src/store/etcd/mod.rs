@@ -16,6 +16,7 @@ use super::{MasterKey, StoreError};
 
 pub(crate) mod committer;
 pub mod files;
+pub mod health;
 pub mod layout;
 pub mod migrate;
 pub mod mirror;
@@ -117,8 +118,9 @@ impl Cluster {
                 .with_require_leader(true),
         );
         let client = runtime
-            .block_on(Client::connect(urls, Some(options)))
+            .block_on(Client::connect(urls.clone(), Some(options)))
             .map_err(|e| fail(format!("cannot connect: {e}")))?;
+        health::manage(&client, &urls, tls);
         Ok(Cluster {
             runtime,
             client,
