@@ -506,7 +506,8 @@ fn run(args: ServeArgs, json: &mut bool) -> Result<(), Error> {
     for r in more_running {
         r.wait();
     }
-    // Leaves the cluster: the others move this node's clients now, not after the lease TTL.
+    // Stops membership. The node's key is left to expire with its lease: a restart within the
+    // TTL takes it over, and this node's clients never move.
     #[cfg(feature = "etcd")]
     drop(membership);
     if let Some(m) = metrics_running {
