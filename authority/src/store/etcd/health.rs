@@ -170,15 +170,7 @@ async fn round(monitor: &Monitor) {
     let mut avoided = BTreeSet::new();
     let mut kept = Vec::with_capacity(clients.len());
     for mut m in clients.drain(..) {
-        let want_out: BTreeSet<String> = if m.urls.iter().any(|u| passing.contains(u)) {
-            m.urls
-                .iter()
-                .filter(|u| !passing.contains(*u))
-                .cloned()
-                .collect()
-        } else {
-            BTreeSet::new()
-        };
+        let want_out = to_avoid(&m.urls, &passing);
         if steer(&mut m, &want_out).await {
             avoided.extend(m.out.iter().cloned());
             kept.push(m);
@@ -191,6 +183,18 @@ async fn round(monitor: &Monitor) {
     let total: BTreeSet<&String> = shared.clients.iter().flat_map(|m| &m.urls).collect();
     AVOIDED.store(avoided.len(), Ordering::Relaxed);
     SERVING.store(total.len().saturating_sub(avoided.len()), Ordering::Relaxed);
+}
+
+/// The endpoints of `urls` to take out of a balancer: those not passing, unless none passes
+/// (a balancer is never left empty, and with no member passing none is better than another).
+fn to_avoid(urls: &[String], passing: &BTreeSet<String>) -> BTreeSet<String> {
+    if !urls.iter().any(|u| passing.contains(u)) {
+        return BTreeSet::new();
+    }
+    urls.iter()
+        .filter(|u| !passing.contains(*u))
+        .cloned()
+        .collect()
 }
 
 /// Records the outcomes of a round's checks; the endpoints that pass, and the clients to
@@ -272,4 +276,47 @@ async fn steer(m: &mut Managed, want_out: &BTreeSet<String>) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn failing_members_are_avoided_unless_none_passes() {
+        let urls: Vec<String> = ["http://a:1", "http://b:1", "http://c:1"]
+            .map(str::to_owned)
+            .to_vec();
+        assert!(to_avoid(&urls, &set(&["http://a:1", "http://b:1", "http://c:1"])).is_empty());
+        assert_eq!(
+            to_avoid(&urls, &set(&["http://a:1", "http://c:1"])),
+            set(&["http://b:1"])
+        );
+        assert_eq!(
+            to_avoid(&urls, &set(&["http://c:1"])),
+            set(&["http://a:1", "http://b:1"])
+        );
+        // Nothing passes (an election, etcd down): every member stays.
+        assert!(to_avoid(&urls, &set(&[])).is_empty());
+        // Members of another client's list do not count.
+        assert!(to_avoid(&urls, &set(&["http://d:1"])).is_empty());
+    }
+
+    #[test]
+    fn one_failed_check_is_not_enough_to_avoid_a_member() {
+        let mut c = Check {
+            options: ConnectOptions::new(),
+            client: None,
+            failures: 0,
+        };
+        assert!(c.passes());
+        c.failures = 1;
+        assert!(c.passes());
+        c.failures = FAILURES_TO_AVOID;
+        assert!(!c.passes());
+    }
 }
