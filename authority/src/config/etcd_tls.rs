@@ -163,70 +163,39 @@ impl EtcdTls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use crate::pki::{CaSigner, IssueRequest, Usage, key_and_csr, new_ca};
 
-    /// A CA, and a client certificate and key it signed, made with openssl in `dir`.
-    fn pki(dir: &Path) -> bool {
-        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        let run = |args: &[&str]| {
-            Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test etcd CA",
-        ]) && run(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            "/CN=node",
-        ]) && run(&[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        ])
+    /// A CA (`ca.pem`, `ca.key`), and a client certificate and key it signed (`client.pem`,
+    /// `client.key`), written to `dir`.
+    fn pki(dir: &Path) {
+        let (ca_pem, ca_key) = new_ca("test etcd CA", 1).unwrap();
+        let (client_key, csr) = key_and_csr("node", &[]).unwrap();
+        let client = CaSigner::from_pem(&ca_pem, &ca_key)
+            .unwrap()
+            .sign_csr(
+                &csr,
+                &IssueRequest {
+                    common_name: None,
+                    sans: Vec::new(),
+                    days: 2,
+                    usages: vec![Usage::Client],
+                },
+            )
+            .unwrap();
+        for (name, text) in [
+            ("ca.pem", ca_pem.as_str()),
+            ("ca.key", ca_key.as_str()),
+            ("client.pem", client.pem().as_str()),
+            ("client.key", client_key.as_str()),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
     }
 
     #[test]
     fn files_are_checked_and_named() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(pki(dir.path()), "openssl");
+        pki(dir.path());
         let p = |n: &str| dir.path().join(n);
         let load = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>| {
             EtcdTls::load(
@@ -275,7 +244,7 @@ mod tests {
     #[test]
     fn settings_take_the_files_from_flags_or_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(pki(dir.path()), "openssl");
+        pki(dir.path());
         let ca = dir.path().join("ca.pem");
         let text = format!("etcd-ca = {:?}\n", ca.display().to_string());
         let file: super::super::Settings = toml::from_str(&text).unwrap();
