@@ -1341,32 +1341,25 @@ mod tests {
         // An assertion issued at or after the floor is fine (a client clock ahead of ours).
         f.issue(&sign(&key, None, &claims("a1", f.now + 30, "y")))
             .expect("after floor");
+        // An assertion issued a second before a floor that passed `ago` seconds ago.
+        let just_before = |ago: u64| {
+            let f = fixture_with(AppSettings::default(), -(ago as i64));
+            f.agent(
+                "main",
+                "a1",
+                SecurityProfile::SharedSecret,
+                f.now + 7 * 86_400,
+                vec![],
+            );
+            f.issue(&sign(&key, None, &claims("a1", f.now - ago - 1, "z")))
+                .unwrap_err()
+        };
         // Floor passed moments ago: one issued before it may still be fresh (a client clock
         // behind ours, or signed just before the floor), so it is told to come back.
-        let f = fixture_with(AppSettings::default(), -10);
-        f.agent(
-            "main",
-            "a1",
-            SecurityProfile::SharedSecret,
-            f.now + 7 * 86_400,
-            vec![],
-        );
-        let (s, why) = f
-            .issue(&sign(&key, None, &claims("a1", f.now - 11, "z")))
-            .unwrap_err();
+        let (s, why) = just_before(10);
         assert!(s == 503 && why.contains("restarted"), "{why}");
         // Floor passed by more than the leeway: an old assertion is refused for good.
-        let f = fixture_with(AppSettings::default(), -61);
-        f.agent(
-            "main",
-            "a1",
-            SecurityProfile::SharedSecret,
-            f.now + 7 * 86_400,
-            vec![],
-        );
-        let (s, why) = f
-            .issue(&sign(&key, None, &claims("a1", f.now - 62, "z")))
-            .unwrap_err();
+        let (s, why) = just_before(61);
         assert!(s == 401 && why.contains("restarted"), "{why}");
     }
 
