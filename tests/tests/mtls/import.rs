@@ -13,16 +13,7 @@ use super::{API, board, cli, fails, hex, ok, start};
 use crate::util::https::Authority;
 
 fn openssl(args: &[&str]) -> String {
-    let o = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    String::from_utf8_lossy(&crate::util::openssl_in(None, args).stdout).into_owned()
 }
 
 fn path(p: &Path) -> &str {

@@ -5,16 +5,7 @@
 use super::*;
 
 fn openssl(args: &[&str]) -> Output {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    crate::util::openssl_in(None, args)
 }
 
 fn path(p: &Path) -> &str {

@@ -91,16 +91,7 @@ impl EtcdCluster {
     /// [`EtcdCluster::start`] with `options`.
     pub fn start_with(bin: &Path, options: &EtcdOptions) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        // Hold all six ports at once so no two members get the same one; release them just
-        // before etcd binds them.
-        let holds: Vec<TcpListener> = (0..6)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
-            .collect();
-        let ports: Vec<u16> = holds
-            .iter()
-            .map(|l| l.local_addr().expect("port").port())
-            .collect();
-        drop(holds);
+        let ports = free_ports(6);
         let names = ["m1", "m2", "m3"];
         let initial_cluster = names
             .iter()
@@ -398,6 +389,18 @@ fn http(method: &str, client: &str, path: &str, body: &str) -> Result<String, St
     Ok(body.to_owned())
 }
 
+/// `n` distinct free loopback ports: all held at once so none repeats, released just before
+/// etcd binds them.
+fn free_ports(n: usize) -> Vec<u16> {
+    let holds: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    holds
+        .iter()
+        .map(|l| l.local_addr().expect("port").port())
+        .collect()
+}
+
 /// PEM files for etcd over TLS, made with `openssl`: a CA, etcd's server certificate (for IP
 /// 127.0.0.1) and a node's client certificate, each with its key.
 #[derive(Debug)]
@@ -413,16 +416,7 @@ impl TlsFiles {
     /// Makes the files in `dir`; panics with openssl's output if it fails.
     pub fn make(dir: &Path) -> TlsFiles {
         let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            super::openssl_in(Some(dir), args);
         };
         let ec = [
             "-newkey",
@@ -505,14 +499,7 @@ impl TlsMember {
     /// (the client URL needs a client certificate).
     pub fn start(bin: &Path, files: &TlsFiles) -> TlsMember {
         let dir = tempfile::tempdir().expect("temp dir");
-        let holds: Vec<TcpListener> = (0..3)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
-            .collect();
-        let ports: Vec<u16> = holds
-            .iter()
-            .map(|l| l.local_addr().expect("port").port())
-            .collect();
-        drop(holds);
+        let ports = free_ports(3);
         let client = format!("127.0.0.1:{}", ports[0]);
         let peer = format!("http://127.0.0.1:{}", ports[1]);
         let metrics = format!("127.0.0.1:{}", ports[2]);

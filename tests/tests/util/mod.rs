@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 #[cfg(feature = "etcd")]
 pub mod cluster;
@@ -27,6 +27,22 @@ pub fn latchkey_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Runs `openssl` with `args` (in `dir` when given); panics with its stderr if it fails.
+pub fn openssl_in(dir: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new("openssl");
+    cmd.args(args);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The first-run admin client's secret, as an operator gets it: `latchkey client secret` opens
