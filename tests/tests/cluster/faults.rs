@@ -4,7 +4,7 @@
 //! never how fast.
 
 use super::support::{
-    CONVERGE, agent, board_secret, create_with_iat, decided_token, id_owned_by, token_once,
+    CONVERGE, agent, board_secret, create_with_iat, decided_token, id_owned_by, metric, token_once,
     wait_agent, wait_token,
 };
 use crate::onboarding::{API, create};
@@ -19,18 +19,6 @@ const LEEWAY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The etcd endpoints a node's requests avoid.
 const AVOIDED: &str = "latchkey_cluster_etcd_endpoints{state=\"avoided\"}";
-
-/// One series of a node's metrics page, if it is there.
-fn metric(node: &Authority, series: &str) -> Option<f64> {
-    let page = node.json("GET", "/metrics", None, None).text();
-    page.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 /// Asserts the node's "not now" answer: 503 with Retry-After and an OAuth-style body.
 fn assert_clean_503(r: &Response, what: &str) {

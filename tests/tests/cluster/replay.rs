@@ -7,106 +7,35 @@
 //! default settings.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use latchkey_core::{Algorithm, SigningKey};
-use serde_json::{Value, json};
-
-use super::support::id_owned_by;
+use super::support::{board_secret, hs, id_owned_by, metric, token_with as token};
+use crate::onboarding::{node_claims, sign};
+use crate::util::cluster::eventually;
 use crate::util::etcd::{EtcdCluster, etcd_or_skip};
-use crate::util::https::{Authority, form_encode};
-use crate::util::server::Response;
+use crate::util::https::Authority;
 
-const API: &str = "/api/agentmanagement/v3";
+/// A client assertion of the SHARED_SECRET agent `id` with the given `jti`.
+fn assertion(id: &str, secret: &str, jti: &str) -> String {
+    let mut claims = node_claims(id, "main");
+    claims["jti"] = jti.into();
+    sign(&hs(secret), None, &claims)
+}
+
+/// A series of a node's metrics page, which must be there.
+fn gauge(node: &Authority, series: &str) -> f64 {
+    metric(node, series).unwrap_or_else(|| panic!("{series} not in /metrics"))
+}
+
+/// Waits until `ok` holds, up to `within`.
+fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    eventually(what, within, || ok().then_some(()));
+}
 
 /// What a second node of the cluster needs from the first: the master key.
 fn copy_identity(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     std::fs::copy(from.join("master.key"), to.join("master.key")).expect("copy master.key");
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
-fn assertion(id: &str, secret: &str, jti: &str) -> String {
-    let key = SigningKey::hmac(Algorithm::HS256, secret.as_bytes()).expect("hmac");
-    let now = now();
-    let claims = json!({
-        "iss": id, "sub": id, "aud": ["southgate"], "iat": now, "nbf": now, "exp": now + 3600,
-        "jti": jti, "schemas": ["urn:siemens:mindsphere:v1"], "ten": "main"
-    });
-    let header = json!({ "alg": "HS256", "typ": "JWT" });
-    let mut t = format!(
-        "{}.{}",
-        latchkey_core::b64::encode(header.to_string().as_bytes()),
-        latchkey_core::b64::encode(claims.to_string().as_bytes())
-    );
-    let mut sig = String::new();
-    key.sign_into(t.as_bytes(), &mut sig).expect("sign");
-    t.push('.');
-    t.push_str(&sig);
-    t
-}
-
-fn token(node: &Authority, assertion: &str) -> Response {
-    node.form(
-        &format!("{API}/oauth/token"),
-        &format!(
-            "grant_type=client_credentials&client_assertion_type={}&client_assertion={assertion}",
-            form_encode("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-        ),
-        &[],
-    )
-}
-
-fn metric(node: &Authority, series: &str) -> f64 {
-    let page = node.json("GET", "/metrics", None, None).text();
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{page}"))
-}
-
-/// Waits until `ok` holds, up to `within`.
-fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < end, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Creates and registers a SHARED_SECRET agent on `node`; its client secret.
-fn board(node: &Authority, op: &str, id: &str) -> String {
-    let r = node.json(
-        "POST",
-        &format!("{API}/agents"),
-        Some(op),
-        Some(&json!({"entityId": id, "name": format!("agent {id}"), "securityProfile": "SHARED_SECRET"})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let config = node.json(
-        "GET",
-        &format!("{API}/agents/{id}/boarding/configuration"),
-        Some(op),
-        None,
-    );
-    let iat = config.json()["content"]["iat"]
-        .as_str()
-        .expect("iat")
-        .to_owned();
-    let r = node.json(
-        "POST",
-        &format!("{API}/register"),
-        Some(&iat),
-        Some(&json!({})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let secret: Value = r.json()["client_secret"].clone();
-    secret.as_str().expect("client_secret").to_owned()
 }
 
 /// Two nodes of a new cluster that see each other, and a SHARED_SECRET agent for each node to
@@ -121,13 +50,13 @@ fn two_nodes(dir: &Path, etcd: &EtcdCluster) -> (Authority, Authority, [(String,
     let b = Authority::start_with(&b_dir, None, &args);
     for n in [&a, &b] {
         wait_for("both nodes live", Duration::from_secs(20), || {
-            metric(n, "latchkey_cluster_nodes") == 2.0
+            gauge(n, "latchkey_cluster_nodes") == 2.0
         });
     }
     let op = a.operator_token();
     let agents = [&a_dir, &b_dir].map(|owner_dir| {
         let id = id_owned_by(&[&a_dir, &b_dir], owner_dir, "replay");
-        let secret = board(&a, &op, &id);
+        let secret = board_secret(&a, &op, &id);
         (id, secret)
     });
     // Each node's mirror follows the first's writes; neither refuses anything at the start
@@ -152,7 +81,7 @@ fn one_assertion_sent_to_two_nodes_gets_one_token() {
     let etcd = EtcdCluster::start(&bin);
     let dir = tempfile::tempdir().expect("temp dir");
     let (a, b, agents) = two_nodes(dir.path(), &etcd);
-    let forwarded = |n: &Authority| metric(n, "latchkey_cluster_replay_forwarded_total");
+    let forwarded = |n: &Authority| gauge(n, "latchkey_cluster_replay_forwarded_total");
     let before = [forwarded(&a), forwarded(&b)];
     for (owner, other, (id, secret)) in [(&a, &b, &agents[0]), (&b, &a, &agents[1])] {
         // First to the node that does not own the agent: forwarded, accepted; then refused at
@@ -178,7 +107,7 @@ fn one_assertion_sent_to_two_nodes_gets_one_token() {
     assert_eq!(forwarded(&a) - before[0], 3.0);
     assert_eq!(forwarded(&b) - before[1], 3.0 + 2.0);
     for n in [&a, &b] {
-        assert_eq!(metric(n, "latchkey_cluster_replay_failed_total"), 0.0);
+        assert_eq!(gauge(n, "latchkey_cluster_replay_failed_total"), 0.0);
     }
 }
 
@@ -202,7 +131,7 @@ fn an_unreachable_owner_is_503_and_its_clients_move_with_a_floor() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"], "temporarily_unavailable");
     assert!(r.header("retry-after").is_some());
-    assert!(metric(&a, "latchkey_cluster_replay_failed_total") >= 1.0);
+    assert!(gauge(&a, "latchkey_cluster_replay_failed_total") >= 1.0);
 
     // Then the client moves to the first node, which cannot know what the dead one accepted:
     // the assertion accepted there is never accepted again, and fresh ones wait for the floor.
@@ -251,7 +180,7 @@ fn a_copied_node_id_does_not_join_as_a_second_owner() {
     let (a_dir, c_dir) = (dir.path().join("a"), dir.path().join("c"));
     let a = Authority::start_with(&a_dir, None, &args);
     wait_for("the first node is live", Duration::from_secs(20), || {
-        metric(&a, "latchkey_cluster_nodes") == 1.0
+        gauge(&a, "latchkey_cluster_nodes") == 1.0
     });
     // The whole identity, node id included, as a careless copy of a data directory would.
     copy_identity(&a_dir, &c_dir);
@@ -262,8 +191,8 @@ fn a_copied_node_id_does_not_join_as_a_second_owner() {
         "{}",
         c.stderr()
     );
-    assert_eq!(metric(&a, "latchkey_cluster_nodes"), 1.0);
-    assert_eq!(metric(&c, "latchkey_cluster_nodes"), 0.0);
+    assert_eq!(gauge(&a, "latchkey_cluster_nodes"), 1.0);
+    assert_eq!(gauge(&c, "latchkey_cluster_nodes"), 0.0);
 }
 
 #[test]

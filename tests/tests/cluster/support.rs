@@ -27,6 +27,18 @@ pub fn assertion(id: &str, secret: &str) -> String {
     sign(&hs(secret), None, &node_claims(id, "main"))
 }
 
+/// One series of a node's metrics page (exact name with labels), if it is there.
+pub fn metric(node: &Authority, series: &str) -> Option<f64> {
+    let page = node.json("GET", "/metrics", None, None).text();
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// One token request with `assertion`, no retry.
 pub fn token_with(auth: &Authority, assertion: &str) -> Response {
     auth.form(&format!("{API}/oauth/token"), &token_form(assertion), &[])
